@@ -1,0 +1,65 @@
+//! `bench`: the isolab command line. Each subcommand lives in its own file and
+//! only turns arguments into library configs; presentation (tables, JSON, exit
+//! codes) is owned here, measurement lives in `isolab-harness`.
+
+mod compare;
+mod container;
+mod demo;
+mod exit;
+mod provision;
+mod vm;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Make the difference between a process, a container and a microVM measurable.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a workload as a namespaced, cgroup-limited container on the host kernel.
+    Container(container::ContainerCmd),
+    /// Run a workload in a KVM microVM with its own guest kernel.
+    Vm(vm::VmCmd),
+    /// Compare process, container and microVM side by side (startup, memory, density).
+    Compare(compare::CompareArgs),
+    /// Classroom demos of the shared-kernel vs guest-kernel boundary.
+    Demo(demo::DemoArgs),
+    /// Build or fetch what the microVM needs (guest kernel, initramfs); cached.
+    Provision(provision::ProvisionArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout and errors to stderr.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(exit::USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Container(cmd) => container::run(cmd),
+        Command::Vm(cmd) => vm::run(cmd),
+        Command::Compare(args) => compare::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Provision(args) => provision::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit::code_for(&err))
+        }
+    }
+}
