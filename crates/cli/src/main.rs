@@ -5,6 +5,7 @@
 mod compare;
 mod container;
 mod demo;
+mod emuhost;
 mod exit;
 mod provision;
 mod vm;
@@ -31,6 +32,8 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Classroom demos of the shared-kernel vs guest-kernel boundary.
     Demo(demo::DemoArgs),
+    /// Run commands inside the emulated hardware-virtualisation host (QEMU TCG + nested KVM).
+    Emuhost(emuhost::EmuhostCmd),
     /// Build or fetch what the microVM needs (guest kernel, initramfs); cached.
     Provision(provision::ProvisionArgs),
 }
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Vm(cmd) => vm::run(cmd),
         Command::Compare(args) => compare::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Emuhost(args) => emuhost::run(args),
         Command::Provision(args) => provision::run(args),
     };
     match result {
