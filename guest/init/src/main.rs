@@ -1,1 +1,110 @@
-fn main() {}
+//! `isolab-init`: the guest's `/init` (PID 1 in the microVM).
+//!
+//! Steps, in order (each one function):
+//! 1. write `MARK_INIT` (first userspace work; Firecracker's boot-timer value);
+//! 2. mount /proc, /sys, /dev (devtmpfs), /tmp;
+//! 3. read the `isolab.*` parameters from /proc/cmdline;
+//! 4. set the hostname; configure lo and eth0 when `isolab.ip=` is given;
+//! 5. start `/workload <name> <args>` with the ready pipe and piped stdout;
+//! 6. relay ready, stdout and the exit status to the marker ports;
+//! 7. sync and `reboot(RB_AUTOBOOT)` (with `reboot=k` the monitor sees the
+//!    i8042 reset). Init never returns; any failure is printed on the
+//!    console, reported as status 255, and the VM is rebooted all the same.
+//!
+//! Human-readable progress lines (`isolab-init: ...`) go to the console when
+//! `isolab.console=1`, so a test can follow a boot without the monitor.
+
+mod cmdline;
+mod error;
+mod markers;
+mod mounts;
+mod net;
+mod supervise;
+
+use std::io::Write;
+
+use error::InitError;
+use markers::{IoPorts, Ports, MARK_EXITED, MARK_INIT, PORT_EVENT, PORT_STATUS};
+
+const WORKLOAD: &str = "/workload";
+/// Status reported when init itself failed.
+const INIT_FAILED: u8 = 255;
+
+fn say(console: bool, msg: &str) {
+    if console {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "isolab-init: {msg}");
+        let _ = out.flush();
+    }
+}
+
+fn run(ports: &mut IoPorts, console: &mut bool) -> Result<u8, InitError> {
+    mounts::mount_all()?;
+    let line = std::fs::read_to_string("/proc/cmdline").map_err(InitError::ReadCmdline)?;
+    let cfg = cmdline::parse(&line)?;
+    *console = cfg.console;
+    say(*console, "init reached");
+
+    nix::unistd::sethostname(&cfg.hostname).map_err(|source| InitError::Hostname {
+        name: cfg.hostname.clone(),
+        source,
+    })?;
+    if let Some(net) = &cfg.net {
+        net::configure(net)?;
+        say(*console, &format!("eth0 {}/{} up", net.addr, net.prefix));
+    }
+
+    let mut argv = vec![cfg.workload.clone()];
+    argv.extend(cfg.args.iter().cloned());
+    let w = supervise::start(WORKLOAD, &argv, ports)?;
+    say(*console, &format!("started {WORKLOAD} {}", argv.join(" ")));
+    let mut stdout = std::io::stdout();
+    let show = *console;
+    let status = supervise::supervise(
+        w,
+        ports,
+        show.then_some(&mut stdout),
+        || say(show, "ready"),
+        true,
+    )?;
+    say(*console, &format!("workload exited with status {status}"));
+    Ok(status)
+}
+
+fn finish() -> ! {
+    nix::unistd::sync();
+    let err = match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT) {
+        Err(e) => e,
+        Ok(never) => match never {},
+    };
+    eprintln!("isolab-init: reboot failed: {err}");
+    loop {
+        nix::unistd::pause();
+    }
+}
+
+fn main() {
+    let pid = nix::unistd::getpid().as_raw();
+    if pid != 1 {
+        eprintln!("isolab-init: error: {}", InitError::NotPid1 { pid });
+        std::process::exit(2);
+    }
+    let (mut ports, port_err) = IoPorts::open();
+    ports.outb(PORT_EVENT, MARK_INIT);
+    if let Some(e) = port_err {
+        eprintln!(
+            "isolab-init: warning: no access to marker ports 0x3f0-0x3f2 ({e}); markers are off"
+        );
+    }
+    let mut console = false;
+    if let Err(e) = run(&mut ports, &mut console) {
+        eprintln!("isolab-init: error: {e}");
+        ports.outb(PORT_STATUS, INIT_FAILED);
+        ports.outb(PORT_EVENT, MARK_EXITED);
+        say(
+            console,
+            &format!("workload exited with status {INIT_FAILED}"),
+        );
+    }
+    finish()
+}
