@@ -1,0 +1,31 @@
+//! v1 freezer: freeze the cgroup so nothing can fork while its tasks are
+//! killed one by one, then thaw so the SIGKILLs are delivered.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::fs::{kill_loop, write};
+use crate::CgroupError;
+
+pub(super) fn kill_all(dir: &Path) -> Result<(), CgroupError> {
+    let state = dir.join("freezer.state");
+    write(&state, "FROZEN")?;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        match std::fs::read_to_string(&state) {
+            Ok(s) if s.trim() == "FROZEN" => break,
+            Ok(_) => std::thread::sleep(Duration::from_micros(200)),
+            Err(_) => break,
+        }
+    }
+    // Signals queue while frozen; the tasks die once thawed.
+    let procs = dir.join("cgroup.procs");
+    for pid in crate::fs::procs(&procs)? {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    write(&state, "THAWED")?;
+    kill_loop(&procs, dir)
+}
