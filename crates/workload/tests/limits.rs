@@ -186,8 +186,8 @@ fn hog_is_killed_by_a_memory_limit_before_its_cap() {
     let err = String::from_utf8_lossy(&out.stderr);
     let last: u64 = err
         .lines()
-        .filter_map(|l| l.strip_prefix("hog: ")?.strip_suffix(" MiB")?.parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("hog: ")?.strip_suffix(" MiB")?.parse().ok())
         .unwrap_or(0);
     assert!(last < 48, "grew to {last} MiB under a 48 MiB limit");
     assert!(last >= 16, "was killed early, at {last} MiB: {err}");
