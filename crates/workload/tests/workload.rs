@@ -334,3 +334,19 @@ fn probe_reports_what_it_sees() {
     assert!(v["nproc"].as_u64().unwrap() >= 1);
     assert!(v["host_paths_visible"]["/usr/bin"].is_boolean());
 }
+
+#[test]
+fn a_port_in_use_fails_with_a_result_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = Command::new(BIN)
+        .args(["api", "--port", &port, "--bind", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["workload"], "api");
+    assert_eq!(v["ok"], false);
+    let error = v["error"].as_str().unwrap();
+    assert!(error.contains(&format!("127.0.0.1:{port}")), "{error}");
+}
