@@ -1,0 +1,279 @@
+//! Provisioning: everything a microVM run needs, built or found in the
+//! cache. Used by `bench provision` and by the harness on the first
+//! `bench compare`.
+//!
+//! - the guest kernel ([`crate::build`]), keyed by its config hash;
+//! - the guest initramfs (`/init` = isolab-init, `/workload`), keyed by the
+//!   identity (path, size, mtime) of the two binaries, in
+//!   `<cache>/initramfs/guest-<key>.cpio`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use isolab_initramfs::{guest_initramfs, ExtraFile, InitramfsError};
+use sha2::{Digest, Sha256};
+
+use crate::builder::{build, BuildOptions, GuestKernel, KernelError};
+
+/// Workload names `workload` accepts (docs/contracts.md), plus `probe`.
+pub const WORKLOADS: &[&str] = &["noop", "api", "worker", "cache", "hog", "forkloop", "probe"];
+/// File name of the guest init binary.
+pub const INIT_BIN: &str = "isolab-init";
+/// File name of the workload binary.
+pub const WORKLOAD_BIN: &str = "workload";
+/// Initramfs images kept in the cache; older ones are removed.
+const KEEP_INITRAMFS: usize = 4;
+
+/// Errors while provisioning.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("Unknown workload {name:?}: choose one of {}", WORKLOADS.join(", "))]
+    UnknownWorkload { name: String },
+    #[error("{what} binary {path:?} not found: build it with `cargo build -p {package}`")]
+    MissingBinary {
+        what: &'static str,
+        path: PathBuf,
+        package: &'static str,
+    },
+    #[error("Guest kernel")]
+    Kernel(#[from] KernelError),
+    #[error("Cannot create {path:?}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Guest initramfs {path:?}")]
+    Initramfs {
+        path: PathBuf,
+        #[source]
+        source: InitramfsError,
+    },
+    #[error("Cannot move the initramfs into place at {path:?}")]
+    Rename {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What to provision.
+#[derive(Debug, Clone)]
+pub struct ProvisionOptions {
+    pub kernel: BuildOptions,
+    /// The static guest init (`isolab-init`).
+    pub init: PathBuf,
+    /// The static workload binary.
+    pub workload: PathBuf,
+    /// The workload the run will select (checked here so a typo fails
+    /// before a boot; it goes on the kernel command line, not into the image).
+    pub workload_name: String,
+    /// Extra files for demos.
+    pub extra_files: Vec<ExtraFile>,
+}
+
+impl ProvisionOptions {
+    /// Defaults: binaries from [`binary_dir`], cache from the environment.
+    pub fn new(cache_root: PathBuf, bin_dir: &Path, workload_name: &str) -> Self {
+        Self {
+            kernel: BuildOptions::new(cache_root),
+            init: bin_dir.join(INIT_BIN),
+            workload: bin_dir.join(WORKLOAD_BIN),
+            workload_name: workload_name.to_string(),
+            extra_files: Vec::new(),
+        }
+    }
+}
+
+/// What a microVM run needs.
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    pub kernel: GuestKernel,
+    pub initramfs: PathBuf,
+    /// True if the initramfs was already in the cache.
+    pub initramfs_cached: bool,
+    /// The guest parameters selecting the workload (`isolab.workload=...`).
+    pub guest_params: String,
+}
+
+/// Where the static binaries are: next to the running executable, or one
+/// level up when it is a test binary in `target/<triple>/<profile>/deps/`.
+pub fn binary_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        return dir.parent().map(Path::to_path_buf);
+    }
+    Some(dir.to_path_buf())
+}
+
+/// Builds or finds the kernel and the initramfs.
+pub fn provision(opts: &ProvisionOptions) -> Result<Provisioned, ProvisionError> {
+    if !WORKLOADS.contains(&opts.workload_name.as_str()) {
+        return Err(ProvisionError::UnknownWorkload {
+            name: opts.workload_name.clone(),
+        });
+    }
+    for (what, path, package) in [
+        ("Guest init", &opts.init, "isolab-init"),
+        ("Workload", &opts.workload, "isolab-workload"),
+    ] {
+        if !path.is_file() {
+            return Err(ProvisionError::MissingBinary {
+                what,
+                path: path.clone(),
+                package,
+            });
+        }
+    }
+    let kernel = build(&opts.kernel)?;
+    let (initramfs, initramfs_cached) = initramfs(opts)?;
+    Ok(Provisioned {
+        kernel,
+        initramfs,
+        initramfs_cached,
+        guest_params: format!("isolab.workload={}", opts.workload_name),
+    })
+}
+
+fn identity(h: &mut Sha256, path: &Path) {
+    let canon = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    h.update(canon.as_os_str().as_encoded_bytes());
+    if let Ok(md) = fs::metadata(path) {
+        let mtime = md
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        h.update(md.len().to_le_bytes());
+        h.update(mtime.to_le_bytes());
+    }
+}
+
+/// The cache key of the guest image: identities of its inputs (cheap: no
+/// hashing of multi-megabyte binaries on every run).
+fn initramfs_key(opts: &ProvisionOptions) -> String {
+    let mut h = Sha256::new();
+    h.update(b"isolab guest initramfs 1");
+    identity(&mut h, &opts.init);
+    identity(&mut h, &opts.workload);
+    for e in &opts.extra_files {
+        h.update(e.path.as_bytes());
+        h.update(e.perm.to_le_bytes());
+        match &e.source {
+            isolab_initramfs::Source::Bytes(b) => h.update(Sha256::digest(b)),
+            isolab_initramfs::Source::Path(p) => identity(&mut h, p),
+        }
+    }
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn initramfs(opts: &ProvisionOptions) -> Result<(PathBuf, bool), ProvisionError> {
+    let dir = opts.kernel.cache_root.join("initramfs");
+    fs::create_dir_all(&dir).map_err(|source| ProvisionError::CreateDir {
+        path: dir.clone(),
+        source,
+    })?;
+    let path = dir.join(format!("guest-{}.cpio", initramfs_key(opts)));
+    if path.is_file() {
+        return Ok((path, true));
+    }
+    let tmp = dir.join(format!(".tmp-{}.cpio", std::process::id()));
+    let archive = guest_initramfs(
+        opts.init.as_path(),
+        opts.workload.as_path(),
+        &opts.extra_files,
+    );
+    if let Err(source) = archive.write_file(&tmp) {
+        let _ = fs::remove_file(&tmp);
+        return Err(ProvisionError::Initramfs { path, source });
+    }
+    fs::rename(&tmp, &path).map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        ProvisionError::Rename {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    prune(&dir, &path);
+    Ok((path, false))
+}
+
+/// Keeps the newest few images (each rebuild of a binary makes a new one).
+fn prune(dir: &Path, keep: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    let mut images: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("guest-") && n.ends_with(".cpio"))
+        })
+        .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    images.sort();
+    images.reverse();
+    for (_, p) in images.into_iter().skip(KEEP_INITRAMFS) {
+        if p != keep {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(tmp: &Path, name: &str) -> ProvisionOptions {
+        let bin = tmp.join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        fs::write(bin.join(INIT_BIN), b"init").unwrap();
+        fs::write(bin.join(WORKLOAD_BIN), b"work").unwrap();
+        ProvisionOptions::new(tmp.join("cache"), &bin, name)
+    }
+
+    #[test]
+    fn unknown_workload_lists_the_choices() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = provision(&opts(tmp.path(), "nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"nope\"") && e.contains("noop, api"), "{e}");
+    }
+
+    #[test]
+    fn missing_binary_says_how_to_build_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut o = opts(tmp.path(), "noop");
+        o.workload = tmp.path().join("nowhere/workload");
+        let e = provision(&o).unwrap_err().to_string();
+        assert!(
+            e.contains("nowhere/workload") && e.contains("cargo build -p isolab-workload"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn initramfs_is_cached_until_a_binary_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let o = opts(tmp.path(), "noop");
+        let (p1, cached1) = initramfs(&o).unwrap();
+        let (p2, cached2) = initramfs(&o).unwrap();
+        assert!(!cached1 && cached2);
+        assert_eq!(p1, p2);
+        let listed = isolab_initramfs::list(fs::File::open(&p1).unwrap()).unwrap();
+        let work = listed.iter().find(|e| e.path == "workload").unwrap();
+        assert_eq!(work.data, b"work");
+        // A rebuilt workload (new size) gives a new image.
+        fs::write(&o.workload, b"work v2").unwrap();
+        let (p3, cached3) = initramfs(&o).unwrap();
+        assert!(!cached3);
+        assert_ne!(p1, p3);
+    }
+}
