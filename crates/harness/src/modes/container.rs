@@ -1,0 +1,1 @@
+//! container mode (wired when its crate lands).

@@ -1,0 +1,1 @@
+//! microvm mode (wired when its crate lands).

@@ -1,0 +1,209 @@
+//! The ways an instance of the workload is run: the three modes under study
+//! (process, container, microVM) and the peers measured beside them (crun,
+//! runc, QEMU's microvm). Every mode launches through the same [`Launcher`]
+//! trait, so the scenario code measures all of them the same way.
+
+pub mod process;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::probe::HttpTarget;
+use crate::HarnessError;
+
+/// Every way of running the workload the harness knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModeKind {
+    Process,
+    Container,
+    Microvm,
+    Crun,
+    Runc,
+    QemuMicrovm,
+}
+
+impl ModeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ModeKind::Process => "process",
+            ModeKind::Container => "container",
+            ModeKind::Microvm => "microvm",
+            ModeKind::Crun => "crun",
+            ModeKind::Runc => "runc",
+            ModeKind::QemuMicrovm => "qemu-microvm",
+        }
+    }
+
+    /// Parse a mode or peer name as typed on the command line.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "process" => ModeKind::Process,
+            "container" => ModeKind::Container,
+            "microvm" | "vm" => ModeKind::Microvm,
+            "crun" => ModeKind::Crun,
+            "runc" => ModeKind::Runc,
+            "qemu-microvm" | "qemu" => ModeKind::QemuMicrovm,
+            _ => return None,
+        })
+    }
+
+    /// True for the peers (other tools measured as references).
+    pub fn is_peer(self) -> bool {
+        matches!(self, ModeKind::Crun | ModeKind::Runc | ModeKind::QemuMicrovm)
+    }
+}
+
+/// What to run in one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// Workload name (`api`, `noop`, ...), the first argument of `workload`.
+    pub workload: String,
+    /// Further arguments.
+    pub args: Vec<String>,
+    /// TCP port the workload listens on, for HTTP workloads.
+    pub port: Option<u16>,
+    /// Memory limit for the instance (container cgroup / VM RAM), bytes.
+    pub memory_limit: Option<u64>,
+    /// Parent cgroup to place the instance under (density runs).
+    pub parent_cgroup: Option<String>,
+}
+
+/// VM boot phases, microseconds from the monitor's start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VmPhases {
+    pub vmm_setup_us: Option<f64>,
+    pub kernel_boot_us: Option<f64>,
+    pub init_us: Option<f64>,
+    pub workload_ready_us: Option<f64>,
+}
+
+/// Memory attributed to one instance, three ways (bytes).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct InstanceMemory {
+    /// Sum of PSS over the instance's host processes (launcher/monitor included).
+    pub pss: u64,
+    /// Sum of USS over the same processes.
+    pub uss: u64,
+    /// The instance's cgroup usage where it has one of its own.
+    pub cgroup_current: Option<u64>,
+    /// MicroVM only: monitor RSS outside guest RAM (Firecracker's method).
+    pub vmm_overhead: Option<u64>,
+    /// MicroVM only: guest RAM the guest has touched.
+    pub guest_touched: Option<u64>,
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InstanceOutcome {
+    /// Shell-style status: the exit code, or 128+N for signal N.
+    pub status: Option<i32>,
+    /// The workload's JSON result line, when it printed one.
+    pub result_line: Option<String>,
+    pub oom_killed: bool,
+}
+
+/// A running instance.
+pub trait Instance: Send {
+    /// When the launch began (the start of every timer).
+    fn launched_at(&self) -> Instant;
+    /// Block until the workload's ready signal; returns when it came.
+    fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError>;
+    /// Where to reach its HTTP service, if the workload serves one.
+    fn http_target(&self) -> Option<HttpTarget>;
+    /// Host pids that belong to this instance (launcher/monitor included).
+    fn host_pids(&self) -> Vec<u32>;
+    /// Memory attributed to this instance now.
+    fn memory(&self) -> InstanceMemory;
+    /// VM boot phases, for VM modes.
+    fn phases(&self) -> Option<VmPhases> {
+        None
+    }
+    /// Stop (SIGTERM, then SIGKILL after a grace period) and clean up.
+    fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError>;
+    /// Wait for a workload that ends by itself (noop, worker), then clean up.
+    fn wait_exit(self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError>;
+}
+
+/// Starts instances of one mode.
+pub trait Launcher {
+    fn kind(&self) -> ModeKind;
+    /// Why this mode cannot run here, with what to do; `None` when it can.
+    fn unavailable(&self) -> Option<String>;
+    fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError>;
+}
+
+/// The static binaries the modes need, found next to the running `bench`.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub workload: PathBuf,
+    pub bench: PathBuf,
+    pub init: PathBuf,
+}
+
+impl Binaries {
+    /// Locate the binaries beside `current_exe()`.
+    pub fn beside_current_exe() -> Result<Self, HarnessError> {
+        let exe = std::env::current_exe()
+            .map_err(|e| HarnessError::Io("locate the running executable".into(), e))?;
+        let dir = exe
+            .parent()
+            .map(|d| {
+                // Test binaries live in target/<triple>/<profile>/deps.
+                if d.ends_with("deps") {
+                    d.parent().unwrap_or(d).to_path_buf()
+                } else {
+                    d.to_path_buf()
+                }
+            })
+            .unwrap_or_default();
+        let b = Binaries {
+            workload: dir.join("workload"),
+            bench: dir.join("bench"),
+            init: dir.join("isolab-init"),
+        };
+        if !b.workload.exists() {
+            return Err(HarnessError::MissingBinary(b.workload.clone()));
+        }
+        Ok(b)
+    }
+}
+
+/// Kill a process group member politely, then firmly.
+pub(crate) fn terminate(pid: u32, grace: Duration) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let p = Pid::from_raw(pid as i32);
+    let _ = kill(p, Signal::SIGTERM);
+    let end = Instant::now() + grace;
+    while Instant::now() < end {
+        if kill(p, None).is_err() {
+            return;
+        }
+        // A zombie still answers kill(0); the caller reaps it.
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            if s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')) == Some(true) {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = kill(p, Signal::SIGKILL);
+}
+
+/// Shell-style status from a std exit status.
+pub(crate) fn shell_status(s: std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    s.code().or_else(|| s.signal().map(|n| 128 + n))
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> Result<u16, HarnessError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| HarnessError::Io("find a free port".into(), e))?;
+    Ok(l.local_addr()
+        .map_err(|e| HarnessError::Io("find a free port".into(), e))?
+        .port())
+}

@@ -1,0 +1,1 @@
+//! peers mode (wired when its crate lands).

@@ -1,0 +1,162 @@
+//! Process mode: the workload as a plain child process of the harness, with
+//! no namespaces and no cgroup of its own — the baseline every ratio uses.
+
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{free_port, shell_status, terminate, Binaries, Instance, InstanceMemory, InstanceOutcome,
+    InstanceSpec, Launcher, ModeKind};
+use crate::memory::{process_tree, tree_memory};
+use crate::probe::HttpTarget;
+use crate::ready::{ReadyEvent, ReadyPipe};
+use crate::HarnessError;
+
+/// The fd number the workload inherits the ready pipe on.
+pub const READY_FD: i32 = 3;
+
+/// Launches plain processes.
+#[derive(Debug)]
+pub struct ProcessLauncher {
+    pub bins: Binaries,
+}
+
+/// Arguments of `workload` for a spec, with the port filled in.
+pub(crate) fn workload_argv(spec: &InstanceSpec, port: Option<u16>, bind: &str) -> Vec<String> {
+    let mut argv = vec![spec.workload.clone()];
+    if let Some(p) = port {
+        argv.extend(["--port".into(), p.to_string(), "--bind".into(), bind.into()]);
+    }
+    argv.extend(spec.args.iter().cloned());
+    argv
+}
+
+impl Launcher for ProcessLauncher {
+    fn kind(&self) -> ModeKind {
+        ModeKind::Process
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+
+    fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
+        let port = match spec.port {
+            Some(_) => Some(free_port()?),
+            None => None,
+        };
+        let mut ready = ReadyPipe::new()?;
+        let wfd = ready.write_end().map(|f| f.as_raw_fd()).unwrap_or(-1);
+        let mut cmd = Command::new(&self.bins.workload);
+        cmd.args(workload_argv(spec, port, "127.0.0.1"))
+            .env("ISOLAB_READY_FD", READY_FD.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        // SAFETY: only async-signal-safe calls (dup2) run between fork and
+        // exec; `wfd` is a valid fd owned by `ready`, alive across the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(wfd, READY_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let launched = Instant::now();
+        let child = cmd
+            .spawn()
+            .map_err(|e| HarnessError::Io(format!("spawn {}", self.bins.workload.display()), e))?;
+        ready.close_write();
+        Ok(Box::new(ProcessInstance {
+            child,
+            ready,
+            launched,
+            port,
+        }))
+    }
+}
+
+struct ProcessInstance {
+    child: Child,
+    ready: ReadyPipe,
+    launched: Instant,
+    port: Option<u16>,
+}
+
+impl ProcessInstance {
+    fn finish(mut self) -> Result<InstanceOutcome, HarnessError> {
+        let mut out = String::new();
+        if let Some(mut so) = self.child.stdout.take() {
+            let _ = so.read_to_string(&mut out);
+        }
+        let st = self
+            .child
+            .wait()
+            .map_err(|e| HarnessError::Io("wait for workload".into(), e))?;
+        Ok(InstanceOutcome {
+            status: shell_status(st),
+            result_line: out.lines().rev().find(|l| l.starts_with('{')).map(String::from),
+            oom_killed: false,
+        })
+    }
+}
+
+impl Instance for ProcessInstance {
+    fn launched_at(&self) -> Instant {
+        self.launched
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
+        match self.ready.wait(timeout)? {
+            ReadyEvent::Ready(at) => Ok(at),
+            ReadyEvent::Closed => Err(HarnessError::NotReady(
+                "the workload exited before signalling ready".into(),
+            )),
+        }
+    }
+
+    fn http_target(&self) -> Option<HttpTarget> {
+        self.port.map(|p| HttpTarget {
+            netns: None,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, p)),
+        })
+    }
+
+    fn host_pids(&self) -> Vec<u32> {
+        process_tree(Path::new("/proc"), self.child.id())
+    }
+
+    fn memory(&self) -> InstanceMemory {
+        let m = tree_memory(Path::new("/proc"), &self.host_pids());
+        InstanceMemory {
+            pss: m.pss,
+            uss: m.uss,
+            ..Default::default()
+        }
+    }
+
+    fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
+        terminate(self.child.id(), Duration::from_secs(2));
+        self.finish()
+    }
+
+    fn wait_exit(self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError> {
+        let end = Instant::now() + timeout;
+        let mut me = *self;
+        loop {
+            if me.child.try_wait().map_err(|e| HarnessError::Io("wait".into(), e))?.is_some() {
+                return me.finish();
+            }
+            if Instant::now() > end {
+                terminate(me.child.id(), Duration::from_millis(500));
+                return me.finish();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! SVG plots for `--out DIR`: startup distribution per mode, memory per
+//! instance, and the density curves.
+
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use crate::compare::CompareReport;
+use crate::HarnessError;
+
+const W: u32 = 800;
+const H: u32 = 450;
+
+fn err(what: &str, e: impl std::fmt::Display) -> HarnessError {
+    HarnessError::Io(format!("draw {what}"), std::io::Error::other(e.to_string()))
+}
+
+/// Startup samples as a strip plot: one column per mode, every raw sample a dot,
+/// the median a bar.
+fn startup(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
+    let modes: Vec<_> = r.modes.iter().filter(|m| !m.raw_ready_ms.is_empty()).collect();
+    if modes.is_empty() {
+        return Ok(false);
+    }
+    let ymax = modes
+        .iter()
+        .flat_map(|m| m.raw_ready_ms.iter().chain(m.raw_first_response_ms.iter()))
+        .fold(0.0f64, |a, b| a.max(*b))
+        * 1.1;
+    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err("startup", e))?;
+    let title = match &r.environment.label {
+        Some(l) => format!("launch -> ready (ms) — {l}"),
+        None => "launch -> ready (ms)".into(),
+    };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(-0.5f64..(modes.len() as f64 - 0.5), 0.0..ymax.max(1.0))
+        .map_err(|e| err("startup", e))?;
+    let names: Vec<String> = modes.iter().map(|m| m.mode.name().to_string()).collect();
+    chart
+        .configure_mesh()
+        .x_labels(modes.len())
+        .x_label_formatter(&|x| {
+            let i = x.round() as usize;
+            if (x - i as f64).abs() < 0.01 {
+                names.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("ms")
+        .draw()
+        .map_err(|e| err("startup", e))?;
+    for (i, m) in modes.iter().enumerate() {
+        let n = m.raw_ready_ms.len().max(1) as f64;
+        chart
+            .draw_series(m.raw_ready_ms.iter().enumerate().map(|(k, v)| {
+                let jitter = (k as f64 / n - 0.5) * 0.3;
+                Circle::new((i as f64 + jitter, *v), 3, BLUE.mix(0.6).filled())
+            }))
+            .map_err(|e| err("startup", e))?;
+        chart
+            .draw_series(m.raw_first_response_ms.iter().enumerate().map(|(k, v)| {
+                let jitter = (k as f64 / n - 0.5) * 0.3;
+                Cross::new((i as f64 + jitter, *v), 3, RED.mix(0.6))
+            }))
+            .map_err(|e| err("startup", e))?;
+        if let Some(s) = &m.ready_ms {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(i as f64 - 0.25, s.p50), (i as f64 + 0.25, s.p50)],
+                    BLACK.stroke_width(2),
+                )))
+                .map_err(|e| err("startup", e))?;
+        }
+    }
+    root.present().map_err(|e| err("startup", e))?;
+    Ok(true)
+}
+
+/// PSS per instance per mode, as bars.
+fn memory(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
+    let rows: Vec<(String, f64)> = r
+        .modes
+        .iter()
+        .filter_map(|m| m.memory.pss.as_ref().map(|s| (m.mode.name().to_string(), s.p50 / 1048576.0)))
+        .collect();
+    if rows.is_empty() {
+        return Ok(false);
+    }
+    let ymax = rows.iter().map(|r| r.1).fold(0.0f64, f64::max) * 1.2;
+    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err("memory", e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("memory per instance: PSS of host processes (MiB, median)", ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(-0.5f64..(rows.len() as f64 - 0.5), 0.0..ymax.max(1.0))
+        .map_err(|e| err("memory", e))?;
+    let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    chart
+        .configure_mesh()
+        .x_labels(rows.len())
+        .x_label_formatter(&|x| {
+            let i = x.round() as usize;
+            if (x - i as f64).abs() < 0.01 {
+                names.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("MiB")
+        .draw()
+        .map_err(|e| err("memory", e))?;
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, (_, v))| {
+            Rectangle::new([(i as f64 - 0.3, 0.0), (i as f64 + 0.3, *v)], BLUE.mix(0.5).filled())
+        }))
+        .map_err(|e| err("memory", e))?;
+    root.present().map_err(|e| err("memory", e))?;
+    Ok(true)
+}
+
+/// Memory and startup against the number of instances, one line per mode.
+fn density(r: &CompareReport, path: &Path, memory_axis: bool) -> Result<bool, HarnessError> {
+    if r.density.iter().all(|d| d.points.is_empty()) {
+        return Ok(false);
+    }
+    let val = |p: &crate::density::DensityPoint| {
+        if memory_axis {
+            p.memory_bytes as f64 / 1048576.0
+        } else {
+            p.ready_ms
+        }
+    };
+    let xmax = r.density.iter().flat_map(|d| d.points.iter().map(|p| p.n)).max().unwrap_or(1) as f64;
+    let ymax = r.density.iter().flat_map(|d| d.points.iter().map(val)).fold(0.0f64, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err("density", e))?;
+    let cap = if memory_axis { "density: memory (MiB) vs instances" } else { "density: startup (ms) vs instances" };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(cap, ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..xmax.max(1.0) + 1.0, 0.0..ymax.max(1.0))
+        .map_err(|e| err("density", e))?;
+    chart.configure_mesh().x_desc("instances").draw().map_err(|e| err("density", e))?;
+    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    for (i, d) in r.density.iter().enumerate() {
+        let color = palette[i % palette.len()];
+        chart
+            .draw_series(LineSeries::new(d.points.iter().map(|p| (p.n as f64, val(p))), color))
+            .map_err(|e| err("density", e))?
+            .label(d.mode.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err("density", e))?;
+    root.present().map_err(|e| err("density", e))?;
+    Ok(true)
+}
+
+/// Write every plot that has data into `dir`; returns the file names written.
+pub fn write_all(r: &CompareReport, dir: &Path) -> Result<Vec<String>, HarnessError> {
+    let mut written = vec![];
+    let mut go = |name: &str, f: &dyn Fn(&Path) -> Result<bool, HarnessError>| -> Result<(), HarnessError> {
+        let p: PathBuf = dir.join(name);
+        if f(&p)? {
+            written.push(name.to_string());
+        }
+        Ok(())
+    };
+    go("startup.svg", &|p| startup(r, p))?;
+    go("memory.svg", &|p| memory(r, p))?;
+    go("density-memory.svg", &|p| density(r, p, true))?;
+    go("density-startup.svg", &|p| density(r, p, false))?;
+    Ok(written)
+}

@@ -1,0 +1,158 @@
+//! Terminal table: startup and memory side by side, ratios against the
+//! plain-process baseline, then the method and the environment.
+
+use std::fmt::Write;
+
+use super::{environment_lines, fmt_mib, fmt_ms, fmt_ratio, status_notes, status_text};
+use crate::compare::CompareReport;
+
+fn grid(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (i, r) in rows.iter().enumerate() {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, s)| {
+                if c == 0 {
+                    format!("{s:<w$}", w = widths[c])
+                } else {
+                    format!("{s:>w$}", w = widths[c])
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "  {}", line.join("  "));
+        if i == 0 {
+            let total: usize = widths.iter().sum::<usize>() + 2 * (cols.saturating_sub(1));
+            let _ = writeln!(out, "  {}", "-".repeat(total));
+        }
+    }
+    out
+}
+
+/// Render the report for a terminal.
+pub fn render(r: &CompareReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "isolab compare: workload '{}', {} run(s) per mode", r.config.workload, r.config.runs);
+    if let Some(l) = &r.environment.label {
+        let _ = writeln!(out, "*** {l} ***");
+    }
+    let _ = writeln!(out, "\nStartup (ms; ratio = p50 / process p50)");
+    let http = crate::compare::serves_http(&r.config.workload);
+    let mut rows = vec![{
+        let mut h = vec!["mode", "status", "n", "ready p50", "p90", "p99", "p50 95% CI", "ratio"];
+        if http {
+            h.extend(["1st resp p50", "p99", "ratio"]);
+        }
+        h.into_iter().map(String::from).collect::<Vec<_>>()
+    }];
+    for m in &r.modes {
+        let s = m.ready_ms.as_ref();
+        let mut row = vec![
+            m.mode.name().to_string(),
+            status_text(m),
+            s.map(|s| s.n.to_string()).unwrap_or_else(|| "-".into()),
+            fmt_ms(s, |s| s.p50),
+            fmt_ms(s, |s| s.p90),
+            fmt_ms(s, |s| s.p99),
+            s.map(|s| format!("{:.2}..{:.2}", s.p50_ci95[0], s.p50_ci95[1]))
+                .unwrap_or_else(|| "-".into()),
+            fmt_ratio(m.ready_ratio_vs_process),
+        ];
+        if http {
+            let f = m.first_response_ms.as_ref();
+            row.extend([fmt_ms(f, |s| s.p50), fmt_ms(f, |s| s.p99), fmt_ratio(m.first_response_ratio_vs_process)]);
+        }
+        rows.push(row);
+    }
+    out.push_str(&grid(&rows));
+
+    let _ = writeln!(out, "\nMemory per instance (MiB, median over runs)");
+    let mut rows = vec![["mode", "PSS", "USS", "cgroup", "MemAvail drop", "VMM overhead", "guest touched"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()];
+    for m in &r.modes {
+        let mm = &m.memory;
+        rows.push(vec![
+            m.mode.name().to_string(),
+            fmt_mib(mm.pss.as_ref()),
+            fmt_mib(mm.uss.as_ref()),
+            fmt_mib(mm.cgroup_current.as_ref()),
+            fmt_mib(mm.mem_available_delta.as_ref()),
+            fmt_mib(mm.vmm_overhead.as_ref()),
+            fmt_mib(mm.guest_touched.as_ref()),
+        ]);
+    }
+    out.push_str(&grid(&rows));
+
+    if r.modes.iter().any(|m| m.phases.is_some()) {
+        let _ = writeln!(out, "\nMicroVM boot phases (ms from monitor start, p50)");
+        let mut rows = vec![["mode", "VMM setup", "kernel", "init", "workload ready"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()];
+        for m in &r.modes {
+            if let Some(p) = &m.phases {
+                rows.push(vec![
+                    m.mode.name().into(),
+                    fmt_ms(p.vmm_setup_ms.as_ref(), |s| s.p50),
+                    fmt_ms(p.kernel_boot_ms.as_ref(), |s| s.p50),
+                    fmt_ms(p.init_ms.as_ref(), |s| s.p50),
+                    fmt_ms(p.workload_ready_ms.as_ref(), |s| s.p50),
+                ]);
+            }
+        }
+        out.push_str(&grid(&rows));
+    }
+
+    if r.modes.iter().any(|m| m.load.is_some()) {
+        let _ = writeln!(out, "\nRequest/response (sequential, one connection)");
+        let mut rows = vec![["mode", "requests", "errors", "p50 us", "p99 us", "req/s"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()];
+        for m in &r.modes {
+            if let Some(l) = &m.load {
+                rows.push(vec![
+                    m.mode.name().into(),
+                    l.requests.to_string(),
+                    l.errors.to_string(),
+                    format!("{:.0}", l.latency_us.p50),
+                    format!("{:.0}", l.latency_us.p99),
+                    format!("{:.0}", l.requests_per_sec),
+                ]);
+            }
+        }
+        out.push_str(&grid(&rows));
+    }
+
+    for d in &r.density {
+        let _ = writeln!(out, "\nDensity ({}): {} instance(s) within {:.0} MiB; stopped by: {}",
+            d.mode.name(), d.count, d.budget_bytes as f64 / 1048576.0, d.stop_rule);
+        if let Some(f) = &d.memory_fit {
+            let _ = writeln!(out, "  memory vs N: {:.2} MiB per instance + {:.2} MiB fixed (r2 {:.3})",
+                f.slope / 1048576.0, f.intercept / 1048576.0, f.r2);
+        }
+    }
+
+    let notes = status_notes(r);
+    if !notes.is_empty() {
+        let _ = writeln!(out, "\nNotes");
+        for n in notes {
+            let _ = writeln!(out, "  - {n}");
+        }
+    }
+    let _ = writeln!(out, "\nMethod");
+    for m in &r.method {
+        let _ = writeln!(out, "  - {m}");
+    }
+    let _ = writeln!(out, "\nEnvironment");
+    for e in environment_lines(r) {
+        let _ = writeln!(out, "  {e}");
+    }
+    out
+}
