@@ -97,6 +97,8 @@ fn main() {
         );
     }
     let mut console = false;
+    // Errors are printed whatever isolab.console says: they are rare and
+    // the console is the only place a person can see them.
     if let Err(e) = run(&mut ports, &mut console) {
         eprintln!("isolab-init: error: {e}");
         ports.outb(PORT_STATUS, INIT_FAILED);

@@ -1,0 +1,262 @@
+//! The guest artifacts on their own, independently of our monitor: boot the
+//! cached guest kernel + a fresh guest initramfs under
+//! `qemu-system-x86_64 -M microvm -accel tcg` (software emulation, no KVM
+//! needed) and read the console.
+//!
+//! Probes: the built kernel in the cache (`bench provision` builds it), the
+//! static `isolab-init` and `workload` next to the test binary's target dir,
+//! and `qemu-system-x86_64`. Without one the test prints `SKIPPED` and
+//! returns; with `CI=true` or `ISOLAB_STRICT=1` it fails instead.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use isolab_guest_kernel::{binary_dir, cache_root, lookup, BuildOptions, INIT_BIN, WORKLOAD_BIN};
+use isolab_initramfs::guest_initramfs;
+
+/// TCG boots this kernel in a few seconds; this only stops a hung guest.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn strict() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
+}
+
+fn skip(test: &str, reason: &str) {
+    assert!(
+        !strict(),
+        "{test}: required ability missing in strict mode: {reason}"
+    );
+    println!("SKIPPED {test}: {reason}");
+}
+
+fn in_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+struct Artifacts {
+    bz_image: PathBuf,
+    init: PathBuf,
+    workload: PathBuf,
+}
+
+fn probe(test: &str) -> Option<Artifacts> {
+    let root = match cache_root() {
+        Ok(r) => r,
+        Err(e) => {
+            skip(test, &e.to_string());
+            return None;
+        }
+    };
+    let kernel = match lookup(&BuildOptions::new(root)) {
+        Ok(Some(k)) => k,
+        Ok(None) => {
+            skip(
+                test,
+                "no guest kernel in the cache for this config: run `bench provision`",
+            );
+            return None;
+        }
+        Err(e) => {
+            skip(test, &format!("cannot read the kernel cache: {e}"));
+            return None;
+        }
+    };
+    if !in_path("qemu-system-x86_64") {
+        skip(
+            test,
+            "qemu-system-x86_64 not found: apt-get install qemu-system-x86",
+        );
+        return None;
+    }
+    let bin = binary_dir().expect("test binary has a directory");
+    let init = bin.join(INIT_BIN);
+    let workload = bin.join(WORKLOAD_BIN);
+    for p in [&init, &workload] {
+        if !p.is_file() {
+            skip(
+                test,
+                &format!(
+                    "{} not built: cargo build -p isolab-init -p isolab-workload",
+                    p.display()
+                ),
+            );
+            return None;
+        }
+    }
+    Some(Artifacts {
+        bz_image: kernel.bz_image,
+        init,
+        workload,
+    })
+}
+
+/// Boots with the given `isolab.*` parameters; returns QEMU's success and
+/// the serial console text.
+fn boot(a: &Artifacts, dir: &Path, params: &str) -> (bool, String) {
+    let initrd = dir.join("initramfs.cpio");
+    guest_initramfs(a.init.as_path(), a.workload.as_path(), &[])
+        .write_file(&initrd)
+        .expect("write the guest initramfs");
+    // Kernel parameters for this boot:
+    // console=ttyS0  kernel messages and init's lines on the microvm's COM1;
+    // reboot=t       reset by triple fault: microvm has no i8042 for reboot=k,
+    //                and -no-reboot turns the reset into QEMU's exit;
+    // panic=-1       a panic resets at once instead of hanging the test;
+    // nomodule       nothing to load (CONFIG_MODULES is off anyway).
+    let append = format!("console=ttyS0 reboot=t panic=-1 nomodule {params}");
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-M", "microvm", "-accel", "tcg", "-m", "256", "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .args(["-serial", "stdio", "-display", "none"])
+        .arg("-kernel")
+        .arg(&a.bz_image)
+        .arg("-initrd")
+        .arg(&initrd)
+        .arg("-append")
+        .arg(&append)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start qemu-system-x86_64");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        let _ = tx.send(out);
+    });
+    let out = match rx.recv_timeout(BOOT_TIMEOUT) {
+        Ok(out) => out,
+        Err(_) => {
+            // Kill only the QEMU we started; the reader then sees EOF.
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = rx.recv().unwrap_or_default();
+            panic!(
+                "guest did not power off within {BOOT_TIMEOUT:?}; console:\n{}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    };
+    let status = child.wait().expect("wait for qemu");
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let console = String::from_utf8_lossy(&out).into_owned();
+    if !status.success() {
+        eprintln!("qemu stderr: {err}");
+    }
+    (status.success(), console)
+}
+
+fn result_line<'a>(console: &'a str, workload: &str) -> Option<serde_json::Value> {
+    console
+        .lines()
+        .map(|l: &'a str| l.trim())
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["workload"] == workload)
+}
+
+#[test]
+fn qemu_microvm_boots_guest_to_init_and_workload_ready_and_exit() {
+    let test = "qemu_microvm_boots_guest_to_init_and_workload_ready_and_exit";
+    let Some(a) = probe(test) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, console) = boot(
+        &a,
+        dir.path(),
+        "isolab.workload=noop isolab.console=1 isolab.hostname=qemu-guest",
+    );
+    let ctx = || format!("console:\n{console}");
+    assert!(ok, "qemu exited with an error; {}", ctx());
+    let pos = |needle: &str| {
+        console
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing; {}", ctx()))
+    };
+    // The order a monitor would see as markers 123, 0x01, 0x02, 0x03.
+    let reached = pos("isolab-init: init reached");
+    let started = pos("isolab-init: started /workload noop");
+    let ready = pos("isolab-init: ready");
+    let exited = pos("isolab-init: workload exited with status 0");
+    assert!(
+        reached < started && started < ready && ready < exited,
+        "{}",
+        ctx()
+    );
+    let result =
+        result_line(&console, "noop").unwrap_or_else(|| panic!("no noop result line; {}", ctx()));
+    assert_eq!(result["ok"], true, "{}", ctx());
+    assert!(!console.contains("isolab-init: error"), "{}", ctx());
+    assert!(
+        !console.contains("isolab-init: warning"),
+        "marker ports must be available; {}",
+        ctx()
+    );
+}
+
+#[test]
+fn qemu_guest_runs_its_own_kernel() {
+    let test = "qemu_guest_runs_its_own_kernel";
+    let Some(a) = probe(test) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, console) = boot(
+        &a,
+        dir.path(),
+        "isolab.workload=probe isolab.console=1 isolab.hostname=qemu-guest",
+    );
+    assert!(ok, "qemu exited with an error; console:\n{console}");
+    let probe = result_line(&console, "probe")
+        .unwrap_or_else(|| panic!("no probe result line; console:\n{console}"));
+    let guest_release = probe["kernel"]["release"]
+        .as_str()
+        .expect("kernel.release in the probe")
+        .to_string();
+    let host_release = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    assert_ne!(
+        guest_release, host_release,
+        "the guest must run its own kernel"
+    );
+    assert!(
+        guest_release.starts_with("6.1."),
+        "guest kernel {guest_release} is not the 6.1 build"
+    );
+    assert_eq!(
+        probe["hostname"], "qemu-guest",
+        "isolab.hostname= was not applied"
+    );
+    assert_eq!(
+        probe["pid1_comm"], "init",
+        "PID 1 in the guest is our /init"
+    );
+}
+
+#[test]
+fn qemu_guest_reports_a_missing_workload_name_as_status_255() {
+    let test = "qemu_guest_reports_a_missing_workload_name_as_status_255";
+    let Some(a) = probe(test) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // No isolab.workload=: init must say so, report 255 and still power off.
+    let (ok, console) = boot(&a, dir.path(), "isolab.console=1");
+    assert!(ok, "qemu exited with an error; console:\n{console}");
+    assert!(
+        console.contains("isolab-init: error: bad kernel command line: no isolab.workload="),
+        "{console}"
+    );
+    assert!(
+        console.contains("isolab-init: reporting status 255"),
+        "{console}"
+    );
+}
