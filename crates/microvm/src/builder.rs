@@ -1,0 +1,769 @@
+//! The microVM boot sequence, one function per step, in the order of
+//! `docs/design.md` ("MicroVM boot sequence"):
+//!
+//! 1. [`validate_config`]   2. [`check_host`]        3. [`open_kvm`]
+//! 4. [`create_vm`]         5. [`setup_memory`]      6. [`load_kernel`]
+//! 7. [`load_initrd`]       8. [`attach_devices`]    9. [`write_cmdline`]
+//! 10. [`write_boot_info`]  11. [`write_mptable`]    12. [`create_vcpus`]
+//! 13. [`run_vcpus`]        14. [`collect_report`]
+//!
+//! [`run`] performs them all. Everything a step creates is owned by a value
+//! that is dropped on every path, so a failed boot leaves nothing behind
+//! (the VM, its memory and its threads are process-local).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use kvm_bindings::CpuId;
+use kvm_ioctls::{VcpuFd, VmFd};
+use linux_loader::cmdline::Cmdline;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use crate::arch::bootparams::{self, InitrdPlacement};
+use crate::arch::layout::{CMDLINE_ADDR, CMDLINE_MAX_SIZE};
+use crate::arch::mptable;
+use crate::arch::regs::BootProtocol;
+use crate::config::{ConfigError, Console, Validated, VmConfig};
+use crate::devices::bus::{BusError, DeviceBus, SharedDevice};
+use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use crate::devices::marker::{MarkerDevice, MarkerLog, ReadyHook, MARKER_BASE, MARKER_LEN};
+use crate::devices::serial::{EventFdTrigger, SerialDevice, COM1_BASE, COM1_IRQ, COM1_LEN};
+use crate::devices::virtio_mmio::{MmioSlot, VirtioMmioAllocator, VirtioMmioError};
+use crate::exits::StopReason;
+use crate::host::{self, HostKind};
+use crate::loader::{self, KernelFormat, LoadedKernel, LoaderError};
+use crate::memory_stats::{self, MemorySample, MemoryStatsError};
+use crate::timing::{self, Phases, Timeline};
+use crate::vstate::kvm::{KvmContext, KvmError};
+use crate::vstate::memory::{self, GuestMemoryMmap, MemoryError};
+use crate::vstate::vcpu::{self, VcpuError};
+use crate::vstate::vm::{self, VmError};
+
+/// Kernel parameters every boot gets, each for a reason:
+/// - `reboot=k`: reboot through the i8042 (0xFE to port 0x64), which the
+///   monitor treats as a clean exit;
+/// - `panic=1`: a panicking guest reboots (and so exits) after one second;
+/// - `nomodule`: the guest kernel is monolithic;
+/// - `pci=off`: there is no PCI bus, skip probing it;
+/// - `i8042.noaux i8042.nomux i8042.dumbkbd`: skip the i8042 probing that
+///   otherwise costs hundreds of ms;
+/// - `swiotlb=noforce`: no bounce buffers;
+/// - `rdinit=/init`: the initramfs init is the project's `isolab-init`.
+pub const BASE_CMDLINE: &str =
+    "reboot=k panic=1 nomodule pci=off i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce rdinit=/init";
+/// With the console off, tell the kernel there is no UART: no serial probing
+/// and no printk output through port I/O (each byte is a VM exit).
+pub const NO_CONSOLE_CMDLINE: &str = "8250.nr_uarts=0";
+/// With the console on: kernel messages on COM1, and ask init to copy the
+/// workload's output there.
+pub const CONSOLE_CMDLINE: &str = "console=ttyS0 isolab.console=1";
+
+/// Builds a virtio-mmio device once its slot and interrupt are known.
+pub type MmioDeviceFactory = Box<dyn FnOnce(MmioSlot, EventFd) -> SharedDevice + Send>;
+
+/// Callbacks and extra devices for one run.
+#[derive(Default)]
+pub struct RunHooks {
+    /// Called on the vCPU thread when the workload-ready marker arrives.
+    pub on_ready: Option<ReadyHook>,
+    /// virtio-mmio devices to attach, in order (slot n: 0xc0001000 + n*4K, IRQ 5+n).
+    pub mmio_devices: Vec<MmioDeviceFactory>,
+}
+
+impl std::fmt::Debug for RunHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunHooks")
+            .field("on_ready", &self.on_ready.is_some())
+            .field("mmio_devices", &self.mmio_devices.len())
+            .finish()
+    }
+}
+
+/// Failures of the boot sequence, one variant per step.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Step 1 (and the KVM vCPU limit in step 3): bad configuration.
+    #[error("Invalid VM configuration")]
+    Config(#[source] ConfigError),
+    /// Step 2: this host cannot boot the guest.
+    #[error("{}", .0.refusal().unwrap_or("host cannot run the VM"))]
+    Host(HostKind),
+    /// Step 3: /dev/kvm unusable.
+    #[error("KVM is not usable")]
+    Kvm(#[source] KvmError),
+    /// Step 4.
+    #[error("Failed to create the VM")]
+    CreateVm(#[source] VmError),
+    /// Step 5.
+    #[error("Failed to set up guest memory")]
+    Memory(#[source] MemoryError),
+    /// Step 5: registering memory slots.
+    #[error("Failed to register guest memory with KVM")]
+    RegisterMemory(#[source] VmError),
+    /// Step 6.
+    #[error("Failed to load the kernel")]
+    LoadKernel(#[source] LoaderError),
+    /// Step 7.
+    #[error("Failed to load the initramfs")]
+    LoadInitrd(#[source] LoaderError),
+    /// Step 8: console file.
+    #[error("Cannot create console file {path}")]
+    ConsoleFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Step 8: interrupt wiring.
+    #[error("Failed to wire a device interrupt")]
+    DeviceIrq(#[source] VmError),
+    /// Step 8: bus registration.
+    #[error("Failed to register a device")]
+    DeviceBus(#[source] BusError),
+    /// Step 8: virtio-mmio slots.
+    #[error("Failed to place a virtio-mmio device")]
+    VirtioMmio(#[source] VirtioMmioError),
+    /// Step 9.
+    #[error("Kernel command line is invalid or longer than {CMDLINE_MAX_SIZE} bytes: {reason}")]
+    Cmdline { reason: String },
+    /// Step 9: writing it.
+    #[error("Failed to write the kernel command line at {CMDLINE_ADDR:#x}")]
+    WriteCmdline(#[source] linux_loader::loader::Error),
+    /// Step 10.
+    #[error("Failed to write the boot information")]
+    BootInfo(#[source] bootparams::BootParamsError),
+    /// Step 11.
+    #[error("Failed to write the MP table")]
+    Mptable(#[source] mptable::MptableError),
+    /// Step 12.
+    #[error("Failed to set up vCPUs")]
+    Vcpu(#[source] VcpuError),
+    /// Step 13: signal plumbing.
+    #[error("Failed to set up signal handling for the run")]
+    Signals(#[source] nix::Error),
+    /// Step 13: thread spawn.
+    #[error("Failed to start the vCPU {index} thread")]
+    SpawnVcpu {
+        index: u8,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Step 13: the guest or KVM failed.
+    #[error("The VM failed")]
+    Run(#[source] VcpuError),
+    /// Step 13: a vCPU thread panicked.
+    #[error("vCPU {index} thread panicked")]
+    VcpuPanic { index: u8 },
+    /// Step 14.
+    #[error("Failed to measure memory")]
+    MemoryStats(#[source] MemoryStatsError),
+}
+
+impl BuildError {
+    /// Whether the caller typed something wrong (nothing was changed).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, BuildError::Config(_))
+    }
+
+    /// Whether the host lacks what the VM needs.
+    pub fn is_host(&self) -> bool {
+        matches!(self, BuildError::Host(_) | BuildError::Kvm(_))
+    }
+}
+
+/// Everything a run reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VmReport {
+    /// The host kind the VM ran on.
+    pub host: HostKind,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Kernel image format.
+    pub kernel_format: KernelFormat,
+    /// Boot protocol used.
+    pub boot_protocol: &'static str,
+    /// The kernel command line as written.
+    pub cmdline: String,
+    /// Why the VM stopped.
+    pub stop_reason: StopReason,
+    /// The workload's exit status from the marker device, if it got that far.
+    pub exit_status: Option<u8>,
+    /// Boot phases.
+    pub phases: Phases,
+    /// Memory when the workload became ready.
+    pub memory_at_ready: Option<MemorySample>,
+    /// Memory at the end, guest fully touched as far as it ever was.
+    pub memory_at_end: MemorySample,
+    /// The workload's stdout as relayed through the marker port.
+    pub workload_output: String,
+    /// Marker values outside the ABI, if any.
+    pub unknown_markers: Vec<u8>,
+}
+
+/// Step 1: check the config without touching KVM.
+pub fn validate_config(config: &VmConfig) -> Result<Validated, BuildError> {
+    config.validate().map_err(BuildError::Config)
+}
+
+/// Step 2: refuse hosts that cannot boot a stock guest (unless told to try).
+pub fn check_host(root: &Path, allow_pvm: bool) -> Result<HostKind, BuildError> {
+    let kind = host::detect(root);
+    match kind {
+        HostKind::Pvm if allow_pvm => Ok(kind),
+        ref k if k.refusal().is_some() => Err(BuildError::Host(kind)),
+        _ => Ok(kind),
+    }
+}
+
+/// Step 3: open /dev/kvm, check capabilities and the vCPU limit.
+pub fn open_kvm(config: &VmConfig) -> Result<KvmContext, BuildError> {
+    let kvm = KvmContext::open().map_err(BuildError::Kvm)?;
+    config
+        .validate_vcpus(kvm.max_vcpus())
+        .map_err(BuildError::Config)?;
+    kvm.check_boot_caps().map_err(BuildError::Kvm)?;
+    Ok(kvm)
+}
+
+/// Step 4: the VM with its in-kernel irqchip and PIT.
+pub fn create_vm(kvm: &KvmContext) -> Result<VmFd, BuildError> {
+    let vm = vm::create_vm(kvm).map_err(BuildError::CreateVm)?;
+    vm::setup_irqchip_and_pit(&vm).map_err(BuildError::CreateVm)?;
+    Ok(vm)
+}
+
+/// Step 5: guest RAM, registered as KVM memory slots.
+pub fn setup_memory(vm: &VmFd, mem_bytes: u64) -> Result<GuestMemoryMmap, BuildError> {
+    let mem = memory::create_guest_memory(mem_bytes).map_err(BuildError::Memory)?;
+    vm::register_memory(vm, &mem).map_err(BuildError::RegisterMemory)?;
+    Ok(mem)
+}
+
+/// Step 6: the kernel at 1 MiB.
+pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BuildError> {
+    loader::load_kernel(mem, path).map_err(BuildError::LoadKernel)
+}
+
+/// Step 7: the initramfs at the top of RAM.
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: Option<&Path>,
+    mem_bytes: u64,
+    kernel: &LoadedKernel,
+) -> Result<Option<InitrdPlacement>, BuildError> {
+    path.map(|p| loader::load_initrd(mem, p, mem_bytes, kernel.end))
+        .transpose()
+        .map_err(BuildError::LoadInitrd)
+}
+
+/// Devices attached in step 8.
+#[derive(Debug)]
+pub struct Devices {
+    /// Both buses.
+    pub bus: DeviceBus,
+    /// Marker log shared with the marker device.
+    pub markers: Arc<Mutex<MarkerLog>>,
+    /// Signalled when the ready marker arrives (for the memory sample).
+    pub ready_evt: EventFd,
+    /// The virtio-mmio slots taken, for the command line.
+    pub mmio_slots: Vec<MmioSlot>,
+}
+
+/// Step 8: COM1 (irqfd on GSI 4), i8042, the marker device and any
+/// virtio-mmio devices.
+pub fn attach_devices(
+    vm: &VmFd,
+    console: &Console,
+    hooks: &mut RunHooks,
+) -> Result<Devices, BuildError> {
+    let mut bus = DeviceBus::default();
+    let out: Box<dyn Write + Send> = match console {
+        Console::Off => Box::new(std::io::sink()),
+        Console::Stdout => Box::new(std::io::stdout()),
+        Console::File(p) => {
+            Box::new(File::create(p).map_err(|source| BuildError::ConsoleFile {
+                path: p.display().to_string(),
+                source,
+            })?)
+        }
+    };
+    let com1_irq = vm::irqfd(vm, COM1_IRQ).map_err(BuildError::DeviceIrq)?;
+    let serial = SerialDevice::new(EventFdTrigger(com1_irq), out);
+    bus.pio
+        .insert(COM1_BASE, COM1_LEN, Arc::new(Mutex::new(serial)))
+        .map_err(BuildError::DeviceBus)?;
+    bus.pio
+        .insert(I8042_BASE, I8042_LEN, Arc::new(Mutex::new(I8042::new())))
+        .map_err(BuildError::DeviceBus)?;
+
+    let markers = Arc::new(Mutex::new(MarkerLog::default()));
+    let ready_evt =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| BuildError::DeviceIrq(VmError::EventFd(e)))?;
+    let ready_signal = ready_evt
+        .try_clone()
+        .map_err(|e| BuildError::DeviceIrq(VmError::EventFd(e)))?;
+    let mut user_hook = hooks.on_ready.take();
+    let hook: ReadyHook = Box::new(move || {
+        if let Some(h) = user_hook.as_mut() {
+            h();
+        }
+        let _ = ready_signal.write(1);
+    });
+    let marker = MarkerDevice::new(markers.clone(), Some(hook));
+    bus.pio
+        .insert(MARKER_BASE, MARKER_LEN, Arc::new(Mutex::new(marker)))
+        .map_err(BuildError::DeviceBus)?;
+
+    let mut alloc = VirtioMmioAllocator::new();
+    let mut mmio_slots = Vec::new();
+    for factory in hooks.mmio_devices.drain(..) {
+        let slot = alloc.allocate().map_err(BuildError::VirtioMmio)?;
+        let irq = vm::irqfd(vm, slot.irq).map_err(BuildError::DeviceIrq)?;
+        bus.mmio
+            .insert(slot.addr, slot.len, factory(slot, irq))
+            .map_err(BuildError::DeviceBus)?;
+        mmio_slots.push(slot);
+    }
+    Ok(Devices {
+        bus,
+        markers,
+        ready_evt,
+        mmio_slots,
+    })
+}
+
+/// The command line for `config` with these virtio-mmio slots.
+pub fn build_cmdline(config: &VmConfig, slots: &[MmioSlot]) -> Result<Cmdline, BuildError> {
+    let err = |e: linux_loader::cmdline::Error| BuildError::Cmdline {
+        reason: e.to_string(),
+    };
+    let mut c = Cmdline::new(CMDLINE_MAX_SIZE).map_err(err)?;
+    c.insert_str(BASE_CMDLINE).map_err(err)?;
+    c.insert_str(if config.console == Console::Off {
+        NO_CONSOLE_CMDLINE
+    } else {
+        CONSOLE_CMDLINE
+    })
+    .map_err(err)?;
+    for slot in slots {
+        c.insert_str(slot.cmdline_entry()).map_err(err)?;
+    }
+    c.insert("isolab.workload", config.workload.as_str())
+        .map_err(err)?;
+    for arg in &config.workload_args {
+        c.insert("isolab.arg", arg.as_str()).map_err(err)?;
+    }
+    if let Some(extra) = config
+        .cmdline_extra
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
+        c.insert_str(extra.trim()).map_err(err)?;
+    }
+    Ok(c)
+}
+
+/// Step 9: the command line at [`CMDLINE_ADDR`].
+pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &Cmdline) -> Result<usize, BuildError> {
+    linux_loader::loader::load_cmdline(mem, vm_memory::GuestAddress(CMDLINE_ADDR), cmdline)
+        .map_err(BuildError::WriteCmdline)?;
+    let s = cmdline.as_cstring().map_err(|e| BuildError::Cmdline {
+        reason: e.to_string(),
+    })?;
+    Ok(s.as_bytes().len())
+}
+
+/// Step 10: zero page (Linux 64-bit protocol) or PVH start info.
+pub fn write_boot_info(
+    mem: &GuestMemoryMmap,
+    mem_bytes: u64,
+    kernel: &LoadedKernel,
+    initrd: Option<InitrdPlacement>,
+    cmdline_len: usize,
+) -> Result<(), BuildError> {
+    let e820 = bootparams::e820_map(mem_bytes).map_err(BuildError::BootInfo)?;
+    match kernel.entry.protocol {
+        BootProtocol::Linux64 => {
+            let params =
+                bootparams::linux_boot_params(kernel.setup_header, cmdline_len + 1, initrd, &e820);
+            bootparams::write_linux_boot_params(mem, &params).map_err(BuildError::BootInfo)
+        }
+        BootProtocol::Pvh => bootparams::write_pvh_boot_info(mem, initrd, &e820)
+            .map(|_| ())
+            .map_err(BuildError::BootInfo),
+    }
+}
+
+/// Step 11: the MP table (also for one vCPU).
+pub fn write_mptable(mem: &GuestMemoryMmap, vcpus: u8) -> Result<(), BuildError> {
+    mptable::setup_mptable(mem, vcpus).map_err(BuildError::Mptable)
+}
+
+/// Step 12: create every vCPU and load its boot state: CPUID, MSRs,
+/// registers, FPU, segments and paging, LAPIC.
+pub fn create_vcpus(
+    vm: &VmFd,
+    kvm: &KvmContext,
+    mem: &GuestMemoryMmap,
+    kernel: &LoadedKernel,
+    count: u8,
+) -> Result<Vec<VcpuFd>, BuildError> {
+    let supported: CpuId = kvm.supported_cpuid().map_err(BuildError::Kvm)?;
+    let mut vcpus = Vec::with_capacity(usize::from(count));
+    for index in 0..count {
+        let fd = vcpu::create_vcpu(vm, index).map_err(BuildError::Vcpu)?;
+        vcpu::configure_cpuid(&fd, &supported, index, count).map_err(BuildError::Vcpu)?;
+        vcpu::configure_msrs(&fd, index).map_err(BuildError::Vcpu)?;
+        vcpu::configure_regs_and_fpu(&fd, index, &kernel.entry).map_err(BuildError::Vcpu)?;
+        vcpu::configure_sregs(&fd, index, mem, kernel.entry.protocol).map_err(BuildError::Vcpu)?;
+        vcpu::configure_lapic(&fd, index).map_err(BuildError::Vcpu)?;
+        vcpus.push(fd);
+    }
+    Ok(vcpus)
+}
+
+/// How the run ended, and when the boot vCPU first entered the guest.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// Why the VM stopped.
+    pub stop_reason: StopReason,
+    /// First KVM_RUN of vCPU 0.
+    pub first_run: Option<Instant>,
+    /// Memory sampled when the ready marker arrived.
+    pub memory_at_ready: Option<MemorySample>,
+}
+
+/// Blocks SIGTERM/SIGINT for the run (vCPU threads inherit the mask) and
+/// restores the previous mask on drop, so the signals end the VM through a
+/// signalfd instead of killing the process with the guest half done.
+struct SignalGuard {
+    old: SigSet,
+    fd: SignalFd,
+}
+
+impl SignalGuard {
+    fn new() -> Result<Self, nix::Error> {
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        let mut old = SigSet::empty();
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))?;
+        match SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+            Ok(fd) => Ok(Self { old, fd }),
+            Err(e) => {
+                let _ =
+                    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.old), None);
+    }
+}
+
+/// Step 13: one thread per vCPU; wait for the first to stop (guest reset,
+/// triple fault, error) or for SIGTERM/SIGINT; then stop and join all.
+pub fn run_vcpus(
+    vcpus: Vec<VcpuFd>,
+    devices: &Devices,
+    guest_ranges: &[(u64, u64)],
+) -> Result<RunOutcome, BuildError> {
+    vcpu::install_kick_handler().map_err(BuildError::Vcpu)?;
+    let signals = SignalGuard::new().map_err(BuildError::Signals)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let first_run = Arc::new(OnceLock::new());
+    let done_evt =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| BuildError::DeviceIrq(VmError::EventFd(e)))?;
+
+    let mut handles: Vec<JoinHandle<Result<StopReason, VcpuError>>> = Vec::new();
+    let mut spawn_error = None;
+    for (i, mut fd) in vcpus.into_iter().enumerate() {
+        let index = i as u8;
+        let bus = devices.bus.clone();
+        let stop = stop.clone();
+        let first_run = first_run.clone();
+        let done = match done_evt.try_clone() {
+            Ok(d) => d,
+            Err(e) => {
+                spawn_error = Some(BuildError::SpawnVcpu { index, source: e });
+                break;
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || {
+                let fr = (index == 0).then_some(&*first_run);
+                let r = vcpu::run_loop(&mut fd, index, &bus, &stop, fr);
+                let _ = done.write(1);
+                r
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(source) => {
+                spawn_error = Some(BuildError::SpawnVcpu { index, source });
+                break;
+            }
+        }
+    }
+
+    let mut memory_at_ready = None;
+    let mut host_stop = false;
+    if spawn_error.is_none() {
+        loop {
+            // SAFETY: both eventfds outlive this loop iteration (owned by
+            // this function and by `devices`), so the borrowed fds stay open.
+            let (done_fd, ready_fd) = unsafe {
+                (
+                    BorrowedFd::borrow_raw(done_evt.as_raw_fd()),
+                    BorrowedFd::borrow_raw(devices.ready_evt.as_raw_fd()),
+                )
+            };
+            let mut fds = [
+                PollFd::new(signals.fd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(done_fd, PollFlags::POLLIN),
+                PollFd::new(ready_fd, PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => {
+                    spawn_error = Some(BuildError::Signals(e));
+                    break;
+                }
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
+            let (sig, done, rdy) = (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
+            if rdy {
+                let _ = devices.ready_evt.read();
+                if memory_at_ready.is_none() {
+                    memory_at_ready = memory_stats::sample(Path::new("/proc"), guest_ranges).ok();
+                }
+            }
+            if sig {
+                let _ = signals.fd.read_signal();
+                host_stop = true;
+                break;
+            }
+            if done {
+                break;
+            }
+        }
+    }
+
+    // Stop the others: set the flag, then kick until each thread is out.
+    stop.store(true, Ordering::SeqCst);
+    for h in &handles {
+        while !h.is_finished() {
+            let _ = h.kill(vcpu::kick_signal());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    let mut first_stop: Option<StopReason> = None;
+    let mut first_error: Option<BuildError> = spawn_error;
+    for (i, h) in handles.into_iter().enumerate() {
+        match h.join() {
+            Ok(Ok(StopReason::HostRequest)) => {}
+            Ok(Ok(r)) => {
+                first_stop.get_or_insert(r);
+            }
+            Ok(Err(e)) => {
+                first_error.get_or_insert(BuildError::Run(e));
+            }
+            Err(_) => {
+                first_error.get_or_insert(BuildError::VcpuPanic { index: i as u8 });
+            }
+        }
+    }
+    drop(signals);
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let stop_reason = if host_stop {
+        StopReason::HostRequest
+    } else {
+        first_stop.unwrap_or(StopReason::HostRequest)
+    };
+    Ok(RunOutcome {
+        stop_reason,
+        first_run: first_run.get().copied(),
+        memory_at_ready,
+    })
+}
+
+/// Step 14: timings, exit status, memory.
+pub fn collect_report(
+    timeline: &Timeline,
+    devices: &Devices,
+    outcome: RunOutcome,
+    facts: ReportFacts,
+    guest_ranges: &[(u64, u64)],
+) -> Result<VmReport, BuildError> {
+    let memory_at_end =
+        memory_stats::sample(Path::new("/proc"), guest_ranges).map_err(BuildError::MemoryStats)?;
+    let log = devices
+        .markers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    Ok(VmReport {
+        host: facts.host,
+        vcpus: facts.vcpus,
+        memory_mib: facts.memory_mib,
+        kernel_format: facts.kernel_format,
+        boot_protocol: match facts.protocol {
+            BootProtocol::Linux64 => "linux64",
+            BootProtocol::Pvh => "pvh",
+        },
+        cmdline: facts.cmdline,
+        stop_reason: outcome.stop_reason,
+        exit_status: log.exit_status.filter(|_| log.workload_exited.is_some()),
+        phases: timing::phases(timeline, &log),
+        memory_at_ready: outcome.memory_at_ready,
+        memory_at_end,
+        workload_output: String::from_utf8_lossy(&log.output).into_owned(),
+        unknown_markers: log.unknown_events,
+    })
+}
+
+/// Static facts of a run for the report.
+#[derive(Debug, Clone)]
+pub struct ReportFacts {
+    /// Host kind.
+    pub host: HostKind,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// RAM.
+    pub memory_mib: u64,
+    /// Kernel format.
+    pub kernel_format: KernelFormat,
+    /// Protocol.
+    pub protocol: BootProtocol,
+    /// Command line.
+    pub cmdline: String,
+}
+
+/// Performs the whole boot sequence and runs the VM to its end.
+/// `started` is the caller's earliest timestamp (monitor start).
+pub fn run(
+    config: &VmConfig,
+    started: Instant,
+    mut hooks: RunHooks,
+) -> Result<VmReport, BuildError> {
+    let mut timeline = Timeline::new(started);
+    let validated = validate_config(config)?; // 1
+    let host = check_host(Path::new("/"), config.allow_pvm)?; // 2
+    let kvm = open_kvm(config)?; // 3
+    let vm = create_vm(&kvm)?; // 4
+    timeline.vm_created = Some(Instant::now());
+    let mem = setup_memory(&vm, validated.mem_bytes)?; // 5
+    let guest_ranges = memory::host_ranges(&mem);
+    let kernel = load_kernel(&mem, &config.kernel)?; // 6
+    let initrd = load_initrd(&mem, config.initrd.as_deref(), validated.mem_bytes, &kernel)?; // 7
+    let devices = attach_devices(&vm, &config.console, &mut hooks)?; // 8
+    let cmdline = build_cmdline(config, &devices.mmio_slots)?;
+    let cmdline_len = write_cmdline(&mem, &cmdline)?; // 9
+    write_boot_info(&mem, validated.mem_bytes, &kernel, initrd, cmdline_len)?; // 10
+    write_mptable(&mem, config.vcpus)?; // 11
+    let vcpus = create_vcpus(&vm, &kvm, &mem, &kernel, config.vcpus)?; // 12
+    let outcome = run_vcpus(vcpus, &devices, &guest_ranges)?; // 13
+    timeline.first_run = outcome.first_run;
+    timeline.stopped = Some(Instant::now());
+    let facts = ReportFacts {
+        host,
+        vcpus: config.vcpus,
+        memory_mib: config.memory_mib,
+        kernel_format: kernel.format,
+        protocol: kernel.entry.protocol,
+        cmdline: cmdline
+            .as_cstring()
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    };
+    let report = collect_report(&timeline, &devices, outcome, facts, &guest_ranges); // 14
+                                                                                     // Teardown order: vCPU fds are gone (threads joined); the VM goes before
+                                                                                     // the memory it maps.
+    drop(vm);
+    drop(mem);
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_cmdline_quiets_probes_and_passes_the_workload() {
+        let mut c = VmConfig::new("/k", "api");
+        c.workload_args = vec!["--port".into(), "8080".into()];
+        c.cmdline_extra = Some("loglevel=8".into());
+        let slots = [MmioSlot {
+            addr: 0xc000_1000,
+            len: 0x1000,
+            irq: 5,
+        }];
+        let s = build_cmdline(&c, &slots)
+            .unwrap()
+            .as_cstring()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        for needle in [
+            "reboot=k",
+            "panic=1",
+            "pci=off",
+            "i8042.noaux",
+            "i8042.nomux",
+            "i8042.dumbkbd",
+            "8250.nr_uarts=0",
+            "virtio_mmio.device=4K@0xc0001000:5",
+            "isolab.workload=api isolab.arg=--port isolab.arg=8080",
+        ] {
+            assert!(s.contains(needle), "{needle} missing from {s}");
+        }
+        assert!(s.ends_with("loglevel=8"), "{s}");
+        assert!(!s.contains("console=ttyS0"));
+    }
+
+    #[test]
+    fn console_on_enables_ttys0_and_not_nr_uarts_0() {
+        let mut c = VmConfig::new("/k", "noop");
+        c.console = Console::Stdout;
+        let s = build_cmdline(&c, &[])
+            .unwrap()
+            .as_cstring()
+            .unwrap()
+            .into_string()
+            .unwrap();
+        assert!(s.contains("console=ttyS0"));
+        assert!(s.contains("isolab.console=1"));
+        assert!(!s.contains("8250.nr_uarts=0"));
+    }
+
+    #[test]
+    fn pvm_host_is_refused_unless_allowed() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("dev")).unwrap();
+        std::fs::write(d.path().join("dev/kvm"), b"").unwrap();
+        std::fs::create_dir_all(d.path().join("sys/module/kvm_pvm")).unwrap();
+        let e = check_host(d.path(), false).unwrap_err();
+        assert!(e.is_host());
+        assert!(e.to_string().contains("PVM"), "{e}");
+        assert_eq!(check_host(d.path(), true).unwrap(), HostKind::Pvm);
+        let e = check_host(&d.path().join("nothing"), true).unwrap_err();
+        assert!(e.to_string().contains("no /dev/kvm"), "{e}");
+    }
+}

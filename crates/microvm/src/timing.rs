@@ -1,0 +1,160 @@
+//! Boot timeline: host-side CLOCK_MONOTONIC stamps from monitor start to the
+//! guest's markers, and the phases derived from them.
+
+use std::time::Instant;
+
+use crate::devices::marker::MarkerLog;
+
+/// Raw stamps of one run.
+#[derive(Debug, Clone)]
+pub struct Timeline {
+    /// Monitor start (the caller's earliest stamp, e.g. at `main`).
+    pub start: Instant,
+    /// KVM_CREATE_VM returned.
+    pub vm_created: Option<Instant>,
+    /// The boot vCPU entered KVM_RUN for the first time.
+    pub first_run: Option<Instant>,
+    /// The VM stopped (all vCPU threads joined).
+    pub stopped: Option<Instant>,
+    /// Process age when the monitor started, from /proc/self/stat (10 ms
+    /// resolution): the exec and runtime start-up cost before `start`.
+    pub exec_to_start_ms: Option<f64>,
+}
+
+impl Timeline {
+    /// A timeline starting at `start`.
+    pub fn new(start: Instant) -> Self {
+        Self {
+            start,
+            vm_created: None,
+            first_run: None,
+            stopped: None,
+            exec_to_start_ms: process_age_ms(),
+        }
+    }
+}
+
+/// Phases in milliseconds; `None` where a marker never arrived.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Phases {
+    /// exec to monitor start (coarse, from /proc/self/stat).
+    pub exec_to_monitor_ms: Option<f64>,
+    /// Monitor start to KVM_CREATE_VM done.
+    pub vm_create_ms: Option<f64>,
+    /// VMM setup: monitor start to the first KVM_RUN.
+    pub vmm_setup_ms: Option<f64>,
+    /// Kernel boot: first KVM_RUN to the init-reached marker.
+    pub kernel_boot_ms: Option<f64>,
+    /// Init: init reached to workload exec'd.
+    pub init_ms: Option<f64>,
+    /// Workload start-up: exec'd to ready.
+    pub workload_ready_ms: Option<f64>,
+    /// Monitor start to workload ready: the startup figure to compare.
+    pub start_to_ready_ms: Option<f64>,
+    /// Workload ready to workload exited.
+    pub workload_run_ms: Option<f64>,
+    /// Workload exited to VM stopped (sync, reboot, teardown of vCPUs).
+    pub shutdown_ms: Option<f64>,
+    /// Monitor start to VM stopped.
+    pub total_ms: Option<f64>,
+}
+
+fn span(a: Option<Instant>, b: Option<Instant>) -> Option<f64> {
+    let (a, b) = (a?, b?);
+    Some(b.checked_duration_since(a)?.as_secs_f64() * 1e3)
+}
+
+/// Derives the phases from the host stamps and the guest markers.
+pub fn phases(t: &Timeline, m: &MarkerLog) -> Phases {
+    let s = Some(t.start);
+    Phases {
+        exec_to_monitor_ms: t.exec_to_start_ms,
+        vm_create_ms: span(s, t.vm_created),
+        vmm_setup_ms: span(s, t.first_run),
+        kernel_boot_ms: span(t.first_run, m.init_reached),
+        init_ms: span(m.init_reached, m.workload_started),
+        workload_ready_ms: span(m.workload_started, m.workload_ready),
+        start_to_ready_ms: span(s, m.workload_ready),
+        workload_run_ms: span(m.workload_ready, m.workload_exited),
+        shutdown_ms: span(m.workload_exited, t.stopped),
+        total_ms: span(s, t.stopped),
+    }
+}
+
+/// How long this process has existed, from `/proc/self/stat` field 22
+/// (start time in clock ticks since boot) against CLOCK_BOOTTIME.
+pub fn process_age_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    parse_age_ms(&stat, boottime_secs()?, clock_ticks()?)
+}
+
+/// Pure part of [`process_age_ms`].
+pub fn parse_age_ms(stat: &str, now_since_boot_s: f64, ticks_per_s: f64) -> Option<f64> {
+    // The command name (field 2) may contain spaces; fields resume after ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ')' comes field 3; starttime is field 22.
+    let start_ticks: f64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    Some(((now_since_boot_s - start_ticks / ticks_per_s) * 1e3).max(0.0))
+}
+
+fn boottime_secs() -> Option<f64> {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    Some(ts.tv_sec() as f64 + ts.tv_nsec() as f64 * 1e-9)
+}
+
+fn clock_ticks() -> Option<f64> {
+    // SAFETY: sysconf only reads a configuration value.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (t > 0).then_some(t as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn phases_chain_from_start_to_stop() {
+        let t0 = Instant::now();
+        let at = |ms| Some(t0 + Duration::from_millis(ms));
+        let t = Timeline {
+            start: t0,
+            vm_created: at(2),
+            first_run: at(5),
+            stopped: at(400),
+            exec_to_start_ms: Some(10.0),
+        };
+        let m = MarkerLog {
+            init_reached: at(105),
+            workload_started: at(110),
+            workload_ready: at(111),
+            workload_exited: at(300),
+            ..Default::default()
+        };
+        let p = phases(&t, &m);
+        let r = |v: Option<f64>| v.map(|x| x.round() as i64);
+        assert_eq!(r(p.vmm_setup_ms), Some(5));
+        assert_eq!(r(p.kernel_boot_ms), Some(100));
+        assert_eq!(r(p.init_ms), Some(5));
+        assert_eq!(r(p.workload_ready_ms), Some(1));
+        assert_eq!(r(p.start_to_ready_ms), Some(111));
+        assert_eq!(r(p.shutdown_ms), Some(100));
+        assert_eq!(r(p.total_ms), Some(400));
+    }
+
+    #[test]
+    fn missing_markers_leave_phases_empty() {
+        let t = Timeline::new(Instant::now());
+        let p = phases(&t, &MarkerLog::default());
+        assert_eq!(p.kernel_boot_ms, None);
+        assert_eq!(p.vmm_setup_ms, None);
+    }
+
+    #[test]
+    fn stat_start_time_is_read_after_the_command_name() {
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 500 1000 100";
+        // starttime 500 ticks at 100 Hz = 5 s after boot; now 7.5 s.
+        assert_eq!(parse_age_ms(stat, 7.5, 100.0), Some(2500.0));
+        assert_eq!(parse_age_ms("garbage", 1.0, 100.0), None);
+    }
+}
