@@ -1,0 +1,446 @@
+//! rtnetlink requests over a synchronous socket (netlink-sys), with the
+//! messages built and parsed by netlink-packet-route: links (bridge, veth,
+//! TAP master/up), IPv4 addresses and the default route.
+//!
+//! A socket acts on the network namespace it was created in; open one for
+//! another namespace with [`Netlink::open_in`].
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+use crate::netns::{self, NetnsError};
+
+/// Receive buffer: large enough for one dump datagram of a small namespace.
+const RECV_BUF: usize = 64 * 1024;
+
+/// Errors of netlink requests.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// The socket could not be created, bound or connected.
+    #[error("Could not open a NETLINK_ROUTE socket")]
+    Socket(#[source] io::Error),
+    /// The socket could not be created inside the target namespace.
+    #[error("Could not open a netlink socket in the target namespace")]
+    Namespace(#[source] Box<NetnsError>),
+    /// Sending a request failed.
+    #[error("Could not send the {op} request for {target}")]
+    Send {
+        op: &'static str,
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+    /// Receiving the answer failed.
+    #[error("Could not receive the answer to {op} for {target}")]
+    Recv {
+        op: &'static str,
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The answer could not be parsed.
+    #[error("Could not parse the kernel's answer to {op} for {target}: {detail}")]
+    Decode {
+        op: &'static str,
+        target: String,
+        detail: String,
+    },
+    /// The kernel refused the request.
+    #[error("The kernel refused {op} for {target}")]
+    Refused {
+        op: &'static str,
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl NetlinkError {
+    /// The errno of a refused request, if that is what this is.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Refused { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// One interface as seen by a link dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// Index of the bridge it is enslaved to.
+    pub master: Option<u32>,
+    /// `IFLA_INFO_KIND` (`bridge`, `veth`, `tun`, ...), when the kernel reports one.
+    pub kind: Option<String>,
+    /// Administratively up.
+    pub up: bool,
+}
+
+/// An IPv4 address of an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Address {
+    /// Interface index.
+    pub index: u32,
+    /// The address.
+    pub addr: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+}
+
+/// A NETLINK_ROUTE socket bound to one network namespace.
+#[derive(Debug)]
+pub struct Netlink {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Netlink {
+    /// A socket in the calling thread's network namespace.
+    pub fn open() -> Result<Netlink, NetlinkError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
+        socket.bind_auto().map_err(NetlinkError::Socket)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(NetlinkError::Socket)?;
+        Ok(Netlink {
+            socket,
+            seq: 0,
+            buf: vec![0; RECV_BUF],
+        })
+    }
+
+    /// A socket in the network namespace `ns`.
+    pub fn open_in(ns: BorrowedFd<'_>) -> Result<Netlink, NetlinkError> {
+        netns::run_in(ns, Netlink::open).map_err(|e| NetlinkError::Namespace(Box::new(e)))?
+    }
+
+    fn send(
+        &mut self,
+        op: &'static str,
+        target: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<u32, NetlinkError> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        packet.finalize();
+        let mut bytes = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut bytes);
+        self.socket
+            .send(&bytes, 0)
+            .map_err(|source| NetlinkError::Send {
+                op,
+                target: target.to_owned(),
+                source,
+            })?;
+        Ok(self.seq)
+    }
+
+    /// Receives datagrams and hands each message of sequence `seq` to
+    /// `each` until it returns `Some`.
+    fn receive<T>(
+        &mut self,
+        op: &'static str,
+        target: &str,
+        seq: u32,
+        mut each: impl FnMut(NetlinkMessage<RouteNetlinkMessage>) -> Option<Result<T, NetlinkError>>,
+    ) -> Result<T, NetlinkError> {
+        loop {
+            let size = match self.socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(size) => size,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(NetlinkError::Recv {
+                        op,
+                        target: target.to_owned(),
+                        source,
+                    })
+                }
+            };
+            let mut offset = 0;
+            while offset + 4 <= size {
+                let len = u32::from_ne_bytes([
+                    self.buf[offset],
+                    self.buf[offset + 1],
+                    self.buf[offset + 2],
+                    self.buf[offset + 3],
+                ]) as usize;
+                if len < 16 || offset + len > size {
+                    break;
+                }
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(
+                    &self.buf[offset..offset + len],
+                )
+                .map_err(|e| NetlinkError::Decode {
+                    op,
+                    target: target.to_owned(),
+                    detail: e.to_string(),
+                })?;
+                offset += (len + 3) & !3;
+                if msg.header.sequence_number != seq {
+                    continue;
+                }
+                if let Some(result) = each(msg) {
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// Sends a request that the kernel acknowledges.
+    fn request(
+        &mut self,
+        op: &'static str,
+        target: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<(), NetlinkError> {
+        let seq = self.send(op, target, msg, NLM_F_REQUEST | NLM_F_ACK | flags)?;
+        self.receive(op, target, seq, |msg| match msg.payload {
+            NetlinkPayload::Error(err) => Some(match err.code {
+                None => Ok(()),
+                Some(_) => Err(NetlinkError::Refused {
+                    op,
+                    target: target.to_owned(),
+                    source: err.to_io(),
+                }),
+            }),
+            _ => None,
+        })
+    }
+
+    /// Sends a dump request and collects every answer.
+    fn dump(
+        &mut self,
+        op: &'static str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+        let seq = self.send(op, "dump", msg, NLM_F_REQUEST | NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        self.receive(op, "dump", seq, |msg| match msg.payload {
+            NetlinkPayload::Done(_) => Some(Ok(())),
+            NetlinkPayload::Error(err) if err.code.is_some() => Some(Err(NetlinkError::Refused {
+                op,
+                target: "dump".into(),
+                source: err.to_io(),
+            })),
+            NetlinkPayload::InnerMessage(inner) => {
+                out.push(inner);
+                None
+            }
+            _ => None,
+        })?;
+        Ok(out)
+    }
+
+    /// Every interface of the namespace.
+    pub fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
+        let answers = self.dump(
+            "link dump",
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        )?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(link) => Some(link_of(&link)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The interface called `name`, if any.
+    pub fn link(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        Ok(self.links()?.into_iter().find(|l| l.name == name))
+    }
+
+    /// Every IPv4 address of the namespace.
+    pub fn addresses(&mut self) -> Result<Vec<Address>, NetlinkError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        let answers = self.dump("address dump", RouteNetlinkMessage::GetAddress(msg))?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => {
+                    let addr = a.attributes.iter().find_map(|attr| match attr {
+                        AddressAttribute::Local(std::net::IpAddr::V4(v4)) => Some(*v4),
+                        AddressAttribute::Address(std::net::IpAddr::V4(v4)) => Some(*v4),
+                        _ => None,
+                    })?;
+                    Some(Address {
+                        index: a.header.index,
+                        addr,
+                        prefix: a.header.prefix_len,
+                    })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Creates a bridge called `name`.
+    pub fn add_bridge(&mut self, name: &str) -> Result<(), NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes = vec![
+            LinkAttribute::IfName(name.to_owned()),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
+        ];
+        self.request(
+            "create bridge",
+            name,
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Creates a veth pair: `name` here, `peer` directly inside the
+    /// namespace `peer_ns` (so no name clash or rename is ever needed there).
+    pub fn add_veth(
+        &mut self,
+        name: &str,
+        peer: &str,
+        peer_ns: BorrowedFd<'_>,
+    ) -> Result<(), NetlinkError> {
+        let mut peer_msg = LinkMessage::default();
+        peer_msg.attributes = vec![
+            LinkAttribute::IfName(peer.to_owned()),
+            LinkAttribute::NetNsFd(peer_ns.as_raw_fd()),
+        ];
+        let mut msg = LinkMessage::default();
+        msg.attributes = vec![
+            LinkAttribute::IfName(name.to_owned()),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+            ]),
+        ];
+        self.request(
+            "create veth pair",
+            name,
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Sets an interface up, optionally enslaving it to bridge `master` first.
+    pub fn set_up(&mut self, index: u32, master: Option<u32>) -> Result<(), NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        if let Some(master) = master {
+            msg.attributes.push(LinkAttribute::Controller(master));
+        }
+        self.request(
+            "set link up",
+            &format!("ifindex {index}"),
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+        )
+    }
+
+    /// Deletes an interface (for a veth, both ends).
+    pub fn delete_link(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        self.request(
+            "delete link",
+            &format!("ifindex {index}"),
+            RouteNetlinkMessage::DelLink(msg),
+            0,
+        )
+    }
+
+    /// Adds `addr/prefix` to interface `index`.
+    pub fn add_address(
+        &mut self,
+        index: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = prefix;
+        msg.header.scope = AddressScope::Universe;
+        msg.header.index = index;
+        let host_mask = u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
+        let broadcast = Ipv4Addr::from(u32::from(addr) | host_mask);
+        msg.attributes = vec![
+            AddressAttribute::Local(addr.into()),
+            AddressAttribute::Address(addr.into()),
+            AddressAttribute::Broadcast(broadcast),
+        ];
+        self.request(
+            "add address",
+            &format!("{addr}/{prefix} on ifindex {index}"),
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Adds the IPv4 default route via `gateway`.
+    pub fn add_default_route(&mut self, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = 0;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Static;
+        msg.header.scope = RouteScope::Universe;
+        msg.header.kind = RouteType::Unicast;
+        msg.attributes = vec![RouteAttribute::Gateway(RouteAddress::Inet(gateway))];
+        self.request(
+            "add default route",
+            &format!("via {gateway}"),
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+}
+
+fn link_of(msg: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        master: None,
+        kind: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => link.name = name.clone(),
+            LinkAttribute::Controller(m) => link.master = Some(*m),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(kind) = info {
+                        link.kind = Some(kind.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}

@@ -1,0 +1,545 @@
+//! The workbench network: one namespace of its own with a bridge in it,
+//! and the attachments of instances to that bridge.
+//!
+//! Setup, in order (one function each, see [`Workbench::create`]):
+//! 1. validate the names and the subnet;
+//! 2. take the lock `<lock_dir>/net-<name>.lock` (a live workbench of the
+//!    same name is an error; a lock left by a killed run is free again);
+//! 3. check that no address of the caller's own namespace lies in the
+//!    subnet (read-only: this crate never configures the host's network);
+//! 4. remove a stale namespace name left by a killed run;
+//! 5. create the namespace, bind-mounted at `<run_dir>/<name>`;
+//! 6. inside it: `lo` up, the bridge with the subnet's first address, up.
+//!
+//! Attachments: a container gets a veth pair whose peer is created
+//! directly in its namespace ([`Workbench::attach_veth`]); a microVM gets a
+//! TAP fd ([`Workbench::create_tap`]); a plain process enters the namespace
+//! in `pre_exec` ([`Workbench::pre_exec_enter`]). Each holds an address
+//! [`Lease`] and removes its interface when dropped. Removing the namespace
+//! removes every interface in it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::ipam::{AddrError, AddressPool, Lease, Subnet};
+use crate::netlink::{Link, Netlink, NetlinkError};
+use crate::netns::{self, NamedNetns, NetnsError};
+use crate::tap::{self, Tap, TapError};
+
+/// Default namespace name.
+pub const DEFAULT_NAME: &str = "isolab0";
+/// Default bridge name.
+pub const DEFAULT_BRIDGE: &str = "isobr0";
+/// Default subnet; its first address (10.203.0.1) is the bridge's. It exists
+/// only inside the workbench namespace.
+pub const DEFAULT_SUBNET: &str = "10.203.0.0/24";
+/// Default directory of lock files.
+pub const DEFAULT_LOCK_DIR: &str = "/run/isolab";
+
+/// Errors of the workbench network.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkbenchError {
+    /// A name in the configuration is unusable.
+    #[error("Invalid {what} name {name:?}: use 1..=15 bytes without '/' or whitespace")]
+    Name { what: &'static str, name: String },
+    /// The lock directory or file could not be created.
+    #[error("Could not create the lock file {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Another live workbench holds this name and its bridge.
+    #[error("Workbench network {name} (bridge {bridge}) is already in use by a running process (lock {lock}); stop it or pick another name")]
+    InUse {
+        name: String,
+        bridge: String,
+        lock: PathBuf,
+    },
+    /// The caller's own namespace already has an address in the subnet.
+    #[error("Address range {subnet} is already in use here ({addr} on ifindex {index}); pick another private subnet")]
+    AddressRangeInUse {
+        subnet: Subnet,
+        addr: Ipv4Addr,
+        index: u32,
+    },
+    /// Reading the caller's addresses failed.
+    #[error("Could not read this namespace's addresses to check the subnet")]
+    AddressScan(#[source] NetlinkError),
+    /// A stale namespace name could not be removed.
+    #[error("Could not remove the stale namespace left by an earlier run")]
+    Stale(#[source] NetnsError),
+    /// Creating the namespace failed.
+    #[error("Could not create the workbench namespace")]
+    Namespace(#[source] NetnsError),
+    /// Opening netlink inside the namespace failed.
+    #[error("Could not talk to the workbench namespace")]
+    Netlink(#[source] NetlinkError),
+    /// Setting up `lo` failed.
+    #[error("Could not set up lo in the workbench namespace")]
+    Loopback(#[source] NetlinkError),
+    /// Creating or configuring the bridge failed.
+    #[error("Could not set up bridge {name} with {addr}/{prefix}")]
+    Bridge {
+        name: String,
+        addr: Ipv4Addr,
+        prefix: u8,
+        #[source]
+        source: NetlinkError,
+    },
+    /// The subnet is invalid or has no free address.
+    #[error(transparent)]
+    Address(#[from] AddrError),
+    /// Creating the veth pair failed.
+    #[error("Could not create veth pair {host} <-> {peer}")]
+    Veth {
+        host: String,
+        peer: String,
+        #[source]
+        source: NetlinkError,
+    },
+    /// Configuring the instance's end failed.
+    #[error("Could not configure {peer} in the instance's namespace ({step})")]
+    Peer {
+        peer: String,
+        step: &'static str,
+        #[source]
+        source: NetlinkError,
+    },
+    /// Creating the TAP failed.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// Removing the namespace failed.
+    #[error("Could not remove the workbench namespace")]
+    Teardown(#[source] NetnsError),
+}
+
+/// Configuration of the workbench network; [`Default`] gives the documented
+/// defaults.
+#[derive(Debug, Clone)]
+pub struct WorkbenchConfig {
+    /// Namespace name (default `isolab0`).
+    pub name: String,
+    /// Bridge name inside it (default `isobr0`).
+    pub bridge: String,
+    /// Private subnet (default `10.203.0.0/24`); the bridge takes its first address.
+    pub subnet: Subnet,
+    /// Where namespace names live (default `/run/netns`, as `ip netns`).
+    pub run_dir: PathBuf,
+    /// Where the lock file lives (default `/run/isolab`).
+    pub lock_dir: PathBuf,
+}
+
+impl Default for WorkbenchConfig {
+    fn default() -> Self {
+        WorkbenchConfig {
+            name: DEFAULT_NAME.into(),
+            bridge: DEFAULT_BRIDGE.into(),
+            subnet: DEFAULT_SUBNET.parse().expect("the default subnet is valid"),
+            run_dir: PathBuf::from(netns::RUN_NETNS),
+            lock_dir: PathBuf::from(DEFAULT_LOCK_DIR),
+        }
+    }
+}
+
+/// The workbench namespace with its bridge. Dropping it removes the
+/// namespace, and with it every interface inside.
+#[derive(Debug)]
+pub struct Workbench {
+    config: WorkbenchConfig,
+    ns: Option<NamedNetns>,
+    nl: Arc<Mutex<Netlink>>,
+    bridge_index: u32,
+    pool: AddressPool,
+    next_if: AtomicU32,
+    removed_stale: bool,
+    lock: Option<(Flock<File>, PathBuf)>,
+}
+
+impl Workbench {
+    /// Creates the namespace and the bridge (steps in the module docs).
+    pub fn create(config: WorkbenchConfig) -> Result<Workbench, WorkbenchError> {
+        validate(&config)?;
+        let lock = take_lock(&config)?;
+        check_subnet_free(&config.subnet)?;
+        let ns_path = config.run_dir.join(&config.name);
+        let removed_stale = netns::remove_name(&ns_path).map_err(WorkbenchError::Stale)?;
+        let ns =
+            NamedNetns::create(&config.run_dir, &config.name).map_err(WorkbenchError::Namespace)?;
+        match setup_inside(&ns, &config) {
+            Ok((nl, bridge_index)) => Ok(Workbench {
+                pool: AddressPool::new(config.subnet),
+                config,
+                ns: Some(ns),
+                nl: Arc::new(Mutex::new(nl)),
+                bridge_index,
+                next_if: AtomicU32::new(0),
+                removed_stale,
+                lock: Some(lock),
+            }),
+            Err(err) => {
+                let _ = ns.remove();
+                release_lock(lock);
+                Err(err)
+            }
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &WorkbenchConfig {
+        &self.config
+    }
+
+    /// Whether a stale namespace of a killed run was removed at creation.
+    pub fn removed_stale(&self) -> bool {
+        self.removed_stale
+    }
+
+    /// `/run/netns/<name>`.
+    pub fn netns_path(&self) -> PathBuf {
+        self.config.run_dir.join(&self.config.name)
+    }
+
+    /// The bridge's address (the instances' gateway).
+    pub fn bridge_addr(&self) -> Ipv4Addr {
+        self.config.subnet.gateway()
+    }
+
+    /// The bridge's interface index inside the namespace.
+    pub fn bridge_index(&self) -> u32 {
+        self.bridge_index
+    }
+
+    /// Every interface inside the workbench namespace.
+    pub fn links(&self) -> Result<Vec<Link>, WorkbenchError> {
+        self.netlink().links().map_err(WorkbenchError::Netlink)
+    }
+
+    /// A bare address lease (for an instance attached by other means).
+    pub fn lease(&self) -> Result<Lease, WorkbenchError> {
+        Ok(self.pool.lease()?)
+    }
+
+    /// Number of addresses currently leased.
+    pub fn leased(&self) -> usize {
+        self.pool.leased()
+    }
+
+    fn netlink(&self) -> MutexGuard<'_, Netlink> {
+        self.nl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ns_fd(&self) -> BorrowedFd<'_> {
+        self.ns
+            .as_ref()
+            .map(AsFd::as_fd)
+            .expect("the namespace is only taken by destroy/drop")
+    }
+
+    /// A hook for `CommandExt::pre_exec` that moves the child into the
+    /// workbench namespace (process mode). The workbench must outlive the
+    /// `spawn` call that runs the hook.
+    pub fn pre_exec_enter(&self) -> impl FnMut() -> io::Result<()> + Send + Sync + 'static {
+        let fd = self.ns_fd().as_raw_fd();
+        move || netns::enter_raw(fd)
+    }
+
+    /// Runs `f` on a helper thread inside the workbench namespace (for
+    /// example the [`crate::probe`]); sockets it opens stay there.
+    pub fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, WorkbenchError> {
+        netns::run_in(self.ns_fd(), f).map_err(WorkbenchError::Namespace)
+    }
+
+    /// Attaches the instance whose network namespace is `target` (open
+    /// `/proc/<pid>/ns/net` with [`netns::open_pid`]): a veth pair with
+    /// the host end on the bridge and the peer `peer_name` (usually
+    /// `eth0`) created inside `target`, given a leased address, set up, with
+    /// `lo` up and a default route via the bridge.
+    pub fn attach_veth(
+        &self,
+        target: BorrowedFd<'_>,
+        peer_name: &str,
+    ) -> Result<VethAttachment, WorkbenchError> {
+        if !tap::valid_ifname(peer_name) {
+            return Err(WorkbenchError::Name {
+                what: "peer interface",
+                name: peer_name.to_owned(),
+            });
+        }
+        let lease = self.pool.lease()?;
+        let host = format!("iv{}", self.next_if.fetch_add(1, Ordering::Relaxed));
+        let veth_err = |source| WorkbenchError::Veth {
+            host: host.clone(),
+            peer: peer_name.to_owned(),
+            source,
+        };
+        let host_index = {
+            let mut nl = self.netlink();
+            nl.add_veth(&host, peer_name, target).map_err(veth_err)?;
+            let index = match nl.link(&host) {
+                Ok(Some(link)) => link.index,
+                Ok(None) => {
+                    return Err(veth_err(NetlinkError::Refused {
+                        op: "find new veth",
+                        target: host.clone(),
+                        source: io::Error::from_raw_os_error(libc::ENODEV),
+                    }))
+                }
+                Err(e) => return Err(veth_err(e)),
+            };
+            if let Err(e) = nl.set_up(index, Some(self.bridge_index)) {
+                let _ = nl.delete_link(index);
+                return Err(veth_err(e));
+            }
+            index
+        };
+        let attachment = VethAttachment {
+            host,
+            host_index,
+            peer: peer_name.to_owned(),
+            lease,
+            nl: Arc::clone(&self.nl),
+        };
+        // On error the attachment's Drop removes the pair.
+        configure_peer(target, peer_name, &attachment.lease)?;
+        Ok(attachment)
+    }
+
+    /// Creates a TAP on the bridge for a microVM and leases the guest's
+    /// address; `name` defaults to `it<N>`. The TAP's fd is the handle: see
+    /// [`crate::tap`] for why it is not persistent.
+    pub fn create_tap(&self, name: Option<&str>, vnet_hdr: bool) -> Result<Tap, WorkbenchError> {
+        let lease = self.pool.lease()?;
+        let name = match name {
+            Some(n) => n.to_owned(),
+            None => format!("it{}", self.next_if.fetch_add(1, Ordering::Relaxed)),
+        };
+        Ok(Tap::attach(
+            self.ns_fd(),
+            Arc::clone(&self.nl),
+            self.bridge_index,
+            &name,
+            vnet_hdr,
+            lease,
+        )?)
+    }
+
+    /// Removes the namespace (and so every interface in it) and the lock,
+    /// reporting errors that `Drop` can only print.
+    pub fn destroy(mut self) -> Result<(), WorkbenchError> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<(), WorkbenchError> {
+        let result = match self.ns.take() {
+            Some(ns) => ns.remove().map_err(WorkbenchError::Teardown),
+            None => Ok(()),
+        };
+        if let Some(lock) = self.lock.take() {
+            release_lock(lock);
+        }
+        result
+    }
+}
+
+impl Drop for Workbench {
+    fn drop(&mut self) {
+        if let Err(err) = self.teardown() {
+            eprintln!("warning: {err}");
+        }
+    }
+}
+
+/// A container's veth attachment; dropping it deletes the pair (both ends)
+/// and releases the address.
+#[derive(Debug)]
+pub struct VethAttachment {
+    host: String,
+    host_index: u32,
+    peer: String,
+    lease: Lease,
+    nl: Arc<Mutex<Netlink>>,
+}
+
+impl VethAttachment {
+    /// Name of the end on the bridge.
+    pub fn host_name(&self) -> &str {
+        &self.host
+    }
+
+    /// Name of the end inside the instance.
+    pub fn peer_name(&self) -> &str {
+        &self.peer
+    }
+
+    /// The instance's address lease.
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The instance's address.
+    pub fn addr(&self) -> Ipv4Addr {
+        self.lease.addr()
+    }
+}
+
+impl Drop for VethAttachment {
+    fn drop(&mut self) {
+        let mut nl = self.nl.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(err) = nl.delete_link(self.host_index) {
+            // ENODEV: the instance's namespace died and took the pair along.
+            if err.errno() != Some(libc::ENODEV) {
+                eprintln!("warning: could not delete veth {}: {err}", self.host);
+            }
+        }
+    }
+}
+
+fn validate(config: &WorkbenchConfig) -> Result<(), WorkbenchError> {
+    if !tap::valid_ifname(&config.name) {
+        return Err(WorkbenchError::Name {
+            what: "namespace",
+            name: config.name.clone(),
+        });
+    }
+    if !tap::valid_ifname(&config.bridge) {
+        return Err(WorkbenchError::Name {
+            what: "bridge",
+            name: config.bridge.clone(),
+        });
+    }
+    // Re-check: a Subnet built by hand is already valid, but keep the rule
+    // in one place.
+    Subnet::new(config.subnet.network(), config.subnet.prefix())?;
+    Ok(())
+}
+
+fn lock_path(config: &WorkbenchConfig) -> PathBuf {
+    config.lock_dir.join(format!("net-{}.lock", config.name))
+}
+
+fn take_lock(config: &WorkbenchConfig) -> Result<(Flock<File>, PathBuf), WorkbenchError> {
+    let path = lock_path(config);
+    let lock_err = |source| WorkbenchError::Lock {
+        path: path.clone(),
+        source,
+    };
+    fs::create_dir_all(&config.lock_dir).map_err(lock_err)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(lock_err)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok((lock, path)),
+        Err((_, nix::Error::EWOULDBLOCK)) => Err(WorkbenchError::InUse {
+            name: config.name.clone(),
+            bridge: config.bridge.clone(),
+            lock: path,
+        }),
+        Err((_, errno)) => Err(lock_err(io::Error::from(errno))),
+    }
+}
+
+fn release_lock((lock, path): (Flock<File>, PathBuf)) {
+    // Unlink while still holding the lock so no one locks a file that is
+    // about to vanish; then drop (unlock and close), then try to remove the
+    // directory, which fails harmlessly when others still use it.
+    let _ = fs::remove_file(&path);
+    drop(lock);
+    if let Some(dir) = path.parent() {
+        let _ = fs::remove_dir(dir);
+    }
+}
+
+fn check_subnet_free(subnet: &Subnet) -> Result<(), WorkbenchError> {
+    let mut nl = Netlink::open().map_err(WorkbenchError::AddressScan)?;
+    let addresses = nl.addresses().map_err(WorkbenchError::AddressScan)?;
+    // Only an address inside the subnet counts: a wider host route (a
+    // cloud's 10.0.0.0/8) never sees traffic that stays in the namespace.
+    match addresses.iter().find(|a| subnet.contains(a.addr)) {
+        Some(a) => Err(WorkbenchError::AddressRangeInUse {
+            subnet: *subnet,
+            addr: a.addr,
+            index: a.index,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn setup_inside(
+    ns: &NamedNetns,
+    config: &WorkbenchConfig,
+) -> Result<(Netlink, u32), WorkbenchError> {
+    let mut nl = Netlink::open_in(ns.as_fd()).map_err(WorkbenchError::Netlink)?;
+    loopback_up(&mut nl).map_err(WorkbenchError::Loopback)?;
+    let gateway = config.subnet.gateway();
+    let prefix = config.subnet.prefix();
+    let bridge_err = |source| WorkbenchError::Bridge {
+        name: config.bridge.clone(),
+        addr: gateway,
+        prefix,
+        source,
+    };
+    nl.add_bridge(&config.bridge).map_err(bridge_err)?;
+    let index = nl
+        .link(&config.bridge)
+        .map_err(bridge_err)?
+        .map(|l| l.index)
+        .ok_or_else(|| {
+            bridge_err(NetlinkError::Refused {
+                op: "find new bridge",
+                target: config.bridge.clone(),
+                source: io::Error::from_raw_os_error(libc::ENODEV),
+            })
+        })?;
+    nl.add_address(index, gateway, prefix).map_err(bridge_err)?;
+    nl.set_up(index, None).map_err(bridge_err)?;
+    Ok((nl, index))
+}
+
+fn loopback_up(nl: &mut Netlink) -> Result<(), NetlinkError> {
+    if let Some(lo) = nl.link("lo")? {
+        nl.set_up(lo.index, None)?;
+    }
+    Ok(())
+}
+
+fn configure_peer(target: BorrowedFd<'_>, peer: &str, lease: &Lease) -> Result<(), WorkbenchError> {
+    let err = |step: &'static str| {
+        let peer = peer.to_owned();
+        move |source| WorkbenchError::Peer { peer, step, source }
+    };
+    let mut nl = Netlink::open_in(target).map_err(err("open netlink"))?;
+    loopback_up(&mut nl).map_err(err("lo up"))?;
+    let index = nl
+        .link(peer)
+        .map_err(err("find interface"))?
+        .map(|l| l.index)
+        .ok_or_else(|| {
+            err("find interface")(NetlinkError::Refused {
+                op: "find peer",
+                target: peer.to_owned(),
+                source: io::Error::from_raw_os_error(libc::ENODEV),
+            })
+        })?;
+    nl.add_address(index, lease.addr(), lease.prefix())
+        .map_err(err("add address"))?;
+    nl.set_up(index, None).map_err(err("set up"))?;
+    nl.add_default_route(lease.gateway())
+        .map_err(err("default route"))?;
+    Ok(())
+}
+
+/// Whether `path` is a namespace name that exists (for tests and tools).
+pub fn name_exists(run_dir: &Path, name: &str) -> bool {
+    run_dir.join(name).exists()
+}
