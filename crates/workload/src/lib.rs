@@ -16,6 +16,7 @@ pub mod cache;
 pub mod forkloop;
 pub mod hog;
 pub mod http;
+pub mod knob;
 pub mod memory;
 pub mod probe;
 pub mod ready;

@@ -1,0 +1,206 @@
+//! `workload knob [--change]`: tries to change kernel settings ("knobs") and
+//! reports, for each, the value before, whether the kernel accepted the
+//! write, and the value after. Used by the kernel-knobs demo to show which
+//! settings a container shares with the host, which ones a namespace
+//! confines, and that a microVM guest only ever changes its own kernel.
+//!
+//! Without `--change` every knob is written back with the value it already
+//! has: the write proves whether the kernel accepts it while changing
+//! nothing. That is the only form the demo runs directly on the host (the
+//! plain-process column). `--change` writes a different value and is run
+//! only inside a container or a guest; the demo reads the host's values
+//! before and after and fails loudly if any of them moved.
+//!
+//! Knobs, and why each one:
+//! - `kernel.domainname` through `setdomainname(2)`: owned by the UTS
+//!   namespace, so a container's change is confined to it;
+//! - `net.ipv4.ip_default_ttl` through `/proc/sys`: owned by the network
+//!   namespace;
+//! - `vm.swappiness` through `/proc/sys`: global, one value for the whole
+//!   kernel (harmless to move, and this machine has no swap).
+//!
+//! The result line is `{"workload":"knob","ok":true,"knobs":[{...}]}`; `ok` is
+//! false only for a usage-independent failure of the probe itself, never
+//! because the kernel refused a write (that refusal is the observation).
+
+use std::path::Path;
+
+use serde_json::{json, Map, Value};
+
+use crate::{ready, result};
+
+/// The value `--change` gives the domain name.
+pub const DEMO_DOMAINNAME: &str = "isolab-demo";
+
+/// Entry point from `main`: parses `[--change]`, runs, prints the result
+/// line. Returns the process exit status (2 on a usage error).
+pub fn main(args: &[String]) -> std::process::ExitCode {
+    let change = match args {
+        [] => false,
+        [flag] if flag == "--change" => true,
+        _ => {
+            eprintln!("workload knob: unexpected arguments {args:?}; it accepts only --change");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Err(e) = ready::signal() {
+        let mut out = result::object("knob", false);
+        out.insert("error".into(), crate::error_chain(&e).into());
+        result::emit(&out);
+        return std::process::ExitCode::FAILURE;
+    }
+    result::emit(&run(change, Path::new("/proc")));
+    std::process::ExitCode::SUCCESS
+}
+
+/// Tries every knob; `proc_root` is `/proc` outside tests.
+pub fn run(change: bool, proc_root: &Path) -> Map<String, Value> {
+    let mut out = result::object("knob", true);
+    out.insert("change".into(), change.into());
+    let knobs = vec![
+        domainname(change),
+        sysctl(proc_root, "net.ipv4.ip_default_ttl", change),
+        sysctl(proc_root, "vm.swappiness", change),
+    ];
+    out.insert("knobs".into(), Value::Array(knobs));
+    out
+}
+
+fn current_domainname() -> Option<String> {
+    nix::sys::utsname::uname()
+        .ok()
+        .map(|u| u.domainname().to_string_lossy().into_owned())
+}
+
+fn domainname(change: bool) -> Value {
+    let before = current_domainname();
+    let target = if change {
+        DEMO_DOMAINNAME.to_owned()
+    } else {
+        before.clone().unwrap_or_default()
+    };
+    // SAFETY: the pointer and length describe `target`'s bytes, which live
+    // across the call; the kernel only reads them.
+    let rc = unsafe { libc::setdomainname(target.as_ptr().cast(), target.len()) };
+    let write = if rc == 0 {
+        Ok(())
+    } else {
+        Err(nix::Error::last())
+    };
+    entry(
+        "kernel.domainname",
+        "setdomainname(2)",
+        before,
+        &target,
+        write,
+        current_domainname(),
+    )
+}
+
+/// The path of a dotted sysctl name under `proc_root/sys`.
+pub fn sysctl_path(proc_root: &Path, name: &str) -> std::path::PathBuf {
+    proc_root.join("sys").join(name.replace('.', "/"))
+}
+
+/// The value a `--change` run writes: one more than the current number
+/// (kept within the ranges the kernel accepts for both numeric knobs).
+fn changed_number(before: &str) -> String {
+    match before.trim().parse::<u32>() {
+        Ok(v) if v < 100 => (v + 1).to_string(),
+        Ok(v) => (v - 1).to_string(),
+        Err(_) => before.to_owned(),
+    }
+}
+
+fn sysctl(proc_root: &Path, name: &str, change: bool) -> Value {
+    let path = sysctl_path(proc_root, name);
+    let read = || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
+    let before = read();
+    let Some(b) = before.clone() else {
+        return json!({
+            "name": name,
+            "via": format!("/proc/sys/{}", name.replace('.', "/")),
+            "before": null,
+            "attempted": null,
+            "accepted": false,
+            "error": "not present in this kernel",
+            "after": null,
+        });
+    };
+    let target = if change { changed_number(&b) } else { b };
+    let write = std::fs::write(&path, format!("{target}\n"))
+        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)));
+    entry(
+        name,
+        &format!("/proc/sys/{}", name.replace('.', "/")),
+        before,
+        &target,
+        write,
+        read(),
+    )
+}
+
+fn entry(
+    name: &str,
+    via: &str,
+    before: Option<String>,
+    attempted: &str,
+    write: nix::Result<()>,
+    after: Option<String>,
+) -> Value {
+    json!({
+        "name": name,
+        "via": via,
+        "before": before,
+        "attempted": attempted,
+        "accepted": write.is_ok(),
+        "error": write.err().map(|e| format!("{} ({})", e.desc(), e)),
+        "after": after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_values_stay_in_range() {
+        assert_eq!(changed_number("64"), "65");
+        assert_eq!(changed_number("60"), "61");
+        assert_eq!(changed_number("200"), "199");
+        assert_eq!(changed_number("junk"), "junk");
+    }
+
+    #[test]
+    fn dotted_names_map_to_proc_sys() {
+        assert_eq!(
+            sysctl_path(Path::new("/proc"), "net.ipv4.ip_default_ttl"),
+            Path::new("/proc/sys/net/ipv4/ip_default_ttl")
+        );
+    }
+
+    #[test]
+    fn a_missing_sysctl_is_reported_not_invented() {
+        let dir = std::env::temp_dir().join(format!("isolab-knob-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sys/vm")).unwrap();
+        std::fs::write(dir.join("sys/vm/swappiness"), "60\n").unwrap();
+        let ttl = sysctl(&dir, "net.ipv4.ip_default_ttl", true);
+        let swap = sysctl(&dir, "vm.swappiness", true);
+        let same = sysctl(&dir, "vm.swappiness", false);
+        let after = std::fs::read_to_string(dir.join("sys/vm/swappiness")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(ttl["before"], Value::Null);
+        assert_eq!(ttl["accepted"], false);
+        assert_eq!(swap["before"], "60");
+        assert_eq!(swap["attempted"], "61");
+        assert_eq!(swap["accepted"], true);
+        assert_eq!(swap["after"], "61");
+        // Without --change the value written is the one read.
+        assert_eq!(same["attempted"], same["before"]);
+        assert_eq!(after.trim(), "61");
+    }
+}
