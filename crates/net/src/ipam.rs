@@ -199,6 +199,16 @@ impl Lease {
         self.subnet.gateway()
     }
 
+    /// A MAC address derived from the leased address (`02:49:` then the
+    /// four address bytes; locally administered, unicast). Reusing an
+    /// address then reuses its MAC, so a neighbour entry cached for the
+    /// previous holder stays right and the first packets to a new instance
+    /// are not lost to a stale ARP entry.
+    pub fn mac(&self) -> [u8; 6] {
+        let [a, b, c, d] = self.addr.octets();
+        [0x02, 0x49, a, b, c, d]
+    }
+
     /// `addr/prefix`, as the guest's `isolab.ip=` parameter wants it.
     pub fn cidr(&self) -> String {
         format!("{}/{}", self.addr, self.subnet.prefix)
@@ -266,6 +276,7 @@ mod tests {
         assert_eq!(a.addr(), Ipv4Addr::new(192, 168, 77, 2));
         assert_eq!(b.cidr(), "192.168.77.3/29");
         assert_eq!(b.gateway(), Ipv4Addr::new(192, 168, 77, 1));
+        assert_eq!(b.mac(), [0x02, 0x49, 192, 168, 77, 3]);
         drop(a);
         assert_eq!(pool.leased(), 1);
         let c = pool.lease().unwrap();

@@ -316,17 +316,20 @@ impl Netlink {
         )
     }
 
-    /// Creates a veth pair: `name` here, `peer` directly inside the
-    /// namespace `peer_ns` (so no name clash or rename is ever needed there).
+    /// Creates a veth pair: `name` here, `peer` (with MAC `peer_mac`)
+    /// directly inside the namespace `peer_ns`, so no rename or move is
+    /// ever needed there.
     pub fn add_veth(
         &mut self,
         name: &str,
         peer: &str,
+        peer_mac: [u8; 6],
         peer_ns: BorrowedFd<'_>,
     ) -> Result<(), NetlinkError> {
         let mut peer_msg = LinkMessage::default();
         peer_msg.attributes = vec![
             LinkAttribute::IfName(peer.to_owned()),
+            LinkAttribute::Address(peer_mac.to_vec()),
             LinkAttribute::NetNsFd(peer_ns.as_raw_fd()),
         ];
         let mut msg = LinkMessage::default();

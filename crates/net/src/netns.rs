@@ -90,20 +90,31 @@ impl NamedNetns {
     /// Creates a fresh namespace named `name` under `run_dir`. Fails if the
     /// name exists (remove stale ones first with [`remove_name`]).
     pub fn create(run_dir: &Path, name: &str) -> Result<NamedNetns, NetnsError> {
-        fs::create_dir_all(run_dir).map_err(|source| NetnsError::RunDir {
-            path: run_dir.to_owned(),
-            source,
-        })?;
         let path = run_dir.join(name);
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o444)
-            .open(&path)
-            .map_err(|source| NetnsError::NameFile {
-                path: path.clone(),
+        // Another workbench may remove the (then empty) directory between
+        // our mkdir and create; try again a few times.
+        let mut attempt = 0;
+        loop {
+            fs::create_dir_all(run_dir).map_err(|source| NetnsError::RunDir {
+                path: run_dir.to_owned(),
                 source,
             })?;
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .open(&path)
+            {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 5 => attempt += 1,
+                Err(source) => {
+                    return Err(NetnsError::NameFile {
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            }
+        }
         let made = spawn_scoped(|| -> Result<(), NetnsError> {
             // Only this helper thread moves into the new namespace; it ends
             // right after the bind mount, which keeps the namespace alive.
@@ -148,12 +159,18 @@ impl NamedNetns {
         &self.path
     }
 
-    /// Removes the name. The namespace itself, with every interface in it,
-    /// is freed by the kernel once no process, socket or fd refers to it.
+    /// Removes the name, and the names directory when that leaves it
+    /// empty. The namespace itself, with every interface in it, is freed by
+    /// the kernel once no process, socket or fd refers to it.
     pub fn remove(self) -> Result<(), NetnsError> {
         let NamedNetns { path, fd, .. } = self;
         drop(fd);
-        remove_name(&path).map(drop)
+        remove_name(&path)?;
+        if let Some(dir) = path.parent() {
+            // Fails harmlessly (ENOTEMPTY) while other names live there.
+            let _ = fs::remove_dir(dir);
+        }
+        Ok(())
     }
 }
 

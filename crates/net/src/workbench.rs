@@ -257,6 +257,27 @@ impl Workbench {
         netns::run_in(self.ns_fd(), f).map_err(WorkbenchError::Namespace)
     }
 
+    /// [`crate::probe::first_response`] run inside the workbench namespace,
+    /// so the probe's traffic can only reach the bridge and its instances.
+    pub fn probe_first_response(
+        &self,
+        addr: std::net::SocketAddr,
+        since: std::time::Instant,
+        cfg: &crate::probe::ProbeConfig,
+    ) -> Result<Result<crate::probe::FirstResponse, crate::probe::ProbeError>, WorkbenchError> {
+        self.run_in(|| crate::probe::first_response(addr, since, cfg))
+    }
+
+    /// [`crate::probe::request_run`] run inside the workbench namespace.
+    pub fn probe_run(
+        &self,
+        addr: std::net::SocketAddr,
+        requests: u32,
+        cfg: &crate::probe::ProbeConfig,
+    ) -> Result<Result<crate::probe::RunStats, crate::probe::ProbeError>, WorkbenchError> {
+        self.run_in(|| crate::probe::request_run(addr, requests, cfg))
+    }
+
     /// Attaches the instance whose network namespace is `target` (open
     /// `/proc/<pid>/ns/net` with [`netns::open_pid`]): a veth pair with
     /// the host end on the bridge and the peer `peer_name` (usually
@@ -282,7 +303,8 @@ impl Workbench {
         };
         let host_index = {
             let mut nl = self.netlink();
-            nl.add_veth(&host, peer_name, target).map_err(veth_err)?;
+            nl.add_veth(&host, peer_name, lease.mac(), target)
+                .map_err(veth_err)?;
             let index = match nl.link(&host) {
                 Ok(Some(link)) => link.index,
                 Ok(None) => {
@@ -431,13 +453,22 @@ fn take_lock(config: &WorkbenchConfig) -> Result<(Flock<File>, PathBuf), Workben
         path: path.clone(),
         source,
     };
-    fs::create_dir_all(&config.lock_dir).map_err(lock_err)?;
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(lock_err)?;
+    // Another workbench may remove the (then empty) directory between our
+    // mkdir and open; try again a few times.
+    let mut attempt = 0;
+    let file = loop {
+        fs::create_dir_all(&config.lock_dir).map_err(lock_err)?;
+        match OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        {
+            Ok(file) => break file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 5 => attempt += 1,
+            Err(e) => return Err(lock_err(e)),
+        }
+    };
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok((lock, path)),
         Err((_, nix::Error::EWOULDBLOCK)) => Err(WorkbenchError::InUse {
