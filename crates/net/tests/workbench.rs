@@ -443,3 +443,45 @@ fn a_second_live_workbench_of_the_same_name_is_refused() {
     drop(wb);
     assert_no_leftovers(&cfg);
 }
+
+#[test]
+fn a_killed_run_leaves_a_name_that_the_next_run_removes() {
+    let test = "a_killed_run_leaves_a_name_that_the_next_run_removes";
+    if require(test, false).is_none() {
+        return;
+    }
+    let hold = workload_bin().with_file_name("examples").join("hold");
+    if !hold.exists() {
+        let reason = format!("{} not built (cargo test builds examples)", hold.display());
+        assert!(!strict(), "{test}: {reason}");
+        println!("SKIPPED {test}: {reason}");
+        return;
+    }
+    let cfg = config("isolabt7", 107);
+    let mut child = Command::new(&hold)
+        .args([cfg.name.as_str(), "10.203.107.0/24"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("ready /run/netns/isolabt7"), "{line:?}");
+    // While it lives, the name is taken.
+    let err = Workbench::create(cfg.clone()).unwrap_err();
+    assert!(matches!(err, WorkbenchError::InUse { .. }), "{err:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        cfg.run_dir.join(&cfg.name).exists(),
+        "a killed run leaves its name"
+    );
+
+    let wb = Workbench::create(cfg.clone()).expect("next run starts despite the leftovers");
+    assert!(wb.removed_stale());
+    assert_eq!(names(&wb), vec![cfg.bridge.clone(), "lo".to_owned()]);
+    wb.destroy().unwrap();
+    assert_no_leftovers(&cfg);
+}
