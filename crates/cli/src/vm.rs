@@ -1,11 +1,336 @@
-//! `bench vm`: argument parsing only; the work is in the libraries.
+//! `bench vm`: argument parsing and presentation only; the monitor is
+//! `isolab-microvm`, the guest artifacts come from `isolab-guest-kernel`.
 
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
-/// Arguments of `bench vm` (filled in by its issue).
+use anyhow::Context;
+use isolab_microvm::builder::{BuildError, RunHooks, VmReport};
+use isolab_microvm::config::{parse_memory_mib, Console, VmConfig};
+use isolab_microvm::host::{self, HostKind};
+use isolab_microvm::memory_stats::MemorySample;
+use isolab_microvm::smoke;
+use isolab_microvm::StopReason;
+
+use crate::exit;
+
+/// Run a workload in a KVM microVM with its own guest kernel.
 #[derive(Debug, clap::Args)]
-pub struct VmCmd {}
+pub struct VmCmd {
+    #[command(subcommand)]
+    command: VmSub,
+}
 
-pub fn run(_args: VmCmd) -> anyhow::Result<ExitCode> {
-    Err(anyhow::anyhow!("bench vm is not built yet"))
+#[derive(Debug, clap::Subcommand)]
+enum VmSub {
+    /// Boot the guest kernel and run one workload; exits with its status.
+    Run(RunArgs),
+    /// Run a few bytes of real-mode code in a VM (works even on PVM KVM).
+    #[command(hide = true)]
+    Smoke(SmokeArgs),
+}
+
+/// Where to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum HostChoice {
+    /// On this host's /dev/kvm.
+    Native,
+    /// Inside the emulated hardware-virtualisation host (QEMU TCG + nested KVM).
+    Emulated,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Workload to run (noop, api, worker, cache, hog, forkloop).
+    #[arg(long)]
+    workload: String,
+    /// Guest RAM, e.g. 64M, 256M, 1G (at least 32M).
+    #[arg(long, default_value = "128M")]
+    memory: String,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Guest kernel (vmlinux or bzImage); default: the provisioned guest kernel.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs with /init and /workload; default: the provisioned one.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Show the guest's serial console on stdout (slows the boot).
+    #[arg(long, conflicts_with = "console_file")]
+    console: bool,
+    /// Write the guest's serial console to this file.
+    #[arg(long, value_name = "PATH")]
+    console_file: Option<PathBuf>,
+    /// Appended to the kernel command line.
+    #[arg(long, value_name = "S", allow_hyphen_values = true)]
+    cmdline_extra: Option<String>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Boot even on PVM KVM (needs a PVM-capable --kernel).
+    #[arg(long)]
+    allow_pvm: bool,
+    /// Write `R` to this inherited fd when the workload is ready, then close it.
+    #[arg(long, value_name = "N")]
+    ready_fd: Option<RawFd>,
+    /// Where to run the VM.
+    #[arg(long, value_enum, default_value = "native")]
+    host: HostChoice,
+    /// Further workload arguments (after `--`).
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct SmokeArgs {
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: VmCmd) -> anyhow::Result<ExitCode> {
+    match cmd.command {
+        VmSub::Run(args) => run_vm(args),
+        VmSub::Smoke(args) => run_smoke(args),
+    }
+}
+
+/// Takes ownership of the inherited ready fd after checking it is open.
+fn ready_file(fd: RawFd) -> anyhow::Result<File> {
+    if fd < 0
+        || nix::fcntl::fcntl(
+            // SAFETY: only used for this F_GETFD probe, while `fd` is not closed.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+            nix::fcntl::FcntlArg::F_GETFD,
+        )
+        .is_err()
+    {
+        return Err(exit::usage(format!(
+            "--ready-fd {fd} is not an open file descriptor: pass an fd the monitor inherits"
+        )));
+    }
+    // SAFETY: the fd is open (checked above) and, by the --ready-fd
+    // contract, handed to this process to own and close.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Maps a library error to the CLI's exit classes.
+fn classify(err: BuildError) -> anyhow::Error {
+    if err.is_usage() {
+        exit::usage(format!("{:#}", anyhow::Error::new(err)))
+    } else if err.is_host() {
+        exit::host(format!("{:#}", anyhow::Error::new(err)))
+    } else {
+        anyhow::Error::new(err)
+    }
+}
+
+fn default_artifacts(workload: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let cache = isolab_guest_kernel::cache_root().map_err(|e| exit::host(e.to_string()))?;
+    let bin_dir = isolab_guest_kernel::binary_dir()
+        .ok_or_else(|| exit::host("cannot locate the bench executable's directory"))?;
+    let opts = isolab_guest_kernel::ProvisionOptions::new(cache, &bin_dir, workload);
+    let p = isolab_guest_kernel::provision(&opts).map_err(|e| {
+        let msg = format!("{:#}", anyhow::Error::new(e));
+        if msg.contains("Unknown workload") {
+            exit::usage(msg)
+        } else {
+            exit::host(format!("{msg} (or pass --kernel and --initrd explicitly)"))
+        }
+    })?;
+    Ok((p.kernel.vmlinux, p.initramfs))
+}
+
+fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    // Usage errors first: nothing below has touched the host yet.
+    let memory_mib = parse_memory_mib(&args.memory).map_err(|e| exit::usage(e.to_string()))?;
+    let ready = args.ready_fd.map(ready_file).transpose()?;
+    let console = match (args.console, args.console_file) {
+        (true, _) => Console::Stdout,
+        (false, Some(p)) => Console::File(p),
+        (false, None) => Console::Off,
+    };
+    let explicit_kernel = args.kernel.is_some();
+    let mut config = VmConfig {
+        kernel: args.kernel.unwrap_or_default(),
+        initrd: args.initrd,
+        memory_mib,
+        vcpus: args.vcpus,
+        workload: args.workload,
+        workload_args: args.args,
+        console,
+        cmdline_extra: args.cmdline_extra,
+        allow_pvm: args.allow_pvm,
+    };
+    // With an explicit kernel, check the files too; the provisioned ones
+    // are checked again by the library before the boot.
+    let checked = if explicit_kernel {
+        config.validate().map(|_| ())
+    } else {
+        config.validate_shape().map(|_| ())
+    };
+    checked.map_err(|e| exit::usage(format!("{:#}", anyhow::Error::new(e))))?;
+
+    if args.host == HostChoice::Emulated {
+        return Err(exit::host(
+            "--host emulated needs the emulated host (crates/emuhost), which this build does not provide yet: run on a host with VT-x/AMD-V",
+        ));
+    }
+    // Refuse hosts that cannot boot before provisioning (which may build a kernel).
+    let kind = host::detect(Path::new("/"));
+    if let Some(why) = kind.refusal() {
+        if !(kind == HostKind::Pvm && args.allow_pvm) {
+            return Err(exit::host(why));
+        }
+    }
+    if !explicit_kernel {
+        let (kernel, initrd) = default_artifacts(&config.workload)?;
+        config.kernel = kernel;
+        config.initrd.get_or_insert(initrd);
+    }
+    let mut ready = ready;
+    let hooks = RunHooks {
+        on_ready: Some(Box::new(move || {
+            if let Some(mut f) = ready.take() {
+                // The harness may have gone; a failed signal must not stop the VM.
+                let _ = f.write_all(b"R");
+            }
+        })),
+        mmio_devices: Vec::new(),
+    };
+    let report = isolab_microvm::run(&config, started, hooks).map_err(classify)?;
+
+    if args.json {
+        let s = serde_json::to_string(&report).context("serialise the report")?;
+        println!("{s}");
+    } else {
+        print_report(&report);
+    }
+    match (report.exit_status, report.stop_reason) {
+        (Some(status), _) => Ok(ExitCode::from(status)),
+        (None, StopReason::HostRequest) => {
+            // Ended by SIGTERM/SIGINT before the workload reported: exit as
+            // a shell would for a SIGTERM'd child.
+            Ok(ExitCode::from(128 + libc::SIGTERM as u8))
+        }
+        (None, reason) => Err(anyhow::anyhow!(
+            "the guest stopped ({}) before the workload reported its exit status; rerun with --console to see the guest kernel",
+            stop_name(reason)
+        )),
+    }
+}
+
+fn stop_name(r: StopReason) -> &'static str {
+    match r {
+        StopReason::GuestReset => "guest reset",
+        StopReason::GuestPowerOff => "guest power-off",
+        StopReason::TripleFault => "triple fault",
+        StopReason::Halted => "halted",
+        StopReason::HostRequest => "host signal",
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |x| format!("{x:.1}"))
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn mem_line(label: &str, m: &MemorySample) -> String {
+    format!(
+        "{label}: VMM overhead {} RSS ({} PSS), guest-touched {}",
+        mib(m.vmm_overhead_kib),
+        mib(m.vmm_overhead_pss_kib),
+        mib(m.guest_touched_kib)
+    )
+}
+
+fn print_report(r: &VmReport) {
+    let host = match &r.host {
+        HostKind::Hardware(m) => m.clone(),
+        other => format!("{other:?}").to_lowercase(),
+    };
+    println!(
+        "vm: {} vCPU, {} MiB, {:?} kernel via {} entry, host {}",
+        r.vcpus, r.memory_mib, r.kernel_format, r.boot_protocol, host
+    );
+    let p = &r.phases;
+    println!(
+        "phases (ms): vmm setup {} | kernel boot {} | init {} | workload ready {} | start->ready {} | run {} | shutdown {} | total {}",
+        ms(p.vmm_setup_ms),
+        ms(p.kernel_boot_ms),
+        ms(p.init_ms),
+        ms(p.workload_ready_ms),
+        ms(p.start_to_ready_ms),
+        ms(p.workload_run_ms),
+        ms(p.shutdown_ms),
+        ms(p.total_ms)
+    );
+    if let Some(m) = &r.memory_at_ready {
+        println!("{}", mem_line("memory at ready", m));
+    }
+    println!("{}", mem_line("memory at end", &r.memory_at_end));
+    if !r.unknown_markers.is_empty() {
+        println!("unknown markers from the guest: {:?}", r.unknown_markers);
+    }
+    match r.exit_status {
+        Some(s) => println!(
+            "workload exit status: {s} (VM stop: {})",
+            stop_name(r.stop_reason)
+        ),
+        None => println!(
+            "workload exit status: none (VM stop: {})",
+            stop_name(r.stop_reason)
+        ),
+    }
+    let out = r.workload_output.trim_end();
+    if !out.is_empty() {
+        println!("{out}");
+    }
+}
+
+fn run_smoke(args: SmokeArgs) -> anyhow::Result<ExitCode> {
+    let kind = host::detect(Path::new("/"));
+    if kind == HostKind::NoKvm {
+        return Err(exit::host(kind.refusal().unwrap_or("no /dev/kvm")));
+    }
+    let r = smoke::run_smoke().map_err(|e| {
+        let msg = format!("{:#}", anyhow::Error::new(e));
+        if msg.contains("/dev/kvm") {
+            exit::host(msg)
+        } else {
+            anyhow::anyhow!(msg)
+        }
+    })?;
+    let ok = r.serial == "OK" && r.exit_status == Some(smoke::SMOKE_STATUS);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&r).context("serialise the report")?
+        );
+    } else {
+        println!(
+            "smoke: COM1 said {:?}, marker status {:?}, stopped: {}, {} us from KVM_CREATE_VM (host {kind:?})",
+            r.serial,
+            r.exit_status,
+            stop_name(r.stop_reason),
+            r.elapsed_us
+        );
+    }
+    if ok {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(anyhow::anyhow!(
+            "the real-mode payload did not behave: expected \"OK\" and status {}",
+            smoke::SMOKE_STATUS
+        ))
+    }
 }

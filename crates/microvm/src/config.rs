@@ -180,7 +180,21 @@ impl VmConfig {
 
     /// Checks everything that can be checked without KVM.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
-        let mem_bytes = self.memory_mib << 20;
+        let mem_bytes = self.validate_shape()?;
+        let kernel_format = loader::validate_kernel(&self.kernel).map_err(ConfigError::Kernel)?;
+        if let Some(initrd) = &self.initrd {
+            self.validate_initrd(initrd, mem_bytes)?;
+        }
+        Ok(Validated {
+            kernel_format,
+            mem_bytes,
+        })
+    }
+
+    /// Checks the values that need no file: memory, vCPUs, workload name,
+    /// arguments, extra command line. Returns guest RAM in bytes.
+    pub fn validate_shape(&self) -> Result<u64, ConfigError> {
+        let mem_bytes = self.memory_mib.saturating_mul(1 << 20);
         if mem_bytes < MIN_GUEST_RAM {
             return Err(ConfigError::MemoryTooSmall {
                 mib: self.memory_mib,
@@ -205,14 +219,7 @@ impl VmConfig {
                 return Err(ConfigError::BadCmdlineExtra);
             }
         }
-        let kernel_format = loader::validate_kernel(&self.kernel).map_err(ConfigError::Kernel)?;
-        if let Some(initrd) = &self.initrd {
-            self.validate_initrd(initrd, mem_bytes)?;
-        }
-        Ok(Validated {
-            kernel_format,
-            mem_bytes,
-        })
+        Ok(mem_bytes)
     }
 
     /// Checks the vCPU count against `max` (KVM's limit once known).
