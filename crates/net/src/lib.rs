@@ -17,6 +17,7 @@ pub mod ipam;
 pub mod netlink;
 pub mod netns;
 pub mod probe;
+pub mod rtmsg;
 pub mod tap;
 pub mod workbench;
 

@@ -13,17 +13,13 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
-};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
-};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::netns::{self, NetnsError};
+use crate::rtmsg;
 
 /// Receive buffer: large enough for one dump datagram of a small namespace.
 const RECV_BUF: usize = 64 * 1024;
@@ -303,15 +299,10 @@ impl Netlink {
 
     /// Creates a bridge called `name`.
     pub fn add_bridge(&mut self, name: &str) -> Result<(), NetlinkError> {
-        let mut msg = LinkMessage::default();
-        msg.attributes = vec![
-            LinkAttribute::IfName(name.to_owned()),
-            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
-        ];
         self.request(
             "create bridge",
             name,
-            RouteNetlinkMessage::NewLink(msg),
+            RouteNetlinkMessage::NewLink(rtmsg::bridge(name)),
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }
@@ -326,20 +317,7 @@ impl Netlink {
         peer_mac: [u8; 6],
         peer_ns: BorrowedFd<'_>,
     ) -> Result<(), NetlinkError> {
-        let mut peer_msg = LinkMessage::default();
-        peer_msg.attributes = vec![
-            LinkAttribute::IfName(peer.to_owned()),
-            LinkAttribute::Address(peer_mac.to_vec()),
-            LinkAttribute::NetNsFd(peer_ns.as_raw_fd()),
-        ];
-        let mut msg = LinkMessage::default();
-        msg.attributes = vec![
-            LinkAttribute::IfName(name.to_owned()),
-            LinkAttribute::LinkInfo(vec![
-                LinkInfo::Kind(InfoKind::Veth),
-                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
-            ]),
-        ];
+        let msg = rtmsg::veth(name, peer, peer_mac, peer_ns.as_raw_fd());
         self.request(
             "create veth pair",
             name,
@@ -350,29 +328,20 @@ impl Netlink {
 
     /// Sets an interface up, optionally enslaving it to bridge `master` first.
     pub fn set_up(&mut self, index: u32, master: Option<u32>) -> Result<(), NetlinkError> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        msg.header.flags = LinkFlags::Up;
-        msg.header.change_mask = LinkFlags::Up;
-        if let Some(master) = master {
-            msg.attributes.push(LinkAttribute::Controller(master));
-        }
         self.request(
             "set link up",
             &format!("ifindex {index}"),
-            RouteNetlinkMessage::SetLink(msg),
+            RouteNetlinkMessage::SetLink(rtmsg::set_up(index, master)),
             0,
         )
     }
 
     /// Deletes an interface (for a veth, both ends).
     pub fn delete_link(&mut self, index: u32) -> Result<(), NetlinkError> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
         self.request(
             "delete link",
             &format!("ifindex {index}"),
-            RouteNetlinkMessage::DelLink(msg),
+            RouteNetlinkMessage::DelLink(rtmsg::delete(index)),
             0,
         )
     }
@@ -384,40 +353,20 @@ impl Netlink {
         addr: Ipv4Addr,
         prefix: u8,
     ) -> Result<(), NetlinkError> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.header.prefix_len = prefix;
-        msg.header.scope = AddressScope::Universe;
-        msg.header.index = index;
-        let host_mask = u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
-        let broadcast = Ipv4Addr::from(u32::from(addr) | host_mask);
-        msg.attributes = vec![
-            AddressAttribute::Local(addr.into()),
-            AddressAttribute::Address(addr.into()),
-            AddressAttribute::Broadcast(broadcast),
-        ];
         self.request(
             "add address",
             &format!("{addr}/{prefix} on ifindex {index}"),
-            RouteNetlinkMessage::NewAddress(msg),
+            RouteNetlinkMessage::NewAddress(rtmsg::address(index, addr, prefix)),
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }
 
     /// Adds the IPv4 default route via `gateway`.
     pub fn add_default_route(&mut self, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = AddressFamily::Inet;
-        msg.header.destination_prefix_length = 0;
-        msg.header.table = RouteHeader::RT_TABLE_MAIN;
-        msg.header.protocol = RouteProtocol::Static;
-        msg.header.scope = RouteScope::Universe;
-        msg.header.kind = RouteType::Unicast;
-        msg.attributes = vec![RouteAttribute::Gateway(RouteAddress::Inet(gateway))];
         self.request(
             "add default route",
             &format!("via {gateway}"),
-            RouteNetlinkMessage::NewRoute(msg),
+            RouteNetlinkMessage::NewRoute(rtmsg::default_route(gateway)),
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }

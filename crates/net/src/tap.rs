@@ -177,7 +177,9 @@ impl Tap {
         self.index
     }
 
-    /// The guest's address lease (`isolab.ip=` / `isolab.gw=`).
+    /// The guest's address lease: `isolab.ip=<cidr()>`, `isolab.gw=<gateway()>`,
+    /// and `mac()` for the guest's virtio-net MAC (so a re-leased address
+    /// keeps its MAC and cached neighbour entries stay right).
     pub fn lease(&self) -> &Lease {
         &self.lease
     }

@@ -22,7 +22,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -113,12 +113,35 @@ pub enum WorkbenchError {
         #[source]
         source: NetlinkError,
     },
+    /// The instance's namespace could not be opened.
+    #[error("Could not open the instance's network namespace")]
+    Target(#[source] NetnsError),
     /// Creating the TAP failed.
     #[error(transparent)]
     Tap(#[from] TapError),
     /// Removing the namespace failed.
     #[error("Could not remove the workbench namespace")]
     Teardown(#[source] NetnsError),
+}
+
+impl WorkbenchError {
+    /// Whether the host lacks something (privilege, a kernel feature, a
+    /// device) rather than the request being wrong: the CLI maps this to
+    /// exit status 3.
+    pub fn is_host_problem(&self) -> bool {
+        const HOST_ERRNOS: &[i32] = &[libc::EPERM, libc::EACCES, libc::EOPNOTSUPP, libc::ENOENT];
+        let refused = |e: &NetlinkError| e.errno().is_some_and(|n| HOST_ERRNOS.contains(&n));
+        match self {
+            WorkbenchError::Namespace(NetnsError::Unshare(_))
+            | WorkbenchError::Namespace(NetnsError::BindMount { .. })
+            | WorkbenchError::Tap(TapError::NoTunDevice) => true,
+            WorkbenchError::Netlink(NetlinkError::Socket(_)) => true,
+            WorkbenchError::Bridge { source, .. } | WorkbenchError::Veth { source, .. } => {
+                refused(source)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Configuration of the workbench network; [`Default`] gives the documented
@@ -332,6 +355,16 @@ impl Workbench {
         // On error the attachment's Drop removes the pair.
         configure_peer(target, peer_name, &attachment.lease)?;
         Ok(attachment)
+    }
+
+    /// [`Workbench::attach_veth`] for the namespace of process `pid`.
+    pub fn attach_veth_pid(
+        &self,
+        pid: i32,
+        peer_name: &str,
+    ) -> Result<VethAttachment, WorkbenchError> {
+        let fd = netns::open_pid(pid).map_err(WorkbenchError::Target)?;
+        self.attach_veth(fd.as_fd(), peer_name)
     }
 
     /// Creates a TAP on the bridge for a microVM and leases the guest's
@@ -570,7 +603,63 @@ fn configure_peer(target: BorrowedFd<'_>, peer: &str, lease: &Lease) -> Result<(
     Ok(())
 }
 
-/// Whether `path` is a namespace name that exists (for tests and tools).
-pub fn name_exists(run_dir: &Path, name: &str) -> bool {
-    run_dir.join(name).exists()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = WorkbenchConfig::default();
+        assert_eq!((c.name.as_str(), c.bridge.as_str()), ("isolab0", "isobr0"));
+        assert_eq!(c.subnet.to_string(), "10.203.0.0/24");
+        assert_eq!(c.subnet.gateway(), Ipv4Addr::new(10, 203, 0, 1));
+        assert_eq!(lock_path(&c), PathBuf::from("/run/isolab/net-isolab0.lock"));
+        assert!(validate(&c).is_ok());
+    }
+
+    #[test]
+    fn bad_names_are_refused_before_touching_anything() {
+        let c = WorkbenchConfig {
+            bridge: "a-bridge-name-too-long".into(),
+            ..WorkbenchConfig::default()
+        };
+        let err = validate(&c).unwrap_err();
+        assert!(err.to_string().contains("bridge name"), "{err}");
+        let c = WorkbenchConfig {
+            name: "a/b".into(),
+            ..WorkbenchConfig::default()
+        };
+        assert!(matches!(validate(&c), Err(WorkbenchError::Name { .. })));
+    }
+
+    #[test]
+    fn host_problems_are_told_apart_from_usage_problems() {
+        assert!(WorkbenchError::Tap(TapError::NoTunDevice).is_host_problem());
+        assert!(
+            WorkbenchError::Namespace(NetnsError::Unshare(nix::Error::EPERM)).is_host_problem()
+        );
+        let unsupported = NetlinkError::Refused {
+            op: "create bridge",
+            target: "isobr0".into(),
+            source: io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+        };
+        assert!(WorkbenchError::Bridge {
+            name: "isobr0".into(),
+            addr: Ipv4Addr::new(10, 203, 0, 1),
+            prefix: 24,
+            source: unsupported,
+        }
+        .is_host_problem());
+        let exhausted = AddrError::Exhausted {
+            subnet: "10.203.0.0/29".parse().unwrap(),
+            capacity: 5,
+        };
+        assert!(!WorkbenchError::Address(exhausted).is_host_problem());
+        assert!(!WorkbenchError::InUse {
+            name: "isolab0".into(),
+            bridge: "isobr0".into(),
+            lock: PathBuf::from("/run/isolab/net-isolab0.lock"),
+        }
+        .is_host_problem());
+    }
 }
