@@ -1,0 +1,223 @@
+//! What to run and how: the serde config the CLI and the harness fill in,
+//! its validation, and the network hook.
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+
+use isolab_cgroups::Limits;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ContainerError;
+
+/// Default state directory (the shared images live in `images/`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/isolab";
+/// Default runtime directory (one subdirectory per live instance).
+pub const DEFAULT_RUN_DIR: &str = "/run/isolab";
+/// Default grace period between SIGTERM and SIGKILL in [`crate::Running::stop`].
+pub const DEFAULT_STOP_GRACE_MS: u64 = 5_000;
+
+/// One container instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerConfig {
+    /// The static `workload` binary on the host (copied into the image).
+    pub workload_bin: PathBuf,
+    /// The workload's mode, its first argument (`noop`, `api`, ...).
+    pub workload: String,
+    /// Further arguments to the workload.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment (`KEY=value`); `PATH`, `HOME` and `ISOLAB_READY_FD` are always set.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// cgroup limits, written before the workload runs.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Hostname in the UTS namespace; default `isolab-<instance id>`.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Also create a user namespace (container root = host uid 100000).
+    #[serde(default)]
+    pub user_namespace: bool,
+    /// Where shared images are built (default `/var/lib/isolab`).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Where instance directories live (default `/run/isolab`).
+    #[serde(default = "default_run_dir")]
+    pub run_dir: PathBuf,
+    /// Grace between SIGTERM and SIGKILL when stopping (default 5000 ms).
+    #[serde(default = "default_grace")]
+    pub stop_grace_ms: u64,
+}
+
+fn default_state_dir() -> PathBuf {
+    DEFAULT_STATE_DIR.into()
+}
+fn default_run_dir() -> PathBuf {
+    DEFAULT_RUN_DIR.into()
+}
+fn default_grace() -> u64 {
+    DEFAULT_STOP_GRACE_MS
+}
+
+impl ContainerConfig {
+    /// A config with defaults for everything but the binary and the mode.
+    pub fn new(workload_bin: impl Into<PathBuf>, workload: impl Into<String>) -> Self {
+        Self {
+            workload_bin: workload_bin.into(),
+            workload: workload.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            limits: Limits::default(),
+            hostname: None,
+            user_namespace: false,
+            state_dir: default_state_dir(),
+            run_dir: default_run_dir(),
+            stop_grace_ms: DEFAULT_STOP_GRACE_MS,
+        }
+    }
+
+    /// Checks everything that can be checked without touching the host.
+    pub fn validate(&self) -> Result<(), ContainerError> {
+        let bad = |m: String| Err(ContainerError::Config(m));
+        if self.workload.is_empty() || self.workload.starts_with('-') {
+            return bad(format!("workload name '{}' is not a mode", self.workload));
+        }
+        for s in std::iter::once(&self.workload)
+            .chain(&self.args)
+            .chain(&self.env)
+        {
+            if s.contains('\0') {
+                return bad(format!("'{}' contains a NUL byte", s.escape_debug()));
+            }
+        }
+        for e in &self.env {
+            if !e.contains('=') || e.starts_with('=') {
+                return bad(format!("environment entry '{e}' is not KEY=value"));
+            }
+        }
+        if let Some(h) = &self.hostname {
+            if !valid_hostname(h) {
+                return bad(format!(
+                    "hostname '{h}' is invalid: use 1-63 letters, digits and '-', not starting or ending with '-'"
+                ));
+            }
+        }
+        if self.limits.memory_bytes == Some(0) {
+            return bad("memory limit 0: it must be greater than zero".into());
+        }
+        if let Some(c) = self.limits.cpus {
+            if !c.is_finite() || c <= 0.0 {
+                return bad(format!("CPU amount {c}: it must be a positive number"));
+            }
+        }
+        if self.limits.pids == Some(0) {
+            return bad("pids limit 0: the workload needs at least one process".into());
+        }
+        Ok(())
+    }
+
+    /// argv of the workload inside the container.
+    pub(crate) fn argv(&self) -> Vec<String> {
+        let mut v = vec![
+            crate::image::WORKLOAD_PATH.to_string(),
+            self.workload.clone(),
+        ];
+        v.extend(self.args.iter().cloned());
+        v
+    }
+
+    /// Environment of the workload inside the container.
+    pub(crate) fn envp(&self) -> Vec<String> {
+        let mut v = vec![
+            "PATH=/".to_string(),
+            "HOME=/".to_string(),
+            format!("ISOLAB_READY_FD={}", crate::init::READY_FD),
+        ];
+        v.extend(self.env.iter().cloned());
+        v
+    }
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 63
+        && !h.starts_with('-')
+        && !h.ends_with('-')
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Attaches networking to a container while its init waits: called by the
+/// launcher with the init's host pid after the namespaces exist and before
+/// the workload starts (e.g. to move a veth end into `/proc/<pid>/ns/net`).
+/// Devices inside the namespace disappear with it, so there is no detach.
+pub trait NetworkHook: Debug + Send + Sync {
+    fn attach(&self, pid: i32) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> ContainerConfig {
+        ContainerConfig::new("/bin/workload", "noop")
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c: ContainerConfig =
+            serde_json::from_str(r#"{"workload_bin": "/w", "workload": "noop"}"#).unwrap();
+        assert_eq!(c.run_dir, PathBuf::from("/run/isolab"));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/isolab"));
+        assert_eq!(c.stop_grace_ms, 5000);
+        assert!(!c.user_namespace);
+        assert!(serde_json::from_str::<ContainerConfig>(
+            r#"{"workload_bin": "/w", "workload": "noop", "memroy": 1}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_value_named() {
+        let mut c = cfg();
+        c.hostname = Some("bad_host!".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("'bad_host!'"));
+        let mut c = cfg();
+        c.limits.memory_bytes = Some(0);
+        assert!(c.validate().is_err());
+        let mut c = cfg();
+        c.limits.cpus = Some(-1.0);
+        assert!(c.validate().is_err());
+        let mut c = cfg();
+        c.limits.pids = Some(0);
+        assert!(c.validate().is_err());
+        let mut c = cfg();
+        c.env = vec!["NOEQUALS".into()];
+        assert!(c.validate().is_err());
+        assert!(cfg().validate().is_ok());
+    }
+
+    #[test]
+    fn the_workload_gets_its_mode_and_the_ready_fd() {
+        let mut c = cfg();
+        c.args = vec!["--duration-ms".into(), "10".into()];
+        assert_eq!(c.argv(), vec!["/workload", "noop", "--duration-ms", "10"]);
+        assert!(c.envp().contains(&"ISOLAB_READY_FD=3".to_string()));
+    }
+}
+
+/// The workload binary's modes (crates/workload `args::WORKLOADS`; a test
+/// keeps the two lists equal).
+pub const WORKLOADS: &[&str] = &["noop", "api", "worker", "cache", "hog", "forkloop", "probe"];
+
+#[cfg(test)]
+mod workload_names {
+    #[test]
+    fn the_mode_list_matches_the_workload_binary() {
+        assert_eq!(super::WORKLOADS, isolab_workload::args::WORKLOADS);
+    }
+}

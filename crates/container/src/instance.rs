@@ -1,0 +1,218 @@
+//! Per-instance state on the host: `<run_dir>/<id>/` holding `owner`
+//! (launcher pid and its start time), the overlay's `upper/` and `work/`,
+//! and the `rootfs/` mount point (mounted only inside the container's mount
+//! namespace). Also finds and removes instances whose launcher is gone.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+
+use isolab_cgroups::Hierarchy;
+
+use crate::error::ContainerError;
+
+/// Host uid/gid that root of a user-namespaced container maps to.
+pub const USERNS_BASE_ID: u32 = 100_000;
+/// Number of ids mapped.
+pub const USERNS_ID_COUNT: u32 = 65_536;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh instance id: unique among live launchers (pid + counter) and
+/// across pid reuse (low bits of the clock).
+pub fn new_id() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("c{}-{}-{:05x}", std::process::id(), n, t & 0xfffff)
+}
+
+/// The instance directory and what it contains.
+#[derive(Debug)]
+pub struct InstanceDir {
+    pub id: String,
+    pub dir: PathBuf,
+}
+
+impl InstanceDir {
+    /// Creates `<run_dir>/<id>/{owner,upper,work,rootfs}`.
+    pub fn create(run_dir: &Path, id: &str, user_namespace: bool) -> Result<Self, ContainerError> {
+        let dir = run_dir.join(id);
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ContainerError::InstanceDir { path, source }
+        };
+        std::fs::create_dir_all(run_dir).map_err(err(run_dir))?;
+        std::fs::create_dir(&dir).map_err(err(&dir))?;
+        let me = Self {
+            id: id.to_string(),
+            dir,
+        };
+        let owner = me.dir.join("owner");
+        std::fs::write(
+            &owner,
+            owner_line(std::process::id() as i32).unwrap_or_default(),
+        )
+        .map_err(err(&owner))?;
+        for sub in ["upper", "work", "rootfs"] {
+            let p = me.dir.join(sub);
+            std::fs::create_dir(&p).map_err(err(&p))?;
+            if user_namespace && sub != "rootfs" {
+                nix::unistd::chown(
+                    &p,
+                    Some(nix::unistd::Uid::from_raw(USERNS_BASE_ID)),
+                    Some(nix::unistd::Gid::from_raw(USERNS_BASE_ID)),
+                )
+                .map_err(|e| ContainerError::InstanceDir {
+                    path: p.clone(),
+                    source: e.into(),
+                })?;
+            }
+        }
+        std::fs::set_permissions(&me.dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(err(&me.dir))?;
+        Ok(me)
+    }
+
+    pub fn upper(&self) -> PathBuf {
+        self.dir.join("upper")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    /// Removes the directory tree. The overlay lives only in the container's
+    /// mount namespace, so a lazy unmount here is a no-op in the normal case
+    /// and a safety net otherwise.
+    pub fn remove(&self) -> std::io::Result<()> {
+        let _ = nix::mount::umount2(&self.rootfs(), nix::mount::MntFlags::MNT_DETACH);
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// "<pid> <start time in clock ticks since boot>" of `pid`.
+fn owner_line(pid: i32) -> Option<String> {
+    Some(format!("{pid} {}\n", start_time(Path::new("/proc"), pid)?))
+}
+
+/// Field 22 of `/proc/<pid>/stat` (after the parenthesised command name,
+/// which may itself contain spaces and parentheses).
+pub(crate) fn start_time(proc_root: &Path, pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the launcher recorded in an owner file is still the same process.
+pub(crate) fn owner_alive(proc_root: &Path, owner: &str) -> bool {
+    let mut it = owner.split_whitespace();
+    let (Some(pid), Some(start)) = (
+        it.next().and_then(|p| p.parse::<i32>().ok()),
+        it.next().and_then(|s| s.parse::<u64>().ok()),
+    ) else {
+        return false;
+    };
+    start_time(proc_root, pid) == Some(start)
+}
+
+/// Instances under `run_dir` whose launcher is gone: a dead owner, or no
+/// owner file on a directory older than a few seconds (a launcher killed
+/// between mkdir and writing the owner).
+pub fn stale_instances(run_dir: &Path, proc_root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            let id = e.file_name().to_str()?.to_string();
+            let stale = match std::fs::read_to_string(e.path().join("owner")) {
+                Ok(owner) => !owner_alive(proc_root, &owner),
+                Err(_) => e
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(10)),
+            };
+            stale.then_some(id)
+        })
+        .collect()
+}
+
+/// Removes stale instances: kills what is left in their cgroups, removes
+/// the cgroups and the directories. Returns the ids removed.
+pub fn clean_stale(run_dir: &Path, hierarchy: &Hierarchy) -> Vec<String> {
+    let mut removed = Vec::new();
+    for id in stale_instances(run_dir, Path::new("/proc")) {
+        if let Some(cg) = isolab_cgroups::open_existing(hierarchy, &id) {
+            if cg.remove().is_err() {
+                continue;
+            }
+        }
+        let inst = InstanceDir {
+            id: id.clone(),
+            dir: run_dir.join(&id),
+        };
+        if inst.remove().is_ok() {
+            removed.push(id);
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_cgroup_safe() {
+        let a = new_id();
+        let b = new_id();
+        assert_ne!(a, b);
+        assert!(!a.contains('/') && a.len() < 40);
+    }
+
+    #[test]
+    fn start_time_survives_odd_command_names() {
+        let proc_ = tempfile::tempdir().unwrap();
+        std::fs::create_dir(proc_.path().join("42")).unwrap();
+        let fields: Vec<String> = (3..=22).map(|i| i.to_string()).collect();
+        std::fs::write(
+            proc_.path().join("42/stat"),
+            format!("42 (a) b (c) {} 23 24\n", fields.join(" ")),
+        )
+        .unwrap();
+        assert_eq!(start_time(proc_.path(), 42), Some(22));
+        assert!(owner_alive(proc_.path(), "42 22\n"));
+        // Same pid, different start time: the pid was reused.
+        assert!(!owner_alive(proc_.path(), "42 21\n"));
+        assert!(!owner_alive(proc_.path(), "43 22\n"));
+        assert!(!owner_alive(proc_.path(), "garbage"));
+    }
+
+    #[test]
+    fn only_instances_of_dead_launchers_are_stale() {
+        let run = tempfile::tempdir().unwrap();
+        let me = InstanceDir::create(run.path(), "live", false).unwrap();
+        std::fs::create_dir(run.path().join("dead")).unwrap();
+        std::fs::write(run.path().join("dead/owner"), "999999999 1\n").unwrap();
+        // A directory without an owner that was just created is not stale yet.
+        std::fs::create_dir(run.path().join("young")).unwrap();
+        let stale = stale_instances(run.path(), Path::new("/proc"));
+        assert_eq!(stale, vec!["dead".to_string()]);
+        assert!(me.rootfs().is_dir() && me.upper().is_dir() && me.work().is_dir());
+        me.remove().unwrap();
+        assert!(!run.path().join("live").exists());
+    }
+}

@@ -1,0 +1,1 @@
+//! OCI bundle writer (next commit).

@@ -1,0 +1,190 @@
+//! Process-level calls of the container's init and of the workload before
+//! `execve`: raw descriptors, fork, signal state, exec. They run in the
+//! cloned child of a possibly multi-threaded launcher, so they only make
+//! async-signal-safe calls and never allocate.
+
+use std::ffi::{c_char, CString};
+use std::os::fd::RawFd;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+
+/// `execve` arguments, built before the clone.
+#[derive(Debug)]
+pub(crate) struct ExecPlan {
+    path: CString,
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    envp_ptrs: Vec<*const c_char>,
+}
+
+impl ExecPlan {
+    /// Strings must not contain NUL (checked when the config is validated).
+    pub(crate) fn new(path: &str, argv: &[String], envp: &[String]) -> Option<Self> {
+        let path = CString::new(path).ok()?;
+        let argv: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_str()).ok())
+            .collect::<Option<_>>()?;
+        let envp: Vec<CString> = envp
+            .iter()
+            .map(|a| CString::new(a.as_str()).ok())
+            .collect::<Option<_>>()?;
+        let argv_ptrs = argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        let envp_ptrs = envp
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        Some(Self {
+            path,
+            _argv: argv,
+            _envp: envp,
+            argv_ptrs,
+            envp_ptrs,
+        })
+    }
+
+    /// Replaces the process image; returns only on failure.
+    pub(crate) fn exec(&self) -> nix::Error {
+        // SAFETY: `path` is a NUL-terminated string and both pointer arrays
+        // are NULL-terminated arrays of pointers to NUL-terminated strings,
+        // all owned by `self`, which outlives the call.
+        unsafe {
+            libc::execve(
+                self.path.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.envp_ptrs.as_ptr(),
+            )
+        };
+        nix::Error::last()
+    }
+}
+
+/// Writes all of `buf` (one message) to `fd`.
+pub(crate) fn write_msg(fd: RawFd, buf: &[u8]) -> nix::Result<()> {
+    // SAFETY: `buf` is a valid readable slice for its length; a stale or
+    // closed `fd` only yields an error.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    nix::Error::result(n).map(drop)
+}
+
+/// Reads one message from `fd` into `buf`; returns its length (0 at EOF).
+pub(crate) fn read_msg(fd: RawFd, buf: &mut [u8]) -> nix::Result<usize> {
+    loop {
+        // SAFETY: `buf` is a valid writable slice for its length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        match nix::Error::result(n) {
+            Err(nix::Error::EINTR) => continue,
+            r => return r.map(|n| n as usize),
+        }
+    }
+}
+
+pub(crate) fn close(fd: RawFd) {
+    // SAFETY: closing a descriptor this process owns and no longer uses;
+    // nothing else in the child refers to it afterwards.
+    unsafe { libc::close(fd) };
+}
+
+/// Makes `fd` available as `target`, without close-on-exec.
+pub(crate) fn dup_to(fd: RawFd, target: RawFd) -> nix::Result<()> {
+    if fd == target {
+        // SAFETY: F_SETFD with 0 only clears FD_CLOEXEC on an owned fd.
+        let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        return nix::Error::result(rc).map(drop);
+    }
+    // SAFETY: dup2 onto a fixed slot; the old occupant of `target` (if any)
+    // is closed by the kernel, as intended.
+    let rc = unsafe { libc::dup2(fd, target) };
+    nix::Error::result(rc).map(drop)
+}
+
+/// Marks every descriptor from `first` up as close-on-exec, so nothing the
+/// launcher had open leaks into the workload.
+pub(crate) fn cloexec_from(first: u32) -> nix::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on
+    // descriptors; it takes no pointers.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    nix::Error::result(rc).map(drop)
+}
+
+/// Blocks all signals in the calling thread; returns the previous mask.
+pub(crate) fn block_all() -> nix::Result<SigSet> {
+    let mut old = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    )?;
+    Ok(old)
+}
+
+pub(crate) fn set_mask(mask: &SigSet) -> nix::Result<()> {
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(mask), None)
+}
+
+/// Resets every catchable signal to its default action (a launcher may
+/// ignore SIGPIPE or SIGCHLD; the container must not inherit that).
+pub(crate) fn default_signals() {
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+        let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+    }
+}
+
+/// fork(2) from the container's init.
+pub(crate) fn fork() -> nix::Result<nix::unistd::ForkResult> {
+    // SAFETY: the caller (init) is single-threaded: it was created by clone
+    // without CLONE_THREAD and starts no threads, so the child may run any
+    // code; it still only makes async-signal-safe calls before execve.
+    unsafe { nix::unistd::fork() }
+}
+
+/// Ends the process at once: no atexit handlers or stdio flushing, which
+/// belong to the launcher whose memory this child copied.
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit only terminates the calling process; it is async-signal-safe.
+    unsafe { libc::_exit(code) }
+}
+
+/// Closes every descriptor from 3 up except `keep`: a clone made by
+/// another launcher thread at the same moment must not hold on to our
+/// pipes (the launcher waits for their EOF). No allocation: `keep` is
+/// sorted in place.
+pub(crate) fn close_all_except(mut keep: [RawFd; 4]) -> nix::Result<()> {
+    keep.sort_unstable();
+    let mut next: u32 = 3;
+    for fd in keep {
+        if fd < 3 {
+            continue;
+        }
+        let fd = fd as u32;
+        if fd > next {
+            close_range(next, fd - 1)?;
+        }
+        next = fd + 1;
+    }
+    close_range(next, u32::MAX)
+}
+
+fn close_range(first: u32, last: u32) -> nix::Result<()> {
+    // SAFETY: close_range(2) with no flags closes descriptors in the range;
+    // the caller keeps everything it still uses out of the range.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+    nix::Error::result(rc).map(drop)
+}

@@ -1,0 +1,248 @@
+//! The seam between the launch sequence and the kernel: every call that
+//! changes the host or the container's view (mounts, pivot_root, hostname,
+//! namespaces, ids, network) goes through [`Syscall`], so the sequence is
+//! unit-tested with a recording double.
+//!
+//! The real implementation runs in the cloned child of a possibly
+//! multi-threaded launcher, so it must not allocate: nix converts paths
+//! shorter than 1 KiB on the stack, and every string comes prepared.
+
+use std::path::Path;
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
+
+/// Host-changing calls of the launch sequence.
+pub trait Syscall {
+    fn mount(
+        &self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()>;
+    fn umount2(&self, target: &Path, flags: MntFlags) -> nix::Result<()>;
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> nix::Result<()>;
+    fn chdir(&self, path: &Path) -> nix::Result<()>;
+    fn mkdir(&self, path: &Path, mode: Mode) -> nix::Result<()>;
+    /// Creates an empty regular file (a bind-mount target).
+    fn create_file(&self, path: &Path) -> nix::Result<()>;
+    fn symlink(&self, target: &str, link: &Path) -> nix::Result<()>;
+    /// Whether `path` is a directory (ENOENT when absent).
+    fn is_dir(&self, path: &Path) -> nix::Result<bool>;
+    fn sethostname(&self, name: &str) -> nix::Result<()>;
+    fn unshare(&self, flags: CloneFlags) -> nix::Result<()>;
+    /// Becomes uid/gid 0 with no supplementary groups (inside a user namespace).
+    fn become_root(&self) -> nix::Result<()>;
+    /// Sets IFF_UP on `lo` in the current network namespace.
+    fn loopback_up(&self) -> nix::Result<()>;
+}
+
+/// The real kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxSyscall;
+
+impl Syscall for LinuxSyscall {
+    fn mount(
+        &self,
+        source: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        nix::mount::mount(source, target, fstype, flags, data)
+    }
+
+    fn umount2(&self, target: &Path, flags: MntFlags) -> nix::Result<()> {
+        nix::mount::umount2(target, flags)
+    }
+
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> nix::Result<()> {
+        nix::unistd::pivot_root(new_root, put_old)
+    }
+
+    fn chdir(&self, path: &Path) -> nix::Result<()> {
+        nix::unistd::chdir(path)
+    }
+
+    fn mkdir(&self, path: &Path, mode: Mode) -> nix::Result<()> {
+        match nix::unistd::mkdir(path, mode) {
+            Err(nix::Error::EEXIST) => Ok(()),
+            r => r,
+        }
+    }
+
+    fn create_file(&self, path: &Path) -> nix::Result<()> {
+        use nix::fcntl::OFlag;
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )?;
+        drop(fd);
+        Ok(())
+    }
+
+    fn symlink(&self, target: &str, link: &Path) -> nix::Result<()> {
+        match nix::unistd::symlinkat(target, nix::fcntl::AT_FDCWD, link) {
+            Err(nix::Error::EEXIST) => Ok(()),
+            r => r,
+        }
+    }
+
+    fn is_dir(&self, path: &Path) -> nix::Result<bool> {
+        let st = nix::sys::stat::lstat(path)?;
+        Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+    }
+
+    fn sethostname(&self, name: &str) -> nix::Result<()> {
+        nix::unistd::sethostname(name)
+    }
+
+    fn unshare(&self, flags: CloneFlags) -> nix::Result<()> {
+        nix::sched::unshare(flags)
+    }
+
+    fn become_root(&self) -> nix::Result<()> {
+        use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+        setgroups(&[])?;
+        setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))?;
+        setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+    }
+
+    fn loopback_up(&self) -> nix::Result<()> {
+        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+        use std::os::fd::AsRawFd;
+        let sock = socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        // SAFETY: `ifreq` is a plain C struct (a name array and a union of
+        // integers and addresses) for which all-zero bytes are a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        // SAFETY: SIOCSIFFLAGS reads one `ifreq` through the pointer, which
+        // points to a live, initialised value for the duration of the call;
+        // `sock` is an open socket owned by this function.
+        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+        nix::Error::result(rc).map(drop)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod recording {
+    //! A test double that records every call and can fail one of them.
+
+    use super::*;
+    use std::cell::RefCell;
+
+    #[derive(Debug, Default)]
+    pub(crate) struct RecordingSyscall {
+        pub calls: RefCell<Vec<String>>,
+        /// Fail the first call whose record starts with this prefix.
+        pub fail_on: Option<(&'static str, nix::Error)>,
+        /// Paths that `is_dir` reports as directories; others are files,
+        /// and paths listed in `absent` do not exist.
+        pub dirs: Vec<&'static str>,
+        pub absent: Vec<&'static str>,
+    }
+
+    impl RecordingSyscall {
+        fn record(&self, call: String) -> nix::Result<()> {
+            let fail = matches!(self.fail_on, Some((p, _)) if call.starts_with(p));
+            self.calls.borrow_mut().push(call);
+            match (fail, self.fail_on) {
+                (true, Some((_, e))) => Err(e),
+                _ => Ok(()),
+            }
+        }
+
+        pub fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
+        }
+
+        /// Index of the first call starting with `prefix`.
+        pub fn position(&self, prefix: &str) -> Option<usize> {
+            self.calls
+                .borrow()
+                .iter()
+                .position(|c| c.starts_with(prefix))
+        }
+    }
+
+    impl Syscall for RecordingSyscall {
+        fn mount(
+            &self,
+            source: Option<&str>,
+            target: &Path,
+            fstype: Option<&str>,
+            flags: MsFlags,
+            data: Option<&str>,
+        ) -> nix::Result<()> {
+            let names: Vec<&str> = flags.iter_names().map(|(n, _)| n).collect();
+            let flags = if names.is_empty() {
+                "-".to_string()
+            } else {
+                names.join(" | ")
+            };
+            self.record(format!(
+                "mount {} {} {} {} {}",
+                source.unwrap_or("-"),
+                target.display(),
+                fstype.unwrap_or("-"),
+                flags,
+                data.unwrap_or("-")
+            ))
+        }
+        fn umount2(&self, target: &Path, _flags: MntFlags) -> nix::Result<()> {
+            self.record(format!("umount2 {}", target.display()))
+        }
+        fn pivot_root(&self, new_root: &Path, put_old: &Path) -> nix::Result<()> {
+            self.record(format!(
+                "pivot_root {} {}",
+                new_root.display(),
+                put_old.display()
+            ))
+        }
+        fn chdir(&self, path: &Path) -> nix::Result<()> {
+            self.record(format!("chdir {}", path.display()))
+        }
+        fn mkdir(&self, path: &Path, _mode: Mode) -> nix::Result<()> {
+            self.record(format!("mkdir {}", path.display()))
+        }
+        fn create_file(&self, path: &Path) -> nix::Result<()> {
+            self.record(format!("create {}", path.display()))
+        }
+        fn symlink(&self, target: &str, link: &Path) -> nix::Result<()> {
+            self.record(format!("symlink {} {}", link.display(), target))
+        }
+        fn is_dir(&self, path: &Path) -> nix::Result<bool> {
+            let p = path.to_str().unwrap_or_default();
+            if self.absent.contains(&p) {
+                return Err(nix::Error::ENOENT);
+            }
+            Ok(self.dirs.contains(&p))
+        }
+        fn sethostname(&self, name: &str) -> nix::Result<()> {
+            self.record(format!("sethostname {name}"))
+        }
+        fn unshare(&self, flags: CloneFlags) -> nix::Result<()> {
+            let names: Vec<&str> = flags.iter_names().map(|(n, _)| n).collect();
+            self.record(format!("unshare {}", names.join(" | ")))
+        }
+        fn become_root(&self) -> nix::Result<()> {
+            self.record("become_root".into())
+        }
+        fn loopback_up(&self) -> nix::Result<()> {
+            self.record("loopback_up".into())
+        }
+    }
+}
