@@ -314,11 +314,13 @@ pub fn attach_devices(
         .try_clone()
         .map_err(|e| BuildError::DeviceIrq(VmError::EventFd(e)))?;
     let mut user_hook = hooks.on_ready.take();
+    // The monitor learns of readiness before the caller does, so a caller
+    // that reacts to ready by stopping the VM still gets the ready sample.
     let hook: ReadyHook = Box::new(move || {
+        let _ = ready_signal.write(1);
         if let Some(h) = user_hook.as_mut() {
             h();
         }
-        let _ = ready_signal.write(1);
     });
     let marker = MarkerDevice::new(markers.clone(), Some(hook));
     bus.pio
@@ -562,6 +564,11 @@ pub fn run_vcpus(
                 break;
             }
         }
+    }
+
+    // A ready marker that raced with the stop still gets its sample.
+    if memory_at_ready.is_none() && devices.ready_evt.read().is_ok() {
+        memory_at_ready = memory_stats::sample(Path::new("/proc"), guest_ranges).ok();
     }
 
     // Stop the others: set the flag, then kick until each thread is out.
