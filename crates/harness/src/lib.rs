@@ -5,6 +5,7 @@
 //! booted belongs to `isolab-container` and `isolab-microvm`.
 
 pub mod compare;
+pub mod demo;
 pub mod density;
 pub mod env;
 pub mod memory;

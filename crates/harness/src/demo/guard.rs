@@ -1,0 +1,182 @@
+//! The host's own settings, read before a demo and again after it: the
+//! proof, printed under every demo, that nothing the demo ran changed the
+//! host. A setting that moved fails the demo loudly; sysctls are written
+//! back to their old value first so the host is left as it was found.
+//!
+//! Every read takes the `/proc` and `/sys` roots as parameters, so the check
+//! is unit-tested on a fake tree.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// sysctls checked around every demo: the ones the knob demo tries to move,
+/// and the global limits a fork loop or a hog could be tempted to touch.
+pub const WATCHED_SYSCTLS: &[&str] = &[
+    "kernel.hostname",
+    "kernel.domainname",
+    "net.ipv4.ip_default_ttl",
+    "vm.swappiness",
+    "vm.overcommit_memory",
+    "kernel.pid_max",
+    "kernel.threads-max",
+];
+
+/// One host setting and its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostSetting {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+/// A setting that differs after the demo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub name: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    /// Whether writing the old value back succeeded.
+    pub restored: bool,
+}
+
+/// A snapshot of the host's settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostGuard {
+    #[serde(skip)]
+    proc_root: PathBuf,
+    #[serde(skip)]
+    sys_root: PathBuf,
+    pub settings: Vec<HostSetting>,
+}
+
+fn sysctl_path(proc_root: &Path, name: &str) -> PathBuf {
+    proc_root.join("sys").join(name.replace('.', "/"))
+}
+
+fn read(proc_root: &Path, sys_root: &Path) -> Vec<HostSetting> {
+    let mut v: Vec<HostSetting> = WATCHED_SYSCTLS
+        .iter()
+        .map(|n| HostSetting {
+            name: (*n).to_owned(),
+            value: std::fs::read_to_string(sysctl_path(proc_root, n))
+                .ok()
+                .map(|s| s.trim().to_owned()),
+        })
+        .collect();
+    // The host's interfaces: a demo must not leave a veth or a TAP behind.
+    let ifaces = std::fs::read_dir(sys_root.join("class/net"))
+        .ok()
+        .map(|rd| {
+            let mut names: Vec<String> = rd
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names.join(",")
+        });
+    v.push(HostSetting {
+        name: "host interfaces".into(),
+        value: ifaces,
+    });
+    v
+}
+
+impl HostGuard {
+    /// Reads the host's settings now (real `/proc` and `/sys`).
+    pub fn snapshot() -> Self {
+        Self::snapshot_at(Path::new("/proc"), Path::new("/sys"))
+    }
+
+    /// Reads the settings under the given roots.
+    pub fn snapshot_at(proc_root: &Path, sys_root: &Path) -> Self {
+        Self {
+            proc_root: proc_root.to_owned(),
+            sys_root: sys_root.to_owned(),
+            settings: read(proc_root, sys_root),
+        }
+    }
+
+    /// The value of a setting in the snapshot.
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.settings
+            .iter()
+            .find(|s| s.name == name)?
+            .value
+            .as_deref()
+    }
+
+    /// Reads the settings again and compares. Every sysctl that moved is
+    /// written back to its old value; the changes are returned either way
+    /// (empty: the host is unchanged).
+    pub fn verify(&self) -> Vec<Change> {
+        let now = read(&self.proc_root, &self.sys_root);
+        let mut changes = Vec::new();
+        for (before, after) in self.settings.iter().zip(&now) {
+            if before.value == after.value {
+                continue;
+            }
+            let restored = match (
+                &before.value,
+                WATCHED_SYSCTLS.contains(&before.name.as_str()),
+            ) {
+                (Some(old), true) => std::fs::write(
+                    sysctl_path(&self.proc_root, &before.name),
+                    format!("{old}\n"),
+                )
+                .is_ok(),
+                _ => false,
+            };
+            changes.push(Change {
+                name: before.name.clone(),
+                before: before.value.clone(),
+                after: after.value.clone(),
+                restored,
+            });
+        }
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (name, v) in [("vm.swappiness", "60"), ("kernel.hostname", "host")] {
+            let p = sysctl_path(&d.path().join("proc"), name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, format!("{v}\n")).unwrap();
+        }
+        std::fs::create_dir_all(d.path().join("sys/class/net/lo")).unwrap();
+        d
+    }
+
+    #[test]
+    fn an_untouched_host_verifies_clean() {
+        let d = tree();
+        let g = HostGuard::snapshot_at(&d.path().join("proc"), &d.path().join("sys"));
+        assert_eq!(g.value("vm.swappiness"), Some("60"));
+        assert_eq!(g.value("host interfaces"), Some("lo"));
+        assert_eq!(g.value("kernel.pid_max"), None);
+        assert!(g.verify().is_empty());
+    }
+
+    #[test]
+    fn a_moved_sysctl_is_reported_and_put_back() {
+        let d = tree();
+        let proc = d.path().join("proc");
+        let g = HostGuard::snapshot_at(&proc, &d.path().join("sys"));
+        std::fs::write(sysctl_path(&proc, "vm.swappiness"), "61\n").unwrap();
+        std::fs::create_dir_all(d.path().join("sys/class/net/veth0")).unwrap();
+        let changes = g.verify();
+        assert_eq!(changes.len(), 2);
+        assert_eq!(changes[0].name, "vm.swappiness");
+        assert_eq!(changes[0].after.as_deref(), Some("61"));
+        assert!(changes[0].restored);
+        assert_eq!(changes[1].name, "host interfaces");
+        assert!(!changes[1].restored);
+        let now = std::fs::read_to_string(sysctl_path(&proc, "vm.swappiness")).unwrap();
+        assert_eq!(now.trim(), "60");
+    }
+}

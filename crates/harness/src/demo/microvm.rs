@@ -1,0 +1,259 @@
+//! The microVM column: the workload in a guest with its own kernel, through
+//! `bench vm run --json` (natively, or inside the emulated host with
+//! `--host emulated`). The guest's stdout comes back over the marker port
+//! (docs/contracts.md, port 0x3f2) in the report's `workload_output`.
+//!
+//! It runs `bench` as a child in its own process group rather than calling
+//! the monitor in-process: the emulated host is a QEMU tree, and a process
+//! group is the one handle that is sure to take all of it down on a timeout.
+//! When the microVM cannot run, the column says why in one line; a demo
+//! never fails because of it.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::runner::{last_json_object, tail_lines, DemoMode, Job, ModeRun, ModeRunner, RunRecord};
+use super::DemoError;
+
+/// The label every figure from the emulated host carries.
+pub const EMULATED_LABEL: &str = "emulated host: timings not comparable to hardware";
+
+/// Longest one microVM run may take (the emulated host boots in seconds,
+/// but everything inside it runs under TCG).
+pub const VM_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where the microVM runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmHost {
+    /// This host's `/dev/kvm`.
+    Native,
+    /// The emulated hardware-virtualisation host (QEMU TCG + nested KVM).
+    Emulated,
+}
+
+/// Runs jobs in a microVM through `bench vm run`.
+#[derive(Debug, Clone)]
+pub struct MicrovmRunner {
+    /// The `bench` binary.
+    pub bench: PathBuf,
+    pub host: VmHost,
+    /// Filesystem root for the host-kind check (`/` outside tests).
+    pub root: PathBuf,
+}
+
+impl MicrovmRunner {
+    pub fn new(bench: impl Into<PathBuf>, host: VmHost) -> Self {
+        Self {
+            bench: bench.into(),
+            host,
+            root: PathBuf::from("/"),
+        }
+    }
+
+    /// `bench vm run` arguments for a job.
+    pub fn argv(&self, job: &Job) -> Vec<String> {
+        let mut v: Vec<String> = vec!["vm".into(), "run".into(), "--json".into()];
+        v.extend(["--workload".into(), job.workload.clone()]);
+        if let Some(m) = job.vm_memory_mib {
+            v.extend(["--memory".into(), format!("{m}M")]);
+        }
+        if let Some(n) = job.vm_vcpus {
+            v.extend(["--vcpus".into(), n.to_string()]);
+        }
+        if self.host == VmHost::Emulated {
+            v.extend(["--host".into(), "emulated".into()]);
+        }
+        if !job.args.is_empty() {
+            v.push("--".into());
+            v.extend(job.args.iter().cloned());
+        }
+        v
+    }
+
+    /// Why the microVM cannot run natively here, if it cannot.
+    pub fn native_refusal(root: &Path) -> Option<String> {
+        isolab_microvm::host::detect(root)
+            .refusal()
+            .map(str::to_owned)
+    }
+}
+
+impl ModeRunner for MicrovmRunner {
+    fn mode(&self) -> DemoMode {
+        DemoMode::Microvm
+    }
+
+    fn run(&self, job: &Job) -> Result<ModeRun, DemoError> {
+        if self.host == VmHost::Native {
+            if let Some(why) = Self::native_refusal(&self.root) {
+                return Ok(ModeRun::Unavailable { reason: why });
+            }
+        }
+        if !self.bench.exists() {
+            return Ok(ModeRun::Unavailable {
+                reason: format!(
+                    "{} not found: build it with `cargo build -p isolab-cli`",
+                    self.bench.display()
+                ),
+            });
+        }
+        let mut child = Command::new(&self.bench)
+            .args(self.argv(job))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|source| DemoError::Spawn {
+                what: "bench vm run".into(),
+                source,
+            })?;
+        let pgid = child.id() as libc::pid_t;
+        let read = |r: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_string(&mut s);
+                }
+                s
+            })
+        };
+        let out = read(
+            child
+                .stdout
+                .take()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+        );
+        let err = read(
+            child
+                .stderr
+                .take()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+        );
+        let deadline = Instant::now() + VM_TIMEOUT;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break Some(s),
+                Ok(None) if Instant::now() > deadline => break None,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(source) => {
+                    return Err(DemoError::Wait {
+                        what: "bench vm run".into(),
+                        source,
+                    })
+                }
+            }
+        };
+        // Whatever is left of the tree (QEMU, the monitor) goes with the group.
+        kill_group(pgid);
+        if status.is_none() {
+            let _ = child.wait();
+        }
+        let (out, err) = (
+            out.join().unwrap_or_default(),
+            err.join().unwrap_or_default(),
+        );
+        let Some(status) = status else {
+            return Ok(ModeRun::Unavailable {
+                reason: format!(
+                    "the microVM did not finish within {} s and was stopped",
+                    VM_TIMEOUT.as_secs()
+                ),
+            });
+        };
+        let label = (self.host == VmHost::Emulated).then(|| EMULATED_LABEL.to_owned());
+        Ok(record_from(status.code(), &out, &err, label))
+    }
+}
+
+fn kill_group(pgid: libc::pid_t) {
+    // SAFETY: kill takes plain integers; a negative pid names the process
+    // group this runner created for the child, and nothing else.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+}
+
+/// Turns `bench vm run --json`'s output into a record, or into the one-line
+/// reason the VM could not run.
+pub fn record_from(
+    code: Option<i32>,
+    stdout: &str,
+    stderr: &str,
+    label: Option<String>,
+) -> ModeRun {
+    let Some(report) = last_json_object(stdout).filter(|r| r.get("workload_output").is_some())
+    else {
+        let why = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| l.trim().trim_start_matches("error: ").to_owned())
+            .unwrap_or_else(|| format!("bench vm run ended with status {code:?} and no report"));
+        return ModeRun::Unavailable { reason: why };
+    };
+    let output = report["workload_output"].as_str().unwrap_or_default();
+    let status = report["exit_status"].as_i64().map(|s| s as i32).or(code);
+    let rss = report
+        .pointer("/memory_at_end/total_rss_kib")
+        .and_then(Value::as_u64);
+    ModeRun::Ran(RunRecord {
+        status,
+        result: last_json_object(output),
+        host_peak_rss_kib: rss,
+        stderr_tail: tail_lines(stderr, 20),
+        label,
+        vm_report: Some(report),
+        ..RunRecord::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_carries_limits_host_and_workload_args() {
+        let r = MicrovmRunner::new("/x/bench", VmHost::Emulated);
+        let mut job = Job::new("hog", &["--max-mib", "512"]);
+        job.vm_memory_mib = Some(128);
+        assert_eq!(
+            r.argv(&job).join(" "),
+            "vm run --json --workload hog --memory 128M --host emulated -- --max-mib 512"
+        );
+    }
+
+    #[test]
+    fn a_report_gives_the_guest_result() {
+        let out = r#"{"exit_status":0,"workload_output":"{\"workload\":\"probe\",\"ok\":true,\"pid\":1}\n","memory_at_end":{"total_rss_kib":9000}}"#;
+        let run = record_from(Some(0), out, "", Some(EMULATED_LABEL.into()));
+        let r = run.record().unwrap();
+        assert_eq!(r.status, Some(0));
+        assert_eq!(r.fact("pid"), Some(&Value::from(1)));
+        assert_eq!(r.host_peak_rss_kib, Some(9000));
+        assert_eq!(r.label.as_deref(), Some(EMULATED_LABEL));
+    }
+
+    #[test]
+    fn no_report_gives_the_last_error_line() {
+        let run = record_from(Some(3), "", "noise\nerror: /dev/kvm here is PVM\n", None);
+        match run {
+            ModeRun::Unavailable { reason } => assert_eq!(reason, "/dev/kvm here is PVM"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pvm_hosts_are_refused_in_one_line() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("dev")).unwrap();
+        std::fs::write(d.path().join("dev/kvm"), "").unwrap();
+        std::fs::create_dir_all(d.path().join("sys/module/kvm_pvm")).unwrap();
+        let why = MicrovmRunner::native_refusal(d.path()).unwrap();
+        assert!(why.contains("PVM"), "{why}");
+        assert!(!why.contains('\n'));
+    }
+}
