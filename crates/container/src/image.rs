@@ -52,7 +52,8 @@ pub fn ensure(state_dir: &Path, workload_bin: &Path) -> Result<PathBuf, Containe
         return Ok(dir);
     }
     std::fs::create_dir_all(&images).map_err(image_err(&images))?;
-    let tmp = images.join(format!(".build-{}", std::process::id()));
+    // Private to this process and thread: concurrent builders never share it.
+    let tmp = images.join(format!(".build-{}", crate::instance::new_id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let built = build(&tmp, workload_bin);
     if let Err(e) = built {

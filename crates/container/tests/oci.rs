@@ -1,0 +1,118 @@
+//! Privileged tests: the production runtimes run our bundle for real.
+//! Without root, the workload binary or the runtime, each test prints
+//! `SKIPPED <test>: <reason>`; with `CI=true` or `ISOLAB_STRICT=1` it fails.
+
+use std::path::{Path, PathBuf};
+
+use isolab_container::oci::{run_peer, write_bundle, OciError};
+use isolab_container::ContainerConfig;
+
+fn strict() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
+}
+
+fn workload_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("workload")
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn require(test: &str, runtime: &str) -> Option<PathBuf> {
+    let reason = if !nix::unistd::geteuid().is_root() {
+        Some("not root".to_string())
+    } else if !workload_bin().is_file() {
+        Some("workload binary missing; cargo build -p isolab-workload".into())
+    } else if which(runtime).is_none() {
+        Some(format!(
+            "{runtime} not installed (apt-get install {runtime})"
+        ))
+    } else {
+        None
+    };
+    match reason {
+        None => which(runtime),
+        Some(r) if strict() => panic!("{test}: missing ability in strict mode: {r}"),
+        Some(r) => {
+            println!("SKIPPED {test}: {r}");
+            None
+        }
+    }
+}
+
+fn assert_no_cgroup(id: &str) {
+    for ctrl in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let p = ctrl.path().join("isolab").join(id);
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+}
+
+#[test]
+fn runc_runs_the_same_workload_from_our_bundle() {
+    let Some(runc) = require("runc_runs_the_same_workload_from_our_bundle", "runc") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = ContainerConfig::new(workload_bin(), "probe");
+    c.hostname = Some("oci-box".into());
+    c.limits.pids = Some(64);
+    c.limits.memory_bytes = Some(64 << 20);
+    let id = format!("oci-runc-{}", std::process::id());
+    let bundle = write_bundle(&dir.path().join("bundle"), &c, &id).unwrap();
+    let state = dir.path().join("runc-state");
+    let root = ["--root", state.to_str().unwrap()];
+    let o = run_peer(&runc, &root, &bundle).unwrap_or_else(|e| panic!("runc: {e}"));
+    assert_eq!(o.exit_code, 0, "{o:?}");
+    assert!(
+        o.launch_to_ready_us.is_some(),
+        "the ready fd reached the workload as fd 3"
+    );
+    let line = o.stdout.lines().last().unwrap();
+    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(r["hostname"], "oci-box");
+    assert_eq!(r["interfaces"], serde_json::json!(["lo"]));
+    assert_eq!(r["pid"], 1, "runc runs the workload as PID 1");
+    assert_no_cgroup(&id);
+    bundle.remove().unwrap();
+}
+
+#[test]
+fn crun_runs_or_its_own_refusal_is_surfaced() {
+    let Some(crun) = require("crun_runs_or_its_own_refusal_is_surfaced", "crun") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let c = ContainerConfig::new(workload_bin(), "noop");
+    let id = format!("oci-crun-{}", std::process::id());
+    let bundle = write_bundle(&dir.path().join("bundle"), &c, &id).unwrap();
+    let state = dir.path().join("crun-state");
+    let root = ["--root", state.to_str().unwrap()];
+    match run_peer(&crun, &root, &bundle) {
+        Ok(o) => {
+            assert_eq!(o.exit_code, 0, "{o:?}");
+            assert!(o.launch_to_ready_us.is_some());
+        }
+        Err(e @ OciError::Refused { .. }) => {
+            // crun 1.8 on a hybrid host: its own words reach the user.
+            let msg = e.to_string();
+            println!("crun refused: {msg}");
+            assert!(msg.starts_with("crun failed"), "{msg}");
+            let OciError::Refused { stderr, .. } = e else {
+                unreachable!()
+            };
+            assert!(!stderr.is_empty() && stderr != "(no error output)");
+        }
+        Err(e) => panic!("unexpected: {e}"),
+    }
+    assert_no_cgroup(&id);
+}
