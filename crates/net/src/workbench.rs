@@ -191,11 +191,21 @@ impl Workbench {
     pub fn create(config: WorkbenchConfig) -> Result<Workbench, WorkbenchError> {
         validate(&config)?;
         let lock = take_lock(&config)?;
-        check_subnet_free(&config.subnet)?;
-        let ns_path = config.run_dir.join(&config.name);
-        let removed_stale = netns::remove_name(&ns_path).map_err(WorkbenchError::Stale)?;
-        let ns =
-            NamedNetns::create(&config.run_dir, &config.name).map_err(WorkbenchError::Namespace)?;
+        // From here on every failure must give the lock file back.
+        let prepared = check_subnet_free(&config.subnet).and_then(|()| {
+            let ns_path = config.run_dir.join(&config.name);
+            let removed_stale = netns::remove_name(&ns_path).map_err(WorkbenchError::Stale)?;
+            let ns = NamedNetns::create(&config.run_dir, &config.name)
+                .map_err(WorkbenchError::Namespace)?;
+            Ok((removed_stale, ns))
+        });
+        let (removed_stale, ns) = match prepared {
+            Ok(p) => p,
+            Err(err) => {
+                release_lock(lock);
+                return Err(err);
+            }
+        };
         match setup_inside(&ns, &config) {
             Ok((nl, bridge_index)) => Ok(Workbench {
                 pool: AddressPool::new(config.subnet),

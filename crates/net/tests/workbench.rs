@@ -215,11 +215,14 @@ fn assert_no_leftovers(cfg: &WorkbenchConfig) {
         "bridge {} leaked into the host namespace: {ifaces:?}",
         cfg.bridge
     );
+    // Field 5 of mountinfo is the mount point.
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let target = ns.display().to_string();
     assert!(
-        !mounts.contains(&ns.display().to_string()),
-        "mount of {} left behind",
-        ns.display()
+        !mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(4) == Some(target.as_str())),
+        "mount of {target} left behind"
     );
 }
 
@@ -519,4 +522,36 @@ fn a_killed_run_leaves_a_name_that_the_next_run_removes() {
     assert_eq!(names(&wb), vec![cfg.bridge.clone(), "lo".to_owned()]);
     wb.destroy().unwrap();
     assert_no_leftovers(&cfg);
+}
+
+#[test]
+fn a_subnet_already_used_where_the_workbench_is_made_is_refused() {
+    let test = "a_subnet_already_used_where_the_workbench_is_made_is_refused";
+    if require(test, false).is_none() {
+        return;
+    }
+    // Stand-in for "the host": a scratch namespace of our own holding an
+    // address in the subnet (the real host's network is never touched).
+    let scratch_cfg = config("isolabt8s", 108);
+    // A scratch name left by an aborted earlier run of this test.
+    netns::remove_name(&scratch_cfg.run_dir.join(&scratch_cfg.name)).unwrap();
+    let scratch = NamedNetns::create(&scratch_cfg.run_dir, &scratch_cfg.name).unwrap();
+    {
+        let mut nl = Netlink::open_in(scratch.as_fd()).unwrap();
+        nl.add_bridge("scr0").unwrap();
+        let idx = nl.link("scr0").unwrap().unwrap().index;
+        nl.add_address(idx, "10.203.108.5".parse().unwrap(), 24)
+            .unwrap();
+    }
+    let cfg = config("isolabt8", 108);
+    let result = netns::run_in(scratch.as_fd(), || Workbench::create(cfg.clone())).unwrap();
+    let err = result.expect_err("subnet in use must be refused");
+    assert!(
+        matches!(err, WorkbenchError::AddressRangeInUse { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("10.203.108.5"), "{err}");
+    assert_no_leftovers(&cfg);
+    scratch.remove().unwrap();
+    assert_no_leftovers(&scratch_cfg);
 }
