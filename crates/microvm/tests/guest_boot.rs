@@ -1,0 +1,140 @@
+//! Guest tier: boots the project's guest kernel and initramfs (built by
+//! `bench provision`, found in the artifact cache of docs/contracts.md) and
+//! runs workloads in it.
+//!
+//! These need hardware virtualisation: on a host without `/dev/kvm` or with
+//! PVM KVM (the project's CI machines) they print `SKIPPED` and return even
+//! in strict mode, because CI runs them inside the emulated host instead.
+//! On a capable host, missing artifacts skip, or fail in strict mode
+//! (`CI=true` / `ISOLAB_STRICT=1`).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use isolab_microvm::host;
+use isolab_microvm::{RunHooks, StopReason, VmConfig, VmReport};
+
+fn strict() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
+}
+
+fn cache_root() -> Option<PathBuf> {
+    if let Some(c) = std::env::var_os("ISOLAB_CACHE") {
+        return Some(c.into());
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(Path::new(&x).join("isolab"));
+    }
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/isolab"))
+}
+
+/// Newest file matching `pick` under `dir`'s entries.
+fn newest(dir: &Path, pick: impl Fn(&Path) -> Option<PathBuf>) -> Option<PathBuf> {
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| pick(&e.path()))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p)
+}
+
+/// The provisioned kernel and initramfs, or why the test cannot run.
+fn artifacts(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let kind = host::detect(Path::new("/"));
+    if let Some(why) = kind.refusal() {
+        println!("SKIPPED {test}: {why}");
+        return None;
+    }
+    let found = cache_root().and_then(|root| {
+        let kernel = newest(&root.join("kernel"), |d| {
+            let v = d.join("vmlinux");
+            (d.join("meta.json").is_file() && v.is_file()).then_some(v)
+        })?;
+        let initrd = newest(&root.join("initramfs"), |p| {
+            let name = p.file_name()?.to_str()?;
+            (name.starts_with("guest-") && name.ends_with(".cpio")).then(|| p.to_path_buf())
+        })?;
+        Some((kernel, initrd))
+    });
+    if found.is_none() {
+        let reason = "no provisioned guest kernel/initramfs in the cache: run `bench provision`";
+        if strict() {
+            panic!("{test}: {reason} (strict mode)");
+        }
+        println!("SKIPPED {test}: {reason}");
+    }
+    found
+}
+
+fn boot(kernel: &Path, initrd: &Path, workload: &str, vcpus: u8, mib: u64) -> VmReport {
+    let mut c = VmConfig::new(kernel, workload);
+    c.initrd = Some(initrd.to_path_buf());
+    c.vcpus = vcpus;
+    c.memory_mib = mib;
+    isolab_microvm::run(&c, Instant::now(), RunHooks::default())
+        .unwrap_or_else(|e| panic!("{workload} on {vcpus} vCPU / {mib} MiB: {e:#?}"))
+}
+
+#[test]
+fn noop_boots_and_exits_zero_with_every_phase() {
+    let Some((k, i)) = artifacts("noop_boots_and_exits_zero_with_every_phase") else {
+        return;
+    };
+    for (vcpus, mib) in [(1, 64), (1, 256), (2, 64), (2, 256)] {
+        let r = boot(&k, &i, "noop", vcpus, mib);
+        let label = format!("{vcpus} vCPU / {mib} MiB");
+        assert_eq!(r.exit_status, Some(0), "{label}: {r:?}");
+        assert_eq!(r.stop_reason, StopReason::GuestReset, "{label}");
+        let p = &r.phases;
+        for (name, v) in [
+            ("vmm setup", p.vmm_setup_ms),
+            ("kernel boot", p.kernel_boot_ms),
+            ("init", p.init_ms),
+            ("workload ready", p.workload_ready_ms),
+        ] {
+            assert!(v.is_some(), "{label}: phase {name} missing: {p:?}");
+        }
+        assert!(
+            r.workload_output.contains("\"workload\":\"noop\""),
+            "{label}: {}",
+            r.workload_output
+        );
+        let m = r.memory_at_ready.expect("sampled at ready");
+        assert!(
+            m.guest_touched_kib > 0 && m.vmm_overhead_kib > 0,
+            "{label}: {m:?}"
+        );
+        assert!(
+            m.guest_touched_kib <= mib * 1024,
+            "{label}: guest RSS within guest RAM"
+        );
+    }
+}
+
+#[test]
+fn guest_runs_its_own_kernel() {
+    let Some((k, i)) = artifacts("guest_runs_its_own_kernel") else {
+        return;
+    };
+    let r = boot(&k, &i, "probe", 1, 128);
+    assert_eq!(r.exit_status, Some(0), "{r:?}");
+    let line = r
+        .workload_output
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("probe JSON");
+    let v: serde_json::Value = serde_json::from_str(line).expect("probe output is JSON");
+    let guest = v["kernel"]["release"]
+        .as_str()
+        .expect("kernel.release")
+        .to_string();
+    let host = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    assert_ne!(guest, host, "guest and host kernels must differ");
+}
