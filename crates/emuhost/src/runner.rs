@@ -1,0 +1,661 @@
+//! Booting the emulated host and running one command in it.
+//!
+//! [`EmulatedHost::prepare`] does the cached, once-per-process work;
+//! [`EmulatedHost::run`] boots QEMU for one command:
+//! 1. build the payload archive and put base + payload in a sealed-off
+//!    memfd (nothing on disk to clean up, even if the caller is killed);
+//! 2. spawn QEMU in its own process group with `PR_SET_PDEATHSIG`;
+//! 3. read the serial console line by line ([`crate::markers`]), hand the
+//!    command's output to the caller;
+//! 4. stop at the exit marker, the deadline, or an interruption; QEMU is
+//!    killed and reaped on every path ([`QemuChild`]'s `Drop`).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{cache_root, EmuhostCache};
+use crate::image::{payload, qemu_bundle, BaseImage, FileMap, DEFAULT_MODULES};
+use crate::markers::{clean_line, Event, MarkerParser};
+use crate::modules::ModuleIndex;
+use crate::provision::{
+    ensure_kernel, require_busybox, require_tool, EmuKernel, QEMU, QEMU_PACKAGE,
+};
+use crate::EmuhostError;
+
+/// How many console lines an error report keeps.
+const TAIL_LINES: usize = 25;
+/// After the exit marker, how long QEMU gets to power off by itself.
+const POWEROFF_GRACE: Duration = Duration::from_secs(10);
+
+/// The emulated host's machine and what goes into it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// Guest RAM in MiB (default 2048: room for inner VMs and containers).
+    pub memory_mib: u32,
+    /// Virtual CPUs (default 1: under TCG on a small shared host a second
+    /// vCPU slows the boot; inner guests may still have 2 vCPUs).
+    pub smp: u32,
+    /// Whole-run limit in seconds, boot included (default 600).
+    pub timeout_s: u64,
+    /// Modules to load, dependencies added (default [`DEFAULT_MODULES`]).
+    pub modules: Vec<String>,
+    /// Put the host's QEMU (libraries, firmware) inside, as a reference
+    /// peer for the microVM (default false).
+    pub include_qemu: bool,
+    /// Install missing Debian packages with apt (default false: say what
+    /// to install instead).
+    pub allow_install: bool,
+    /// Ask apt for the newest cloud kernel even when one is cached.
+    pub refresh_kernel: bool,
+    /// Extra kernel command-line words for the emulated host.
+    pub extra_append: Vec<String>,
+    /// Cache root (default: `$ISOLAB_CACHE`, `$XDG_CACHE_HOME/isolab`,
+    /// `$HOME/.cache/isolab`).
+    pub cache_root: Option<PathBuf>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            memory_mib: 2048,
+            smp: 1,
+            timeout_s: 600,
+            modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
+            include_qemu: false,
+            allow_install: false,
+            refresh_kernel: false,
+            extra_append: Vec::new(),
+            cache_root: None,
+        }
+    }
+}
+
+impl HostConfig {
+    /// Checks the values a user can get wrong.
+    pub fn validate(&self) -> Result<(), RunError> {
+        let bad = |field: &'static str, why: String| Err(RunError::Config { field, why });
+        if !(256..=65536).contains(&self.memory_mib) {
+            return bad(
+                "memory",
+                format!("{} MiB is outside 256 MiB..64 GiB", self.memory_mib),
+            );
+        }
+        if !(1..=16).contains(&self.smp) {
+            return bad("smp", format!("{} is outside 1..16", self.smp));
+        }
+        if self.timeout_s == 0 {
+            return bad("timeout", "must be at least 1 second".into());
+        }
+        for word in &self.extra_append {
+            if word.contains(char::is_whitespace) || word.contains('"') {
+                return bad(
+                    "append",
+                    format!("{word:?} must be one word without quotes"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a memory size: `2048` (MiB), `512M`, `2G`, `2GiB`.
+pub fn parse_memory_mib(s: &str) -> Option<u32> {
+    let s = s.trim();
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &s[digits.len()..];
+    let n: u32 = digits.parse().ok()?;
+    match unit.to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mib" => Some(n),
+        "g" | "gb" | "gib" => n.checked_mul(1024),
+        _ => None,
+    }
+}
+
+/// Errors of one boot.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A configuration value is out of range.
+    #[error("Invalid {field}: {why}")]
+    Config { field: &'static str, why: String },
+    /// No command was given.
+    #[error("No command to run in the emulated host")]
+    NoCommand,
+    /// The in-memory initrd could not be created or filled.
+    #[error("Cannot create the in-memory initramfs")]
+    Initrd(#[source] io::Error),
+    /// QEMU did not start.
+    #[error("Cannot start {qemu:?}")]
+    Spawn {
+        qemu: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Waiting for QEMU failed.
+    #[error("Cannot wait for QEMU")]
+    Wait(#[source] io::Error),
+    /// The deadline passed; QEMU was killed.
+    #[error(
+        "The emulated host did not finish within {secs} s; QEMU was killed. Last output:\n{tail}"
+    )]
+    Timeout { secs: u64, tail: String },
+    /// The caller was interrupted; QEMU was killed.
+    #[error("Interrupted; QEMU was killed")]
+    Interrupted,
+    /// QEMU ended without the result marker (kernel panic, QEMU error).
+    #[error("QEMU exited ({status}) before the command reported its status. Last output:\n{tail}")]
+    NoResult { status: String, tail: String },
+}
+
+/// One command to run inside.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invocation {
+    /// Program and arguments (run by `sh`, so a program on `PATH` works).
+    pub command: Vec<String>,
+    /// Environment variables to export for the command.
+    pub env: Vec<(String, String)>,
+    /// Host files or trees to copy in.
+    pub files: Vec<FileMap>,
+}
+
+/// How one run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The command's exit status (128+N for signal N).
+    pub status: i32,
+    /// From spawning QEMU to the command starting (cached artifacts: the
+    /// emulated host's start-up cost).
+    pub to_command: Option<Duration>,
+    /// From spawning QEMU to its exit.
+    pub elapsed: Duration,
+}
+
+/// A prepared emulated host: kernel, tools and base image in the cache.
+#[derive(Debug, Clone)]
+pub struct EmulatedHost {
+    config: HostConfig,
+    kernel: EmuKernel,
+    qemu: PathBuf,
+    base_cpio: PathBuf,
+    modules: Vec<String>,
+    bundle: Vec<FileMap>,
+    cancel: Option<Arc<AtomicBool>>,
+}
+
+impl EmulatedHost {
+    /// Validates, checks tools, provisions the kernel and the base image
+    /// (cached), and, if asked, collects the QEMU bundle.
+    pub fn prepare(config: HostConfig) -> Result<Self, EmuhostError> {
+        config.validate()?;
+        let qemu = require_tool(QEMU, QEMU_PACKAGE, config.allow_install)?;
+        let busybox = require_busybox(config.allow_install)?;
+        let root = match &config.cache_root {
+            Some(r) => r.clone(),
+            None => cache_root()?,
+        };
+        let cache = EmuhostCache::new(&root);
+        let kernel = ensure_kernel(&cache, config.refresh_kernel)?;
+        let index = ModuleIndex::scan(&kernel.modules).map_err(crate::image::ImageError::from)?;
+        let wanted: Vec<&str> = config.modules.iter().map(String::as_str).collect();
+        let base = BaseImage::gather(&busybox, &index, &wanted)?;
+        let base_cpio = cache.base_cpio(&format!("{}-{}", kernel.meta.release, base.key()));
+        base.write_cached(&base_cpio)?;
+        let bundle = if config.include_qemu {
+            qemu_bundle(&qemu)?
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            modules: base.module_names().iter().map(|s| s.to_string()).collect(),
+            config,
+            kernel,
+            qemu,
+            base_cpio,
+            bundle,
+            cancel: None,
+        })
+    }
+
+    /// A flag that, once set, stops the current run (besides the signal
+    /// flag of [`crate::interrupt`]).
+    pub fn set_cancel_flag(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = Some(flag);
+    }
+
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    /// The kernel that boots.
+    pub fn kernel(&self) -> &EmuKernel {
+        &self.kernel
+    }
+
+    /// Modules loaded at boot, in order.
+    pub fn modules(&self) -> &[String] {
+        &self.modules
+    }
+
+    /// The cached base image.
+    pub fn base_image(&self) -> &PathBuf {
+        &self.base_cpio
+    }
+
+    /// The emulated host's kernel command line. Each word:
+    /// - `console=ttyS0`: the serial port QEMU connects to our pipe;
+    /// - `quiet`: only kernel errors reach the console (they are output);
+    /// - `panic=-1`: reboot at once on panic, which `-no-reboot` turns into
+    ///   a QEMU exit, so a panic ends the run instead of hanging it;
+    /// - `mitigations=off`: speculative-execution workarounds cost much
+    ///   under TCG and protect nothing in a throwaway emulated machine.
+    pub fn append(&self) -> String {
+        let mut words = vec!["console=ttyS0", "quiet", "panic=-1", "mitigations=off"];
+        words.extend(self.config.extra_append.iter().map(String::as_str));
+        words.join(" ")
+    }
+
+    /// QEMU's arguments for an initrd at `initrd`.
+    pub fn qemu_args(&self, initrd: &str) -> Vec<String> {
+        let c = &self.config;
+        let mut args: Vec<String> = [
+            "-accel",
+            "tcg",
+            // TCG emulates AMD SVM with nested paging: kvm_amd loads inside.
+            "-cpu",
+            "EPYC-v3,+svm,+npt",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend([
+            "-m".into(),
+            c.memory_mib.to_string(),
+            "-smp".into(),
+            c.smp.to_string(),
+        ]);
+        args.extend(
+            [
+                "-nodefaults",
+                "-no-user-config",
+                "-nographic",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args.extend([
+            "-kernel".into(),
+            self.kernel.vmlinuz.to_string_lossy().into_owned(),
+            "-initrd".into(),
+            initrd.to_string(),
+            "-append".into(),
+            self.append(),
+        ]);
+        args
+    }
+
+    /// Fills a memfd with base + payload.
+    fn initrd(&self, inv: &Invocation, nonce: &str) -> Result<OwnedFd, EmuhostError> {
+        let mut files = self.bundle.clone();
+        files.extend(inv.files.iter().cloned());
+        let archive = payload(&inv.command, &inv.env, nonce, &files)?;
+        let fd = nix::sys::memfd::memfd_create(
+            c"isolab-emuhost-initrd",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .map_err(|e| RunError::Initrd(e.into()))?;
+        let mut file = File::from(fd);
+        let mut base = File::open(&self.base_cpio).map_err(RunError::Initrd)?;
+        io::copy(&mut base, &mut file).map_err(RunError::Initrd)?;
+        // newc archives are 4-byte aligned, so the second one starts on a
+        // boundary the kernel's unpacker accepts.
+        let mut w = archive
+            .write_to(io::BufWriter::new(&file))
+            .map_err(crate::image::ImageError::from)?;
+        w.flush().map_err(RunError::Initrd)?;
+        drop(w);
+        Ok(OwnedFd::from(file))
+    }
+
+    /// Boots, runs the command, and returns its status. Every line the
+    /// command (or `/init`) prints goes to `on_line` as it arrives.
+    pub fn run(
+        &self,
+        inv: &Invocation,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<Outcome, EmuhostError> {
+        if inv.command.is_empty() {
+            return Err(RunError::NoCommand.into());
+        }
+        let nonce = nonce();
+        let memfd = self.initrd(inv, &nonce)?;
+        let initrd = format!("/proc/self/fd/{}", memfd.as_raw_fd());
+        let started = Instant::now();
+        let mut qemu = QemuChild::spawn(&self.qemu, &self.qemu_args(&initrd), &memfd)?;
+        drop(memfd);
+
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let stdout = qemu.child.stdout.take();
+        let reader = thread::spawn(move || {
+            let Some(out) = stdout else { return };
+            let mut r = BufReader::new(out);
+            loop {
+                let mut line = Vec::new();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        if tx.send(line).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let stderr = qemu.child.stderr.take();
+        let err_reader = thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut e) = stderr {
+                let _ = e.read_to_string(&mut text);
+            }
+            text
+        });
+
+        let deadline = started + Duration::from_secs(self.config.timeout_s);
+        let mut parser = MarkerParser::new(&nonce);
+        let mut tail: VecDeque<String> = VecDeque::new();
+        let mut to_command = None;
+        let mut status = None;
+        let result = loop {
+            if crate::interrupt::requested()
+                || self
+                    .cancel
+                    .as_ref()
+                    .is_some_and(|c| c.load(Ordering::SeqCst))
+            {
+                break Err(RunError::Interrupted);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break Err(RunError::Timeout {
+                    secs: self.config.timeout_s,
+                    tail: String::new(),
+                });
+            }
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            match rx.recv_timeout(wait) {
+                Ok(raw) => {
+                    let line = clean_line(&raw);
+                    if tail.len() == TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line.clone());
+                    match parser.feed(&line) {
+                        Event::Noise(_) | Event::Begin => {}
+                        Event::Run => to_command = Some(started.elapsed()),
+                        Event::Output(l) => on_line(&l),
+                        Event::Exit(s) => {
+                            status = Some(s);
+                            break Ok(());
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break Ok(()),
+            }
+        };
+        // Past this point QEMU goes away on every path.
+        let exit = match (&result, status) {
+            (Ok(()), Some(_)) => qemu.wait_or_kill(POWEROFF_GRACE),
+            (Ok(()), None) => qemu.wait_or_kill(Duration::from_secs(5)),
+            (Err(_), _) => {
+                qemu.kill();
+                Ok(None)
+            }
+        };
+        drop(rx);
+        let _ = reader.join();
+        let stderr_text = err_reader.join().unwrap_or_default();
+        let tail_text = || {
+            let mut lines: Vec<String> = tail.iter().cloned().collect();
+            lines.extend(
+                stderr_text
+                    .lines()
+                    .filter(|l| !l.contains("TCG doesn't support requested feature"))
+                    .map(|l| format!("qemu: {l}")),
+            );
+            lines.join("\n")
+        };
+        match result {
+            Err(RunError::Timeout { secs, .. }) => Err(RunError::Timeout {
+                secs,
+                tail: tail_text(),
+            }
+            .into()),
+            Err(e) => Err(e.into()),
+            Ok(()) => match status {
+                Some(status) => Ok(Outcome {
+                    status,
+                    to_command,
+                    elapsed: started.elapsed(),
+                }),
+                None => Err(RunError::NoResult {
+                    status: match exit {
+                        Ok(Some(s)) => s.to_string(),
+                        Ok(None) => "killed".into(),
+                        Err(e) => e.to_string(),
+                    },
+                    tail: tail_text(),
+                }
+                .into()),
+            },
+        }
+    }
+}
+
+/// A per-run random token (hex) from the kernel's CSPRNG; the clock and pid
+/// if that is unavailable (uniqueness, not secrecy, is what matters).
+fn nonce() -> String {
+    let mut buf = [0u8; 8];
+    let ok = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
+    if ok.is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        buf = (t ^ (u64::from(std::process::id()) << 32)).to_le_bytes();
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The QEMU process; killed and reaped when dropped.
+#[derive(Debug)]
+struct QemuChild {
+    child: Child,
+    reaped: bool,
+}
+
+impl QemuChild {
+    fn spawn(qemu: &PathBuf, args: &[String], initrd: &OwnedFd) -> Result<Self, RunError> {
+        let fd = initrd.as_raw_fd();
+        let parent = std::process::id() as libc::pid_t;
+        let mut cmd = Command::new(qemu);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: the closure runs in the forked child before exec and calls
+        // only async-signal-safe functions (setpgid, prctl, getppid, fcntl,
+        // _exit); it allocates nothing and touches no locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Own process group: the terminal's Ctrl-C reaches only the
+                // caller, which then stops QEMU itself and cleans up.
+                if libc::setpgid(0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // If the caller dies without cleaning up, QEMU dies too.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                // QEMU opens the initrd as /proc/self/fd/<fd>.
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| RunError::Spawn {
+            qemu: qemu.clone(),
+            source,
+        })?;
+        Ok(Self {
+            child,
+            reaped: false,
+        })
+    }
+
+    fn kill(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.reaped = true;
+        }
+    }
+
+    /// Waits up to `grace` for QEMU to exit by itself, then kills it.
+    /// `Ok(None)` means it had to be killed.
+    fn wait_or_kill(&mut self, grace: Duration) -> Result<Option<ExitStatus>, RunError> {
+        let until = Instant::now() + grace;
+        loop {
+            match self.child.try_wait().map_err(RunError::Wait)? {
+                Some(s) => {
+                    self.reaped = true;
+                    return Ok(Some(s));
+                }
+                None if Instant::now() >= until => {
+                    self.kill();
+                    return Ok(None);
+                }
+                None => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+impl Drop for QemuChild {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_parse_in_mib() {
+        assert_eq!(parse_memory_mib("2G"), Some(2048));
+        assert_eq!(parse_memory_mib("512M"), Some(512));
+        assert_eq!(parse_memory_mib("1024"), Some(1024));
+        assert_eq!(parse_memory_mib("1GiB"), Some(1024));
+        assert_eq!(parse_memory_mib("2T"), None);
+        assert_eq!(parse_memory_mib("lots"), None);
+    }
+
+    #[test]
+    fn config_defaults_validate_and_bad_values_name_the_field() {
+        let c = HostConfig::default();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.smp, 1);
+        let e = HostConfig {
+            memory_mib: 64,
+            ..HostConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().starts_with("Invalid memory: 64 MiB"), "{e}");
+        let e = HostConfig {
+            smp: 0,
+            ..HostConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().starts_with("Invalid smp"), "{e}");
+        let e = HostConfig {
+            extra_append: vec!["a b".into()],
+            ..HostConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().starts_with("Invalid append"), "{e}");
+    }
+
+    #[test]
+    fn config_rejects_unknown_fields() {
+        let e = serde_json::from_str::<HostConfig>(r#"{"memory_mib": 512, "cpus": 2}"#);
+        assert!(e.is_err());
+        let c: HostConfig = serde_json::from_str(r#"{"memory_mib": 512}"#).unwrap();
+        assert_eq!((c.memory_mib, c.smp), (512, 1));
+    }
+
+    #[test]
+    fn qemu_command_line_emulates_svm_and_boots_our_kernel() {
+        let host = EmulatedHost {
+            config: HostConfig {
+                memory_mib: 1024,
+                smp: 2,
+                extra_append: vec!["loglevel=3".into()],
+                ..HostConfig::default()
+            },
+            kernel: EmuKernel {
+                meta: crate::provision::KernelMeta {
+                    package: "p".into(),
+                    version: "v".into(),
+                    release: "r".into(),
+                },
+                vmlinuz: "/c/vmlinuz".into(),
+                modules: "/c/modules".into(),
+            },
+            qemu: "/usr/bin/qemu-system-x86_64".into(),
+            base_cpio: "/c/base.cpio".into(),
+            modules: vec![],
+            bundle: vec![],
+            cancel: None,
+        };
+        let a = host.qemu_args("/proc/self/fd/7").join(" ");
+        assert!(
+            a.starts_with("-accel tcg -cpu EPYC-v3,+svm,+npt -m 1024 -smp 2 -nodefaults"),
+            "{a}"
+        );
+        assert!(
+            a.contains("-no-reboot -kernel /c/vmlinuz -initrd /proc/self/fd/7 -append"),
+            "{a}"
+        );
+        assert!(
+            a.ends_with("console=ttyS0 quiet panic=-1 mitigations=off loglevel=3"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn nonces_differ() {
+        assert_ne!(nonce(), nonce());
+        assert_eq!(nonce().len(), 16);
+    }
+}
