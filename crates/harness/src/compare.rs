@@ -41,9 +41,13 @@ pub struct CompareConfig {
 pub enum ModeStatus {
     Measured,
     /// Could not run on this host; `reason` says why and what to do.
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
     /// Started but failed; the error, verbatim.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 /// Memory summaries in bytes.
@@ -159,7 +163,8 @@ fn one_run(
     // The HTTP probe starts at launch, on its own thread, so first-response
     // is measured from the same instant as ready and does not wait for it.
     let probe = if serves_http(&spec.workload) {
-        inst.http_target().map(|t| std::thread::spawn(move || first_response(&t, deadline)))
+        inst.http_target()
+            .map(|t| std::thread::spawn(move || first_response(&t, deadline)))
     } else {
         None
     };
@@ -175,7 +180,10 @@ fn one_run(
         ..Default::default()
     };
     if let Some(p) = probe {
-        match p.join().map_err(|_| HarnessError::Probe("probe thread panicked".into()))? {
+        match p
+            .join()
+            .map_err(|_| HarnessError::Probe("probe thread panicked".into()))?
+        {
             Ok(at) => sample.first_response_ms = Some(ms(at - launched)),
             Err(e) => {
                 let _ = inst.stop();
@@ -187,7 +195,6 @@ fn one_run(
     if let (Some(before), Ok(after)) = (avail_before, mem_available(Path::new("/proc"))) {
         sample.mem_available_delta = Some(before as f64 - after as f64);
     }
-    sample.phases = inst.phases();
     let mut load = None;
     if load_run && cfg.requests > 0 {
         if let Some(t) = inst.http_target() {
@@ -200,6 +207,7 @@ fn one_run(
         inst.wait_exit(cfg.ready_timeout)?
     };
     sample.status = outcome.status;
+    sample.phases = outcome.phases;
     Ok((sample, load))
 }
 
@@ -267,17 +275,23 @@ pub fn measure_mode(
     };
     if samples.iter().any(|s| s.phases.is_some()) {
         let ph = |f: &dyn Fn(&VmPhases) -> Option<f64>| {
-            summarize_opt(samples.iter().map(|s| s.phases.as_ref().and_then(f).map(|us| us / 1e3)))
+            summarize_opt(samples.iter().map(|s| s.phases.as_ref().and_then(f)))
         };
         report.phases = Some(PhaseReport {
-            vmm_setup_ms: ph(&|p| p.vmm_setup_us),
-            kernel_boot_ms: ph(&|p| p.kernel_boot_us),
-            init_ms: ph(&|p| p.init_us),
-            workload_ready_ms: ph(&|p| p.workload_ready_us),
+            vmm_setup_ms: ph(&|p| p.vmm_setup_ms),
+            kernel_boot_ms: ph(&|p| p.kernel_boot_ms),
+            init_ms: ph(&|p| p.init_ms),
+            workload_ready_ms: ph(&|p| p.workload_ready_ms),
         });
     }
-    if let Some(bad) = report.statuses.iter().find(|s| **s != Some(0) && !serves_http(&spec.workload)) {
-        report.notes.push(format!("workload exit status {bad:?} in a measured run"));
+    if let Some(bad) = report
+        .statuses
+        .iter()
+        .find(|s| **s != Some(0) && !serves_http(&spec.workload))
+    {
+        report
+            .notes
+            .push(format!("workload exit status {bad:?} in a measured run"));
     }
     report
 }
@@ -290,7 +304,9 @@ pub fn fill_ratios(modes: &mut [ModeReport]) {
             m.first_response_ms.as_ref().map(|s| s.p50),
         )
     });
-    let Some((base_ready, base_fr)) = base else { return };
+    let Some((base_ready, base_fr)) = base else {
+        return;
+    };
     for m in modes.iter_mut() {
         m.ready_ratio_vs_process = match (m.ready_ms.as_ref(), base_ready) {
             (Some(s), Some(b)) if b > 0.0 => Some(s.p50 / b),

@@ -35,6 +35,8 @@ pub trait BudgetGroup {
     fn usage(&self) -> Option<u64>;
     /// OOM kills counted in the group so far.
     fn oom_kills(&self) -> u64;
+    /// Move processes of an instance without a cgroup of its own into the group.
+    fn adopt(&self, pids: &[u32]) -> Result<(), HarnessError>;
 }
 
 /// One point of the density curve.
@@ -107,20 +109,39 @@ pub fn run(
             break ("interrupted", "Ctrl-C".to_string());
         }
         if running.len() >= cfg.max_instances {
-            break ("max-instances", format!("safety cap of {} instances", cfg.max_instances));
+            break (
+                "max-instances",
+                format!("safety cap of {} instances", cfg.max_instances),
+            );
         }
         if let Some(used) = group.usage() {
-            let per = if running.is_empty() { 0 } else { used / running.len() as u64 };
+            let per = if running.is_empty() {
+                0
+            } else {
+                used / running.len() as u64
+            };
             if used + per > cfg.budget_bytes {
-                break ("budget", format!(
-                    "{:.1} MiB used + {:.1} MiB for one more > {:.0} MiB budget",
-                    used as f64 / 1048576.0, per as f64 / 1048576.0, cfg.budget_bytes as f64 / 1048576.0));
+                break (
+                    "budget",
+                    format!(
+                        "{:.1} MiB used + {:.1} MiB for one more > {:.0} MiB budget",
+                        used as f64 / 1048576.0,
+                        per as f64 / 1048576.0,
+                        cfg.budget_bytes as f64 / 1048576.0
+                    ),
+                );
             }
         }
         let mut inst = match launcher.launch(&spec) {
             Ok(i) => i,
             Err(e) => break ("start-failure", e.to_string()),
         };
+        if launcher.kind() != ModeKind::Container {
+            if let Err(e) = group.adopt(&inst.host_pids()) {
+                let _ = inst.stop();
+                break ("start-failure", e.to_string());
+            }
+        }
         let launched = inst.launched_at();
         let answered = match inst.wait_ready(cfg.ready_timeout) {
             Ok(at) => match inst.http_target() {
@@ -141,9 +162,9 @@ pub fn run(
         running.push(inst);
         let ms = (at - launched).as_secs_f64() * 1e3;
         ready_times.push(ms);
-        let memory_bytes = group.usage().unwrap_or_else(|| {
-            running.iter().map(|i| i.memory().pss).sum()
-        });
+        let memory_bytes = group
+            .usage()
+            .unwrap_or_else(|| running.iter().map(|i| i.memory().pss).sum());
         let avail = mem_available(proc_root).unwrap_or(avail0);
         points.push(DensityPoint {
             n: running.len(),
@@ -153,10 +174,16 @@ pub fn run(
         });
         progress(running.len(), "");
         if group.oom_kills() > 0 {
-            break ("oom-kill", format!("{} OOM kill(s) in the parent cgroup", group.oom_kills()));
+            break (
+                "oom-kill",
+                format!("{} OOM kill(s) in the parent cgroup", group.oom_kills()),
+            );
         }
         if degraded(&ready_times) {
-            break ("startup-p99-degradation", "p99 of the last 10 startups > 3x the median of the first 5".into());
+            break (
+                "startup-p99-degradation",
+                "p99 of the last 10 startups > 3x the median of the first 5".into(),
+            );
         }
         if avail < total / 10 {
             break ("host-safety", "host MemAvailable below 10% of RAM".into());
@@ -167,7 +194,10 @@ pub fn run(
     for inst in running.drain(..).rev() {
         let _ = inst.stop();
     }
-    let mem_pts: Vec<(f64, f64)> = points.iter().map(|p| (p.n as f64, p.memory_bytes as f64)).collect();
+    let mem_pts: Vec<(f64, f64)> = points
+        .iter()
+        .map(|p| (p.n as f64, p.memory_bytes as f64))
+        .collect();
     let st_pts: Vec<(f64, f64)> = points.iter().map(|p| (p.n as f64, p.ready_ms)).collect();
     Ok(DensityReport {
         mode: launcher.kind(),
@@ -192,5 +222,110 @@ mod tests {
         v.push(100.0);
         assert!(degraded(&v));
         assert!(!degraded(&v[..10]));
+    }
+}
+
+/// The budget as a memory limit on the workbench's parent cgroup
+/// (`isolab`), under which every instance cgroup lives: container instances
+/// get their own child cgroups there; process and microVM instances are moved
+/// into a `density-<mode>` child right after they are spawned. A holder child
+/// keeps the parent alive while instances come and go. The limit is removed
+/// again, and the children deleted, when this is dropped.
+#[derive(Debug)]
+pub struct ParentBudget {
+    /// The memory-controller directory of the parent.
+    memory_dir: std::path::PathBuf,
+    v2: bool,
+    /// `density-<mode>` cgroup for modes without their own cgroup.
+    pub members: Box<dyn isolab_cgroups::CgroupManager>,
+}
+
+impl ParentBudget {
+    /// Create the member cgroup and set the parent's memory limit.
+    pub fn create(mode: ModeKind, budget: u64) -> Result<Self, HarnessError> {
+        use isolab_cgroups::{Hierarchy, Limits, PARENT};
+        let err =
+            |e: isolab_cgroups::CgroupError| HarnessError::Launch(format!("density cgroup: {e}"));
+        let hier = Hierarchy::detect_host().map_err(err)?;
+        let name = format!("density-{}-{}", mode.name(), std::process::id());
+        let members = isolab_cgroups::create(&hier, &name, &Limits::default()).map_err(err)?;
+        let (memory_dir, v2, file, value) = match &hier {
+            Hierarchy::V1(m) => (
+                m.get("memory").map_err(err)?.join(PARENT),
+                false,
+                "memory.limit_in_bytes",
+                budget.to_string(),
+            ),
+            Hierarchy::V2 { root } => (root.join(PARENT), true, "memory.max", budget.to_string()),
+        };
+        std::fs::write(memory_dir.join(file), value)
+            .map_err(|e| HarnessError::Io(format!("set {}/{file}", memory_dir.display()), e))?;
+        Ok(ParentBudget {
+            memory_dir,
+            v2,
+            members,
+        })
+    }
+
+    fn read(&self, file: &str) -> Option<String> {
+        std::fs::read_to_string(self.memory_dir.join(file)).ok()
+    }
+}
+
+impl BudgetGroup for ParentBudget {
+    fn name(&self) -> String {
+        isolab_cgroups::PARENT.into()
+    }
+
+    fn usage(&self) -> Option<u64> {
+        let f = if self.v2 {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
+        self.read(f).and_then(|s| s.trim().parse().ok())
+    }
+
+    fn oom_kills(&self) -> u64 {
+        let f = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        self.read(f)
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|v| v.trim().parse().ok())
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    fn adopt(&self, pids: &[u32]) -> Result<(), HarnessError> {
+        self.adopt_pids(pids)
+    }
+}
+
+impl ParentBudget {
+    fn adopt_pids(&self, pids: &[u32]) -> Result<(), HarnessError> {
+        for &p in pids {
+            self.members.add_pid(p as i32).map_err(|e| {
+                HarnessError::Launch(format!("move pid {p} into the density cgroup: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ParentBudget {
+    fn drop(&mut self) {
+        let (file, value) = if self.v2 {
+            ("memory.max", "max")
+        } else {
+            ("memory.limit_in_bytes", "-1")
+        };
+        let _ = std::fs::write(self.memory_dir.join(file), value);
+        let _ = self.members.remove();
     }
 }

@@ -47,7 +47,9 @@ pub struct Environment {
 }
 
 fn read_trim(p: impl AsRef<Path>) -> String {
-    fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default()
+    fs::read_to_string(p)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// CPU model name from cpuinfo text.
@@ -96,7 +98,11 @@ fn cgroup_layout() -> String {
 pub fn tool_version(cmd: &str, args: &[&str]) -> String {
     match Command::new(cmd).args(args).output() {
         Ok(o) => {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
             String::from_utf8_lossy(&text)
                 .lines()
                 .next()
@@ -128,7 +134,9 @@ impl Environment {
             kernel_release: read_trim(proc_root.join("sys/kernel/osrelease")),
             kernel_cmdline: read_trim(proc_root.join("cmdline")),
             cpu_model: cpu_model(&read_trim(proc_root.join("cpuinfo"))),
-            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             mem_total_bytes: field("MemTotal:"),
             cgroup_layout: cgroup_layout(),
             kvm: kvm_kind(Path::new("/dev/kvm"), sys),

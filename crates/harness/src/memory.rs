@@ -147,3 +147,60 @@ Swap:                  0 kB
         assert_eq!(meminfo_field(t, "MemAvailable:"), Some(70 * 1024));
     }
 }
+
+/// Firecracker's split of a monitor's resident memory: mappings at least as
+/// large as guest RAM are guest memory; everything else is VMM overhead.
+/// Returns `(overhead_rss, guest_rss)` in bytes from `/proc/PID/smaps`.
+pub fn split_guest_memory(proc_root: &Path, pid: u32, guest_bytes: u64) -> io::Result<(u64, u64)> {
+    let text = fs::read_to_string(proc_root.join(pid.to_string()).join("smaps"))?;
+    Ok(split_smaps(&text, guest_bytes))
+}
+
+/// [`split_guest_memory`] on smaps text.
+pub fn split_smaps(text: &str, guest_bytes: u64) -> (u64, u64) {
+    let (mut overhead, mut guest) = (0u64, 0u64);
+    let mut is_guest = false;
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                is_guest = b.saturating_sub(a) >= guest_bytes;
+                continue;
+            }
+        }
+        if first == "Rss:" {
+            let kb: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if is_guest {
+                guest += kb * 1024;
+            } else {
+                overhead += kb * 1024;
+            }
+        }
+    }
+    (overhead, guest)
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    #[test]
+    fn guest_sized_mapping_is_guest_memory() {
+        let t = "7f0000000000-7f0008000000 rw-p 00000000 00:00 0
+Size:             131072 kB
+Rss:               20480 kB
+55550000-55560000 r-xp 00000000 08:01 123 /usr/bin/bench
+Size:                 64 kB
+Rss:                  60 kB
+7ffd0000-7ffd2000 rw-p 00000000 00:00 0 [stack]
+Rss:                   8 kB
+";
+        let (o, g) = split_smaps(t, 128 << 20);
+        assert_eq!(g, 20480 * 1024);
+        assert_eq!(o, 68 * 1024);
+    }
+}

@@ -22,17 +22,56 @@ use crate::HarnessError;
 /// Pause between connection attempts while nothing listens.
 pub const RETRY_INTERVAL: Duration = Duration::from_micros(250);
 
+/// The network namespace a probe runs in.
+#[derive(Debug, Clone)]
+pub enum Netns {
+    /// The harness's own.
+    Ours,
+    /// A namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`).
+    Path(PathBuf),
+    /// The first process under this pid (itself included) whose network
+    /// namespace differs from ours: for runtimes (runc, crun) that create the
+    /// container after the launch, so the namespace appears while probing.
+    FirstOtherUnder(u32),
+}
+
 /// Where an instance's HTTP service is reached.
 #[derive(Debug, Clone)]
 pub struct HttpTarget {
-    /// Network namespace to probe from (`/proc/PID/ns/net`); `None` = ours.
-    pub netns: Option<PathBuf>,
+    pub netns: Netns,
     pub addr: SocketAddr,
 }
 
-fn enter_netns(netns: &Option<PathBuf>) -> Result<(), HarnessError> {
-    if let Some(path) = netns {
-        let f = std::fs::File::open(path)
+fn resolve(netns: &Netns, deadline: Instant) -> Result<Option<PathBuf>, HarnessError> {
+    match netns {
+        Netns::Ours => Ok(None),
+        Netns::Path(p) => Ok(Some(p.clone())),
+        Netns::FirstOtherUnder(root) => {
+            let ours = std::fs::read_link("/proc/self/ns/net")
+                .map_err(|e| HarnessError::Io("read /proc/self/ns/net".into(), e))?;
+            loop {
+                for pid in crate::memory::process_tree(std::path::Path::new("/proc"), *root) {
+                    let p = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                    if let Ok(l) = std::fs::read_link(&p) {
+                        if l != ours {
+                            return Ok(Some(p));
+                        }
+                    }
+                }
+                if Instant::now() > deadline {
+                    return Err(HarnessError::Timeout(format!(
+                        "no network namespace appeared under pid {root}"
+                    )));
+                }
+                std::thread::sleep(RETRY_INTERVAL);
+            }
+        }
+    }
+}
+
+fn enter_netns(netns: &Netns, deadline: Instant) -> Result<(), HarnessError> {
+    if let Some(path) = resolve(netns, deadline)? {
+        let f = std::fs::File::open(&path)
             .map_err(|e| HarnessError::Io(format!("open {}", path.display()), e))?;
         nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| HarnessError::Io(format!("setns {}", path.display()), e.into()))?;
@@ -51,7 +90,7 @@ fn agent() -> ureq::Agent {
 pub fn first_response(target: &HttpTarget, deadline: Instant) -> Result<Instant, HarnessError> {
     let target = target.clone();
     std::thread::spawn(move || -> Result<Instant, HarnessError> {
-        enter_netns(&target.netns)?;
+        enter_netns(&target.netns, deadline)?;
         let url = format!("http://{}/health", target.addr);
         let agent = agent();
         loop {
@@ -108,7 +147,7 @@ pub struct LoadResult {
 pub fn request_run(target: &HttpTarget, n: usize) -> Result<LoadResult, HarnessError> {
     let target = target.clone();
     std::thread::spawn(move || -> Result<LoadResult, HarnessError> {
-        enter_netns(&target.netns)?;
+        enter_netns(&target.netns, Instant::now() + Duration::from_secs(5))?;
         let url = format!("http://{}/health", target.addr);
         let agent = agent();
         let mut lat = Vec::with_capacity(n);

@@ -31,7 +31,10 @@ impl ReadyPipe {
     pub fn new() -> Result<Self, HarnessError> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
             .map_err(|e| HarnessError::Io("create ready pipe".into(), e.into()))?;
-        Ok(ReadyPipe { read, write: Some(write) })
+        Ok(ReadyPipe {
+            read,
+            write: Some(write),
+        })
     }
 
     /// The write end, to hand to the child (dup it onto a fixed number).
@@ -83,7 +86,10 @@ mod tests {
     fn byte_is_ready_and_close_is_closed() {
         let mut p = ReadyPipe::new().unwrap();
         nix::unistd::write(p.write_end().unwrap(), b"R").unwrap();
-        assert!(matches!(p.wait(Duration::from_secs(1)).unwrap(), ReadyEvent::Ready(_)));
+        assert!(matches!(
+            p.wait(Duration::from_secs(1)).unwrap(),
+            ReadyEvent::Ready(_)
+        ));
         p.close_write();
         assert_eq!(p.wait(Duration::from_secs(1)).unwrap(), ReadyEvent::Closed);
     }

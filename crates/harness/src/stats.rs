@@ -127,8 +127,16 @@ pub fn linear_fit(points: &[(f64, f64)]) -> Option<LinearFit> {
         .iter()
         .map(|p| (p.1 - (intercept + slope * p.0)).powi(2))
         .sum();
-    let r2 = if ss_tot == 0.0 { 1.0 } else { 1.0 - ss_res / ss_tot };
-    Some(LinearFit { slope, intercept, r2 })
+    let r2 = if ss_tot == 0.0 {
+        1.0
+    } else {
+        1.0 - ss_res / ss_tot
+    };
+    Some(LinearFit {
+        slope,
+        intercept,
+        r2,
+    })
 }
 
 #[cfg(test)]
@@ -157,7 +165,10 @@ mod tests {
     #[test]
     fn bootstrap_is_deterministic() {
         let s = [1.0, 2.0, 3.0, 4.0, 10.0];
-        assert_eq!(bootstrap_median_ci(&s, 500, 7), bootstrap_median_ci(&s, 500, 7));
+        assert_eq!(
+            bootstrap_median_ci(&s, 500, 7),
+            bootstrap_median_ci(&s, 500, 7)
+        );
     }
 
     #[test]

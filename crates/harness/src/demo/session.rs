@@ -92,7 +92,7 @@ pub fn run_demo_at(
     proc_root: &Path,
     sys_root: &Path,
 ) -> Result<DemoReport, DemoError> {
-    let guard = HostGuard::snapshot_at(proc_root, sys_root);
+    let guard = HostGuard::snapshot_at(proc_root);
     let host = HostTruth::read(proc_root, sys_root);
     let columns = run_columns(demo, runners);
     // The host check comes first: a moved setting outranks any other error.

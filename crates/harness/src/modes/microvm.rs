@@ -1,1 +1,230 @@
-//! microvm mode (wired when its crate lands).
+//! MicroVM mode: one `bench vm run` monitor process per instance (as
+//! Firecracker runs one process per VM), booting the provisioned guest
+//! kernel and initramfs. The monitor writes `R` to the inherited ready fd
+//! when the guest's workload-ready marker arrives, so all modes signal ready
+//! the same way; its JSON report on exit carries the boot phases.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::process::READY_FD;
+use super::{
+    shell_status, terminate, Binaries, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
+    Launcher, ModeKind, VmPhases,
+};
+use crate::memory::{process_tree, split_guest_memory, tree_memory};
+use crate::probe::HttpTarget;
+use crate::ready::{ReadyEvent, ReadyPipe};
+use crate::HarnessError;
+
+/// Guest RAM when the spec sets no memory limit.
+pub const DEFAULT_GUEST_MIB: u64 = 128;
+
+/// Guest kernel + initramfs for one workload.
+#[derive(Debug, Clone)]
+pub struct GuestArtifacts {
+    pub vmlinux: PathBuf,
+    pub bz_image: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+/// Why the microVM cannot boot a stock guest kernel here, if it cannot.
+pub fn native_refusal() -> Option<String> {
+    let kind = isolab_microvm::host::detect(Path::new("/"));
+    kind.refusal().map(String::from)
+}
+
+/// Launches `bench vm run` monitors.
+#[derive(Debug)]
+pub struct MicrovmLauncher {
+    pub bins: Binaries,
+    /// Provisioned artifacts, or why they could not be.
+    pub guest: Result<GuestArtifacts, String>,
+}
+
+impl Launcher for MicrovmLauncher {
+    fn kind(&self) -> ModeKind {
+        ModeKind::Microvm
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        native_refusal().or_else(|| self.guest.as_ref().err().cloned())
+    }
+
+    fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
+        let guest = self
+            .guest
+            .as_ref()
+            .map_err(|e| HarnessError::Launch(e.clone()))?;
+        let mib = spec
+            .memory_limit
+            .map(|b| b >> 20)
+            .unwrap_or(DEFAULT_GUEST_MIB);
+        let mut ready = ReadyPipe::new()?;
+        let wfd = ready.write_end().map(|f| f.as_raw_fd()).unwrap_or(-1);
+        let mut cmd = Command::new(&self.bins.bench);
+        cmd.args(["vm", "run", "--json", "--workload", &spec.workload])
+            .arg("--memory")
+            .arg(format!("{mib}M"))
+            .arg("--kernel")
+            .arg(&guest.vmlinux)
+            .arg("--initrd")
+            .arg(&guest.initramfs)
+            .arg("--ready-fd")
+            .arg(READY_FD.to_string());
+        if !spec.args.is_empty() {
+            cmd.arg("--").args(&spec.args);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: only dup2 (async-signal-safe) runs between fork and exec;
+        // `wfd` stays open in the parent until after the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(wfd, READY_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let launched = Instant::now();
+        let child = cmd
+            .spawn()
+            .map_err(|e| HarnessError::Io(format!("spawn {}", self.bins.bench.display()), e))?;
+        ready.close_write();
+        Ok(Box::new(VmInstance {
+            child,
+            ready,
+            launched,
+            guest_bytes: mib << 20,
+        }))
+    }
+}
+
+struct VmInstance {
+    child: Child,
+    ready: ReadyPipe,
+    launched: Instant,
+    guest_bytes: u64,
+}
+
+fn ms(v: &serde_json::Value, key: &str) -> Option<f64> {
+    v.get("phases")
+        .and_then(|p| p.get(key))
+        .and_then(|x| x.as_f64())
+}
+
+impl VmInstance {
+    fn finish(mut self) -> Result<InstanceOutcome, HarnessError> {
+        let mut out = String::new();
+        let mut err = String::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        if let Some(mut s) = self.child.stderr.take() {
+            let _ = s.read_to_string(&mut err);
+        }
+        let st = self
+            .child
+            .wait()
+            .map_err(|e| HarnessError::Io("wait for the monitor".into(), e))?;
+        let report: Option<serde_json::Value> =
+            out.lines().rev().find_map(|l| serde_json::from_str(l).ok());
+        let Some(report) = report else {
+            return Err(HarnessError::Launch(format!(
+                "the monitor exited ({:?}) without a report: {}",
+                shell_status(st),
+                err.lines().last().unwrap_or("")
+            )));
+        };
+        let phases = VmPhases {
+            vmm_setup_ms: ms(&report, "vmm_setup_ms"),
+            kernel_boot_ms: ms(&report, "kernel_boot_ms"),
+            init_ms: ms(&report, "init_ms"),
+            workload_ready_ms: ms(&report, "workload_ready_ms"),
+        };
+        Ok(InstanceOutcome {
+            status: report
+                .get("exit_status")
+                .and_then(|s| s.as_i64())
+                .map(|s| s as i32),
+            result_line: report
+                .get("workload_output")
+                .and_then(|o| o.as_str())
+                .and_then(|o| {
+                    o.lines()
+                        .rev()
+                        .find(|l| l.starts_with('{'))
+                        .map(String::from)
+                }),
+            oom_killed: false,
+            phases: Some(phases),
+        })
+    }
+}
+
+impl Instance for VmInstance {
+    fn launched_at(&self) -> Instant {
+        self.launched
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
+        match self.ready.wait(timeout)? {
+            ReadyEvent::Ready(at) => Ok(at),
+            ReadyEvent::Closed => Err(HarnessError::NotReady(
+                "the microVM stopped before its workload signalled ready".into(),
+            )),
+        }
+    }
+
+    fn http_target(&self) -> Option<HttpTarget> {
+        // The guest has no network device yet: no HTTP path to probe.
+        None
+    }
+
+    fn host_pids(&self) -> Vec<u32> {
+        process_tree(Path::new("/proc"), self.child.id())
+    }
+
+    fn memory(&self) -> InstanceMemory {
+        let m = tree_memory(Path::new("/proc"), &self.host_pids());
+        let split = split_guest_memory(Path::new("/proc"), self.child.id(), self.guest_bytes).ok();
+        InstanceMemory {
+            pss: m.pss,
+            uss: m.uss,
+            cgroup_current: None,
+            vmm_overhead: split.map(|s| s.0),
+            guest_touched: split.map(|s| s.1),
+        }
+    }
+
+    fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
+        terminate(self.child.id(), Duration::from_secs(5));
+        self.finish()
+    }
+
+    fn wait_exit(self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError> {
+        let end = Instant::now() + timeout;
+        let mut me = *self;
+        loop {
+            if me
+                .child
+                .try_wait()
+                .map_err(|e| HarnessError::Io("wait".into(), e))?
+                .is_some()
+            {
+                return me.finish();
+            }
+            if Instant::now() > end {
+                terminate(me.child.id(), Duration::from_secs(2));
+                return me.finish();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}

@@ -3,6 +3,9 @@
 //! runc, QEMU's microvm). Every mode launches through the same [`Launcher`]
 //! trait, so the scenario code measures all of them the same way.
 
+pub mod container;
+pub mod microvm;
+pub mod peers;
 pub mod process;
 
 use std::path::PathBuf;
@@ -52,7 +55,10 @@ impl ModeKind {
 
     /// True for the peers (other tools measured as references).
     pub fn is_peer(self) -> bool {
-        matches!(self, ModeKind::Crun | ModeKind::Runc | ModeKind::QemuMicrovm)
+        matches!(
+            self,
+            ModeKind::Crun | ModeKind::Runc | ModeKind::QemuMicrovm
+        )
     }
 }
 
@@ -71,13 +77,13 @@ pub struct InstanceSpec {
     pub parent_cgroup: Option<String>,
 }
 
-/// VM boot phases, microseconds from the monitor's start.
+/// VM boot phases in milliseconds, as the monitor reports them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct VmPhases {
-    pub vmm_setup_us: Option<f64>,
-    pub kernel_boot_us: Option<f64>,
-    pub init_us: Option<f64>,
-    pub workload_ready_us: Option<f64>,
+    pub vmm_setup_ms: Option<f64>,
+    pub kernel_boot_ms: Option<f64>,
+    pub init_ms: Option<f64>,
+    pub workload_ready_ms: Option<f64>,
 }
 
 /// Memory attributed to one instance, three ways (bytes).
@@ -103,6 +109,8 @@ pub struct InstanceOutcome {
     /// The workload's JSON result line, when it printed one.
     pub result_line: Option<String>,
     pub oom_killed: bool,
+    /// VM boot phases, for VM modes (from the monitor's report).
+    pub phases: Option<VmPhases>,
 }
 
 /// A running instance.
@@ -117,10 +125,6 @@ pub trait Instance: Send {
     fn host_pids(&self) -> Vec<u32>;
     /// Memory attributed to this instance now.
     fn memory(&self) -> InstanceMemory;
-    /// VM boot phases, for VM modes.
-    fn phases(&self) -> Option<VmPhases> {
-        None
-    }
     /// Stop (SIGTERM, then SIGKILL after a grace period) and clean up.
     fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError>;
     /// Wait for a workload that ends by itself (noop, worker), then clean up.
@@ -184,7 +188,11 @@ pub(crate) fn terminate(pid: u32, grace: Duration) {
         }
         // A zombie still answers kill(0); the caller reaps it.
         if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            if s.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')) == Some(true) {
+            if s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+                == Some(true)
+            {
                 return;
             }
         }
@@ -206,4 +214,97 @@ pub fn free_port() -> Result<u16, HarnessError> {
     Ok(l.local_addr()
         .map_err(|e| HarnessError::Io("find a free port".into(), e))?
         .port())
+}
+
+/// Everything the modes share in one run: the binaries, and the guest
+/// artifacts (provisioned once, only when a VM mode can run here).
+#[derive(Debug)]
+pub struct Context {
+    pub bins: Binaries,
+    guest: std::sync::OnceLock<Result<microvm::GuestArtifacts, String>>,
+    workload: String,
+}
+
+impl Context {
+    /// Locate the binaries next to the running executable.
+    pub fn new(workload: &str) -> Result<Self, HarnessError> {
+        Ok(Context {
+            bins: Binaries::beside_current_exe()?,
+            guest: std::sync::OnceLock::new(),
+            workload: workload.to_string(),
+        })
+    }
+
+    /// The instance spec for a workload as `compare` runs it.
+    pub fn spec(&self) -> InstanceSpec {
+        InstanceSpec {
+            workload: self.workload.clone(),
+            args: match self.workload.as_str() {
+                "worker" => vec!["--duration-ms".into(), "200".into()],
+                "cache" => vec!["--mib".into(), "32".into()],
+                _ => vec![],
+            },
+            port: crate::compare::serves_http(&self.workload).then_some(8080),
+            memory_limit: None,
+            parent_cgroup: None,
+        }
+    }
+
+    /// Guest kernel and initramfs, provisioned on first use (builds the
+    /// kernel on the very first run; cached afterwards).
+    pub fn guest(&self) -> Result<microvm::GuestArtifacts, String> {
+        self.guest
+            .get_or_init(|| {
+                let cache = isolab_guest_kernel::cache_root().map_err(|e| e.to_string())?;
+                let dir = self
+                    .bins
+                    .workload
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default();
+                let opts = isolab_guest_kernel::ProvisionOptions::new(cache, &dir, &self.workload);
+                let p = isolab_guest_kernel::provision(&opts).map_err(|e| {
+                    format!(
+                        "guest artifacts could not be provisioned: {}",
+                        container::chain(&e)
+                    )
+                })?;
+                Ok(microvm::GuestArtifacts {
+                    vmlinux: p.kernel.vmlinux,
+                    bz_image: p.kernel.bz_image,
+                    initramfs: p.initramfs,
+                })
+            })
+            .clone()
+    }
+
+    fn guest_if_bootable(&self) -> Result<microvm::GuestArtifacts, String> {
+        match microvm::native_refusal() {
+            Some(r) => Err(r),
+            None => self.guest(),
+        }
+    }
+
+    /// The launcher of a mode.
+    pub fn launcher(&self, kind: ModeKind) -> Box<dyn Launcher> {
+        match kind {
+            ModeKind::Process => Box::new(process::ProcessLauncher {
+                bins: self.bins.clone(),
+            }),
+            ModeKind::Container => Box::new(container::ContainerLauncher {
+                bins: self.bins.clone(),
+            }),
+            ModeKind::Microvm => Box::new(microvm::MicrovmLauncher {
+                bins: self.bins.clone(),
+                guest: self.guest_if_bootable(),
+            }),
+            ModeKind::Crun | ModeKind::Runc => Box::new(peers::OciPeer {
+                kind,
+                bins: self.bins.clone(),
+            }),
+            ModeKind::QemuMicrovm => Box::new(peers::QemuPeer {
+                guest: self.guest_if_bootable(),
+            }),
+        }
+    }
 }

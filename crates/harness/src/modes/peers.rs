@@ -1,1 +1,489 @@
-//! peers mode (wired when its crate lands).
+//! Peers measured beside our modes, the same way, in the same run:
+//! `crun run` and `runc run` on an OCI bundle equivalent to our container
+//! (same image, namespaces, limits and ready fd), and QEMU's `microvm`
+//! machine booting the same guest kernel and initramfs, its ready marker
+//! captured through an `isa-debugcon` device on the marker port.
+//!
+//! A peer that is missing is reported with how to install it; a peer that
+//! refuses to run is reported with its own error line.
+
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::container::{container_config, CONTAINER_PORT};
+use super::microvm::{native_refusal, GuestArtifacts, DEFAULT_GUEST_MIB};
+use super::process::READY_FD;
+use super::{
+    shell_status, terminate, Binaries, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
+    Launcher, ModeKind,
+};
+use crate::memory::{process_tree, split_guest_memory, tree_memory};
+use crate::probe::{HttpTarget, Netns};
+use crate::ready::{ReadyEvent, ReadyPipe};
+use crate::HarnessError;
+
+/// Full path of `cmd` on PATH.
+pub fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(cmd))
+            .find(|p| p.is_file())
+    })
+}
+
+/// `crun` or `runc` on an equivalent OCI bundle.
+#[derive(Debug)]
+pub struct OciPeer {
+    pub kind: ModeKind,
+    pub bins: Binaries,
+}
+
+impl OciPeer {
+    fn runtime(&self) -> &'static str {
+        if self.kind == ModeKind::Crun {
+            "crun"
+        } else {
+            "runc"
+        }
+    }
+}
+
+impl Launcher for OciPeer {
+    fn kind(&self) -> ModeKind {
+        self.kind
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        let rt = self.runtime();
+        if which(rt).is_none() {
+            return Some(format!("{rt} is not installed: apt-get install {rt}"));
+        }
+        if !nix::unistd::geteuid().is_root() {
+            return Some("needs root: run as root".into());
+        }
+        None
+    }
+
+    fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
+        let rt = self.runtime();
+        let runtime =
+            which(rt).ok_or_else(|| HarnessError::Launch(format!("{rt} is not installed")))?;
+        let cfg = container_config(&self.bins, spec);
+        let id = format!("isolab-{rt}-{}-{}", std::process::id(), next_id());
+        let dir = PathBuf::from("/run/isolab/bundles").join(&id);
+        let bundle = isolab_container::oci::write_bundle(&dir, &cfg, &id)
+            .map_err(|e| HarnessError::Launch(super::container::chain(&e)))?;
+        let mut ready = ReadyPipe::new()?;
+        let wfd = ready.write_end().map(|f| f.as_raw_fd()).unwrap_or(-1);
+        let mut cmd = Command::new(&runtime);
+        cmd.args(["run", "--bundle"])
+            .arg(&bundle.dir)
+            .args(["--preserve-fds", "1"])
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: only dup2 (async-signal-safe) runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(wfd, READY_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let launched = Instant::now();
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = bundle.remove();
+                return Err(HarnessError::Io(format!("spawn {rt}"), e));
+            }
+        };
+        ready.close_write();
+        Ok(Box::new(OciInstance {
+            runtime,
+            id,
+            bundle_dir: dir,
+            child: Some(child),
+            ready,
+            launched,
+            port: spec.port.map(|_| CONTAINER_PORT),
+        }))
+    }
+}
+
+fn next_id() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
+struct OciInstance {
+    runtime: PathBuf,
+    id: String,
+    bundle_dir: PathBuf,
+    child: Option<Child>,
+    ready: ReadyPipe,
+    launched: Instant,
+    port: Option<u16>,
+}
+
+impl OciInstance {
+    fn rt(&self, args: &[&str]) {
+        let _ = Command::new(&self.runtime)
+            .args(args)
+            .arg(&self.id)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    fn stderr_line(child: &mut Child) -> String {
+        let mut err = String::new();
+        if let Some(mut s) = child.stderr.take() {
+            let _ = s.read_to_string(&mut err);
+        }
+        err.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("(no error output)")
+            .trim()
+            .to_string()
+    }
+
+    fn finish(&mut self) -> Result<InstanceOutcome, HarnessError> {
+        let mut child = self.child.take().expect("finished once");
+        let mut out = String::new();
+        if let Some(mut s) = child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        let st = child
+            .wait()
+            .map_err(|e| HarnessError::Io("wait for the runtime".into(), e))?;
+        self.rt(&["delete", "--force"]);
+        let _ = std::fs::remove_dir_all(&self.bundle_dir);
+        Ok(InstanceOutcome {
+            status: shell_status(st),
+            result_line: out
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .map(String::from),
+            oom_killed: false,
+            phases: None,
+        })
+    }
+}
+
+impl Drop for OciInstance {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            self.rt(&["kill", "KILL"]);
+            let _ = c.kill();
+            let _ = c.wait();
+            self.rt(&["delete", "--force"]);
+            let _ = std::fs::remove_dir_all(&self.bundle_dir);
+        }
+    }
+}
+
+impl Instance for OciInstance {
+    fn launched_at(&self) -> Instant {
+        self.launched
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
+        match self.ready.wait(timeout)? {
+            ReadyEvent::Ready(at) => Ok(at),
+            ReadyEvent::Closed => {
+                let child = self.child.as_mut().expect("running");
+                let _ = child.wait();
+                let line = Self::stderr_line(child);
+                Err(HarnessError::Launch(format!(
+                    "{} refused to run the bundle: {line}",
+                    self.runtime.display()
+                )))
+            }
+        }
+    }
+
+    fn http_target(&self) -> Option<HttpTarget> {
+        let pid = self.child.as_ref()?.id();
+        self.port.map(|p| HttpTarget {
+            netns: Netns::FirstOtherUnder(pid),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, p)),
+        })
+    }
+
+    fn host_pids(&self) -> Vec<u32> {
+        self.child
+            .as_ref()
+            .map(|c| process_tree(Path::new("/proc"), c.id()))
+            .unwrap_or_default()
+    }
+
+    fn memory(&self) -> InstanceMemory {
+        let m = tree_memory(Path::new("/proc"), &self.host_pids());
+        InstanceMemory {
+            pss: m.pss,
+            uss: m.uss,
+            ..Default::default()
+        }
+    }
+
+    fn stop(mut self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
+        self.rt(&["kill", "TERM"]);
+        let pid = self.child.as_ref().map(|c| c.id()).unwrap_or(0);
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            if let Some(c) = self.child.as_mut() {
+                if c.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.rt(&["kill", "KILL"]);
+        terminate(pid, Duration::from_millis(500));
+        self.finish()
+    }
+
+    fn wait_exit(mut self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if c.try_wait().ok().flatten().is_some() {
+                    return self.finish();
+                }
+            }
+            if Instant::now() > end {
+                self.rt(&["kill", "KILL"]);
+                return self.finish();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// QEMU's `microvm` machine with KVM, booting the same guest kernel and
+/// initramfs. The marker port (0x3f0) is an `isa-debugcon` whose bytes go to
+/// a pipe we read; the workload's output port (0x3f2) to another.
+#[derive(Debug)]
+pub struct QemuPeer {
+    pub guest: Result<GuestArtifacts, String>,
+}
+
+/// Marker byte for "workload ready" (docs/contracts.md).
+const MARKER_READY: u8 = 0x02;
+
+impl Launcher for QemuPeer {
+    fn kind(&self) -> ModeKind {
+        ModeKind::QemuMicrovm
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        if which("qemu-system-x86_64").is_none() {
+            return Some(
+                "qemu-system-x86_64 is not installed: apt-get install qemu-system-x86".into(),
+            );
+        }
+        native_refusal().or_else(|| self.guest.as_ref().err().cloned())
+    }
+
+    fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
+        let guest = self
+            .guest
+            .as_ref()
+            .map_err(|e| HarnessError::Launch(e.clone()))?;
+        let mib = spec
+            .memory_limit
+            .map(|b| b >> 20)
+            .unwrap_or(DEFAULT_GUEST_MIB);
+        let (marker_r, marker_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| HarnessError::Io("marker pipe".into(), e.into()))?;
+        let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| HarnessError::Io("output pipe".into(), e.into()))?;
+        let mut cmdline = String::from(
+            "reboot=k panic=1 pci=off nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd quiet",
+        );
+        cmdline.push_str(&format!(" isolab.workload={}", spec.workload));
+        for a in &spec.args {
+            cmdline.push_str(&format!(" isolab.arg={a}"));
+        }
+        let (mw, ow) = (marker_w.as_raw_fd(), out_w.as_raw_fd());
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-M",
+            "microvm,x-option-roms=off,rtc=off",
+            "-enable-kvm",
+            "-cpu",
+            "host",
+        ])
+        .args([
+            "-m",
+            &format!("{mib}M"),
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(["-chardev", "file,id=marker,path=/proc/self/fd/3"])
+        .args(["-device", "isa-debugcon,iobase=0x3f0,chardev=marker"])
+        .args(["-chardev", "file,id=out,path=/proc/self/fd/4"])
+        .args(["-device", "isa-debugcon,iobase=0x3f2,chardev=out"])
+        .arg("-kernel")
+        .arg(&guest.bz_image)
+        .arg("-initrd")
+        .arg(&guest.initramfs)
+        .args(["-append", &cmdline])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        // SAFETY: only dup2 (async-signal-safe) runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(mw, 3) < 0 || libc::dup2(ow, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let launched = Instant::now();
+        let child = cmd
+            .spawn()
+            .map_err(|e| HarnessError::Io("spawn qemu-system-x86_64".into(), e))?;
+        drop(marker_w);
+        drop(out_w);
+        Ok(Box::new(QemuInstance {
+            child,
+            marker: marker_r,
+            output: out_r,
+            launched,
+            guest_bytes: mib << 20,
+        }))
+    }
+}
+
+struct QemuInstance {
+    child: Child,
+    marker: OwnedFd,
+    output: OwnedFd,
+    launched: Instant,
+    guest_bytes: u64,
+}
+
+impl QemuInstance {
+    fn finish(mut self) -> Result<InstanceOutcome, HarnessError> {
+        let st = self
+            .child
+            .wait()
+            .map_err(|e| HarnessError::Io("wait for qemu".into(), e))?;
+        let mut out = String::new();
+        let _ = std::fs::File::from(self.output).read_to_string(&mut out);
+        Ok(InstanceOutcome {
+            status: shell_status(st),
+            result_line: out
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .map(String::from),
+            oom_killed: false,
+            phases: None,
+        })
+    }
+}
+
+impl Instance for QemuInstance {
+    fn launched_at(&self) -> Instant {
+        self.launched
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(HarnessError::Timeout(
+                    "QEMU's guest did not reach ready".into(),
+                ));
+            }
+            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.marker.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(HarnessError::Io("poll markers".into(), e.into())),
+            }
+            let mut buf = [0u8; 64];
+            match nix::unistd::read(&self.marker, &mut buf) {
+                Ok(0) => {
+                    let mut err = String::new();
+                    if let Some(mut s) = self.child.stderr.take() {
+                        let _ = s.read_to_string(&mut err);
+                    }
+                    return Err(HarnessError::NotReady(format!(
+                        "QEMU ended before the ready marker: {}",
+                        err.lines().last().unwrap_or("")
+                    )));
+                }
+                Ok(n) if buf[..n].contains(&MARKER_READY) => return Ok(Instant::now()),
+                Ok(_) => {}
+                Err(e) => return Err(HarnessError::Io("read markers".into(), e.into())),
+            }
+        }
+    }
+
+    fn http_target(&self) -> Option<HttpTarget> {
+        None
+    }
+
+    fn host_pids(&self) -> Vec<u32> {
+        process_tree(Path::new("/proc"), self.child.id())
+    }
+
+    fn memory(&self) -> InstanceMemory {
+        let m = tree_memory(Path::new("/proc"), &self.host_pids());
+        let split = split_guest_memory(Path::new("/proc"), self.child.id(), self.guest_bytes).ok();
+        InstanceMemory {
+            pss: m.pss,
+            uss: m.uss,
+            cgroup_current: None,
+            vmm_overhead: split.map(|s| s.0),
+            guest_touched: split.map(|s| s.1),
+        }
+    }
+
+    fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
+        terminate(self.child.id(), Duration::from_secs(3));
+        self.finish()
+    }
+
+    fn wait_exit(self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError> {
+        let end = Instant::now() + timeout;
+        let mut me = *self;
+        loop {
+            if me
+                .child
+                .try_wait()
+                .map_err(|e| HarnessError::Io("wait".into(), e))?
+                .is_some()
+            {
+                return me.finish();
+            }
+            if Instant::now() > end {
+                terminate(me.child.id(), Duration::from_secs(1));
+                return me.finish();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}

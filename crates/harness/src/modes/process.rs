@@ -9,8 +9,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, shell_status, terminate, Binaries, Instance, InstanceMemory, InstanceOutcome,
-    InstanceSpec, Launcher, ModeKind};
+use super::{
+    free_port, shell_status, terminate, Binaries, Instance, InstanceMemory, InstanceOutcome,
+    InstanceSpec, Launcher, ModeKind,
+};
 use crate::memory::{process_tree, tree_memory};
 use crate::probe::HttpTarget;
 use crate::ready::{ReadyEvent, ReadyPipe};
@@ -100,8 +102,13 @@ impl ProcessInstance {
             .map_err(|e| HarnessError::Io("wait for workload".into(), e))?;
         Ok(InstanceOutcome {
             status: shell_status(st),
-            result_line: out.lines().rev().find(|l| l.starts_with('{')).map(String::from),
+            result_line: out
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .map(String::from),
             oom_killed: false,
+            phases: None,
         })
     }
 }
@@ -122,7 +129,7 @@ impl Instance for ProcessInstance {
 
     fn http_target(&self) -> Option<HttpTarget> {
         self.port.map(|p| HttpTarget {
-            netns: None,
+            netns: crate::probe::Netns::Ours,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, p)),
         })
     }
@@ -149,7 +156,12 @@ impl Instance for ProcessInstance {
         let end = Instant::now() + timeout;
         let mut me = *self;
         loop {
-            if me.child.try_wait().map_err(|e| HarnessError::Io("wait".into(), e))?.is_some() {
+            if me
+                .child
+                .try_wait()
+                .map_err(|e| HarnessError::Io("wait".into(), e))?
+                .is_some()
+            {
                 return me.finish();
             }
             if Instant::now() > end {

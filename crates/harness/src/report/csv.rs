@@ -16,9 +16,17 @@ pub fn render(r: &CompareReport) -> String {
     let label = r.environment.label.clone().unwrap_or_default();
     let mut out = String::from("mode,metric,run,value,unit,label\n");
     for m in &r.modes {
-        for (metric, v) in [("ready", &m.raw_ready_ms), ("first_response", &m.raw_first_response_ms)] {
+        for (metric, v) in [
+            ("ready", &m.raw_ready_ms),
+            ("first_response", &m.raw_first_response_ms),
+        ] {
             for (i, x) in v.iter().enumerate() {
-                out.push_str(&format!("{},{metric},{},{x:.4},ms,{}\n", m.mode.name(), i + 1, esc(&label)));
+                out.push_str(&format!(
+                    "{},{metric},{},{x:.4},ms,{}\n",
+                    m.mode.name(),
+                    i + 1,
+                    esc(&label)
+                ));
             }
         }
     }

@@ -28,7 +28,8 @@ pub fn render_with_plots(r: &CompareReport, plots: &[String]) -> String {
             fmt_ms(s, |s| s.p50),
             fmt_ms(s, |s| s.p90),
             fmt_ms(s, |s| s.p99),
-            s.map(|s| format!("{:.2}–{:.2}", s.p50_ci95[0], s.p50_ci95[1])).unwrap_or_else(|| "-".into()),
+            s.map(|s| format!("{:.2}–{:.2}", s.p50_ci95[0], s.p50_ci95[1]))
+                .unwrap_or_else(|| "-".into()),
             fmt_ratio(m.ready_ratio_vs_process),
             fmt_ms(f, |s| s.p50),
             fmt_ms(f, |s| s.p99),
@@ -36,7 +37,10 @@ pub fn render_with_plots(r: &CompareReport, plots: &[String]) -> String {
         );
     }
     let _ = writeln!(o, "\n## Memory per instance (MiB, median)\n");
-    let _ = writeln!(o, "| mode | PSS | USS | cgroup | MemAvailable drop | VMM overhead | guest touched |");
+    let _ = writeln!(
+        o,
+        "| mode | PSS | USS | cgroup | MemAvailable drop | VMM overhead | guest touched |"
+    );
     let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|");
     for m in &r.modes {
         let mm = &m.memory;

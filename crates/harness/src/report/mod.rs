@@ -46,7 +46,8 @@ pub fn json(report: &CompareReport) -> String {
 }
 
 pub(crate) fn fmt_ms(s: Option<&Summary>, f: impl Fn(&Summary) -> f64) -> String {
-    s.map(|s| format!("{:.2}", f(s))).unwrap_or_else(|| "-".into())
+    s.map(|s| format!("{:.2}", f(s)))
+        .unwrap_or_else(|| "-".into())
 }
 
 pub(crate) fn fmt_mib(s: Option<&Summary>) -> String {
@@ -71,7 +72,9 @@ pub(crate) fn status_notes(report: &CompareReport) -> Vec<String> {
     let mut v = vec![];
     for m in &report.modes {
         match &m.status {
-            ModeStatus::Unavailable { reason } => v.push(format!("{}: not run: {reason}", m.mode.name())),
+            ModeStatus::Unavailable { reason } => {
+                v.push(format!("{}: not run: {reason}", m.mode.name()))
+            }
             ModeStatus::Failed { error } => v.push(format!("{}: failed: {error}", m.mode.name())),
             ModeStatus::Measured => {}
         }
@@ -99,8 +102,13 @@ pub(crate) fn environment_lines(report: &CompareReport) -> Vec<String> {
     if let Some(l) = &e.label {
         v.push(format!("LABEL: {l}"));
     }
-    v.push(format!("kernel {} | {} x{} | {:.1} GiB RAM", e.kernel_release, e.cpu_model, e.cpus,
-        e.mem_total_bytes as f64 / 1073741824.0));
+    v.push(format!(
+        "kernel {} | {} x{} | {:.1} GiB RAM",
+        e.kernel_release,
+        e.cpu_model,
+        e.cpus,
+        e.mem_total_bytes as f64 / 1073741824.0
+    ));
     v.push(format!(
         "cgroups {} | KVM {:?} | THP {} | KSM {} | swap {:.1} GiB",
         e.cgroup_layout,
@@ -109,7 +117,10 @@ pub(crate) fn environment_lines(report: &CompareReport) -> Vec<String> {
         e.ksm_run,
         e.swap_total_bytes as f64 / 1073741824.0
     ));
-    v.push(format!("isolab {} (git {})", e.isolab_version, e.git_revision));
+    v.push(format!(
+        "isolab {} (git {})",
+        e.isolab_version, e.git_revision
+    ));
     for (t, ver) in &e.tools {
         v.push(format!("{t}: {ver}"));
     }

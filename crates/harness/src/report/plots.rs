@@ -18,7 +18,11 @@ fn err(what: &str, e: impl std::fmt::Display) -> HarnessError {
 /// Startup samples as a strip plot: one column per mode, every raw sample a dot,
 /// the median a bar.
 fn startup(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
-    let modes: Vec<_> = r.modes.iter().filter(|m| !m.raw_ready_ms.is_empty()).collect();
+    let modes: Vec<_> = r
+        .modes
+        .iter()
+        .filter(|m| !m.raw_ready_ms.is_empty())
+        .collect();
     if modes.is_empty() {
         return Ok(false);
     }
@@ -87,7 +91,12 @@ fn memory(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
     let rows: Vec<(String, f64)> = r
         .modes
         .iter()
-        .filter_map(|m| m.memory.pss.as_ref().map(|s| (m.mode.name().to_string(), s.p50 / 1048576.0)))
+        .filter_map(|m| {
+            m.memory
+                .pss
+                .as_ref()
+                .map(|s| (m.mode.name().to_string(), s.p50 / 1048576.0))
+        })
         .collect();
     if rows.is_empty() {
         return Ok(false);
@@ -96,7 +105,10 @@ fn memory(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
     let root = SVGBackend::new(path, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err("memory", e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("memory per instance: PSS of host processes (MiB, median)", ("sans-serif", 16))
+        .caption(
+            "memory per instance: PSS of host processes (MiB, median)",
+            ("sans-serif", 16),
+        )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(50)
@@ -119,7 +131,10 @@ fn memory(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
         .map_err(|e| err("memory", e))?;
     chart
         .draw_series(rows.iter().enumerate().map(|(i, (_, v))| {
-            Rectangle::new([(i as f64 - 0.3, 0.0), (i as f64 + 0.3, *v)], BLUE.mix(0.5).filled())
+            Rectangle::new(
+                [(i as f64 - 0.3, 0.0), (i as f64 + 0.3, *v)],
+                BLUE.mix(0.5).filled(),
+            )
         }))
         .map_err(|e| err("memory", e))?;
     root.present().map_err(|e| err("memory", e))?;
@@ -138,11 +153,25 @@ fn density(r: &CompareReport, path: &Path, memory_axis: bool) -> Result<bool, Ha
             p.ready_ms
         }
     };
-    let xmax = r.density.iter().flat_map(|d| d.points.iter().map(|p| p.n)).max().unwrap_or(1) as f64;
-    let ymax = r.density.iter().flat_map(|d| d.points.iter().map(val)).fold(0.0f64, f64::max) * 1.1;
+    let xmax = r
+        .density
+        .iter()
+        .flat_map(|d| d.points.iter().map(|p| p.n))
+        .max()
+        .unwrap_or(1) as f64;
+    let ymax = r
+        .density
+        .iter()
+        .flat_map(|d| d.points.iter().map(val))
+        .fold(0.0f64, f64::max)
+        * 1.1;
     let root = SVGBackend::new(path, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err("density", e))?;
-    let cap = if memory_axis { "density: memory (MiB) vs instances" } else { "density: startup (ms) vs instances" };
+    let cap = if memory_axis {
+        "density: memory (MiB) vs instances"
+    } else {
+        "density: startup (ms) vs instances"
+    };
     let mut chart = ChartBuilder::on(&root)
         .caption(cap, ("sans-serif", 16))
         .margin(10)
@@ -150,12 +179,19 @@ fn density(r: &CompareReport, path: &Path, memory_axis: bool) -> Result<bool, Ha
         .y_label_area_size(50)
         .build_cartesian_2d(0.0..xmax.max(1.0) + 1.0, 0.0..ymax.max(1.0))
         .map_err(|e| err("density", e))?;
-    chart.configure_mesh().x_desc("instances").draw().map_err(|e| err("density", e))?;
+    chart
+        .configure_mesh()
+        .x_desc("instances")
+        .draw()
+        .map_err(|e| err("density", e))?;
     let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
     for (i, d) in r.density.iter().enumerate() {
         let color = palette[i % palette.len()];
         chart
-            .draw_series(LineSeries::new(d.points.iter().map(|p| (p.n as f64, val(p))), color))
+            .draw_series(LineSeries::new(
+                d.points.iter().map(|p| (p.n as f64, val(p))),
+                color,
+            ))
             .map_err(|e| err("density", e))?
             .label(d.mode.name())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
@@ -172,13 +208,14 @@ fn density(r: &CompareReport, path: &Path, memory_axis: bool) -> Result<bool, Ha
 /// Write every plot that has data into `dir`; returns the file names written.
 pub fn write_all(r: &CompareReport, dir: &Path) -> Result<Vec<String>, HarnessError> {
     let mut written = vec![];
-    let mut go = |name: &str, f: &dyn Fn(&Path) -> Result<bool, HarnessError>| -> Result<(), HarnessError> {
-        let p: PathBuf = dir.join(name);
-        if f(&p)? {
-            written.push(name.to_string());
-        }
-        Ok(())
-    };
+    let mut go =
+        |name: &str, f: &dyn Fn(&Path) -> Result<bool, HarnessError>| -> Result<(), HarnessError> {
+            let p: PathBuf = dir.join(name);
+            if f(&p)? {
+                written.push(name.to_string());
+            }
+            Ok(())
+        };
     go("startup.svg", &|p| startup(r, p))?;
     go("memory.svg", &|p| memory(r, p))?;
     go("density-memory.svg", &|p| density(r, p, true))?;

@@ -9,7 +9,12 @@ use crate::compare::CompareReport;
 fn grid(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for (i, r) in rows.iter().enumerate() {
@@ -36,14 +41,27 @@ fn grid(rows: &[Vec<String>]) -> String {
 /// Render the report for a terminal.
 pub fn render(r: &CompareReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "isolab compare: workload '{}', {} run(s) per mode", r.config.workload, r.config.runs);
+    let _ = writeln!(
+        out,
+        "isolab compare: workload '{}', {} run(s) per mode",
+        r.config.workload, r.config.runs
+    );
     if let Some(l) = &r.environment.label {
         let _ = writeln!(out, "*** {l} ***");
     }
     let _ = writeln!(out, "\nStartup (ms; ratio = p50 / process p50)");
     let http = crate::compare::serves_http(&r.config.workload);
     let mut rows = vec![{
-        let mut h = vec!["mode", "status", "n", "ready p50", "p90", "p99", "p50 95% CI", "ratio"];
+        let mut h = vec![
+            "mode",
+            "status",
+            "n",
+            "ready p50",
+            "p90",
+            "p99",
+            "p50 95% CI",
+            "ratio",
+        ];
         if http {
             h.extend(["1st resp p50", "p99", "ratio"]);
         }
@@ -64,17 +82,29 @@ pub fn render(r: &CompareReport) -> String {
         ];
         if http {
             let f = m.first_response_ms.as_ref();
-            row.extend([fmt_ms(f, |s| s.p50), fmt_ms(f, |s| s.p99), fmt_ratio(m.first_response_ratio_vs_process)]);
+            row.extend([
+                fmt_ms(f, |s| s.p50),
+                fmt_ms(f, |s| s.p99),
+                fmt_ratio(m.first_response_ratio_vs_process),
+            ]);
         }
         rows.push(row);
     }
     out.push_str(&grid(&rows));
 
     let _ = writeln!(out, "\nMemory per instance (MiB, median over runs)");
-    let mut rows = vec![["mode", "PSS", "USS", "cgroup", "MemAvail drop", "VMM overhead", "guest touched"]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>()];
+    let mut rows = vec![[
+        "mode",
+        "PSS",
+        "USS",
+        "cgroup",
+        "MemAvail drop",
+        "VMM overhead",
+        "guest touched",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>()];
     for m in &r.modes {
         let mm = &m.memory;
         rows.push(vec![
@@ -131,11 +161,22 @@ pub fn render(r: &CompareReport) -> String {
     }
 
     for d in &r.density {
-        let _ = writeln!(out, "\nDensity ({}): {} instance(s) within {:.0} MiB; stopped by: {}",
-            d.mode.name(), d.count, d.budget_bytes as f64 / 1048576.0, d.stop_rule);
+        let _ = writeln!(
+            out,
+            "\nDensity ({}): {} instance(s) within {:.0} MiB; stopped by: {}",
+            d.mode.name(),
+            d.count,
+            d.budget_bytes as f64 / 1048576.0,
+            d.stop_rule
+        );
         if let Some(f) = &d.memory_fit {
-            let _ = writeln!(out, "  memory vs N: {:.2} MiB per instance + {:.2} MiB fixed (r2 {:.3})",
-                f.slope / 1048576.0, f.intercept / 1048576.0, f.r2);
+            let _ = writeln!(
+                out,
+                "  memory vs N: {:.2} MiB per instance + {:.2} MiB fixed (r2 {:.3})",
+                f.slope / 1048576.0,
+                f.intercept / 1048576.0,
+                f.r2
+            );
         }
     }
 
