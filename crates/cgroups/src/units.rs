@@ -98,6 +98,12 @@ impl CpuSet {
         Ok(Self(set))
     }
 
+    /// The host's online CPUs, from `<sys_root>/devices/system/cpu/online`.
+    pub fn online(sys_root: &std::path::Path) -> Option<Self> {
+        let text = std::fs::read_to_string(sys_root.join("devices/system/cpu/online")).ok()?;
+        Self::parse(text.trim()).ok()
+    }
+
     /// Whether every CPU of `self` is in `other`.
     pub fn is_subset(&self, other: &CpuSet) -> bool {
         self.0.is_subset(&other.0)
@@ -190,6 +196,15 @@ mod tests {
             parse_cpus("0.001"),
             Err(UnitError::CpusTooSmall(_))
         ));
+    }
+
+    #[test]
+    fn online_cpus_come_from_sysfs() {
+        let sys = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(sys.path().join("devices/system/cpu")).unwrap();
+        std::fs::write(sys.path().join("devices/system/cpu/online"), "0-3,6\n").unwrap();
+        assert_eq!(CpuSet::online(sys.path()).unwrap().to_string(), "0-3,6");
+        assert!(CpuSet::online(std::path::Path::new("/nonexistent")).is_none());
     }
 
     #[test]
