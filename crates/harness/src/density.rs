@@ -35,8 +35,8 @@ pub trait BudgetGroup {
     fn usage(&self) -> Option<u64>;
     /// OOM kills counted in the group so far.
     fn oom_kills(&self) -> u64;
-    /// Move processes of an instance without a cgroup of its own into the group.
-    fn adopt(&self, pids: &[u32]) -> Result<(), HarnessError>;
+    /// `cgroup.procs` files that instances without a cgroup of their own join.
+    fn procs_files(&self) -> Vec<std::path::PathBuf>;
 }
 
 /// One point of the density curve.
@@ -101,6 +101,9 @@ pub fn run(
         .unwrap_or(u64::MAX);
     let mut spec = spec.clone();
     spec.parent_cgroup = Some(group.name());
+    if launcher.kind() != ModeKind::Container {
+        spec.join_cgroups = group.procs_files();
+    }
     let mut running: Vec<Box<dyn Instance>> = vec![];
     let mut points = vec![];
     let mut ready_times = vec![];
@@ -136,12 +139,6 @@ pub fn run(
             Ok(i) => i,
             Err(e) => break ("start-failure", e.to_string()),
         };
-        if launcher.kind() != ModeKind::Container {
-            if let Err(e) = group.adopt(&inst.host_pids()) {
-                let _ = inst.stop();
-                break ("start-failure", e.to_string());
-            }
-        }
         let launched = inst.launched_at();
         let answered = match inst.wait_ready(cfg.ready_timeout) {
             Ok(at) => match inst.http_target() {
@@ -302,19 +299,12 @@ impl BudgetGroup for ParentBudget {
             .unwrap_or(0)
     }
 
-    fn adopt(&self, pids: &[u32]) -> Result<(), HarnessError> {
-        self.adopt_pids(pids)
-    }
-}
-
-impl ParentBudget {
-    fn adopt_pids(&self, pids: &[u32]) -> Result<(), HarnessError> {
-        for &p in pids {
-            self.members.add_pid(p as i32).map_err(|e| {
-                HarnessError::Launch(format!("move pid {p} into the density cgroup: {e}"))
-            })?;
-        }
-        Ok(())
+    fn procs_files(&self) -> Vec<std::path::PathBuf> {
+        self.members
+            .paths()
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! It allocates `--mib` MiB and writes one byte to every page, so the working
 //! set is resident (not just reserved) before it signals ready; then it
-//! serves `GET /kv/<key>` (200 value or 404) and `PUT /kv/<key>` (201 new,
+//! serves `GET /health`, `GET /kv/<key>` (200 value or 404) and `PUT /kv/<key>` (201 new,
 //! 200 replaced) until SIGTERM/SIGINT. The result line reports the resident
 //! size from `/proc/self/status`.
 
@@ -31,6 +31,10 @@ pub fn run(
     let mut kv: HashMap<String, Vec<u8>> = HashMap::new();
     let served = listener.serve(|req| {
         let url = req.url().to_owned();
+        // The same health check as `api`, so probes treat both alike.
+        if url == "/health" && *req.method() == Method::Get {
+            return http::bytes(200, br#"{"status":"ok"}"#.to_vec());
+        }
         let Some(key) = url
             .strip_prefix("/kv/")
             .filter(|k| !k.is_empty() && !k.contains('/'))

@@ -82,14 +82,16 @@ impl Launcher for MicrovmLauncher {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: only dup2 (async-signal-safe) runs between fork and exec;
+        let procs = super::open_procs(&spec.join_cgroups)?;
+        let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+        // SAFETY: only dup2 and write (async-signal-safe) run between fork and exec;
         // `wfd` stays open in the parent until after the spawn.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::dup2(wfd, READY_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                super::join_before_exec(&procs_fds)
             });
         }
         let launched = Instant::now();

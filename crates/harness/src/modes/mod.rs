@@ -75,6 +75,36 @@ pub struct InstanceSpec {
     pub memory_limit: Option<u64>,
     /// Parent cgroup to place the instance under (density runs).
     pub parent_cgroup: Option<String>,
+    /// `cgroup.procs` files a launched process joins before it execs, for
+    /// modes without a cgroup of their own (density runs): joining before
+    /// exec charges every page the instance touches to the budget.
+    pub join_cgroups: Vec<PathBuf>,
+}
+
+/// Open `cgroup.procs` files for [`join_before_exec`].
+pub(crate) fn open_procs(files: &[PathBuf]) -> Result<Vec<std::fs::File>, HarnessError> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(f)
+                .map_err(|e| HarnessError::Io(format!("open {}", f.display()), e))
+        })
+        .collect()
+}
+
+/// In a forked child before exec: write "0" (= this process) to each fd.
+/// Only `write(2)` runs, which is async-signal-safe.
+pub(crate) fn join_before_exec(fds: &[i32]) -> std::io::Result<()> {
+    for &fd in fds {
+        // SAFETY: `fd` is an open file owned by the parent for the duration of
+        // the spawn; the buffer is a static byte string.
+        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// VM boot phases in milliseconds, as the monitor reports them.
@@ -247,6 +277,7 @@ impl Context {
             port: crate::compare::serves_http(&self.workload).then_some(8080),
             memory_limit: None,
             parent_cgroup: None,
+            join_cgroups: vec![],
         }
     }
 

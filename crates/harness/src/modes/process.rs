@@ -59,14 +59,16 @@ impl Launcher for ProcessLauncher {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        // SAFETY: only async-signal-safe calls (dup2) run between fork and
+        let procs = super::open_procs(&spec.join_cgroups)?;
+        let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+        // SAFETY: only async-signal-safe calls (dup2, write) run between fork and
         // exec; `wfd` is a valid fd owned by `ready`, alive across the spawn.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::dup2(wfd, READY_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                super::join_before_exec(&procs_fds)
             });
         }
         let launched = Instant::now();
