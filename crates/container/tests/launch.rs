@@ -377,3 +377,31 @@ fn a_sigkilled_launcher_leaves_a_stale_instance_the_next_run_removes() {
     assert_eq!(o.exit_code, 0);
     assert_clean(&c, &id);
 }
+
+#[test]
+fn a_user_namespace_maps_container_root_to_an_unprivileged_host_uid() {
+    let test = "a_user_namespace_maps_container_root_to_an_unprivileged_host_uid";
+    let Some(bin) = require(test) else {
+        return;
+    };
+    let mut c = config(&bin, "userns", "worker", &["--duration-ms", "60000"]);
+    c.user_namespace = true;
+    let running = isolab_container::start(&c).unwrap();
+    assert!(running.wait_ready(Duration::from_secs(10)).is_some());
+    let init = running.pid();
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+    let workload: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{workload}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid.split_whitespace().collect::<Vec<_>>(),
+        ["Uid:", "100000", "100000", "100000", "100000"]
+    );
+    let map = std::fs::read_to_string(format!("/proc/{workload}/uid_map")).unwrap();
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", "100000", "65536"]
+    );
+    let o = running.stop().unwrap();
+    assert_clean(&c, &o.id);
+}
