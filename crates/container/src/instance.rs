@@ -52,11 +52,14 @@ impl InstanceDir {
             dir,
         };
         let owner = me.dir.join("owner");
-        std::fs::write(
-            &owner,
-            owner_line(std::process::id() as i32).unwrap_or_default(),
-        )
-        .map_err(err(&owner))?;
+        // Without a readable start time other launchers would take this
+        // live instance for a stale one, so that is an error too.
+        owner_line(std::process::id() as i32)
+            .ok_or_else(|| {
+                std::io::Error::other("cannot read this process's start time from /proc")
+            })
+            .and_then(|line| std::fs::write(&owner, line))
+            .map_err(err(&owner))?;
         for sub in ["upper", "work", "rootfs"] {
             let p = me.dir.join(sub);
             std::fs::create_dir(&p).map_err(err(&p))?;
