@@ -38,12 +38,12 @@ fn say(console: bool, msg: &str) {
     }
 }
 
-fn run(ports: &mut IoPorts, console: &mut bool) -> Result<u8, InitError> {
+fn run(ports: &mut IoPorts) -> Result<u8, InitError> {
     mounts::mount_all()?;
     let line = std::fs::read_to_string("/proc/cmdline").map_err(InitError::ReadCmdline)?;
     let cfg = cmdline::parse(&line)?;
-    *console = cfg.console;
-    say(*console, "init reached");
+    let console = cfg.console;
+    say(console, "init reached");
 
     nix::unistd::sethostname(&cfg.hostname).map_err(|source| InitError::Hostname {
         name: cfg.hostname.clone(),
@@ -51,15 +51,15 @@ fn run(ports: &mut IoPorts, console: &mut bool) -> Result<u8, InitError> {
     })?;
     if let Some(net) = &cfg.net {
         net::configure(net)?;
-        say(*console, &format!("eth0 {}/{} up", net.addr, net.prefix));
+        say(console, &format!("eth0 {}/{} up", net.addr, net.prefix));
     }
 
     let mut argv = vec![cfg.workload.clone()];
     argv.extend(cfg.args.iter().cloned());
     let w = supervise::start(WORKLOAD, &argv, ports)?;
-    say(*console, &format!("started {WORKLOAD} {}", argv.join(" ")));
+    say(console, &format!("started {WORKLOAD} {}", argv.join(" ")));
     let mut stdout = std::io::stdout();
-    let show = *console;
+    let show = console;
     let status = supervise::supervise(
         w,
         ports,
@@ -67,7 +67,7 @@ fn run(ports: &mut IoPorts, console: &mut bool) -> Result<u8, InitError> {
         || say(show, "ready"),
         true,
     )?;
-    say(*console, &format!("workload exited with status {status}"));
+    say(console, &format!("workload exited with status {status}"));
     Ok(status)
 }
 
@@ -96,17 +96,13 @@ fn main() {
             "isolab-init: warning: no access to marker ports 0x3f0-0x3f2 ({e}); markers are off"
         );
     }
-    let mut console = false;
-    // Errors are printed whatever isolab.console says: they are rare and
-    // the console is the only place a person can see them.
-    if let Err(e) = run(&mut ports, &mut console) {
+    if let Err(e) = run(&mut ports) {
+        // Printed whatever isolab.console says: failures are rare and the
+        // console is the only place a person can see them.
         eprintln!("isolab-init: error: {e}");
+        eprintln!("isolab-init: reporting status {INIT_FAILED} and rebooting");
         ports.outb(PORT_STATUS, INIT_FAILED);
         ports.outb(PORT_EVENT, MARK_EXITED);
-        say(
-            console,
-            &format!("workload exited with status {INIT_FAILED}"),
-        );
     }
     finish()
 }

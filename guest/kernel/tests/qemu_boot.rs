@@ -98,6 +98,11 @@ fn probe(test: &str) -> Option<Artifacts> {
 /// Boots with the given `isolab.*` parameters; returns QEMU's success and
 /// the serial console text.
 fn boot(a: &Artifacts, dir: &Path, params: &str) -> (bool, String) {
+    boot_with(a, dir, params, &[])
+}
+
+/// As [`boot`], with extra QEMU arguments (devices).
+fn boot_with(a: &Artifacts, dir: &Path, params: &str, qemu_args: &[&str]) -> (bool, String) {
     let initrd = dir.join("initramfs.cpio");
     guest_initramfs(a.init.as_path(), a.workload.as_path(), &[])
         .write_file(&initrd)
@@ -108,9 +113,11 @@ fn boot(a: &Artifacts, dir: &Path, params: &str) -> (bool, String) {
     //                and -no-reboot turns the reset into QEMU's exit;
     // panic=-1       a panic resets at once instead of hanging the test;
     // nomodule       nothing to load (CONFIG_MODULES is off anyway).
+    // microvm,acpi=off: the kernel has no ACPI; without ACPI QEMU describes
+    // its virtio-mmio devices on the command line (virtio_mmio.device=).
     let append = format!("console=ttyS0 reboot=t panic=-1 nomodule {params}");
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm", "-accel", "tcg", "-m", "256", "-smp", "1"])
+        .args(["-M", "microvm,acpi=off", "-accel", "tcg", "-m", "256", "-smp", "1"])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
         .args(["-serial", "stdio", "-display", "none"])
         .arg("-kernel")
@@ -119,6 +126,7 @@ fn boot(a: &Artifacts, dir: &Path, params: &str) -> (bool, String) {
         .arg(&initrd)
         .arg("-append")
         .arg(&append)
+        .args(qemu_args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -258,5 +266,43 @@ fn qemu_guest_reports_a_missing_workload_name_as_status_255() {
     assert!(
         console.contains("isolab-init: reporting status 255"),
         "{console}"
+    );
+}
+
+#[test]
+fn qemu_guest_configures_eth0_from_the_command_line() {
+    let test = "qemu_guest_configures_eth0_from_the_command_line";
+    let Some(a) = probe(test) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // One virtio-mmio net device; microvm appends its virtio_mmio.device=
+    // parameter itself. User-mode networking with restrict=on: the guest's
+    // addresses live inside QEMU only and nothing reaches the host network.
+    let (ok, console) = boot_with(
+        &a,
+        dir.path(),
+        "isolab.workload=probe isolab.console=1 isolab.ip=10.0.2.15/24 isolab.gw=10.0.2.2",
+        &[
+            "-netdev",
+            "user,id=n0,restrict=on",
+            "-device",
+            "virtio-net-device,netdev=n0",
+        ],
+    );
+    assert!(ok, "qemu exited with an error; console:\n{console}");
+    assert!(
+        console.contains("isolab-init: eth0 10.0.2.15/24 up"),
+        "{console}"
+    );
+    let probe = result_line(&console, "probe")
+        .unwrap_or_else(|| panic!("no probe result line; console:\n{console}"));
+    let ifaces: Vec<&str> = probe["interfaces"]
+        .as_array()
+        .expect("interfaces")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        ifaces.contains(&"eth0") && ifaces.contains(&"lo"),
+        "interfaces {ifaces:?}"
     );
 }
