@@ -83,6 +83,15 @@ pub trait CgroupManager: Debug + Send + Sync {
     fn remove(&self) -> Result<(), CgroupError>;
     /// The instance's directories, one per hierarchy.
     fn paths(&self) -> Vec<PathBuf>;
+    /// Files through which a single-threaded process can move *itself* by
+    /// writing `0`, without the kernel's global threadgroup lock (whose
+    /// write side waits for an RCU grace period, milliseconds on a busy
+    /// host). cgroup v1's per-hierarchy `tasks` files allow that; on v2 a
+    /// thread cannot leave its domain this way, so it is empty there and
+    /// the launcher uses [`CgroupManager::add_pid`].
+    fn self_join_files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
 }
 
 /// Creates the cgroup of instance `name` under the workbench parent and writes

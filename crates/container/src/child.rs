@@ -5,7 +5,8 @@
 //!    launcher), reset signal dispositions;
 //! 2. wait for the launcher's `GO` (it has put us into the cgroup, written
 //!    id maps, attached the network); EOF means the launcher gave up;
-//! 3. in a user namespace, become its root;
+//! 3. join the cgroup (v1: itself, through `tasks`, which avoids the
+//!    kernel's global threadgroup lock); in a user namespace, become its root;
 //! 4. unshare the cgroup namespace now, so its root is the instance cgroup;
 //! 5. mount the root filesystem and pivot into it, mask paths;
 //! 6. set the hostname, bring up `lo`;
@@ -39,6 +40,9 @@ pub(crate) struct ChildPlan {
     pub rootfs: RootfsPlan,
     pub hostname: String,
     pub user_namespace: bool,
+    /// cgroup v1 `tasks` files the child writes `0` to, to join its cgroup
+    /// itself (empty when the launcher moves it by pid).
+    pub cgroup_tasks: Vec<std::path::PathBuf>,
     pub exec: ExecPlan,
     pub fds: ChildFds,
 }
@@ -74,6 +78,11 @@ fn prepare(plan: &ChildPlan) -> StepResult {
 
 /// Steps 3–6: the container's view of the system.
 pub(crate) fn build_view(plan: &ChildPlan, sys: &dyn Syscall) -> StepResult {
+    // First, so everything below is charged to the container. Still host
+    // root here (before become_root), so the host's cgroupfs accepts it.
+    for tasks in &plan.cgroup_tasks {
+        sys.write_file(tasks, b"0").step(ChildStep::CgroupJoin)?;
+    }
     if plan.user_namespace {
         sys.become_root().step(ChildStep::UserIds)?;
     }
@@ -99,6 +108,10 @@ mod tests {
             },
             hostname: "box-1".into(),
             user_namespace: userns,
+            cgroup_tasks: vec![
+                "/cg/memory/isolab/x/tasks".into(),
+                "/cg/pids/isolab/x/tasks".into(),
+            ],
             exec: ExecPlan::new("/workload", &["/workload".into(), "noop".into()], &[]).unwrap(),
             fds: ChildFds {
                 sync: -1,
@@ -124,10 +137,26 @@ mod tests {
     }
 
     #[test]
-    fn a_user_namespace_becomes_root_before_anything_else() {
+    fn a_user_namespace_becomes_root_right_after_joining_the_cgroup() {
         let sys = RecordingSyscall::default();
         build_view(&plan(true), &sys).unwrap();
-        assert_eq!(sys.calls()[0], "become_root");
+        let calls = sys.calls();
+        assert_eq!(calls[0], "write /cg/memory/isolab/x/tasks 0");
+        assert_eq!(calls[1], "write /cg/pids/isolab/x/tasks 0");
+        assert_eq!(calls[2], "become_root");
+    }
+
+    #[test]
+    fn a_refused_cgroup_join_stops_before_any_mount() {
+        let sys = RecordingSyscall {
+            fail_on: Some(("write", nix::Error::EACCES)),
+            ..Default::default()
+        };
+        assert_eq!(
+            build_view(&plan(false), &sys),
+            Err((ChildStep::CgroupJoin, nix::Error::EACCES))
+        );
+        assert_eq!(sys.calls().len(), 1);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 pub enum ChildStep {
     ParentDeathSignal = 1,
     SyncWait,
+    CgroupJoin,
     UserIds,
     CgroupNamespace,
     MountPropagation,
@@ -36,9 +37,10 @@ pub enum ChildStep {
 }
 
 impl ChildStep {
-    const ALL: [ChildStep; 23] = [
+    const ALL: [ChildStep; 24] = [
         Self::ParentDeathSignal,
         Self::SyncWait,
+        Self::CgroupJoin,
         Self::UserIds,
         Self::CgroupNamespace,
         Self::MountPropagation,
@@ -71,6 +73,7 @@ impl ChildStep {
         match self {
             Self::ParentDeathSignal => "set the parent-death signal",
             Self::SyncWait => "wait for the launcher",
+            Self::CgroupJoin => "join its cgroup",
             Self::UserIds => "become root in the user namespace",
             Self::CgroupNamespace => "create the cgroup namespace",
             Self::MountPropagation => "make the mounts private",

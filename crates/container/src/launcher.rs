@@ -9,8 +9,9 @@
 //!    with its limits;
 //! 5. open the channels: sync socketpair, ready pipe, stdout pipe, status pipe;
 //! 6. block signals, clone init into new namespaces, restore the mask;
-//! 7. (user namespace) write the id maps; move init into the cgroup; run the
-//!    network hook; send GO;
+//! 7. (user namespace) write the id maps; move init into the cgroup (v2;
+//!    on v1 init joins itself, see [`crate::child`]); run the network hook;
+//!    send GO;
 //! 8. wait for EOF on the sync socket (workload exec'd) or a failure message.
 //!
 //! Teardown (after exit, on error, on drop): SIGKILL init if alive and reap
@@ -148,6 +149,11 @@ pub fn start_with(
         },
         hostname,
         user_namespace: config.user_namespace,
+        cgroup_tasks: live
+            .cgroup
+            .as_ref()
+            .map(|c| c.self_join_files())
+            .unwrap_or_default(),
         exec: ExecPlan::new(image::WORKLOAD_PATH, &config.argv(), &config.envp())
             .ok_or_else(|| ContainerError::Config("argument contains a NUL byte".into()))?,
         fds: ChildFds {
@@ -180,7 +186,11 @@ pub fn start_with(
     if config.user_namespace {
         write_id_maps(pid)?;
     }
-    if let Some(cg) = &live.cgroup {
+    if let Some(cg) = live
+        .cgroup
+        .as_ref()
+        .filter(|c| c.self_join_files().is_empty())
+    {
         cg.add_pid(pid.as_raw())
             .map_err(|source| ContainerError::CgroupJoin {
                 pid: pid.as_raw(),

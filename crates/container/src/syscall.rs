@@ -38,6 +38,8 @@ pub trait Syscall {
     fn become_root(&self) -> nix::Result<()>;
     /// Sets IFF_UP on `lo` in the current network namespace.
     fn loopback_up(&self) -> nix::Result<()>;
+    /// Writes `data` to an existing file (a cgroup interface file).
+    fn write_file(&self, path: &Path, data: &[u8]) -> nix::Result<()>;
 }
 
 /// The real kernel.
@@ -134,6 +136,17 @@ impl Syscall for LinuxSyscall {
         // `sock` is an open socket owned by this function.
         let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
         nix::Error::result(rc).map(drop)
+    }
+
+    fn write_file(&self, path: &Path, data: &[u8]) -> nix::Result<()> {
+        use nix::fcntl::OFlag;
+        let fd = nix::fcntl::open(path, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let n = nix::unistd::write(&fd, data)?;
+        if n == data.len() {
+            Ok(())
+        } else {
+            Err(nix::Error::EIO)
+        }
     }
 }
 
@@ -243,6 +256,13 @@ pub(crate) mod recording {
         }
         fn loopback_up(&self) -> nix::Result<()> {
             self.record("loopback_up".into())
+        }
+        fn write_file(&self, path: &Path, data: &[u8]) -> nix::Result<()> {
+            self.record(format!(
+                "write {} {}",
+                path.display(),
+                String::from_utf8_lossy(data)
+            ))
         }
     }
 }

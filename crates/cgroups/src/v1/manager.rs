@@ -179,6 +179,10 @@ impl CgroupManager for V1Cgroup {
     fn paths(&self) -> Vec<PathBuf> {
         self.dirs.clone()
     }
+
+    fn self_join_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("tasks")).collect()
+    }
 }
 
 #[cfg(test)]
@@ -218,6 +222,9 @@ mod tests {
         assert_eq!(r("cpuset/isolab/i1/cpuset.cpus"), "1");
         assert_eq!(r("cpuset/isolab/i1/cpuset.mems"), "0");
         assert_eq!(cg.paths().len(), 6);
+        let tasks = cg.self_join_files();
+        assert_eq!(tasks.len(), 6);
+        assert!(tasks.contains(&root.path().join("memory/isolab/i1/tasks")));
         cg.add_pid(4242).unwrap();
         assert_eq!(r("freezer/isolab/i1/cgroup.procs"), "4242");
     }

@@ -190,6 +190,7 @@ mod tests {
         assert_eq!(r("isolab/c1/pids.max"), "64");
         assert_eq!(r("isolab/c1/cpuset.cpus"), "2-3");
         assert_eq!(cg.paths(), vec![root.path().join("isolab/c1")]);
+        assert!(cg.self_join_files().is_empty(), "v2 moves by pid");
         cg.add_pid(77).unwrap();
         assert_eq!(r("isolab/c1/cgroup.procs"), "77");
     }
