@@ -80,7 +80,7 @@ pub const DEMOS: &[Demo] = &[
         questions: [
             q("A container image is built on a \"Debian 12\" base. Which kernel runs its system calls?",
               "The host's kernel: the container's kernel release and boot id in the table are the host's."),
-            q("Why is the microVM's uptime a few seconds while the container's is days?",
+            q("Why is the microVM's uptime a few seconds while the container's equals the host's?",
               "The guest kernel booted when the VM started; the container shares the host kernel, which booted with the machine."),
             q("A kernel vulnerability is found in the host's kernel. Which columns run on it?",
               "Process and container: both enter the host kernel directly. The microVM's guest code enters its own kernel, and reaches the host only through the VMM's narrow device interface."),

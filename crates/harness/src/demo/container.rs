@@ -48,6 +48,7 @@ impl ModeRunner for ContainerRunner {
             Ok(o) => Ok(ModeRun::Ran(RunRecord {
                 status: Some(o.exit_code),
                 result: o.result,
+                cpu_time_us: o.stats.cpu_usage_usec,
                 cgroup: Some(o.stats),
                 ..RunRecord::default()
             })),

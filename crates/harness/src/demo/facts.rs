@@ -114,7 +114,7 @@ fn status_text(s: Option<i32>) -> String {
             let name = nix::sys::signal::Signal::try_from(c - 128)
                 .map(|s| s.as_str().to_owned())
                 .unwrap_or_else(|_| format!("signal {}", c - 128));
-            format!("killed by {name} ({c})")
+            format!("{name} ({c})")
         }
         Some(c) => format!("exit {c}"),
     }
@@ -219,6 +219,15 @@ pub fn rows(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Row> {
     }
 }
 
+/// `EROFS` from `Read-only file system (EROFS)`.
+fn errno_name(e: &str) -> String {
+    e.rsplit_once('(')
+        .and_then(|(_, n)| n.strip_suffix(')'))
+        .filter(|n| n.starts_with('E'))
+        .unwrap_or(e)
+        .to_owned()
+}
+
 fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.into()
 }
@@ -228,7 +237,7 @@ fn capset(r: &RunRecord, key: &str) -> String {
         pointer(r, &format!("/{key}/count")),
         pointer(r, &format!("/{key}/hex")),
     ) {
-        (Some(n), Some(h)) => format!("{n} of 41 (0x{})", text(Some(h))),
+        (Some(n), Some(h)) => format!("{n} (0x{})", text(Some(h))),
         _ => "?".into(),
     }
 }
@@ -267,16 +276,16 @@ fn memory_rows(cols: &[Column<'_>]) -> Vec<Row> {
             let capped = pointer(r, "/capped").and_then(Value::as_bool) == Some(true);
             let oom = r.cgroup.as_ref().map(|s| s.oom_kills).unwrap_or(0);
             let why = match (r.status, c.mode) {
-                (Some(0), _) if capped => "stopped at its own safety cap",
-                (Some(137), DemoMode::Container) if oom > 0 => "cgroup OOM killer",
-                (Some(137), DemoMode::Microvm) => "guest kernel's OOM killer",
+                (Some(0), _) if capped => "hit its safety cap",
+                (Some(137), DemoMode::Container) if oom > 0 => "cgroup OOM kill",
+                (Some(137), DemoMode::Microvm) => "guest OOM killer",
                 (Some(137), _) => "SIGKILL",
                 _ => "",
             };
             if why.is_empty() {
                 status_text(r.status)
             } else {
-                format!("{} — {why}", status_text(r.status))
+                format!("{}: {why}", status_text(r.status))
             }
         }),
         row("OOM kill counter", cols, |_, r| match &r.cgroup {
@@ -324,10 +333,17 @@ fn cpu_rows(cols: &[Column<'_>]) -> Vec<Row> {
                 .map(|v| format!("{v:.0}"))
                 .unwrap_or_else(|| "?".into())
         }),
-        row("CPU time used", cols, |_, r| {
-            match r.cgroup.as_ref().and_then(|s| s.cpu_usage_usec) {
-                Some(us) => format!("{:.2} s", us as f64 / 1e6),
-                None => "n/a (no cgroup)".into(),
+        row("CPU time used", cols, |_, r| match r.cpu_time_us {
+            Some(us) => format!("{:.2} s", us as f64 / 1e6),
+            None => "n/a (not measured)".into(),
+        }),
+        row("share of one CPU", cols, |_, r| {
+            match (
+                r.cpu_time_us,
+                pointer(r, "/elapsed_ms").and_then(Value::as_f64),
+            ) {
+                (Some(us), Some(ms)) if ms > 0.0 => format!("{:.0}%", us as f64 / 10.0 / ms),
+                _ => "?".into(),
             }
         }),
         row("throttled periods", cols, |_, r| match &r.cgroup {
@@ -399,12 +415,15 @@ fn knob_rows(cols: &[Column<'_>]) -> Vec<Row> {
                 let tried = text(k.get("attempted"));
                 if k["accepted"].as_bool() == Some(true) {
                     if before == tried {
-                        format!("write accepted ({before} written back unchanged)")
+                        format!("accepted (wrote back {before})")
                     } else {
                         format!("changed {before} -> {after}")
                     }
                 } else {
-                    format!("refused: {} (stays {before})", text(k.get("error")))
+                    format!(
+                        "refused: {} (stays {before})",
+                        errno_name(&text(k.get("error")))
+                    )
                 }
             })
         })
@@ -498,7 +517,7 @@ pub fn findings(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Findin
             if let Some(r) = rec(DemoMode::Container) {
                 let oom = r.cgroup.as_ref().map(|s| s.oom_kills).unwrap_or(0);
                 claim(oom > 0 && r.status == Some(137),
-                    format!("The container's hog was OOM-killed by its cgroup (oom_kill counter {oom}, status {}).", status_text(r.status)));
+                    format!("The container's hog was OOM-killed in its cgroup (oom_kill counter {oom}, status {}).", status_text(r.status)));
             }
             if let Some(r) = rec(DemoMode::Process) {
                 claim(
@@ -654,10 +673,7 @@ mod tests {
         assert_eq!(get("limit"), "memory cgroup 32.0 MiB");
         assert_eq!(get("safety cap"), "256 MiB");
         assert_eq!(get("hog reached"), "28 MiB, then died");
-        assert_eq!(
-            get("how it ended"),
-            "killed by SIGKILL (137) — cgroup OOM killer"
-        );
+        assert_eq!(get("how it ended"), "SIGKILL (137): cgroup OOM kill");
         assert_eq!(get("OOM kill counter"), "1");
         assert!(findings("memory", &cols, &HostTruth::default())[0].holds);
     }
@@ -678,13 +694,7 @@ mod tests {
         }];
         let rows = rows("knobs", &cols, &HostTruth::default());
         assert_eq!(rows[0].cells[0], "changed (none) -> isolab-demo");
-        assert_eq!(
-            rows[1].cells[0],
-            "write accepted (64 written back unchanged)"
-        );
-        assert_eq!(
-            rows[2].cells[0],
-            "refused: Read-only file system (EROFS) (stays 60)"
-        );
+        assert_eq!(rows[1].cells[0], "accepted (wrote back 64)");
+        assert_eq!(rows[2].cells[0], "refused: EROFS (stays 60)");
     }
 }

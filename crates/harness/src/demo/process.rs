@@ -45,7 +45,7 @@ impl ModeRunner for ProcessRunner {
         ];
         let waited = wait_with_rusage(pid, PROCESS_TIMEOUT);
         let [out, err] = readers.map(|r| r.and_then(|h| h.join().ok()).unwrap_or_default());
-        let (status, maxrss_kib) = waited.map_err(|source| DemoError::Wait {
+        let (status, maxrss_kib, cpu_us) = waited.map_err(|source| DemoError::Wait {
             what: what.clone(),
             source,
         })?;
@@ -59,6 +59,7 @@ impl ModeRunner for ProcessRunner {
             status: Some(status),
             result: last_json_object(&out),
             host_peak_rss_kib: Some(maxrss_kib),
+            cpu_time_us: Some(cpu_us),
             stderr_tail: tail_lines(&err, 20),
             ..RunRecord::default()
         }))
@@ -76,7 +77,10 @@ fn reader<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String>
 /// Waits for `pid` with `wait4`, so the kernel's peak-RSS figure for exactly
 /// that process comes back with its status. Kills it at the deadline and
 /// answers `None` for the status then.
-fn wait_with_rusage(pid: libc::pid_t, timeout: Duration) -> std::io::Result<(Option<i32>, u64)> {
+fn wait_with_rusage(
+    pid: libc::pid_t,
+    timeout: Duration,
+) -> std::io::Result<(Option<i32>, u64, u64)> {
     let deadline = Instant::now() + timeout;
     let mut killed = false;
     loop {
@@ -101,7 +105,10 @@ fn wait_with_rusage(pid: libc::pid_t, timeout: Duration) -> std::io::Result<(Opt
                 128 + libc::WTERMSIG(status)
             };
             let rss = usage.ru_maxrss.max(0) as u64;
-            return Ok(((!killed).then_some(code), rss));
+            let tv =
+                |t: libc::timeval| t.tv_sec.max(0) as u64 * 1_000_000 + t.tv_usec.max(0) as u64;
+            let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
+            return Ok(((!killed).then_some(code), rss, cpu));
         }
         if Instant::now() > deadline {
             // SAFETY: kill takes plain integers; `pid` is our unreaped child,

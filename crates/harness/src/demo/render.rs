@@ -8,7 +8,7 @@ use super::runner::ModeRun;
 use super::session::DemoReport;
 
 /// Widest cell in the text table; longer values are shortened with `…`.
-const MAX_CELL: usize = 36;
+const MAX_CELL: usize = 40;
 /// Text width of wrapped paragraphs in the terminal.
 const WRAP: usize = 78;
 
@@ -117,7 +117,7 @@ pub fn render_table(r: &DemoReport) -> String {
         out.push_str(&wrap(&n, WRAP, "  "));
     }
     if !r.findings.is_empty() {
-        let _ = writeln!(out, "  What the runs showed:");
+        let _ = writeln!(out, "\n  What the runs showed:");
         for f in &r.findings {
             let mark = if f.holds { "[yes]" } else { "[NOT OBSERVED]" };
             out.push_str(&wrap(&format!("{mark} {}", f.text), WRAP - 4, "    "));

@@ -82,6 +82,9 @@ pub struct RunRecord {
     /// Peak resident memory of the host process that held the workload
     /// (process mode: the workload; microVM: the monitor), KiB.
     pub host_peak_rss_kib: Option<u64>,
+    /// CPU time the workload used (user + system), where the mode measures
+    /// it: the process's rusage, the container's cgroup.
+    pub cpu_time_us: Option<u64>,
     /// The last lines the workload wrote to stderr, where the mode keeps
     /// them (the hog's progress, for instance).
     pub stderr_tail: Vec<String>,
