@@ -11,8 +11,10 @@ use crate::error::ContainerError;
 
 /// Default state directory (the shared images live in `images/`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/isolab";
-/// Default runtime directory (one subdirectory per live instance).
-pub const DEFAULT_RUN_DIR: &str = "/run/isolab";
+/// Default runtime directory (one subdirectory per live instance). Its own
+/// directory: other parts of the workbench keep locks and bundles in
+/// `/run/isolab`, and everything in here is subject to stale cleanup.
+pub const DEFAULT_RUN_DIR: &str = "/run/isolab/containers";
 /// Default grace period between SIGTERM and SIGKILL in [`crate::Running::stop`].
 pub const DEFAULT_STOP_GRACE_MS: u64 = 5_000;
 
@@ -42,7 +44,7 @@ pub struct ContainerConfig {
     /// Where shared images are built (default `/var/lib/isolab`).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
-    /// Where instance directories live (default `/run/isolab`).
+    /// Where instance directories live (default `/run/isolab/containers`).
     #[serde(default = "default_run_dir")]
     pub run_dir: PathBuf,
     /// Grace between SIGTERM and SIGKILL when stopping (default 5000 ms).
@@ -167,7 +169,7 @@ mod tests {
     fn defaults_are_documented_values() {
         let c: ContainerConfig =
             serde_json::from_str(r#"{"workload_bin": "/w", "workload": "noop"}"#).unwrap();
-        assert_eq!(c.run_dir, PathBuf::from("/run/isolab"));
+        assert_eq!(c.run_dir, PathBuf::from("/run/isolab/containers"));
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/isolab"));
         assert_eq!(c.stop_grace_ms, 5000);
         assert!(!c.user_namespace);

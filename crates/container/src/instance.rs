@@ -30,6 +30,22 @@ pub fn new_id() -> String {
     format!("c{}-{}-{:05x}", std::process::id(), n, t & 0xfffff)
 }
 
+/// Whether `name` has the shape [`new_id`] gives (`c<pid>-<n>-<hex>`):
+/// stale cleanup never touches anything else.
+pub fn is_instance_id(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('c') else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('-').collect();
+    parts.len() == 3
+        && !parts[0].is_empty()
+        && parts[0].bytes().all(|b| b.is_ascii_digit())
+        && !parts[1].is_empty()
+        && parts[1].bytes().all(|b| b.is_ascii_digit())
+        && !parts[2].is_empty()
+        && parts[2].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The instance directory and what it contains.
 #[derive(Debug)]
 pub struct InstanceDir {
@@ -45,8 +61,16 @@ impl InstanceDir {
             let path = path.to_path_buf();
             move |source| ContainerError::InstanceDir { path, source }
         };
-        std::fs::create_dir_all(run_dir).map_err(err(run_dir))?;
-        std::fs::create_dir(&dir).map_err(err(&dir))?;
+        // Another launcher may remove the (empty) run dir between the two
+        // calls; try again then.
+        let mut tries = 0;
+        loop {
+            std::fs::create_dir_all(run_dir).map_err(err(run_dir))?;
+            match std::fs::create_dir(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => tries += 1,
+                r => break r.map_err(err(&dir))?,
+            }
+        }
         let me = Self {
             id: id.to_string(),
             dir,
@@ -96,9 +120,14 @@ impl InstanceDir {
     pub fn remove(&self) -> std::io::Result<()> {
         let _ = nix::mount::umount2(&self.rootfs(), nix::mount::MntFlags::MNT_DETACH);
         match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
         }
+        // The run dir itself goes when its last instance does (busy otherwise).
+        if let Some(run_dir) = self.dir.parent() {
+            let _ = std::fs::remove_dir(run_dir);
+        }
+        Ok(())
     }
 }
 
@@ -139,6 +168,9 @@ pub fn stale_instances(run_dir: &Path, proc_root: &Path) -> Vec<String> {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| {
             let id = e.file_name().to_str()?.to_string();
+            if !is_instance_id(&id) {
+                return None;
+            }
             let stale = match std::fs::read_to_string(e.path().join("owner")) {
                 Ok(owner) => !owner_alive(proc_root, &owner),
                 Err(_) => e
@@ -183,6 +215,17 @@ mod tests {
         let a = new_id();
         let b = new_id();
         assert_ne!(a, b);
+        assert!(is_instance_id(&a), "{a}");
+        for other in [
+            "bundles",
+            "net-isolab0.lock",
+            "c1-2",
+            "c-1-2-3",
+            "cx-1-ab",
+            "c1-2-zz",
+        ] {
+            assert!(!is_instance_id(other), "{other}");
+        }
         assert!(!a.contains('/') && a.len() < 40);
     }
 
@@ -207,15 +250,17 @@ mod tests {
     #[test]
     fn only_instances_of_dead_launchers_are_stale() {
         let run = tempfile::tempdir().unwrap();
-        let me = InstanceDir::create(run.path(), "live", false).unwrap();
-        std::fs::create_dir(run.path().join("dead")).unwrap();
-        std::fs::write(run.path().join("dead/owner"), "999999999 1\n").unwrap();
+        let me = InstanceDir::create(run.path(), "c1-0-aa", false).unwrap();
+        std::fs::create_dir(run.path().join("c999999999-0-bb")).unwrap();
+        std::fs::write(run.path().join("c999999999-0-bb/owner"), "999999999 1\n").unwrap();
         // A directory without an owner that was just created is not stale yet.
-        std::fs::create_dir(run.path().join("young")).unwrap();
+        std::fs::create_dir(run.path().join("c2-0-cc")).unwrap();
+        // Somebody else's directory is never a candidate.
+        std::fs::create_dir(run.path().join("bundles")).unwrap();
         let stale = stale_instances(run.path(), Path::new("/proc"));
-        assert_eq!(stale, vec!["dead".to_string()]);
+        assert_eq!(stale, vec!["c999999999-0-bb".to_string()]);
         assert!(me.rootfs().is_dir() && me.upper().is_dir() && me.work().is_dir());
         me.remove().unwrap();
-        assert!(!run.path().join("live").exists());
+        assert!(!run.path().join("c1-0-aa").exists());
     }
 }
