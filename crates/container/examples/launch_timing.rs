@@ -26,16 +26,17 @@ fn main() {
     });
     let cfg = ContainerConfig::new(&bin, "noop");
 
-    let mut ours = Vec::new();
+    let mut ours: Vec<u64> = Vec::new();
     let mut ours_exit = Vec::new();
     for _ in 0..n {
         let o = isolab_container::run(&cfg).expect("isolab run");
         ours.push(o.launch_to_ready_us.expect("noop signals ready"));
         ours_exit.push(o.launch_to_exit_us);
     }
+    let ours_p50 = pct(&mut ours, 0.5);
     println!(
         "isolab  launch->ready p50 {:.2} ms p90 {:.2} ms; launch->exit p50 {:.2} ms  (n={n})",
-        pct(&mut ours, 0.5),
+        ours_p50,
         pct(&mut ours, 0.9),
         pct(&mut ours_exit, 0.5)
     );
@@ -65,12 +66,16 @@ fn main() {
         }
         match refused {
             Some(e) => println!("{runtime:7} did not run: {e}"),
-            None => println!(
-                "{runtime:7} launch->ready p50 {:.2} ms p90 {:.2} ms; launch->exit p50 {:.2} ms  (n={n})",
-                pct(&mut ready, 0.5),
-                pct(&mut ready, 0.9),
-                pct(&mut exit, 0.5)
-            ),
+            None => {
+                let p50 = pct(&mut ready, 0.5);
+                println!(
+                    "{runtime:7} launch->ready p50 {:.2} ms p90 {:.2} ms; launch->exit p50 {:.2} ms  (n={n}); p50 ratio {runtime}/isolab {:.2}",
+                    p50,
+                    pct(&mut ready, 0.9),
+                    pct(&mut exit, 0.5),
+                    p50 / ours_p50
+                )
+            }
         }
     }
 }
