@@ -60,7 +60,9 @@ pub fn ensure(state_dir: &Path, workload_bin: &Path) -> Result<PathBuf, Containe
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    if std::fs::rename(&tmp, &dir).is_err() {
+    if std::fs::rename(&tmp, &dir).is_ok() {
+        prune(&images, &dir);
+    } else {
         // Someone else finished first; theirs is identical.
         let _ = std::fs::remove_dir_all(&tmp);
         if !dir.join("workload").is_file() {
@@ -71,6 +73,27 @@ pub fn ensure(state_dir: &Path, workload_bin: &Path) -> Result<PathBuf, Containe
         }
     }
     Ok(dir)
+}
+
+/// Images kept besides the newest: each rebuild of the workload makes a new
+/// one, and a container started from an older binary may still use it.
+const KEEP_OLD: usize = 3;
+
+/// Removes all but the newest images (by build time), never `current`.
+fn prune(images: &Path, current: &Path) {
+    let Ok(entries) = std::fs::read_dir(images) else {
+        return;
+    };
+    let mut old: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| e.path() != current)
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    old.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, path) in old.into_iter().skip(KEEP_OLD) {
+        let _ = std::fs::remove_dir_all(path);
+    }
 }
 
 fn key(meta: &std::fs::Metadata) -> String {
@@ -136,6 +159,30 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn old_images_are_pruned_to_the_newest_few() {
+        let state = tempfile::tempdir().unwrap();
+        let bin = state.path().join("wl");
+        let mut dirs = Vec::new();
+        for i in 0..6 {
+            std::fs::write(&bin, format!("build {i}")).unwrap();
+            // A different size keeps each build's key distinct even when the
+            // filesystem's mtime granularity is coarse.
+            std::fs::write(&bin, "x".repeat(i + 1)).unwrap();
+            dirs.push(ensure(state.path(), &bin).unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let left = std::fs::read_dir(state.path().join("images"))
+            .unwrap()
+            .count();
+        assert_eq!(left, KEEP_OLD + 1);
+        assert!(
+            dirs[5].join("workload").is_file(),
+            "the current image stays"
+        );
+        assert!(!dirs[0].exists(), "the oldest is gone");
     }
 
     #[test]
