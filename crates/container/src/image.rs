@@ -90,7 +90,7 @@ fn prune(images: &Path, current: &Path) {
         .filter(|e| e.path() != current)
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    old.sort_by(|a, b| b.0.cmp(&a.0));
+    old.sort_by_key(|e| std::cmp::Reverse(e.0));
     for (_, path) in old.into_iter().skip(KEEP_OLD) {
         let _ = std::fs::remove_dir_all(path);
     }
