@@ -1,11 +1,85 @@
-//! `bench provision`: argument parsing only; the work is in the libraries.
+//! `bench provision`: argument parsing and presentation only; the work is in
+//! `isolab_guest_kernel::provision` (the harness calls the same function on
+//! the first `bench compare`).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Arguments of `bench provision` (filled in by its issue).
-#[derive(Debug, clap::Args)]
-pub struct ProvisionArgs {}
+use anyhow::Context;
+use isolab_guest_kernel::{
+    binary_dir, cache_root, provision, KernelError, ProvisionError, ProvisionOptions, WORKLOADS,
+};
 
-pub fn run(_args: ProvisionArgs) -> anyhow::Result<ExitCode> {
-    Err(anyhow::anyhow!("bench provision is not built yet"))
+use crate::exit;
+
+/// Build or find the guest kernel and the guest initramfs (cached).
+#[derive(Debug, clap::Args)]
+pub struct ProvisionArgs {
+    /// Workload the microVM will run (noop, api, worker, cache, hog, forkloop, probe).
+    #[arg(long, default_value = "noop")]
+    pub workload: String,
+    /// Kernel source tarball (Debian's linux-source-6.1 package).
+    #[arg(long, value_name = "TARBALL", default_value = isolab_guest_kernel::DEFAULT_SOURCE)]
+    pub source: PathBuf,
+    /// Directory holding the static `isolab-init` and `workload` binaries
+    /// (default: next to `bench`).
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// No spinner while the kernel builds.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(args: ProvisionArgs) -> anyhow::Result<ExitCode> {
+    if !WORKLOADS.contains(&args.workload.as_str()) {
+        return Err(exit::usage(format!(
+            "unknown workload {:?} for --workload: choose one of {}",
+            args.workload,
+            WORKLOADS.join(", ")
+        )));
+    }
+    let root = cache_root().map_err(|e| exit::host(e.to_string()))?;
+    let bin_dir = match args.bin_dir {
+        Some(d) => d,
+        None => binary_dir().context("cannot find the directory of the bench executable")?,
+    };
+    let mut opts = ProvisionOptions::new(root, &bin_dir, &args.workload);
+    opts.kernel.source = args.source;
+    opts.kernel.progress = !args.quiet;
+    let p = match provision(&opts) {
+        Ok(p) => p,
+        Err(e) => return Err(classify(e)),
+    };
+    let k = &p.kernel;
+    let state = |cached: bool| if cached { "cached" } else { "built" };
+    let size = std::fs::metadata(&p.initramfs).map_or(0, |m| m.len());
+    println!(
+        "guest kernel  {} ({}, config {})",
+        k.meta.kernel_version,
+        state(k.cached),
+        k.meta.config_hash
+    );
+    println!("  vmlinux     {}", k.vmlinux.display());
+    println!("  bzImage     {}", k.bz_image.display());
+    println!("  config      {}", k.config.display());
+    println!(
+        "initramfs     {} ({}, {:.1} MiB)",
+        p.initramfs.display(),
+        state(p.initramfs_cached),
+        size as f64 / (1024.0 * 1024.0)
+    );
+    println!("guest params  {}", p.guest_params);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Missing packages are the host's problem (exit 3); a bad name is usage
+/// (exit 2); the rest is a failed run (exit 1).
+fn classify(e: ProvisionError) -> anyhow::Error {
+    match &e {
+        ProvisionError::UnknownWorkload { .. } => exit::usage(e.to_string()),
+        ProvisionError::Kernel(
+            k @ (KernelError::SourceMissing { .. } | KernelError::MissingBuildDeps { .. }),
+        ) => exit::host(k.to_string()),
+        _ => anyhow::Error::new(e),
+    }
 }

@@ -9,7 +9,7 @@
 //!    fragments (allnoconfig fills in the rest, keeping the kernel small);
 //! 6. `verify_config`: every requested option is in the final `.config`;
 //! 7. `make`: `vmlinux` and `bzImage` in the shared, incremental build dir
-//!    `<cache>/kernel/build/` (O=), so a fragment change rebuilds little;
+//!    `<cache>/kernel/build/` (O=): a changed fragment rebuilds what it touches;
 //! 8. `install`: `<cache>/kernel/<config-hash>/{vmlinux,bzImage,config,meta.json}`,
 //!    written to a temporary directory and renamed into place.
 
