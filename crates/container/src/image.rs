@@ -167,7 +167,6 @@ mod tests {
         let bin = state.path().join("wl");
         let mut dirs = Vec::new();
         for i in 0..6 {
-            std::fs::write(&bin, format!("build {i}")).unwrap();
             // A different size keeps each build's key distinct even when the
             // filesystem's mtime granularity is coarse.
             std::fs::write(&bin, "x".repeat(i + 1)).unwrap();
