@@ -1,6 +1,7 @@
-//! `bench provision`: argument parsing and presentation only; the work is in
-//! `isolab_guest_kernel::provision` (the harness calls the same function on
-//! the first `bench compare`).
+//! `bench provision`: argument parsing and presentation only. The guest
+//! artifacts come from `isolab_guest_kernel::provision` (the harness calls
+//! the same function on the first `bench compare`); the emulated host's
+//! kernel from `isolab_emuhost::provision::ensure_kernel`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,10 @@ pub struct ProvisionArgs {
     /// No spinner while the kernel builds.
     #[arg(long)]
     pub quiet: bool,
+    /// Only the guest kernel and initramfs, not the emulated host's kernel
+    /// (which `apt-get download`s Debian's cloud kernel on first use).
+    #[arg(long)]
+    pub guest_only: bool,
 }
 
 pub fn run(args: ProvisionArgs) -> anyhow::Result<ExitCode> {
@@ -69,7 +74,38 @@ pub fn run(args: ProvisionArgs) -> anyhow::Result<ExitCode> {
         size as f64 / (1024.0 * 1024.0)
     );
     println!("guest params  {}", p.guest_params);
+    if !args.guest_only {
+        emulated_host()?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The emulated host's kernel and modules (cached after the first run).
+fn emulated_host() -> anyhow::Result<()> {
+    use isolab_emuhost::{cache::EmuhostCache, provision::ensure_kernel};
+    let cache = EmuhostCache::from_env().map_err(|e| exit::host(e.to_string()))?;
+    let was_cached = isolab_emuhost::provision::cached_kernel(&cache)
+        .ok()
+        .flatten()
+        .is_some();
+    let k = ensure_kernel(&cache, false).map_err(|e| {
+        let host = e.is_host_problem();
+        let text = format!("emulated host: {:#}", anyhow::Error::new(e));
+        if host {
+            exit::host(text)
+        } else {
+            anyhow::anyhow!(text)
+        }
+    })?;
+    println!(
+        "emulated host {} ({}, {} {})",
+        k.meta.release,
+        if was_cached { "cached" } else { "downloaded" },
+        k.meta.package,
+        k.meta.version
+    );
+    println!("  vmlinuz     {}", k.vmlinuz.display());
+    Ok(())
 }
 
 /// Missing packages are the host's problem (exit 3); a bad name is usage
