@@ -45,13 +45,13 @@ impl ModeRunner for ContainerRunner {
 
     fn run(&self, job: &Job) -> Result<ModeRun, DemoError> {
         match isolab_container::run(&self.config(job)) {
-            Ok(o) => Ok(ModeRun::Ran(RunRecord {
+            Ok(o) => Ok(ModeRun::Ran(Box::new(RunRecord {
                 status: Some(o.exit_code),
                 result: o.result,
                 cpu_time_us: o.stats.cpu_usage_usec,
                 cgroup: Some(o.stats),
                 ..RunRecord::default()
-            })),
+            }))),
             // What the host lacks is the column's explanation, not a failure.
             Err(e @ (ContainerError::NotRoot | ContainerError::Cgroups(_))) => {
                 Ok(ModeRun::Unavailable { reason: chain(&e) })

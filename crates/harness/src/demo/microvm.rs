@@ -200,7 +200,7 @@ pub fn record_from(
     let rss = report
         .pointer("/memory_at_end/total_rss_kib")
         .and_then(Value::as_u64);
-    ModeRun::Ran(RunRecord {
+    ModeRun::Ran(Box::new(RunRecord {
         status,
         result: last_json_object(output),
         host_peak_rss_kib: rss,
@@ -208,7 +208,7 @@ pub fn record_from(
         label,
         vm_report: Some(report),
         ..RunRecord::default()
-    })
+    }))
 }
 
 #[cfg(test)]

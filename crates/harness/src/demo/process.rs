@@ -55,14 +55,14 @@ impl ModeRunner for ProcessRunner {
                 secs: PROCESS_TIMEOUT.as_secs(),
             });
         };
-        Ok(ModeRun::Ran(RunRecord {
+        Ok(ModeRun::Ran(Box::new(RunRecord {
             status: Some(status),
             result: last_json_object(&out),
             host_peak_rss_kib: Some(maxrss_kib),
             cpu_time_us: Some(cpu_us),
             stderr_tail: tail_lines(&err, 20),
             ..RunRecord::default()
-        }))
+        })))
     }
 }
 

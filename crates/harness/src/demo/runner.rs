@@ -115,7 +115,7 @@ impl RunRecord {
 #[serde(rename_all = "lowercase", tag = "kind")]
 pub enum ModeRun {
     /// It ran; these are the observations.
-    Ran(RunRecord),
+    Ran(Box<RunRecord>),
     /// It could not run here; one line saying why and what to do.
     Unavailable { reason: String },
 }
@@ -123,7 +123,7 @@ pub enum ModeRun {
 impl ModeRun {
     pub fn record(&self) -> Option<&RunRecord> {
         match self {
-            ModeRun::Ran(r) => Some(r),
+            ModeRun::Ran(r) => Some(r.as_ref()),
             ModeRun::Unavailable { .. } => None,
         }
     }

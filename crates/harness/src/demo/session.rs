@@ -243,11 +243,11 @@ mod tests {
                     reason: "no KVM here".into(),
                 });
             }
-            Ok(ModeRun::Ran(RunRecord {
+            Ok(ModeRun::Ran(Box::new(RunRecord {
                 status: Some(0),
                 result: self.result.clone(),
                 ..RunRecord::default()
-            }))
+            })))
         }
     }
 

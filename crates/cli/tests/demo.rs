@@ -1,0 +1,134 @@
+//! `bench demo` as a user runs it: the list, usage errors (exit 2, one line,
+//! nothing run), and a handout written with `--out`. The process column
+//! needs only the `workload` binary next to `bench`; without it the tests
+//! that run demos print `SKIPPED <test>: <reason>` (strict mode: fail).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bench() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bench"))
+}
+
+fn strict() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
+}
+
+/// The workload binary beside `bench`, or the skip line.
+fn workload_built(test: &str) -> bool {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_bench")).with_file_name("workload");
+    if p.exists() {
+        return true;
+    }
+    let why = format!(
+        "{} is not built (cargo build -p isolab-workload)",
+        p.display()
+    );
+    assert!(!strict(), "{test}: strict mode and {why}");
+    println!("SKIPPED {test}: {why}");
+    false
+}
+
+#[test]
+fn list_names_every_demo() {
+    let out = bench().args(["demo", "list"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for name in [
+        "kernel",
+        "pids",
+        "filesystem",
+        "network",
+        "memory",
+        "cpu",
+        "forkbomb",
+        "knobs",
+        "capabilities",
+    ] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(name)),
+            "{name} missing:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    for (args, needle) in [
+        (&["demo", "nope"][..], "unknown demo 'nope'"),
+        (
+            &["demo", "kernel", "--modes", "process,docker"][..],
+            "unknown mode 'docker'",
+        ),
+        (&["demo", "kernel", "--modes", ","][..], "--modes is empty"),
+        (
+            &["demo", "kernel", "--out", "/nonexistent-dir/x.md"][..],
+            "not a file in an existing directory",
+        ),
+        (&["demo", "kernel", "--format", "pdf"][..], "pdf"),
+    ] {
+        let out = bench().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} ran something");
+    }
+}
+
+#[test]
+fn markdown_handout_is_written_with_every_section() {
+    let test = "markdown_handout_is_written_with_every_section";
+    if !workload_built(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("handout.md");
+    let out = bench()
+        .args([
+            "demo", "all", "--modes", "process", "--format", "markdown", "--out",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "the handout went to the file");
+    let md = std::fs::read_to_string(&file).unwrap();
+    assert!(md.starts_with("# "));
+    let release = nix::sys::utsname::uname().unwrap();
+    let release = release.release().to_string_lossy();
+    assert!(
+        md.contains(&format!("| kernel release | {release} |")),
+        "{md}"
+    );
+    for n in 1..=9 {
+        assert!(md.contains(&format!("\n## {n}. ")), "section {n} missing");
+    }
+    assert_eq!(md.matches("### Knowledge check").count(), 9);
+    assert_eq!(md.matches("*Answer:*").count(), 27);
+}
+
+#[test]
+fn table_shows_the_hosts_kernel_in_the_process_column() {
+    let test = "table_shows_the_hosts_kernel_in_the_process_column";
+    if !workload_built(test) {
+        return;
+    }
+    let out = bench()
+        .args(["demo", "kernel", "--modes", "process"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert!(text.contains(boot_id.trim()), "{text}");
+    assert!(text.contains("Host unchanged"), "{text}");
+}
