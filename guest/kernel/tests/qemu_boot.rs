@@ -117,7 +117,16 @@ fn boot_with(a: &Artifacts, dir: &Path, params: &str, qemu_args: &[&str]) -> (bo
     // its virtio-mmio devices on the command line (virtio_mmio.device=).
     let append = format!("console=ttyS0 reboot=t panic=-1 nomodule {params}");
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm,acpi=off", "-accel", "tcg", "-m", "256", "-smp", "1"])
+        .args([
+            "-M",
+            "microvm,acpi=off",
+            "-accel",
+            "tcg",
+            "-m",
+            "256",
+            "-smp",
+            "1",
+        ])
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
         .args(["-serial", "stdio", "-display", "none"])
         .arg("-kernel")
@@ -304,5 +313,76 @@ fn qemu_guest_configures_eth0_from_the_command_line() {
     assert!(
         ifaces.contains(&"eth0") && ifaces.contains(&"lo"),
         "interfaces {ifaces:?}"
+    );
+}
+
+/// Port writes to 0x3f0..=0x3f2 in QEMU's `memory_region_ops_write` trace
+/// (QEMU has no device there, so every write lands on the `io` root region).
+fn marker_writes(trace: &str) -> Vec<(u16, u8)> {
+    trace
+        .lines()
+        .filter(|l| l.starts_with("memory_region_ops_write") && l.ends_with("name 'io'"))
+        .filter_map(|l| {
+            let field = |key: &str| {
+                let rest = &l[l.find(key)? + key.len()..];
+                let v = rest.split_whitespace().next()?;
+                u64::from_str_radix(v.trim_start_matches("0x"), 16).ok()
+            };
+            let port = u16::try_from(field(" addr ")?).ok()?;
+            let value = u8::try_from(field(" value ")?).ok()?;
+            (0x3f0..=0x3f2).contains(&port).then_some((port, value))
+        })
+        .collect()
+}
+
+#[test]
+fn qemu_sees_the_marker_abi_port_writes() {
+    let test = "qemu_sees_the_marker_abi_port_writes";
+    let Some(a) = probe(test) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let trace_path = dir.path().join("trace.log");
+    let trace_arg = trace_path.to_str().unwrap().to_string();
+    // No isolab.console=1: the result must arrive on port 0x3f2 alone.
+    let (ok, console) = boot_with(
+        &a,
+        dir.path(),
+        "isolab.workload=noop quiet",
+        &["-trace", "memory_region_ops_write", "-D", &trace_arg],
+    );
+    assert!(ok, "qemu exited with an error; console:\n{console}");
+    let trace = std::fs::read_to_string(&trace_path).unwrap_or_default();
+    if !trace.contains("memory_region_ops_write") {
+        skip(
+            test,
+            "this QEMU build writes no trace events (no `log` trace backend)",
+        );
+        return;
+    }
+    let writes = marker_writes(&trace);
+    let events: Vec<u8> = writes
+        .iter()
+        .filter(|(p, _)| *p == 0x3f0)
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(
+        events,
+        [123, 0x01, 0x02, 0x03],
+        "init, started, ready, exited; writes {writes:?}"
+    );
+    // The status byte (0 for noop) is written right before MARK_EXITED.
+    assert_eq!(&writes[writes.len() - 2..], &[(0x3f1, 0), (0x3f0, 0x03)]);
+    let stdout: Vec<u8> = writes
+        .iter()
+        .filter(|(p, _)| *p == 0x3f2)
+        .map(|(_, v)| *v)
+        .collect();
+    let line = String::from_utf8(stdout).expect("utf-8 result");
+    let v: serde_json::Value =
+        serde_json::from_str(line.trim_end()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(v["workload"], "noop");
+    assert_eq!(v["ok"], true);
+    assert!(
+        !console.contains("{\"workload\""),
+        "without isolab.console=1 the result stays off the console"
     );
 }
