@@ -72,7 +72,10 @@ fn second_provision_is_served_from_the_cache() {
         println!("SKIPPED {test}: no guest kernel in the cache: run `bench provision`");
         return;
     }
-    let first = bench().args(["provision", "--quiet", "--guest-only"]).output().unwrap();
+    let first = bench()
+        .args(["provision", "--quiet", "--guest-only"])
+        .output()
+        .unwrap();
     if !first.status.success() {
         let err = String::from_utf8_lossy(&first.stderr);
         assert!(
@@ -82,7 +85,10 @@ fn second_provision_is_served_from_the_cache() {
         println!("SKIPPED {test}: {err}");
         return;
     }
-    let second = bench().args(["provision", "--quiet", "--guest-only"]).output().unwrap();
+    let second = bench()
+        .args(["provision", "--quiet", "--guest-only"])
+        .output()
+        .unwrap();
     assert!(second.status.success());
     let text = String::from_utf8_lossy(&second.stdout);
     let line = |prefix: &str| {
