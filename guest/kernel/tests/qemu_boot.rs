@@ -386,3 +386,28 @@ fn qemu_sees_the_marker_abi_port_writes() {
         "without isolab.console=1 the result stays off the console"
     );
 }
+
+#[test]
+fn qemu_guest_oom_kill_is_reported_as_status_137() {
+    let test = "qemu_guest_oom_kill_is_reported_as_status_137";
+    let Some(a) = probe(test) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // `hog` grows until stopped; the guest's own OOM killer stops it (the
+    // guest has 128 MiB, below hog's hard cap) and init reports 128+SIGKILL.
+    // The later -m overrides the default 256 MiB.
+    let (ok, console) = boot_with(
+        &a,
+        dir.path(),
+        "isolab.workload=hog isolab.console=1 quiet",
+        &["-m", "128"],
+    );
+    assert!(ok, "qemu exited with an error; console:\n{console}");
+    assert!(
+        console.contains("Out of memory: Killed process"),
+        "{console}"
+    );
+    assert!(
+        console.contains("isolab-init: workload exited with status 137"),
+        "{console}"
+    );
+}
