@@ -215,8 +215,10 @@ fn a_cpu_spinner_is_throttled_to_its_quota() {
     assert!(s.cpu_throttled_periods.unwrap() > 0, "{s:?}");
     assert!(s.cpu_throttled_usec.unwrap() > 0);
     let share = s.cpu_usage_usec.unwrap() as f64 / o.launch_to_exit_us as f64;
+    // About 20%: a little less on a contended host, never the ~100% of an
+    // unlimited spinner.
     assert!(
-        (0.12..=0.28).contains(&share),
+        (0.10..=0.28).contains(&share),
         "used {:.0}% of one CPU",
         share * 100.0
     );
