@@ -546,3 +546,15 @@ impl Running {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_container_can_be_handed_to_another_thread() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Running>();
+        send_sync::<Outcome>();
+    }
+}
