@@ -101,6 +101,12 @@ fn rec(r: &DemoReport, m: DemoMode) -> &RunRecord {
         .unwrap_or_else(|| panic!("{} did not run in {m:?}", r.name))
 }
 
+/// The microVM column's record, when it ran (otherwise its one-line reason
+/// is checked by `microvm_column_runs_or_says_why_in_one_line`).
+fn vm_record(r: &DemoReport) -> Option<&RunRecord> {
+    r.column(DemoMode::Microvm).and_then(|c| c.run.record())
+}
+
 fn fact<'a>(r: &'a RunRecord, p: &str) -> &'a Value {
     r.result
         .as_ref()
@@ -221,6 +227,16 @@ fn memory_hog_is_oom_killed_by_the_cgroup_and_capped_as_a_process() {
     );
     let table = render_table(r);
     assert!(table.contains("cgroup OOM kill"), "{table}");
+    // The guest's own OOM killer; the host sees at most guest RAM plus the VMM.
+    if let Some(v) = vm_record(r) {
+        assert_eq!(v.status, Some(137), "{:?}", v.vm_report);
+        let limit_kib = (isolab_harness::demo::catalog::VM_MEMORY_MIB + 64) * 1024;
+        assert!(
+            v.host_peak_rss_kib.unwrap() < limit_kib,
+            "{:?}",
+            v.host_peak_rss_kib
+        );
+    }
 }
 
 #[test]
@@ -261,6 +277,10 @@ fn fork_loop_stops_at_pids_max_in_the_container() {
         "the process stops at its safety cap"
     );
     assert_eq!(fact(p, "/reaped"), 64);
+    if let Some(v) = vm_record(r) {
+        assert!(fact(v, "/forked").as_u64().unwrap() <= 256);
+        assert_eq!(fact(v, "/reaped"), fact(v, "/forked"));
+    }
 }
 
 #[test]
@@ -298,6 +318,11 @@ fn knobs_are_refused_or_confined_and_the_host_is_unchanged() {
     let p = knob(DemoMode::Process, "vm.swappiness");
     assert_eq!(p["attempted"], p["before"]);
     assert!(r.host_settings.iter().any(|s| s.name == "vm.swappiness"));
+    // The guest may change its own kernel's global knob; the host's stayed.
+    if vm_record(r).is_some() {
+        let g = knob(DemoMode::Microvm, "kernel.domainname");
+        assert_eq!(g["after"], "isolab-demo", "{g}");
+    }
 }
 
 #[test]

@@ -185,16 +185,34 @@ pub fn record_from(
     stderr: &str,
     label: Option<String>,
 ) -> ModeRun {
+    let error_line = || {
+        let lines: Vec<&str> = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        lines
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("error: "))
+            .or(lines.last().copied())
+            .map(str::to_owned)
+    };
     let Some(report) = last_json_object(stdout).filter(|r| r.get("workload_output").is_some())
     else {
-        let why = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .map(|l| l.trim().trim_start_matches("error: ").to_owned())
+        let why = error_line()
             .unwrap_or_else(|| format!("bench vm run ended with status {code:?} and no report"));
         return ModeRun::Unavailable { reason: why };
     };
+    if report["exit_status"].is_null() {
+        // The guest never reported the workload's end: say why, in one line.
+        let stop = report["stop_reason"].as_str().unwrap_or("unknown reason");
+        return ModeRun::Unavailable {
+            reason: error_line().unwrap_or_else(|| {
+                format!("the guest stopped ({stop}) before the workload reported its exit status")
+            }),
+        };
+    }
     let output = report["workload_output"].as_str().unwrap_or_default();
     let status = report["exit_status"].as_i64().map(|s| s as i32).or(code);
     let rss = report
@@ -239,9 +257,26 @@ mod tests {
 
     #[test]
     fn no_report_gives_the_last_error_line() {
-        let run = record_from(Some(3), "", "noise\nerror: /dev/kvm here is PVM\n", None);
+        let run = record_from(
+            Some(3),
+            "",
+            "noise\nerror: /dev/kvm here is PVM\nemuhost: status 3\n",
+            None,
+        );
         match run {
             ModeRun::Unavailable { reason } => assert_eq!(reason, "/dev/kvm here is PVM"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_guest_that_never_reported_is_explained() {
+        let out = r#"{"stop_reason":"guest_reset","exit_status":null,"workload_output":""}"#;
+        match record_from(Some(1), out, "", None) {
+            ModeRun::Unavailable { reason } => assert_eq!(
+                reason,
+                "the guest stopped (guest_reset) before the workload reported its exit status"
+            ),
             other => panic!("unexpected {other:?}"),
         }
     }
