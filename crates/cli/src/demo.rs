@@ -158,6 +158,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
 
+    // Ctrl-C stops between steps so every run started is torn down (the
+    // microVM runs in its own process group and would not see the signal).
+    isolab_harness::install_interrupt_handler();
     let mut reports: Vec<DemoReport> = Vec::new();
     let mut text = String::new();
     for demo in demos {

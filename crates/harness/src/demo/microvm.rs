@@ -139,7 +139,7 @@ impl ModeRunner for MicrovmRunner {
         let status = loop {
             match child.try_wait() {
                 Ok(Some(s)) => break Some(s),
-                Ok(None) if Instant::now() > deadline => break None,
+                Ok(None) if Instant::now() > deadline || crate::interrupted() => break None,
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
                 Err(source) => {
                     return Err(DemoError::Wait {
@@ -159,6 +159,9 @@ impl ModeRunner for MicrovmRunner {
             err.join().unwrap_or_default(),
         );
         let Some(status) = status else {
+            if crate::interrupted() {
+                return Err(DemoError::Interrupted);
+            }
             return Ok(ModeRun::Unavailable {
                 reason: format!(
                     "the microVM did not finish within {} s and was stopped",

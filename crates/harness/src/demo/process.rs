@@ -50,6 +50,9 @@ impl ModeRunner for ProcessRunner {
             source,
         })?;
         let Some(status) = status else {
+            if crate::interrupted() {
+                return Err(DemoError::Interrupted);
+            }
             return Err(DemoError::Timeout {
                 what,
                 secs: PROCESS_TIMEOUT.as_secs(),
@@ -110,7 +113,7 @@ fn wait_with_rusage(
             let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
             return Ok(((!killed).then_some(code), rss, cpu));
         }
-        if Instant::now() > deadline {
+        if Instant::now() > deadline || crate::interrupted() {
             // SAFETY: kill takes plain integers; `pid` is our unreaped child,
             // so it cannot name another process.
             unsafe { libc::kill(pid, libc::SIGKILL) };

@@ -38,6 +38,8 @@ pub enum DemoError {
         status: Option<i32>,
         stderr: String,
     },
+    #[error("Interrupted; the runs already started were stopped and cleaned up")]
+    Interrupted,
     #[error("HOST CHANGED during demo {demo}: {changes} — this is a bug in the isolation under test; report it")]
     HostChanged { demo: &'static str, changes: String },
 }
@@ -129,6 +131,9 @@ pub fn run_demo_at(
 fn run_columns(demo: &Demo, runners: &[&dyn ModeRunner]) -> Result<Vec<ColumnReport>, DemoError> {
     let mut out = Vec::new();
     for r in runners {
+        if crate::interrupted() {
+            return Err(DemoError::Interrupted);
+        }
         let job = demo.job(r.mode());
         let run = checked(r.mode(), &job, r.run(&job)?)?;
         let probe = if wants_probe(demo) && run.record().is_some() {
