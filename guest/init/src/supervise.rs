@@ -188,7 +188,10 @@ pub fn supervise<P: Ports, W: Write>(
             }
         }
         if status.is_none() {
-            status = reap(w.pid, reap_all)?;
+            // With both pipes closed there is nothing to poll: wait in the
+            // kernel rather than spin (a busy init would steal guest CPU).
+            let block = stdout.is_none() && ready.is_none();
+            status = reap(w.pid, reap_all, block)?;
         }
         if let Some(s) = status {
             if idle || (stdout.is_none() && ready.is_none()) {
@@ -200,11 +203,17 @@ pub fn supervise<P: Ports, W: Write>(
     }
 }
 
-/// Reaps without blocking; returns the workload's status once it ended.
-fn reap(pid: Pid, reap_all: bool) -> Result<Option<u8>, InitError> {
+/// Reaps (waiting for a child to end when `block`); returns the workload's
+/// status once it ended.
+fn reap(pid: Pid, reap_all: bool, block: bool) -> Result<Option<u8>, InitError> {
     let target = if reap_all { None } else { Some(pid) };
+    let flags = if block {
+        None
+    } else {
+        Some(WaitPidFlag::WNOHANG)
+    };
     loop {
-        match waitpid(target, Some(WaitPidFlag::WNOHANG)) {
+        match waitpid(target, flags) {
             Ok(WaitStatus::StillAlive) => return Ok(None),
             Ok(s) if s.pid() == Some(pid) => {
                 if let Some(b) = status_byte(s) {
@@ -270,6 +279,17 @@ mod tests {
         assert_eq!(status, 128 + 9);
         assert_eq!(readies, 0);
         assert_eq!(events(&ports), [MARK_STARTED, MARK_EXITED]);
+    }
+
+    #[test]
+    fn workload_that_closes_its_pipes_early_is_still_waited_for() {
+        let (status, ports, console, readies) = run_sh(
+            "printf R >&$ISOLAB_READY_FD; eval \"exec $ISOLAB_READY_FD>&-\"; exec >&-; sleep 0.2; exit 4",
+        );
+        assert_eq!(status, 4);
+        assert_eq!(readies, 1);
+        assert!(console.is_empty());
+        assert_eq!(events(&ports), [MARK_STARTED, MARK_READY, MARK_EXITED]);
     }
 
     #[test]
