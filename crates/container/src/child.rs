@@ -1,10 +1,10 @@
 //! What the cloned child does, in order, before it becomes the container's
 //! init (see `docs/design.md`, container launch sequence):
 //!
-//! 1. ask for SIGKILL when the launcher dies (nothing outlives a SIGKILLed
-//!    launcher), reset signal dispositions;
-//! 2. wait for the launcher's `GO` (it has put us into the cgroup, written
-//!    id maps, attached the network); EOF means the launcher gave up;
+//! 1. reset signal dispositions (all stay blocked for init's signalfd);
+//! 2. wait for the launcher's `GO` (it has written id maps, attached the
+//!    network, on v2 moved us into the cgroup); EOF means the launcher gave
+//!    up or died, and the child exits;
 //! 3. join the cgroup (v1: itself, through `tasks`, which avoids the
 //!    kernel's global threadgroup lock); in a user namespace, become its root;
 //! 4. unshare the cgroup namespace now, so its root is the instance cgroup;
@@ -32,6 +32,8 @@ pub(crate) struct ChildFds {
     pub ready_w: RawFd,
     pub stdout_w: RawFd,
     pub status_w: RawFd,
+    /// Read end of the launcher's lifeline: EOF when the launcher dies.
+    pub lifeline: RawFd,
 }
 
 /// Everything the child needs, prepared before the clone.
@@ -50,7 +52,7 @@ pub(crate) struct ChildPlan {
 /// Entry point of the cloned child. Returns only to exit with a failure.
 pub(crate) fn main(plan: &ChildPlan, sys: &dyn Syscall) -> isize {
     let f = plan.fds;
-    let _ = process::close_all_except([f.sync, f.ready_w, f.stdout_w, f.status_w]);
+    let _ = process::close_all_except([f.sync, f.ready_w, f.stdout_w, f.status_w, f.lifeline]);
     let result = prepare(plan).and_then(|()| build_view(plan, sys));
     match result {
         Ok(()) => init::run(plan),
@@ -63,8 +65,6 @@ pub(crate) fn main(plan: &ChildPlan, sys: &dyn Syscall) -> isize {
 
 /// Steps 1–2.
 fn prepare(plan: &ChildPlan) -> StepResult {
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-        .step(ChildStep::ParentDeathSignal)?;
     process::default_signals();
     // Shows up as the container's PID 1 in `ps` instead of the launcher's name.
     let _ = nix::sys::prctl::set_name(c"isolab-init");
@@ -118,6 +118,7 @@ mod tests {
                 ready_w: -1,
                 stdout_w: -1,
                 status_w: -1,
+                lifeline: -1,
             },
         }
     }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[repr(u8)]
 pub enum ChildStep {
-    ParentDeathSignal = 1,
+    InitSignals = 1,
     SyncWait,
     CgroupJoin,
     UserIds,
@@ -38,7 +38,7 @@ pub enum ChildStep {
 
 impl ChildStep {
     const ALL: [ChildStep; 24] = [
-        Self::ParentDeathSignal,
+        Self::InitSignals,
         Self::SyncWait,
         Self::CgroupJoin,
         Self::UserIds,
@@ -71,7 +71,7 @@ impl ChildStep {
     /// What the step does, for messages.
     pub fn describe(self) -> &'static str {
         match self {
-            Self::ParentDeathSignal => "set the parent-death signal",
+            Self::InitSignals => "set up init's signal handling",
             Self::SyncWait => "wait for the launcher",
             Self::CgroupJoin => "join its cgroup",
             Self::UserIds => "become root in the user namespace",

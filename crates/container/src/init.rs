@@ -1,13 +1,19 @@
 //! PID 1 of the container: a tiny loop in the cloned child, no re-exec.
 //!
 //! It forks the workload (PID 2), which sets up its descriptors and execs;
-//! then init waits for signals (all blocked since the clone): SIGCHLD reaps
-//! every child (orphans included), any other catchable signal is forwarded
-//! to the workload. When the workload ends, init reports its exit code or
+//! then init waits on a signalfd (all signals are blocked since the clone)
+//! and on the launcher's lifeline pipe: SIGCHLD reaps every child (orphans
+//! included), any other catchable signal is forwarded to the workload, and
+//! EOF on the lifeline (the launcher process died, even by SIGKILL) ends
+//! the container. Unlike a parent-death signal, the lifeline is tied to the
+//! launcher process, not to the thread that happened to start the container. When the workload ends, init reports its exit code or
 //! signal on the status pipe and exits, which makes the kernel kill whatever
 //! else is left in the PID namespace.
 
+use std::os::fd::{AsRawFd, RawFd};
+
 use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
@@ -21,6 +27,15 @@ use crate::sync::{self, ExitStatus};
 pub const READY_FD: i32 = 3;
 
 pub(crate) fn run(plan: &ChildPlan) -> ! {
+    // All signals are blocked since the clone; init reads them from a
+    // signalfd, so it can also watch the launcher's lifeline.
+    let signals = match SignalFd::with_flags(&SigSet::all(), SfdFlags::SFD_CLOEXEC) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = process::write_msg(plan.fds.sync, &sync::failure(ChildStep::InitSignals, e));
+            process::exit_now(1)
+        }
+    };
     let workload = match process::fork() {
         Ok(ForkResult::Child) => exec_workload(plan),
         Ok(ForkResult::Parent { child }) => child,
@@ -34,29 +49,51 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
     for fd in [plan.fds.sync, plan.fds.ready_w, plan.fds.stdout_w] {
         process::close(fd);
     }
-    let status = reap_until(workload);
-    let _ = process::write_msg(plan.fds.status_w, &sync::status(status));
-    process::exit_now(0)
+    match reap_until(workload, &signals, plan.fds.lifeline) {
+        Some(status) => {
+            let _ = process::write_msg(plan.fds.status_w, &sync::status(status));
+            process::exit_now(0)
+        }
+        // The launcher is gone: end the container with it (init's exit
+        // makes the kernel kill everything left in the PID namespace).
+        None => process::exit_now(1),
+    }
 }
 
-fn reap_until(workload: Pid) -> ExitStatus {
-    let all = SigSet::all();
+/// Waits for the workload's end, forwarding signals and reaping orphans;
+/// `None` if the launcher process died first (its lifeline closed).
+fn reap_until(workload: Pid, signals: &SignalFd, lifeline: RawFd) -> Option<ExitStatus> {
     loop {
-        let sig = match all.wait() {
-            Ok(sig) => sig,
+        let (signalled, launcher_gone) = match process::poll2(signals.as_raw_fd(), lifeline) {
+            Ok(r) => r,
             Err(_) => continue,
         };
-        if sig != Signal::SIGCHLD {
-            let _ = nix::sys::signal::kill(workload, sig);
+        if launcher_gone {
+            let _ = nix::sys::signal::kill(workload, Signal::SIGKILL);
+            return None;
+        }
+        if !signalled {
             continue;
+        }
+        let sig = match signals.read_signal() {
+            Ok(Some(info)) => Signal::try_from(info.ssi_signo as i32).ok(),
+            _ => None,
+        };
+        match sig {
+            Some(Signal::SIGCHLD) => {}
+            Some(sig) => {
+                let _ = nix::sys::signal::kill(workload, sig);
+                continue;
+            }
+            None => continue,
         }
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid == workload => {
-                    return ExitStatus::Exited(code)
+                    return Some(ExitStatus::Exited(code))
                 }
                 Ok(WaitStatus::Signaled(pid, s, _)) if pid == workload => {
-                    return ExitStatus::Signaled(s as i32)
+                    return Some(ExitStatus::Signaled(s as i32))
                 }
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,

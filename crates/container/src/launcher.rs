@@ -75,10 +75,9 @@ pub fn run(config: &ContainerConfig) -> Result<Outcome, ContainerError> {
     start(config)?.wait()
 }
 
-/// Starts a container; it runs until it exits, [`Running::stop`], or drop.
-///
-/// The container's init dies with the *thread* that called this (it has a
-/// parent-death signal), so call it from a thread that outlives the container.
+/// Starts a container; it runs until it exits, [`Running::stop`], drop, or
+/// the death of this process (init watches a lifeline pipe). Any thread may
+/// start it and hand the [`Running`] to another; reaping needs the process.
 pub fn start(config: &ContainerConfig) -> Result<Running, ContainerError> {
     start_with(config, None)
 }
@@ -128,6 +127,8 @@ pub fn start_with(
     let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(chan("ready"))?;
     let (stdout_r, stdout_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(chan("stdout"))?;
     let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(chan("status"))?;
+    let (lifeline_r, lifeline_w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(chan("lifeline"))?;
 
     let inst = live
         .instance
@@ -161,13 +162,14 @@ pub fn start_with(
             ready_w: ready_w.as_raw_fd(),
             stdout_w: stdout_w.as_raw_fd(),
             status_w: status_w.as_raw_fd(),
+            lifeline: lifeline_r.as_raw_fd(),
         },
     };
 
     let old_mask = process::block_all().map_err(ContainerError::Clone)?;
     let cloned = namespaces::clone_init(&plan);
     let _ = process::set_mask(&old_mask);
-    drop((sync_child, ready_w, stdout_w, status_w));
+    drop((sync_child, ready_w, stdout_w, status_w, lifeline_r));
     let pid = cloned.map_err(ContainerError::Clone)?;
     live.pid = Some(pid);
 
@@ -230,6 +232,7 @@ pub fn start_with(
         t0,
         grace: Duration::from_millis(config.stop_grace_ms),
         status_r,
+        _lifeline: lifeline_w,
         shared,
         monitor: Some(monitor),
     })
@@ -397,6 +400,8 @@ pub struct Running {
     t0: Instant,
     grace: Duration,
     status_r: OwnedFd,
+    /// Held for the container's life; init ends the container on its EOF.
+    _lifeline: OwnedFd,
     shared: Arc<(Mutex<Monitor>, Condvar)>,
     monitor: Option<JoinHandle<()>>,
 }

@@ -162,11 +162,32 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Polls two descriptors for input or hang-up; returns which are ready.
+pub(crate) fn poll2(a: RawFd, b: RawFd) -> nix::Result<(bool, bool)> {
+    let mut fds = [
+        libc::pollfd {
+            fd: a,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: `fds` is a valid array of two initialised pollfd structs that
+    // outlives the call; the length passed matches.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+    nix::Error::result(rc)?;
+    Ok((fds[0].revents != 0, fds[1].revents != 0))
+}
+
 /// Closes every descriptor from 3 up except `keep`: a clone made by
 /// another launcher thread at the same moment must not hold on to our
 /// pipes (the launcher waits for their EOF). No allocation: `keep` is
 /// sorted in place.
-pub(crate) fn close_all_except(mut keep: [RawFd; 4]) -> nix::Result<()> {
+pub(crate) fn close_all_except(mut keep: [RawFd; 5]) -> nix::Result<()> {
     keep.sort_unstable();
     let mut next: u32 = 3;
     for fd in keep {

@@ -407,3 +407,26 @@ fn a_user_namespace_maps_container_root_to_an_unprivileged_host_uid() {
     let o = running.stop().unwrap();
     assert_clean(&c, &o.id);
 }
+
+#[test]
+fn a_container_outlives_the_thread_that_started_it() {
+    let test = "a_container_outlives_the_thread_that_started_it";
+    let Some(bin) = require(test) else {
+        return;
+    };
+    let c = config(&bin, "thread", "worker", &["--duration-ms", "60000"]);
+    let cfg = c.0.clone();
+    let running = std::thread::spawn(move || isolab_container::start(&cfg).unwrap())
+        .join()
+        .unwrap();
+    // The starting thread is gone; the container must still be there.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(running.wait_ready(Duration::from_secs(10)).is_some());
+    assert_eq!(
+        running.stats().unwrap().pids_current,
+        Some(2),
+        "init and workload alive"
+    );
+    let o = running.stop().unwrap();
+    assert_clean(&c, &o.id);
+}
