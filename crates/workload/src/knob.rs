@@ -158,7 +158,7 @@ fn entry(
         "before": before,
         "attempted": attempted,
         "accepted": write.is_ok(),
-        "error": write.err().map(|e| format!("{} ({})", e.desc(), e)),
+        "error": write.err().map(|e| e.to_string()),
         "after": after,
     })
 }

@@ -219,13 +219,12 @@ pub fn rows(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Row> {
     }
 }
 
-/// `EROFS` from `Read-only file system (EROFS)`.
+/// `EROFS` from nix's `EROFS: Read-only file system`.
 fn errno_name(e: &str) -> String {
-    e.rsplit_once('(')
-        .and_then(|(_, n)| n.strip_suffix(')'))
-        .filter(|n| n.starts_with('E'))
-        .unwrap_or(e)
-        .to_owned()
+    match e.split_once(':') {
+        Some((name, _)) if name.starts_with('E') && !name.contains(' ') => name.to_owned(),
+        _ => e.to_owned(),
+    }
 }
 
 fn yes_no(b: bool) -> String {
@@ -684,7 +683,7 @@ mod tests {
         let r = rec(json!({"knobs": [
             {"name": "kernel.domainname", "before": "(none)", "attempted": "isolab-demo", "accepted": true, "after": "isolab-demo"},
             {"name": "net.ipv4.ip_default_ttl", "before": "64", "attempted": "64", "accepted": true, "after": "64"},
-            {"name": "vm.swappiness", "before": "60", "attempted": "61", "accepted": false, "error": "Read-only file system (EROFS)", "after": "60"}
+            {"name": "vm.swappiness", "before": "60", "attempted": "61", "accepted": false, "error": "EROFS: Read-only file system", "after": "60"}
         ]}));
         let cols = [Column {
             mode: DemoMode::Container,
