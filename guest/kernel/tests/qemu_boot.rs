@@ -411,3 +411,85 @@ fn qemu_guest_oom_kill_is_reported_as_status_137() {
         "{console}"
     );
 }
+
+/// Kills the QEMU this test started when dropped, so a failed assertion
+/// leaves no process behind.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn qemu_guest_api_answers_http_through_virtio_net() {
+    use std::io::Write;
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+
+    let test = "qemu_guest_api_answers_http_through_virtio_net";
+    let Some(a) = probe(test) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = dir.path().join("initramfs.cpio");
+    guest_initramfs(a.init.as_path(), a.workload.as_path(), &[])
+        .write_file(&initrd)
+        .unwrap();
+    // A free loopback port for QEMU's forward (host side: 127.0.0.1 only).
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let console_path = dir.path().join("console.txt");
+    let console_file = std::fs::File::create(&console_path).unwrap();
+    let netdev = format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-10.0.2.15:8080");
+    let _qemu = KillOnDrop(
+        Command::new("qemu-system-x86_64")
+            .args([
+                "-M",
+                "microvm,acpi=off",
+                "-accel",
+                "tcg",
+                "-m",
+                "256",
+                "-smp",
+                "1",
+            ])
+            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+            .args(["-serial", "stdio", "-display", "none"])
+            .arg("-kernel")
+            .arg(&a.bz_image)
+            .arg("-initrd")
+            .arg(&initrd)
+            .arg("-append")
+            .arg(
+                "console=ttyS0 reboot=t panic=-1 quiet isolab.workload=api isolab.console=1 \
+                 isolab.ip=10.0.2.15/24 isolab.gw=10.0.2.2",
+            )
+            .args(["-netdev", &netdev, "-device", "virtio-net-device,netdev=n0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(console_file))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start qemu-system-x86_64"),
+    );
+    let console = || std::fs::read_to_string(&console_path).unwrap_or_default();
+    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+    while !console().contains("isolab-init: ready") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "api never became ready; console:\n{}",
+            console()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut s = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: guest\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("{\"status\":\"ok\"}"), "{reply}");
+}
