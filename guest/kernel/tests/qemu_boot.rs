@@ -40,6 +40,7 @@ fn in_path(program: &str) -> bool {
 
 struct Artifacts {
     bz_image: PathBuf,
+    vmlinux: PathBuf,
     init: PathBuf,
     workload: PathBuf,
 }
@@ -90,6 +91,7 @@ fn probe(test: &str) -> Option<Artifacts> {
     }
     Some(Artifacts {
         bz_image: kernel.bz_image,
+        vmlinux: kernel.vmlinux,
         init,
         workload,
     })
@@ -103,6 +105,17 @@ fn boot(a: &Artifacts, dir: &Path, params: &str) -> (bool, String) {
 
 /// As [`boot`], with extra QEMU arguments (devices).
 fn boot_with(a: &Artifacts, dir: &Path, params: &str, qemu_args: &[&str]) -> (bool, String) {
+    boot_kernel(a, &a.bz_image, dir, params, qemu_args)
+}
+
+/// Boots `kernel` (bzImage, or vmlinux through its PVH note).
+fn boot_kernel(
+    a: &Artifacts,
+    kernel: &Path,
+    dir: &Path,
+    params: &str,
+    qemu_args: &[&str],
+) -> (bool, String) {
     let initrd = dir.join("initramfs.cpio");
     guest_initramfs(a.init.as_path(), a.workload.as_path(), &[])
         .write_file(&initrd)
@@ -130,7 +143,7 @@ fn boot_with(a: &Artifacts, dir: &Path, params: &str, qemu_args: &[&str]) -> (bo
         .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
         .args(["-serial", "stdio", "-display", "none"])
         .arg("-kernel")
-        .arg(&a.bz_image)
+        .arg(kernel)
         .arg("-initrd")
         .arg(&initrd)
         .arg("-append")
@@ -492,4 +505,28 @@ fn qemu_guest_api_answers_http_through_virtio_net() {
     s.read_to_string(&mut reply).unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.contains("{\"status\":\"ok\"}"), "{reply}");
+}
+
+#[test]
+fn qemu_boots_vmlinux_through_pvh_with_two_vcpus() {
+    let test = "qemu_boots_vmlinux_through_pvh_with_two_vcpus";
+    let Some(a) = probe(test) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // vmlinux (what our monitor loads) enters through the PVH note; the two
+    // CPUs are found through the MP table (no ACPI in this kernel).
+    let (ok, console) = boot_kernel(
+        &a,
+        &a.vmlinux,
+        dir.path(),
+        "isolab.workload=probe isolab.console=1",
+        &["-smp", "2"],
+    );
+    assert!(ok, "qemu exited with an error; console:\n{console}");
+    let probe = result_line(&console, "probe")
+        .unwrap_or_else(|| panic!("no probe result line; console:\n{console}"));
+    assert_eq!(probe["cpus_online"], 2, "{console}");
+    assert!(
+        console.contains("isolab-init: workload exited with status 0"),
+        "{console}"
+    );
 }
