@@ -3,7 +3,12 @@
 //! `--host emulated`). The guest's stdout comes back over the marker port
 //! (docs/contracts.md, port 0x3f2) in the report's `workload_output`.
 //!
-//! It runs `bench` as a child in its own process group rather than calling
+//! In the emulated host, `bench vm run --json` itself runs inside the
+//! emulated hardware-virtualisation host through `isolab-emuhost` (one boot
+//! of it per job; it is prepared once per runner and cached on disk), and
+//! every figure carries [`EMULATED_LABEL`].
+//!
+//! Natively it runs `bench` as a child in its own process group rather than calling
 //! the monitor in-process: the emulated host is a QEMU tree, and a process
 //! group is the one handle that is sure to take all of it down on a timeout.
 //! When the microVM cannot run, the column says why in one line; a demo
@@ -15,13 +20,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use isolab_emuhost::bench::run_bench_inside;
+use isolab_emuhost::{EmulatedHost, HostConfig};
 use serde_json::Value;
 
 use super::runner::{last_json_object, tail_lines, DemoMode, Job, ModeRun, ModeRunner, RunRecord};
 use super::DemoError;
 
 /// The label every figure from the emulated host carries.
-pub const EMULATED_LABEL: &str = "emulated host: timings not comparable to hardware";
+pub const EMULATED_LABEL: &str = isolab_emuhost::EMULATED_HOST_LABEL;
 
 /// Longest one microVM run may take (the emulated host boots in seconds,
 /// but everything inside it runs under TCG).
@@ -44,6 +54,8 @@ pub struct MicrovmRunner {
     pub host: VmHost,
     /// Filesystem root for the host-kind check (`/` outside tests).
     pub root: PathBuf,
+    /// The emulated host, prepared on first use (or why it cannot be).
+    emulated: OnceLock<Result<EmulatedHost, String>>,
 }
 
 impl MicrovmRunner {
@@ -52,6 +64,7 @@ impl MicrovmRunner {
             bench: bench.into(),
             host,
             root: PathBuf::from("/"),
+            emulated: OnceLock::new(),
         }
     }
 
@@ -64,9 +77,6 @@ impl MicrovmRunner {
         }
         if let Some(n) = job.vm_vcpus {
             v.extend(["--vcpus".into(), n.to_string()]);
-        }
-        if self.host == VmHost::Emulated {
-            v.extend(["--host".into(), "emulated".into()]);
         }
         if !job.args.is_empty() {
             v.push("--".into());
@@ -89,6 +99,9 @@ impl ModeRunner for MicrovmRunner {
     }
 
     fn run(&self, job: &Job) -> Result<ModeRun, DemoError> {
+        if self.host == VmHost::Emulated {
+            return self.run_emulated(job);
+        }
         if self.host == VmHost::Native {
             if let Some(why) = Self::native_refusal(&self.root) {
                 return Ok(ModeRun::Unavailable { reason: why });
@@ -174,6 +187,76 @@ impl ModeRunner for MicrovmRunner {
     }
 }
 
+impl MicrovmRunner {
+    /// `bench vm run --json` inside the emulated host; its console lines
+    /// carry the report.
+    fn run_emulated(&self, job: &Job) -> Result<ModeRun, DemoError> {
+        let prepared = self.emulated.get_or_init(|| {
+            let config = HostConfig {
+                timeout_s: VM_TIMEOUT.as_secs(),
+                ..HostConfig::default()
+            };
+            EmulatedHost::prepare(config).map_err(|e| chain(&e))
+        });
+        let mut host = match prepared {
+            Ok(h) => h.clone(),
+            Err(why) => {
+                return Ok(ModeRun::Unavailable {
+                    reason: format!("the emulated host cannot start: {why}"),
+                })
+            }
+        };
+        // Ctrl-C reaches this process only; pass it on to the QEMU run.
+        let cancel = Arc::new(AtomicBool::new(false));
+        host.set_cancel_flag(cancel.clone());
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (cancel, done) = (cancel.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    if crate::interrupted() {
+                        cancel.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        let mut lines: Vec<String> = Vec::new();
+        let outcome = run_bench_inside(&host, &self.argv(job), &mut |l| {
+            lines.push(l.rsplit('\r').next().unwrap_or(l).to_owned())
+        });
+        done.store(true, Ordering::SeqCst);
+        let _ = watcher.join();
+        if crate::interrupted() {
+            return Err(DemoError::Interrupted);
+        }
+        let text = lines.join("\n");
+        Ok(match outcome {
+            Ok(o) => record_from(
+                Some(o.status),
+                &text,
+                &text,
+                Some(EMULATED_LABEL.to_owned()),
+            ),
+            Err(e) => ModeRun::Unavailable {
+                reason: format!("the emulated host failed: {}", chain(&e)),
+            },
+        })
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
 fn kill_group(pgid: libc::pid_t) {
     // SAFETY: kill takes plain integers; a negative pid names the process
     // group this runner created for the child, and nothing else.
@@ -243,7 +326,7 @@ mod tests {
         job.vm_memory_mib = Some(128);
         assert_eq!(
             r.argv(&job).join(" "),
-            "vm run --json --workload hog --memory 128M --host emulated -- --max-mib 512"
+            "vm run --json --workload hog --memory 128M -- --max-mib 512"
         );
     }
 
