@@ -4,6 +4,7 @@
 //! [--pids 64] [--cpuset 0] [--hostname h] [--userns] [--json]
 //! [--workload-bin PATH] [-- args]`
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
@@ -218,10 +219,18 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
     let outcome = running.wait().map_err(classify);
     TARGET.store(0, Ordering::SeqCst);
     let outcome = outcome?;
-    if args.json {
-        println!("{}", serde_json::to_string(&outcome)?);
+    // A closed stdout (`| head`) must not turn a finished run into a panic.
+    let mut out = std::io::stdout().lock();
+    let printed = if args.json {
+        writeln!(out, "{}", serde_json::to_string(&outcome)?)
     } else {
-        print_human(&outcome);
+        print_human(&mut out, &outcome)
+    };
+    match printed {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(anyhow::Error::new(e).context("cannot print the outcome"))
+        }
+        _ => {}
     }
     Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
 }
@@ -240,45 +249,51 @@ fn opt(v: Option<u64>) -> String {
     v.map_or("n/a".into(), |v| v.to_string())
 }
 
-fn print_human(o: &Outcome) {
-    print!("{}", o.stdout);
+fn print_human(out: &mut impl Write, o: &Outcome) -> std::io::Result<()> {
+    write!(out, "{}", o.stdout)?;
     if !o.stdout.is_empty() && !o.stdout.ends_with('\n') {
-        println!();
+        writeln!(out)?;
     }
     let s = &o.stats;
-    println!("container {} ({}): {}", o.id, o.workload, o.status);
-    println!(
+    writeln!(out, "container {} ({}): {}", o.id, o.workload, o.status)?;
+    writeln!(
+        out,
         "  launch -> ready   {}",
         o.launch_to_ready_us.map_or("never signalled".into(), ms)
-    );
-    println!("  launch -> exit    {}", ms(o.launch_to_exit_us));
-    println!(
+    )?;
+    writeln!(out, "  launch -> exit    {}", ms(o.launch_to_exit_us))?;
+    writeln!(
+        out,
         "  memory            peak {}, current {} (cgroup {})",
         mib(s.memory_peak_bytes),
         mib(s.memory_current_bytes),
         o.cgroup_version
-    );
+    )?;
     let share = match (s.cpu_usage_usec, o.launch_to_exit_us) {
         (Some(u), t) if t > 0 => format!(" ({:.0}% of one CPU)", 100.0 * u as f64 / t as f64),
         _ => String::new(),
     };
-    println!(
+    writeln!(
+        out,
         "  cpu               {} used{share}; throttled {} of {} periods, {}",
         s.cpu_usage_usec.map_or("n/a".into(), ms),
         opt(s.cpu_throttled_periods),
         opt(s.cpu_periods),
         s.cpu_throttled_usec.map_or("n/a".into(), ms)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  pids              peak {}, forks refused {}",
         opt(s.pids_peak),
         opt(s.pids_limit_hits)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  oom kills         {}{}",
         s.oom_kills,
         if o.oom_killed { " (OOM-killed)" } else { "" }
-    );
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
