@@ -61,9 +61,13 @@ use crate::vstate::vm::{self, VmError};
 /// - `rdinit=/init`: the initramfs init is the project's `isolab-init`.
 pub const BASE_CMDLINE: &str =
     "reboot=k panic=1 nomodule pci=off i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce rdinit=/init";
-/// With the console off, tell the kernel there is no UART: no serial probing
-/// and no printk output through port I/O (each byte is a VM exit).
-pub const NO_CONSOLE_CMDLINE: &str = "8250.nr_uarts=0";
+/// With the console off: one UART (COM1, output discarded) as the console
+/// with `loglevel=0`, so the kernel prints nothing (each byte would be a VM
+/// exit) yet `/dev/console` opens. Firecracker's `8250.nr_uarts=0` leaves
+/// init without a console: it starts with fds 0-2 closed, and a Rust init
+/// aborts when it cannot reopen them on a `/dev/null` the initramfs lacks
+/// (seen in the emulated host: no marker ever arrives).
+pub const NO_CONSOLE_CMDLINE: &str = "8250.nr_uarts=1 console=ttyS0 loglevel=0";
 /// With the console on: kernel messages on COM1, and ask init to copy the
 /// workload's output there.
 pub const CONSOLE_CMDLINE: &str = "console=ttyS0 isolab.console=1";
@@ -735,14 +739,14 @@ mod tests {
             "i8042.noaux",
             "i8042.nomux",
             "i8042.dumbkbd",
-            "8250.nr_uarts=0",
+            "8250.nr_uarts=1 console=ttyS0 loglevel=0",
             "virtio_mmio.device=4K@0xc0001000:5",
             "isolab.workload=api isolab.arg=--port isolab.arg=8080",
         ] {
             assert!(s.contains(needle), "{needle} missing from {s}");
         }
         assert!(s.ends_with("loglevel=8"), "{s}");
-        assert!(!s.contains("console=ttyS0"));
+        assert!(!s.contains("isolab.console=1"));
     }
 
     #[test]
@@ -757,7 +761,7 @@ mod tests {
             .unwrap();
         assert!(s.contains("console=ttyS0"));
         assert!(s.contains("isolab.console=1"));
-        assert!(!s.contains("8250.nr_uarts=0"));
+        assert!(!s.contains("loglevel=0"));
     }
 
     #[test]
