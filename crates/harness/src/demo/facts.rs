@@ -87,7 +87,7 @@ pub const NOT_RUN: &str = "—";
 
 fn text(v: Option<&Value>) -> String {
     match v {
-        None | Some(Value::Null) => "?".into(),
+        None | Some(Value::Null) => "n/a".into(),
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(a)) => a
             .iter()
@@ -160,7 +160,7 @@ pub fn rows(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Row> {
             fact_row("boot id", cols, "/boot_id"),
             row("uptime", cols, |_, r| uptime(pointer(r, "/uptime_s"))),
             row("same kernel as the host", cols, |_, r| {
-                yes_no(pointer(r, "/boot_id").and_then(Value::as_str) == host.boot_id.as_deref())
+                yes_no(same_kernel(r, host))
             }),
         ],
         "pids" => vec![
@@ -224,6 +224,25 @@ fn errno_name(e: &str) -> String {
     match e.split_once(':') {
         Some((name, _)) if name.starts_with('E') && !name.contains(' ') => name.to_owned(),
         _ => e.to_owned(),
+    }
+}
+
+/// The same running kernel: equal boot ids where both are known (a guest
+/// kernel without sysctl support has none), else equal release and version.
+fn same_kernel(r: &RunRecord, host: &HostTruth) -> bool {
+    match (
+        pointer(r, "/boot_id").and_then(Value::as_str),
+        host.boot_id.as_deref(),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        _ => {
+            let uts = nix::sys::utsname::uname().ok();
+            let hv = uts
+                .as_ref()
+                .map(|u| u.version().to_string_lossy().into_owned());
+            pointer(r, "/kernel/release").and_then(Value::as_str) == host.kernel_release.as_deref()
+                && pointer(r, "/kernel/version").and_then(Value::as_str) == hv.as_deref()
+        }
     }
 }
 
@@ -418,6 +437,8 @@ fn knob_rows(cols: &[Column<'_>]) -> Vec<Row> {
                     } else {
                         format!("changed {before} -> {after}")
                     }
+                } else if k.get("before").is_none_or(Value::is_null) {
+                    "absent in this kernel".into()
                 } else {
                     format!(
                         "refused: {} (stays {before})",
@@ -453,9 +474,14 @@ pub fn findings(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Findin
                 );
             }
             if let Some(r) = rec(DemoMode::Microvm) {
+                let rel = s(r, "/kernel/release");
                 claim(
-                    s(r, "/boot_id").is_some() && s(r, "/boot_id") != host.boot_id,
-                    "The microVM reports a boot id of its own: a different running kernel.".into(),
+                    rel.is_some() && !same_kernel(r, host),
+                    format!(
+                        "The microVM runs a kernel of its own (release {}, up {}).",
+                        rel.unwrap_or_default(),
+                        uptime(pointer(r, "/uptime_s"))
+                    ),
                 );
             }
         }

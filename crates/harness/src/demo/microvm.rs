@@ -78,6 +78,12 @@ impl MicrovmRunner {
         if let Some(n) = job.vm_vcpus {
             v.extend(["--vcpus".into(), n.to_string()]);
         }
+        if self.host == VmHost::Emulated {
+            // Observed here: without the guest console the nested guest was
+            // reset before its init ran; with it, it boots. The console goes
+            // to the emulated host's output, ahead of the JSON report.
+            v.push("--console".into());
+        }
         if !job.args.is_empty() {
             v.push("--".into());
             v.extend(job.args.iter().cloned());
@@ -326,7 +332,7 @@ mod tests {
         job.vm_memory_mib = Some(128);
         assert_eq!(
             r.argv(&job).join(" "),
-            "vm run --json --workload hog --memory 128M -- --max-mib 512"
+            "vm run --json --workload hog --memory 128M --console -- --max-mib 512"
         );
     }
 
