@@ -6,6 +6,8 @@
 //! with apt) must be available; without them the test prints `SKIPPED` and
 //! returns, or fails when `CI=true` / `ISOLAB_STRICT=1`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use isolab_emuhost::{EmuhostError, EmulatedHost, FileMap, HostConfig, Invocation, RunError};
@@ -173,5 +175,42 @@ fn timeout_kills_qemu_and_leaves_no_process() {
     );
     // Killed promptly, not after the command's 600 s.
     assert!(started.elapsed() < Duration::from_secs(120));
+    assert!(processes_with(&tag).is_empty(), "QEMU left running");
+}
+
+#[test]
+fn cancelling_a_run_kills_qemu_and_leaves_no_process() {
+    let test = "cancelling_a_run_kills_qemu_and_leaves_no_process";
+    let Some(mut host) = host(test, tagged(test)) else {
+        return;
+    };
+    let tag = host.config().extra_append[0].clone();
+    let flag = Arc::new(AtomicBool::new(false));
+    host.set_cancel_flag(flag.clone());
+    let setter = std::thread::spawn({
+        let tag = tag.clone();
+        move || {
+            // Cancel once QEMU is seen running (or after 30 s regardless).
+            for _ in 0..300 {
+                if !processes_with(&tag).is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            flag.store(true, Ordering::SeqCst);
+        }
+    });
+    let inv = Invocation {
+        command: sh("sleep 600"),
+        ..Invocation::default()
+    };
+    let (outcome, _) = run(&host, &inv);
+    setter.join().unwrap();
+    let err = outcome.unwrap_err();
+    assert!(
+        matches!(err, EmuhostError::Run(RunError::Interrupted)),
+        "{err}"
+    );
     assert!(processes_with(&tag).is_empty(), "QEMU left running");
 }
