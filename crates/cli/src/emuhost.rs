@@ -138,7 +138,7 @@ fn prepare(config: HostConfig) -> anyhow::Result<EmulatedHost> {
 
 /// Runs the invocation, streaming output to stdout; the exit code is the
 /// command's status (130 when interrupted).
-fn boot(host: &EmulatedHost, inv: &Invocation) -> anyhow::Result<(ExitCode, Outcome)> {
+fn boot(host: &EmulatedHost, inv: &Invocation) -> anyhow::Result<(ExitCode, Option<Outcome>)> {
     let stdout = std::io::stdout();
     let result = host.run(inv, &mut |line| {
         let mut out = stdout.lock();
@@ -148,17 +148,24 @@ fn boot(host: &EmulatedHost, inv: &Invocation) -> anyhow::Result<(ExitCode, Outc
     match result {
         Ok(outcome) => {
             let code = u8::try_from(outcome.status).unwrap_or(exit::FAILURE);
-            Ok((ExitCode::from(code), outcome))
+            Ok((ExitCode::from(code), Some(outcome)))
         }
         Err(EmuhostError::Run(RunError::Interrupted)) => {
+            // As a shell reports a command ended by SIGINT.
             eprintln!("emuhost: interrupted; QEMU stopped");
-            Err(anyhow::anyhow!("Interrupted"))
+            Ok((ExitCode::from(INTERRUPTED), None))
         }
         Err(e) => Err(classify(e)),
     }
 }
 
-fn report(outcome: &Outcome) {
+/// Exit code after an interruption (128 + SIGINT).
+const INTERRUPTED: u8 = 130;
+
+fn report(outcome: Option<&Outcome>) {
+    let Some(outcome) = outcome else {
+        return;
+    };
     let to_command = outcome
         .to_command
         .map(|d| format!("{:.2} s", d.as_secs_f64()))
@@ -195,7 +202,7 @@ fn run_command(a: RunArgs) -> anyhow::Result<ExitCode> {
         files,
     };
     let (code, outcome) = boot(&host, &inv)?;
-    report(&outcome);
+    report(outcome.as_ref());
     Ok(code)
 }
 
@@ -216,7 +223,7 @@ pub fn run_bench_inside(inner_args: &[String], opts: &HostOpts) -> anyhow::Resul
     let result = boot(&host, &inv);
     println!("== end of emulated host output ({EMULATED_HOST_LABEL}) ==");
     let (code, outcome) = result?;
-    report(&outcome);
+    report(outcome.as_ref());
     Ok(code)
 }
 
