@@ -150,6 +150,11 @@ fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     // Usage errors first: nothing below has touched the host yet.
     let memory_mib = parse_memory_mib(&args.memory).map_err(|e| exit::usage(e.to_string()))?;
+    if args.host == HostChoice::Emulated && args.ready_fd.is_some() {
+        return Err(exit::usage(
+            "--ready-fd cannot cross into the emulated host: drop it with --host emulated",
+        ));
+    }
     let ready = args.ready_fd.map(ready_file).transpose()?;
     let console = match (args.console, args.console_file) {
         (true, _) => Console::Stdout,
@@ -178,9 +183,7 @@ fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
     checked.map_err(|e| exit::usage(format!("{:#}", anyhow::Error::new(e))))?;
 
     if args.host == HostChoice::Emulated {
-        return Err(exit::host(
-            "--host emulated needs the emulated host (crates/emuhost), which this build does not provide yet: run on a host with VT-x/AMD-V",
-        ));
+        return run_emulated(&config, &args.memory, args.json);
     }
     // Refuse hosts that cannot boot before provisioning (which may build a kernel).
     let kind = host::detect(Path::new("/"));
@@ -224,6 +227,65 @@ fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
             stop_name(reason)
         )),
     }
+}
+
+/// `bench vm run` again, inside the emulated hardware-virtualisation host
+/// (QEMU TCG with nested KVM), with the provisioned guest artifacts.
+fn run_emulated(config: &VmConfig, memory: &str, json: bool) -> anyhow::Result<ExitCode> {
+    if !config.kernel.as_os_str().is_empty() || config.initrd.is_some() {
+        return Err(exit::usage(
+            "--host emulated boots the provisioned guest kernel and initramfs: drop --kernel and --initrd",
+        ));
+    }
+    if config.console != Console::Off && config.console != Console::Stdout {
+        return Err(exit::usage(
+            "--host emulated cannot write a console file: use --console",
+        ));
+    }
+    // Provision on this host first: the emulated host gets the cached kernel.
+    default_artifacts(&config.workload)?;
+    let mut argv: Vec<String> = vec![
+        "vm".into(),
+        "run".into(),
+        "--workload".into(),
+        config.workload.clone(),
+        "--memory".into(),
+        memory.to_string(),
+        "--vcpus".into(),
+        config.vcpus.to_string(),
+    ];
+    if config.console == Console::Stdout {
+        argv.push("--console".into());
+    }
+    if json {
+        argv.push("--json".into());
+    }
+    if let Some(extra) = &config.cmdline_extra {
+        argv.push(format!("--cmdline-extra={extra}"));
+    }
+    if !config.workload_args.is_empty() {
+        argv.push("--".into());
+        argv.extend(config.workload_args.iter().cloned());
+    }
+    // SIGINT/SIGTERM stop QEMU through the runner instead of killing us.
+    isolab_emuhost::interrupt::install_handlers()
+        .context("install the signal handlers for the emulated host")?;
+    let host = isolab_emuhost::EmulatedHost::prepare(isolab_emuhost::HostConfig::default())
+        .map_err(|e| {
+            let msg = format!(
+                "the emulated host cannot start: {:#}",
+                anyhow::Error::new(e)
+            );
+            exit::host(msg)
+        })?;
+    let outcome = isolab_emuhost::run_bench_inside(&host, &argv, &mut |line| {
+        println!("{}", line.rsplit('\r').next().unwrap_or(line));
+    })
+    .map_err(|e| anyhow::anyhow!("the emulated host failed: {:#}", anyhow::Error::new(e)))?;
+    if !json {
+        println!("({})", isolab_emuhost::EMULATED_HOST_LABEL);
+    }
+    Ok(ExitCode::from(u8::try_from(outcome.status).unwrap_or(1)))
 }
 
 fn stop_name(r: StopReason) -> &'static str {
