@@ -1,1 +1,1 @@
-//! Placeholder crate root; filled in by its issue.
+//! Criterion micro-benchmarks live in `benches/micro.rs`; this crate has no library code.

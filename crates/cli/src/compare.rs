@@ -132,7 +132,12 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
     })
 }
 
-fn bar(len: u64, what: String) -> ProgressBar {
+/// A progress bar on stderr; hidden when `ISOLAB_PROGRESS=0` (set for runs
+/// inside the emulated host, whose console nobody watches).
+pub fn bar(len: u64, what: String) -> ProgressBar {
+    if std::env::var("ISOLAB_PROGRESS").is_ok_and(|v| v == "0") {
+        return ProgressBar::hidden();
+    }
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template("{spinner} {msg:<24} [{bar:30}] {pos}/{len} {elapsed}")
@@ -147,7 +152,7 @@ fn bar(len: u64, what: String) -> ProgressBar {
 pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let plan = plan(&args)?;
     if args.host == "emulated" {
-        return Err(crate::exit::host("--host emulated is not wired yet"));
+        return crate::emulated::compare(&args, plan.format);
     }
     isolab_harness::install_interrupt_handler();
     let cfg = CompareConfig {
@@ -206,7 +211,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let report = CompareReport {
-        schema: SCHEMA,
+        schema: SCHEMA.into(),
         created_unix: now_unix(),
         method: method_lines(&cfg),
         config: cfg,
@@ -228,7 +233,11 @@ pub fn emit(
     format: Format,
     out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    print!("{}", report::render(report, format));
+    let text = report::render(report, format);
+    print!("{text}");
+    if !text.ends_with('\n') {
+        println!();
+    }
     if let Some(dir) = out {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let plots = report::plots::write_all(report, dir)?;

@@ -6,6 +6,7 @@ mod compare;
 mod container;
 mod demo;
 mod emuhost;
+mod emulated;
 mod exit;
 mod provision;
 mod vm;

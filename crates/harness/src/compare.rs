@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::density::DensityReport;
 use crate::env::Environment;
@@ -24,7 +24,7 @@ pub fn serves_http(workload: &str) -> bool {
 }
 
 /// What to measure.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareConfig {
     pub workload: String,
     pub runs: usize,
@@ -36,7 +36,7 @@ pub struct CompareConfig {
 }
 
 /// Whether a mode was measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ModeStatus {
     Measured,
@@ -51,7 +51,7 @@ pub enum ModeStatus {
 }
 
 /// Memory summaries in bytes.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct MemoryReport {
     pub pss: Option<Summary>,
     pub uss: Option<Summary>,
@@ -63,7 +63,7 @@ pub struct MemoryReport {
 }
 
 /// Phase summaries in milliseconds.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct PhaseReport {
     pub vmm_setup_ms: Option<Summary>,
     pub kernel_boot_ms: Option<Summary>,
@@ -72,7 +72,7 @@ pub struct PhaseReport {
 }
 
 /// Everything measured for one mode.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModeReport {
     pub mode: ModeKind,
     pub peer: bool,
@@ -123,9 +123,9 @@ impl ModeReport {
 }
 
 /// The whole document `bench compare` prints or writes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareReport {
-    pub schema: &'static str,
+    pub schema: String,
     pub created_unix: u64,
     pub config: CompareConfig,
     pub environment: Environment,

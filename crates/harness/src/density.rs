@@ -19,7 +19,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::memory::{mem_available, meminfo_field};
 use crate::modes::{Instance, InstanceSpec, Launcher, ModeKind};
@@ -40,7 +40,7 @@ pub trait BudgetGroup {
 }
 
 /// One point of the density curve.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DensityPoint {
     /// Instances running, this one included.
     pub n: usize,
@@ -53,7 +53,7 @@ pub struct DensityPoint {
 }
 
 /// Result of a density run for one mode.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DensityReport {
     pub mode: ModeKind,
     pub budget_bytes: u64,

@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::stats::{summarize, Summary};
 use crate::HarnessError;
@@ -134,7 +134,7 @@ pub fn first_response(target: &HttpTarget, deadline: Instant) -> Result<Instant,
 }
 
 /// Result of a short request/response run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadResult {
     pub requests: usize,
     pub errors: usize,

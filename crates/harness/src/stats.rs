@@ -4,10 +4,10 @@
 //! Samples are never dropped: outliers are flagged by index so a reader can
 //! see them next to the raw values.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Summary of one sample set (units are whatever the samples are in).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     pub n: usize,
     pub min: f64,
@@ -99,7 +99,7 @@ pub fn bootstrap_median_ci(sorted_samples: &[f64], resamples: usize, seed: u64) 
 }
 
 /// Ordinary least squares fit `y = intercept + slope * x`.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct LinearFit {
     pub slope: f64,
     pub intercept: f64,

@@ -310,14 +310,24 @@ impl Launcher for QemuPeer {
             .map_err(|e| HarnessError::Io("marker pipe".into(), e.into()))?;
         let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| HarnessError::Io("output pipe".into(), e.into()))?;
+        let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| HarnessError::Io("status pipe".into(), e.into()))?;
+        // Our monitor's command line, except `reboot=t`: QEMU's microvm has
+        // no i8042, so the guest ends through a triple fault and -no-reboot.
+        // `8250.nr_uarts=1 console=ttyS0 loglevel=0` keeps /dev/console
+        // openable for init without printing (as our monitor does).
         let mut cmdline = String::from(
-            "reboot=k panic=1 pci=off nomodule 8250.nr_uarts=0 i8042.noaux i8042.nomux i8042.dumbkbd quiet",
+            "reboot=t panic=1 nomodule pci=off i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce rdinit=/init 8250.nr_uarts=1 console=ttyS0 loglevel=0",
         );
         cmdline.push_str(&format!(" isolab.workload={}", spec.workload));
         for a in &spec.args {
             cmdline.push_str(&format!(" isolab.arg={a}"));
         }
-        let (mw, ow) = (marker_w.as_raw_fd(), out_w.as_raw_fd());
+        let (mw, ow, sw) = (
+            marker_w.as_raw_fd(),
+            out_w.as_raw_fd(),
+            status_w.as_raw_fd(),
+        );
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
             "-M",
@@ -351,7 +361,7 @@ impl Launcher for QemuPeer {
         // SAFETY: only dup2 (async-signal-safe) runs between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(mw, 3) < 0 || libc::dup2(ow, 4) < 0 {
+                if libc::dup2(mw, 3) < 0 || libc::dup2(ow, 4) < 0 || libc::dup2(sw, 5) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -363,10 +373,12 @@ impl Launcher for QemuPeer {
             .map_err(|e| HarnessError::Io("spawn qemu-system-x86_64".into(), e))?;
         drop(marker_w);
         drop(out_w);
+        drop(status_w);
         Ok(Box::new(QemuInstance {
             child,
             marker: marker_r,
             output: out_r,
+            status: status_r,
             launched,
             guest_bytes: mib << 20,
         }))
@@ -377,6 +389,7 @@ struct QemuInstance {
     child: Child,
     marker: OwnedFd,
     output: OwnedFd,
+    status: OwnedFd,
     launched: Instant,
     guest_bytes: u64,
 }
@@ -389,8 +402,12 @@ impl QemuInstance {
             .map_err(|e| HarnessError::Io("wait for qemu".into(), e))?;
         let mut out = String::new();
         let _ = std::fs::File::from(self.output).read_to_string(&mut out);
+        let mut status = vec![];
+        let _ = std::fs::File::from(self.status).read_to_end(&mut status);
         Ok(InstanceOutcome {
-            status: shell_status(st),
+            // The workload's status byte from the marker ABI; QEMU's own
+            // status only when the guest never reported one.
+            status: status.last().map(|b| i32::from(*b)).or(shell_status(st)),
             result_line: out
                 .lines()
                 .rev()
