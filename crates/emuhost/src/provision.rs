@@ -340,6 +340,13 @@ pub fn download_and_extract(
     std::fs::write(&meta_path, text).map_err(cache_io("write", &meta_path))?;
 
     let dir = cache.kernel_dir(&release);
+    let current = cache.current_file();
+    if dir.join("meta.json").is_file() && dir.join("vmlinuz").is_file() {
+        // Another run unpacked the same release meanwhile (or a refresh
+        // found no newer one): keep that copy, it may be in use.
+        std::fs::write(&current, format!("{release}\n")).map_err(cache_io("write", &current))?;
+        return Ok(EmuKernel::at(&dir, meta));
+    }
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(cache_io("replace", &dir))?;
     }
@@ -347,7 +354,6 @@ pub fn download_and_extract(
         std::fs::create_dir_all(parent).map_err(cache_io("create", parent))?;
     }
     std::fs::rename(&entry, &dir).map_err(cache_io("move into place", &dir))?;
-    let current = cache.current_file();
     std::fs::write(&current, format!("{release}\n")).map_err(cache_io("write", &current))?;
     Ok(EmuKernel::at(&dir, meta))
 }
