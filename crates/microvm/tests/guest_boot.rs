@@ -19,6 +19,14 @@ fn strict() -> bool {
         || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
 }
 
+/// Prints the skip line straight to stderr in one write: libtest captures
+/// `println!` of passing tests, and a skip must be visible.
+fn skipped(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let line = format!("SKIPPED {test}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
 fn cache_root() -> Option<PathBuf> {
     if let Some(c) = std::env::var_os("ISOLAB_CACHE") {
         return Some(c.into());
@@ -45,7 +53,7 @@ fn newest(dir: &Path, pick: impl Fn(&Path) -> Option<PathBuf>) -> Option<PathBuf
 fn artifacts(test: &str) -> Option<(PathBuf, PathBuf)> {
     let kind = host::detect(Path::new("/"));
     if let Some(why) = kind.refusal() {
-        println!("SKIPPED {test}: {why}");
+        skipped(test, why);
         return None;
     }
     let found = cache_root().and_then(|root| {
@@ -64,7 +72,7 @@ fn artifacts(test: &str) -> Option<(PathBuf, PathBuf)> {
         if strict() {
             panic!("{test}: {reason} (strict mode)");
         }
-        println!("SKIPPED {test}: {reason}");
+        skipped(test, reason);
     }
     found
 }

@@ -19,6 +19,14 @@ fn strict() -> bool {
         || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
 }
 
+/// Prints the skip line straight to stderr in one write: libtest captures
+/// `println!` of passing tests, and a skip must be visible.
+fn skipped(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let line = format!("SKIPPED {test}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
 /// Returns true when the test may go on.
 fn require_kvm(test: &str) -> bool {
     match KvmContext::open() {
@@ -28,7 +36,7 @@ fn require_kvm(test: &str) -> bool {
             if strict() {
                 panic!("{test}: {reason} (strict mode)");
             }
-            println!("SKIPPED {test}: {reason}");
+            skipped(test, &reason);
             false
         }
     }
@@ -59,8 +67,9 @@ fn smoke_vm_can_run_repeatedly_in_one_process() {
 fn host_that_cannot_boot_stock_kernels_is_refused_before_any_boot() {
     let kind = host::detect(Path::new("/"));
     if kind.boots_stock_kernels() {
-        println!(
-            "SKIPPED host_that_cannot_boot_stock_kernels_is_refused_before_any_boot: host is {kind:?}, it can boot"
+        skipped(
+            "host_that_cannot_boot_stock_kernels_is_refused_before_any_boot",
+            &format!("host is {kind:?}, it can boot"),
         );
         return;
     }
@@ -94,9 +103,12 @@ fn too_many_vcpus_is_a_usage_error_from_kvms_limit() {
     cfg.vcpus = 254;
     cfg.allow_pvm = true;
     if kvm.max_vcpus() >= 254 {
-        println!(
-            "SKIPPED too_many_vcpus_is_a_usage_error_from_kvms_limit: KVM allows {} vCPUs",
-            kvm.max_vcpus()
+        skipped(
+            "too_many_vcpus_is_a_usage_error_from_kvms_limit",
+            &format!(
+                "KVM allows {} vCPUs, no count above it fits",
+                kvm.max_vcpus()
+            ),
         );
         return;
     }

@@ -18,6 +18,14 @@ fn strict() -> bool {
         || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
 }
 
+/// Prints the skip line straight to stderr in one write: libtest captures
+/// `println!` of passing tests, and a skip must be visible.
+fn skipped(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let line = format!("SKIPPED {test}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
 fn require_kvm(test: &str) -> Option<KvmContext> {
     match KvmContext::open() {
         Ok(k) => Some(k),
@@ -25,7 +33,7 @@ fn require_kvm(test: &str) -> Option<KvmContext> {
             if strict() {
                 panic!("{test}: cannot use /dev/kvm: {e} (strict mode)");
             }
-            println!("SKIPPED {test}: cannot use /dev/kvm: {e}");
+            skipped(test, &format!("cannot use /dev/kvm: {e}"));
             None
         }
     }
