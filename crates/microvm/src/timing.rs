@@ -37,7 +37,8 @@ impl Timeline {
 /// Phases in milliseconds; `None` where a marker never arrived.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Phases {
-    /// exec to monitor start (coarse, from /proc/self/stat).
+    /// exec to monitor start (coarse, from /proc/self/stat); meaningful for
+    /// one VM per process, as `bench vm run` runs them.
     pub exec_to_monitor_ms: Option<f64>,
     /// Monitor start to KVM_CREATE_VM done.
     pub vm_create_ms: Option<f64>,
