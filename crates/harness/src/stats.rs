@@ -71,7 +71,7 @@ pub fn summarize(samples: &[f64]) -> Option<Summary> {
         p50: percentile(&s, 0.5),
         p90: percentile(&s, 0.9),
         p99: percentile(&s, 0.99),
-        p50_ci95: bootstrap_median_ci(&s, BOOTSTRAP_RESAMPLES, 0x15_0_1ab),
+        p50_ci95: bootstrap_median_ci(&s, BOOTSTRAP_RESAMPLES, 0x0015_01ab),
         outliers,
     })
 }
