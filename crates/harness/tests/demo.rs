@@ -226,11 +226,8 @@ fn memory_hog_is_oom_killed_by_the_cgroup_and_capped_as_a_process() {
     assert_eq!(fact(p, "/capped"), true);
     assert_eq!(fact(p, "/mib"), 64);
     // The safety cap held: the process never grew far past it.
-    assert!(
-        p.host_peak_rss_kib.unwrap() < 128 * 1024,
-        "{:?}",
-        p.host_peak_rss_kib
-    );
+    let rss = fact(p, "/rss_kib").as_u64().unwrap();
+    assert!((60 * 1024..100 * 1024).contains(&rss), "{rss} KiB");
     let table = render_table(r);
     assert!(table.contains("cgroup OOM kill"), "{table}");
     // The guest's own OOM killer; the host sees at most guest RAM plus the VMM.

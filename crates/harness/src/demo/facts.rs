@@ -211,7 +211,7 @@ pub fn rows(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Row> {
                     Some(0) => "0 (off)".into(),
                     Some(1) => "1 (strict)".into(),
                     Some(2) => "2 (filter)".into(),
-                    _ => "?".into(),
+                    _ => "n/a (not in this kernel)".into(),
                 }
             }),
         ],
@@ -317,9 +317,11 @@ fn memory_rows(cols: &[Column<'_>]) -> Vec<Row> {
                 .and_then(|s| s.memory_peak_bytes)
                 .map(|b| format!("{} (cgroup peak)", mib(b)))
                 .unwrap_or_else(|| "?".into()),
-            DemoMode::Process => r
-                .host_peak_rss_kib
-                .map(|k| format!("{} (peak RSS)", mib(k << 10)))
+            // The hog's own resident size at its end: the kernel's peak for
+            // the child also counts the launcher's pages it started with.
+            DemoMode::Process => pointer(r, "/rss_kib")
+                .and_then(Value::as_u64)
+                .map(|k| format!("{} (its RSS)", mib(k << 10)))
                 .unwrap_or_else(|| "?".into()),
             DemoMode::Microvm => r
                 .host_peak_rss_kib

@@ -79,8 +79,10 @@ pub struct RunRecord {
     pub result: Option<Value>,
     /// The instance's cgroup statistics (container mode).
     pub cgroup: Option<Stats>,
-    /// Peak resident memory of the host process that held the workload
-    /// (process mode: the workload; microVM: the monitor), KiB.
+    /// Peak resident memory of the host process that held the workload,
+    /// KiB (process mode: the kernel's figure for the child, which also
+    /// counts pages it shared with `bench` before exec; microVM: the
+    /// monitor's resident memory at the end).
     pub host_peak_rss_kib: Option<u64>,
     /// CPU time the workload used (user + system), where the mode measures
     /// it: the process's rusage, the container's cgroup.
