@@ -35,6 +35,8 @@ use crate::EmuhostError;
 
 /// How many console lines an error report keeps.
 const TAIL_LINES: usize = 25;
+/// The longest allowed run (one day): keeps deadline arithmetic in range.
+const MAX_TIMEOUT_S: u64 = 86_400;
 /// After the exit marker, how long QEMU gets to power off by itself.
 const POWEROFF_GRACE: Duration = Duration::from_secs(10);
 
@@ -95,8 +97,11 @@ impl HostConfig {
         if !(1..=16).contains(&self.smp) {
             return bad("smp", format!("{} is outside 1..16", self.smp));
         }
-        if self.timeout_s == 0 {
-            return bad("timeout", "must be at least 1 second".into());
+        if !(1..=MAX_TIMEOUT_S).contains(&self.timeout_s) {
+            return bad(
+                "timeout",
+                format!("{} s is outside 1..{MAX_TIMEOUT_S} s", self.timeout_s),
+            );
         }
         for word in &self.extra_append {
             if word.contains(char::is_whitespace) || word.contains('"') {
@@ -626,6 +631,13 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(e.to_string().starts_with("Invalid append"), "{e}");
+        let e = HostConfig {
+            timeout_s: u64::MAX,
+            ..HostConfig::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().starts_with("Invalid timeout"), "{e}");
     }
 
     #[test]
