@@ -302,6 +302,10 @@ impl BaseImage {
     /// carries the key), via a temporary file renamed into place.
     pub fn write_cached(&self, path: &Path) -> Result<(), ImageError> {
         if path.is_file() {
+            // Mark it recently used so pruning keeps it.
+            if let Ok(f) = std::fs::File::options().write(true).open(path) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
             return Ok(());
         }
         let wc = |source| ImageError::WriteCache {
@@ -316,6 +320,28 @@ impl BaseImage {
         let tmp = w.into_inner().map_err(|e| wc(e.into_error()))?;
         tmp.persist(path).map_err(|e| wc(e.error))?;
         Ok(())
+    }
+}
+
+/// Removes all but the `keep` most recently modified `base-*.cpio` files in
+/// `dir` (old keys pile up as busybox, modules or `/init` change). Best
+/// effort: a file another run has open stays readable through its fd.
+pub fn prune_base_images(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut bases: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with("base-") && n.ends_with(".cpio")
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    bases.sort();
+    let excess = bases.len().saturating_sub(keep);
+    for (_, path) in bases.into_iter().take(excess) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -440,6 +466,33 @@ pub fn payload(
 mod tests {
     use super::*;
     use isolab_initramfs::list;
+
+    #[test]
+    fn pruning_keeps_the_newest_base_images_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, name) in ["base-a.cpio", "base-b.cpio", "base-c.cpio", "other.cpio"]
+            .iter()
+            .enumerate()
+        {
+            let p = dir.path().join(name);
+            std::fs::write(&p, "x").unwrap();
+            let t =
+                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i as u64);
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        prune_base_images(dir.path(), 2);
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["base-b.cpio", "base-c.cpio", "other.cpio"]);
+    }
 
     #[test]
     fn file_maps_parse_host_colon_guest() {

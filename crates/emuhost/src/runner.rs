@@ -35,6 +35,8 @@ use crate::EmuhostError;
 
 /// How many console lines an error report keeps.
 const TAIL_LINES: usize = 25;
+/// How many base images (different busybox/modules/`/init`) the cache keeps.
+const BASE_IMAGES_KEPT: usize = 3;
 /// The longest allowed run (one day): keeps deadline arithmetic in range.
 const MAX_TIMEOUT_S: u64 = 86_400;
 /// After the exit marker, how long QEMU gets to power off by itself.
@@ -216,6 +218,7 @@ impl EmulatedHost {
         let base = BaseImage::gather(&busybox, &index, &wanted)?;
         let base_cpio = cache.base_cpio(&format!("{}-{}", kernel.meta.release, base.key()));
         base.write_cached(&base_cpio)?;
+        crate::image::prune_base_images(cache.dir(), BASE_IMAGES_KEPT);
         let bundle = if config.include_qemu {
             qemu_bundle(&qemu)?
         } else {
