@@ -2,17 +2,29 @@
 //!
 //! `bench container run --workload <name> [--memory 64M] [--cpus 0.5]
 //! [--pids 64] [--cpuset 0] [--hostname h] [--userns] [--json]
-//! [--workload-bin PATH] [-- args]`
+//! [--net [--requests N]] [--workload-bin PATH] [-- args]`
+//!
+//! With `--net` this invocation creates the workbench network (namespace
+//! `isolab0`, bridge `isobr0`) for its own lifetime, attaches the container
+//! through a veth while its init waits, probes `GET /health` on port 8080
+//! from inside the workbench namespace (launch -> first response, then a
+//! short request run), stops the workload and removes the veth, the lease
+//! and the namespace. A second `bench ... --net` running at the same time
+//! gets a clear "already in use" error rather than sharing the bridge.
 
 use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use isolab_cgroups::{parse_cpus, parse_size, CgroupError, CpuSet, Limits};
 use isolab_container::config::WORKLOADS;
-use isolab_container::{ContainerConfig, ContainerError, Outcome};
+use isolab_container::{ContainerConfig, ContainerError, NetworkHook, Outcome};
+use isolab_net::{ProbeConfig, VethAttachment, Workbench, WorkbenchConfig, WorkbenchError};
 
 use crate::exit;
 
@@ -55,6 +67,13 @@ struct RunArgs {
     /// Print the outcome as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Attach to the workbench network and probe the workload over HTTP
+    /// (api or cache): time to first response and a short request run.
+    #[arg(long)]
+    net: bool,
+    /// With --net: requests in the request/response run after the first.
+    #[arg(long, default_value_t = 200, requires = "net")]
+    requests: u32,
     /// The workload binary (default: `workload` next to this executable).
     #[arg(long)]
     workload_bin: Option<PathBuf>,
@@ -114,6 +133,18 @@ fn config(args: &RunArgs) -> anyhow::Result<ContainerConfig> {
                 "--cpuset: CPUs {set} are not all on this host (online CPUs: {online})"
             )));
         }
+    }
+    if args.net && !NET_WORKLOADS.contains(&args.workload.as_str()) {
+        return Err(exit::usage(format!(
+            "--net probes HTTP on port {NET_PORT}: use --workload {}, not '{}'",
+            NET_WORKLOADS.join(" or "),
+            args.workload
+        )));
+    }
+    if args.net && args.args.iter().any(|a| a == "--port" || a == "--bind") {
+        return Err(exit::usage(format!(
+            "--net needs the workload on 0.0.0.0:{NET_PORT}: drop --port/--bind from its arguments"
+        )));
     }
     let workload_bin = match &args.workload_bin {
         Some(p) => p.clone(),
@@ -208,23 +239,180 @@ fn install_interrupt_handler() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Workloads that answer HTTP, the only ones `--net` can probe.
+const NET_WORKLOADS: &[&str] = &["api", "cache"];
+/// The port api and cache listen on by default (on 0.0.0.0).
+const NET_PORT: u16 = 8080;
+
+/// Attaches the container's network namespace to the workbench bridge
+/// while its init waits; keeps the veth (and so the lease) until dropped.
+#[derive(Debug)]
+struct VethHook<'a> {
+    workbench: &'a Workbench,
+    attached: Mutex<Option<VethAttachment>>,
+}
+
+impl NetworkHook for VethHook<'_> {
+    fn attach(&self, pid: i32) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let veth = self.workbench.attach_veth_pid(pid, "eth0")?;
+        *self.attached.lock().unwrap_or_else(|e| e.into_inner()) = Some(veth);
+        Ok(())
+    }
+}
+
+impl VethHook<'_> {
+    fn addr(&self) -> Option<Ipv4Addr> {
+        self.attached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(VethAttachment::addr)
+    }
+}
+
+/// What the probe saw, for the report (`"net"` in `--json`).
+#[derive(Debug, Clone, serde::Serialize)]
+struct NetReport {
+    /// The container's address on the bridge, with the port.
+    addr: String,
+    /// Launch (start of `start_with`) -> first successful HTTP response.
+    launch_to_first_response_ms: f64,
+    /// Connection attempts until the first response (1 ms apart).
+    attempts: u32,
+    /// HTTP status of the first response.
+    status: u16,
+    /// The request/response run after the first response.
+    requests: u32,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    throughput_rps: f64,
+}
+
+fn dur_ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Maps a workbench failure to an exit code: host capability (3) or a
+/// failed run (1).
+fn net_error(err: WorkbenchError) -> anyhow::Error {
+    let msg = format!("{:#}", anyhow::Error::new(chain_of(&err)));
+    if err.is_host_problem() {
+        exit::host(format!("workbench network: {msg}"))
+    } else {
+        anyhow::anyhow!("workbench network: {msg}")
+    }
+}
+
+fn chain_of(err: &dyn std::error::Error) -> ChainMsg {
+    let mut parts = vec![err.to_string()];
+    let mut src = err.source();
+    while let Some(s) = src {
+        parts.push(s.to_string());
+        src = s.source();
+    }
+    ChainMsg(parts.join(": "))
+}
+
+/// Probes a started container from inside the workbench namespace.
+fn probe(
+    workbench: &Workbench,
+    addr: SocketAddr,
+    launched: Instant,
+    requests: u32,
+) -> anyhow::Result<NetReport> {
+    let cfg = ProbeConfig::default();
+    let first = workbench
+        .probe_first_response(addr, launched, &cfg)
+        .map_err(net_error)?
+        .map_err(|e| anyhow::anyhow!("{}", chain_of(&e)))
+        .with_context(|| format!("the workload at {addr} never answered GET {}", cfg.path))?;
+    let run = workbench
+        .probe_run(addr, requests, &cfg)
+        .map_err(net_error)?
+        .map_err(|e| anyhow::anyhow!("{}", chain_of(&e)))
+        .with_context(|| format!("the request run against {addr} failed"))?;
+    Ok(NetReport {
+        addr: addr.to_string(),
+        launch_to_first_response_ms: dur_ms(first.elapsed),
+        attempts: first.attempts,
+        status: first.status,
+        requests: run.requests,
+        p50_ms: dur_ms(run.p50),
+        p99_ms: dur_ms(run.p99),
+        max_ms: dur_ms(run.max),
+        throughput_rps: run.throughput_rps,
+    })
+}
+
 fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = config(&args)?;
     install_interrupt_handler()?;
-    let running = isolab_container::start(&cfg).map_err(classify)?;
+    // Owned for this invocation; dropped (namespace and every interface in
+    // it removed) after the container, on every path.
+    let workbench = if args.net {
+        Some(Workbench::create(WorkbenchConfig::default()).map_err(net_error)?)
+    } else {
+        None
+    };
+    let hook = workbench.as_ref().map(|w| VethHook {
+        workbench: w,
+        attached: Mutex::new(None),
+    });
+    let running = isolab_container::start_with(&cfg, hook.as_ref().map(|h| h as &dyn NetworkHook))
+        .map_err(classify)?;
     TARGET.store(running.pid(), Ordering::SeqCst);
     if INTERRUPTS.load(Ordering::SeqCst) > 0 {
         let _ = running.signal(nix::sys::signal::Signal::SIGTERM);
     }
-    let outcome = running.wait().map_err(classify);
-    TARGET.store(0, Ordering::SeqCst);
-    let outcome = outcome?;
+    let (outcome, net) = match (&workbench, &hook) {
+        (Some(w), Some(h)) => {
+            let ip = h
+                .addr()
+                .context("the network hook ran but left no veth attached")?;
+            let probed = probe(
+                w,
+                SocketAddr::from((ip, NET_PORT)),
+                running.launched_at(),
+                args.requests,
+            );
+            let outcome = running.stop().map_err(classify);
+            TARGET.store(0, Ordering::SeqCst);
+            let outcome = outcome?;
+            match probed {
+                Ok(net) => (outcome, Some(net)),
+                Err(e) => {
+                    let last = outcome.stdout.lines().last().unwrap_or("(no output)");
+                    return Err(e.context(format!(
+                        "container {} ended {}; its last output: {last}",
+                        outcome.id, outcome.status
+                    )));
+                }
+            }
+        }
+        _ => {
+            let outcome = running.wait().map_err(classify);
+            TARGET.store(0, Ordering::SeqCst);
+            (outcome?, None)
+        }
+    };
+    drop(hook);
+    if let Some(w) = workbench {
+        w.destroy().map_err(net_error)?;
+    }
     // A closed stdout (`| head`) must not turn a finished run into a panic.
     let mut out = std::io::stdout().lock();
     let printed = if args.json {
-        writeln!(out, "{}", serde_json::to_string(&outcome)?)
+        let mut v = serde_json::to_value(&outcome)?;
+        if let (Some(net), Some(obj)) = (&net, v.as_object_mut()) {
+            obj.insert("net".into(), serde_json::to_value(net)?);
+        }
+        writeln!(out, "{v}")
     } else {
-        print_human(&mut out, &outcome)
+        print_human(&mut out, &outcome).and_then(|()| match &net {
+            Some(n) => print_net(&mut out, n),
+            None => Ok(()),
+        })
     };
     match printed {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
@@ -232,7 +420,24 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
+    // A server stopped by our SIGTERM after answering has done its job.
+    if net.is_some() {
+        return Ok(ExitCode::SUCCESS);
+    }
     Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
+}
+
+fn print_net(out: &mut impl Write, n: &NetReport) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "  launch -> first HTTP response {:.2} ms ({} attempts, status {}, {})",
+        n.launch_to_first_response_ms, n.attempts, n.status, n.addr
+    )?;
+    writeln!(
+        out,
+        "  {} requests        p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms, {:.0} req/s",
+        n.requests, n.p50_ms, n.p99_ms, n.max_ms, n.throughput_rps
+    )
 }
 
 fn ms(us: u64) -> String {
@@ -386,5 +591,12 @@ mod tests {
                 .contains("not all on this host")
         );
         assert!(usage_msg(&["run", "--workload", "noop", "--hostname", "a b"]).contains("'a b'"));
+        assert!(usage_msg(&["run", "--workload", "noop", "--net"])
+            .contains("use --workload api or cache, not 'noop'"));
+        assert!(
+            usage_msg(&["run", "--workload", "api", "--net", "--", "--port", "9"])
+                .contains("drop --port")
+        );
+        assert!(parse(&["run", "--workload", "api", "--net"]).is_ok());
     }
 }
