@@ -103,12 +103,13 @@ fn too_many_vcpus_is_a_usage_error_from_kvms_limit() {
     cfg.vcpus = 254;
     cfg.allow_pvm = true;
     if kvm.max_vcpus() >= 254 {
-        skipped(
-            "too_many_vcpus_is_a_usage_error_from_kvms_limit",
-            &format!(
-                "KVM allows {} vCPUs, no count above it fits",
-                kvm.max_vcpus()
-            ),
+        // No count the monitor accepts (1-254) is above this KVM's limit, so
+        // the refusal cannot be provoked; check the other side instead: the
+        // largest count the monitor allows passes KVM's limit check.
+        assert!(
+            builder::open_kvm(&cfg).is_ok(),
+            "254 vCPUs are within KVM's limit of {}",
+            kvm.max_vcpus()
         );
         return;
     }
