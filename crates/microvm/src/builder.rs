@@ -72,8 +72,10 @@ pub const NO_CONSOLE_CMDLINE: &str = "8250.nr_uarts=1 console=ttyS0 loglevel=0";
 /// workload's output there.
 pub const CONSOLE_CMDLINE: &str = "console=ttyS0 isolab.console=1";
 
-/// Builds a virtio-mmio device once its slot and interrupt are known.
-pub type MmioDeviceFactory = Box<dyn FnOnce(MmioSlot, EventFd) -> SharedDevice + Send>;
+/// Builds a virtio-mmio device once its slot, its interrupt (an irqfd on
+/// the slot's IRQ) and the guest memory it reads its queues from are known.
+pub type MmioDeviceFactory =
+    Box<dyn FnOnce(MmioSlot, EventFd, &GuestMemoryMmap) -> SharedDevice + Send>;
 
 /// Callbacks and extra devices for one run.
 #[derive(Default)]
@@ -331,22 +333,35 @@ pub fn attach_devices(
         .insert(MARKER_BASE, MARKER_LEN, Arc::new(Mutex::new(marker)))
         .map_err(BuildError::DeviceBus)?;
 
-    let mut alloc = VirtioMmioAllocator::new();
-    let mut mmio_slots = Vec::new();
-    for factory in hooks.mmio_devices.drain(..) {
-        let slot = alloc.allocate().map_err(BuildError::VirtioMmio)?;
-        let irq = vm::irqfd(vm, slot.irq).map_err(BuildError::DeviceIrq)?;
-        bus.mmio
-            .insert(slot.addr, slot.len, factory(slot, irq))
-            .map_err(BuildError::DeviceBus)?;
-        mmio_slots.push(slot);
-    }
     Ok(Devices {
         bus,
         markers,
         ready_evt,
-        mmio_slots,
+        mmio_slots: Vec::new(),
     })
+}
+
+/// Step 8, continued: the caller's virtio-mmio devices, each in the next
+/// slot (0xc0001000 + n*4K, IRQ 5+n) with an irqfd on its IRQ and access
+/// to guest memory for its queues.
+pub fn attach_mmio_devices(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    devices: &mut Devices,
+    hooks: &mut RunHooks,
+) -> Result<(), BuildError> {
+    let mut alloc = VirtioMmioAllocator::new();
+    for factory in hooks.mmio_devices.drain(..) {
+        let slot = alloc.allocate().map_err(BuildError::VirtioMmio)?;
+        let irq = vm::irqfd(vm, slot.irq).map_err(BuildError::DeviceIrq)?;
+        devices
+            .bus
+            .mmio
+            .insert(slot.addr, slot.len, factory(slot, irq, mem))
+            .map_err(BuildError::DeviceBus)?;
+        devices.mmio_slots.push(slot);
+    }
+    Ok(())
 }
 
 /// The command line for `config` with these virtio-mmio slots.
@@ -684,7 +699,8 @@ pub fn run(
     let guest_ranges = memory::host_ranges(&mem);
     let kernel = load_kernel(&mem, &config.kernel)?; // 6
     let initrd = load_initrd(&mem, config.initrd.as_deref(), validated.mem_bytes, &kernel)?; // 7
-    let devices = attach_devices(&vm, &config.console, &mut hooks)?; // 8
+    let mut devices = attach_devices(&vm, &config.console, &mut hooks)?; // 8
+    attach_mmio_devices(&vm, &mem, &mut devices, &mut hooks)?;
     let cmdline = build_cmdline(config, &devices.mmio_slots)?;
     let cmdline_len = write_cmdline(&mem, &cmdline)?; // 9
     write_boot_info(&mem, validated.mem_bytes, &kernel, initrd, cmdline_len)?; // 10

@@ -5,4 +5,5 @@ pub mod bus;
 pub mod i8042;
 pub mod marker;
 pub mod serial;
+pub mod virtio;
 pub mod virtio_mmio;

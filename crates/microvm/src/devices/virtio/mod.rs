@@ -1,0 +1,15 @@
+//! virtio devices over the virtio-mmio transport (virtio spec 1.x, MMIO
+//! register layout version 2): the transport ([`mmio`]), what a device
+//! plugs into it ([`device`]), and the network device ([`net`]) backed by
+//! a TAP from the workbench network.
+//!
+//! Not here: the slot layout and the `virtio_mmio.device=` parameter
+//! ([`crate::devices::virtio_mmio`]), PCI, vhost, packed rings, event idx.
+
+pub mod device;
+pub mod mmio;
+pub mod net;
+
+pub use device::{Interrupt, VirtioDevice};
+pub use mmio::MmioTransport;
+pub use net::{NetDevice, NetError};

@@ -1,0 +1,406 @@
+//! virtio-net (device ID 1) backed by a TAP file descriptor.
+//!
+//! One RX and one TX queue, no offloads: the device offers VERSION_1 and
+//! MAC only, so every frame carries a 12-byte `virtio_net_hdr_v1` of
+//! zeroes (num_buffers = 1 on RX) and the TAP is opened without
+//! IFF_VNET_HDR. A worker thread polls the TAP (RX, only while the guest
+//! has posted buffers) and a kick eventfd (QueueNotify on either queue:
+//! TX is drained, RX retried), and raises the interrupt through the
+//! slot's irqfd after using buffers.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemory};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::device::{Interrupt, VirtioDevice, INT_VRING};
+use super::mmio::VIRTIO_F_VERSION_1;
+use crate::vstate::memory::GuestMemoryMmap;
+
+/// virtio device ID of a network card.
+pub const DEVICE_ID_NET: u32 = 1;
+/// Feature bit 5: the device has a MAC address in its config space.
+pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// `virtio_net_hdr_v1` (flags, gso_type, hdr_len, gso_size, csum_start,
+/// csum_offset, num_buffers): the header before every frame with VERSION_1.
+pub const NET_HDR_LEN: usize = 12;
+/// Descriptors per queue (a power of two, Firecracker's value).
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest frame read from the TAP: a 1500-byte MTU frame with VLAN tag,
+/// with room to spare (no GSO is negotiated, so nothing larger comes).
+const MAX_FRAME: usize = 65_550;
+
+/// Failures setting up the device.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Making the TAP non-blocking failed.
+    #[error("Could not make the TAP file descriptor non-blocking")]
+    Nonblocking(#[source] nix::Error),
+    /// Creating an eventfd failed.
+    #[error("Could not create the {what} eventfd")]
+    EventFd {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The network device; the transport activates it.
+#[derive(Debug)]
+pub struct NetDevice {
+    mac: [u8; 6],
+    tap: File,
+    kick: EventFd,
+    stop: EventFd,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl NetDevice {
+    /// A device with MAC `mac` sending and receiving frames on `tap` (a TAP
+    /// fd opened without IFF_VNET_HDR).
+    pub fn new(tap: OwnedFd, mac: [u8; 6]) -> Result<NetDevice, NetError> {
+        let flags = fcntl(&tap, FcntlArg::F_GETFL).map_err(NetError::Nonblocking)?;
+        fcntl(
+            &tap,
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+        )
+        .map_err(NetError::Nonblocking)?;
+        let evt = |what| {
+            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| NetError::EventFd { what, source })
+        };
+        Ok(NetDevice {
+            mac,
+            tap: File::from(tap),
+            kick: evt("queue notify")?,
+            stop: evt("stop")?,
+            worker: None,
+        })
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some(w) = self.worker.take() {
+            let _ = self.stop.write(1);
+            let _ = w.join();
+            let _ = self.stop.read();
+        }
+    }
+}
+
+impl Drop for NetDevice {
+    fn drop(&mut self) {
+        self.stop_worker();
+    }
+}
+
+impl VirtioDevice for NetDevice {
+    fn device_type(&self) -> u32 {
+        DEVICE_ID_NET
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_net_config: mac[6] first; the rest (status, MTU...)
+        // belongs to features not offered and reads as zero.
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| self.mac.get(o + i).copied())
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        _features: u64,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), String> {
+        self.stop_worker();
+        let clone = |f: &File| {
+            f.try_clone()
+                .map_err(|e| format!("Could not clone the TAP fd: {e}"))
+        };
+        let tap = clone(&self.tap)?;
+        let kick = self
+            .kick
+            .try_clone()
+            .map_err(|e| format!("Could not clone the notify eventfd: {e}"))?;
+        let stop = self
+            .stop
+            .try_clone()
+            .map_err(|e| format!("Could not clone the stop eventfd: {e}"))?;
+        let mut queues = queues.into_iter();
+        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
+            return Err("virtio-net needs an RX and a TX queue".into());
+        };
+        let worker = Worker {
+            mem,
+            rx,
+            tx,
+            tap,
+            kick,
+            stop,
+            interrupt,
+            frame: vec![0; MAX_FRAME],
+            pending: None,
+            rx_room: true,
+        };
+        let handle = std::thread::Builder::new()
+            .name("virtio-net".into())
+            .spawn(move || worker.run())
+            .map_err(|e| format!("Could not start the virtio-net thread: {e}"))?;
+        self.worker = Some(handle);
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, _queue: u32) {
+        let _ = self.kick.write(1);
+    }
+
+    fn reset(&mut self) {
+        self.stop_worker();
+    }
+}
+
+/// The device's I/O thread: owns both queues while the device runs.
+struct Worker {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    tap: File,
+    kick: EventFd,
+    stop: EventFd,
+    interrupt: Arc<Interrupt>,
+    frame: Vec<u8>,
+    /// Length of a frame read from the TAP but not yet delivered.
+    pending: Option<usize>,
+    /// Whether the guest may have posted RX buffers since we last ran out.
+    rx_room: bool,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            let (kick, tap, stop) = {
+                // SAFETY: both eventfds are owned by `self` and outlive
+                // this poll set, which is dropped at the end of the block.
+                let (kick, stop) = unsafe {
+                    (
+                        BorrowedFd::borrow_raw(self.kick.as_raw_fd()),
+                        BorrowedFd::borrow_raw(self.stop.as_raw_fd()),
+                    )
+                };
+                let mut fds = vec![
+                    PollFd::new(kick, PollFlags::POLLIN),
+                    PollFd::new(stop, PollFlags::POLLIN),
+                ];
+                if self.rx_room {
+                    fds.push(PollFd::new(self.tap.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::Error::EINTR) => continue,
+                    Err(_) => return,
+                }
+                let ready = |i: usize| {
+                    fds.get(i)
+                        .and_then(PollFd::revents)
+                        .is_some_and(|r| !r.is_empty())
+                };
+                (ready(0), ready(2), ready(1))
+            };
+            if stop {
+                return;
+            }
+            if kick {
+                let _ = self.kick.read();
+                self.rx_room = true;
+                if process_tx(&mut self.tx, &self.mem, &mut self.tap) {
+                    self.interrupt.signal(INT_VRING);
+                }
+            }
+            if self.rx_room && (tap || kick || self.pending.is_some()) && self.receive() {
+                self.interrupt.signal(INT_VRING);
+            }
+        }
+    }
+
+    /// Moves frames from the TAP into RX buffers until either runs out;
+    /// returns whether any buffer was used.
+    fn receive(&mut self) -> bool {
+        let mut used = false;
+        loop {
+            let len = match self.pending {
+                Some(n) => n,
+                None => match self.tap.read(&mut self.frame) {
+                    Ok(n) => n,
+                    Err(_) => return used, // EAGAIN: nothing more for now
+                },
+            };
+            self.pending = Some(len);
+            match deliver_rx(&mut self.rx, &self.mem, &self.frame[..len]) {
+                Some(_) => {
+                    used = true;
+                    self.pending = None;
+                }
+                None => {
+                    self.rx_room = false;
+                    return used;
+                }
+            }
+        }
+    }
+}
+
+/// Sends every available TX chain to `tap` (header stripped); returns
+/// whether any chain was used. A chain that cannot be read is still
+/// returned to the guest (used length 0), so the ring never stalls.
+pub fn process_tx<M: GuestMemory>(queue: &mut Queue, mem: &M, tap: &mut impl Write) -> bool {
+    let mut used = false;
+    let mut buf = Vec::with_capacity(2048);
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        buf.clear();
+        let mut ok = true;
+        for desc in chain {
+            if desc.is_write_only() {
+                continue;
+            }
+            let start = buf.len();
+            buf.resize(start + desc.len() as usize, 0);
+            if mem.read_slice(&mut buf[start..], desc.addr()).is_err() {
+                ok = false;
+                break;
+            }
+        }
+        if ok && buf.len() > NET_HDR_LEN {
+            // A TAP write is one frame; a full TAP queue drops it, as a
+            // wire would.
+            let _ = tap.write(&buf[NET_HDR_LEN..]);
+        }
+        let _ = queue.add_used(mem, head, 0);
+        used = true;
+    }
+    used
+}
+
+/// Writes `frame` behind a zeroed `virtio_net_hdr_v1` (num_buffers = 1)
+/// into the next RX chain; returns the bytes written, or `None` when the
+/// guest has posted no buffer. A frame larger than the chain is truncated.
+pub fn deliver_rx<M: GuestMemory>(queue: &mut Queue, mem: &M, frame: &[u8]) -> Option<u32> {
+    let chain = queue.pop_descriptor_chain(mem)?;
+    let head = chain.head_index();
+    let mut hdr = [0u8; NET_HDR_LEN];
+    hdr[10] = 1; // num_buffers, little endian
+    let mut src = hdr.iter().chain(frame.iter()).copied();
+    let total = NET_HDR_LEN + frame.len();
+    let mut written = 0usize;
+    let mut chunk = Vec::new();
+    for desc in chain {
+        if !desc.is_write_only() || written >= total {
+            continue;
+        }
+        let n = (desc.len() as usize).min(total - written);
+        chunk.clear();
+        chunk.extend(src.by_ref().take(n));
+        if mem.write_slice(&chunk, desc.addr()).is_err() {
+            break;
+        }
+        written += n;
+    }
+    let _ = queue.add_used(mem, head, written as u32);
+    Some(written as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    }
+
+    fn desc(addr: u64, len: u32, flags: u32) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, 0))
+    }
+
+    #[test]
+    fn tx_strips_the_header_and_writes_one_frame_per_chain() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        // Header and frame split over two descriptors, as Linux may do.
+        m.write_slice(&[0xaa; NET_HDR_LEN], GuestAddress(0x10000))
+            .unwrap();
+        m.write_slice(b"frame-bytes", GuestAddress(0x20000))
+            .unwrap();
+        vq.build_desc_chain(&[desc(0x10000, NET_HDR_LEN as u32, 0), desc(0x20000, 11, 0)])
+            .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut tap = Vec::new();
+        assert!(process_tx(&mut q, &m, &mut tap));
+        assert_eq!(tap, b"frame-bytes");
+        assert_eq!(
+            vq.used().idx().load(),
+            1,
+            "the chain went back to the guest"
+        );
+        assert!(!process_tx(&mut q, &m, &mut tap), "nothing more to send");
+    }
+
+    #[test]
+    fn rx_prepends_a_v1_header_and_spans_descriptors() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        vq.build_desc_chain(&[
+            desc(0x10000, 8, VRING_DESC_F_WRITE),
+            desc(0x20000, 100, VRING_DESC_F_WRITE),
+        ])
+        .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let frame: Vec<u8> = (1..=20).collect();
+        assert_eq!(deliver_rx(&mut q, &m, &frame), Some(32));
+        let mut first = [0u8; 8];
+        m.read_slice(&mut first, GuestAddress(0x10000)).unwrap();
+        assert_eq!(first, [0; 8]);
+        let mut rest = [0u8; 24];
+        m.read_slice(&mut rest, GuestAddress(0x20000)).unwrap();
+        assert_eq!(&rest[..4], &[0, 0, 1, 0], "csum_offset 0, num_buffers 1");
+        assert_eq!(&rest[4..], &frame[..]);
+        assert_eq!(vq.used().idx().load(), 1);
+        let used = vq.used().ring().ref_at(0).unwrap().load();
+        assert_eq!(used.len(), 32);
+        assert_eq!(deliver_rx(&mut q, &m, &frame), None, "no buffer left");
+    }
+
+    #[test]
+    fn config_space_holds_the_mac() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let dev = NetDevice::new(OwnedFd::from(a), [2, 0x49, 10, 203, 0, 2]).unwrap();
+        let mut mac = [0u8; 6];
+        dev.read_config(0, &mut mac);
+        assert_eq!(mac, [2, 0x49, 10, 203, 0, 2]);
+        let mut beyond = [0xffu8; 2];
+        dev.read_config(6, &mut beyond);
+        assert_eq!(beyond, [0, 0]);
+        assert_eq!(dev.features(), VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC);
+    }
+}
