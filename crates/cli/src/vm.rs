@@ -1,20 +1,32 @@
 //! `bench vm`: argument parsing and presentation only; the monitor is
 //! `isolab-microvm`, the guest artifacts come from `isolab-guest-kernel`.
+//!
+//! With `--net` (api or cache) this invocation creates the workbench
+//! network for its own lifetime, gives the VM a virtio-net device on a TAP
+//! on the workbench bridge (`isolab.ip=`/`isolab.gw=` from the TAP's lease
+//! on the command line, the lease's MAC in the device), waits for the
+//! ready marker, probes `GET /health` from inside the workbench namespace
+//! (launch -> first response, then a request run), stops the VM with
+//! SIGTERM to its thread and removes the TAP and the namespace.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use isolab_microvm::builder::{BuildError, RunHooks, VmReport};
+use isolab_microvm::builder::{BuildError, MmioDeviceFactory, RunHooks, VmReport};
 use isolab_microvm::config::{parse_memory_mib, Console, VmConfig};
+use isolab_microvm::devices::bus::SharedDevice;
+use isolab_microvm::devices::virtio::{MmioTransport, NetDevice};
 use isolab_microvm::host::{self, HostKind};
 use isolab_microvm::memory_stats::MemorySample;
 use isolab_microvm::smoke;
 use isolab_microvm::StopReason;
+use isolab_net::{ProbeConfig, Tap, Workbench, WorkbenchConfig, WorkbenchError};
 
 use crate::exit;
 
@@ -81,6 +93,14 @@ struct RunArgs {
     /// Where to run the VM.
     #[arg(long, value_enum, default_value = "native")]
     host: HostChoice,
+    /// Give the guest a virtio-net device on the workbench bridge and probe
+    /// the workload over HTTP (api or cache): time to first response and a
+    /// short request run.
+    #[arg(long)]
+    net: bool,
+    /// With --net: requests in the request/response run after the first.
+    #[arg(long, default_value_t = 200, requires = "net")]
+    requests: u32,
     /// Further workload arguments (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
@@ -155,6 +175,23 @@ fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
             "--ready-fd cannot cross into the emulated host: drop it with --host emulated",
         ));
     }
+    if args.net && !NET_WORKLOADS.contains(&args.workload.as_str()) {
+        return Err(exit::usage(format!(
+            "--net probes HTTP on port {NET_PORT}: use --workload {}, not '{}'",
+            NET_WORKLOADS.join(" or "),
+            args.workload
+        )));
+    }
+    if args.net && args.args.iter().any(|a| a == "--port" || a == "--bind") {
+        return Err(exit::usage(format!(
+            "--net needs the workload on 0.0.0.0:{NET_PORT}: drop --port/--bind from its arguments"
+        )));
+    }
+    if args.net && args.ready_fd.is_some() {
+        return Err(exit::usage(
+            "--net waits for the ready marker itself: drop --ready-fd",
+        ));
+    }
     let ready = args.ready_fd.map(ready_file).transpose()?;
     let console = match (args.console, args.console_file) {
         (true, _) => Console::Stdout,
@@ -183,7 +220,8 @@ fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
     checked.map_err(|e| exit::usage(format!("{:#}", anyhow::Error::new(e))))?;
 
     if args.host == HostChoice::Emulated {
-        return run_emulated(&config, &args.memory, args.json);
+        let net = args.net.then_some(args.requests);
+        return run_emulated(&config, &args.memory, args.json, net);
     }
     // Refuse hosts that cannot boot before provisioning (which may build a kernel).
     let kind = host::detect(Path::new("/"));
@@ -196,6 +234,9 @@ fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
         let (kernel, initrd) = default_artifacts(&config.workload)?;
         config.kernel = kernel;
         config.initrd.get_or_insert(initrd);
+    }
+    if args.net {
+        return run_with_net(config, started, args.requests, args.json);
     }
     let mut ready = ready;
     let hooks = RunHooks {
@@ -231,7 +272,12 @@ fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// `bench vm run` again, inside the emulated hardware-virtualisation host
 /// (QEMU TCG with nested KVM), with the provisioned guest artifacts.
-fn run_emulated(config: &VmConfig, memory: &str, json: bool) -> anyhow::Result<ExitCode> {
+fn run_emulated(
+    config: &VmConfig,
+    memory: &str,
+    json: bool,
+    net: Option<u32>,
+) -> anyhow::Result<ExitCode> {
     if !config.kernel.as_os_str().is_empty() || config.initrd.is_some() {
         return Err(exit::usage(
             "--host emulated boots the provisioned guest kernel and initramfs: drop --kernel and --initrd",
@@ -260,6 +306,10 @@ fn run_emulated(config: &VmConfig, memory: &str, json: bool) -> anyhow::Result<E
     if json {
         argv.push("--json".into());
     }
+    if let Some(requests) = net {
+        argv.push("--net".into());
+        argv.push(format!("--requests={requests}"));
+    }
     if let Some(extra) = &config.cmdline_extra {
         argv.push(format!("--cmdline-extra={extra}"));
     }
@@ -286,6 +336,212 @@ fn run_emulated(config: &VmConfig, memory: &str, json: bool) -> anyhow::Result<E
         println!("({})", isolab_emuhost::EMULATED_HOST_LABEL);
     }
     Ok(ExitCode::from(u8::try_from(outcome.status).unwrap_or(1)))
+}
+
+/// Workloads that answer HTTP, the only ones `--net` can probe.
+const NET_WORKLOADS: &[&str] = &["api", "cache"];
+/// The port api and cache listen on by default (on 0.0.0.0).
+const NET_PORT: u16 = 8080;
+/// How long the guest may take from launch to the ready marker (the
+/// emulated host boots slowly).
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// What the probe saw (`"net"` in `--json`).
+#[derive(Debug, Clone, serde::Serialize)]
+struct NetReport {
+    /// The guest's address on the bridge, with the port.
+    addr: String,
+    /// The TAP on the bridge.
+    tap: String,
+    /// Monitor start -> first successful HTTP response.
+    launch_to_first_response_ms: f64,
+    /// Connection attempts until the first response (after the ready
+    /// marker; 1 ms apart).
+    attempts: u32,
+    /// HTTP status of the first response.
+    status: u16,
+    /// The request/response run after the first response.
+    requests: u32,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    throughput_rps: f64,
+}
+
+fn dur_ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Maps a workbench failure to an exit code: host capability (3) or a
+/// failed run (1).
+fn net_error(err: WorkbenchError) -> anyhow::Error {
+    let msg = format!(
+        "workbench network: {:#}",
+        anyhow::Error::new(err_chain(&err))
+    );
+    if err.is_host_problem() {
+        exit::host(msg)
+    } else {
+        anyhow::anyhow!(msg)
+    }
+}
+
+/// The error and its sources as one message (anyhow needs 'static errors).
+fn err_chain(err: &dyn std::error::Error) -> ChainMsg {
+    let mut parts = vec![err.to_string()];
+    let mut src = err.source();
+    while let Some(s) = src {
+        parts.push(s.to_string());
+        src = s.source();
+    }
+    ChainMsg(parts.join(": "))
+}
+
+#[derive(Debug)]
+struct ChainMsg(String);
+impl std::fmt::Display for ChainMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ChainMsg {}
+
+/// The virtio-net device for `tap`, ready for the monitor to place.
+fn net_device(tap: &Tap) -> anyhow::Result<MmioDeviceFactory> {
+    let fd = tap
+        .try_clone_fd()
+        .with_context(|| format!("cannot duplicate the fd of TAP {}", tap.name()))?;
+    let dev = NetDevice::new(fd, tap.lease().mac())
+        .map_err(|e| anyhow::anyhow!("{}", err_chain(&e)))
+        .context("cannot set up the virtio-net device")?;
+    Ok(Box::new(move |_slot, irq, mem| {
+        let shared: SharedDevice = Arc::new(Mutex::new(MmioTransport::new(dev, mem.clone(), irq)));
+        shared
+    }))
+}
+
+/// Boots the VM on a thread with a virtio-net device on the workbench
+/// bridge, probes it once ready, then stops it.
+fn run_with_net(
+    mut config: VmConfig,
+    started: Instant,
+    requests: u32,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let workbench = Workbench::create(WorkbenchConfig::default()).map_err(net_error)?;
+    let tap = workbench.create_tap(None, false).map_err(net_error)?;
+    let lease = tap.lease();
+    let extra = format!("isolab.ip={} isolab.gw={}", lease.cidr(), lease.gateway());
+    config.cmdline_extra = Some(match config.cmdline_extra.take() {
+        Some(user) => format!("{user} {extra}"),
+        None => extra,
+    });
+    let addr = std::net::SocketAddr::from((lease.addr(), NET_PORT));
+    let device = net_device(&tap)?;
+
+    // SIGINT/SIGTERM stay blocked here so they reach the monitor's signalfd
+    // (the VM thread inherits the mask); the VM is stopped by a SIGTERM
+    // directed at its thread.
+    let mut mask = nix::sys::signal::SigSet::empty();
+    mask.add(nix::sys::signal::Signal::SIGINT);
+    mask.add(nix::sys::signal::Signal::SIGTERM);
+    mask.thread_block().context("cannot block SIGINT/SIGTERM")?;
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let hooks = RunHooks {
+        on_ready: Some(Box::new(move || {
+            let _ = ready_tx.send(());
+        })),
+        mmio_devices: vec![device],
+    };
+    let vm = std::thread::Builder::new()
+        .name("vm".into())
+        .spawn(move || isolab_microvm::run(&config, started, hooks))
+        .context("cannot start the VM thread")?;
+    let probed = match ready_rx.recv_timeout(READY_TIMEOUT) {
+        Ok(()) => probe(&workbench, addr, started, requests, tap.name()),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(anyhow::anyhow!(
+            "the guest did not report ready within {} s; rerun with --console to see its boot",
+            READY_TIMEOUT.as_secs()
+        )),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(anyhow::anyhow!(
+            "the VM ended before its workload was ready"
+        )),
+    };
+    if !vm.is_finished() {
+        use std::os::unix::thread::JoinHandleExt;
+        // SAFETY: the thread has not been joined, so its pthread_t is
+        // valid; SIGTERM is blocked there and read by the monitor's signalfd.
+        unsafe { libc::pthread_kill(vm.as_pthread_t(), libc::SIGTERM) };
+    }
+    let report = vm
+        .join()
+        .map_err(|_| anyhow::anyhow!("the VM thread panicked"))?
+        .map_err(classify);
+    drop(tap);
+    workbench.destroy().map_err(net_error)?;
+    let report = report?;
+    let net = match probed {
+        Ok(n) => n,
+        Err(e) => {
+            let out = report.workload_output.trim_end();
+            let last = out.lines().last().unwrap_or("(no output)");
+            return Err(e.context(format!(
+                "VM stopped ({}); the workload's last output: {last}",
+                stop_name(report.stop_reason)
+            )));
+        }
+    };
+    if json {
+        let mut v = serde_json::to_value(&report).context("serialise the report")?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("net".into(), serde_json::to_value(&net)?);
+        }
+        println!("{v}");
+    } else {
+        print_report(&report);
+        println!(
+            "launch -> first HTTP response {:.2} ms ({} attempts after ready, status {}, {} via {})",
+            net.launch_to_first_response_ms, net.attempts, net.status, net.addr, net.tap
+        );
+        println!(
+            "{} requests: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms, {:.0} req/s",
+            net.requests, net.p50_ms, net.p99_ms, net.max_ms, net.throughput_rps
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Probes the guest from inside the workbench namespace.
+fn probe(
+    workbench: &Workbench,
+    addr: std::net::SocketAddr,
+    launched: Instant,
+    requests: u32,
+    tap: &str,
+) -> anyhow::Result<NetReport> {
+    let cfg = ProbeConfig::default();
+    let first = workbench
+        .probe_first_response(addr, launched, &cfg)
+        .map_err(net_error)?
+        .map_err(|e| anyhow::anyhow!("{}", err_chain(&e)))
+        .with_context(|| format!("the guest at {addr} never answered GET {}", cfg.path))?;
+    let run = workbench
+        .probe_run(addr, requests, &cfg)
+        .map_err(net_error)?
+        .map_err(|e| anyhow::anyhow!("{}", err_chain(&e)))
+        .with_context(|| format!("the request run against {addr} failed"))?;
+    Ok(NetReport {
+        addr: addr.to_string(),
+        tap: tap.to_owned(),
+        launch_to_first_response_ms: dur_ms(first.elapsed),
+        attempts: first.attempts,
+        status: first.status,
+        requests: run.requests,
+        p50_ms: dur_ms(run.p50),
+        p99_ms: dur_ms(run.p99),
+        max_ms: dur_ms(run.max),
+        throughput_rps: run.throughput_rps,
+    })
 }
 
 fn stop_name(r: StopReason) -> &'static str {
