@@ -1,0 +1,260 @@
+//! Guest tier: the api workload in the guest answers HTTP through the
+//! virtio-net device, over a TAP on a workbench bridge (isolab-net), probed
+//! from inside the workbench namespace; teardown leaves no namespace,
+//! bridge or TAP behind.
+//!
+//! Needs hardware virtualisation and the provisioned guest kernel and
+//! initramfs (`bench provision`). On a host without it (PVM KVM, as on the
+//! project's CI machines) it prints `SKIPPED` — except in strict mode
+//! (`CI=true` / `ISOLAB_STRICT=1`), where it reruns this test binary inside
+//! the emulated host (QEMU TCG + nested KVM, which loads tun, veth and
+//! bridge) and passes only if the test passes there.
+
+use std::net::SocketAddr;
+use std::os::unix::thread::JoinHandleExt;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use isolab_microvm::builder::MmioDeviceFactory;
+use isolab_microvm::devices::bus::SharedDevice;
+use isolab_microvm::devices::virtio::{MmioTransport, NetDevice};
+use isolab_microvm::host;
+use isolab_microvm::{RunHooks, StopReason, VmConfig};
+use isolab_net::probe::ProbeConfig;
+use isolab_net::{Workbench, WorkbenchConfig};
+
+fn strict() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
+}
+
+fn skipped(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let line = format!("SKIPPED {test}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+fn cache_root() -> Option<PathBuf> {
+    if let Some(c) = std::env::var_os("ISOLAB_CACHE") {
+        return Some(c.into());
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(Path::new(&x).join("isolab"));
+    }
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/isolab"))
+}
+
+fn newest(dir: &Path, pick: impl Fn(&Path) -> Option<PathBuf>) -> Option<PathBuf> {
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| pick(&e.path()))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p)
+}
+
+fn find_artifacts() -> Option<(PathBuf, PathBuf)> {
+    cache_root().and_then(|root| {
+        let kernel = newest(&root.join("kernel"), |d| {
+            let v = d.join("vmlinux");
+            (d.join("meta.json").is_file() && v.is_file()).then_some(v)
+        })?;
+        let initrd = newest(&root.join("initramfs"), |p| {
+            let name = p.file_name()?.to_str()?;
+            (name.starts_with("guest-") && name.ends_with(".cpio")).then(|| p.to_path_buf())
+        })?;
+        Some((kernel, initrd))
+    })
+}
+
+/// The artifacts, or `None` after skipping (or rerunning in the emulated
+/// host in strict mode).
+fn artifacts(test: &str) -> Option<(PathBuf, PathBuf)> {
+    if !nix::unistd::geteuid().is_root() {
+        if strict() {
+            panic!("{test}: not root (strict mode)");
+        }
+        skipped(test, "not root");
+        return None;
+    }
+    let kind = host::detect(Path::new("/"));
+    if let Some(why) = kind.refusal() {
+        if strict() && std::env::var_os("ISOLAB_EMULATED_HOST").is_none() {
+            rerun_in_emulated_host(test);
+        } else if strict() {
+            panic!("{test}: {why} (strict mode)");
+        } else {
+            skipped(test, why);
+        }
+        return None;
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        if strict() {
+            panic!("{test}: /dev/net/tun is missing (strict mode)");
+        }
+        skipped(test, "/dev/net/tun is missing");
+        return None;
+    }
+    let found = find_artifacts();
+    if found.is_none() {
+        let reason = "no provisioned guest kernel/initramfs in the cache: run `bench provision`";
+        if strict() {
+            panic!("{test}: {reason} (strict mode)");
+        }
+        skipped(test, reason);
+    }
+    found
+}
+
+fn rerun_in_emulated_host(test: &str) {
+    use isolab_emuhost::{EmulatedHost, FileMap, HostConfig, Invocation};
+    let (kernel, initrd) = find_artifacts().unwrap_or_else(|| {
+        panic!("{test}: no provisioned guest kernel/initramfs: run `bench provision` (strict mode)")
+    });
+    let kernel_dir = kernel.parent().expect("kernel in its cache dir");
+    let guest_cache = "/var/cache/isolab";
+    let map = |host: &Path, guest: String| FileMap {
+        host: host.to_path_buf(),
+        guest,
+    };
+    let exe = std::env::current_exe().expect("test binary path");
+    let inv = Invocation {
+        command: vec![
+            "/opt/isolab/test/net_guest".into(),
+            "--exact".into(),
+            test.into(),
+            "--nocapture".into(),
+            "--test-threads=1".into(),
+        ],
+        env: vec![
+            ("ISOLAB_CACHE".into(), guest_cache.into()),
+            ("CI".into(), "true".into()),
+        ],
+        files: vec![
+            map(&exe, "/opt/isolab/test/net_guest".into()),
+            map(
+                kernel_dir,
+                format!(
+                    "{guest_cache}/kernel/{}",
+                    kernel_dir.file_name().unwrap().to_string_lossy()
+                ),
+            ),
+            map(
+                &initrd,
+                format!(
+                    "{guest_cache}/initramfs/{}",
+                    initrd.file_name().unwrap().to_string_lossy()
+                ),
+            ),
+        ],
+    };
+    let host = EmulatedHost::prepare(HostConfig::default())
+        .unwrap_or_else(|e| panic!("{test}: cannot prepare the emulated host (strict mode): {e}"));
+    let mut out = String::new();
+    let outcome = host
+        .run(&inv, &mut |l| {
+            out.push_str(l);
+            out.push('\n');
+        })
+        .unwrap_or_else(|e| panic!("{test}: the emulated host failed: {e}"));
+    eprintln!("{test}: ran inside the emulated host (this host's KVM cannot boot Linux)");
+    assert!(
+        outcome.status == 0 && out.contains("test result: ok. 1 passed"),
+        "{test} failed inside the emulated host (status {}):\n{out}",
+        outcome.status
+    );
+}
+
+fn host_interfaces() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn guest_api_answers_http_over_virtio_net_and_teardown_leaves_nothing() {
+    let test = "guest_api_answers_http_over_virtio_net_and_teardown_leaves_nothing";
+    let Some((kernel, initrd)) = artifacts(test) else {
+        return;
+    };
+    let wcfg = WorkbenchConfig {
+        name: "isovmnet1".into(),
+        bridge: "isovmbr1".into(),
+        subnet: "10.213.9.0/24".parse().unwrap(),
+        ..WorkbenchConfig::default()
+    };
+    let host_before = host_interfaces();
+    let wb = Workbench::create(wcfg.clone()).unwrap();
+    let tap = wb.create_tap(Some("isovmtap1"), false).unwrap();
+    let lease = tap.lease();
+    let addr = SocketAddr::from((lease.addr(), 8080));
+    let mut cfg = VmConfig::new(&kernel, "api");
+    cfg.initrd = Some(initrd);
+    cfg.cmdline_extra = Some(format!(
+        "isolab.ip={} isolab.gw={}",
+        lease.cidr(),
+        lease.gateway()
+    ));
+    let dev = NetDevice::new(tap.try_clone_fd().unwrap(), lease.mac()).unwrap();
+    let factory: MmioDeviceFactory = Box::new(move |_slot, irq, mem| {
+        let d: SharedDevice = Arc::new(Mutex::new(MmioTransport::new(dev, mem.clone(), irq)));
+        d
+    });
+    // The VM thread inherits the blocked mask; its monitor reads SIGTERM
+    // from a signalfd and stops the VM cleanly.
+    let mut mask = nix::sys::signal::SigSet::empty();
+    mask.add(nix::sys::signal::Signal::SIGTERM);
+    mask.thread_block().unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let hooks = RunHooks {
+        on_ready: Some(Box::new(move || {
+            let _ = ready_tx.send(());
+        })),
+        mmio_devices: vec![factory],
+    };
+    let started = Instant::now();
+    let vm = std::thread::spawn(move || isolab_microvm::run(&cfg, started, hooks));
+    let ready = ready_rx.recv_timeout(Duration::from_secs(180));
+    let probed = ready.map(|()| {
+        let first = wb
+            .probe_first_response(addr, started, &ProbeConfig::default())
+            .unwrap();
+        let run = wb.probe_run(addr, 20, &ProbeConfig::default()).unwrap();
+        (first, run)
+    });
+    if !vm.is_finished() {
+        // SAFETY: the thread is not joined yet, so its pthread_t is valid.
+        unsafe { libc::pthread_kill(vm.as_pthread_t(), libc::SIGTERM) };
+    }
+    let report = vm.join().unwrap().expect("the VM ran");
+    let (first, run) = probed.unwrap_or_else(|_| {
+        panic!(
+            "the guest never reported ready ({:?}); its output: {}",
+            report.stop_reason, report.workload_output
+        )
+    });
+    let first = first.expect("GET /health answered from inside the guest");
+    assert_eq!(first.status, 200);
+    let run = run.expect("request run");
+    assert_eq!(run.requests, 20);
+    assert_eq!(report.stop_reason, StopReason::HostRequest);
+    assert!(report
+        .cmdline
+        .contains("virtio_mmio.device=4K@0xc0001000:5"));
+    eprintln!(
+        "{test}: launch -> first response {:?}, p50 {:?}",
+        first.elapsed, run.p50
+    );
+
+    drop(tap);
+    wb.destroy().unwrap();
+    assert!(!wcfg.run_dir.join(&wcfg.name).exists(), "namespace left");
+    assert_eq!(host_interfaces(), host_before, "host interfaces changed");
+}
