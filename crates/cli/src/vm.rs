@@ -652,3 +652,47 @@ fn run_smoke(args: SmokeArgs) -> anyhow::Result<ExitCode> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(subcommand)]
+        c: VmSub,
+    }
+
+    /// Runs `bench vm <argv>` up to its first usage check; these inputs
+    /// never reach the host.
+    fn usage_msg(argv: &[&str]) -> String {
+        let t = T::try_parse_from(std::iter::once("t").chain(argv.iter().copied())).unwrap();
+        let VmSub::Run(args) = t.c else {
+            panic!("not a run")
+        };
+        let e = run_vm(args).unwrap_err();
+        assert_eq!(exit::code_for(&e), exit::USAGE, "{e:#}");
+        format!("{e:#}")
+    }
+
+    #[test]
+    fn net_needs_an_http_workload_on_its_default_port() {
+        assert!(usage_msg(&["run", "--workload", "noop", "--net"])
+            .contains("use --workload api or cache, not 'noop'"));
+        assert!(
+            usage_msg(&["run", "--workload", "api", "--net", "--", "--port", "9"])
+                .contains("drop --port")
+        );
+        assert!(
+            usage_msg(&["run", "--workload", "api", "--net", "--ready-fd", "1"])
+                .contains("drop --ready-fd")
+        );
+    }
+
+    #[test]
+    fn requests_without_net_is_refused_by_the_parser() {
+        let r = T::try_parse_from(["t", "run", "--workload", "api", "--requests", "5"]);
+        assert!(r.is_err());
+    }
+}
