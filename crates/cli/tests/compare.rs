@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true") || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
 }
 
 /// Print SKIPPED (or fail in strict mode) when the ability is missing.
@@ -30,23 +31,46 @@ fn root_ok(test: &str) -> bool {
     let root = nix::unistd::geteuid().is_root();
     let workload = bench().with_file_name("workload").is_file();
     require(test, root, "needs root (namespaces, cgroups)")
-        && require(test, workload, "the workload binary is not built: cargo build -p isolab-workload")
+        && require(
+            test,
+            workload,
+            "the workload binary is not built: cargo build -p isolab-workload",
+        )
 }
 
-/// No cgroup of the workbench is left in any hierarchy.
+/// No cgroup of the workbench is left in any hierarchy (after a short grace:
+/// the kernel finishes tearing down a killed cgroup asynchronously).
 fn assert_no_cgroups_left() {
-    for d in ["/sys/fs/cgroup", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu"] {
+    for _ in 0..30 {
+        if leftover_cgroups().is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let left = leftover_cgroups();
+    assert!(left.is_empty(), "cgroups left behind: {left:?}");
+}
+
+fn leftover_cgroups() -> Vec<String> {
+    let mut left = vec![];
+    for d in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/cpu",
+    ] {
         let p = Path::new(d).join("isolab");
         if p.exists() {
-            let children: Vec<_> = std::fs::read_dir(&p)
-                .unwrap()
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| e.file_name())
-                .collect();
-            assert!(children.is_empty(), "cgroups left under {}: {children:?}", p.display());
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                left.extend(
+                    rd.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| format!("{}/{}", p.display(), e.file_name().to_string_lossy())),
+                );
+            }
         }
     }
+    left
 }
 
 #[test]
@@ -57,35 +81,89 @@ fn json_validates_against_schema_and_out_writes_report_and_plots() {
     }
     let out = tempfile::tempdir().unwrap();
     let o = Command::new(bench())
-        .args(["compare", "--workload", "api", "--runs", "3", "--warmup", "1", "--requests", "20"])
-        .args(["--modes", "process,container,microvm", "--peers", "runc,crun,qemu-microvm", "--format", "json"])
+        .args([
+            "compare",
+            "--workload",
+            "api",
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--requests",
+            "20",
+        ])
+        .args([
+            "--modes",
+            "process,container,microvm",
+            "--peers",
+            "runc,crun,qemu-microvm",
+            "--format",
+            "json",
+        ])
         .arg("--out")
         .arg(out.path())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "bench compare failed: {}", String::from_utf8_lossy(&o.stderr));
-    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is one JSON document");
+    assert!(
+        o.status.success(),
+        "bench compare failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&stdout).expect("stdout is one JSON document");
     let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema/compare.v1.json"))
-            .unwrap(),
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema/compare.v1.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
-    let errors: Vec<String> = validator.iter_errors(&doc).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-    assert!(errors.is_empty(), "report does not match docs/schema/compare.v1.json: {errors:?}");
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "report does not match docs/schema/compare.v1.json: {errors:?}"
+    );
 
     let modes = doc["modes"].as_array().unwrap();
-    let find = |m: &str| modes.iter().find(|x| x["mode"] == m).unwrap_or_else(|| panic!("mode {m} missing"));
+    let find = |m: &str| {
+        modes
+            .iter()
+            .find(|x| x["mode"] == m)
+            .unwrap_or_else(|| panic!("mode {m} missing"))
+    };
     for m in ["process", "container"] {
         let r = find(m);
         assert_eq!(r["status"]["state"], "measured", "{m}: {}", r["status"]);
-        assert_eq!(r["raw_ready_ms"].as_array().unwrap().len(), 3, "{m}: three measured runs kept");
-        assert_eq!(r["raw_first_response_ms"].as_array().unwrap().len(), 3, "{m}: first response each run");
-        assert!(r["memory"]["pss"]["p50"].as_f64().unwrap() > 0.0, "{m}: PSS measured");
+        assert_eq!(
+            r["raw_ready_ms"].as_array().unwrap().len(),
+            3,
+            "{m}: three measured runs kept"
+        );
+        assert_eq!(
+            r["raw_first_response_ms"].as_array().unwrap().len(),
+            3,
+            "{m}: first response each run"
+        );
+        assert!(
+            r["memory"]["pss"]["p50"].as_f64().unwrap() > 0.0,
+            "{m}: PSS measured"
+        );
     }
-    assert!(find("container")["memory"]["cgroup_current"]["p50"].as_f64().unwrap() > 0.0);
-    assert_eq!(find("process")["ready_ratio_vs_process"].as_f64(), Some(1.0));
+    assert!(
+        find("container")["memory"]["cgroup_current"]["p50"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        find("process")["ready_ratio_vs_process"].as_f64(),
+        Some(1.0)
+    );
     // A peer is measured, or says why not: never silently dropped.
     for p in ["microvm", "runc", "crun", "qemu-microvm"] {
         let r = find(p);
@@ -98,16 +176,28 @@ fn json_validates_against_schema_and_out_writes_report_and_plots() {
     }
 
     let md = std::fs::read_to_string(out.path().join("report.md")).expect("report.md written");
-    assert!(md.contains("## Startup (ms)") && md.contains("| container |"), "{md}");
+    assert!(
+        md.contains("## Startup (ms)") && md.contains("| container |"),
+        "{md}"
+    );
     assert!(md.contains("## Environment") && md.contains("## Method"));
     for f in ["startup.svg", "memory.svg"] {
-        let svg = std::fs::read_to_string(out.path().join(f)).unwrap_or_else(|_| panic!("{f} written"));
-        assert!(svg.starts_with("<svg") && svg.contains("container"), "{f} is an SVG naming the modes");
+        let svg =
+            std::fs::read_to_string(out.path().join(f)).unwrap_or_else(|_| panic!("{f} written"));
+        assert!(
+            svg.starts_with("<svg") && svg.contains("container"),
+            "{f} is an SVG naming the modes"
+        );
         assert!(md.contains(f), "report.md embeds {f}");
     }
     let csv = std::fs::read_to_string(out.path().join("samples.csv")).unwrap();
     assert!(csv.starts_with("mode,metric,run,value,unit,label\n"));
-    assert_eq!(csv.lines().filter(|l| l.starts_with("container,ready,")).count(), 3);
+    assert_eq!(
+        csv.lines()
+            .filter(|l| l.starts_with("container,ready,"))
+            .count(),
+        3
+    );
     assert_no_cgroups_left();
 }
 
@@ -118,8 +208,28 @@ fn density_with_small_budget_reports_stop_rule_and_cleans_up() {
         return;
     }
     let o = Command::new(bench())
-        .args(["compare", "--workload", "cache", "--runs", "1", "--warmup", "0", "--requests", "0"])
-        .args(["--modes", "container", "--peers", "none", "--density", "--budget", "200M", "--format", "json"])
+        .args([
+            "compare",
+            "--workload",
+            "cache",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--requests",
+            "0",
+        ])
+        .args([
+            "--modes",
+            "container",
+            "--peers",
+            "none",
+            "--density",
+            "--budget",
+            "200M",
+            "--format",
+            "json",
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -131,10 +241,16 @@ fn density_with_small_budget_reports_stop_rule_and_cleans_up() {
     assert!((2..=6).contains(&n), "{n} instances of 32 MiB in 200 MiB");
     assert_eq!(d["stop_rule"], "budget", "{}", d["stop_detail"]);
     let slope = d["memory_fit"]["slope"].as_f64().unwrap() / 1048576.0;
-    assert!((28.0..48.0).contains(&slope), "per-instance slope {slope:.1} MiB for a 32 MiB working set");
+    assert!(
+        (28.0..48.0).contains(&slope),
+        "per-instance slope {slope:.1} MiB for a 32 MiB working set"
+    );
     assert_no_cgroups_left();
     let limit = std::fs::read_to_string("/sys/fs/cgroup/memory/isolab/memory.limit_in_bytes").ok();
-    assert!(limit.is_none(), "the parent cgroup (and its budget) is gone: {limit:?}");
+    assert!(
+        limit.is_none(),
+        "the parent cgroup (and its budget) is gone: {limit:?}"
+    );
 }
 
 #[test]
@@ -148,7 +264,12 @@ fn bad_input_is_one_line_and_exit_2() {
         vec!["compare", "--host", "cloud"],
     ] {
         let o = Command::new(bench()).args(&args).output().unwrap();
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
         assert!(err.starts_with("error: "), "{err}");
