@@ -236,7 +236,7 @@ fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
         config.initrd.get_or_insert(initrd);
     }
     if args.net {
-        return run_with_net(config, started, args.requests, args.json);
+        return run_with_net(config, started, args.requests, args.json, ready);
     }
     let mut ready = ready;
     let hooks = RunHooks {
@@ -427,6 +427,7 @@ fn run_with_net(
     started: Instant,
     requests: u32,
     json: bool,
+    mut ready: Option<File>,
 ) -> anyhow::Result<ExitCode> {
     let workbench = Workbench::create(WorkbenchConfig::default()).map_err(net_error)?;
     let tap = workbench.create_tap(None, false).map_err(net_error)?;
@@ -449,6 +450,10 @@ fn run_with_net(
     let (ready_tx, ready_rx) = mpsc::channel::<()>();
     let hooks = RunHooks {
         on_ready: Some(Box::new(move || {
+            // The harness's ready byte first, as without --net.
+            if let Some(mut f) = ready.take() {
+                let _ = f.write_all(b"R");
+            }
             let _ = ready_tx.send(());
         })),
         mmio_devices: vec![device],

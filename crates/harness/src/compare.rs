@@ -207,6 +207,9 @@ fn one_run(
         inst.wait_exit(cfg.ready_timeout)?
     };
     sample.status = outcome.status;
+    if sample.first_response_ms.is_none() {
+        sample.first_response_ms = outcome.first_response_ms;
+    }
     sample.phases = outcome.phases;
     Ok((sample, load))
 }
@@ -332,7 +335,7 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
     ];
     if serves_http(&cfg.workload) {
         v.push(format!(
-            "first response: a probe thread started at launch connects, retrying every {} us on connection-refused only, then GET /health must answer 200",
+            "first response: a probe thread started at launch connects, retrying every {} us on connection-refused only, then GET /health must answer 200 (microVM: its monitor probes the guest over virtio-net on the workbench bridge after the ready marker, from the monitor's start)",
             crate::probe::RETRY_INTERVAL.as_micros()
         ));
         v.push(format!(

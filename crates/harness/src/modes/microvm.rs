@@ -67,7 +67,16 @@ impl Launcher for MicrovmLauncher {
         let mut ready = ReadyPipe::new()?;
         let wfd = ready.write_end().map(|f| f.as_raw_fd()).unwrap_or(-1);
         let mut cmd = Command::new(&self.bins.bench);
-        cmd.args(["vm", "run", "--json", "--workload", &spec.workload])
+        cmd.args(["vm", "run", "--json", "--workload", &spec.workload]);
+        // HTTP workloads get a virtio-net device on the workbench bridge; the
+        // monitor probes the guest after its ready marker and stops the VM.
+        // Not in density runs, where instances must stay up (and one bench
+        // process owns the workbench network at a time).
+        let net = spec.port.is_some() && spec.join_cgroups.is_empty();
+        if net {
+            cmd.args(["--net", "--requests", "1"]);
+        }
+        cmd
             .arg("--memory")
             .arg(format!("{mib}M"))
             .arg("--kernel")
@@ -104,6 +113,7 @@ impl Launcher for MicrovmLauncher {
             ready,
             launched,
             guest_bytes: mib << 20,
+            net,
         }))
     }
 }
@@ -113,6 +123,8 @@ struct VmInstance {
     ready: ReadyPipe,
     launched: Instant,
     guest_bytes: u64,
+    /// The monitor probes over virtio-net and then stops the VM itself.
+    net: bool,
 }
 
 fn ms(v: &serde_json::Value, key: &str) -> Option<f64> {
@@ -166,6 +178,10 @@ impl VmInstance {
                 }),
             oom_killed: false,
             phases: Some(phases),
+            first_response_ms: report
+                .get("net")
+                .and_then(|n| n.get("launch_to_first_response_ms"))
+                .and_then(|v| v.as_f64()),
         })
     }
 }
@@ -206,8 +222,19 @@ impl Instance for VmInstance {
     }
 
     fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
-        terminate(self.child.id(), Duration::from_secs(5));
-        self.finish()
+        // With --net the monitor stops the VM itself once its probe answered;
+        // give it that long before asking.
+        let wait = if self.net { Duration::from_secs(30) } else { Duration::ZERO };
+        let end = Instant::now() + wait;
+        let mut me = *self;
+        while Instant::now() < end {
+            if me.child.try_wait().map_err(|e| HarnessError::Io("wait".into(), e))?.is_some() {
+                return me.finish();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        terminate(me.child.id(), Duration::from_secs(5));
+        me.finish()
     }
 
     fn wait_exit(self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError> {

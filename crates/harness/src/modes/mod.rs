@@ -141,6 +141,9 @@ pub struct InstanceOutcome {
     pub oom_killed: bool,
     /// VM boot phases, for VM modes (from the monitor's report).
     pub phases: Option<VmPhases>,
+    /// Launch -> first HTTP response when the instance measured it itself
+    /// (the microVM: its monitor probes the guest over virtio-net).
+    pub first_response_ms: Option<f64>,
 }
 
 /// A running instance.

@@ -178,6 +178,7 @@ impl OciInstance {
                 .map(String::from),
             oom_killed: false,
             phases: None,
+            first_response_ms: None,
         })
     }
 }
@@ -415,6 +416,7 @@ impl QemuInstance {
                 .map(String::from),
             oom_killed: false,
             phases: None,
+            first_response_ms: None,
         })
     }
 }

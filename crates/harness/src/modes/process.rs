@@ -111,6 +111,7 @@ impl ProcessInstance {
                 .map(String::from),
             oom_killed: false,
             phases: None,
+            first_response_ms: None,
         })
     }
 }
