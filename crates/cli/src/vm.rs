@@ -187,11 +187,6 @@ fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
             "--net needs the workload on 0.0.0.0:{NET_PORT}: drop --port/--bind from its arguments"
         )));
     }
-    if args.net && args.ready_fd.is_some() {
-        return Err(exit::usage(
-            "--net waits for the ready marker itself: drop --ready-fd",
-        ));
-    }
     let ready = args.ready_fd.map(ready_file).transpose()?;
     let console = match (args.console, args.console_file) {
         (true, _) => Console::Stdout,
@@ -688,10 +683,6 @@ mod tests {
         assert!(
             usage_msg(&["run", "--workload", "api", "--net", "--", "--port", "9"])
                 .contains("drop --port")
-        );
-        assert!(
-            usage_msg(&["run", "--workload", "api", "--net", "--ready-fd", "1"])
-                .contains("drop --ready-fd")
         );
     }
 

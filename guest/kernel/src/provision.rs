@@ -17,7 +17,9 @@ use sha2::{Digest, Sha256};
 use crate::builder::{build, BuildOptions, GuestKernel, KernelError};
 
 /// Workload names `workload` accepts (docs/contracts.md), plus `probe`.
-pub const WORKLOADS: &[&str] = &["noop", "api", "worker", "cache", "hog", "forkloop", "probe", "knob"];
+pub const WORKLOADS: &[&str] = &[
+    "noop", "api", "worker", "cache", "hog", "forkloop", "probe", "knob",
+];
 /// File name of the guest init binary.
 pub const INIT_BIN: &str = "isolab-init";
 /// File name of the workload binary.

@@ -92,7 +92,7 @@ fn outcome(o: isolab_container::Outcome) -> InstanceOutcome {
         result_line: o.result.map(|v| v.to_string()),
         oom_killed: o.oom_killed,
         phases: None,
-            first_response_ms: None,
+        first_response_ms: None,
     }
 }
 

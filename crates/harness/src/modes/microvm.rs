@@ -76,8 +76,7 @@ impl Launcher for MicrovmLauncher {
         if net {
             cmd.args(["--net", "--requests", "1"]);
         }
-        cmd
-            .arg("--memory")
+        cmd.arg("--memory")
             .arg(format!("{mib}M"))
             .arg("--kernel")
             .arg(&guest.vmlinux)
@@ -97,9 +96,7 @@ impl Launcher for MicrovmLauncher {
         // `wfd` stays open in the parent until after the spawn.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(wfd, READY_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                super::dup_to(wfd, READY_FD)?;
                 super::join_before_exec(&procs_fds)
             });
         }
@@ -194,9 +191,22 @@ impl Instance for VmInstance {
     fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
         match self.ready.wait(timeout)? {
             ReadyEvent::Ready(at) => Ok(at),
-            ReadyEvent::Closed => Err(HarnessError::NotReady(
-                "the microVM stopped before its workload signalled ready".into(),
-            )),
+            ReadyEvent::Closed => {
+                // The monitor is ending: its last stderr line says why.
+                let _ = self.child.wait();
+                let mut err = String::new();
+                if let Some(mut s) = self.child.stderr.take() {
+                    let _ = s.read_to_string(&mut err);
+                }
+                Err(HarnessError::NotReady(format!(
+                    "the microVM stopped before its workload signalled ready: {}",
+                    err.lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("(no output)")
+                        .trim()
+                )))
+            }
         }
     }
 
@@ -224,11 +234,20 @@ impl Instance for VmInstance {
     fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
         // With --net the monitor stops the VM itself once its probe answered;
         // give it that long before asking.
-        let wait = if self.net { Duration::from_secs(30) } else { Duration::ZERO };
+        let wait = if self.net {
+            Duration::from_secs(30)
+        } else {
+            Duration::ZERO
+        };
         let end = Instant::now() + wait;
         let mut me = *self;
         while Instant::now() < end {
-            if me.child.try_wait().map_err(|e| HarnessError::Io("wait".into(), e))?.is_some() {
+            if me
+                .child
+                .try_wait()
+                .map_err(|e| HarnessError::Io("wait".into(), e))?
+                .is_some()
+            {
                 return me.finish();
             }
             std::thread::sleep(Duration::from_millis(2));

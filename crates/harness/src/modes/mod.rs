@@ -94,6 +94,26 @@ pub(crate) fn open_procs(files: &[PathBuf]) -> Result<Vec<std::fs::File>, Harnes
         .collect()
 }
 
+/// In a forked child before exec: make `fd` available as `target` in the
+/// exec'd program. `dup2` onto itself is a no-op that would leave the
+/// close-on-exec flag set, so that case clears the flag instead.
+/// Only async-signal-safe calls (`dup2`, `fcntl`).
+pub(crate) fn dup_to(fd: i32, target: i32) -> std::io::Result<()> {
+    // SAFETY: plain fd syscalls on descriptors the parent keeps open for the
+    // duration of the spawn.
+    let rc = unsafe {
+        if fd == target {
+            libc::fcntl(fd, libc::F_SETFD, 0)
+        } else {
+            libc::dup2(fd, target)
+        }
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// In a forked child before exec: write "0" (= this process) to each fd.
 /// Only `write(2)` runs, which is async-signal-safe.
 pub(crate) fn join_before_exec(fds: &[i32]) -> std::io::Result<()> {

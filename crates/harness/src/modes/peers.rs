@@ -93,9 +93,7 @@ impl Launcher for OciPeer {
         // SAFETY: only dup2 (async-signal-safe) runs between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(wfd, READY_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                super::dup_to(wfd, READY_FD)?;
                 Ok(())
             });
         }
@@ -362,10 +360,20 @@ impl Launcher for QemuPeer {
         // SAFETY: only dup2 (async-signal-safe) runs between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(mw, 3) < 0 || libc::dup2(ow, 4) < 0 || libc::dup2(sw, 5) < 0 {
+                // Targets 3..5 are taken in order; a source already at a
+                // later target would be overwritten first, so move all three
+                // above 5 before placing them.
+                let (mw, ow, sw) = (
+                    libc::fcntl(mw, libc::F_DUPFD, 10),
+                    libc::fcntl(ow, libc::F_DUPFD, 10),
+                    libc::fcntl(sw, libc::F_DUPFD, 10),
+                );
+                if mw < 0 || ow < 0 || sw < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
+                super::dup_to(mw, 3)?;
+                super::dup_to(ow, 4)?;
+                super::dup_to(sw, 5)
             });
         }
         let launched = Instant::now();

@@ -65,9 +65,7 @@ impl Launcher for ProcessLauncher {
         // exec; `wfd` is a valid fd owned by `ready`, alive across the spawn.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(wfd, READY_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                super::dup_to(wfd, READY_FD)?;
                 super::join_before_exec(&procs_fds)
             });
         }
