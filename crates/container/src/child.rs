@@ -42,6 +42,8 @@ pub(crate) struct ChildPlan {
     pub rootfs: RootfsPlan,
     pub hostname: String,
     pub user_namespace: bool,
+    /// Workload stderr to `/dev/null` inside the container.
+    pub quiet_stderr: bool,
     /// cgroup v1 `tasks` files the child writes `0` to, to join its cgroup
     /// itself (empty when the launcher moves it by pid).
     pub cgroup_tasks: Vec<std::path::PathBuf>,
@@ -108,6 +110,7 @@ mod tests {
             },
             hostname: "box-1".into(),
             user_namespace: userns,
+            quiet_stderr: false,
             cgroup_tasks: vec![
                 "/cg/memory/isolab/x/tasks".into(),
                 "/cg/pids/isolab/x/tasks".into(),

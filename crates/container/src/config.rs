@@ -47,6 +47,10 @@ pub struct ContainerConfig {
     /// Where instance directories live (default `/run/isolab/containers`).
     #[serde(default = "default_run_dir")]
     pub run_dir: PathBuf,
+    /// Send the workload's stderr to the container's `/dev/null` instead of
+    /// the launcher's stderr (the harness runs many instances; default false).
+    #[serde(default)]
+    pub quiet_stderr: bool,
     /// Grace between SIGTERM and SIGKILL when stopping (default 5000 ms).
     #[serde(default = "default_grace")]
     pub stop_grace_ms: u64,
@@ -73,6 +77,7 @@ impl ContainerConfig {
             limits: Limits::default(),
             hostname: None,
             user_namespace: false,
+            quiet_stderr: false,
             state_dir: default_state_dir(),
             run_dir: default_run_dir(),
             stop_grace_ms: DEFAULT_STOP_GRACE_MS,

@@ -110,6 +110,15 @@ fn exec_workload(plan: &ChildPlan) -> ! {
         // forwards it through init, not the workload directly.
         nix::unistd::setsid()?;
         process::dup_to(fds.stdout_w, 1)?;
+        if plan.quiet_stderr {
+            // After pivot_root: this is the container's own /dev/null.
+            let null = nix::fcntl::open(
+                "/dev/null",
+                nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )?;
+            process::dup_to(std::os::fd::AsRawFd::as_raw_fd(&null), 2)?;
+        }
         process::dup_to(fds.ready_w, READY_FD)?;
         process::cloexec_from(READY_FD as u32 + 1)?;
         process::set_mask(&SigSet::empty())

@@ -150,6 +150,7 @@ pub fn start_with(
         },
         hostname,
         user_namespace: config.user_namespace,
+        quiet_stderr: config.quiet_stderr,
         cgroup_tasks: live
             .cgroup
             .as_ref()

@@ -33,6 +33,7 @@ pub fn container_config(bins: &Binaries, spec: &InstanceSpec) -> ContainerConfig
     cfg.args = workload_argv(spec, port, "127.0.0.1").split_off(1);
     cfg.limits.memory_bytes = spec.memory_limit;
     cfg.stop_grace_ms = 2000;
+    cfg.quiet_stderr = true;
     cfg
 }
 
