@@ -257,22 +257,8 @@ impl Instance for VmInstance {
     }
 
     fn wait_exit(self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError> {
-        let end = Instant::now() + timeout;
         let mut me = *self;
-        loop {
-            if me
-                .child
-                .try_wait()
-                .map_err(|e| HarnessError::Io("wait".into(), e))?
-                .is_some()
-            {
-                return me.finish();
-            }
-            if Instant::now() > end {
-                terminate(me.child.id(), Duration::from_secs(2));
-                return me.finish();
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        super::wait_or_terminate(&mut me.child, timeout, Duration::from_secs(2))?;
+        me.finish()
     }
 }

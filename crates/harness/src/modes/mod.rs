@@ -254,6 +254,30 @@ pub(crate) fn terminate(pid: u32, grace: Duration) {
     let _ = kill(p, Signal::SIGKILL);
 }
 
+/// Wait up to `timeout` for `child` to exit by itself; past it, SIGTERM and
+/// after `grace` SIGKILL (the caller reaps). True if it exited on its own.
+pub(crate) fn wait_or_terminate(
+    child: &mut std::process::Child,
+    timeout: Duration,
+    grace: Duration,
+) -> Result<bool, HarnessError> {
+    let end = Instant::now() + timeout;
+    loop {
+        if child
+            .try_wait()
+            .map_err(|e| HarnessError::Io("wait".into(), e))?
+            .is_some()
+        {
+            return Ok(true);
+        }
+        if Instant::now() > end {
+            terminate(child.id(), grace);
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Shell-style status from a std exit status.
 pub(crate) fn shell_status(s: std::process::ExitStatus) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt;

@@ -154,22 +154,8 @@ impl Instance for ProcessInstance {
     }
 
     fn wait_exit(self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError> {
-        let end = Instant::now() + timeout;
         let mut me = *self;
-        loop {
-            if me
-                .child
-                .try_wait()
-                .map_err(|e| HarnessError::Io("wait".into(), e))?
-                .is_some()
-            {
-                return me.finish();
-            }
-            if Instant::now() > end {
-                terminate(me.child.id(), Duration::from_millis(500));
-                return me.finish();
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        super::wait_or_terminate(&mut me.child, timeout, Duration::from_millis(500))?;
+        me.finish()
     }
 }
