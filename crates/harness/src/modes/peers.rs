@@ -388,6 +388,7 @@ impl Launcher for QemuPeer {
             marker: marker_r,
             output: out_r,
             status: status_r,
+            seen: vec![],
             launched,
             guest_bytes: mib << 20,
         }))
@@ -399,6 +400,8 @@ struct QemuInstance {
     marker: OwnedFd,
     output: OwnedFd,
     status: OwnedFd,
+    /// Marker bytes read before ready (for the error message).
+    seen: Vec<u8>,
     launched: Instant,
     guest_bytes: u64,
 }
@@ -457,13 +460,21 @@ impl Instance for QemuInstance {
                     if let Some(mut s) = self.child.stderr.take() {
                         let _ = s.read_to_string(&mut err);
                     }
+                    let status = self.child.wait().ok().and_then(shell_status);
+                    let mut guest = [0u8; 4];
+                    let n = nix::unistd::read(&self.status, &mut guest).unwrap_or(0);
+                    let mut out = [0u8; 512];
+                    let m = nix::unistd::read(&self.output, &mut out).unwrap_or(0);
                     return Err(HarnessError::NotReady(format!(
-                        "QEMU ended before the ready marker: {}",
-                        err.lines().last().unwrap_or("")
+                        "QEMU ended (status {status:?}) before the ready marker; markers seen {seen:02x?}, workload status {:?}, output {:?}: {}",
+                        &guest[..n],
+                        String::from_utf8_lossy(&out[..m]),
+                        err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no error output)").trim(),
+                        seen = self.seen,
                     )));
                 }
                 Ok(n) if buf[..n].contains(&MARKER_READY) => return Ok(Instant::now()),
-                Ok(_) => {}
+                Ok(n) => self.seen.extend_from_slice(&buf[..n]),
                 Err(e) => return Err(HarnessError::Io("read markers".into(), e.into())),
             }
         }
