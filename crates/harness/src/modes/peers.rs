@@ -345,10 +345,16 @@ impl Launcher for QemuPeer {
             "-nographic",
             "-no-reboot",
         ])
+        // A COM1 whose output is discarded, as in our monitor: without a
+        // UART behind ttyS0 the guest's console writes fail and a workload
+        // that logs to stderr dies.
+        .args(["-serial", "null"])
         .args(["-chardev", "file,id=marker,path=/proc/self/fd/3"])
         .args(["-device", "isa-debugcon,iobase=0x3f0,chardev=marker"])
         .args(["-chardev", "file,id=out,path=/proc/self/fd/4"])
         .args(["-device", "isa-debugcon,iobase=0x3f2,chardev=out"])
+        .args(["-chardev", "file,id=status,path=/proc/self/fd/5"])
+        .args(["-device", "isa-debugcon,iobase=0x3f1,chardev=status"])
         .arg("-kernel")
         .arg(&guest.bz_image)
         .arg("-initrd")
@@ -376,6 +382,7 @@ impl Launcher for QemuPeer {
                 super::dup_to(sw, 5)
             });
         }
+        let argv = format!("{cmd:?}");
         let launched = Instant::now();
         let child = cmd
             .spawn()
@@ -389,6 +396,7 @@ impl Launcher for QemuPeer {
             output: out_r,
             status: status_r,
             seen: vec![],
+            argv,
             launched,
             guest_bytes: mib << 20,
         }))
@@ -402,6 +410,8 @@ struct QemuInstance {
     status: OwnedFd,
     /// Marker bytes read before ready (for the error message).
     seen: Vec<u8>,
+    /// The command line, for error messages.
+    argv: String,
     launched: Instant,
     guest_bytes: u64,
 }
@@ -466,9 +476,10 @@ impl Instance for QemuInstance {
                     let mut out = [0u8; 512];
                     let m = nix::unistd::read(&self.output, &mut out).unwrap_or(0);
                     return Err(HarnessError::NotReady(format!(
-                        "QEMU ended (status {status:?}) before the ready marker; markers seen {seen:02x?}, workload status {:?}, output {:?}: {}",
+                        "QEMU ended (status {status:?}) before the ready marker; markers seen {seen:02x?}, workload status {:?}, output {:?}, command {}: {}",
                         &guest[..n],
                         String::from_utf8_lossy(&out[..m]),
+                        self.argv,
                         err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no error output)").trim(),
                         seen = self.seen,
                     )));
