@@ -118,6 +118,19 @@ impl Launcher for OciPeer {
     }
 }
 
+/// Remove a bundle, then its parent directories while they are empty, so
+/// nothing of ours stays under /run.
+fn remove_bundle(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut p = dir.parent();
+    while let Some(d) = p.filter(|d| d.starts_with("/run/isolab")) {
+        if std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        p = d.parent();
+    }
+}
+
 fn next_id() -> u64 {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
@@ -166,7 +179,7 @@ impl OciInstance {
             .wait()
             .map_err(|e| HarnessError::Io("wait for the runtime".into(), e))?;
         self.rt(&["delete", "--force"]);
-        let _ = std::fs::remove_dir_all(&self.bundle_dir);
+        remove_bundle(&self.bundle_dir);
         Ok(InstanceOutcome {
             status: shell_status(st),
             result_line: out
@@ -188,7 +201,7 @@ impl Drop for OciInstance {
             let _ = c.kill();
             let _ = c.wait();
             self.rt(&["delete", "--force"]);
-            let _ = std::fs::remove_dir_all(&self.bundle_dir);
+            remove_bundle(&self.bundle_dir);
         }
     }
 }
