@@ -5,8 +5,6 @@
 //! the same way; its JSON report on exit carries the boot phases.
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,7 +14,7 @@ use super::{
     shell_status, terminate, Binaries, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
     Launcher, ModeKind, VmPhases,
 };
-use crate::memory::{process_tree, split_guest_memory, tree_memory};
+use crate::memory::process_tree;
 use crate::probe::HttpTarget;
 use crate::ready::{ReadyEvent, ReadyPipe};
 use crate::HarnessError;
@@ -65,7 +63,6 @@ impl Launcher for MicrovmLauncher {
             .map(|b| b >> 20)
             .unwrap_or(DEFAULT_GUEST_MIB);
         let mut ready = ReadyPipe::new()?;
-        let wfd = ready.write_end().map(|f| f.as_raw_fd()).unwrap_or(-1);
         let mut cmd = Command::new(&self.bins.bench);
         cmd.args(["vm", "run", "--json", "--workload", &spec.workload]);
         // HTTP workloads get a virtio-net device on the workbench bridge; the
@@ -90,21 +87,7 @@ impl Launcher for MicrovmLauncher {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let procs = super::open_procs(&spec.join_cgroups)?;
-        let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
-        // SAFETY: only dup2 and write (async-signal-safe) run between fork and exec;
-        // `wfd` stays open in the parent until after the spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                super::dup_to(wfd, READY_FD)?;
-                super::join_before_exec(&procs_fds)
-            });
-        }
-        let launched = Instant::now();
-        let child = cmd
-            .spawn()
-            .map_err(|e| HarnessError::Io(format!("spawn {}", self.bins.bench.display()), e))?;
-        ready.close_write();
+        let (child, launched) = super::spawn_with_ready(&mut cmd, &mut ready, &spec.join_cgroups)?;
         Ok(Box::new(VmInstance {
             child,
             ready,
@@ -211,7 +194,8 @@ impl Instance for VmInstance {
     }
 
     fn http_target(&self) -> Option<HttpTarget> {
-        // The guest has no network device yet: no HTTP path to probe.
+        // The monitor probes the guest itself over virtio-net (--net) and
+        // reports the first response in its JSON; nothing to probe from here.
         None
     }
 
@@ -220,15 +204,7 @@ impl Instance for VmInstance {
     }
 
     fn memory(&self) -> InstanceMemory {
-        let m = tree_memory(Path::new("/proc"), &self.host_pids());
-        let split = split_guest_memory(Path::new("/proc"), self.child.id(), self.guest_bytes).ok();
-        InstanceMemory {
-            pss: m.pss,
-            uss: m.uss,
-            cgroup_current: None,
-            vmm_overhead: split.map(|s| s.0),
-            guest_touched: split.map(|s| s.1),
-        }
+        super::tree_instance_memory(self.child.id(), Some(self.guest_bytes))
     }
 
     fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {

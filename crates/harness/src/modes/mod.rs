@@ -254,6 +254,60 @@ pub(crate) fn terminate(pid: u32, grace: Duration) {
     let _ = kill(p, Signal::SIGKILL);
 }
 
+/// Spawn `cmd` with the write end of `ready` as fd [`process::READY_FD`],
+/// joining `join_cgroups` before exec; closes the parent's write end.
+/// Returns the child and the launch instant (taken just before the spawn).
+pub(crate) fn spawn_with_ready(
+    cmd: &mut std::process::Command,
+    ready: &mut crate::ready::ReadyPipe,
+    join_cgroups: &[PathBuf],
+) -> Result<(std::process::Child, Instant), HarnessError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let wfd = ready.write_end().map(|f| f.as_raw_fd()).unwrap_or(-1);
+    let procs = open_procs(join_cgroups)?;
+    let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+    // SAFETY: only async-signal-safe calls (dup2/fcntl, write) run between
+    // fork and exec; `wfd` and the procs files stay open in the parent until
+    // after the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            dup_to(wfd, process::READY_FD)?;
+            join_before_exec(&procs_fds)
+        });
+    }
+    let launched = Instant::now();
+    let child = cmd.spawn().map_err(|e| {
+        HarnessError::Io(format!("spawn {}", cmd.get_program().to_string_lossy()), e)
+    })?;
+    drop(procs);
+    ready.close_write();
+    Ok((child, launched))
+}
+
+/// PSS/USS of the process tree under `pid`; with `guest_bytes`, also
+/// Firecracker's split of the root's RSS into VMM overhead and guest RAM.
+pub(crate) fn tree_instance_memory(pid: u32, guest_bytes: Option<u64>) -> InstanceMemory {
+    let proc_root = std::path::Path::new("/proc");
+    let m = crate::memory::tree_memory(proc_root, &crate::memory::process_tree(proc_root, pid));
+    let split = guest_bytes.and_then(|g| crate::memory::split_guest_memory(proc_root, pid, g).ok());
+    InstanceMemory {
+        pss: m.pss,
+        uss: m.uss,
+        cgroup_current: None,
+        vmm_overhead: split.map(|s| s.0),
+        guest_touched: split.map(|s| s.1),
+    }
+}
+
+/// The workload's JSON result line: the last output line that opens an object.
+pub(crate) fn result_line(out: &str) -> Option<String> {
+    out.lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .map(String::from)
+}
+
 /// Wait up to `timeout` for `child` to exit by itself; past it, SIGTERM and
 /// after `grace` SIGKILL (the caller reaps). True if it exited on its own.
 pub(crate) fn wait_or_terminate(

@@ -19,12 +19,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::container::{container_config, CONTAINER_PORT};
 use super::microvm::{native_refusal, GuestArtifacts, DEFAULT_GUEST_MIB};
-use super::process::READY_FD;
 use super::{
     shell_status, terminate, Binaries, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
     Launcher, ModeKind,
 };
-use crate::memory::{process_tree, split_guest_memory, tree_memory};
+use crate::memory::process_tree;
 use crate::probe::{HttpTarget, Netns};
 use crate::ready::{ReadyEvent, ReadyPipe};
 use crate::HarnessError;
@@ -81,7 +80,6 @@ impl Launcher for OciPeer {
         let bundle = isolab_container::oci::write_bundle(&dir, &cfg, &id)
             .map_err(|e| HarnessError::Launch(super::container::chain(&e)))?;
         let mut ready = ReadyPipe::new()?;
-        let wfd = ready.write_end().map(|f| f.as_raw_fd()).unwrap_or(-1);
         let mut cmd = Command::new(&runtime);
         cmd.args(["run", "--bundle"])
             .arg(&bundle.dir)
@@ -90,22 +88,13 @@ impl Launcher for OciPeer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: only dup2 (async-signal-safe) runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                super::dup_to(wfd, READY_FD)?;
-                Ok(())
-            });
-        }
-        let launched = Instant::now();
-        let child = match cmd.spawn() {
+        let (child, launched) = match super::spawn_with_ready(&mut cmd, &mut ready, &[]) {
             Ok(c) => c,
             Err(e) => {
                 let _ = bundle.remove();
-                return Err(HarnessError::Io(format!("spawn {rt}"), e));
+                return Err(e);
             }
         };
-        ready.close_write();
         Ok(Box::new(OciInstance {
             runtime,
             id,
@@ -182,11 +171,7 @@ impl OciInstance {
         remove_bundle(&self.bundle_dir);
         Ok(InstanceOutcome {
             status: shell_status(st),
-            result_line: out
-                .lines()
-                .rev()
-                .find(|l| l.starts_with('{'))
-                .map(String::from),
+            result_line: super::result_line(&out),
             oom_killed: false,
             phases: None,
             first_response_ms: None,
@@ -242,12 +227,10 @@ impl Instance for OciInstance {
     }
 
     fn memory(&self) -> InstanceMemory {
-        let m = tree_memory(Path::new("/proc"), &self.host_pids());
-        InstanceMemory {
-            pss: m.pss,
-            uss: m.uss,
-            ..Default::default()
-        }
+        self.child
+            .as_ref()
+            .map(|c| super::tree_instance_memory(c.id(), None))
+            .unwrap_or_default()
     }
 
     fn stop(mut self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
@@ -443,11 +426,7 @@ impl QemuInstance {
             // The workload's status byte from the marker ABI; QEMU's own
             // status only when the guest never reported one.
             status: status.last().map(|b| i32::from(*b)).or(shell_status(st)),
-            result_line: out
-                .lines()
-                .rev()
-                .find(|l| l.starts_with('{'))
-                .map(String::from),
+            result_line: super::result_line(&out),
             oom_killed: false,
             phases: None,
             first_response_ms: None,
@@ -513,15 +492,7 @@ impl Instance for QemuInstance {
     }
 
     fn memory(&self) -> InstanceMemory {
-        let m = tree_memory(Path::new("/proc"), &self.host_pids());
-        let split = split_guest_memory(Path::new("/proc"), self.child.id(), self.guest_bytes).ok();
-        InstanceMemory {
-            pss: m.pss,
-            uss: m.uss,
-            cgroup_current: None,
-            vmm_overhead: split.map(|s| s.0),
-            guest_touched: split.map(|s| s.1),
-        }
+        super::tree_instance_memory(self.child.id(), Some(self.guest_bytes))
     }
 
     fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {

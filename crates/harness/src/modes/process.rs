@@ -3,8 +3,6 @@
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +11,7 @@ use super::{
     free_port, shell_status, terminate, Binaries, Instance, InstanceMemory, InstanceOutcome,
     InstanceSpec, Launcher, ModeKind,
 };
-use crate::memory::{process_tree, tree_memory};
+use crate::memory::process_tree;
 use crate::probe::HttpTarget;
 use crate::ready::{ReadyEvent, ReadyPipe};
 use crate::HarnessError;
@@ -52,28 +50,13 @@ impl Launcher for ProcessLauncher {
             None => None,
         };
         let mut ready = ReadyPipe::new()?;
-        let wfd = ready.write_end().map(|f| f.as_raw_fd()).unwrap_or(-1);
         let mut cmd = Command::new(&self.bins.workload);
         cmd.args(workload_argv(spec, port, "127.0.0.1"))
             .env("ISOLAB_READY_FD", READY_FD.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        let procs = super::open_procs(&spec.join_cgroups)?;
-        let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
-        // SAFETY: only async-signal-safe calls (dup2, write) run between fork and
-        // exec; `wfd` is a valid fd owned by `ready`, alive across the spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                super::dup_to(wfd, READY_FD)?;
-                super::join_before_exec(&procs_fds)
-            });
-        }
-        let launched = Instant::now();
-        let child = cmd
-            .spawn()
-            .map_err(|e| HarnessError::Io(format!("spawn {}", self.bins.workload.display()), e))?;
-        ready.close_write();
+        let (child, launched) = super::spawn_with_ready(&mut cmd, &mut ready, &spec.join_cgroups)?;
         Ok(Box::new(ProcessInstance {
             child,
             ready,
@@ -102,11 +85,7 @@ impl ProcessInstance {
             .map_err(|e| HarnessError::Io("wait for workload".into(), e))?;
         Ok(InstanceOutcome {
             status: shell_status(st),
-            result_line: out
-                .lines()
-                .rev()
-                .find(|l| l.starts_with('{'))
-                .map(String::from),
+            result_line: super::result_line(&out),
             oom_killed: false,
             phases: None,
             first_response_ms: None,
@@ -140,12 +119,7 @@ impl Instance for ProcessInstance {
     }
 
     fn memory(&self) -> InstanceMemory {
-        let m = tree_memory(Path::new("/proc"), &self.host_pids());
-        InstanceMemory {
-            pss: m.pss,
-            uss: m.uss,
-            ..Default::default()
-        }
+        super::tree_instance_memory(self.child.id(), None)
     }
 
     fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
