@@ -1,0 +1,155 @@
+//! The one home of isolab's test plumbing, used as a dev-dependency by every
+//! crate's `tests/`: strict mode, the `SKIPPED <test>: <reason>` line,
+//! probes of real abilities (root, namespaces, `/dev/kvm`), and the paths of
+//! the workspace's built binaries.
+//!
+//! The rule it implements (docs/testing.md): a test that lacks an ability
+//! prints one skip line and returns; under strict mode (`CI=true` or
+//! `ISOLAB_STRICT=1`) the same condition fails the test instead, so CI can
+//! never pass by skipping.
+//!
+//! ```no_run
+//! fn my_privileged_test() {
+//!     if !isolab_testkit::require("my_privileged_test", isolab_testkit::missing_root()) {
+//!         return;
+//!     }
+//!     // ... the real test
+//! }
+//! ```
+
+use std::path::PathBuf;
+
+/// True when a missing ability must fail a test rather than skip it.
+pub fn strict() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
+}
+
+/// Prints `SKIPPED <test>: <reason>` on stderr in one write, so lines of
+/// parallel tests never interleave and libtest's capture does not hide it.
+pub fn skipped(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let line = format!("SKIPPED {test}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// Whether `test` may go on: `None` (nothing missing) says yes; `Some(why)`
+/// prints the skip line and says no, or panics in strict mode.
+#[track_caller]
+pub fn require(test: &str, missing: Option<String>) -> bool {
+    match missing {
+        None => true,
+        Some(why) if strict() => {
+            panic!("{test}: {why} (strict mode: a missing ability fails the test)")
+        }
+        Some(why) => {
+            skipped(test, &why);
+            false
+        }
+    }
+}
+
+/// The first of several probes that found something missing.
+pub fn first_missing(probes: impl IntoIterator<Item = Option<String>>) -> Option<String> {
+    probes.into_iter().flatten().next()
+}
+
+/// `Some(reason)` unless this process runs as root.
+pub fn missing_root() -> Option<String> {
+    (!nix::unistd::geteuid().is_root()).then(|| "not root".to_owned())
+}
+
+/// `Some(reason)` unless a child can create the namespaces in `flags`
+/// (checked in a forked child, so this process never unshares).
+pub fn missing_unshare(flags: nix::sched::CloneFlags) -> Option<String> {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new("/bin/true");
+    // SAFETY: the hook runs in the forked child before exec and only calls
+    // unshare(2), a single async-signal-safe syscall.
+    unsafe {
+        cmd.pre_exec(move || nix::sched::unshare(flags).map_err(std::io::Error::from));
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => None,
+        Ok(s) => Some(format!("cannot unshare {flags:?} ({s})")),
+        Err(e) => Some(format!("cannot unshare {flags:?}: {e}")),
+    }
+}
+
+/// `Some(reason)` unless `/dev/kvm` opens read-write.
+pub fn missing_kvm() -> Option<String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .err()
+        .map(|e| format!("cannot open /dev/kvm: {e}"))
+}
+
+/// `Some(reason)` unless `cmd` is an executable on PATH.
+pub fn missing_command(cmd: &str, package: &str) -> Option<String> {
+    which(cmd)
+        .is_none()
+        .then(|| format!("{cmd} not found on PATH: apt-get install {package}"))
+}
+
+/// Full path of `cmd` on PATH.
+pub fn which(cmd: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+}
+
+/// `target/<triple>/<profile>`: where the workspace's binaries are built,
+/// found from the running test executable (`.../<profile>/deps/<test>`).
+pub fn target_profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe.parent().expect("the test executable has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// A binary of the workspace (`workload`, `bench`, `isolab-init`) beside the
+/// test's profile directory; `ISOLAB_<NAME>_BIN` (upper case, `-` as `_`)
+/// overrides it.
+pub fn binary(name: &str) -> PathBuf {
+    let var = format!("ISOLAB_{}_BIN", name.to_uppercase().replace('-', "_"));
+    match std::env::var_os(&var) {
+        Some(p) => PathBuf::from(p),
+        None => target_profile_dir().join(name),
+    }
+}
+
+/// `Some(reason)` unless the workspace binary `name` is built.
+pub fn missing_binary(name: &str, package: &str) -> Option<String> {
+    let p = binary(name);
+    (!p.is_file()).then(|| format!("{} missing: cargo build -p {package}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_missing_goes_on_and_the_first_missing_is_named() {
+        assert!(require("t", None));
+        assert_eq!(
+            first_missing([None, Some("a".into()), Some("b".into())]),
+            Some("a".into())
+        );
+        assert_eq!(first_missing([None, None]), None);
+    }
+
+    #[test]
+    fn binaries_sit_beside_the_profile_dir() {
+        let p = binary("isolab-no-such-binary");
+        assert_eq!(p.parent(), Some(target_profile_dir().as_path()));
+        assert!(missing_binary("isolab-no-such-binary", "x")
+            .unwrap()
+            .contains("cargo build -p x"));
+    }
+}
