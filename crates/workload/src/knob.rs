@@ -4,16 +4,20 @@
 //! settings a container shares with the host, which ones a namespace
 //! confines, and that a microVM guest only ever changes its own kernel.
 //!
-//! Without `--change` every knob is written back with the value it already
-//! has: the write proves whether the kernel accepts it while changing
-//! nothing. That is the only form the demo runs directly on the host (the
-//! plain-process column). `--change` writes a different value and is run
-//! only inside a container or a guest; the demo reads the host's values
-//! before and after and fails loudly if any of them moved.
+//! Without `--change` nothing is written: each knob's `/proc/sys` file is
+//! opened for writing and closed again. The kernel makes its permission
+//! and read-only-mount checks at `open(2)` (`EACCES`, `EPERM`, `EROFS`), so
+//! the open says whether a write would be accepted while changing nothing,
+//! not even by writing back the value just read (which could undo someone
+//! else's change made in between). That is the only form the demo runs
+//! directly on the host (the plain-process column). `--change` writes a
+//! different value and is run only inside a container or a guest; the demo
+//! reads the host's values before and after and fails loudly if any moved.
 //!
 //! Knobs, and why each one:
-//! - `kernel.domainname` through `setdomainname(2)`: owned by the UTS
-//!   namespace, so a container's change is confined to it;
+//! - `kernel.domainname` (through `setdomainname(2)` with `--change`, its
+//!   `/proc/sys` file without): owned by the UTS namespace, so a
+//!   container's change is confined to it;
 //! - `net.ipv4.ip_default_ttl` through `/proc/sys`: owned by the network
 //!   namespace;
 //! - `vm.swappiness` through `/proc/sys`: global, one value for the whole
@@ -58,7 +62,11 @@ pub fn run(change: bool, proc_root: &Path) -> Map<String, Value> {
     let mut out = result::object("knob", true);
     out.insert("change".into(), change.into());
     let knobs = vec![
-        domainname(change),
+        if change {
+            domainname()
+        } else {
+            sysctl(proc_root, "kernel.domainname", false)
+        },
         sysctl(proc_root, "net.ipv4.ip_default_ttl", change),
         sysctl(proc_root, "vm.swappiness", change),
     ];
@@ -72,13 +80,10 @@ fn current_domainname() -> Option<String> {
         .map(|u| u.domainname().to_string_lossy().into_owned())
 }
 
-fn domainname(change: bool) -> Value {
+/// `--change` only: sets the UTS namespace's domain name.
+fn domainname() -> Value {
     let before = current_domainname();
-    let target = if change {
-        DEMO_DOMAINNAME.to_owned()
-    } else {
-        before.clone().unwrap_or_default()
-    };
+    let target = DEMO_DOMAINNAME.to_owned();
     // SAFETY: the pointer and length describe `target`'s bytes, which live
     // across the call; the kernel only reads them.
     let rc = unsafe { libc::setdomainname(target.as_ptr().cast(), target.len()) };
@@ -131,17 +136,30 @@ fn sysctl(proc_root: &Path, name: &str, change: bool) -> Value {
             "after": null,
         });
     };
-    let target = if change { changed_number(&b) } else { b };
-    let write = std::fs::write(&path, format!("{target}\n"))
-        .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)));
-    entry(
-        name,
-        &format!("/proc/sys/{}", name.replace('.', "/")),
-        before,
-        &target,
-        write,
-        read(),
-    )
+    let errno = |e: std::io::Error| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+    let via = format!("/proc/sys/{}", name.replace('.', "/"));
+    if !change {
+        // Open for writing, close, write nothing: the kernel's verdict
+        // without touching the setting.
+        let open = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map(drop)
+            .map_err(errno);
+        let mut v = entry(
+            name,
+            &format!("open(O_WRONLY) {via}"),
+            before,
+            &b,
+            open,
+            read(),
+        );
+        v["attempted"] = Value::Null;
+        return v;
+    }
+    let target = changed_number(&b);
+    let write = std::fs::write(&path, format!("{target}\n")).map_err(errno);
+    entry(name, &via, before, &target, write, read())
 }
 
 fn entry(
@@ -190,8 +208,16 @@ mod tests {
         std::fs::write(dir.join("sys/vm/swappiness"), "60\n").unwrap();
         let ttl = sysctl(&dir, "net.ipv4.ip_default_ttl", true);
         let swap = sysctl(&dir, "vm.swappiness", true);
+        let mtime = || {
+            std::fs::metadata(dir.join("sys/vm/swappiness"))
+                .unwrap()
+                .modified()
+                .unwrap()
+        };
+        let before_check = mtime();
         let same = sysctl(&dir, "vm.swappiness", false);
         let after = std::fs::read_to_string(dir.join("sys/vm/swappiness")).unwrap();
+        assert_eq!(mtime(), before_check, "a check must not write");
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(ttl["before"], Value::Null);
         assert_eq!(ttl["accepted"], false);
@@ -199,8 +225,10 @@ mod tests {
         assert_eq!(swap["attempted"], "61");
         assert_eq!(swap["accepted"], true);
         assert_eq!(swap["after"], "61");
-        // Without --change the value written is the one read.
-        assert_eq!(same["attempted"], same["before"]);
+        // Without --change nothing is written: the open is the verdict.
+        assert_eq!(same["attempted"], Value::Null);
+        assert_eq!(same["accepted"], true);
+        assert_eq!(same["after"], "61");
         assert_eq!(after.trim(), "61");
     }
 }

@@ -219,8 +219,9 @@ pub const DEMOS: &[Demo] = &[
         misconception: A_KERNEL,
         explanation: "The knob workload tries three kernel settings: the domain name (owned by the \
             UTS namespace), the default IP TTL (owned by the network namespace) and vm.swappiness \
-            (global: one value per kernel). As a root process on the host every write is accepted \
-            (the demo writes back the current value so nothing changes). In the container, \
+            (global: one value per kernel). As a root process on the host every setting is writable \
+            (the demo only opens each one for writing and writes nothing: host settings are \
+            never written). In the container, \
             /proc/sys is mounted read-only, so the sysctl writes are refused, and the domain-name \
             change succeeds only inside its own UTS namespace. In the microVM every write \
             succeeds, and changes only the guest's kernel. The host's values are read before and \
@@ -301,7 +302,7 @@ impl Demo {
                 ..Job::new("forkloop", &["--max", &s(CONFINED_FORK_MAX)])
             },
             ("forkbomb", Microvm) => Job::new("forkloop", &["--max", &s(CONFINED_FORK_MAX)]),
-            // On the host, knob only writes back the values it read.
+            // On the host, knob only opens each setting for writing: it writes nothing.
             ("knobs", Process) => Job::new("knob", &[]),
             ("knobs", _) => Job::new("knob", &["--change"]),
             _ => Job::new("probe", &[]),

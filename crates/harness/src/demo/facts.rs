@@ -434,7 +434,9 @@ fn knob_rows(cols: &[Column<'_>]) -> Vec<Row> {
                 let after = text(k.get("after"));
                 let tried = text(k.get("attempted"));
                 if k["accepted"].as_bool() == Some(true) {
-                    if before == tried {
+                    if k.get("attempted").is_none_or(Value::is_null) {
+                        format!("writable (open for write; stays {before})")
+                    } else if before == tried {
                         format!("accepted (wrote back {before})")
                     } else {
                         format!("changed {before} -> {after}")

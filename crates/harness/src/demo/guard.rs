@@ -1,7 +1,8 @@
 //! The host's own settings, read before a demo and again after it: the
 //! proof, printed under every demo, that nothing the demo ran changed the
-//! host. A setting that moved fails the demo loudly; sysctls are written
-//! back to their old value first so the host is left as it was found.
+//! host. A setting that moved fails the demo loudly and is reported, never
+//! touched: host settings are read, not written, not even to restore them
+//! (a write-back could undo a change someone else made meanwhile).
 //!
 //! Interfaces are deliberately not compared: other software on the host
 //! (a container engine, a VPN) adds and removes them at any time, and a
@@ -40,8 +41,6 @@ pub struct Change {
     pub name: String,
     pub before: Option<String>,
     pub after: Option<String>,
-    /// Whether writing the old value back succeeded.
-    pub restored: bool,
 }
 
 /// A snapshot of the host's settings.
@@ -91,35 +90,20 @@ impl HostGuard {
             .as_deref()
     }
 
-    /// Reads the settings again and compares. Every sysctl that moved is
-    /// written back to its old value; the changes are returned either way
-    /// (empty: the host is unchanged).
+    /// Reads the settings again and returns those that moved (empty: the
+    /// host is unchanged). Reads only.
     pub fn verify(&self) -> Vec<Change> {
         let now = read(&self.proc_root);
-        let mut changes = Vec::new();
-        for (before, after) in self.settings.iter().zip(&now) {
-            if before.value == after.value {
-                continue;
-            }
-            let restored = match (
-                &before.value,
-                WATCHED_SYSCTLS.contains(&before.name.as_str()),
-            ) {
-                (Some(old), true) => std::fs::write(
-                    sysctl_path(&self.proc_root, &before.name),
-                    format!("{old}\n"),
-                )
-                .is_ok(),
-                _ => false,
-            };
-            changes.push(Change {
+        self.settings
+            .iter()
+            .zip(&now)
+            .filter(|(before, after)| before.value != after.value)
+            .map(|(before, after)| Change {
                 name: before.name.clone(),
                 before: before.value.clone(),
                 after: after.value.clone(),
-                restored,
-            });
-        }
-        changes
+            })
+            .collect()
     }
 }
 
@@ -147,7 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn a_moved_sysctl_is_reported_and_put_back() {
+    fn a_moved_sysctl_is_reported_and_left_alone() {
         let d = tree();
         let proc = d.path().join("proc");
         let g = HostGuard::snapshot_at(&proc);
@@ -156,8 +140,7 @@ mod tests {
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].name, "vm.swappiness");
         assert_eq!(changes[0].after.as_deref(), Some("61"));
-        assert!(changes[0].restored);
         let now = std::fs::read_to_string(sysctl_path(&proc, "vm.swappiness")).unwrap();
-        assert_eq!(now.trim(), "60");
+        assert_eq!(now.trim(), "61", "the guard never writes a setting");
     }
 }
