@@ -15,4 +15,5 @@
 //! This crate measures; it does not launch instances or generate load (the
 //! harness does, through its launchers and its HTTP probe).
 
+pub mod posture;
 pub mod systrace;
