@@ -8,12 +8,16 @@
 //!   kernel is our own.
 //! - [`posture`]: what the host-side processes hold over the host kernel,
 //!   and what the workload holds over the kernel it talks to.
-//! - [`interference`]: noisy-neighbour statistics over raw latency samples,
-//!   and the neighbour's fate.
+//! - [`interference`]: noisy-neighbour statistics over raw latency samples.
+//! - [`neighbour`]: the neighbour's kind and its fate (throttled,
+//!   OOM-killed, forks refused, guest OOM) from what was observed.
 //! - [`reading`]: short sentences generated from measured numbers.
 //!
 //! This crate measures; it does not launch instances or generate load (the
 //! harness does, through its launchers and its HTTP probe).
 
+pub mod interference;
+pub mod neighbour;
 pub mod posture;
+pub mod reading;
 pub mod systrace;
