@@ -16,6 +16,7 @@
 //! This crate measures; it does not launch instances or generate load (the
 //! harness does, through its launchers and its HTTP probe).
 
+pub mod hap;
 pub mod interference;
 pub mod neighbour;
 pub mod posture;
