@@ -83,7 +83,7 @@ pub enum ImageError {
     /// A guest path is not absolute or climbs with `..`.
     #[error("Guest path {path:?} must be absolute and must not contain '..'")]
     BadGuestPath { path: String },
-    /// `ldd` on the QEMU binary failed.
+    /// `ldd` on a program to copy in (QEMU, a peer runtime) failed.
     #[error("Cannot list the shared libraries of {binary:?} with ldd")]
     Ldd {
         binary: PathBuf,
@@ -405,27 +405,56 @@ pub fn parse_ldd(output: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The host's QEMU, its libraries and its firmware, as file maps at the
-/// same paths inside.
-pub fn qemu_bundle(qemu: &Path) -> Result<Vec<FileMap>, ImageError> {
+/// The shared objects `binary` loads (the loader included), by `ldd`; none
+/// for a static program (no `PT_INTERP`), which `ldd` refuses.
+pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>, ImageError> {
+    let read_err = |source| ImageError::ReadHost {
+        path: binary.to_path_buf(),
+        source,
+    };
+    // The program headers sit near the start; 64 KiB covers any real ELF.
+    let mut head = Vec::new();
+    io::Read::read_to_end(
+        &mut io::Read::take(std::fs::File::open(binary).map_err(read_err)?, 64 << 10),
+        &mut head,
+    )
+    .map_err(read_err)?;
+    if crate::elf::has_interpreter(&head) == Ok(false) {
+        return Ok(Vec::new());
+    }
     let out = Command::new("ldd")
-        .arg(qemu)
+        .arg(binary)
         .output()
         .map_err(|source| ImageError::Ldd {
-            binary: qemu.to_path_buf(),
+            binary: binary.to_path_buf(),
             source,
         })?;
     if !out.status.success() {
         return Err(ImageError::Ldd {
-            binary: qemu.to_path_buf(),
+            binary: binary.to_path_buf(),
             source: io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
         });
     }
+    Ok(parse_ldd(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Keeps the first map for each guest path: bundles share libraries
+/// (`libc`, the loader), and an archive refuses a path twice.
+pub fn dedup_guest_paths(maps: Vec<FileMap>) -> Vec<FileMap> {
+    let mut seen = std::collections::HashSet::new();
+    maps.into_iter()
+        .filter(|m| seen.insert(m.guest.trim_end_matches('/').to_string()))
+        .collect()
+}
+
+/// The host's QEMU, its libraries and its firmware, as file maps at the
+/// same paths inside.
+pub fn qemu_bundle(qemu: &Path) -> Result<Vec<FileMap>, ImageError> {
+    let libs = shared_libraries(qemu)?;
     let mut maps = vec![FileMap {
         host: qemu.to_path_buf(),
         guest: qemu.to_string_lossy().into_owned(),
     }];
-    let libs = parse_ldd(&String::from_utf8_lossy(&out.stdout));
     let firmware = QEMU_FIRMWARE
         .iter()
         .map(PathBuf::from)
@@ -522,6 +551,52 @@ mod tests {
             [
                 PathBuf::from("/lib/x86_64-linux-gnu/libz.so.1"),
                 PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
+        );
+    }
+
+    #[test]
+    fn static_programs_need_no_libraries_and_dynamic_ones_name_the_loader() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("script");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        // Not ELF: ldd decides (and refuses a script).
+        assert!(shared_libraries(&script).is_err());
+        let bb = Path::new(crate::provision::BUSYBOX);
+        if bb.exists() {
+            assert_eq!(shared_libraries(bb).unwrap(), Vec::<PathBuf>::new());
+        }
+        if Path::new("/bin/sh").exists() {
+            let libs = shared_libraries(Path::new("/bin/sh")).unwrap();
+            assert!(
+                libs.iter()
+                    .any(|l| l.to_string_lossy().contains("ld-linux")),
+                "{libs:?}"
+            );
+        }
+        let e = shared_libraries(&dir.path().join("gone")).unwrap_err();
+        assert!(e.to_string().contains("gone"), "{e}");
+    }
+
+    #[test]
+    fn shared_libraries_are_copied_in_once() {
+        let m = |h: &str, g: &str| FileMap {
+            host: h.into(),
+            guest: g.into(),
+        };
+        let maps = dedup_guest_paths(vec![
+            m("/usr/bin/crun", "/usr/local/bin/crun"),
+            m("/lib/libc.so.6", "/lib/libc.so.6"),
+            m("/usr/sbin/runc", "/usr/local/bin/runc"),
+            m("/lib/libc.so.6", "/lib/libc.so.6"),
+        ]);
+        let guests: Vec<&str> = maps.iter().map(|f| f.guest.as_str()).collect();
+        assert_eq!(
+            guests,
+            [
+                "/usr/local/bin/crun",
+                "/lib/libc.so.6",
+                "/usr/local/bin/runc"
             ]
         );
     }
