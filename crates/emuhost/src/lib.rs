@@ -29,11 +29,13 @@ pub mod info;
 pub mod interrupt;
 pub mod markers;
 pub mod modules;
+pub mod peers;
 pub mod provision;
 pub mod runner;
 
 pub use bench::run_bench_inside;
 pub use image::FileMap;
+pub use peers::PeerRuntime;
 pub use runner::{parse_memory_mib, EmulatedHost, HostConfig, Invocation, Outcome, RunError};
 
 /// The label every figure measured inside the emulated host carries.
@@ -52,6 +54,8 @@ pub enum EmuhostError {
     Run(#[from] runner::RunError),
     #[error(transparent)]
     Bench(#[from] bench::BenchError),
+    #[error(transparent)]
+    Peers(#[from] peers::PeerError),
 }
 
 impl EmuhostError {
@@ -61,6 +65,8 @@ impl EmuhostError {
         match self {
             Self::Provision(e) => e.is_host_problem(),
             Self::Bench(bench::BenchError::MissingBinary { .. }) => true,
+            Self::Peers(peers::PeerError::NotInstalled { .. }) => true,
+            Self::Peers(peers::PeerError::Install { source, .. }) => source.is_host_problem(),
             _ => false,
         }
     }

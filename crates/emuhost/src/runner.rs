@@ -25,9 +25,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{cache_root, EmuhostCache};
-use crate::image::{payload, qemu_bundle, BaseImage, FileMap, DEFAULT_MODULES};
+use crate::image::{dedup_guest_paths, payload, qemu_bundle, BaseImage, FileMap, DEFAULT_MODULES};
 use crate::markers::{clean_line, Event, MarkerParser};
 use crate::modules::ModuleIndex;
+use crate::peers::{peer_bundle, CarriedPeer, PeerRuntime};
 use crate::provision::{
     ensure_kernel, require_busybox, require_tool, EmuKernel, QEMU, QEMU_PACKAGE,
 };
@@ -58,6 +59,12 @@ pub struct HostConfig {
     /// Put the host's QEMU (libraries, firmware) inside, as a reference
     /// peer for the microVM (default false).
     pub include_qemu: bool,
+    /// Container runtimes to put inside, on `PATH` (`/usr/local/bin`), with
+    /// their libraries: the peers of `bench compare --host emulated`
+    /// ([`crate::peers::runtimes_for`]); default none. A requested runtime
+    /// missing here is an error naming its package (installed with apt when
+    /// `allow_install`).
+    pub peers: Vec<PeerRuntime>,
     /// Install missing Debian packages with apt (default false: say what
     /// to install instead).
     pub allow_install: bool,
@@ -78,6 +85,7 @@ impl Default for HostConfig {
             timeout_s: 600,
             modules: DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
             include_qemu: false,
+            peers: Vec::new(),
             allow_install: false,
             refresh_kernel: false,
             extra_append: Vec::new(),
@@ -197,12 +205,14 @@ pub struct EmulatedHost {
     base_cpio: PathBuf,
     modules: Vec<String>,
     bundle: Vec<FileMap>,
+    peers: Vec<CarriedPeer>,
     cancel: Option<Arc<AtomicBool>>,
 }
 
 impl EmulatedHost {
     /// Validates, checks tools, provisions the kernel and the base image
-    /// (cached), and, if asked, collects the QEMU bundle.
+    /// (cached), and, if asked, collects the QEMU bundle and the peer
+    /// runtimes.
     pub fn prepare(config: HostConfig) -> Result<Self, EmuhostError> {
         config.validate()?;
         let qemu = require_tool(QEMU, QEMU_PACKAGE, config.allow_install)?;
@@ -219,11 +229,14 @@ impl EmulatedHost {
         let base_cpio = cache.base_cpio(&format!("{}-{}", kernel.meta.release, base.key()));
         base.write_cached(&base_cpio)?;
         crate::image::prune_base_images(cache.dir(), BASE_IMAGES_KEPT);
-        let bundle = if config.include_qemu {
+        let mut bundle = if config.include_qemu {
             qemu_bundle(&qemu)?
         } else {
             Vec::new()
         };
+        let peers = peer_bundle(&config.peers, config.allow_install)?;
+        bundle.extend(peers.files);
+        let bundle = dedup_guest_paths(bundle);
         Ok(Self {
             modules: base.module_names().iter().map(|s| s.to_string()).collect(),
             config,
@@ -231,6 +244,7 @@ impl EmulatedHost {
             qemu,
             base_cpio,
             bundle,
+            peers: peers.peers,
             cancel: None,
         })
     }
@@ -253,6 +267,21 @@ impl EmulatedHost {
     /// Modules loaded at boot, in order.
     pub fn modules(&self) -> &[String] {
         &self.modules
+    }
+
+    /// The peer runtimes carried in ([`HostConfig::peers`]).
+    pub fn peers(&self) -> &[CarriedPeer] {
+        &self.peers
+    }
+
+    /// Bytes every boot's payload carries besides the command's own files
+    /// (QEMU bundle, peer runtimes): the size cost of those options.
+    pub fn bundle_bytes(&self) -> u64 {
+        self.bundle
+            .iter()
+            .filter_map(|f| std::fs::metadata(&f.host).ok())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// The cached base image.
@@ -673,6 +702,7 @@ mod tests {
             base_cpio: "/c/base.cpio".into(),
             modules: vec![],
             bundle: vec![],
+            peers: vec![],
             cancel: None,
         };
         let a = host.qemu_args("/proc/self/fd/7").join(" ");
