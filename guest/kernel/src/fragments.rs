@@ -36,6 +36,7 @@ pub fn default_fragments() -> Vec<Fragment> {
             include_str!("../config/40-userspace.config"),
         ),
         ("50-net.config", include_str!("../config/50-net.config")),
+        ("60-image.config", include_str!("../config/60-image.config")),
     ]
     .into_iter()
     .map(|(name, text)| Fragment {
@@ -198,6 +199,10 @@ mod tests {
             "CONFIG_X86_IOPL_IOPERM",
             "CONFIG_MEMCG",
             "CONFIG_SMP",
+            "CONFIG_VIRTIO_BLK",
+            "CONFIG_EROFS_FS",
+            "CONFIG_OVERLAY_FS",
+            "CONFIG_TMPFS_XATTR",
         ] {
             assert_eq!(
                 all.get(need).cloned().flatten().as_deref(),
