@@ -7,12 +7,16 @@ use std::net::Ipv4Addr;
 
 /// Hostname when `isolab.hostname=` is absent.
 pub const DEFAULT_HOSTNAME: &str = "isolab-vm";
+/// File system of the root disk when `isolab.rootfstype=` is absent.
+pub const DEFAULT_ROOTFSTYPE: &str = "erofs";
 
 /// Errors in the `isolab.*` parameters.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CmdlineError {
-    /// `isolab.workload=` is required.
+    /// `isolab.workload=` is required (unless `isolab.root=` is given).
     MissingWorkload,
+    /// `isolab.root=` is not a device path.
+    BadRoot(String),
     /// `isolab.ip=` is not `<IPv4>/<prefix 0..=32>`.
     BadIp(String),
     /// `isolab.gw=` is not an IPv4 address.
@@ -27,8 +31,9 @@ impl std::fmt::Display for CmdlineError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::MissingWorkload => {
-                write!(f, "no isolab.workload=<name> on the kernel command line")
+                write!(f, "no isolab.workload=<name> (or isolab.root=<device>) on the kernel command line")
             }
+            Self::BadRoot(v) => write!(f, "isolab.root={v:?} is not a /dev/ path"),
             Self::BadIp(v) => write!(
                 f,
                 "isolab.ip={v:?} is not <IPv4>/<prefix>, e.g. 172.16.0.2/30"
@@ -62,11 +67,21 @@ impl NetConfig {
     }
 }
 
+/// The image root disk (`isolab.root=`, `isolab.rootfstype=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootDisk {
+    pub device: String,
+    pub fstype: String,
+}
+
 /// What init was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// First argument to `/workload`.
+    /// First argument to `/workload` (ignored when `root` is set: the
+    /// guest spec names the command).
     pub workload: String,
+    /// Run the guest spec's command from this disk instead of `/workload`.
+    pub root: Option<RootDisk>,
     /// Further arguments, in order.
     pub args: Vec<String>,
     pub hostname: String,
@@ -96,6 +111,8 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
     let mut ip = None;
     let mut gw = None;
     let mut console = false;
+    let mut root = None;
+    let mut rootfstype = DEFAULT_ROOTFSTYPE.to_string();
     for word in cmdline.split_ascii_whitespace() {
         let Some((key, value)) = word.split_once('=') else {
             continue;
@@ -104,6 +121,13 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
             "isolab.workload" => workload = Some(value.to_string()),
             "isolab.arg" => args.push(value.to_string()),
             "isolab.hostname" => hostname = value.to_string(),
+            "isolab.root" => {
+                if !value.starts_with("/dev/") || value.len() <= 5 {
+                    return Err(CmdlineError::BadRoot(value.to_string()));
+                }
+                root = Some(value.to_string());
+            }
+            "isolab.rootfstype" if !value.is_empty() => rootfstype = value.to_string(),
             "isolab.ip" => ip = Some(parse_ip(value)?),
             "isolab.gw" => {
                 gw = Some(
@@ -122,9 +146,15 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
             _ => {}
         }
     }
-    let workload = workload
-        .filter(|w| !w.is_empty())
-        .ok_or(CmdlineError::MissingWorkload)?;
+    let workload = match (workload.filter(|w| !w.is_empty()), &root) {
+        (Some(w), _) => w,
+        (None, Some(_)) => String::new(),
+        (None, None) => return Err(CmdlineError::MissingWorkload),
+    };
+    let root = root.map(|device| RootDisk {
+        device,
+        fstype: rootfstype,
+    });
     let net = match (ip, gw) {
         (Some((addr, prefix)), gateway) => Some(NetConfig {
             addr,
@@ -136,6 +166,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
     };
     Ok(Config {
         workload,
+        root,
         args,
         hostname,
         net,
@@ -170,6 +201,25 @@ mod tests {
         let c = parse("isolab.workload=noop").unwrap();
         assert_eq!(c.hostname, DEFAULT_HOSTNAME);
         assert!(c.args.is_empty() && c.net.is_none() && !c.console);
+    }
+
+    #[test]
+    fn image_root_needs_no_workload() {
+        let c = parse("isolab.root=/dev/vda").unwrap();
+        assert_eq!(
+            c.root,
+            Some(RootDisk {
+                device: "/dev/vda".into(),
+                fstype: "erofs".into()
+            })
+        );
+        let c = parse("isolab.workload=noop isolab.root=/dev/vdb isolab.rootfstype=ext4").unwrap();
+        assert_eq!(c.root.unwrap().fstype, "ext4");
+        assert_eq!(
+            parse("isolab.root=vda"),
+            Err(CmdlineError::BadRoot("vda".into()))
+        );
+        assert!(parse("isolab.root=/dev/").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::cmdline::CmdlineError;
+use crate::spec::SpecError;
 
 #[derive(Debug)]
 pub enum InitError {
@@ -32,11 +33,28 @@ pub enum InitError {
         iface: &'static str,
         source: nix::Error,
     },
+    /// The guest spec (`/isolab/spec`) could not be read.
+    ReadSpec {
+        path: &'static str,
+        source: std::io::Error,
+    },
+    /// The guest spec does not parse.
+    Spec(SpecError),
+    /// The root disk's device node never appeared.
+    NoRootDevice { device: String, waited_ms: u64 },
+    /// Mounting the root disk failed.
+    MountRoot {
+        device: String,
+        fstype: String,
+        source: nix::Error,
+    },
     /// Creating the ready pipe failed.
     ReadyPipe(nix::Error),
-    /// Starting `/workload` failed.
+    /// Creating the output pipe failed.
+    OutputPipe(nix::Error),
+    /// Starting the workload failed.
     Spawn {
-        path: &'static str,
+        path: String,
         source: std::io::Error,
     },
     /// poll/read on the workload's pipes failed.
@@ -74,7 +92,19 @@ impl fmt::Display for InitError {
                 iface,
                 source,
             } => write!(f, "cannot {step} on {iface}: {source}"),
+            Self::ReadSpec { path, source } => write!(f, "cannot read the guest spec {path}: {source}"),
+            Self::Spec(e) => write!(f, "bad guest spec: {e}"),
+            Self::NoRootDevice { device, waited_ms } => write!(
+                f,
+                "root device {device} did not appear within {waited_ms} ms (no virtio-blk disk attached?)"
+            ),
+            Self::MountRoot {
+                device,
+                fstype,
+                source,
+            } => write!(f, "cannot mount {device} as {fstype} read-only: {source}"),
             Self::ReadyPipe(e) => write!(f, "cannot create the ready pipe: {e}"),
+            Self::OutputPipe(e) => write!(f, "cannot create the output pipe: {e}"),
             Self::Spawn { path, source } => write!(f, "cannot start {path}: {source}"),
             Self::Relay { what, source } => write!(f, "cannot {what}: {source}"),
             Self::Wait(e) => write!(f, "cannot wait for the workload: {e}"),
@@ -83,6 +113,12 @@ impl fmt::Display for InitError {
 }
 
 impl std::error::Error for InitError {}
+
+impl From<SpecError> for InitError {
+    fn from(e: SpecError) -> Self {
+        Self::Spec(e)
+    }
+}
 
 impl From<CmdlineError> for InitError {
     fn from(e: CmdlineError) -> Self {

@@ -6,6 +6,10 @@
 //! 3. read the `isolab.*` parameters from /proc/cmdline;
 //! 4. set the hostname; configure lo and eth0 when `isolab.ip=` is given;
 //! 5. start `/workload <name> <args>` with the ready pipe and piped stdout;
+//!    or, with `isolab.root=<device>` (an OCI image's disk): read the guest
+//!    spec `/isolab/spec`, mount the disk read-only under a tmpfs overlay
+//!    at `/mnt/root` and start the spec's command chrooted there, with its
+//!    environment, working directory and user, stdout and stderr piped;
 //! 6. relay ready, stdout and the exit status to the marker ports;
 //! 7. sync and `reboot(RB_AUTOBOOT)` (with `reboot=k` the monitor sees the
 //!    i8042 reset). Init never returns; any failure is printed on the
@@ -19,6 +23,8 @@ mod error;
 mod markers;
 mod mounts;
 mod net;
+mod rootfs;
+mod spec;
 mod supervise;
 
 use std::io::Write;
@@ -54,10 +60,16 @@ fn run(ports: &mut IoPorts) -> Result<u8, InitError> {
         say(console, &format!("eth0 {}/{} up", net.addr, net.prefix));
     }
 
-    let mut argv = vec![cfg.workload.clone()];
-    argv.extend(cfg.args.iter().cloned());
-    let w = supervise::start(WORKLOAD, &argv, ports)?;
-    say(console, &format!("started {WORKLOAD} {}", argv.join(" ")));
+    let w = match &cfg.root {
+        Some(disk) => start_image(disk, console, ports)?,
+        None => {
+            let mut argv = vec![cfg.workload.clone()];
+            argv.extend(cfg.args.iter().cloned());
+            let w = supervise::start(WORKLOAD, &argv, ports)?;
+            say(console, &format!("started {WORKLOAD} {}", argv.join(" ")));
+            w
+        }
+    };
     let mut stdout = std::io::stdout();
     let show = console;
     let status = supervise::supervise(
@@ -69,6 +81,66 @@ fn run(ports: &mut IoPorts) -> Result<u8, InitError> {
     )?;
     say(console, &format!("workload exited with status {status}"));
     Ok(status)
+}
+
+/// Step 5 for an image: spec, root disk and overlay, then its command.
+fn start_image(
+    disk: &cmdline::RootDisk,
+    console: bool,
+    ports: &mut IoPorts,
+) -> Result<supervise::Workload, InitError> {
+    let bytes = read_spec()?;
+    let spec = spec::parse(&bytes)?;
+    let root = rootfs::prepare(&disk.device, &disk.fstype)?;
+    say(
+        console,
+        &format!(
+            "root {} ({}) mounted read-only under a tmpfs overlay at {root}",
+            disk.device, disk.fstype
+        ),
+    );
+    let w = supervise::launch(
+        &supervise::Launch {
+            argv: &spec.args,
+            env: &spec.env,
+            root: Some(root),
+            cwd: &spec.cwd,
+            ids: Some((spec.uid, spec.gid, &spec.groups)),
+            ready_fd: spec.ready_fd,
+            merge_stderr: true,
+        },
+        ports,
+    )?;
+    say(
+        console,
+        &format!(
+            "started {} as {}:{} in {}",
+            spec.args.join(" "),
+            spec.uid,
+            spec.gid,
+            spec.cwd
+        ),
+    );
+    Ok(w)
+}
+
+fn read_spec() -> Result<Vec<u8>, InitError> {
+    use std::io::Read;
+    let path = spec::SPEC_PATH;
+    let err = |source| InitError::ReadSpec { path, source };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(err)?
+        .take(spec::MAX_SPEC_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    if bytes.len() as u64 > spec::MAX_SPEC_BYTES {
+        return Err(InitError::Spec(spec::SpecError(format!(
+            "larger than {} bytes",
+            spec::MAX_SPEC_BYTES
+        ))));
+    }
+    Ok(bytes)
 }
 
 fn finish() -> ! {

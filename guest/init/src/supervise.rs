@@ -4,12 +4,13 @@
 
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{pipe, read, Pid};
+use nix::unistd::{pipe, pipe2, read, Pid};
 
 use crate::error::InitError;
 use crate::markers::{
@@ -27,50 +28,142 @@ const POLL_MS: u16 = 20;
 #[derive(Debug)]
 pub struct Workload {
     pid: Pid,
+    /// Its stdout (and stderr, for an image's command).
     stdout: OwnedFd,
-    ready: OwnedFd,
+    /// The ready pipe, when the workload was given one.
+    ready: Option<OwnedFd>,
 }
 
-/// Starts `program args...` with stdout piped and the write end of the ready
-/// pipe inherited under `ISOLAB_READY_FD`; stderr goes where init's goes.
-/// Writes `MARK_STARTED` once the exec succeeded (std reports exec failures
-/// through its own pipe, so a returned child has exec'd).
+/// How to start a workload.
+#[derive(Debug, Clone)]
+pub struct Launch<'a> {
+    /// argv; `argv[0]` is the program, looked up in `PATH` of `env` (inside
+    /// `root`) when it has no `/`.
+    pub argv: &'a [String],
+    /// `NAME=VALUE` entries: the whole environment.
+    pub env: &'a [String],
+    /// chroot into this directory first.
+    pub root: Option<&'static str>,
+    /// Working directory (inside `root`), created when missing.
+    pub cwd: &'a str,
+    /// Switch to (uid, gid, supplementary groups) before exec.
+    pub ids: Option<(u32, u32, &'a [u32])>,
+    /// Hand the workload the ready pipe (`ISOLAB_READY_FD`).
+    pub ready_fd: bool,
+    /// Send stderr into the output pipe too (what `podman logs` shows);
+    /// otherwise it goes where init's goes (the console).
+    pub merge_stderr: bool,
+}
+
+/// Environment of the built-in `/workload`.
+fn workload_env() -> Vec<String> {
+    vec!["PATH=/".into(), "HOME=/".into()]
+}
+
+/// Starts the built-in workload `program args...` with stdout piped and
+/// the write end of the ready pipe inherited under `ISOLAB_READY_FD`;
+/// stderr goes where init's goes.
 pub fn start<P: Ports>(
     program: &'static str,
     args: &[String],
     ports: &mut P,
 ) -> Result<Workload, InitError> {
-    let (ready_r, ready_w) = pipe().map_err(InitError::ReadyPipe)?;
-    // Only the write end is inherited.
-    fcntl(&ready_r, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(InitError::ReadyPipe)?;
-    let mut child = Command::new(program)
-        .args(args)
+    let mut argv = vec![program.to_string()];
+    argv.extend(args.iter().cloned());
+    let env = workload_env();
+    launch(
+        &Launch {
+            argv: &argv,
+            env: &env,
+            root: None,
+            cwd: "/",
+            ids: None,
+            ready_fd: true,
+            merge_stderr: false,
+        },
+        ports,
+    )
+}
+
+/// mkdir -p for the working directory, inside the (new) root.
+fn make_dirs(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::create_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Starts a workload as `l` says. Writes `MARK_STARTED` once the exec
+/// succeeded (std reports exec failures through its own pipe, so a
+/// returned child has exec'd).
+pub fn launch<P: Ports>(l: &Launch<'_>, ports: &mut P) -> Result<Workload, InitError> {
+    let program = l.argv.first().cloned().unwrap_or_default();
+    let spawn_err = |source| InitError::Spawn {
+        path: program.clone(),
+        source,
+    };
+    // Close-on-exec: the child gets the write end only as fd 1 (and 2).
+    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(InitError::OutputPipe)?;
+    let ready = if l.ready_fd {
+        let (r, w) = pipe().map_err(InitError::ReadyPipe)?;
+        // Only the write end is inherited.
+        fcntl(&r, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(InitError::ReadyPipe)?;
+        Some((r, w))
+    } else {
+        None
+    };
+    let mut cmd = Command::new(&program);
+    cmd.args(l.argv.iter().skip(1))
         .env_clear()
-        .env("PATH", "/")
-        .env("HOME", "/")
-        .env(READY_ENV, ready_w.as_raw_fd().to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|source| InitError::Spawn {
-            path: program,
-            source,
+        .stdin(Stdio::null());
+    for e in l.env {
+        if let Some((k, v)) = e.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    if let Some((_, w)) = &ready {
+        cmd.env(READY_ENV, w.as_raw_fd().to_string());
+    }
+    if l.merge_stderr {
+        let err_w = out_w.try_clone().map_err(|e| {
+            InitError::OutputPipe(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
         })?;
-    drop(ready_w);
+        cmd.stderr(Stdio::from(err_w));
+    }
+    cmd.stdout(Stdio::from(out_w));
+    let root = l.root;
+    let cwd = std::path::PathBuf::from(l.cwd);
+    let ids = l.ids.map(|(u, g, groups)| (u, g, groups.to_vec()));
+    // SAFETY: init is single-threaded, so the forked child may allocate;
+    // the hook only makes syscalls on its own process (chroot, chdir,
+    // mkdir, setgroups, setgid, setuid) before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(r) = root {
+                nix::unistd::chroot(r)?;
+                nix::unistd::chdir("/")?;
+            }
+            make_dirs(&cwd)?;
+            nix::unistd::chdir(&cwd)?;
+            if let Some((uid, gid, groups)) = &ids {
+                let groups: Vec<nix::unistd::Gid> = groups
+                    .iter()
+                    .map(|&g| nix::unistd::Gid::from_raw(g))
+                    .collect();
+                nix::unistd::setgroups(&groups)?;
+                nix::unistd::setgid(nix::unistd::Gid::from_raw(*gid))?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(*uid))?;
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(spawn_err)?;
+    drop(cmd);
     ports.outb(PORT_EVENT, MARK_STARTED);
-    let stdout = child
-        .stdout
-        .take()
-        .map(OwnedFd::from)
-        .ok_or(InitError::Spawn {
-            path: program,
-            source: std::io::Error::other("no stdout pipe"),
-        })?;
-    let pid = Pid::from_raw(child.id() as i32);
     Ok(Workload {
-        pid,
-        stdout,
-        ready: ready_r,
+        pid: Pid::from_raw(child.id() as i32),
+        stdout: out_r,
+        ready: ready.map(|(r, _)| r),
     })
 }
 
@@ -94,7 +187,7 @@ pub fn supervise<P: Ports, W: Write>(
     reap_all: bool,
 ) -> Result<u8, InitError> {
     let mut stdout = Some(w.stdout);
-    let mut ready = Some(w.ready);
+    let mut ready = w.ready;
     let mut status = None;
     let mut buf = [0u8; 4096];
     loop {
@@ -290,6 +383,43 @@ mod tests {
         assert_eq!(readies, 1);
         assert!(console.is_empty());
         assert_eq!(events(&ports), [MARK_STARTED, MARK_READY, MARK_EXITED]);
+    }
+
+    #[test]
+    fn image_launch_merges_stderr_and_sets_env_and_cwd_without_a_ready_fd() {
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = dir.path().join("made/here");
+        let argv = vec![
+            "sh".to_string(),
+            "-c".to_string(),
+            "echo out; echo err >&2; pwd; echo \"$FOO ${ISOLAB_READY_FD:-none}\"; exit 3"
+                .to_string(),
+        ];
+        let env = vec!["PATH=/usr/bin:/bin".to_string(), "FOO=bar baz".to_string()];
+        let mut ports = Recorder::default();
+        let w = launch(
+            &Launch {
+                argv: &argv,
+                env: &env,
+                root: None,
+                cwd: cwd.to_str().unwrap(),
+                ids: None,
+                ready_fd: false,
+                merge_stderr: true,
+            },
+            &mut ports,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        let status = supervise(w, &mut ports, Some(&mut out), || {}, false).unwrap();
+        assert_eq!(status, 3);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            format!("out\nerr\n{}\nbar baz none\n", cwd.display()),
+            "stderr merged, cwd created, env exact, no ready fd"
+        );
+        assert_eq!(events(&ports), [MARK_STARTED, MARK_EXITED]);
     }
 
     #[test]
