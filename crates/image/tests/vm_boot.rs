@@ -4,12 +4,14 @@
 //! device; the guest init mounts it under a tmpfs overlay and runs the
 //! image's command from the guest spec appended to the initramfs.
 //!
-//! Two boots in one run:
+//! Three boots in one run:
 //! 1. the command replaced by a shell script (`-- ARGS`), run as the
 //!    image's `www` user: its output, its exit status 7 and the workload
 //!    markers come back through the marker ports;
 //! 2. the image's own command, busybox `httpd`, answers `GET /health`
-//!    over virtio-net on a workbench TAP.
+//!    over virtio-net on a workbench TAP;
+//! 3. the nginx image (Debian's nginx and libraries) does the same, its
+//!    workers running as `www-data`.
 //!
 //! Needs hardware virtualisation. On a host without it (PVM KVM, as on the
 //! project's machines) it prints `SKIPPED`, except in strict mode
@@ -35,13 +37,15 @@ use isolab_net::{Workbench, WorkbenchConfig};
 
 mod common;
 
-const TEST: &str = "httpd_image_boots_from_virtio_blk_and_answers_http";
+const TEST: &str = "images_boot_from_virtio_blk_and_serve_http";
 /// Environment of the rerun inside the emulated host: where the
 /// artifacts built on the real host were copied.
 const ENV_KERNEL: &str = "ISOLAB_IMAGE_TEST_KERNEL";
 const ENV_DISK: &str = "ISOLAB_IMAGE_TEST_DISK";
 const ENV_INITRD_SCRIPT: &str = "ISOLAB_IMAGE_TEST_INITRD_SCRIPT";
 const ENV_INITRD_HTTPD: &str = "ISOLAB_IMAGE_TEST_INITRD_HTTPD";
+const ENV_NGINX_DISK: &str = "ISOLAB_IMAGE_TEST_NGINX_DISK";
+const ENV_INITRD_NGINX: &str = "ISOLAB_IMAGE_TEST_INITRD_NGINX";
 /// The script of boot 1.
 const SCRIPT: &str = "echo \"$GREETING from $(pwd) as $(id -u):$(id -g)\"; \
     touch /tmp/new && echo overlay-writable; cat /www/health; \
@@ -54,6 +58,8 @@ struct Artifacts {
     disk: PathBuf,
     initrd_script: PathBuf,
     initrd_httpd: PathBuf,
+    nginx_disk: PathBuf,
+    initrd_nginx: PathBuf,
 }
 
 /// Builds the disk and the two spec initramfs images on this host.
@@ -100,12 +106,25 @@ fn build_artifacts() -> Option<Artifacts> {
     script.gid = 33;
     // Boot 2: the image's own command.
     let httpd = GuestSpec::from_run_spec(&image.run_spec(None).unwrap());
+    // Boot 3: nginx.
+    let nginx = store
+        .unpack(&ImageRef::new(images.join("nginx-oci.tar"), None))
+        .expect("unpack the nginx image");
+    let nginx_disk = nginx.root_disk().expect("nginx's erofs root disk");
+    eprintln!(
+        "{TEST}: nginx image ({} KiB of files), disk {} KiB",
+        nginx.meta.rootfs_bytes / 1024,
+        nginx_disk.bytes / 1024
+    );
+    let nginx_spec = GuestSpec::from_run_spec(&nginx.run_spec(None).unwrap());
     let dir = cache.join("initramfs");
     Some(Artifacts {
         kernel: kernel.vmlinux,
         disk: disk.path,
         initrd_script: spec_initramfs(&prov.initramfs, &script, &dir).unwrap(),
         initrd_httpd: spec_initramfs(&prov.initramfs, &httpd, &dir).unwrap(),
+        nginx_disk: nginx_disk.path,
+        initrd_nginx: spec_initramfs(&prov.initramfs, &nginx_spec, &dir).unwrap(),
     })
 }
 
@@ -119,6 +138,8 @@ fn artifacts() -> Option<Artifacts> {
                 disk: p(ENV_DISK),
                 initrd_script: p(ENV_INITRD_SCRIPT),
                 initrd_httpd: p(ENV_INITRD_HTTPD),
+                nginx_disk: p(ENV_NGINX_DISK),
+                initrd_nginx: p(ENV_INITRD_NGINX),
             });
         }
     }
@@ -154,6 +175,8 @@ fn rerun_in_emulated_host(a: &Artifacts) {
         (ENV_DISK, &a.disk, "rootfs.erofs"),
         (ENV_INITRD_SCRIPT, &a.initrd_script, "script.cpio"),
         (ENV_INITRD_HTTPD, &a.initrd_httpd, "httpd.cpio"),
+        (ENV_NGINX_DISK, &a.nginx_disk, "nginx.erofs"),
+        (ENV_INITRD_NGINX, &a.initrd_nginx, "nginx.cpio"),
     ] {
         files.push(FileMap {
             host: host.clone(),
@@ -215,7 +238,7 @@ fn config(a: &Artifacts, initrd: &Path, extra: &str) -> VmConfig {
 }
 
 #[test]
-fn httpd_image_boots_from_virtio_blk_and_answers_http() {
+fn images_boot_from_virtio_blk_and_serve_http() {
     let Some(a) = artifacts() else {
         return;
     };
@@ -249,7 +272,7 @@ fn httpd_image_boots_from_virtio_blk_and_answers_http() {
     }
     assert!(r.cmdline.contains("isolab.root=/dev/vda"), "{}", r.cmdline);
 
-    // Boot 2: httpd over virtio-net.
+    // Boots 2 and 3: web servers over virtio-net, in one workbench.
     let wcfg = WorkbenchConfig {
         name: "isoimgnet1".into(),
         bridge: "isoimgbr1".into(),
@@ -257,12 +280,37 @@ fn httpd_image_boots_from_virtio_blk_and_answers_http() {
         ..WorkbenchConfig::default()
     };
     let wb = Workbench::create(wcfg.clone()).unwrap();
+    let report = serve(&wb, &a, &a.disk, &a.initrd_httpd, "boot 2 (busybox httpd)");
+    assert!(
+        report.workload_output.contains("/health"),
+        "httpd's request log (stderr) comes through: {:?}",
+        report.workload_output
+    );
+    let report = serve(&wb, &a, &a.nginx_disk, &a.initrd_nginx, "boot 3 (nginx)");
+    assert!(
+        report.workload_output.contains("start worker process"),
+        "nginx's error log (stderr) comes through: {:?}",
+        report.workload_output
+    );
+    wb.destroy().unwrap();
+    assert!(!wcfg.run_dir.join(&wcfg.name).exists(), "namespace left");
+}
+
+/// Boots the image on `disk` with a TAP in `wb`, waits for `GET /health`
+/// on port 80 to answer 200, runs 10 more requests, stops the VM.
+fn serve(
+    wb: &Workbench,
+    a: &Artifacts,
+    disk: &Path,
+    initrd: &Path,
+    what: &str,
+) -> isolab_microvm::VmReport {
     let tap = wb.create_tap(Some("isoimgtap1"), false).unwrap();
     let lease = tap.lease();
     let addr = SocketAddr::from((lease.addr(), 80));
     let c = config(
-        &a,
-        &a.initrd_httpd,
+        a,
+        initrd,
         &format!("isolab.ip={} isolab.gw={}", lease.cidr(), lease.gateway()),
     );
     let net = NetDevice::new(tap.try_clone_fd().unwrap(), lease.mac()).unwrap();
@@ -270,12 +318,14 @@ fn httpd_image_boots_from_virtio_blk_and_answers_http() {
         let d: SharedDevice = Arc::new(Mutex::new(MmioTransport::new(net, mem.clone(), irq)));
         d
     });
+    // The VM thread inherits the blocked mask; its monitor reads SIGTERM
+    // from a signalfd and stops the VM cleanly.
     let mut mask = nix::sys::signal::SigSet::empty();
     mask.add(nix::sys::signal::Signal::SIGTERM);
     mask.thread_block().unwrap();
     let hooks = RunHooks {
         on_ready: None,
-        mmio_devices: vec![block(&a.disk), net],
+        mmio_devices: vec![block(disk), net],
     };
     let started = Instant::now();
     let vm = std::thread::spawn(move || isolab_microvm::run(&c, started, hooks));
@@ -292,26 +342,20 @@ fn httpd_image_boots_from_virtio_blk_and_answers_http() {
         // SAFETY: the thread is not joined yet, so its pthread_t is valid.
         unsafe { libc::pthread_kill(vm.as_pthread_t(), libc::SIGTERM) };
     }
-    let report = vm.join().unwrap().expect("boot 2 ran");
+    let report = vm.join().unwrap().expect("the VM ran");
     let first = first.unwrap_or_else(|e| {
         panic!(
-            "httpd never answered ({e}); stop {:?}, status {:?}, output {:?}",
+            "{what}: no HTTP answer ({e}); stop {:?}, status {:?}, output {:?}",
             report.stop_reason, report.exit_status, report.workload_output
         )
     });
-    assert_eq!(first.status, 200);
-    assert_eq!(run.unwrap().unwrap().requests, 10);
-    assert_eq!(report.stop_reason, StopReason::HostRequest);
-    assert!(
-        report.workload_output.contains("/health"),
-        "httpd's request log (stderr) comes through: {:?}",
-        report.workload_output
-    );
+    assert_eq!(first.status, 200, "{what}");
+    assert_eq!(run.unwrap().unwrap().requests, 10, "{what}");
+    assert_eq!(report.stop_reason, StopReason::HostRequest, "{what}");
     eprintln!(
-        "{TEST}: boot 2: launch -> first HTTP response {:?} (emulated host: timings not comparable to hardware)",
+        "{TEST}: {what}: launch -> first HTTP response {:?} (emulated host: timings not comparable to hardware)",
         first.elapsed
     );
     drop(tap);
-    wb.destroy().unwrap();
-    assert!(!wcfg.run_dir.join(&wcfg.name).exists(), "namespace left");
+    report
 }
