@@ -16,13 +16,25 @@
 # Needs: podman skopeo umoci busybox-static dpkg apt (Debian 12 packages), root.
 # Every tool runs with its own roots under a temporary directory, removed on
 # exit: podman --root/--runroot/--tmpdir with the vfs driver (no mounts), no
-# events log, skopeo with --insecure-policy and its own TMPDIR.
+# events log, skopeo with --insecure-policy and its own TMPDIR. The script
+# runs in a private mount namespace where /var/lib is read-only and /var/tmp
+# is a private directory: containers/image would otherwise create its blob
+# cache in /var/lib/containers/cache (with /var/lib read-only it keeps it in
+# memory) and podman import stages files in /var/tmp.
 set -euo pipefail
+
+if [ -z "${ISOLAB_TEST_IMAGES_NS:-}" ]; then
+  ISOLAB_TEST_IMAGES_NS=1 exec unshare --mount --propagation private bash "$0" "$@"
+fi
 
 out=$1
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/isolab-test-images.XXXXXX")
+mkdir -p "$work/var-tmp"
+mount --bind "$work/var-tmp" /var/tmp
+mount --bind /var/lib /var/lib
+mount -o remount,bind,ro /var/lib
 
 podman() {
   command podman --root "$work/podman/root" --runroot "$work/podman/run" \
@@ -31,7 +43,9 @@ podman() {
 }
 cleanup() {
   podman rmi --all --force >/dev/null 2>&1 || true
-  # vfs mounts nothing; make sure of it before removing the tree.
+  umount /var/tmp 2>/dev/null || true
+  # vfs mounts nothing; make sure of it before removing the tree (the
+  # namespace's mounts vanish with it anyway).
   grep -o " $work[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$work"
 }
@@ -50,7 +64,7 @@ printf 'root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/www:/bin/false\n' >"$r/e
 printf 'root:x:0:\nwww:x:33:\n' >"$r/etc/group"
 printf '<h1>isolab busybox httpd</h1>\n' >"$r/www/index.html"
 printf 'ok\n' >"$r/www/health"
-tar -C "$r" --numeric-owner -cf - . | podman import \
+tar -C "$r" --numeric-owner -cf - . | podman import --quiet \
   --change 'CMD ["/bin/httpd", "-f", "-vv", "-p", "80", "-h", "/www"]' \
   --change 'EXPOSE 80/tcp' --change 'ENV GREETING=hello' --change 'WORKDIR /www' \
   - localhost/busybox-httpd:latest >/dev/null
@@ -132,7 +146,7 @@ http {
     }
 }
 CONF
-tar -C "$n" --numeric-owner -cf - . | podman import \
+tar -C "$n" --numeric-owner -cf - . | podman import --quiet \
   --change 'CMD ["/usr/sbin/nginx", "-c", "/etc/nginx/nginx.conf"]' \
   --change 'EXPOSE 80/tcp' --change 'STOPSIGNAL SIGQUIT' \
   - localhost/nginx:debian >/dev/null
