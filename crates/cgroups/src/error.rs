@@ -67,6 +67,14 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Cannot {step} the device filter of cgroup {path}")]
+    DeviceFilter {
+        path: PathBuf,
+        /// `load`, `open` or `attach`.
+        step: &'static str,
+        #[source]
+        source: nix::Error,
+    },
     #[error("CPU set {requested} is not a subset of the host's CPUs {available}")]
     CpusetUnavailable {
         requested: String,

@@ -10,6 +10,7 @@
 //! Every path is a parameter (the cgroup root, `/proc/self/mountinfo`), so the
 //! v1 and v2 logic is unit-tested on fake trees in temporary directories.
 
+pub mod devices;
 pub mod error;
 mod fs;
 pub mod layout;
@@ -20,6 +21,7 @@ pub mod v2;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 
+pub use devices::{DevicePolicy, DeviceRule};
 pub use error::CgroupError;
 pub use layout::{Hierarchy, Layout};
 pub use units::{parse_cpus, parse_size, CpuSet};
@@ -101,10 +103,24 @@ pub fn create(
     name: &str,
     limits: &Limits,
 ) -> Result<Box<dyn CgroupManager>, CgroupError> {
+    create_with_devices(hierarchy, name, limits, DevicePolicy::Unrestricted)
+}
+
+/// [`create`] with device access restricted by `devices` (v1: the devices
+/// controller; v2: an attached device program), in place before any task
+/// joins.
+pub fn create_with_devices(
+    hierarchy: &Hierarchy,
+    name: &str,
+    limits: &Limits,
+    devices: DevicePolicy,
+) -> Result<Box<dyn CgroupManager>, CgroupError> {
     validate_name(name)?;
     match hierarchy {
-        Hierarchy::V1(mounts) => Ok(Box::new(v1::V1Cgroup::create(mounts, name, limits)?)),
-        Hierarchy::V2 { root } => Ok(Box::new(v2::V2Cgroup::create(root, name, limits)?)),
+        Hierarchy::V1(mounts) => Ok(Box::new(v1::V1Cgroup::create(
+            mounts, name, limits, devices,
+        )?)),
+        Hierarchy::V2 { root } => Ok(Box::new(v2::V2Cgroup::create(root, name, limits, devices)?)),
     }
 }
 

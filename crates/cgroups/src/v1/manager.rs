@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{cpu, cpuset, freezer, memory, pids};
+use super::{cpu, cpuset, devices, freezer, memory, pids};
+use crate::devices::DevicePolicy;
 use crate::fs::{self, mkdir, rmdir, rmdir_parent_if_unused};
 use crate::layout::V1Mounts;
 use crate::{instance_dir, CgroupError, CgroupManager, Limits, Stats, PARENT};
@@ -20,6 +21,8 @@ pub struct V1Cgroup {
     pids: PathBuf,
     cpuset: Option<PathBuf>,
     freezer: Option<PathBuf>,
+    /// Only with a device policy: unrestricted instances stay out of it.
+    devices: Option<PathBuf>,
     /// Distinct instance directories (co-mounted controllers share one).
     dirs: Vec<PathBuf>,
 }
@@ -28,10 +31,19 @@ impl V1Cgroup {
     /// Creates `<mount>/isolab/<name>` in every needed controller and writes
     /// `limits`. Everything is checked before the first directory is made;
     /// on a later failure the directories made so far are removed.
-    pub fn create(mounts: &V1Mounts, name: &str, limits: &Limits) -> Result<Self, CgroupError> {
+    pub fn create(
+        mounts: &V1Mounts,
+        name: &str,
+        limits: &Limits,
+        devices: DevicePolicy,
+    ) -> Result<Self, CgroupError> {
         for c in REQUIRED {
             mounts.get(c)?;
         }
+        let devices_mount = match devices {
+            DevicePolicy::Unrestricted => None,
+            DevicePolicy::AllowOnly(_) => Some(mounts.get("devices")?),
+        };
         let cpuset_mount = match &limits.cpuset {
             Some(set) => {
                 let m = mounts.get("cpuset")?;
@@ -40,8 +52,11 @@ impl V1Cgroup {
             }
             None => None,
         };
-        let cg = Self::layout(mounts, name, cpuset_mount);
-        if let Err(e) = cg.make_dirs(cpuset_mount).and_then(|()| cg.apply(limits)) {
+        let cg = Self::layout(mounts, name, cpuset_mount, devices_mount);
+        let result = cg
+            .make_dirs(cpuset_mount)
+            .and_then(|()| cg.apply(limits, devices));
+        if let Err(e) = result {
             let _ = cg.remove();
             return Err(e);
         }
@@ -57,11 +72,20 @@ impl V1Cgroup {
             .get("cpuset")
             .ok()
             .filter(|m| instance_dir(m, name).exists());
-        let cg = Self::layout(mounts, name, cpuset_mount);
+        let devices_mount = mounts
+            .get("devices")
+            .ok()
+            .filter(|m| instance_dir(m, name).exists());
+        let cg = Self::layout(mounts, name, cpuset_mount, devices_mount);
         cg.dirs.iter().any(|d| d.exists()).then_some(cg)
     }
 
-    fn layout(mounts: &V1Mounts, name: &str, cpuset_mount: Option<&Path>) -> Self {
+    fn layout(
+        mounts: &V1Mounts,
+        name: &str,
+        cpuset_mount: Option<&Path>,
+        devices_mount: Option<&Path>,
+    ) -> Self {
         let at = |c: &str| mounts.get(c).map(|m| instance_dir(m, name));
         // REQUIRED were checked by the callers.
         let memory = at("memory").unwrap_or_default();
@@ -70,10 +94,11 @@ impl V1Cgroup {
         let pids = at("pids").unwrap_or_default();
         let cpuset = cpuset_mount.map(|m| instance_dir(m, name));
         let freezer = at("freezer").ok();
+        let devices = devices_mount.map(|m| instance_dir(m, name));
         let mut dirs: Vec<PathBuf> = Vec::new();
         for d in [Some(&memory), Some(&cpu), Some(&cpuacct), Some(&pids)]
             .into_iter()
-            .chain([cpuset.as_ref(), freezer.as_ref()])
+            .chain([cpuset.as_ref(), freezer.as_ref(), devices.as_ref()])
             .flatten()
         {
             if !dirs.contains(d) {
@@ -87,6 +112,7 @@ impl V1Cgroup {
             pids,
             cpuset,
             freezer,
+            devices,
             dirs,
         }
     }
@@ -122,7 +148,10 @@ impl V1Cgroup {
         Ok(())
     }
 
-    fn apply(&self, limits: &Limits) -> Result<(), CgroupError> {
+    fn apply(&self, limits: &Limits, devices: DevicePolicy) -> Result<(), CgroupError> {
+        if let (Some(dir), DevicePolicy::AllowOnly(rules)) = (&self.devices, devices) {
+            devices::apply(dir, rules)?;
+        }
         memory::apply(&self.memory, limits.memory_bytes)?;
         cpu::apply(&self.cpu, limits.cpus)?;
         pids::apply(&self.pids, limits.pids)?;
@@ -204,6 +233,44 @@ mod tests {
     const ALL: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "cpuset", "freezer"];
 
     #[test]
+    fn a_device_policy_denies_all_first_and_the_instance_joins_the_devices_hierarchy() {
+        let mut with_devices = ALL.to_vec();
+        with_devices.push("devices");
+        let (root, m) = fake_tree(&with_devices);
+        let cg = V1Cgroup::create(
+            &m,
+            "d1",
+            &Limits::default(),
+            crate::DevicePolicy::standard(),
+        )
+        .unwrap();
+        let dir = root.path().join("devices/isolab/d1");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("devices.deny")).unwrap(),
+            "a"
+        );
+        // A fake file keeps the last write; the kernel appends each rule.
+        assert_eq!(
+            std::fs::read_to_string(dir.join("devices.allow")).unwrap(),
+            "c 136:* rwm"
+        );
+        assert!(cg.self_join_files().contains(&dir.join("tasks")));
+        // Without a policy the devices hierarchy is not touched.
+        let cg2 =
+            V1Cgroup::create(&m, "d2", &Limits::default(), DevicePolicy::Unrestricted).unwrap();
+        assert!(!root.path().join("devices/isolab/d2").exists());
+        assert!(cg2
+            .paths()
+            .iter()
+            .all(|p| !p.starts_with(root.path().join("devices"))));
+        // A host without the devices controller refuses a policy by name.
+        let (_r, no_dev) = fake_tree(&ALL);
+        let err = V1Cgroup::create(&no_dev, "d3", &Limits::default(), DevicePolicy::standard())
+            .unwrap_err();
+        assert!(err.to_string().contains("'devices'"), "{err}");
+    }
+
+    #[test]
     fn limits_are_written_in_v1_files_and_units() {
         let (root, m) = fake_tree(&ALL);
         let limits = Limits {
@@ -212,7 +279,7 @@ mod tests {
             pids: Some(32),
             cpuset: Some(CpuSet::parse("1").unwrap()),
         };
-        let cg = V1Cgroup::create(&m, "i1", &limits).unwrap();
+        let cg = V1Cgroup::create(&m, "i1", &limits, DevicePolicy::Unrestricted).unwrap();
         let r = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
         assert_eq!(r("memory/isolab/i1/memory.limit_in_bytes"), "33554432");
         assert_eq!(r("cpu/isolab/i1/cpu.cfs_period_us"), "100000");
@@ -232,7 +299,8 @@ mod tests {
     #[test]
     fn stats_are_normalised_to_microseconds() {
         let (root, m) = fake_tree(&ALL);
-        let cg = V1Cgroup::create(&m, "i2", &Limits::default()).unwrap();
+        let cg =
+            V1Cgroup::create(&m, "i2", &Limits::default(), DevicePolicy::Unrestricted).unwrap();
         let w = |p: &str, v: &str| std::fs::write(root.path().join(p), v).unwrap();
         w("memory/isolab/i2/memory.usage_in_bytes", "1000\n");
         w("memory/isolab/i2/memory.max_usage_in_bytes", "5000\n");
@@ -263,7 +331,8 @@ mod tests {
     #[test]
     fn a_missing_controller_changes_nothing() {
         let (root, m) = fake_tree(&["memory", "cpu", "cpuacct"]);
-        let err = V1Cgroup::create(&m, "i3", &Limits::default()).unwrap_err();
+        let err =
+            V1Cgroup::create(&m, "i3", &Limits::default(), DevicePolicy::Unrestricted).unwrap_err();
         assert!(
             matches!(err, CgroupError::ControllerMissing { ref controller } if controller == "pids")
         );
@@ -277,7 +346,7 @@ mod tests {
             cpuset: Some(CpuSet::parse("5").unwrap()),
             ..Limits::default()
         };
-        let err = V1Cgroup::create(&m, "i4", &limits).unwrap_err();
+        let err = V1Cgroup::create(&m, "i4", &limits, DevicePolicy::Unrestricted).unwrap_err();
         assert!(err.to_string().contains("0-1"), "{err}");
         assert!(!root.path().join("memory/isolab").exists());
     }
@@ -291,7 +360,7 @@ mod tests {
             pids: Some(8),
             ..Limits::default()
         };
-        assert!(V1Cgroup::create(&m, "i5", &limits).is_err());
+        assert!(V1Cgroup::create(&m, "i5", &limits, DevicePolicy::Unrestricted).is_err());
         assert!(!root.path().join("memory/isolab/i5").exists());
         assert!(!root.path().join("cpu/isolab").exists());
     }
@@ -299,7 +368,8 @@ mod tests {
     #[test]
     fn remove_deletes_instance_and_unused_parent() {
         let (root, m) = fake_tree(&["memory", "cpu", "cpuacct", "pids"]);
-        let cg = V1Cgroup::create(&m, "i6", &Limits::default()).unwrap();
+        let cg =
+            V1Cgroup::create(&m, "i6", &Limits::default(), DevicePolicy::Unrestricted).unwrap();
         // Fake trees have no kernel files; make the directories removable.
         assert!(V1Cgroup::open(&m, "i6").is_some());
         cg.remove().unwrap();

@@ -2,6 +2,7 @@
 
 mod cpu;
 mod cpuset;
+mod devices;
 mod freezer;
 mod manager;
 mod memory;

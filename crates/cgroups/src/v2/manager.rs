@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{cpu, cpuset, memory, pids};
+use super::{cpu, cpuset, devices, memory, pids};
+use crate::devices::DevicePolicy;
 use crate::fs::{self, mkdir, read, rmdir, rmdir_parent_if_unused, write};
 use crate::{instance_dir, CgroupError, CgroupManager, Limits, Stats, PARENT};
 
@@ -16,7 +17,12 @@ pub struct V2Cgroup {
 impl V2Cgroup {
     /// Enables the needed controllers in `<root>` and `<root>/isolab`, creates
     /// `<root>/isolab/<name>` and writes `limits`.
-    pub fn create(root: &Path, name: &str, limits: &Limits) -> Result<Self, CgroupError> {
+    pub fn create(
+        root: &Path,
+        name: &str,
+        limits: &Limits,
+        device_policy: DevicePolicy,
+    ) -> Result<Self, CgroupError> {
         let mut controllers = vec!["memory", "cpu", "pids"];
         if let Some(set) = &limits.cpuset {
             controllers.push("cpuset");
@@ -60,6 +66,9 @@ impl V2Cgroup {
             pids::apply(&cg.dir, limits.pids)?;
             if let Some(set) = &limits.cpuset {
                 cpuset::apply(&cg.dir, set)?;
+            }
+            if let DevicePolicy::AllowOnly(rules) = device_policy {
+                devices::apply(&cg.dir, rules)?;
             }
             Ok(())
         })();
@@ -126,15 +135,18 @@ impl CgroupManager for V2Cgroup {
         } else {
             let freeze = self.dir.join("cgroup.freeze");
             let frozen = freeze.exists() && write(&freeze, "1").is_ok();
-            for pid in fs::procs(&procs)? {
+            let listed = fs::procs(&procs);
+            for pid in listed.iter().flatten() {
                 let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
+                    nix::unistd::Pid::from_raw(*pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
+            // Thawed on every path: a frozen cgroup would never empty.
             if frozen {
                 write(&freeze, "0")?;
             }
+            listed?;
             fs::kill_loop(&procs, &self.dir)
         }
     }
@@ -178,7 +190,7 @@ mod tests {
             pids: Some(64),
             cpuset: Some(CpuSet::parse("2-3").unwrap()),
         };
-        let cg = V2Cgroup::create(root.path(), "c1", &limits).unwrap();
+        let cg = V2Cgroup::create(root.path(), "c1", &limits, DevicePolicy::Unrestricted).unwrap();
         let r = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
         assert_eq!(r("cgroup.subtree_control"), "+memory +cpu +pids +cpuset");
         assert_eq!(
@@ -198,7 +210,13 @@ mod tests {
     #[test]
     fn stats_come_from_v2_files() {
         let root = fake_root("cpu memory pids");
-        let cg = V2Cgroup::create(root.path(), "c2", &Limits::default()).unwrap();
+        let cg = V2Cgroup::create(
+            root.path(),
+            "c2",
+            &Limits::default(),
+            DevicePolicy::Unrestricted,
+        )
+        .unwrap();
         let w =
             |p: &str, v: &str| std::fs::write(root.path().join("isolab/c2").join(p), v).unwrap();
         w("memory.current", "4096\n");
@@ -229,7 +247,13 @@ mod tests {
     #[test]
     fn a_controller_not_delegated_is_named_and_nothing_is_created() {
         let root = fake_root("cpu memory");
-        let err = V2Cgroup::create(root.path(), "c3", &Limits::default()).unwrap_err();
+        let err = V2Cgroup::create(
+            root.path(),
+            "c3",
+            &Limits::default(),
+            DevicePolicy::Unrestricted,
+        )
+        .unwrap_err();
         assert!(
             matches!(err, CgroupError::ControllerMissing { ref controller } if controller == "pids")
         );
@@ -243,7 +267,13 @@ mod tests {
     #[test]
     fn kill_uses_cgroup_kill_and_remove_cleans_up() {
         let root = fake_root("cpu memory pids");
-        let cg = V2Cgroup::create(root.path(), "c4", &Limits::default()).unwrap();
+        let cg = V2Cgroup::create(
+            root.path(),
+            "c4",
+            &Limits::default(),
+            DevicePolicy::Unrestricted,
+        )
+        .unwrap();
         let dir = root.path().join("isolab/c4");
         // The kernel would provide cgroup.kill; a fake tree gets a stand-in.
         std::fs::write(dir.join("cgroup.kill"), "").unwrap();

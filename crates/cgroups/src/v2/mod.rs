@@ -3,6 +3,7 @@
 
 mod cpu;
 mod cpuset;
+mod devices;
 mod manager;
 mod memory;
 mod pids;
