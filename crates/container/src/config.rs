@@ -47,10 +47,20 @@ pub struct ContainerConfig {
     /// Where instance directories live (default `/run/isolab/containers`).
     #[serde(default = "default_run_dir")]
     pub run_dir: PathBuf,
-    /// Send the workload's stderr to the container's `/dev/null` instead of
-    /// the launcher's stderr (the harness runs many instances; default false).
+    /// Do not copy the workload's stderr to the launcher's stderr (it is
+    /// still captured in [`crate::Outcome::stderr`]; the harness runs many
+    /// instances; default false).
     #[serde(default)]
     pub quiet_stderr: bool,
+    /// Run unconfined on purpose: all of root's capabilities, no seccomp
+    /// filter, no device restrictions (default false: Docker's default
+    /// profile, see [`crate::security`]).
+    #[serde(default)]
+    pub privileged: bool,
+    /// Set no_new_privs before the workload runs, so setuid binaries and
+    /// file capabilities grant nothing (default false, as in Docker).
+    #[serde(default)]
+    pub no_new_privileges: bool,
     /// Grace between SIGTERM and SIGKILL when stopping (default 5000 ms).
     #[serde(default = "default_grace")]
     pub stop_grace_ms: u64,
@@ -78,6 +88,8 @@ impl ContainerConfig {
             hostname: None,
             user_namespace: false,
             quiet_stderr: false,
+            privileged: false,
+            no_new_privileges: false,
             state_dir: default_state_dir(),
             run_dir: default_run_dir(),
             stop_grace_ms: DEFAULT_STOP_GRACE_MS,
@@ -122,6 +134,11 @@ impl ContainerConfig {
             return bad("pids limit 0: the workload needs at least one process".into());
         }
         Ok(())
+    }
+
+    /// The security profile these settings select.
+    pub fn security(&self) -> crate::security::SecurityProfile {
+        crate::security::SecurityProfile::new(self.privileged, self.no_new_privileges)
     }
 
     /// argv of the workload inside the container.
@@ -178,6 +195,8 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/isolab"));
         assert_eq!(c.stop_grace_ms, 5000);
         assert!(!c.user_namespace);
+        assert!(!c.privileged && !c.no_new_privileges);
+        assert_eq!(c.security().name, "default");
         assert!(serde_json::from_str::<ContainerConfig>(
             r#"{"workload_bin": "/w", "workload": "noop", "memroy": 1}"#
         )

@@ -31,13 +31,16 @@ pub enum ChildStep {
     ReadonlyPaths,
     Hostname,
     Loopback,
+    DropCapabilities,
+    NoNewPrivs,
+    Seccomp,
     Fork,
     SetupFds,
     Exec,
 }
 
 impl ChildStep {
-    const ALL: [ChildStep; 24] = [
+    const ALL: [ChildStep; 27] = [
         Self::InitSignals,
         Self::SyncWait,
         Self::CgroupJoin,
@@ -59,6 +62,9 @@ impl ChildStep {
         Self::ReadonlyPaths,
         Self::Hostname,
         Self::Loopback,
+        Self::DropCapabilities,
+        Self::NoNewPrivs,
+        Self::Seccomp,
         Self::Fork,
         Self::SetupFds,
         Self::Exec,
@@ -92,6 +98,9 @@ impl ChildStep {
             Self::ReadonlyPaths => "make /proc paths read-only",
             Self::Hostname => "set the hostname",
             Self::Loopback => "bring up lo",
+            Self::DropCapabilities => "drop capabilities",
+            Self::NoNewPrivs => "set no_new_privs",
+            Self::Seccomp => "install the seccomp filter",
             Self::Fork => "fork the workload",
             Self::SetupFds => "set up the workload's file descriptors",
             Self::Exec => "execute the workload",
@@ -115,6 +124,8 @@ pub enum ContainerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("The workload binary {path} is not an ELF executable; pass the static `workload` binary (target/x86_64-unknown-linux-gnu/<profile>/workload)")]
+    WorkloadNotElf { path: PathBuf },
     #[error("Containers need root (CAP_SYS_ADMIN); run as root")]
     NotRoot,
     #[error("Cannot detect the host's cgroups")]
@@ -137,6 +148,8 @@ pub enum ContainerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Cannot prepare the security profile")]
+    Seccomp(#[source] crate::seccomp::SeccompError),
     #[error("Cannot create the {what} channel to the container")]
     Channel {
         what: &'static str,
@@ -198,6 +211,22 @@ pub enum ContainerError {
         #[source]
         source: isolab_cgroups::CgroupError,
     },
+}
+
+impl ContainerError {
+    /// Whether the caller asked for something that cannot work (nothing
+    /// was changed on the host): a CLI maps this to exit code 2.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Self::Config(_) | Self::WorkloadBinary { .. } | Self::WorkloadNotElf { .. }
+        )
+    }
+
+    /// Whether the host lacks what containers need (root, cgroups).
+    pub fn is_host(&self) -> bool {
+        matches!(self, Self::NotRoot | Self::Cgroups(_))
+    }
 }
 
 #[cfg(test)]

@@ -6,9 +6,14 @@
 //! included), any other catchable signal is forwarded to the workload, and
 //! EOF on the lifeline (the launcher process died, even by SIGKILL) ends
 //! the container. Unlike a parent-death signal, the lifeline is tied to the
-//! launcher process, not to the thread that happened to start the container. When the workload ends, init reports its exit code or
-//! signal on the status pipe and exits, which makes the kernel kill whatever
-//! else is left in the PID namespace.
+//! launcher process, not to the thread that happened to start the
+//! container. When the workload ends, init reports its exit code or signal
+//! on the status pipe and exits, which makes the kernel kill whatever else
+//! is left in the PID namespace.
+//!
+//! Init runs under the container's capabilities and seccomp filter (applied
+//! in [`crate::child::harden`] before it forks), so the workload cannot use
+//! it to get around them.
 
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -17,8 +22,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
-use crate::child::ChildPlan;
 use crate::error::ChildStep;
+use crate::phases::{self, ChildStamps};
+use crate::plan::ChildPlan;
 use crate::process;
 use crate::sync::{self, ExitStatus};
 
@@ -26,7 +32,7 @@ use crate::sync::{self, ExitStatus};
 /// the same slot `runc --preserve-fds 1` gives.
 pub const READY_FD: i32 = 3;
 
-pub(crate) fn run(plan: &ChildPlan) -> ! {
+pub(crate) fn run(plan: &ChildPlan, stamps: &ChildStamps) -> ! {
     // All signals are blocked since the clone; init reads them from a
     // signalfd, so it can also watch the launcher's lifeline.
     let signals = match SignalFd::with_flags(&SigSet::all(), SfdFlags::SFD_CLOEXEC) {
@@ -36,6 +42,9 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
             process::exit_now(1)
         }
     };
+    // The launcher's phases: sent before the fork, so they arrive before
+    // the EOF that says the workload exec'd.
+    let _ = process::write_msg(plan.fds.sync, &phases::encode(stamps));
     let workload = match process::fork() {
         Ok(ForkResult::Child) => exec_workload(plan),
         Ok(ForkResult::Parent { child }) => child,
@@ -46,7 +55,12 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
     };
     // Init keeps only the status pipe: closing the sync socket lets the
     // launcher see EOF once the workload has exec'd.
-    for fd in [plan.fds.sync, plan.fds.ready_w, plan.fds.stdout_w] {
+    for fd in [
+        plan.fds.sync,
+        plan.fds.ready_w,
+        plan.fds.stdout_w,
+        plan.fds.stderr_w,
+    ] {
         process::close(fd);
     }
     match reap_until(workload, &signals, plan.fds.lifeline) {
@@ -109,16 +123,17 @@ fn exec_workload(plan: &ChildPlan) -> ! {
         // Its own session: a terminal's Ctrl-C reaches the launcher, which
         // forwards it through init, not the workload directly.
         nix::unistd::setsid()?;
+        // stdin is the container's own /dev/null (after pivot_root), never
+        // the launcher's terminal; stdout and stderr are pipes the
+        // launcher reads.
+        let null = nix::fcntl::open(
+            "/dev/null",
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        process::dup_to(std::os::fd::AsRawFd::as_raw_fd(&null), 0)?;
         process::dup_to(fds.stdout_w, 1)?;
-        if plan.quiet_stderr {
-            // After pivot_root: this is the container's own /dev/null.
-            let null = nix::fcntl::open(
-                "/dev/null",
-                nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            )?;
-            process::dup_to(std::os::fd::AsRawFd::as_raw_fd(&null), 2)?;
-        }
+        process::dup_to(fds.stderr_w, 2)?;
         process::dup_to(fds.ready_w, READY_FD)?;
         process::cloexec_from(READY_FD as u32 + 1)?;
         process::set_mask(&SigSet::empty())

@@ -84,10 +84,22 @@ impl InstanceDir {
             })
             .and_then(|line| std::fs::write(&owner, line))
             .map_err(err(&owner))?;
+        // Private to root (0700): the container's writable layer is no one
+        // else's business. In a user namespace the container's root (host
+        // uid 100000) mounts the overlay, so it owns the instance dir and
+        // the layers instead.
+        let mut dirs = vec![me.dir.clone()];
         for sub in ["upper", "work", "rootfs"] {
             let p = me.dir.join(sub);
             std::fs::create_dir(&p).map_err(err(&p))?;
-            if user_namespace && sub != "rootfs" {
+            if sub != "rootfs" {
+                dirs.push(p);
+            }
+        }
+        for p in dirs {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
+                .map_err(err(&p))?;
+            if user_namespace {
                 nix::unistd::chown(
                     &p,
                     Some(nix::unistd::Uid::from_raw(USERNS_BASE_ID)),
@@ -99,8 +111,6 @@ impl InstanceDir {
                 })?;
             }
         }
-        std::fs::set_permissions(&me.dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(err(&me.dir))?;
         Ok(me)
     }
 
@@ -156,9 +166,15 @@ pub(crate) fn owner_alive(proc_root: &Path, owner: &str) -> bool {
     start_time(proc_root, pid) == Some(start)
 }
 
-/// Instances under `run_dir` whose launcher is gone: a dead owner, or no
-/// owner file on a directory older than a few seconds (a launcher killed
-/// between mkdir and writing the owner).
+/// The launcher pid an id was made by (`c<pid>-...`).
+fn id_pid(id: &str) -> Option<i32> {
+    id.strip_prefix('c')?.split('-').next()?.parse().ok()
+}
+
+/// Instances under `run_dir` whose launcher is gone: a dead owner; or, with
+/// no owner file yet (a launcher killed between mkdir and writing it), a
+/// dead pid in the id, or a directory older than a few seconds (the pid was
+/// reused).
 pub fn stale_instances(run_dir: &Path, proc_root: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(run_dir) else {
         return Vec::new();
@@ -173,6 +189,9 @@ pub fn stale_instances(run_dir: &Path, proc_root: &Path) -> Vec<String> {
             }
             let stale = match std::fs::read_to_string(e.path().join("owner")) {
                 Ok(owner) => !owner_alive(proc_root, &owner),
+                Err(_) if id_pid(&id).is_some_and(|p| !proc_root.join(p.to_string()).exists()) => {
+                    true
+                }
                 Err(_) => e
                     .metadata()
                     .ok()
@@ -253,13 +272,20 @@ mod tests {
         let me = InstanceDir::create(run.path(), "c1-0-aa", false).unwrap();
         std::fs::create_dir(run.path().join("c999999999-0-bb")).unwrap();
         std::fs::write(run.path().join("c999999999-0-bb/owner"), "999999999 1\n").unwrap();
-        // A directory without an owner that was just created is not stale yet.
-        std::fs::create_dir(run.path().join("c2-0-cc")).unwrap();
+        // A directory without an owner, just created by a live pid, is not
+        // stale yet; one by a dead pid is.
+        std::fs::create_dir(run.path().join("c1-0-cc")).unwrap();
+        std::fs::create_dir(run.path().join("c999999998-0-dd")).unwrap();
         // Somebody else's directory is never a candidate.
         std::fs::create_dir(run.path().join("bundles")).unwrap();
-        let stale = stale_instances(run.path(), Path::new("/proc"));
-        assert_eq!(stale, vec!["c999999999-0-bb".to_string()]);
+        let mut stale = stale_instances(run.path(), Path::new("/proc"));
+        stale.sort();
+        assert_eq!(stale, vec!["c999999998-0-dd", "c999999999-0-bb"]);
         assert!(me.rootfs().is_dir() && me.upper().is_dir() && me.work().is_dir());
+        for d in [&me.dir, &me.upper(), &me.work()] {
+            let mode = std::fs::metadata(d).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+        }
         me.remove().unwrap();
         assert!(!run.path().join("c1-0-aa").exists());
     }

@@ -1,24 +1,37 @@
-//! The launch sequence as seen from the host (the child's half is in
-//! [`crate::child`]), and the two ways to use it: one-shot [`run`] and
+//! The launch sequence as seen from the host, one function per step, in the
+//! order of `docs/design.md` ("Container launch sequence"; the child's half
+//! is [`crate::child`]), and the two ways to use it: one-shot [`run`] and
 //! [`start`] -> [`Running`] -> [`Running::stop`] for long-running workloads.
 //!
-//! 1. validate the config; require root;
-//! 2. detect the cgroup hierarchy; remove stale instances of dead launchers;
-//! 3. build (once) the shared image;
-//! 4. start the launch clock; create the instance directory and the cgroup
-//!    with its limits;
-//! 5. open the channels: sync socketpair, ready pipe, stdout pipe, status pipe;
-//! 6. block signals, clone init into new namespaces, restore the mask;
-//! 7. (user namespace) write the id maps; move init into the cgroup (v2;
-//!    on v1 init joins itself, see [`crate::child`]); run the network hook;
-//!    send GO;
-//! 8. wait for EOF on the sync socket (workload exec'd) or a failure message.
+//! 1. [`validate`]: the config; root;
+//! 2. [`prepare_host`]: detect the cgroup hierarchy; remove stale instances
+//!    of dead launchers;
+//! 3. [`prepare_image`]: the workload must be an ELF executable; build (once)
+//!    and lease the shared image;
+//! 4. [`prepare_security`]: resolve the security profile and compile its
+//!    seccomp filter (once per process);
 //!
-//! Teardown (after exit, on error, on drop): SIGKILL init if alive and reap
-//! it, read the cgroup's statistics, kill and remove the cgroup, remove the
-//! instance directory.
+//!    the launch clock starts;
+//! 5. [`create_instance_dir`]: `<run_dir>/<id>` (0700) with the owner
+//!    file and the overlay's upper and work dirs;
+//! 6. [`create_cgroup`]: the instance cgroup with every limit and the
+//!    device rules written before anything joins it;
+//! 7. [`open_channels`]: sync socketpair, ready, stdout, stderr, status and
+//!    lifeline pipes;
+//! 8. [`clone_child`]: block signals, clone init into new namespaces,
+//!    restore the mask; start the thread that reads ready/stdout/stderr;
+//! 9. [`attach`]: (user namespace) write the id maps; v2: move init into
+//!    the cgroup (v1: init joins itself); run the network hook; send `GO`;
+//! 10. [`await_exec`]: read the child's phase stamps, then EOF on the sync
+//!     socket (the workload exec'd) or a failure message.
+//!
+//! Every step fails with its own [`ContainerError`] variant. Teardown (after
+//! exit, on error, on drop): SIGKILL init if alive and reap it, read the
+//! cgroup's statistics, kill and remove the cgroup, and only then remove
+//! the instance directory (so a cgroup that could not be removed stays
+//! findable by the next start's stale cleanup).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -33,17 +46,23 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::Serialize;
 
-use crate::child::{ChildFds, ChildPlan};
 use crate::config::{ContainerConfig, NetworkHook};
 use crate::error::ContainerError;
+use crate::image::{self, ImageLease};
 use crate::instance::{self, InstanceDir, USERNS_BASE_ID, USERNS_ID_COUNT};
+use crate::namespaces;
+use crate::phases::{self, LaunchPhases, Marks, STAMPS_MSG_LEN};
+use crate::plan::{ChildFds, ChildPlan, HardeningPlan};
 use crate::process::{self, ExecPlan};
 use crate::rootfs::RootfsPlan;
+use crate::security::{ProfileSummary, SecurityProfile};
 use crate::sync::{self, ExitStatus, MSG_LEN};
-use crate::{image, namespaces};
 
 /// Most of the workload's stdout kept (its result line is short).
 const STDOUT_CAP: usize = 4 << 20;
+/// Most of the workload's stderr kept (it is also copied to the launcher's
+/// stderr unless `quiet_stderr`).
+const STDERR_CAP: usize = 64 << 10;
 
 /// What a finished container reports.
 #[derive(Debug, Clone, Serialize)]
@@ -60,12 +79,18 @@ pub struct Outcome {
     pub launch_to_ready_us: Option<u64>,
     /// Launch -> init reaped.
     pub launch_to_exit_us: u64,
+    /// Where the launch's time went.
+    pub phases: LaunchPhases,
+    /// The security profile it ran under.
+    pub security: ProfileSummary,
     /// "v1" or "v2".
     pub cgroup_version: &'static str,
     /// Read after the exit, before the cgroup is removed.
     pub stats: Stats,
     /// The workload's captured stdout.
     pub stdout: String,
+    /// The start of the workload's stderr.
+    pub stderr: String,
     /// The last line of stdout that parses as a JSON object (the result line).
     pub result: Option<serde_json::Value>,
 }
@@ -87,35 +112,145 @@ pub fn start_with(
     config: &ContainerConfig,
     network: Option<&dyn NetworkHook>,
 ) -> Result<Running, ContainerError> {
+    validate(config)?;
+    let hierarchy = prepare_host(config)?;
+    let image = prepare_image(config)?;
+    let (security, hardening) = prepare_security(config)?;
+
+    let t0 = Instant::now();
+    let mut marks = Marks {
+        t0: phases::now_ns(),
+        ..Marks::default()
+    };
+    let id = instance::new_id();
+    let mut live = Live {
+        id: id.clone(),
+        instance: None,
+        cgroup: None,
+        pid: None,
+        image: Some(image),
+    };
+    live.instance = Some(create_instance_dir(config, &id)?);
+    marks.instance_dir = phases::now_ns();
+    live.cgroup = Some(create_cgroup(&hierarchy, &id, config, &security)?);
+    marks.cgroup = phases::now_ns();
+    let ch = open_channels()?;
+    let plan = child_plan(config, &live, &id, hardening, &ch)?;
+    let (pid, monitor, shared, parent) = clone_child(&plan, ch, config.quiet_stderr)?;
+    live.pid = Some(pid);
+    marks.cloned = phases::now_ns();
+    attach(config, &live, pid, network, &parent.sync)?;
+    marks.go_sent = phases::now_ns();
+    match await_exec(&parent.sync, &mut marks) {
+        Ok(()) => {}
+        Err(ContainerError::ChildDied { .. }) => {
+            let status = live.reap_now();
+            return Err(ContainerError::ChildDied { status });
+        }
+        Err(e) => return Err(e),
+    }
+    drop(parent.sync);
+
+    Ok(Running {
+        live,
+        workload: config.workload.clone(),
+        cgroup_version: hierarchy.version(),
+        security: security.summary(),
+        t0,
+        marks,
+        grace: Duration::from_millis(config.stop_grace_ms),
+        status_r: parent.status_r,
+        _lifeline: parent.lifeline_w,
+        shared,
+        monitor: Some(monitor),
+    })
+}
+
+/// Step 1.
+pub(crate) fn validate(config: &ContainerConfig) -> Result<(), ContainerError> {
     config.validate()?;
     if !nix::unistd::geteuid().is_root() {
         return Err(ContainerError::NotRoot);
     }
+    Ok(())
+}
+
+/// Step 2.
+fn prepare_host(config: &ContainerConfig) -> Result<Hierarchy, ContainerError> {
     let hierarchy = Hierarchy::detect_host().map_err(ContainerError::Cgroups)?;
     instance::clean_stale(&config.run_dir, &hierarchy);
-    let image = image::ensure(&config.state_dir, &config.workload_bin)?;
+    Ok(hierarchy)
+}
 
-    let t0 = Instant::now();
-    let id = instance::new_id();
-    let mut live = Live {
-        id: id.clone(),
-        instance: Some(InstanceDir::create(
-            &config.run_dir,
-            &id,
-            config.user_namespace,
-        )?),
-        cgroup: None,
-        pid: None,
+/// Step 3.
+pub(crate) fn prepare_image(config: &ContainerConfig) -> Result<ImageLease, ContainerError> {
+    image::lease(&config.state_dir, &config.workload_bin)
+}
+
+/// Step 4.
+pub(crate) fn prepare_security(
+    config: &ContainerConfig,
+) -> Result<(SecurityProfile, HardeningPlan), ContainerError> {
+    let profile = config.security();
+    let hardening = HardeningPlan {
+        keep_caps: profile.caps.map(|c| c.0),
+        no_new_privs: profile.no_new_privileges,
+        filters: profile.filters().map_err(ContainerError::Seccomp)?,
     };
-    live.cgroup = Some(
-        isolab_cgroups::create(&hierarchy, &id, &config.limits).map_err(|source| {
-            ContainerError::CgroupCreate {
-                id: id.clone(),
-                source,
-            }
-        })?,
-    );
+    Ok((profile, hardening))
+}
 
+/// Step 5.
+pub(crate) fn create_instance_dir(
+    config: &ContainerConfig,
+    id: &str,
+) -> Result<InstanceDir, ContainerError> {
+    InstanceDir::create(&config.run_dir, id, config.user_namespace)
+}
+
+/// Step 6.
+pub(crate) fn create_cgroup(
+    hierarchy: &Hierarchy,
+    id: &str,
+    config: &ContainerConfig,
+    security: &SecurityProfile,
+) -> Result<Box<dyn CgroupManager>, ContainerError> {
+    isolab_cgroups::create_with_devices(hierarchy, id, &config.limits, security.devices).map_err(
+        |source| ContainerError::CgroupCreate {
+            id: id.to_string(),
+            source,
+        },
+    )
+}
+
+/// Both ends of every channel between the launcher and the child.
+struct Channels {
+    parent: ParentEnds,
+    child: ChildEnds,
+}
+
+/// The launcher's ends.
+struct ParentEnds {
+    sync: OwnedFd,
+    ready_r: OwnedFd,
+    stdout_r: OwnedFd,
+    stderr_r: OwnedFd,
+    status_r: OwnedFd,
+    lifeline_w: OwnedFd,
+}
+
+/// The child's ends, closed in the launcher right after the clone.
+struct ChildEnds {
+    sync: OwnedFd,
+    ready_w: OwnedFd,
+    stdout_w: OwnedFd,
+    stderr_w: OwnedFd,
+    status_w: OwnedFd,
+    lifeline_r: OwnedFd,
+}
+
+/// Step 7.
+fn open_channels() -> Result<Channels, ContainerError> {
     let chan = |what| move |source| ContainerError::Channel { what, source };
     let (sync_parent, sync_child) = socketpair(
         AddressFamily::Unix,
@@ -124,68 +259,139 @@ pub fn start_with(
         SockFlag::SOCK_CLOEXEC,
     )
     .map_err(chan("sync"))?;
-    let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(chan("ready"))?;
-    let (stdout_r, stdout_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(chan("stdout"))?;
-    let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(chan("status"))?;
-    let (lifeline_r, lifeline_w) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(chan("lifeline"))?;
+    let pipe = |what| nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(chan(what));
+    let (ready_r, ready_w) = pipe("ready")?;
+    let (stdout_r, stdout_w) = pipe("stdout")?;
+    let (stderr_r, stderr_w) = pipe("stderr")?;
+    let (status_r, status_w) = pipe("status")?;
+    let (lifeline_r, lifeline_w) = pipe("lifeline")?;
+    Ok(Channels {
+        parent: ParentEnds {
+            sync: sync_parent,
+            ready_r,
+            stdout_r,
+            stderr_r,
+            status_r,
+            lifeline_w,
+        },
+        child: ChildEnds {
+            sync: sync_child,
+            ready_w,
+            stdout_w,
+            stderr_w,
+            status_w,
+            lifeline_r,
+        },
+    })
+}
 
+/// Everything the child needs, prepared before the clone (it never allocates).
+fn child_plan(
+    config: &ContainerConfig,
+    live: &Live,
+    id: &str,
+    hardening: HardeningPlan,
+    ch: &Channels,
+) -> Result<ChildPlan, ContainerError> {
     let inst = live
         .instance
         .as_ref()
         .ok_or_else(|| ContainerError::Config("no instance".into()))?;
+    let image = live
+        .image
+        .as_ref()
+        .ok_or_else(|| ContainerError::Config("no image".into()))?;
     let hostname = config
         .hostname
         .clone()
         .unwrap_or_else(|| format!("isolab-{}", &id[..id.len().min(56)]));
-    let plan = ChildPlan {
+    let c = &ch.child;
+    Ok(ChildPlan {
         rootfs: RootfsPlan {
             rootfs: inst.rootfs(),
             overlay_options: format!(
                 "lowerdir={},upperdir={},workdir={}",
-                image.display(),
+                image.dir.display(),
                 inst.upper().display(),
                 inst.work().display()
             ),
         },
         hostname,
         user_namespace: config.user_namespace,
-        quiet_stderr: config.quiet_stderr,
         cgroup_tasks: live
             .cgroup
             .as_ref()
             .map(|c| c.self_join_files())
             .unwrap_or_default(),
+        hardening,
         exec: ExecPlan::new(image::WORKLOAD_PATH, &config.argv(), &config.envp())
             .ok_or_else(|| ContainerError::Config("argument contains a NUL byte".into()))?,
         fds: ChildFds {
-            sync: sync_child.as_raw_fd(),
-            ready_w: ready_w.as_raw_fd(),
-            stdout_w: stdout_w.as_raw_fd(),
-            status_w: status_w.as_raw_fd(),
-            lifeline: lifeline_r.as_raw_fd(),
+            sync: c.sync.as_raw_fd(),
+            ready_w: c.ready_w.as_raw_fd(),
+            stdout_w: c.stdout_w.as_raw_fd(),
+            stderr_w: c.stderr_w.as_raw_fd(),
+            status_w: c.status_w.as_raw_fd(),
+            lifeline: c.lifeline_r.as_raw_fd(),
         },
-    };
+    })
+}
 
+/// What [`clone_child`] leaves the launcher: init's pid, the reader thread
+/// and its state, and the launcher's ends still in use.
+type Cloned = (Pid, JoinHandle<()>, Arc<Shared>, Remaining);
+
+/// The launcher's ends after the reader thread took its pipes.
+struct Remaining {
+    sync: OwnedFd,
+    status_r: OwnedFd,
+    lifeline_w: OwnedFd,
+}
+
+/// Step 8.
+fn clone_child(
+    plan: &ChildPlan,
+    ch: Channels,
+    quiet_stderr: bool,
+) -> Result<Cloned, ContainerError> {
     let old_mask = process::block_all().map_err(ContainerError::Clone)?;
-    let cloned = namespaces::clone_init(&plan);
+    let cloned = namespaces::clone_init(plan);
     let _ = process::set_mask(&old_mask);
-    drop((sync_child, ready_w, stdout_w, status_w, lifeline_r));
+    drop(ch.child);
     let pid = cloned.map_err(ContainerError::Clone)?;
-    live.pid = Some(pid);
-
+    let p = ch.parent;
     let shared = Arc::new((Mutex::new(Monitor::default()), Condvar::new()));
     let monitor = {
         let shared = Arc::clone(&shared);
+        let (ready, out, err) = (p.ready_r, p.stdout_r, p.stderr_r);
         std::thread::Builder::new()
-            .name(format!("isolab-mon-{}", pid))
-            .spawn(move || monitor(ready_r, stdout_r, &shared))
+            .name(format!("isolab-mon-{pid}"))
+            .spawn(move || monitor(ready, out, err, quiet_stderr, &shared))
             .map_err(|e| ContainerError::Channel {
                 what: "monitor",
                 source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)),
             })?
     };
+    Ok((
+        pid,
+        monitor,
+        shared,
+        Remaining {
+            sync: p.sync,
+            status_r: p.status_r,
+            lifeline_w: p.lifeline_w,
+        },
+    ))
+}
 
+/// Step 9.
+fn attach(
+    config: &ContainerConfig,
+    live: &Live,
+    pid: Pid,
+    network: Option<&dyn NetworkHook>,
+    sync: &OwnedFd,
+) -> Result<(), ContainerError> {
     if config.user_namespace {
         write_id_maps(pid)?;
     }
@@ -207,36 +413,38 @@ pub fn start_with(
                 source,
             })?;
     }
-    process::write_msg(sync_parent.as_raw_fd(), &[sync::GO]).map_err(ContainerError::Sync)?;
-    let mut msg = [0u8; MSG_LEN];
-    match process::read_msg(sync_parent.as_raw_fd(), &mut msg) {
-        Ok(0) => {}
-        Ok(n) => {
-            return Err(match sync::parse_failure(&msg[..n]) {
-                Some((step, source)) => ContainerError::Child { step, source },
-                None => ContainerError::Sync(nix::Error::EBADMSG),
-            })
-        }
-        // The child died without a word (e.g. killed): report how.
-        Err(nix::Error::ECONNRESET) | Err(nix::Error::EPIPE) => {
-            let status = live.reap_now();
-            return Err(ContainerError::ChildDied { status });
-        }
-        Err(e) => return Err(ContainerError::Sync(e)),
-    }
-    drop(sync_parent);
+    process::write_msg(sync.as_raw_fd(), &[sync::GO]).map_err(ContainerError::Sync)
+}
 
-    Ok(Running {
-        live,
-        workload: config.workload.clone(),
-        cgroup_version: hierarchy.version(),
-        t0,
-        grace: Duration::from_millis(config.stop_grace_ms),
-        status_r,
-        _lifeline: lifeline_w,
-        shared,
-        monitor: Some(monitor),
-    })
+/// Step 10: the child's stamps, then EOF (exec'd) or its failure.
+/// `ChildDied` (with an empty status) when it died without a word.
+fn await_exec(sync: &OwnedFd, marks: &mut Marks) -> Result<(), ContainerError> {
+    let mut msg = [0u8; STAMPS_MSG_LEN];
+    loop {
+        match process::read_msg(sync.as_raw_fd(), &mut msg) {
+            Ok(0) => {
+                marks.execd = phases::now_ns();
+                return Ok(());
+            }
+            Ok(n) => {
+                if let Some(stamps) = phases::decode(&msg[..n]) {
+                    marks.child = stamps;
+                    continue;
+                }
+                return Err(match sync::parse_failure(&msg[..n]) {
+                    Some((step, source)) => ContainerError::Child { step, source },
+                    None => ContainerError::Sync(nix::Error::EBADMSG),
+                });
+            }
+            // The child died without a word (e.g. killed): report how.
+            Err(nix::Error::ECONNRESET) | Err(nix::Error::EPIPE) => {
+                return Err(ContainerError::ChildDied {
+                    status: String::new(),
+                })
+            }
+            Err(e) => return Err(ContainerError::Sync(e)),
+        }
+    }
 }
 
 fn write_id_maps(pid: Pid) -> Result<(), ContainerError> {
@@ -253,70 +461,86 @@ fn write_id_maps(pid: Pid) -> Result<(), ContainerError> {
     Ok(())
 }
 
+type Shared = (Mutex<Monitor>, Condvar);
+
 #[derive(Debug, Default)]
 struct Monitor {
     ready_at: Option<Instant>,
+    /// The same moment on the phases' clock.
+    ready_ns: Option<u64>,
     /// The ready pipe was closed (with or without the ready byte).
     ready_closed: bool,
     stdout: Vec<u8>,
+    stderr: Vec<u8>,
     done: bool,
 }
 
-/// Timestamps the ready byte as it arrives and collects stdout, until the
-/// workload (and everything else in the container) has closed both.
-fn monitor(ready: OwnedFd, stdout: OwnedFd, shared: &(Mutex<Monitor>, Condvar)) {
+/// Timestamps the ready byte as it arrives, collects stdout and stderr
+/// (copying stderr to the launcher's unless `quiet`), until the workload
+/// (and everything else in the container) has closed all three.
+fn monitor(ready: OwnedFd, stdout: OwnedFd, stderr: OwnedFd, quiet: bool, shared: &Shared) {
     let (lock, cvar) = shared;
-    let mut ready = Some(std::fs::File::from(ready));
-    let mut out = Some(std::fs::File::from(stdout));
+    let mut files = [
+        Some(std::fs::File::from(ready)),
+        Some(std::fs::File::from(stdout)),
+        Some(std::fs::File::from(stderr)),
+    ];
     let mut buf = [0u8; 8192];
-    while ready.is_some() || out.is_some() {
-        let mut fds = Vec::with_capacity(2);
-        if let Some(r) = &ready {
-            fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
-        }
-        if let Some(o) = &out {
-            fds.push(PollFd::new(o.as_fd(), PollFlags::POLLIN));
-        }
+    while files.iter().any(Option::is_some) {
+        let idx: Vec<usize> = (0..3).filter(|i| files[*i].is_some()).collect();
+        let mut fds: Vec<PollFd> = idx
+            .iter()
+            .filter_map(|i| files[*i].as_ref())
+            .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            .collect();
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::Error::EINTR) => continue,
             Err(_) => break,
         }
-        let revents: Vec<bool> = fds
+        let ready_fds: Vec<usize> = idx
             .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .zip(&fds)
+            .filter(|(_, f)| f.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(i, _)| *i)
             .collect();
         drop(fds);
-        let mut idx = 0;
-        if ready.is_some() {
-            if revents[idx] {
-                let now = Instant::now();
-                let r = ready.as_mut().map(|f| f.read(&mut buf));
-                let mut m = lock.lock().unwrap_or_else(|e| e.into_inner());
-                match r {
-                    Some(Ok(n)) if n > 0 => {
-                        if m.ready_at.is_none() && buf[..n].contains(&b'R') {
-                            m.ready_at = Some(now);
-                        }
-                    }
-                    _ => {
-                        m.ready_closed = true;
-                        ready = None;
-                    }
+        for i in ready_fds {
+            let (now, now_ns) = (Instant::now(), phases::now_ns());
+            let n = match files[i].as_mut().map(|f| f.read(&mut buf)) {
+                Some(Ok(n)) => n,
+                _ => 0,
+            };
+            let mut m = lock.lock().unwrap_or_else(|e| e.into_inner());
+            if n == 0 {
+                files[i] = None;
+                if i == 0 {
+                    m.ready_closed = true;
+                    cvar.notify_all();
                 }
-                cvar.notify_all();
+                continue;
             }
-            idx += 1;
-        }
-        if out.is_some() && revents[idx] {
-            let r = out.as_mut().map(|f| f.read(&mut buf));
-            match r {
-                Some(Ok(n)) if n > 0 => {
-                    let mut m = lock.lock().unwrap_or_else(|e| e.into_inner());
-                    let room = STDOUT_CAP.saturating_sub(m.stdout.len());
-                    m.stdout.extend_from_slice(&buf[..n.min(room)]);
+            let data = &buf[..n];
+            match i {
+                0 => {
+                    if m.ready_at.is_none() && data.contains(&b'R') {
+                        m.ready_at = Some(now);
+                        m.ready_ns = Some(now_ns);
+                    }
+                    cvar.notify_all();
                 }
-                _ => out = None,
+                1 => {
+                    let room = STDOUT_CAP.saturating_sub(m.stdout.len());
+                    m.stdout.extend_from_slice(&data[..n.min(room)]);
+                }
+                _ => {
+                    let room = STDERR_CAP.saturating_sub(m.stderr.len());
+                    m.stderr.extend_from_slice(&data[..n.min(room)]);
+                    drop(m);
+                    if !quiet {
+                        let _ = std::io::stderr().write_all(data);
+                    }
+                }
             }
         }
     }
@@ -334,6 +558,8 @@ struct Live {
     cgroup: Option<Box<dyn CgroupManager>>,
     /// Init's host pid while it has not been reaped.
     pid: Option<Pid>,
+    /// Keeps the image from being pruned while the container lives.
+    image: Option<ImageLease>,
 }
 
 impl Live {
@@ -354,26 +580,26 @@ impl Live {
 
     fn teardown(&mut self) -> Result<(), ContainerError> {
         self.reap_now();
-        let mut result = Ok(());
         if let Some(cg) = self.cgroup.take() {
             if let Err(source) = cg.remove() {
-                result = Err(ContainerError::Cleanup {
+                // The instance dir stays: it is what the next start's stale
+                // cleanup finds this cgroup by (once this launcher is gone).
+                self.instance = None;
+                return Err(ContainerError::Cleanup {
                     id: self.id.clone(),
                     source,
                 });
             }
         }
         if let Some(inst) = self.instance.take() {
-            if let Err(source) = inst.remove() {
-                if result.is_ok() {
-                    result = Err(ContainerError::InstanceDir {
-                        path: inst.dir.clone(),
-                        source,
-                    });
-                }
-            }
+            inst.remove()
+                .map_err(|source| ContainerError::InstanceDir {
+                    path: inst.dir.clone(),
+                    source,
+                })?;
         }
-        result
+        self.image = None;
+        Ok(())
     }
 }
 
@@ -398,12 +624,14 @@ pub struct Running {
     live: Live,
     workload: String,
     cgroup_version: &'static str,
+    security: ProfileSummary,
     t0: Instant,
+    marks: Marks,
     grace: Duration,
     status_r: OwnedFd,
     /// Held for the container's life; init ends the container on its EOF.
     _lifeline: OwnedFd,
-    shared: Arc<(Mutex<Monitor>, Condvar)>,
+    shared: Arc<Shared>,
     monitor: Option<JoinHandle<()>>,
 }
 
@@ -420,6 +648,18 @@ impl Running {
     /// When the launch began (the clock of all durations).
     pub fn launched_at(&self) -> Instant {
         self.t0
+    }
+
+    /// Where the launch's time went; `workload_ready_us` once it is ready.
+    pub fn phases(&self) -> LaunchPhases {
+        let (lock, _) = &*self.shared;
+        let ready = lock.lock().unwrap_or_else(|e| e.into_inner()).ready_ns;
+        LaunchPhases::from_marks(&self.marks, ready)
+    }
+
+    /// The security profile the container runs under.
+    pub fn security(&self) -> &ProfileSummary {
+        &self.security
     }
 
     /// The instance's cgroup (for memory and CPU readings while it runs).
@@ -530,6 +770,7 @@ impl Running {
         let (lock, _) = &*self.shared;
         let m = lock.lock().unwrap_or_else(|e| e.into_inner());
         let stdout = String::from_utf8_lossy(&m.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&m.stderr).into_owned();
         let result = stdout.lines().rev().find_map(|l| {
             serde_json::from_str::<serde_json::Value>(l.trim())
                 .ok()
@@ -545,9 +786,12 @@ impl Running {
                 .ready_at
                 .map(|t| t.saturating_duration_since(self.t0).as_micros() as u64),
             launch_to_exit_us: exited_at.saturating_duration_since(self.t0).as_micros() as u64,
+            phases: LaunchPhases::from_marks(&self.marks, m.ready_ns),
+            security: self.security.clone(),
             cgroup_version: self.cgroup_version,
             stats,
             stdout,
+            stderr,
             result,
         })
     }

@@ -9,7 +9,8 @@
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
-use crate::child::{self, ChildPlan};
+use crate::child;
+use crate::plan::ChildPlan;
 use crate::syscall::LinuxSyscall;
 
 /// Stack of the cloned child (init's loop and the setup run on it).

@@ -1,7 +1,9 @@
 //! OCI bundles for the production runtimes (runc, crun): a `config.json`
 //! with the same namespaces, limits, mounts and masked paths as our own
-//! launcher, over the same shared image, so the peers run the very same
-//! workload bytes. The ready pipe is passed as fd 3 (`--preserve-fds 1`).
+//! launcher, and the same security profile (capabilities, the seccomp
+//! profile in its OCI form, device rules, no_new_privs), over the same
+//! shared image, so the peers run the very same workload bytes under the
+//! same confinement. The ready pipe is passed as fd 3 (`--preserve-fds 1`).
 //!
 //! A peer that refuses to run (crun 1.8 on a hybrid cgroup host) is
 //! reported with its own error output, never dropped.
@@ -16,10 +18,12 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::caps::CapSet;
 use crate::config::ContainerConfig;
 use crate::image;
 use crate::instance::{USERNS_BASE_ID, USERNS_ID_COUNT};
 use crate::rootfs::{MASKED_PATHS, READONLY_PATHS};
+use crate::security::SecurityProfile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
@@ -80,13 +84,20 @@ pub fn spec(config: &ContainerConfig, image_dir: &Path, id: &str) -> Value {
         json!({"type": "mount"}),
         json!({"type": "cgroup"}),
     ];
+    let security = config.security();
+    let mut resources = resources(config);
+    resources["devices"] = devices(&security);
     let mut linux = json!({
         "cgroupsPath": format!("/{}/{id}", isolab_cgroups::PARENT),
         "namespaces": [],
         "maskedPaths": MASKED_PATHS,
         "readonlyPaths": READONLY_PATHS,
-        "resources": resources(config),
+        "resources": resources,
     });
+    if let Some(profile) = &security.seccomp {
+        linux["seccomp"] = profile.oci();
+    }
+    let caps = security.caps.unwrap_or(CapSet::ALL).names();
     if config.user_namespace {
         namespaces.push(json!({"type": "user"}));
         let map = json!([{"containerID": 0, "hostID": USERNS_BASE_ID, "size": USERNS_ID_COUNT}]);
@@ -101,6 +112,14 @@ pub fn spec(config: &ContainerConfig, image_dir: &Path, id: &str) -> Value {
             "terminal": false,
             "user": {"uid": 0, "gid": 0},
             "args": args,
+            "capabilities": {
+                "bounding": caps,
+                "effective": caps,
+                "permitted": caps,
+                "inheritable": caps,
+                "ambient": [],
+            },
+            "noNewPrivileges": security.no_new_privileges,
             "env": config.envp(),
             "cwd": "/",
         },
@@ -123,6 +142,28 @@ pub fn spec(config: &ContainerConfig, image_dir: &Path, id: &str) -> Value {
         ],
         "linux": linux,
     })
+}
+
+/// Device rules: deny all then the standard nodes, as our devices cgroup.
+fn devices(security: &SecurityProfile) -> Value {
+    match security.devices {
+        isolab_cgroups::DevicePolicy::Unrestricted => json!([{"allow": true, "access": "rwm"}]),
+        isolab_cgroups::DevicePolicy::AllowOnly(rules) => {
+            let mut v = vec![json!({"allow": false, "access": "rwm"})];
+            v.extend(rules.iter().map(|r| {
+                let mut d =
+                    json!({"allow": true, "type": r.kind.letter().to_string(), "access": r.access});
+                if let Some(m) = r.major {
+                    d["major"] = json!(m);
+                }
+                if let Some(m) = r.minor {
+                    d["minor"] = json!(m);
+                }
+                d
+            }));
+            Value::Array(v)
+        }
+    }
 }
 
 fn resources(config: &ContainerConfig) -> Value {
@@ -362,9 +403,49 @@ mod tests {
     }
 
     #[test]
-    fn no_limits_means_no_resource_sections() {
+    fn no_limits_means_no_resource_sections_but_device_rules() {
         let s = spec(&ContainerConfig::new("/w", "noop"), Path::new("/img"), "x");
-        assert_eq!(s["linux"]["resources"], json!({}));
+        let r = s["linux"]["resources"].as_object().unwrap();
+        assert_eq!(r.keys().collect::<Vec<_>>(), ["devices"]);
+    }
+
+    #[test]
+    fn the_peers_get_our_security_profile() {
+        let s = spec(&cfg(), Path::new("/img"), "x");
+        let caps = &s["process"]["capabilities"];
+        assert_eq!(caps["bounding"].as_array().unwrap().len(), 14);
+        assert_eq!(caps["effective"], caps["bounding"]);
+        assert_eq!(caps["ambient"], json!([]));
+        assert!(caps["bounding"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("CAP_NET_BIND_SERVICE")));
+        assert_eq!(s["process"]["noNewPrivileges"], false);
+        assert_eq!(s["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        let dev = s["linux"]["resources"]["devices"].as_array().unwrap();
+        assert_eq!(dev[0], json!({"allow": false, "access": "rwm"}));
+        assert!(dev.contains(
+            &json!({"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"})
+        ));
+        assert!(dev.contains(&json!({"allow": true, "type": "c", "major": 136, "access": "rwm"})));
+
+        let mut c = cfg();
+        c.privileged = true;
+        c.no_new_privileges = true;
+        let s = spec(&c, Path::new("/img"), "x");
+        assert_eq!(
+            s["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .len(),
+            41
+        );
+        assert!(s["linux"].get("seccomp").is_none());
+        assert_eq!(s["process"]["noNewPrivileges"], true);
+        assert_eq!(
+            s["linux"]["resources"]["devices"],
+            json!([{"allow": true, "access": "rwm"}])
+        );
     }
 
     #[test]

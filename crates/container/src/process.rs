@@ -147,12 +147,34 @@ pub(crate) fn default_signals() {
     }
 }
 
-/// fork(2) from the container's init.
+/// fork(2) from the container's init, as a raw `clone(SIGCHLD)` system
+/// call. Not glibc's `fork()`: init is a clone of a possibly multi-threaded
+/// launcher, and glibc's fork runs its atfork handlers, which take the
+/// malloc and stdio locks; a lock another launcher thread held at the
+/// moment of our clone stays locked in this copy forever, and the fork
+/// would hang (seen: init stuck in `futex_wait` under parallel launches).
 pub(crate) fn fork() -> nix::Result<nix::unistd::ForkResult> {
-    // SAFETY: the caller (init) is single-threaded: it was created by clone
-    // without CLONE_THREAD and starts no threads, so the child may run any
-    // code; it still only makes async-signal-safe calls before execve.
-    unsafe { nix::unistd::fork() }
+    // SAFETY: clone with only SIGCHLD and a NULL stack is fork(2) at the
+    // kernel level: the child gets a copy-on-write copy of this (single-
+    // threaded) process and continues here on its copy of the stack. It
+    // then only makes async-signal-safe calls before execve, so glibc
+    // state not updated by a raw clone (the cached thread id) is never used.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match nix::Error::result(rc)? {
+        0 => Ok(nix::unistd::ForkResult::Child),
+        pid => Ok(nix::unistd::ForkResult::Parent {
+            child: nix::unistd::Pid::from_raw(pid as i32),
+        }),
+    }
 }
 
 /// Ends the process at once: no atexit handlers or stdio flushing, which
@@ -187,7 +209,7 @@ pub(crate) fn poll2(a: RawFd, b: RawFd) -> nix::Result<(bool, bool)> {
 /// another launcher thread at the same moment must not hold on to our
 /// pipes (the launcher waits for their EOF). No allocation: `keep` is
 /// sorted in place.
-pub(crate) fn close_all_except(mut keep: [RawFd; 5]) -> nix::Result<()> {
+pub(crate) fn close_all_except(mut keep: [RawFd; 6]) -> nix::Result<()> {
     keep.sort_unstable();
     let mut next: u32 = 3;
     for fd in keep {

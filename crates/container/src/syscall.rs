@@ -40,7 +40,33 @@ pub trait Syscall {
     fn loopback_up(&self) -> nix::Result<()>;
     /// Writes `data` to an existing file (a cgroup interface file).
     fn write_file(&self, path: &Path, data: &[u8]) -> nix::Result<()>;
+    /// Keeps only the capabilities in `keep` (a kernel mask): drops the rest
+    /// from the bounding set, sets permitted, effective and inheritable to
+    /// `keep`, clears the ambient set.
+    fn drop_capabilities(&self, keep: u64) -> nix::Result<()>;
+    /// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
+    fn set_no_new_privs(&self) -> nix::Result<()>;
+    /// Installs one seccomp BPF program (`seccomp(SECCOMP_SET_MODE_FILTER)`).
+    fn install_seccomp(&self, program: &[seccompiler::sock_filter]) -> nix::Result<()>;
 }
+
+/// `struct __user_cap_header_struct` (`linux/capability.h`).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// `struct __user_cap_data_struct`; version 3 takes two (bits 0-31, 32-63).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// The real kernel.
 #[derive(Debug, Default, Clone, Copy)]
@@ -147,6 +173,74 @@ impl Syscall for LinuxSyscall {
         } else {
             Err(nix::Error::EIO)
         }
+    }
+
+    fn drop_capabilities(&self, keep: u64) -> nix::Result<()> {
+        for cap in 0..64u64 {
+            if keep & (1 << cap) != 0 {
+                continue;
+            }
+            // SAFETY: PR_CAPBSET_DROP takes a capability number, no pointers.
+            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+            match nix::Error::result(rc) {
+                Ok(_) => {}
+                // Past the kernel's last capability.
+                Err(nix::Error::EINVAL) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes no pointers.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            )
+        };
+        nix::Error::result(rc)?;
+        let header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let half = |bits: u32| CapData {
+            effective: bits,
+            permitted: bits,
+            inheritable: bits,
+        };
+        let data = [half(keep as u32), half((keep >> 32) as u32)];
+        // SAFETY: capset reads one header and two data structs (version 3)
+        // through valid pointers to locals that outlive the call.
+        let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
+        nix::Error::result(rc).map(drop)
+    }
+
+    fn set_no_new_privs(&self) -> nix::Result<()> {
+        // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
+        let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+        nix::Error::result(rc).map(drop)
+    }
+
+    fn install_seccomp(&self, program: &[seccompiler::sock_filter]) -> nix::Result<()> {
+        let prog = libc::sock_fprog {
+            len: u16::try_from(program.len()).map_err(|_| nix::Error::E2BIG)?,
+            // seccompiler's sock_filter is `repr(C)` {u16, u8, u8, u32},
+            // the layout of the kernel's (and libc's) `struct sock_filter`.
+            filter: program.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: the kernel copies `prog.len` instructions from
+        // `prog.filter`, which points into `program`, alive for the call;
+        // the program is only read.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        nix::Error::result(rc).map(drop)
     }
 }
 
@@ -263,6 +357,15 @@ pub(crate) mod recording {
                 path.display(),
                 String::from_utf8_lossy(data)
             ))
+        }
+        fn drop_capabilities(&self, keep: u64) -> nix::Result<()> {
+            self.record(format!("drop_capabilities {keep:016x}"))
+        }
+        fn set_no_new_privs(&self) -> nix::Result<()> {
+            self.record("no_new_privs".into())
+        }
+        fn install_seccomp(&self, program: &[seccompiler::sock_filter]) -> nix::Result<()> {
+            self.record(format!("seccomp {}", program.len()))
         }
     }
 }

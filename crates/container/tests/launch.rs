@@ -229,10 +229,18 @@ fn a_failed_exec_names_the_step_and_leaves_nothing() {
     let Some(_) = require("a_failed_exec_names_the_step_and_leaves_nothing") else {
         return;
     };
-    // A text file is copied into the image as /workload; execve refuses it.
+    // An ELF header without program headers passes the config check, is
+    // copied into the image as /workload, and execve refuses it.
     let dir = tempfile::tempdir().unwrap();
-    let bogus = dir.path().join("not-a-binary");
-    std::fs::write(&bogus, "hello").unwrap();
+    let bogus = dir.path().join("not-a-program");
+    let mut elf = vec![0u8; 64];
+    elf[..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2;
+    elf[5] = 1;
+    elf[6] = 1;
+    elf[16] = 2; // ET_EXEC
+    elf[18] = 62; // x86_64
+    std::fs::write(&bogus, elf).unwrap();
     let mut c = config(&bogus, "execfail", "noop", &[]);
     c.state_dir = dir.path().join("state");
     let err = isolab_container::run(&c).unwrap_err();
@@ -247,6 +255,68 @@ fn a_failed_exec_names_the_step_and_leaves_nothing() {
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn a_workload_that_is_not_an_elf_executable_is_a_config_error() {
+    let Some(_) = require("a_workload_that_is_not_an_elf_executable_is_a_config_error") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    let mut c = config(&script, "notelf", "noop", &[]);
+    c.state_dir = dir.path().join("state");
+    let err = isolab_container::run(&c).unwrap_err();
+    assert!(
+        matches!(err, ContainerError::WorkloadNotElf { .. }),
+        "{err:?}"
+    );
+    assert!(err.is_usage());
+    assert!(err.to_string().contains("script.sh"), "{err}");
+    assert!(!c.state_dir.join("images").exists(), "nothing was built");
+    assert!(!c.run_dir.exists(), "nothing was created");
+}
+
+#[test]
+fn the_workload_gets_dev_null_as_stdin_and_its_stderr_is_captured() {
+    let Some(bin) = require("the_workload_gets_dev_null_as_stdin_and_its_stderr_is_captured")
+    else {
+        return;
+    };
+    // An unknown option: the workload prints its usage error on stderr.
+    let c = config(&bin, "stdio", "noop", &["--no-such-option"]);
+    let o = run(&c);
+    assert_ne!(o.exit_code, 0);
+    assert!(!o.stderr.is_empty(), "stderr captured: {o:?}");
+    // Instance dirs are private while they exist.
+    let running = isolab_container::start(&config(
+        &bin,
+        "stdio2",
+        "worker",
+        &["--duration-ms", "60000"],
+    ))
+    .unwrap();
+    let init = running.pid();
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
+    let workload: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let stdin = std::fs::read_link(format!("/proc/{workload}/fd/0")).unwrap();
+    assert_eq!(stdin, Path::new("/dev/null"));
+    let stderr = std::fs::read_link(format!("/proc/{workload}/fd/2")).unwrap();
+    assert!(
+        stderr.to_string_lossy().starts_with("pipe:"),
+        "{}",
+        stderr.display()
+    );
+    let dir = Path::new("/run/isolab-test/stdio2").join(running.id());
+    use std::os::unix::fs::PermissionsExt;
+    for d in [dir.clone(), dir.join("upper"), dir.join("work")] {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+    }
+    let o = running.stop().unwrap();
+    let _ = std::fs::remove_dir("/run/isolab-test/stdio2");
+    assert_eq!(o.security.name, "default");
 }
 
 #[test]
@@ -291,21 +361,6 @@ fn dropping_a_running_container_cleans_up() {
     assert_clean(&c, &id);
 }
 
-/// Helper run as a separate process by the test below: starts a long
-/// container and sleeps until it is SIGKILLed. A no-op in a normal run.
-#[test]
-fn helper_launcher_for_sigkill_test() {
-    let Ok(run_dir) = std::env::var("ISOLAB_TEST_HELPER_RUN_DIR") else {
-        return;
-    };
-    let mut c = ContainerConfig::new(workload_bin(), "worker");
-    c.args = vec!["--duration-ms".into(), "60000".into()];
-    c.run_dir = run_dir.into();
-    let running = isolab_container::start(&c).unwrap();
-    let _keep = running;
-    std::thread::sleep(Duration::from_secs(60));
-}
-
 #[test]
 fn a_sigkilled_launcher_leaves_a_stale_instance_the_next_run_removes() {
     let test = "a_sigkilled_launcher_leaves_a_stale_instance_the_next_run_removes";
@@ -314,13 +369,11 @@ fn a_sigkilled_launcher_leaves_a_stale_instance_the_next_run_removes() {
     };
     let c = config(&bin, "sigkill", "noop", &[]);
     let _ = std::fs::remove_dir_all(&c.run_dir);
-    let mut helper = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "helper_launcher_for_sigkill_test",
-            "--test-threads=1",
-        ])
-        .env("ISOLAB_TEST_HELPER_RUN_DIR", &c.run_dir)
+    let loop_bin = isolab_testkit::target_profile_dir().join("examples/launch_loop");
+    let mut helper = std::process::Command::new(loop_bin)
+        .arg(&bin)
+        .arg(&c.run_dir)
+        .arg("--hold")
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -356,7 +409,7 @@ fn a_sigkilled_launcher_leaves_a_stale_instance_the_next_run_removes() {
     )
     .unwrap();
     helper.wait().unwrap();
-    // The container died with its launcher (parent-death signal) ...
+    // The container died with its launcher (lifeline) ...
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let alive = || {
         !std::fs::read_to_string(&procs)
