@@ -5,7 +5,9 @@
 //!    dispositions (all stay blocked for init's signalfd), name `isolab-init`;
 //! 2. [`wait_for_go`]: the launcher's `GO` (it has written id maps, attached
 //!    the network, on v2 moved us into the cgroup); EOF means the launcher
-//!    gave up or died, and the child exits;
+//!    gave up or died, and the child exits. Skipped when the launcher has
+//!    nothing to do first (v1, no user namespace, no network hook);
+//!    a launcher that dies later is seen by init through the lifeline;
 //! 3. [`join_cgroup`]: v1: join by writing `0` to each `tasks` (avoids the
 //!    kernel's global threadgroup lock); in a user namespace become its root;
 //!    unshare the cgroup namespace, so its root is the instance cgroup;
@@ -60,6 +62,9 @@ fn prepare(plan: &ChildPlan) -> StepResult {
 
 /// Step 2.
 fn wait_for_go(plan: &ChildPlan, stamps: &mut ChildStamps) -> StepResult {
+    if !plan.wait_for_go {
+        return Ok(());
+    }
     let mut msg = [0u8; MSG_LEN];
     match process::read_msg(plan.fds.sync, &mut msg).step(ChildStep::SyncWait)? {
         1 if msg[0] == GO => {
@@ -171,6 +176,7 @@ mod tests {
 
     fn plan(userns: bool) -> ChildPlan {
         ChildPlan {
+            wait_for_go: true,
             rootfs: RootfsPlan {
                 rootfs: "/r".into(),
                 overlay_options: "lowerdir=/i,upperdir=/u,workdir=/w".into(),

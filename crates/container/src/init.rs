@@ -20,13 +20,16 @@ use std::os::fd::{AsRawFd, RawFd};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::Pid;
 
 use crate::error::ChildStep;
 use crate::phases::{self, ChildStamps};
 use crate::plan::ChildPlan;
 use crate::process;
 use crate::sync::{self, ExitStatus};
+
+/// Stack of the workload between its clone and its execve.
+const WORKLOAD_STACK: usize = 64 * 1024;
 
 /// The fd number of the ready pipe in the workload (`ISOLAB_READY_FD`),
 /// the same slot `runc --preserve-fds 1` gives.
@@ -45,9 +48,14 @@ pub(crate) fn run(plan: &ChildPlan, stamps: &ChildStamps) -> ! {
     // The launcher's phases: sent before the fork, so they arrive before
     // the EOF that says the workload exec'd.
     let _ = process::write_msg(plan.fds.sync, &phases::encode(stamps));
-    let workload = match process::fork() {
-        Ok(ForkResult::Child) => exec_workload(plan),
-        Ok(ForkResult::Parent { child }) => child,
+    // The workload is started like posix_spawn does: it shares init's
+    // memory (CLONE_VM) on a stack of its own and init waits until it has
+    // exec'd (CLONE_VFORK), so no page tables are copied. It only makes
+    // system calls before execve (or _exit), writing nothing init reads.
+    let mut stack = [0u8; WORKLOAD_STACK];
+    let spawned = process::spawn_vfork(&mut stack, || exec_workload(plan));
+    let workload = match spawned {
+        Ok(child) => child,
         Err(e) => {
             let _ = process::write_msg(plan.fds.sync, &sync::failure(ChildStep::Fork, e));
             process::exit_now(1)

@@ -10,8 +10,6 @@
 //!    and lease the shared image;
 //! 4. [`prepare_security`]: resolve the security profile and compile its
 //!    seccomp filter (once per process);
-//!
-//!    the launch clock starts;
 //! 5. [`create_instance_dir`]: `<run_dir>/<id>` (0700) with the owner
 //!    file and the overlay's upper and work dirs;
 //! 6. [`create_cgroup`]: the instance cgroup with every limit and the
@@ -21,11 +19,14 @@
 //! 8. [`clone_child`]: block signals, clone init into new namespaces,
 //!    restore the mask; start the thread that reads ready/stdout/stderr;
 //! 9. [`attach`]: (user namespace) write the id maps; v2: move init into
-//!    the cgroup (v1: init joins itself); run the network hook; send `GO`;
+//!    the cgroup (v1: init joins itself); run the network hook; send `GO`
+//!    (only when there was something to do: otherwise the child did not
+//!    wait);
 //! 10. [`await_exec`]: read the child's phase stamps, then EOF on the sync
 //!     socket (the workload exec'd) or a failure message.
 //!
-//! Every step fails with its own [`ContainerError`] variant. Teardown (after
+//! The launch clock ([`Running::launched_at`], [`LaunchPhases`]) starts
+//! before step 1. Every step fails with its own [`ContainerError`] variant. Teardown (after
 //! exit, on error, on drop): SIGKILL init if alive and reap it, read the
 //! cgroup's statistics, kill and remove the cgroup, and only then remove
 //! the instance directory (so a cgroup that could not be removed stays
@@ -112,16 +113,18 @@ pub fn start_with(
     config: &ContainerConfig,
     network: Option<&dyn NetworkHook>,
 ) -> Result<Running, ContainerError> {
-    validate(config)?;
-    let hierarchy = prepare_host(config)?;
-    let image = prepare_image(config)?;
-    let (security, hardening) = prepare_security(config)?;
-
+    // The launch clock covers every step: preparation is per-launch work
+    // too (stale cleanup, the image lease), so it is not hidden.
     let t0 = Instant::now();
     let mut marks = Marks {
         t0: phases::now_ns(),
         ..Marks::default()
     };
+    validate(config)?;
+    let hierarchy = prepare_host(config)?;
+    let image = prepare_image(config)?;
+    let (security, hardening) = prepare_security(config)?;
+    marks.prepared = phases::now_ns();
     let id = instance::new_id();
     let mut live = Live {
         id: id.clone(),
@@ -135,11 +138,11 @@ pub fn start_with(
     live.cgroup = Some(create_cgroup(&hierarchy, &id, config, &security)?);
     marks.cgroup = phases::now_ns();
     let ch = open_channels()?;
-    let plan = child_plan(config, &live, &id, hardening, &ch)?;
+    let plan = child_plan(config, &live, &id, hardening, &ch, network.is_some())?;
     let (pid, monitor, shared, parent) = clone_child(&plan, ch, config.quiet_stderr)?;
     live.pid = Some(pid);
     marks.cloned = phases::now_ns();
-    attach(config, &live, pid, network, &parent.sync)?;
+    attach(config, &live, pid, network, &parent.sync, plan.wait_for_go)?;
     marks.go_sent = phases::now_ns();
     match await_exec(&parent.sync, &mut marks) {
         Ok(()) => {}
@@ -175,11 +178,35 @@ pub(crate) fn validate(config: &ContainerConfig) -> Result<(), ContainerError> {
     Ok(())
 }
 
-/// Step 2.
+/// Step 2. The stale scan reads every instance's owner file, so with a
+/// thousand live instances it would cost milliseconds per launch: it runs
+/// at the first start of this process in a run dir, then at most once a
+/// second ([`STALE_SCAN_INTERVAL`]).
 fn prepare_host(config: &ContainerConfig) -> Result<Hierarchy, ContainerError> {
     let hierarchy = Hierarchy::detect_host().map_err(ContainerError::Cgroups)?;
-    instance::clean_stale(&config.run_dir, &hierarchy);
+    if stale_scan_due(&config.run_dir, Instant::now()) {
+        instance::clean_stale(&config.run_dir, &hierarchy);
+    }
     Ok(hierarchy)
+}
+
+/// The least time between two stale scans of one run dir by one process.
+pub const STALE_SCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+fn stale_scan_due(run_dir: &std::path::Path, now: Instant) -> bool {
+    static LAST: Mutex<Vec<(std::path::PathBuf, Instant)>> = Mutex::new(Vec::new());
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    match last.iter_mut().find(|(d, _)| d == run_dir) {
+        Some((_, t)) if now.saturating_duration_since(*t) < STALE_SCAN_INTERVAL => false,
+        Some((_, t)) => {
+            *t = now;
+            true
+        }
+        None => {
+            last.push((run_dir.to_path_buf(), now));
+            true
+        }
+    }
 }
 
 /// Step 3.
@@ -292,6 +319,7 @@ fn child_plan(
     id: &str,
     hardening: HardeningPlan,
     ch: &Channels,
+    network: bool,
 ) -> Result<ChildPlan, ContainerError> {
     let inst = live
         .instance
@@ -306,7 +334,13 @@ fn child_plan(
         .clone()
         .unwrap_or_else(|| format!("isolab-{}", &id[..id.len().min(56)]));
     let c = &ch.child;
+    let cgroup_tasks = live
+        .cgroup
+        .as_ref()
+        .map(|c| c.self_join_files())
+        .unwrap_or_default();
     Ok(ChildPlan {
+        wait_for_go: needs_go(config, &cgroup_tasks, network),
         rootfs: RootfsPlan {
             rootfs: inst.rootfs(),
             overlay_options: format!(
@@ -318,11 +352,7 @@ fn child_plan(
         },
         hostname,
         user_namespace: config.user_namespace,
-        cgroup_tasks: live
-            .cgroup
-            .as_ref()
-            .map(|c| c.self_join_files())
-            .unwrap_or_default(),
+        cgroup_tasks,
         hardening,
         exec: ExecPlan::new(image::WORKLOAD_PATH, &config.argv(), &config.envp())
             .ok_or_else(|| ContainerError::Config("argument contains a NUL byte".into()))?,
@@ -335,6 +365,13 @@ fn child_plan(
             lifeline: c.lifeline_r.as_raw_fd(),
         },
     })
+}
+
+/// Whether [`attach`] has work to do before the child may go on: id maps,
+/// a move by pid into a v2 cgroup (v1: the child joins itself), a network
+/// hook.
+fn needs_go(config: &ContainerConfig, cgroup_tasks: &[std::path::PathBuf], network: bool) -> bool {
+    config.user_namespace || cgroup_tasks.is_empty() || network
 }
 
 /// What [`clone_child`] leaves the launcher: init's pid, the reader thread
@@ -391,6 +428,7 @@ fn attach(
     pid: Pid,
     network: Option<&dyn NetworkHook>,
     sync: &OwnedFd,
+    send_go: bool,
 ) -> Result<(), ContainerError> {
     if config.user_namespace {
         write_id_maps(pid)?;
@@ -412,6 +450,9 @@ fn attach(
                 pid: pid.as_raw(),
                 source,
             })?;
+    }
+    if !send_go {
+        return Ok(());
     }
     process::write_msg(sync.as_raw_fd(), &[sync::GO]).map_err(ContainerError::Sync)
 }
@@ -800,6 +841,31 @@ impl Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_scans_run_first_then_at_most_once_a_second() {
+        let dir = std::path::Path::new("/nonexistent/stale-scan-test");
+        let t = Instant::now();
+        assert!(stale_scan_due(dir, t));
+        assert!(!stale_scan_due(dir, t + Duration::from_millis(500)));
+        assert!(stale_scan_due(dir, t + Duration::from_millis(1001)));
+        assert!(stale_scan_due(
+            std::path::Path::new("/nonexistent/other"),
+            t
+        ));
+    }
+
+    #[test]
+    fn the_child_waits_only_when_the_launcher_has_work_first() {
+        let c = ContainerConfig::new("/w", "noop");
+        let v1 = vec![std::path::PathBuf::from("/cg/memory/isolab/x/tasks")];
+        assert!(!needs_go(&c, &v1, false), "v1, no userns, no network");
+        assert!(needs_go(&c, &[], false), "v2 moves the child by pid");
+        assert!(needs_go(&c, &v1, true), "a network hook");
+        let mut u = c.clone();
+        u.user_namespace = true;
+        assert!(needs_go(&u, &v1, false), "id maps");
+    }
 
     #[test]
     fn a_running_container_can_be_handed_to_another_thread() {

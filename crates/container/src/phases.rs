@@ -56,6 +56,7 @@ impl ChildStamps {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Marks {
     pub t0: u64,
+    pub prepared: u64,
     pub instance_dir: u64,
     pub cgroup: u64,
     pub cloned: u64,
@@ -69,7 +70,10 @@ pub(crate) struct Marks {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LaunchPhases {
-    /// Launch -> instance directory (overlay upper/work) created.
+    /// Launch -> config validated, cgroup layout detected, stale instances
+    /// removed, image leased, seccomp filter ready.
+    pub prepare_us: u64,
+    /// -> instance directory (overlay upper/work) created.
     pub instance_dir_us: u64,
     /// -> cgroup created with its limits and device rules.
     pub cgroup_us: u64,
@@ -115,7 +119,8 @@ impl LaunchPhases {
         let rootfs = at(Stamp::Rootfs, pivoted);
         let joined = at(Stamp::Joined, rootfs);
         Self {
-            instance_dir_us: us(m.t0, m.instance_dir),
+            prepare_us: us(m.t0, m.prepared),
+            instance_dir_us: us(m.prepared, m.instance_dir),
             cgroup_us: us(m.instance_dir, m.cgroup),
             clone_us: us(m.cgroup, m.cloned),
             attach_us: us(m.cloned, m.go_sent),
@@ -132,8 +137,9 @@ impl LaunchPhases {
     }
 
     /// The phases in order with their names (for tables and plots).
-    pub fn named(&self) -> [(&'static str, u64); 11] {
+    pub fn named(&self) -> [(&'static str, u64); 12] {
         [
+            ("prepare", self.prepare_us),
             ("instance dir", self.instance_dir_us),
             ("cgroup", self.cgroup_us),
             ("clone", self.clone_us),
@@ -183,7 +189,8 @@ mod tests {
     fn phases_are_contiguous_and_add_up() {
         let ms = 1_000_000;
         let m = Marks {
-            t0: 100 * ms,
+            t0: 99 * ms,
+            prepared: 100 * ms,
             instance_dir: 101 * ms,
             cgroup: 103 * ms,
             cloned: 104 * ms,
@@ -195,11 +202,11 @@ mod tests {
         assert_eq!(p.cgroup_us, 2000);
         assert_eq!(p.rootfs_us, 2000);
         assert_eq!(p.hardening_us, 1000);
-        assert_eq!(p.launch_to_exec_us, 12_000);
-        let sum: u64 = p.named()[..10].iter().map(|(_, v)| v).sum();
+        assert_eq!(p.launch_to_exec_us, 13_000);
+        let sum: u64 = p.named()[..11].iter().map(|(_, v)| v).sum();
         assert_eq!(sum, p.launch_to_exec_us);
         assert_eq!(p.workload_ready_us, Some(3000));
-        assert_eq!(p.launch_to_ready_us, Some(15_000));
+        assert_eq!(p.launch_to_ready_us, Some(16_000));
     }
 
     #[test]

@@ -147,34 +147,42 @@ pub(crate) fn default_signals() {
     }
 }
 
-/// fork(2) from the container's init, as a raw `clone(SIGCHLD)` system
-/// call. Not glibc's `fork()`: init is a clone of a possibly multi-threaded
-/// launcher, and glibc's fork runs its atfork handlers, which take the
-/// malloc and stdio locks; a lock another launcher thread held at the
-/// moment of our clone stays locked in this copy forever, and the fork
-/// would hang (seen: init stuck in `futex_wait` under parallel launches).
-pub(crate) fn fork() -> nix::Result<nix::unistd::ForkResult> {
-    // SAFETY: clone with only SIGCHLD and a NULL stack is fork(2) at the
-    // kernel level: the child gets a copy-on-write copy of this (single-
-    // threaded) process and continues here on its copy of the stack. It
-    // then only makes async-signal-safe calls before execve, so glibc
-    // state not updated by a raw clone (the cached thread id) is never used.
+/// Starts `f` in a new process that shares this one's memory on `stack`
+/// and blocks the caller until it has exec'd or exited (`CLONE_VM |
+/// CLONE_VFORK`, what posix_spawn does). glibc's `clone()` wrapper, not
+/// `fork()`: init is a clone of a possibly multi-threaded launcher, and
+/// fork's atfork handlers take the malloc and stdio locks; a lock another
+/// launcher thread held at the moment of our clone stays locked in this
+/// copy forever, and fork would hang (seen: init stuck in `futex_wait`
+/// under parallel launches).
+pub(crate) fn spawn_vfork<F: FnMut() -> isize>(
+    stack: &mut [u8],
+    mut f: F,
+) -> nix::Result<nix::unistd::Pid> {
+    extern "C" fn trampoline<F: FnMut() -> isize>(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the `&mut F` passed to clone below; the caller
+        // is suspended (CLONE_VFORK) while the child uses it.
+        let f = unsafe { &mut *(arg as *mut F) };
+        f() as libc::c_int
+    }
+    // The stack grows down: pass its 16-byte aligned top.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    // SAFETY: the child runs `f` on `stack`, a buffer of the caller that
+    // stays alive and untouched (the caller is suspended) until the child
+    // has exec'd or exited; `f` outlives the call for the same reason.
+    // No allocation happens here (unlike nix's boxed callback). The child
+    // shares this memory, so `f` must only make system calls that write
+    // nothing the caller reads afterwards; init documents that of its
+    // workload closure.
     let rc = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            libc::SIGCHLD as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
+        libc::clone(
+            trampoline::<F>,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &mut f as *mut F as *mut libc::c_void,
         )
     };
-    match nix::Error::result(rc)? {
-        0 => Ok(nix::unistd::ForkResult::Child),
-        pid => Ok(nix::unistd::ForkResult::Parent {
-            child: nix::unistd::Pid::from_raw(pid as i32),
-        }),
-    }
+    nix::Error::result(rc).map(nix::unistd::Pid::from_raw)
 }
 
 /// Ends the process at once: no atexit handlers or stdio flushing, which
