@@ -179,6 +179,7 @@ mod tests {
             wait_for_go: true,
             rootfs: RootfsPlan {
                 rootfs: "/r".into(),
+                netns_from: None,
                 overlay_options: "lowerdir=/i,upperdir=/u,workdir=/w".into(),
             },
             hostname: "box-1".into(),

@@ -19,6 +19,7 @@ pub enum ChildStep {
     MountOverlay,
     EnterRootfs,
     MountProc,
+    JoinNetns,
     MountSys,
     MountDev,
     MountDevice,
@@ -40,7 +41,7 @@ pub enum ChildStep {
 }
 
 impl ChildStep {
-    const ALL: [ChildStep; 27] = [
+    const ALL: [ChildStep; 28] = [
         Self::InitSignals,
         Self::SyncWait,
         Self::CgroupJoin,
@@ -50,6 +51,7 @@ impl ChildStep {
         Self::MountOverlay,
         Self::EnterRootfs,
         Self::MountProc,
+        Self::JoinNetns,
         Self::MountSys,
         Self::MountDev,
         Self::MountDevice,
@@ -86,6 +88,7 @@ impl ChildStep {
             Self::MountOverlay => "mount the overlay root filesystem",
             Self::EnterRootfs => "enter the root filesystem",
             Self::MountProc => "mount /proc",
+            Self::JoinNetns => "join its network namespace",
             Self::MountSys => "mount /sys read-only",
             Self::MountDev => "mount /dev",
             Self::MountDevice => "bind a device into /dev",
@@ -150,6 +153,8 @@ pub enum ContainerError {
     },
     #[error("Cannot prepare the security profile")]
     Seccomp(#[source] crate::seccomp::SeccompError),
+    #[error("Cannot create the container's network namespace")]
+    NetNamespace(#[source] nix::Error),
     #[error("Cannot create the {what} channel to the container")]
     Channel {
         what: &'static str,

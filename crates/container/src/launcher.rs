@@ -9,7 +9,8 @@
 //! 3. [`prepare_image`]: the workload must be an ELF executable; build (once)
 //!    and lease the shared image;
 //! 4. [`prepare_security`]: resolve the security profile and compile its
-//!    seccomp filter (once per process);
+//!    seccomp filter (once per process); [`prepare_network`]: a thread
+//!    starts making the network namespace, concurrently with steps 5-8;
 //! 5. [`create_instance_dir`]: `<run_dir>/<id>` (0700) with the owner
 //!    file and the overlay's upper and work dirs;
 //! 6. [`create_cgroup`]: the instance cgroup with every limit and the
@@ -21,7 +22,7 @@
 //! 9. [`attach`]: (user namespace) write the id maps; v2: move init into
 //!    the cgroup (v1: init joins itself); run the network hook; send `GO`
 //!    (only when there was something to do: otherwise the child did not
-//!    wait);
+//!    wait); send the network namespace (the child joins it before `/sys`);
 //! 10. [`await_exec`]: read the child's phase stamps, then EOF on the sync
 //!     socket (the workload exec'd) or a failure message.
 //!
@@ -124,6 +125,7 @@ pub fn start_with(
     let hierarchy = prepare_host(config)?;
     let image = prepare_image(config)?;
     let (security, hardening) = prepare_security(config)?;
+    let netns = prepare_network(config, network.is_some())?;
     marks.prepared = phases::now_ns();
     let id = instance::new_id();
     let mut live = Live {
@@ -138,11 +140,27 @@ pub fn start_with(
     live.cgroup = Some(create_cgroup(&hierarchy, &id, config, &security)?);
     marks.cgroup = phases::now_ns();
     let ch = open_channels()?;
-    let plan = child_plan(config, &live, &id, hardening, &ch, network.is_some())?;
+    let plan = child_plan(
+        config,
+        &live,
+        &id,
+        hardening,
+        &ch,
+        network.is_some(),
+        netns.is_some(),
+    )?;
     let (pid, monitor, shared, parent) = clone_child(&plan, ch, config.quiet_stderr)?;
     live.pid = Some(pid);
     marks.cloned = phases::now_ns();
-    attach(config, &live, pid, network, &parent.sync, plan.wait_for_go)?;
+    attach(
+        config,
+        &live,
+        pid,
+        network,
+        &parent.sync,
+        plan.wait_for_go,
+        netns,
+    )?;
     marks.go_sent = phases::now_ns();
     match await_exec(&parent.sync, &mut marks) {
         Ok(()) => {}
@@ -226,6 +244,25 @@ pub(crate) fn prepare_security(
     };
     Ok((profile, hardening))
 }
+
+/// Step 4b: start making the network namespace on a thread of its own
+/// (joined in [`attach`]), unless it must come from the clone (a user
+/// namespace owns it, or a network hook attaches to it by pid).
+fn prepare_network(
+    config: &ContainerConfig,
+    network_hook: bool,
+) -> Result<Option<NetnsThread>, ContainerError> {
+    if config.user_namespace || network_hook {
+        return Ok(None);
+    }
+    namespaces::spawn_netns().map(Some).map_err(|e| {
+        ContainerError::NetNamespace(nix::Error::from_raw(
+            e.raw_os_error().unwrap_or(libc::EAGAIN),
+        ))
+    })
+}
+
+type NetnsThread = JoinHandle<nix::Result<OwnedFd>>;
 
 /// Step 5.
 pub(crate) fn create_instance_dir(
@@ -320,6 +357,7 @@ fn child_plan(
     hardening: HardeningPlan,
     ch: &Channels,
     network: bool,
+    netns_from_launcher: bool,
 ) -> Result<ChildPlan, ContainerError> {
     let inst = live
         .instance
@@ -343,6 +381,7 @@ fn child_plan(
         wait_for_go: needs_go(config, &cgroup_tasks, network),
         rootfs: RootfsPlan {
             rootfs: inst.rootfs(),
+            netns_from: netns_from_launcher.then(|| c.sync.as_raw_fd()),
             overlay_options: format!(
                 "lowerdir={},upperdir={},workdir={}",
                 image.dir.display(),
@@ -429,6 +468,7 @@ fn attach(
     network: Option<&dyn NetworkHook>,
     sync: &OwnedFd,
     send_go: bool,
+    netns: Option<NetnsThread>,
 ) -> Result<(), ContainerError> {
     if config.user_namespace {
         write_id_maps(pid)?;
@@ -451,10 +491,32 @@ fn attach(
                 source,
             })?;
     }
-    if !send_go {
-        return Ok(());
+    if send_go {
+        process::write_msg(sync.as_raw_fd(), &[sync::GO]).map_err(ContainerError::Sync)?;
     }
-    process::write_msg(sync.as_raw_fd(), &[sync::GO]).map_err(ContainerError::Sync)
+    if let Some(thread) = netns {
+        let fd = thread
+            .join()
+            .map_err(|_| ContainerError::NetNamespace(nix::Error::EIO))?
+            .map_err(ContainerError::NetNamespace)?;
+        send_fd(sync, sync::NETNS, &fd).map_err(ContainerError::Sync)?;
+    }
+    Ok(())
+}
+
+/// Sends one `tag` byte with `fd` attached (`SCM_RIGHTS`).
+fn send_fd(sock: &OwnedFd, tag: u8, fd: &OwnedFd) -> nix::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [std::io::IoSlice::new(std::slice::from_ref(&tag))];
+    let fds = [fd.as_raw_fd()];
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map(drop)
 }
 
 /// Step 10: the child's stamps, then EOF (exec'd) or its failure.

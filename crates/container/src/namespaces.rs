@@ -1,10 +1,16 @@
 //! The namespaces of a container and the one clone that creates them.
 //!
-//! pid, mount, uts, ipc and net (plus user, when asked) are created by a
-//! single clone with all flags, crun's fast path: no intermediate process.
-//! The cgroup namespace is unshared by the child after the launcher has
-//! moved it into its cgroup, so the namespace's root is the instance cgroup
-//! (cgroup v1 has no CLONE_INTO_CGROUP).
+//! pid, mount, uts and ipc (plus user, when asked) are created by a single
+//! clone with all flags, crun's fast path: no intermediate process. The
+//! network namespace is made concurrently by a launcher thread and joined
+//! by the child before it mounts `/sys` ([`spawn_netns`]), unless the
+//! container has a user namespace (its network namespace must belong to
+//! it) or a network hook (which attaches to the child's namespace by pid):
+//! then it is in the clone too. The cgroup namespace is unshared by the
+//! child after it joined its cgroup, so the namespace's root is the
+//! instance cgroup.
+
+use std::os::fd::OwnedFd;
 
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
@@ -16,16 +22,40 @@ use crate::syscall::LinuxSyscall;
 /// Stack of the cloned child (init's loop and the setup run on it).
 const STACK_SIZE: usize = 256 * 1024;
 
-pub(crate) fn clone_flags(user_namespace: bool) -> CloneFlags {
+/// The clone's flags; without `CLONE_NEWNET` when the launcher makes the
+/// network namespace concurrently ([`spawn_netns`]).
+pub(crate) fn clone_flags(user_namespace: bool, netns_in_clone: bool) -> CloneFlags {
     let mut f = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWNET;
+        | CloneFlags::CLONE_NEWIPC;
+    if netns_in_clone {
+        f |= CloneFlags::CLONE_NEWNET;
+    }
     if user_namespace {
         f |= CloneFlags::CLONE_NEWUSER;
     }
     f
+}
+
+/// A new network namespace with `lo` up, made by a short-lived thread of
+/// the launcher while the launch goes on (creating one costs 1-3 ms of
+/// kernel time here, the largest single piece of a launch): the thread
+/// unshares it, brings `lo` up, opens `/proc/thread-self/ns/net` and ends;
+/// the descriptor is then the namespace's only reference until the child
+/// joins it. Each launch gets its own, made during that launch (no pool).
+pub(crate) fn spawn_netns() -> std::io::Result<std::thread::JoinHandle<nix::Result<OwnedFd>>> {
+    std::thread::Builder::new()
+        .name("isolab-netns".into())
+        .spawn(|| {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+            crate::syscall::Syscall::loopback_up(&LinuxSyscall)?;
+            nix::fcntl::open(
+                "/proc/thread-self/ns/net",
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+        })
 }
 
 /// Clones the container's init. The caller has blocked all signals in this
@@ -43,7 +73,7 @@ pub(crate) fn clone_init(plan: &ChildPlan) -> nix::Result<Pid> {
         nix::sched::clone(
             cb,
             &mut stack,
-            clone_flags(plan.user_namespace),
+            clone_flags(plan.user_namespace, plan.rootfs.netns_from.is_none()),
             Some(libc::SIGCHLD),
         )
     }
@@ -55,12 +85,13 @@ mod tests {
 
     #[test]
     fn all_namespaces_but_cgroup_are_in_the_one_clone() {
-        let f = clone_flags(false);
+        let f = clone_flags(false, true);
         assert!(f.contains(
             CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS
         ));
         assert!(!f.contains(CloneFlags::CLONE_NEWUSER));
         assert!(!f.contains(CloneFlags::CLONE_NEWCGROUP));
-        assert!(clone_flags(true).contains(CloneFlags::CLONE_NEWUSER));
+        assert!(clone_flags(true, true).contains(CloneFlags::CLONE_NEWUSER));
+        assert!(!clone_flags(false, false).contains(CloneFlags::CLONE_NEWNET));
     }
 }

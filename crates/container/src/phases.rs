@@ -107,6 +107,13 @@ fn us(a: u64, b: u64) -> u64 {
 
 impl LaunchPhases {
     pub(crate) fn from_marks(m: &Marks, ready_ns: Option<u64>) -> Self {
+        // The launcher stamps the exec when it reads EOF on the sync
+        // socket; a fast workload's ready byte can be read (by the other
+        // thread) before that: the exec was then certainly done.
+        let mut m = *m;
+        if let Some(r) = ready_ns.filter(|r| *r < m.execd && *r > 0) {
+            m.execd = r;
+        }
         let c = &m.child.0;
         // A child stamp of 0 (never sent) collapses its phase into the next.
         let at = |i: Stamp, fallback: u64| match c[i as usize] {

@@ -239,3 +239,47 @@ fn close_range(first: u32, last: u32) -> nix::Result<()> {
     let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
     nix::Error::result(rc).map(drop)
 }
+
+/// Receives one message of a single byte `tag` carrying one descriptor
+/// (`SCM_RIGHTS`) on `sock`; no allocation (the control buffer is on the
+/// stack). EOF (the launcher is gone) is `EPIPE`.
+pub(crate) fn recv_fd(sock: RawFd, tag: u8) -> nix::Result<RawFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // CMSG_SPACE(sizeof(int)) is 24 on x86_64; u64s keep it aligned.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is a plain C struct; all-zero is a valid empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    let n = loop {
+        // SAFETY: `msg` points to `iov` and `control`, live locals sized as
+        // declared in it.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        match nix::Error::result(n) {
+            Err(nix::Error::EINTR) => continue,
+            r => break r?,
+        }
+    };
+    if n == 0 {
+        return Err(nix::Error::EPIPE);
+    }
+    // SAFETY: the kernel filled `msg`; CMSG_FIRSTHDR only reads its fields.
+    let cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    if byte[0] != tag || cmsg.is_null() {
+        return Err(nix::Error::EBADMSG);
+    }
+    // SAFETY: `cmsg` is non-null and inside `control`.
+    let (level, kind) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type) };
+    if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
+        return Err(nix::Error::EBADMSG);
+    }
+    // SAFETY: an SCM_RIGHTS message carries at least one int after its
+    // header, inside `control`; read unaligned to be safe.
+    Ok(unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>()) })
+}

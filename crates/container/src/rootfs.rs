@@ -67,6 +67,10 @@ pub const READONLY_PATHS: [&str; 5] = [
 pub(crate) struct RootfsPlan {
     /// Mount point of the overlay (`/run/isolab/<id>/rootfs`).
     pub rootfs: std::path::PathBuf,
+    /// The sync socket, when the launcher sends the network namespace it
+    /// made concurrently: joined before `/sys` is mounted (sysfs shows the
+    /// devices of the mounter's network namespace).
+    pub netns_from: Option<std::os::fd::RawFd>,
     /// `lowerdir=<image>,upperdir=<upper>,workdir=<work>`.
     pub overlay_options: String,
 }
@@ -99,6 +103,9 @@ pub(crate) fn mount_all(plan: &RootfsPlan, sys: &dyn Syscall) -> StepResult {
     let secure = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     sys.mount(Some("proc"), p("proc"), Some("proc"), secure, none)
         .step(ChildStep::MountProc)?;
+    if let Some(sock) = plan.netns_from {
+        sys.join_netns_from(sock).step(ChildStep::JoinNetns)?;
+    }
     sys.mount(
         Some("sysfs"),
         p("sys"),
@@ -234,6 +241,7 @@ mod tests {
     fn plan() -> RootfsPlan {
         RootfsPlan {
             rootfs: "/run/isolab/x/rootfs".into(),
+            netns_from: None,
             overlay_options:
                 "lowerdir=/img,upperdir=/run/isolab/x/upper,workdir=/run/isolab/x/work".into(),
         }
@@ -266,6 +274,18 @@ mod tests {
         }
         assert!(sys.position("symlink dev/ptmx pts/ptmx").is_some());
         assert!(sys.position("mount devpts dev/pts devpts").is_some());
+    }
+
+    #[test]
+    fn a_network_namespace_from_the_launcher_is_joined_before_sys_is_mounted() {
+        let sys = RecordingSyscall::default();
+        let mut plan = plan();
+        plan.netns_from = Some(5);
+        mount_all(&plan, &sys).unwrap();
+        let proc_ = sys.position("mount proc").unwrap();
+        let join = sys.position("join_netns 5").unwrap();
+        let sys_ = sys.position("mount sysfs").unwrap();
+        assert!(proc_ < join && join < sys_);
     }
 
     #[test]

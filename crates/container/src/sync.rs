@@ -2,7 +2,8 @@
 //! 8-byte messages (no allocation on the child side).
 //!
 //! - launcher -> init over the SOCK_SEQPACKET socketpair: `GO` once the child
-//!   is in its cgroup (and has its id maps and network);
+//!   is in its cgroup (and has its id maps and network); `N` with the
+//!   network namespace the launcher made concurrently (`SCM_RIGHTS`);
 //! - init/workload -> launcher over the same socket: a failure
 //!   (`F`, step, errno); end-of-file means the workload was exec'd (the
 //!   socket is close-on-exec and init closes its end after forking);
@@ -12,6 +13,8 @@ use crate::error::ChildStep;
 
 pub(crate) const MSG_LEN: usize = 8;
 pub(crate) const GO: u8 = b'G';
+/// launcher -> child: one byte with a network namespace fd (`SCM_RIGHTS`).
+pub(crate) const NETNS: u8 = b'N';
 
 const FAILURE: u8 = b'F';
 const STATUS: u8 = b'X';

@@ -48,6 +48,9 @@ pub trait Syscall {
     fn set_no_new_privs(&self) -> nix::Result<()>;
     /// Installs one seccomp BPF program (`seccomp(SECCOMP_SET_MODE_FILTER)`).
     fn install_seccomp(&self, program: &[seccompiler::sock_filter]) -> nix::Result<()>;
+    /// Receives a network namespace descriptor on `sock` (an `N` message
+    /// with `SCM_RIGHTS`) and joins it.
+    fn join_netns_from(&self, sock: std::os::fd::RawFd) -> nix::Result<()>;
 }
 
 /// `struct __user_cap_header_struct` (`linux/capability.h`).
@@ -222,6 +225,15 @@ impl Syscall for LinuxSyscall {
         nix::Error::result(rc).map(drop)
     }
 
+    fn join_netns_from(&self, sock: std::os::fd::RawFd) -> nix::Result<()> {
+        let fd = crate::process::recv_fd(sock, crate::sync::NETNS)?;
+        // SAFETY: setns takes a descriptor and a flag; `fd` was just
+        // received and is closed right after.
+        let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
+        crate::process::close(fd);
+        nix::Error::result(rc).map(drop)
+    }
+
     fn install_seccomp(&self, program: &[seccompiler::sock_filter]) -> nix::Result<()> {
         let prog = libc::sock_fprog {
             len: u16::try_from(program.len()).map_err(|_| nix::Error::E2BIG)?,
@@ -366,6 +378,9 @@ pub(crate) mod recording {
         }
         fn install_seccomp(&self, program: &[seccompiler::sock_filter]) -> nix::Result<()> {
             self.record(format!("seccomp {}", program.len()))
+        }
+        fn join_netns_from(&self, sock: std::os::fd::RawFd) -> nix::Result<()> {
+            self.record(format!("join_netns {sock}"))
         }
     }
 }

@@ -61,10 +61,21 @@ fn launchers_killed_at_random_points_leave_nothing_after_the_next_start() {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        // A launch takes a few ms here: spread the kills over several
-        // launches and every point inside one.
-        let delay = 5 + fastrand::u64(0..40) + round;
-        std::thread::sleep(Duration::from_millis(delay));
+        // Wait for its first instance (an emulated host is slow to get
+        // there), then kill at a random point of the next few launches.
+        let prefix = format!("c{}-", child.id());
+        let started = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < started
+            && !std::fs::read_dir(&run_dir).is_ok_and(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            })
+        {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        std::thread::sleep(Duration::from_micros(
+            fastrand::u64(0..20_000) + round * 500,
+        ));
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -73,7 +84,6 @@ fn launchers_killed_at_random_points_leave_nothing_after_the_next_start() {
         child.wait().unwrap();
         // Evidence that the kill hit a launch in flight: something of it is
         // there (the next launcher's start cleans it up).
-        let prefix = format!("c{}-", child.id());
         if !cgroups_of(&prefix).is_empty()
             || std::fs::read_dir(&run_dir).is_ok_and(|d| {
                 d.flatten()

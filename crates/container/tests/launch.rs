@@ -390,9 +390,12 @@ fn a_sigkilled_launcher_leaves_a_stale_instance_the_next_run_removes() {
                 .map(|e| e.file_name().to_string_lossy().into_owned())
         });
         if let Some(id) = found {
-            let procs = Path::new("/sys/fs/cgroup/pids/isolab")
-                .join(&id)
-                .join("cgroup.procs");
+            // v1: the pids hierarchy; v2: the unified tree.
+            let procs = ["/sys/fs/cgroup/pids/isolab", "/sys/fs/cgroup/isolab"]
+                .iter()
+                .map(|d| Path::new(d).join(&id).join("cgroup.procs"))
+                .find(|p| p.exists())
+                .unwrap_or_default();
             let n = std::fs::read_to_string(&procs)
                 .unwrap_or_default()
                 .lines()
