@@ -188,6 +188,7 @@ mod tests {
                 "/cg/memory/isolab/x/tasks".into(),
                 "/cg/pids/isolab/x/tasks".into(),
             ],
+            cgroup_dir: None,
             hardening: hardening(false, false),
             exec: ExecPlan::new("/workload", &["/workload".into(), "noop".into()], &[]).unwrap(),
             fds: ChildFds {

@@ -170,6 +170,8 @@ pub enum ContainerError {
         #[source]
         source: std::io::Error,
     },
+    /// Kept for API compatibility: containers are no longer moved by pid
+    /// (v1: the child joins itself, `ChildStep::CgroupJoin`; v2: cloned in).
     #[error("Cannot move pid {pid} into its cgroup")]
     CgroupJoin {
         pid: i32,

@@ -17,10 +17,12 @@
 //!    device rules written before anything joins it;
 //! 7. [`open_channels`]: sync socketpair, ready, stdout, stderr, status and
 //!    lifeline pipes;
-//! 8. [`clone_child`]: block signals, clone init into new namespaces,
-//!    restore the mask; start the thread that reads ready/stdout/stderr;
-//! 9. [`attach`]: (user namespace) write the id maps; v2: move init into
-//!    the cgroup (v1: init joins itself); run the network hook; send `GO`
+//! 8. [`clone_child`]: block signals, clone init into new namespaces (v2:
+//!    `clone3` with `CLONE_INTO_CGROUP`, born in its cgroup; v1: init joins
+//!    itself), restore the mask; start the thread that reads
+//!    ready/stdout/stderr;
+//! 9. [`attach`]: (user namespace) write the id maps; run the network hook;
+//!    send `GO`
 //!    (only when there was something to do: otherwise the child did not
 //!    wait); send the network namespace (the child joins it before `/sys`);
 //! 10. [`await_exec`]: read the child's phase stamps, then EOF on the sync
@@ -139,7 +141,7 @@ pub fn start_with(
     marks.instance_dir = phases::now_ns();
     live.cgroup = Some(create_cgroup(&hierarchy, &id, config, &security)?);
     marks.cgroup = phases::now_ns();
-    let ch = open_channels()?;
+    let ch = open_channels(live.cgroup.as_deref())?;
     let plan = child_plan(
         config,
         &live,
@@ -152,15 +154,7 @@ pub fn start_with(
     let (pid, monitor, shared, parent) = clone_child(&plan, ch, config.quiet_stderr)?;
     live.pid = Some(pid);
     marks.cloned = phases::now_ns();
-    attach(
-        config,
-        &live,
-        pid,
-        network,
-        &parent.sync,
-        plan.wait_for_go,
-        netns,
-    )?;
+    attach(config, pid, network, &parent.sync, plan.wait_for_go, netns)?;
     marks.go_sent = phases::now_ns();
     match await_exec(&parent.sync, &mut marks) {
         Ok(()) => {}
@@ -287,10 +281,12 @@ pub(crate) fn create_cgroup(
     )
 }
 
-/// Both ends of every channel between the launcher and the child.
+/// Both ends of every channel between the launcher and the child, and
+/// (cgroup v2) the cgroup directory the child is cloned into.
 struct Channels {
     parent: ParentEnds,
     child: ChildEnds,
+    cgroup_dir: Option<OwnedFd>,
 }
 
 /// The launcher's ends.
@@ -314,7 +310,7 @@ struct ChildEnds {
 }
 
 /// Step 7.
-fn open_channels() -> Result<Channels, ContainerError> {
+fn open_channels(cgroup: Option<&dyn CgroupManager>) -> Result<Channels, ContainerError> {
     let chan = |what| move |source| ContainerError::Channel { what, source };
     let (sync_parent, sync_child) = socketpair(
         AddressFamily::Unix,
@@ -329,7 +325,23 @@ fn open_channels() -> Result<Channels, ContainerError> {
     let (stderr_r, stderr_w) = pipe("stderr")?;
     let (status_r, status_w) = pipe("status")?;
     let (lifeline_r, lifeline_w) = pipe("lifeline")?;
+    // v2 (no self-join files): the child is cloned straight into it.
+    let cgroup_dir = match cgroup.filter(|c| c.self_join_files().is_empty()) {
+        Some(cg) => {
+            let dir = cg.paths().into_iter().next().unwrap_or_default();
+            Some(
+                nix::fcntl::open(
+                    &dir,
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                )
+                .map_err(chan("cgroup directory"))?,
+            )
+        }
+        None => None,
+    };
     Ok(Channels {
+        cgroup_dir,
         parent: ParentEnds {
             sync: sync_parent,
             ready_r,
@@ -378,7 +390,7 @@ fn child_plan(
         .map(|c| c.self_join_files())
         .unwrap_or_default();
     Ok(ChildPlan {
-        wait_for_go: needs_go(config, &cgroup_tasks, network),
+        wait_for_go: needs_go(config, network),
         rootfs: RootfsPlan {
             rootfs: inst.rootfs(),
             netns_from: netns_from_launcher.then(|| c.sync.as_raw_fd()),
@@ -392,6 +404,7 @@ fn child_plan(
         hostname,
         user_namespace: config.user_namespace,
         cgroup_tasks,
+        cgroup_dir: ch.cgroup_dir.as_ref().map(|d| d.as_raw_fd()),
         hardening,
         exec: ExecPlan::new(image::WORKLOAD_PATH, &config.argv(), &config.envp())
             .ok_or_else(|| ContainerError::Config("argument contains a NUL byte".into()))?,
@@ -406,11 +419,11 @@ fn child_plan(
     })
 }
 
-/// Whether [`attach`] has work to do before the child may go on: id maps,
-/// a move by pid into a v2 cgroup (v1: the child joins itself), a network
-/// hook.
-fn needs_go(config: &ContainerConfig, cgroup_tasks: &[std::path::PathBuf], network: bool) -> bool {
-    config.user_namespace || cgroup_tasks.is_empty() || network
+/// Whether [`attach`] has work to do before the child may go on: id maps
+/// or a network hook. (The cgroup needs none: v1's child joins itself, v2's
+/// is cloned into it.)
+fn needs_go(config: &ContainerConfig, network: bool) -> bool {
+    config.user_namespace || network
 }
 
 /// What [`clone_child`] leaves the launcher: init's pid, the reader thread
@@ -463,7 +476,6 @@ fn clone_child(
 /// Step 9.
 fn attach(
     config: &ContainerConfig,
-    live: &Live,
     pid: Pid,
     network: Option<&dyn NetworkHook>,
     sync: &OwnedFd,
@@ -472,17 +484,6 @@ fn attach(
 ) -> Result<(), ContainerError> {
     if config.user_namespace {
         write_id_maps(pid)?;
-    }
-    if let Some(cg) = live
-        .cgroup
-        .as_ref()
-        .filter(|c| c.self_join_files().is_empty())
-    {
-        cg.add_pid(pid.as_raw())
-            .map_err(|source| ContainerError::CgroupJoin {
-                pid: pid.as_raw(),
-                source,
-            })?;
     }
     if let Some(hook) = network {
         hook.attach(pid.as_raw())
@@ -920,13 +921,11 @@ mod tests {
     #[test]
     fn the_child_waits_only_when_the_launcher_has_work_first() {
         let c = ContainerConfig::new("/w", "noop");
-        let v1 = vec![std::path::PathBuf::from("/cg/memory/isolab/x/tasks")];
-        assert!(!needs_go(&c, &v1, false), "v1, no userns, no network");
-        assert!(needs_go(&c, &[], false), "v2 moves the child by pid");
-        assert!(needs_go(&c, &v1, true), "a network hook");
+        assert!(!needs_go(&c, false), "no userns, no network");
+        assert!(needs_go(&c, true), "a network hook");
         let mut u = c.clone();
         u.user_namespace = true;
-        assert!(needs_go(&u, &v1, false), "id maps");
+        assert!(needs_go(&u, false), "id maps");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! child after it joined its cgroup, so the namespace's root is the
 //! instance cgroup.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
@@ -60,7 +60,14 @@ pub(crate) fn spawn_netns() -> std::io::Result<std::thread::JoinHandle<nix::Resu
 
 /// Clones the container's init. The caller has blocked all signals in this
 /// thread (the child inherits the mask and waits for signals with sigwait).
+/// With `plan.cgroup_dir` (cgroup v2) the child is born in its cgroup:
+/// `clone3` with `CLONE_INTO_CGROUP` (Linux 5.7+), as crun does, so nobody
+/// has to move it there (a move takes the kernel's global threadgroup lock).
 pub(crate) fn clone_init(plan: &ChildPlan) -> nix::Result<Pid> {
+    let flags = clone_flags(plan.user_namespace, plan.rootfs.netns_from.is_none());
+    if let Some(dir) = plan.cgroup_dir {
+        return clone3_into_cgroup(plan, flags, dir);
+    }
     let mut stack = vec![0u8; STACK_SIZE];
     let cb = Box::new(|| child::main(plan, &LinuxSyscall));
     // SAFETY: the child gets a copy-on-write copy of this address space
@@ -69,13 +76,54 @@ pub(crate) fn clone_init(plan: &ChildPlan) -> nix::Result<Pid> {
     // (all strings and paths were prepared in `plan` before this call), so
     // locks held by other launcher threads at the time of the clone are
     // never taken in the child.
-    unsafe {
-        nix::sched::clone(
-            cb,
-            &mut stack,
-            clone_flags(plan.user_namespace, plan.rootfs.netns_from.is_none()),
-            Some(libc::SIGCHLD),
+    unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) }
+}
+
+/// `struct clone_args` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+fn clone3_into_cgroup(plan: &ChildPlan, flags: CloneFlags, cgroup_dir: RawFd) -> nix::Result<Pid> {
+    let args = CloneArgs {
+        flags: flags.bits() as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup_dir as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 reads `args` (size given) and, without CLONE_VM and
+    // with no stack, creates a copy-on-write child that returns from the
+    // syscall here on its copy of this thread's stack, like fork(2) but
+    // without glibc's atfork handlers. The child never returns from this
+    // function: it runs `child::main` (async-signal-safe, non-allocating
+    // calls only, everything prepared in `plan`) and exits with `_exit`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
         )
+    };
+    match nix::Error::result(rc)? {
+        0 => {
+            let code = child::main(plan, &LinuxSyscall);
+            crate::process::exit_now(code as i32)
+        }
+        pid => Ok(Pid::from_raw(pid as i32)),
     }
 }
 

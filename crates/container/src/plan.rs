@@ -59,6 +59,8 @@ pub(crate) struct ChildPlan {
     /// cgroup v1 `tasks` files the child writes `0` to, to join its cgroup
     /// itself (empty when the launcher moves it by pid).
     pub cgroup_tasks: Vec<PathBuf>,
+    /// cgroup v2: the instance cgroup's directory, for `CLONE_INTO_CGROUP`.
+    pub cgroup_dir: Option<RawFd>,
     pub hardening: HardeningPlan,
     pub exec: ExecPlan,
     pub fds: ChildFds,
