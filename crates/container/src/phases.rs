@@ -116,15 +116,19 @@ impl LaunchPhases {
         }
         let c = &m.child.0;
         // A child stamp of 0 (never sent) collapses its phase into the next.
+        // Each boundary is at least the one before: when the child does not
+        // wait for GO it works while the launcher attaches, and that part
+        // of its work is counted in `attach_us`.
         let at = |i: Stamp, fallback: u64| match c[i as usize] {
             0 => fallback,
             t => t,
         };
-        let hardened = at(Stamp::Hardened, m.execd);
-        let paths = at(Stamp::Paths, hardened);
-        let pivoted = at(Stamp::Pivoted, paths);
-        let rootfs = at(Stamp::Rootfs, pivoted);
-        let joined = at(Stamp::Joined, rootfs);
+        let joined = at(Stamp::Joined, m.execd).max(m.go_sent);
+        let rootfs = at(Stamp::Rootfs, m.execd).max(joined);
+        let pivoted = at(Stamp::Pivoted, m.execd).max(rootfs);
+        let paths = at(Stamp::Paths, m.execd).max(pivoted);
+        let hardened = at(Stamp::Hardened, m.execd).max(paths);
+        m.execd = m.execd.max(hardened);
         Self {
             prepare_us: us(m.t0, m.prepared),
             instance_dir_us: us(m.prepared, m.instance_dir),
@@ -214,6 +218,25 @@ mod tests {
         assert_eq!(sum, p.launch_to_exec_us);
         assert_eq!(p.workload_ready_us, Some(3000));
         assert_eq!(p.launch_to_ready_us, Some(16_000));
+    }
+
+    #[test]
+    fn a_child_ahead_of_the_launcher_keeps_the_phases_contiguous() {
+        // No GO: the child joined and mounted before the launcher's mark.
+        let m = Marks {
+            t0: 0,
+            prepared: 1000,
+            instance_dir: 2000,
+            cgroup: 3000,
+            cloned: 4000,
+            go_sent: 9000,
+            child: ChildStamps([0, 5000, 7000, 10_000, 11_000, 12_000]),
+            execd: 13_000,
+        };
+        let p = LaunchPhases::from_marks(&m, None);
+        let sum: u64 = p.named()[..11].iter().map(|(_, v)| v).sum();
+        assert_eq!(sum, p.launch_to_exec_us);
+        assert_eq!((p.cgroup_join_us, p.rootfs_us, p.pivot_us), (0, 0, 1));
     }
 
     #[test]
