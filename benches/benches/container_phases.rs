@@ -41,7 +41,6 @@ fn config(privileged: bool) -> Option<ContainerConfig> {
         return None;
     };
     let mut c = ContainerConfig::new(bin, "noop");
-    c.run_dir = "/run/isolab-bench/containers".into();
     c.quiet_stderr = true;
     c.privileged = privileged;
     Some(c)
