@@ -37,7 +37,9 @@ use crate::config::{ConfigError, Console, Validated, VmConfig};
 use crate::devices::bus::{BusError, DeviceBus, SharedDevice};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::marker::{MarkerDevice, MarkerLog, ReadyHook, MARKER_BASE, MARKER_LEN};
-use crate::devices::serial::{EventFdTrigger, SerialDevice, COM1_BASE, COM1_IRQ, COM1_LEN};
+use crate::devices::serial::{
+    CappedWriter, EventFdTrigger, SerialDevice, COM1_BASE, COM1_IRQ, COM1_LEN, MAX_CONSOLE_BYTES,
+};
 use crate::devices::virtio_mmio::{MmioSlot, VirtioMmioAllocator, VirtioMmioError};
 use crate::exits::StopReason;
 use crate::host::{self, HostKind};
@@ -213,8 +215,14 @@ pub struct VmReport {
     pub memory_at_end: MemorySample,
     /// The workload's stdout as relayed through the marker port.
     pub workload_output: String,
-    /// Marker values outside the ABI, if any.
+    /// Marker values outside the ABI, if any (the first 64).
     pub unknown_markers: Vec<u8>,
+    /// Unknown marker values past the first 64, counted and dropped.
+    #[serde(default)]
+    pub unknown_markers_dropped: u64,
+    /// Workload output bytes past the 1 MiB kept, counted and dropped.
+    #[serde(default)]
+    pub workload_output_dropped: u64,
 }
 
 /// Step 1: check the config without touching KVM.
@@ -305,7 +313,10 @@ pub fn attach_devices(
         }
     };
     let com1_irq = vm::irqfd(vm, COM1_IRQ).map_err(BuildError::DeviceIrq)?;
-    let serial = SerialDevice::new(EventFdTrigger(com1_irq), out);
+    let serial = SerialDevice::new(
+        EventFdTrigger(com1_irq),
+        CappedWriter::new(out, MAX_CONSOLE_BYTES),
+    );
     bus.pio
         .insert(COM1_BASE, COM1_LEN, Arc::new(Mutex::new(serial)))
         .map_err(BuildError::DeviceBus)?;
@@ -662,6 +673,8 @@ pub fn collect_report(
         memory_at_end,
         workload_output: String::from_utf8_lossy(&log.output).into_owned(),
         unknown_markers: log.unknown_events,
+        unknown_markers_dropped: log.unknown_events_dropped,
+        workload_output_dropped: log.output_dropped,
     })
 }
 

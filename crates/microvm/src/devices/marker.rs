@@ -34,6 +34,9 @@ pub const EVENT_WORKLOAD_READY: u8 = 0x02;
 pub const EVENT_WORKLOAD_EXITED: u8 = 0x03;
 /// Most workload output kept; the result line is one short JSON object.
 pub const MAX_OUTPUT: usize = 1 << 20;
+/// Most unknown event values kept (in order); the rest are only counted,
+/// so a guest writing garbage to the port cannot grow the monitor.
+pub const MAX_UNKNOWN_EVENTS: usize = 64;
 
 /// What the guest reported, with host timestamps.
 #[derive(Debug, Clone, Default)]
@@ -50,8 +53,13 @@ pub struct MarkerLog {
     pub exit_status: Option<u8>,
     /// Bytes written to 0x3f2, up to [`MAX_OUTPUT`].
     pub output: Vec<u8>,
-    /// Event values the ABI does not define, in order.
+    /// Output bytes past [`MAX_OUTPUT`], dropped.
+    pub output_dropped: u64,
+    /// Event values the ABI does not define, in order, up to
+    /// [`MAX_UNKNOWN_EVENTS`].
     pub unknown_events: Vec<u8>,
+    /// Unknown event values past [`MAX_UNKNOWN_EVENTS`], dropped.
+    pub unknown_events_dropped: u64,
 }
 
 /// Called once when the workload-ready marker arrives.
@@ -103,18 +111,26 @@ impl BusDevice for MarkerDevice {
                         }
                         EVENT_WORKLOAD_EXITED => &mut log.workload_exited,
                         other => {
-                            log.unknown_events.push(other);
+                            if log.unknown_events.len() < MAX_UNKNOWN_EVENTS {
+                                log.unknown_events.push(other);
+                            } else {
+                                log.unknown_events_dropped += 1;
+                            }
                             return DeviceEvent::None;
                         }
                     };
                     slot.get_or_insert(now);
                 }
                 1 => log.exit_status = Some(value),
-                _ => {
+                2 => {
                     if log.output.len() < MAX_OUTPUT {
                         log.output.push(value);
+                    } else {
+                        log.output_dropped += 1;
                     }
                 }
+                // The device spans three ports; the bus never routes more.
+                _ => {}
             }
         }
         if fire_ready {
@@ -185,5 +201,21 @@ mod tests {
         d.write(0, &[0x42]);
         assert_eq!(log.lock().unwrap().unknown_events, vec![0x42]);
         assert!(log.lock().unwrap().init_reached.is_none());
+    }
+
+    #[test]
+    fn a_flood_of_unknown_events_and_output_is_capped_and_counted() {
+        let (mut d, log, _) = device();
+        for _ in 0..MAX_UNKNOWN_EVENTS + 10 {
+            d.write(0, &[0x42]);
+        }
+        for _ in 0..MAX_OUTPUT + 3 {
+            d.write(2, b"x");
+        }
+        let l = log.lock().unwrap();
+        assert_eq!(l.unknown_events.len(), MAX_UNKNOWN_EVENTS);
+        assert_eq!(l.unknown_events_dropped, 10);
+        assert_eq!(l.output.len(), MAX_OUTPUT);
+        assert_eq!(l.output_dropped, 3);
     }
 }

@@ -18,6 +18,60 @@ pub const COM1_LEN: u64 = 8;
 /// COM1's legacy IRQ line.
 pub const COM1_IRQ: u32 = 4;
 
+/// Most console bytes a guest may write through COM1 in one run (64 MiB):
+/// a chatty kernel prints a few hundred KiB; a guest printing without end
+/// must not fill the host's disk or the monitor's stdout pipe.
+pub const MAX_CONSOLE_BYTES: u64 = 64 << 20;
+
+/// A console sink that takes at most `limit` bytes, then writes one
+/// notice and drops the rest (still reporting success, so the UART never
+/// stalls the guest).
+#[derive(Debug)]
+pub struct CappedWriter<W: Write> {
+    inner: W,
+    left: u64,
+    noticed: bool,
+}
+
+impl<W: Write> CappedWriter<W> {
+    /// `inner`, cut off after `limit` bytes.
+    pub fn new(inner: W, limit: u64) -> Self {
+        Self {
+            inner,
+            left: limit,
+            noticed: false,
+        }
+    }
+
+    /// The wrapped sink.
+    pub fn get_ref(&self) -> &W {
+        &self.inner
+    }
+}
+
+impl<W: Write> Write for CappedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let take = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        if take > 0 {
+            let n = self.inner.write(&buf[..take])?;
+            self.left -= n as u64;
+        } else if !self.noticed {
+            self.noticed = true;
+            let _ = self
+                .inner
+                .write_all(b"\n[isolab: guest console output capped; the rest is dropped]\n");
+            let _ = self.inner.flush();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// An eventfd as a vm-superio interrupt trigger.
 #[derive(Debug)]
 pub struct EventFdTrigger(pub EventFd);
@@ -94,6 +148,21 @@ mod tests {
             s.write(0, &[*b]);
         }
         assert_eq!(s.output(), b"hi\n");
+    }
+
+    #[test]
+    fn console_output_past_the_cap_is_dropped_with_one_notice() {
+        let mut s = SerialDevice::new(Count::default(), CappedWriter::new(Vec::new(), 4));
+        for b in b"abcdefgh" {
+            s.write(0, &[*b]);
+        }
+        let out = s.output().get_ref();
+        assert!(out.starts_with(b"abcd"), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out[4..]).matches("capped").count(),
+            1,
+            "one notice, then silence"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestMemory};
+use vm_memory::{Address, Bytes, GuestMemory};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{Interrupt, VirtioDevice, INT_VRING};
@@ -33,9 +33,10 @@ pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
 pub const NET_HDR_LEN: usize = 12;
 /// Descriptors per queue (a power of two, Firecracker's value).
 pub const QUEUE_SIZE: u16 = 256;
-/// Largest frame read from the TAP: a 1500-byte MTU frame with VLAN tag,
-/// with room to spare (no GSO is negotiated, so nothing larger comes).
-const MAX_FRAME: usize = 65_550;
+/// Largest frame either way: without GSO (not negotiated) a frame is at
+/// most the largest MTU a virtio-net driver accepts (65535) plus the
+/// Ethernet header and a VLAN tag.
+pub const MAX_FRAME: usize = 65_535 + 14 + 4;
 
 /// Failures setting up the device.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +158,7 @@ impl VirtioDevice for NetDevice {
             stop,
             interrupt,
             frame: vec![0; MAX_FRAME],
+            tx_frame: Vec::with_capacity(MAX_TX_CHAIN),
             pending: None,
             rx_room: true,
         };
@@ -187,6 +189,8 @@ struct Worker {
     stop: EventFd,
     interrupt: Arc<Interrupt>,
     frame: Vec<u8>,
+    /// Scratch buffer of one TX chain (never above [`MAX_TX_CHAIN`]).
+    tx_frame: Vec<u8>,
     /// Length of a frame read from the TAP but not yet delivered.
     pending: Option<usize>,
     /// Whether the guest may have posted RX buffers since we last ran out.
@@ -230,7 +234,7 @@ impl Worker {
             if kick {
                 let _ = self.kick.read();
                 self.rx_room = true;
-                if process_tx(&mut self.tx, &self.mem, &mut self.tap) {
+                if process_tx(&mut self.tx, &self.mem, &mut self.tap, &mut self.tx_frame) {
                     self.interrupt.signal(INT_VRING);
                 }
             }
@@ -267,31 +271,51 @@ impl Worker {
     }
 }
 
+/// Most bytes one TX chain may carry: the header plus the largest frame a
+/// driver without GSO can send (a 65535-byte MTU plus Ethernet and VLAN
+/// headers). A longer chain is malformed and dropped, never buffered.
+pub const MAX_TX_CHAIN: usize = NET_HDR_LEN + MAX_FRAME;
+
 /// Sends every available TX chain to `tap` (header stripped); returns
-/// whether any chain was used. A chain that cannot be read is still
-/// returned to the guest (used length 0), so the ring never stalls.
-pub fn process_tx<M: GuestMemory>(queue: &mut Queue, mem: &M, tap: &mut impl Write) -> bool {
+/// whether any chain was used. `frame` is the caller's scratch buffer: it
+/// never grows past [`MAX_TX_CHAIN`], whatever lengths the guest writes in
+/// its descriptors. A chain that cannot be read (an address outside guest
+/// RAM, a length past the limit) is still returned to the guest (used
+/// length 0), so the ring never stalls, and nothing of it is sent.
+pub fn process_tx<M: GuestMemory>(
+    queue: &mut Queue,
+    mem: &M,
+    tap: &mut impl Write,
+    frame: &mut Vec<u8>,
+) -> bool {
     let mut used = false;
-    let mut buf = Vec::with_capacity(2048);
     while let Some(chain) = queue.pop_descriptor_chain(mem) {
         let head = chain.head_index();
-        buf.clear();
+        frame.clear();
         let mut ok = true;
         for desc in chain {
             if desc.is_write_only() {
                 continue;
             }
-            let start = buf.len();
-            buf.resize(start + desc.len() as usize, 0);
-            if mem.read_slice(&mut buf[start..], desc.addr()).is_err() {
+            // The length is the guest's: check it before it sizes anything.
+            let start = frame.len();
+            let Some(end) = start
+                .checked_add(desc.len() as usize)
+                .filter(|&end| end <= MAX_TX_CHAIN)
+            else {
+                ok = false;
+                break;
+            };
+            frame.resize(end, 0);
+            if mem.read_slice(&mut frame[start..end], desc.addr()).is_err() {
                 ok = false;
                 break;
             }
         }
-        if ok && buf.len() > NET_HDR_LEN {
+        if ok && frame.len() > NET_HDR_LEN {
             // A TAP write is one frame; a full TAP queue drops it, as a
             // wire would.
-            let _ = tap.write(&buf[NET_HDR_LEN..]);
+            let _ = tap.write(&frame[NET_HDR_LEN..]);
         }
         let _ = queue.add_used(mem, head, 0);
         used = true;
@@ -301,25 +325,42 @@ pub fn process_tx<M: GuestMemory>(queue: &mut Queue, mem: &M, tap: &mut impl Wri
 
 /// Writes `frame` behind a zeroed `virtio_net_hdr_v1` (num_buffers = 1)
 /// into the next RX chain; returns the bytes written, or `None` when the
-/// guest has posted no buffer. A frame larger than the chain is truncated.
+/// guest has posted no buffer. A frame larger than the chain is truncated;
+/// a descriptor outside guest RAM ends the copy there. Nothing is
+/// allocated: the bytes go straight from `frame` into guest memory.
 pub fn deliver_rx<M: GuestMemory>(queue: &mut Queue, mem: &M, frame: &[u8]) -> Option<u32> {
     let chain = queue.pop_descriptor_chain(mem)?;
     let head = chain.head_index();
     let mut hdr = [0u8; NET_HDR_LEN];
     hdr[10] = 1; // num_buffers, little endian
-    let mut src = hdr.iter().chain(frame.iter()).copied();
+    let parts: [&[u8]; 2] = [&hdr, frame];
     let total = NET_HDR_LEN + frame.len();
     let mut written = 0usize;
-    let mut chunk = Vec::new();
-    for desc in chain {
-        if !desc.is_write_only() || written >= total {
+    'chain: for desc in chain {
+        if !desc.is_write_only() {
             continue;
         }
-        let n = (desc.len() as usize).min(total - written);
-        chunk.clear();
-        chunk.extend(src.by_ref().take(n));
-        if mem.write_slice(&chunk, desc.addr()).is_err() {
+        if written >= total {
             break;
+        }
+        let n = (desc.len() as usize).min(total - written);
+        let mut done = 0usize;
+        while done < n {
+            // The piece of header or frame at offset `written + done`.
+            let at = written + done;
+            let (part, off) = if at < NET_HDR_LEN {
+                (parts[0], at)
+            } else {
+                (parts[1], at - NET_HDR_LEN)
+            };
+            let piece = &part[off..part.len().min(off + (n - done))];
+            let Some(addr) = desc.addr().checked_add(done as u64) else {
+                break 'chain;
+            };
+            if mem.write_slice(piece, addr).is_err() {
+                break 'chain;
+            }
+            done += piece.len();
         }
         written += n;
     }
@@ -356,14 +397,37 @@ mod tests {
             .unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         let mut tap = Vec::new();
-        assert!(process_tx(&mut q, &m, &mut tap));
+        let mut scratch = Vec::new();
+        assert!(process_tx(&mut q, &m, &mut tap, &mut scratch));
         assert_eq!(tap, b"frame-bytes");
         assert_eq!(
             vq.used().idx().load(),
             1,
             "the chain went back to the guest"
         );
-        assert!(!process_tx(&mut q, &m, &mut tap), "nothing more to send");
+        assert!(
+            !process_tx(&mut q, &m, &mut tap, &mut scratch),
+            "nothing more to send"
+        );
+    }
+
+    /// The reproduction from issue 12: one descriptor claiming 4 GiB once
+    /// made the monitor allocate 4097 MiB. Now the chain is dropped unread.
+    #[test]
+    fn a_huge_tx_descriptor_is_dropped_without_allocating() {
+        let m = mem();
+        let vq = MockSplitQueue::new(&m, 16);
+        vq.build_desc_chain(&[desc(0x10000, u32::MAX, 0)]).unwrap();
+        // Two legal-looking descriptors that together pass the limit.
+        vq.build_desc_chain(&[desc(0x10000, MAX_TX_CHAIN as u32, 0), desc(0x10000, 1, 0)])
+            .unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        let mut tap = Vec::new();
+        let mut scratch = Vec::new();
+        assert!(process_tx(&mut q, &m, &mut tap, &mut scratch));
+        assert!(tap.is_empty(), "nothing of a malformed chain is sent");
+        assert!(scratch.capacity() <= MAX_TX_CHAIN, "{}", scratch.capacity());
+        assert_eq!(vq.used().idx().load(), 2, "both chains went back");
     }
 
     #[test]
