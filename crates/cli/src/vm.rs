@@ -204,6 +204,8 @@ fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
         console,
         cmdline_extra: args.cmdline_extra,
         allow_pvm: args.allow_pvm,
+        // Options `bench vm run` does not expose keep the library's defaults.
+        ..VmConfig::new("", "")
     };
     // With an explicit kernel, check the files too; the provisioned ones
     // are checked again by the library before the boot.

@@ -33,7 +33,7 @@ use crate::arch::bootparams::{self, InitrdPlacement};
 use crate::arch::layout::{CMDLINE_ADDR, CMDLINE_MAX_SIZE};
 use crate::arch::mptable;
 use crate::arch::regs::BootProtocol;
-use crate::config::{ConfigError, Console, Validated, VmConfig};
+use crate::config::{ConfigError, Console, HugePages, Validated, VmConfig};
 use crate::devices::bus::{BusError, DeviceBus, SharedDevice};
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::marker::{MarkerDevice, MarkerLog, ReadyHook, MARKER_BASE, MARKER_LEN};
@@ -209,6 +209,9 @@ pub struct VmReport {
     pub exit_status: Option<u8>,
     /// Boot phases.
     pub phases: Phases,
+    /// How guest RAM was backed and aligned.
+    #[serde(default)]
+    pub guest_memory: GuestMemoryFacts,
     /// Memory when the workload became ready.
     pub memory_at_ready: Option<MemorySample>,
     /// Memory at the end, guest fully touched as far as it ever was.
@@ -223,6 +226,16 @@ pub struct VmReport {
     /// Workload output bytes past the 1 MiB kept, counted and dropped.
     #[serde(default)]
     pub workload_output_dropped: u64,
+}
+
+/// How guest RAM was mapped (which page sizes then backed it is in the
+/// memory samples).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestMemoryFacts {
+    /// The backing asked for: `host`, `thp`, `hugetlb_2m`, `hugetlb_1g`.
+    pub backing: HugePages,
+    /// Host alignment of guest RAM's start, in KiB (2048: 2 MiB).
+    pub host_alignment_kib: u64,
 }
 
 /// Step 1: check the config without touching KVM.
@@ -257,9 +270,14 @@ pub fn create_vm(kvm: &KvmContext) -> Result<VmFd, BuildError> {
     Ok(vm)
 }
 
-/// Step 5: guest RAM, registered as KVM memory slots.
-pub fn setup_memory(vm: &VmFd, mem_bytes: u64) -> Result<GuestMemoryMmap, BuildError> {
-    let mem = memory::create_guest_memory(mem_bytes).map_err(BuildError::Memory)?;
+/// Step 5: guest RAM, host-aligned to the largest page that may back it,
+/// registered as KVM memory slots.
+pub fn setup_memory(
+    vm: &VmFd,
+    mem_bytes: u64,
+    huge_pages: HugePages,
+) -> Result<GuestMemoryMmap, BuildError> {
+    let mem = memory::create_guest_memory(mem_bytes, huge_pages).map_err(BuildError::Memory)?;
     vm::register_memory(vm, &mem).map_err(BuildError::RegisterMemory)?;
     Ok(mem)
 }
@@ -669,6 +687,7 @@ pub fn collect_report(
         stop_reason: outcome.stop_reason,
         exit_status: log.exit_status.filter(|_| log.workload_exited.is_some()),
         phases: timing::phases(timeline, &log),
+        guest_memory: facts.guest_memory,
         memory_at_ready: outcome.memory_at_ready,
         memory_at_end,
         workload_output: String::from_utf8_lossy(&log.output).into_owned(),
@@ -693,6 +712,8 @@ pub struct ReportFacts {
     pub protocol: BootProtocol,
     /// Command line.
     pub cmdline: String,
+    /// Guest RAM backing.
+    pub guest_memory: GuestMemoryFacts,
 }
 
 /// Performs the whole boot sequence and runs the VM to its end.
@@ -708,7 +729,7 @@ pub fn run(
     let kvm = open_kvm(config)?; // 3
     let vm = create_vm(&kvm)?; // 4
     timeline.vm_created = Some(Instant::now());
-    let mem = setup_memory(&vm, validated.mem_bytes)?; // 5
+    let mem = setup_memory(&vm, validated.mem_bytes, config.huge_pages)?; // 5
     let guest_ranges = memory::host_ranges(&mem);
     let kernel = load_kernel(&mem, &config.kernel)?; // 6
     let initrd = load_initrd(&mem, config.initrd.as_deref(), validated.mem_bytes, &kernel)?; // 7
@@ -732,6 +753,12 @@ pub fn run(
             .as_cstring()
             .map(|c| c.to_string_lossy().into_owned())
             .unwrap_or_default(),
+        guest_memory: GuestMemoryFacts {
+            backing: config.huge_pages,
+            host_alignment_kib: guest_ranges.first().map_or(0, |&(start, _)| {
+                1u64 << start.trailing_zeros().min(30) >> 10
+            }),
+        },
     };
     let report = collect_report(&timeline, &devices, outcome, facts, &guest_ranges); // 14
                                                                                      // Teardown order: vCPU fds are gone (threads joined); the VM goes before

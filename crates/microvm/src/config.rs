@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::arch::layout::{HIMEM_START, MAX_GUEST_RAM, MIN_GUEST_RAM};
 use crate::arch::mptable::MAX_SUPPORTED_CPUS;
 use crate::loader::{self, KernelFormat, LoaderError};
+pub use crate::vstate::memory::HugePages;
 
 /// Default guest RAM in MiB.
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
@@ -56,6 +57,10 @@ pub struct VmConfig {
     /// Boot even on a PVM host (needs a PVM-capable guest kernel).
     #[serde(default)]
     pub allow_pvm: bool,
+    /// How guest RAM is backed (default `host`: ordinary memory, 2 MiB
+    /// aligned, transparent huge pages as the host's setting decides).
+    #[serde(default)]
+    pub huge_pages: HugePages,
 }
 
 fn default_memory() -> u64 {
@@ -114,6 +119,9 @@ pub enum ConfigError {
     /// Extra command line with control characters.
     #[error("--cmdline-extra must be printable ASCII")]
     BadCmdlineExtra,
+    /// Guest RAM is not a whole number of the chosen huge pages.
+    #[error("Guest memory {mib} MiB is not a multiple of the {} hugetlb page: pass a multiple of {} MiB", .huge_pages.name(), .huge_pages.granule() >> 20)]
+    NotHugePageMultiple { mib: u64, huge_pages: HugePages },
 }
 
 /// Parses `128M`, `1G`, `65536K`, `128MiB`, or a bare number of MiB, into bytes.
@@ -175,6 +183,7 @@ impl VmConfig {
             console: Console::Off,
             cmdline_extra: None,
             allow_pvm: false,
+            huge_pages: HugePages::Host,
         }
     }
 
@@ -203,6 +212,12 @@ impl VmConfig {
         if mem_bytes >= MAX_GUEST_RAM {
             return Err(ConfigError::MemoryTooLarge {
                 mib: self.memory_mib,
+            });
+        }
+        if mem_bytes % self.huge_pages.granule() != 0 {
+            return Err(ConfigError::NotHugePageMultiple {
+                mib: self.memory_mib,
+                huge_pages: self.huge_pages,
             });
         }
         self.validate_vcpus(usize::from(MAX_SUPPORTED_CPUS))?;
@@ -322,6 +337,15 @@ mod tests {
         ));
         c.memory_mib = 64;
         assert_eq!(c.validate().unwrap().mem_bytes, 64 << 20);
+        c.huge_pages = HugePages::Hugetlb1g;
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("multiple of 1024 MiB"), "{e}");
+        c.huge_pages = HugePages::Hugetlb2m;
+        c.memory_mib = 65;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::NotHugePageMultiple { mib: 65, .. })
+        ));
     }
 
     #[test]
@@ -410,9 +434,13 @@ mod tests {
     fn serde_rejects_unknown_fields_and_fills_defaults() {
         let c: VmConfig = serde_json::from_str(r#"{"kernel":"/k","workload":"noop"}"#).unwrap();
         assert_eq!(
-            (c.memory_mib, c.vcpus, c.console.clone()),
-            (128, 1, Console::Off)
+            (c.memory_mib, c.vcpus, c.console.clone(), c.huge_pages),
+            (128, 1, Console::Off, HugePages::Host)
         );
+        let c: VmConfig =
+            serde_json::from_str(r#"{"kernel":"/k","workload":"noop","huge_pages":"hugetlb_2m"}"#)
+                .unwrap();
+        assert_eq!(c.huge_pages, HugePages::Hugetlb2m);
         assert!(
             serde_json::from_str::<VmConfig>(r#"{"kernel":"/k","workload":"noop","mem":1}"#)
                 .is_err()

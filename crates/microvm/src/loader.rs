@@ -267,7 +267,7 @@ mod tests {
 
     #[test]
     fn initrd_bytes_land_at_the_placement() {
-        let mem = create_guest_memory(4 << 20).unwrap();
+        let mem = create_guest_memory(4 << 20, Default::default()).unwrap();
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(b"070701cpio-bytes").unwrap();
         let p = load_initrd(&mem, f.path(), 4 << 20, 0x20_0000).unwrap();
@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn garbage_kernel_is_refused_before_loading() {
-        let mem = create_guest_memory(4 << 20).unwrap();
+        let mem = create_guest_memory(4 << 20, Default::default()).unwrap();
         let mut f = tempfile::NamedTempFile::new().unwrap();
         f.write_all(&[0u8; 1024]).unwrap();
         assert!(matches!(

@@ -2,12 +2,15 @@
 //! of every mapping in `/proc/self/smaps`, and split it into guest RAM (the
 //! mappings that lie inside guest memory's host ranges: pages the guest, or
 //! the loader, touched) and everything else (the VMM's own overhead: binary,
-//! heap, stacks, KVM's vCPU run areas).
+//! heap, stacks, KVM's vCPU run areas). For guest RAM it also says which
+//! page sizes back it: transparent huge pages (`AnonHugePages`), hugetlb
+//! pages (`Private_Hugetlb`/`Shared_Hugetlb`, which smaps does not count in
+//! `Rss`) and the mapping's `KernelPageSize`.
 
 use std::path::Path;
 
 /// One smaps sample, in KiB.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MemorySample {
     /// RSS of all mappings that are not guest RAM.
     pub vmm_overhead_kib: u64,
@@ -17,6 +20,17 @@ pub struct MemorySample {
     pub total_rss_kib: u64,
     /// PSS of the non-guest mappings (shared pages split among sharers).
     pub vmm_overhead_pss_kib: u64,
+    /// Of `guest_touched_kib`, how much is backed by transparent huge pages
+    /// (2 MiB).
+    #[serde(default)]
+    pub guest_thp_kib: u64,
+    /// Of `guest_touched_kib`, how much is backed by hugetlb pages.
+    #[serde(default)]
+    pub guest_hugetlb_kib: u64,
+    /// The base page size of the guest RAM mapping (`KernelPageSize`): 4
+    /// for ordinary memory, 2048 or 1048576 for hugetlb.
+    #[serde(default)]
+    pub guest_page_kib: u64,
 }
 
 /// Failures sampling memory.
@@ -64,18 +78,25 @@ pub fn parse_smaps(text: &str, guest: &[(u64, u64)]) -> Result<MemorySample, Mem
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
         };
-        if line.starts_with("Rss:") {
-            let v = kib(line);
-            if in_guest {
+        let field = line.split(':').next().unwrap_or("");
+        match (field, in_guest) {
+            ("Rss", true) => sample.guest_touched_kib += kib(line),
+            ("Rss", false) => sample.vmm_overhead_kib += kib(line),
+            ("Pss", false) => sample.vmm_overhead_pss_kib += kib(line),
+            ("AnonHugePages", true) => sample.guest_thp_kib += kib(line),
+            // hugetlb pages are not in Rss: count them as touched guest RAM.
+            ("Private_Hugetlb" | "Shared_Hugetlb", true) => {
+                let v = kib(line);
+                sample.guest_hugetlb_kib += v;
                 sample.guest_touched_kib += v;
-            } else {
-                sample.vmm_overhead_kib += v;
             }
-            sample.total_rss_kib += v;
-        } else if line.starts_with("Pss:") && !in_guest {
-            sample.vmm_overhead_pss_kib += kib(line);
+            ("KernelPageSize", true) => {
+                sample.guest_page_kib = sample.guest_page_kib.max(kib(line))
+            }
+            _ => {}
         }
     }
+    sample.total_rss_kib = sample.guest_touched_kib + sample.vmm_overhead_kib;
     Ok(sample)
 }
 
@@ -119,6 +140,44 @@ Pss:                  12 kB
         assert_eq!(s.vmm_overhead_kib, 1500 + 100 + 12);
         assert_eq!(s.total_rss_kib, 20480 + 1612);
         assert_eq!(s.vmm_overhead_pss_kib, 1500 + 50 + 12);
+    }
+
+    #[test]
+    fn guest_page_sizes_are_reported() {
+        let smaps = "\
+7f0000000000-7f0008000000 rw-p 00000000 00:00 0
+Size:             131072 kB
+KernelPageSize:        4 kB
+Rss:               20480 kB
+AnonHugePages:     18432 kB
+Private_Hugetlb:       0 kB
+7f4000000000-7f4008000000 rw-p 00000000 00:0f 9 /anon_hugepage (deleted)
+Size:             131072 kB
+KernelPageSize:     2048 kB
+Rss:                   0 kB
+AnonHugePages:         0 kB
+Private_Hugetlb:    8192 kB
+55d0c0000000-55d0c0200000 r-xp 00000000 08:01 123 /usr/bin/bench
+KernelPageSize:        4 kB
+Rss:                1500 kB
+AnonHugePages:      2048 kB
+";
+        let thp = parse_smaps(smaps, &[(0x7f00_0000_0000, 128 << 20)]).unwrap();
+        assert_eq!(
+            (thp.guest_touched_kib, thp.guest_thp_kib, thp.guest_page_kib),
+            (20480, 18432, 4)
+        );
+        let hugetlb = parse_smaps(smaps, &[(0x7f40_0000_0000, 128 << 20)]).unwrap();
+        assert_eq!(
+            (
+                hugetlb.guest_touched_kib,
+                hugetlb.guest_hugetlb_kib,
+                hugetlb.guest_page_kib
+            ),
+            (8192, 8192, 2048),
+            "hugetlb pages count as touched guest RAM"
+        );
+        assert_eq!(hugetlb.total_rss_kib, 8192 + 20480 + 1500);
     }
 
     #[test]

@@ -114,7 +114,8 @@ pub fn run_smoke() -> Result<SmokeReport, SmokeError> {
     let kvm = KvmContext::open().map_err(SmokeError::Kvm)?;
     let t0 = Instant::now();
     let vm = vm::create_vm(&kvm).map_err(SmokeError::Vm)?;
-    let mem = memory::create_guest_memory(SMOKE_MEM).map_err(SmokeError::Memory)?;
+    let mem =
+        memory::create_guest_memory(SMOKE_MEM, Default::default()).map_err(SmokeError::Memory)?;
     vm::register_memory(&vm, &mem).map_err(SmokeError::Vm)?;
     mem.write_slice(&PAYLOAD, GuestAddress(PAYLOAD_ADDR))
         .map_err(SmokeError::WritePayload)?;

@@ -211,7 +211,6 @@ pub fn write_pvh_boot_info<M: GuestMemoryBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vstate::memory::GuestMemoryMmap;
     use vm_memory::Bytes;
 
     const MIB: u64 = 1 << 20;
@@ -263,7 +262,8 @@ mod tests {
             size: 0x1234,
         };
         let p = linux_boot_params(None, 57, Some(rd), &e820);
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mem =
+            crate::vstate::memory::create_guest_memory(0x10_0000, Default::default()).unwrap();
         write_linux_boot_params(&mem, &p).unwrap();
         let back: boot_params = mem.read_obj(GuestAddress(0x7000)).unwrap();
         assert_eq!({ back.hdr.boot_flag }, 0xaa55);
@@ -297,7 +297,8 @@ mod tests {
 
     #[test]
     fn pvh_start_info_points_at_memmap_cmdline_and_module() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mem =
+            crate::vstate::memory::create_guest_memory(0x10_0000, Default::default()).unwrap();
         let e820 = e820_map(64 * MIB).unwrap();
         let rd = InitrdPlacement {
             addr: 0x3f0_0000,

@@ -193,7 +193,7 @@ mod tests {
     use vm_memory::Bytes;
 
     fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+        crate::vstate::memory::create_guest_memory(0x10_0000, Default::default()).unwrap()
     }
 
     #[test]

@@ -312,7 +312,6 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
 mod tests {
     use super::*;
     use std::sync::Mutex;
-    use vm_memory::GuestAddress;
 
     /// Records what the transport asks of it.
     #[derive(Default)]
@@ -361,7 +360,7 @@ mod tests {
     type Activations = Arc<Mutex<Vec<(u64, usize)>>>;
 
     fn transport() -> (MmioTransport<Fake>, Activations) {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = crate::vstate::memory::create_guest_memory(1 << 20, Default::default()).unwrap();
         let fake = Fake::default();
         let activated = fake.activated.clone();
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();

@@ -377,7 +377,7 @@ mod tests {
     use vm_memory::GuestAddress;
 
     fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+        crate::vstate::memory::create_guest_memory(1 << 20, Default::default()).unwrap()
     }
 
     fn desc(addr: u64, len: u32, flags: u32) -> RawDescriptor {
