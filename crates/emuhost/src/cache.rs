@@ -5,6 +5,8 @@
 //! emuhost/kernel/<package version>/{vmlinuz, modules/, meta.json}
 //! emuhost/current            the package version in use
 //! emuhost/base-<key>.cpio    busybox + modules + /init (reused across runs)
+//! emuhost/log/<nonce>.log    the emulated host's kernel messages of a run
+//!                            (the newest few kept)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -65,6 +67,11 @@ impl EmuhostCache {
     /// `<cache>/emuhost`.
     pub fn dir(&self) -> &Path {
         &self.root
+    }
+
+    /// Where the emulated host's kernel logs of recent runs are kept.
+    pub fn log_dir(&self) -> PathBuf {
+        self.root.join("log")
     }
 
     /// Where one extracted kernel package lives.

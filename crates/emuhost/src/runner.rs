@@ -6,7 +6,9 @@
 //!    memfd (nothing on disk to clean up, even if the caller is killed);
 //! 2. spawn QEMU in its own process group with `PR_SET_PDEATHSIG`;
 //! 3. read the serial console line by line ([`crate::markers`]), hand the
-//!    command's output to the caller;
+//!    command's output to the caller; the emulated host's own kernel
+//!    messages go to COM2, a log file under the cache
+//!    (`emuhost/log/<nonce>.log`), shown only when the run fails;
 //! 4. stop at the exit marker, the deadline, or an interruption; QEMU is
 //!    killed and reaped on every path ([`QemuChild`]'s `Drop`).
 
@@ -15,7 +17,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -42,6 +44,10 @@ const BASE_IMAGES_KEPT: usize = 3;
 const MAX_TIMEOUT_S: u64 = 86_400;
 /// After the exit marker, how long QEMU gets to power off by itself.
 const POWEROFF_GRACE: Duration = Duration::from_secs(10);
+/// How many kernel logs of past runs the cache keeps.
+const KERNEL_LOGS_KEPT: usize = 10;
+/// How many lines of the kernel log a failure shows.
+const KERNEL_LOG_TAIL: usize = 40;
 
 /// The emulated host's machine and what goes into it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,6 +156,13 @@ pub enum RunError {
     /// The in-memory initrd could not be created or filled.
     #[error("Cannot create the in-memory initramfs")]
     Initrd(#[source] io::Error),
+    /// The kernel log directory could not be created.
+    #[error("Cannot create the kernel log directory {path:?}")]
+    KernelLog {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// QEMU did not start.
     #[error("Cannot start {qemu:?}")]
     Spawn {
@@ -194,6 +207,10 @@ pub struct Outcome {
     pub to_command: Option<Duration>,
     /// From spawning QEMU to its exit.
     pub elapsed: Duration,
+    /// The emulated host's kernel messages from the command's start on
+    /// (kept out of the command's output; shown by `run` only when the
+    /// command fails).
+    pub kernel_log: PathBuf,
 }
 
 /// A prepared emulated host: kernel, tools and base image in the cache.
@@ -203,6 +220,7 @@ pub struct EmulatedHost {
     kernel: EmuKernel,
     qemu: PathBuf,
     base_cpio: PathBuf,
+    log_dir: PathBuf,
     modules: Vec<String>,
     bundle: Vec<FileMap>,
     peers: Vec<CarriedPeer>,
@@ -243,6 +261,7 @@ impl EmulatedHost {
             kernel,
             qemu,
             base_cpio,
+            log_dir: cache.log_dir(),
             bundle,
             peers: peers.peers,
             cancel: None,
@@ -324,8 +343,9 @@ impl EmulatedHost {
         words.join(" ")
     }
 
-    /// QEMU's arguments for an initrd at `initrd`.
-    pub fn qemu_args(&self, initrd: &str) -> Vec<String> {
+    /// QEMU's arguments for an initrd at `initrd`, with COM2 (where the
+    /// emulated host's `/init` sends kernel messages) written to `kernel_log`.
+    pub fn qemu_args(&self, initrd: &str, kernel_log: &Path) -> Vec<String> {
         let c = &self.config;
         let mut args: Vec<String> = [
             "-accel",
@@ -350,11 +370,15 @@ impl EmulatedHost {
                 "-nographic",
                 "-serial",
                 "stdio",
-                "-no-reboot",
             ]
             .iter()
             .map(|s| s.to_string()),
         );
+        args.extend([
+            "-serial".into(),
+            format!("file:{}", kernel_log.display()),
+            "-no-reboot".into(),
+        ]);
         args.extend([
             "-kernel".into(),
             self.kernel.vmlinuz.to_string_lossy().into_owned(),
@@ -402,8 +426,14 @@ impl EmulatedHost {
         let nonce = nonce();
         let memfd = self.initrd(inv, &nonce)?;
         let initrd = format!("/proc/self/fd/{}", memfd.as_raw_fd());
+        let kernel_log = self.log_dir.join(format!("{nonce}.log"));
+        std::fs::create_dir_all(&self.log_dir).map_err(|source| RunError::KernelLog {
+            path: self.log_dir.clone(),
+            source,
+        })?;
+        prune_logs(&self.log_dir, KERNEL_LOGS_KEPT);
         let started = Instant::now();
-        let mut qemu = QemuChild::spawn(&self.qemu, &self.qemu_args(&initrd), &memfd)?;
+        let mut qemu = QemuChild::spawn(&self.qemu, &self.qemu_args(&initrd, &kernel_log), &memfd)?;
         drop(memfd);
 
         let (tx, rx) = mpsc::channel::<Vec<u8>>();
@@ -490,6 +520,11 @@ impl EmulatedHost {
         let tail_text = || {
             let mut lines: Vec<String> = tail.iter().cloned().collect();
             lines.extend(
+                log_tail(&kernel_log)
+                    .into_iter()
+                    .map(|l| format!("kernel: {l}")),
+            );
+            lines.extend(
                 stderr_text
                     .lines()
                     .filter(|l| !l.contains("TCG doesn't support requested feature"))
@@ -505,11 +540,27 @@ impl EmulatedHost {
             .into()),
             Err(e) => Err(e.into()),
             Ok(()) => match status {
-                Some(status) => Ok(Outcome {
-                    status,
-                    to_command,
-                    elapsed: started.elapsed(),
-                }),
+                Some(status) => {
+                    if status != 0 {
+                        let lines = log_tail(&kernel_log);
+                        if !lines.is_empty() {
+                            on_line(&format!(
+                                "emulated host kernel log ({}), last {} lines:",
+                                kernel_log.display(),
+                                lines.len()
+                            ));
+                            for l in &lines {
+                                on_line(&format!("  {l}"));
+                            }
+                        }
+                    }
+                    Ok(Outcome {
+                        status,
+                        to_command,
+                        elapsed: started.elapsed(),
+                        kernel_log,
+                    })
+                }
                 None => Err(RunError::NoResult {
                     status: match exit {
                         Ok(Some(s)) => s.to_string(),
@@ -521,6 +572,36 @@ impl EmulatedHost {
                 .into()),
             },
         }
+    }
+}
+
+/// The last [`KERNEL_LOG_TAIL`] lines of a kernel log (none if unreadable).
+fn log_tail(path: &Path) -> Vec<String> {
+    let text = std::fs::read(path).unwrap_or_default();
+    let lines: Vec<String> = text
+        .split(|&b| b == b'\n')
+        .map(clean_line)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(KERNEL_LOG_TAIL)..].to_vec()
+}
+
+/// Keeps the newest `keep - 1` logs in `dir`, making room for one more
+/// (best effort: a log that cannot be removed stays).
+fn prune_logs(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut logs: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    logs.sort();
+    let excess = logs.len().saturating_sub(keep.saturating_sub(1));
+    for (_, p) in logs.into_iter().take(excess) {
+        let _ = std::fs::remove_file(p);
     }
 }
 
@@ -700,18 +781,21 @@ mod tests {
             },
             qemu: "/usr/bin/qemu-system-x86_64".into(),
             base_cpio: "/c/base.cpio".into(),
+            log_dir: "/c/log".into(),
             modules: vec![],
             bundle: vec![],
             peers: vec![],
             cancel: None,
         };
-        let a = host.qemu_args("/proc/self/fd/7").join(" ");
+        let a = host
+            .qemu_args("/proc/self/fd/7", Path::new("/c/log/n.log"))
+            .join(" ");
         assert!(
             a.starts_with("-accel tcg -cpu EPYC-v3,+svm,+npt -m 1024 -smp 2 -nodefaults"),
             "{a}"
         );
         assert!(
-            a.contains("-no-reboot -kernel /c/vmlinuz -initrd /proc/self/fd/7 -append"),
+            a.contains("-serial stdio -serial file:/c/log/n.log -no-reboot -kernel /c/vmlinuz -initrd /proc/self/fd/7 -append"),
             "{a}"
         );
         assert!(
@@ -719,6 +803,36 @@ mod tests {
             "{a}"
         );
         assert!(a.ends_with(" security=none loglevel=3"), "{a}");
+    }
+
+    #[test]
+    fn kernel_logs_are_pruned_to_the_newest_and_tailed() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            let p = d.path().join(format!("{i}.log"));
+            std::fs::write(&p, format!("<3>[ {i}.0] kvm: Unhandled WRMSR\n")).unwrap();
+            let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1000 + i);
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        std::fs::write(d.path().join("keep.txt"), b"not a log").unwrap();
+        prune_logs(d.path(), 3);
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["3.log", "4.log", "keep.txt"], "room for one more");
+        let many: String = (0..100).map(|i| format!("line {i}\r\n")).collect();
+        std::fs::write(d.path().join("x.log"), many).unwrap();
+        let t = log_tail(&d.path().join("x.log"));
+        assert_eq!(t.len(), KERNEL_LOG_TAIL);
+        assert_eq!(t.last().unwrap(), "line 99");
+        assert!(log_tail(&d.path().join("absent.log")).is_empty());
     }
 
     #[test]
