@@ -44,7 +44,8 @@ use crate::devices::virtio_mmio::{MmioSlot, VirtioMmioAllocator, VirtioMmioError
 use crate::exits::StopReason;
 use crate::host::{self, HostKind};
 use crate::loader::{self, KernelFormat, LoadedKernel, LoaderError};
-use crate::memory_stats::{self, MemorySample, MemoryStatsError};
+use crate::memory_stats::{MemoryProbe, MemorySample, MemoryStatsError};
+use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::timing::{self, Phases, Timeline};
 use crate::vstate::kvm::{KvmContext, KvmError};
 use crate::vstate::memory::{self, GuestMemoryMmap, MemoryError};
@@ -165,6 +166,9 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// Step 13: confining this thread (seccomp, capabilities).
+    #[error("Failed to confine the monitor")]
+    Confine(#[source] SeccompError),
     /// Step 13: the guest or KVM failed.
     #[error("The VM failed")]
     Run(#[source] VcpuError),
@@ -526,17 +530,55 @@ impl Drop for SignalGuard {
     }
 }
 
+/// Stack of each vCPU thread: `KVM_RUN` and device emulation are shallow,
+/// and a small stack can never be backed by a 2 MiB transparent huge page
+/// (which would add 2 MiB to the monitor's own memory).
+pub const VCPU_STACK_SIZE: usize = 256 << 10;
+
+/// Holds vCPU threads between confinement and their first `KVM_RUN` until
+/// every monitor thread is confined (Firecracker's order: vCPU filters, then
+/// the VMM's, then the guest runs).
+#[derive(Debug, Default)]
+struct StartGate {
+    state: Mutex<Option<bool>>,
+    cond: std::sync::Condvar,
+}
+
+impl StartGate {
+    /// Lets the waiting threads go (`run`) or tells them to give up.
+    fn open(&self, run: bool) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
+        self.cond.notify_all();
+    }
+
+    /// Waits for [`StartGate::open`]; true means run the guest.
+    fn wait(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(run) = *s {
+                return run;
+            }
+            s = self.cond.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// Step 13: one thread per vCPU; wait for the first to stop (guest reset,
 /// triple fault, error) or for SIGTERM/SIGINT; then stop and join all.
+/// With `confine`, each vCPU thread and then this thread install their
+/// seccomp filters and drop their capabilities ([`crate::seccomp`]) before
+/// any vCPU enters the guest; this thread stays confined afterwards.
 pub fn run_vcpus(
     vcpus: Vec<VcpuFd>,
     devices: &Devices,
-    guest_ranges: &[(u64, u64)],
+    memory: &mut MemoryProbe,
+    confine: bool,
 ) -> Result<RunOutcome, BuildError> {
     vcpu::install_kick_handler().map_err(BuildError::Vcpu)?;
     let signals = SignalGuard::new().map_err(BuildError::Signals)?;
     let stop = Arc::new(AtomicBool::new(false));
     let first_run = Arc::new(OnceLock::new());
+    let gate = Arc::new(StartGate::default());
     let done_evt =
         EventFd::new(libc::EFD_NONBLOCK).map_err(|e| BuildError::DeviceIrq(VmError::EventFd(e)))?;
 
@@ -547,6 +589,7 @@ pub fn run_vcpus(
         let bus = devices.bus.clone();
         let stop = stop.clone();
         let first_run = first_run.clone();
+        let gate = gate.clone();
         let done = match done_evt.try_clone() {
             Ok(d) => d,
             Err(e) => {
@@ -556,9 +599,22 @@ pub fn run_vcpus(
         };
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
+            .stack_size(VCPU_STACK_SIZE)
             .spawn(move || {
-                let fr = (index == 0).then_some(&*first_run);
-                let r = vcpu::run_loop(&mut fd, index, &bus, &stop, fr);
+                let confined = if confine {
+                    seccomp::confine_current_thread(ThreadKind::Vcpu)
+                } else {
+                    Ok(())
+                };
+                let go = gate.wait();
+                let r = match confined {
+                    Err(e) => Err(VcpuError::Confine { index, source: e }),
+                    Ok(()) if !go => Ok(StopReason::HostRequest),
+                    Ok(()) => {
+                        let fr = (index == 0).then_some(&*first_run);
+                        vcpu::run_loop(&mut fd, index, &bus, &stop, fr)
+                    }
+                };
                 let _ = done.write(1);
                 r
             });
@@ -570,6 +626,12 @@ pub fn run_vcpus(
             }
         }
     }
+    if confine && spawn_error.is_none() && !seccomp::current_thread_confined() {
+        if let Err(e) = seccomp::confine_current_thread(ThreadKind::Vmm) {
+            spawn_error = Some(BuildError::Confine(e));
+        }
+    }
+    gate.open(spawn_error.is_none());
 
     let mut memory_at_ready = None;
     let mut host_stop = false;
@@ -600,7 +662,7 @@ pub fn run_vcpus(
             if rdy {
                 let _ = devices.ready_evt.read();
                 if memory_at_ready.is_none() {
-                    memory_at_ready = memory_stats::sample(Path::new("/proc"), guest_ranges).ok();
+                    memory_at_ready = memory.sample().ok();
                 }
             }
             if sig {
@@ -616,7 +678,7 @@ pub fn run_vcpus(
 
     // A ready marker that raced with the stop still gets its sample.
     if memory_at_ready.is_none() && devices.ready_evt.read().is_ok() {
-        memory_at_ready = memory_stats::sample(Path::new("/proc"), guest_ranges).ok();
+        memory_at_ready = memory.sample().ok();
     }
 
     // Stop the others: set the flag, then kick until each thread is out.
@@ -665,10 +727,9 @@ pub fn collect_report(
     devices: &Devices,
     outcome: RunOutcome,
     facts: ReportFacts,
-    guest_ranges: &[(u64, u64)],
+    memory: &mut MemoryProbe,
 ) -> Result<VmReport, BuildError> {
-    let memory_at_end =
-        memory_stats::sample(Path::new("/proc"), guest_ranges).map_err(BuildError::MemoryStats)?;
+    let memory_at_end = memory.sample().map_err(BuildError::MemoryStats)?;
     let log = devices
         .markers
         .lock()
@@ -725,12 +786,19 @@ pub fn run(
 ) -> Result<VmReport, BuildError> {
     let mut timeline = Timeline::new(started);
     let validated = validate_config(config)?; // 1
+    if config.seccomp {
+        // Device threads started for this VM confine themselves too.
+        seccomp::enable();
+    }
     let host = check_host(Path::new("/"), config.allow_pvm)?; // 2
     let kvm = open_kvm(config)?; // 3
     let vm = create_vm(&kvm)?; // 4
     timeline.vm_created = Some(Instant::now());
     let mem = setup_memory(&vm, validated.mem_bytes, config.huge_pages)?; // 5
     let guest_ranges = memory::host_ranges(&mem);
+    // Opened now: a confined monitor cannot open files once the guest runs.
+    let mut probe = MemoryProbe::open(Path::new("/proc"), guest_ranges.clone())
+        .map_err(BuildError::MemoryStats)?;
     let kernel = load_kernel(&mem, &config.kernel)?; // 6
     let initrd = load_initrd(&mem, config.initrd.as_deref(), validated.mem_bytes, &kernel)?; // 7
     let mut devices = attach_devices(&vm, &config.console, &mut hooks)?; // 8
@@ -740,7 +808,7 @@ pub fn run(
     write_boot_info(&mem, validated.mem_bytes, &kernel, initrd, cmdline_len)?; // 10
     write_mptable(&mem, config.vcpus)?; // 11
     let vcpus = create_vcpus(&vm, &kvm, &mem, &kernel, config.vcpus)?; // 12
-    let outcome = run_vcpus(vcpus, &devices, &guest_ranges)?; // 13
+    let outcome = run_vcpus(vcpus, &devices, &mut probe, config.seccomp)?; // 13
     timeline.first_run = outcome.first_run;
     timeline.stopped = Some(Instant::now());
     let facts = ReportFacts {
@@ -760,9 +828,10 @@ pub fn run(
             }),
         },
     };
-    let report = collect_report(&timeline, &devices, outcome, facts, &guest_ranges); // 14
-                                                                                     // Teardown order: vCPU fds are gone (threads joined); the VM goes before
-                                                                                     // the memory it maps.
+    let report = collect_report(&timeline, &devices, outcome, facts, &mut probe); // 14
+
+    // Teardown order: vCPU fds are gone (threads joined); the VM goes
+    // before the memory it maps.
     drop(vm);
     drop(mem);
     report

@@ -61,6 +61,13 @@ pub struct VmConfig {
     /// aligned, transparent huge pages as the host's setting decides).
     #[serde(default)]
     pub huge_pages: HugePages,
+    /// Confine the monitor (default false): per-thread seccomp filters and
+    /// no capabilities, from just before the guest runs (see
+    /// [`crate::seccomp`]). Irreversible for the calling thread, so meant
+    /// for a process that runs one VM (`isolab-vmm` turns it on); a
+    /// forbidden syscall ends the process with status 159.
+    #[serde(default)]
+    pub seccomp: bool,
 }
 
 fn default_memory() -> u64 {
@@ -184,6 +191,7 @@ impl VmConfig {
             cmdline_extra: None,
             allow_pvm: false,
             huge_pages: HugePages::Host,
+            seccomp: false,
         }
     }
 

@@ -13,6 +13,7 @@
 //! - [`exits`]: pure VM-exit handling;
 //! - [`loader`]: kernel and initramfs loading;
 //! - [`host`]: which kind of KVM this host has;
+//! - [`seccomp`]: per-thread seccomp filters and dropped capabilities;
 //! - [`timing`] and [`memory_stats`]: what a run reports;
 //! - [`smoke`]: a real-mode payload that runs even on PVM KVM.
 //!
@@ -27,6 +28,7 @@ pub mod exits;
 pub mod host;
 pub mod loader;
 pub mod memory_stats;
+pub mod seccomp;
 pub mod smoke;
 pub mod timing;
 pub mod vstate;

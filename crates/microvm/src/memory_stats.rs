@@ -100,6 +100,61 @@ pub fn parse_smaps(text: &str, guest: &[(u64, u64)]) -> Result<MemorySample, Mem
     Ok(sample)
 }
 
+/// `/proc/self/smaps` opened once with the guest's host ranges: each
+/// sample seeks back and re-reads the same fd (the kernel regenerates the
+/// text), so a seccomp-confined VMM thread samples without `open`.
+#[derive(Debug)]
+pub struct MemoryProbe {
+    file: std::fs::File,
+    path: String,
+    buf: Vec<u8>,
+    guest: Vec<(u64, u64)>,
+}
+
+impl MemoryProbe {
+    /// Opens `<proc_root>/self/smaps` (`proc_root` is `/proc` in production).
+    pub fn open(proc_root: &Path, guest: Vec<(u64, u64)>) -> Result<Self, MemoryStatsError> {
+        let path = proc_root.join("self/smaps");
+        let file = std::fs::File::open(&path).map_err(|source| MemoryStatsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            file,
+            path: path.display().to_string(),
+            buf: Vec::new(),
+            guest,
+        })
+    }
+
+    /// The guest's host ranges.
+    pub fn guest_ranges(&self) -> &[(u64, u64)] {
+        &self.guest
+    }
+
+    /// One sample: only `lseek` and `read` on the open fd.
+    pub fn sample(&mut self) -> Result<MemorySample, MemoryStatsError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let err = |source| MemoryStatsError::Read {
+            path: self.path.clone(),
+            source,
+        };
+        self.file.seek(SeekFrom::Start(0)).map_err(err)?;
+        self.buf.clear();
+        let mut chunk = [0u8; 16 << 10];
+        loop {
+            // Not read_to_end: that asks fstat/statx for a size hint first.
+            match self.file.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        parse_smaps(&String::from_utf8_lossy(&self.buf), &self.guest)
+    }
+}
+
 /// Samples `<proc_root>/self/smaps` (`proc_root` is `/proc` in production).
 pub fn sample(proc_root: &Path, guest: &[(u64, u64)]) -> Result<MemorySample, MemoryStatsError> {
     let path = proc_root.join("self/smaps");
@@ -192,6 +247,17 @@ AnonHugePages:      2048 kB
         // Unprivileged: reads this test process's own smaps.
         let s = sample(Path::new("/proc"), &[]).unwrap();
         assert!(s.vmm_overhead_kib > 100, "{s:?}");
+    }
+
+    #[test]
+    fn a_probe_samples_again_through_the_same_fd() {
+        let mut p = MemoryProbe::open(Path::new("/proc"), Vec::new()).unwrap();
+        let a = p.sample().unwrap();
+        let b = p.sample().unwrap();
+        assert!(
+            a.vmm_overhead_kib > 100 && b.vmm_overhead_kib > 100,
+            "{a:?} {b:?}"
+        );
     }
 
     #[test]

@@ -7,10 +7,13 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use isolab_microvm::builder::{self, RunHooks};
+use isolab_microvm::devices::bus::{BusDevice, DeviceEvent};
+use isolab_microvm::memory_stats::MemoryProbe;
 use isolab_microvm::vstate::kvm::KvmContext;
 use isolab_microvm::vstate::{memory, vcpu};
 use isolab_microvm::{Console, StopReason};
 use kvm_bindings::kvm_regs;
+use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress};
 
 fn strict() -> bool {
@@ -54,6 +57,18 @@ fn run_payload(
     vcpus: u8,
     on_start: impl FnOnce(mpsc::Receiver<()>, libc::pthread_t) + Send + 'static,
 ) -> (Result<builder::RunOutcome, builder::BuildError>, bool) {
+    run_payload_with(kvm, code, vcpus, false, |_| {}, on_start)
+}
+
+/// [`run_payload`] with confinement on or off and extra devices.
+fn run_payload_with(
+    kvm: &KvmContext,
+    code: &[u8],
+    vcpus: u8,
+    confine: bool,
+    add_devices: impl FnOnce(&mut builder::Devices),
+    on_start: impl FnOnce(mpsc::Receiver<()>, libc::pthread_t) + Send + 'static,
+) -> (Result<builder::RunOutcome, builder::BuildError>, bool) {
     let vm = builder::create_vm(kvm).expect("VM with irqchip and PIT");
     let mem = builder::setup_memory(&vm, 1 << 20, Default::default()).expect("guest memory");
     mem.write_slice(code, GuestAddress(0x1000)).unwrap();
@@ -64,7 +79,8 @@ fn run_payload(
         })),
         mmio_devices: Vec::new(),
     };
-    let devices = builder::attach_devices(&vm, &Console::Off, &mut hooks).expect("devices");
+    let mut devices = builder::attach_devices(&vm, &Console::Off, &mut hooks).expect("devices");
+    add_devices(&mut devices);
     let mut fds = Vec::new();
     for i in 0..vcpus {
         let fd = vcpu::create_vcpu(&vm, i).unwrap();
@@ -83,8 +99,9 @@ fn run_payload(
     // SAFETY: pthread_self has no preconditions.
     let me = unsafe { libc::pthread_self() };
     let watcher = std::thread::spawn(move || on_start(rx, me));
-    let ranges = memory::host_ranges(&mem);
-    let out = builder::run_vcpus(fds, &devices, &ranges);
+    let mut probe =
+        MemoryProbe::open(std::path::Path::new("/proc"), memory::host_ranges(&mem)).expect("smaps");
+    let out = builder::run_vcpus(fds, &devices, &mut probe, confine);
     watcher.join().unwrap();
     let fired = devices.markers.lock().unwrap().workload_ready.is_some();
     (out, fired)
@@ -128,4 +145,96 @@ fn guest_reset_on_one_vcpu_stops_all_vcpus() {
     let out = out.expect("a guest reset is a clean stop");
     assert_eq!(out.stop_reason, StopReason::GuestReset);
     assert!(fired);
+}
+
+/// The child side of the confinement tests: which role this process plays.
+fn child_role() -> Option<String> {
+    std::env::var("ISOLAB_CONFINE_CHILD").ok()
+}
+
+/// Runs `test` of this binary alone in a child process with `role`.
+fn in_child(test: &str, role: &str) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("ISOLAB_CONFINE_CHILD", role)
+        .output()
+        .expect("spawn the test binary")
+}
+
+/// A device whose emulation has been subverted: a port write makes it
+/// open a socket, which no monitor thread ever does.
+struct Hostile;
+impl BusDevice for Hostile {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _offset: u64, _data: &[u8]) -> DeviceEvent {
+        // SAFETY: a plain syscall with constant arguments; the filter
+        // stops it before the kernel runs it.
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        DeviceEvent::None
+    }
+}
+
+/// Port of the hostile device in the payload below.
+const HOSTILE_PORT: u64 = 0x510;
+
+/// Confined (seccomp on every thread, no capabilities): a real-mode guest
+/// runs to its reset with the ready sample taken by the confined VMM
+/// thread; and a guest that drives a subverted device into a forbidden
+/// syscall on its vCPU thread ends the monitor, which names the syscall.
+/// Each VM runs in a child process, since confinement cannot be undone.
+#[test]
+fn confined_monitor_runs_and_stops_at_a_forbidden_syscall() {
+    const TEST: &str = "confined_monitor_runs_and_stops_at_a_forbidden_syscall";
+    if let Some(role) = child_role() {
+        let kvm = KvmContext::open().expect("/dev/kvm in the child");
+        let code = match role.as_str() {
+            // ready; mov al,0xfe; out 0x64,al (i8042 reset); jmp $
+            "clean" => payload(&[0xb0, 0xfe, 0xe6, 0x64, 0xeb, 0xfe]),
+            // ready; mov dx,0x510; out dx,al (the hostile device); jmp $
+            _ => payload(&[0xba, 0x10, 0x05, 0xee, 0xeb, 0xfe]),
+        };
+        let (out, fired) = run_payload_with(
+            &kvm,
+            &code,
+            1,
+            true,
+            |d| {
+                d.bus
+                    .pio
+                    .insert(HOSTILE_PORT, 1, Arc::new(Mutex::new(Hostile)))
+                    .unwrap();
+            },
+            |_, _| {},
+        );
+        let out = out.expect("a confined run");
+        // Only write(2) and exit_group(2) from here: this thread is confined.
+        let ok = out.stop_reason == StopReason::GuestReset
+            && fired
+            && out.memory_at_ready.is_some_and(|m| m.guest_touched_kib > 0);
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+    let Some(_) = require_kvm(TEST) else {
+        return;
+    };
+    let clean = in_child(TEST, "clean");
+    assert!(
+        clean.status.success(),
+        "a confined VM runs to its reset: {clean:?}"
+    );
+    let hostile = in_child(TEST, "hostile");
+    let stderr = String::from_utf8_lossy(&hostile.stderr);
+    assert_eq!(
+        hostile.status.code(),
+        Some(isolab_microvm::seccomp::EXIT_FORBIDDEN_SYSCALL),
+        "{hostile:?}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "seccomp stopped the vcpu thread at a forbidden syscall {} (socket)",
+            libc::SYS_socket
+        )),
+        "{stderr}"
+    );
 }

@@ -109,6 +109,13 @@ pub enum VcpuError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// Confining the vCPU thread failed (it never entered the guest).
+    #[error("Failed to confine the vCPU {index} thread")]
+    Confine {
+        index: u8,
+        #[source]
+        source: crate::seccomp::SeccompError,
+    },
     /// The guest exited in a way that ends the VM with an error.
     #[error(transparent)]
     Exit(#[from] ExitError),

@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -44,6 +44,9 @@ pub enum NetError {
     /// Making the TAP non-blocking failed.
     #[error("Could not make the TAP file descriptor non-blocking")]
     Nonblocking(#[source] nix::Error),
+    /// Starting the I/O thread failed.
+    #[error("Could not start the virtio-net thread")]
+    Spawn(#[source] io::Error),
     /// Creating an eventfd failed.
     #[error("Could not create the {what} eventfd")]
     EventFd {
@@ -53,19 +56,46 @@ pub enum NetError {
     },
 }
 
+/// Stack of the worker thread: small, so that it can never be backed by
+/// a 2 MiB transparent huge page.
+const WORKER_STACK_SIZE: usize = 256 << 10;
+
+/// What the worker serves between DRIVER_OK and a reset.
+struct Active {
+    mem: GuestMemoryMmap,
+    rx: Queue,
+    tx: Queue,
+    interrupt: Arc<Interrupt>,
+}
+
+/// Messages to the worker thread.
+enum Command {
+    /// Serve these queues; answer once confined and serving (or why not).
+    Start(Active, mpsc::Sender<Result<(), String>>),
+    /// Acknowledge that the last [`Command::Start`] is no longer served.
+    Stopped(mpsc::Sender<()>),
+}
+
 /// The network device; the transport activates it.
+///
+/// Its I/O thread is started with the device, before the guest runs, and
+/// waits for activation: no thread is ever created while the guest runs,
+/// so a confined vCPU thread (which activates the device) needs no
+/// `clone`. The worker confines itself ([`crate::seccomp`]) before it
+/// serves its first queue.
 #[derive(Debug)]
 pub struct NetDevice {
     mac: [u8; 6],
-    tap: File,
     kick: EventFd,
     stop: EventFd,
+    commands: Option<mpsc::Sender<Command>>,
     worker: Option<JoinHandle<()>>,
+    serving: bool,
 }
 
 impl NetDevice {
     /// A device with MAC `mac` sending and receiving frames on `tap` (a TAP
-    /// fd opened without IFF_VNET_HDR).
+    /// fd opened without IFF_VNET_HDR); starts its (idle) I/O thread.
     pub fn new(tap: OwnedFd, mac: [u8; 6]) -> Result<NetDevice, NetError> {
         let flags = fcntl(&tap, FcntlArg::F_GETFL).map_err(NetError::Nonblocking)?;
         fcntl(
@@ -76,27 +106,60 @@ impl NetDevice {
         let evt = |what| {
             EventFd::new(libc::EFD_NONBLOCK).map_err(|source| NetError::EventFd { what, source })
         };
+        let kick = evt("queue notify")?;
+        let stop = evt("stop")?;
+        let clone = |e: &EventFd, what| {
+            e.try_clone()
+                .map_err(|source| NetError::EventFd { what, source })
+        };
+        let (commands, inbox) = mpsc::channel();
+        let worker = Worker {
+            tap: File::from(tap),
+            kick: clone(&kick, "queue notify")?,
+            stop: clone(&stop, "stop")?,
+            frame: vec![0; MAX_FRAME],
+            tx_frame: Vec::with_capacity(MAX_TX_CHAIN),
+            pending: None,
+            rx_room: true,
+        };
+        let handle = std::thread::Builder::new()
+            .name("virtio-net".into())
+            .stack_size(WORKER_STACK_SIZE)
+            .spawn(move || worker.run(inbox))
+            .map_err(NetError::Spawn)?;
         Ok(NetDevice {
             mac,
-            tap: File::from(tap),
-            kick: evt("queue notify")?,
-            stop: evt("stop")?,
-            worker: None,
+            kick,
+            stop,
+            commands: Some(commands),
+            worker: Some(handle),
+            serving: false,
         })
     }
 
-    fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            let _ = self.stop.write(1);
-            let _ = w.join();
-            let _ = self.stop.read();
+    /// Stops serving the queues and waits until the worker let go of them.
+    fn stop_serving(&mut self) {
+        if !std::mem::take(&mut self.serving) {
+            return;
+        }
+        let (ack, acked) = mpsc::channel();
+        let _ = self.stop.write(1);
+        if let Some(c) = &self.commands {
+            if c.send(Command::Stopped(ack)).is_ok() {
+                let _ = acked.recv();
+            }
         }
     }
 }
 
 impl Drop for NetDevice {
     fn drop(&mut self) {
-        self.stop_worker();
+        self.stop_serving();
+        // Closing the channel ends the worker's wait.
+        self.commands = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
     }
 }
 
@@ -119,7 +182,8 @@ impl VirtioDevice for NetDevice {
         for (i, b) in data.iter_mut().enumerate() {
             *b = usize::try_from(offset)
                 .ok()
-                .and_then(|o| self.mac.get(o + i).copied())
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| self.mac.get(o).copied())
                 .unwrap_or(0);
         }
     }
@@ -131,42 +195,25 @@ impl VirtioDevice for NetDevice {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), String> {
-        self.stop_worker();
-        let clone = |f: &File| {
-            f.try_clone()
-                .map_err(|e| format!("Could not clone the TAP fd: {e}"))
-        };
-        let tap = clone(&self.tap)?;
-        let kick = self
-            .kick
-            .try_clone()
-            .map_err(|e| format!("Could not clone the notify eventfd: {e}"))?;
-        let stop = self
-            .stop
-            .try_clone()
-            .map_err(|e| format!("Could not clone the stop eventfd: {e}"))?;
+        self.stop_serving();
         let mut queues = queues.into_iter();
         let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
             return Err("virtio-net needs an RX and a TX queue".into());
         };
-        let worker = Worker {
+        let active = Active {
             mem,
             rx,
             tx,
-            tap,
-            kick,
-            stop,
             interrupt,
-            frame: vec![0; MAX_FRAME],
-            tx_frame: Vec::with_capacity(MAX_TX_CHAIN),
-            pending: None,
-            rx_room: true,
         };
-        let handle = std::thread::Builder::new()
-            .name("virtio-net".into())
-            .spawn(move || worker.run())
-            .map_err(|e| format!("Could not start the virtio-net thread: {e}"))?;
-        self.worker = Some(handle);
+        let (reply, replied) = mpsc::channel();
+        let gone = || "The virtio-net thread is gone".to_owned();
+        let commands = self.commands.as_ref().ok_or_else(gone)?;
+        commands
+            .send(Command::Start(active, reply))
+            .map_err(|_| gone())?;
+        replied.recv().map_err(|_| gone())??;
+        self.serving = true;
         Ok(())
     }
 
@@ -175,19 +222,16 @@ impl VirtioDevice for NetDevice {
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.stop_serving();
     }
 }
 
-/// The device's I/O thread: owns both queues while the device runs.
+/// The device's I/O thread: waits for activation, then owns both queues
+/// until the device is reset.
 struct Worker {
-    mem: GuestMemoryMmap,
-    rx: Queue,
-    tx: Queue,
     tap: File,
     kick: EventFd,
     stop: EventFd,
-    interrupt: Arc<Interrupt>,
     frame: Vec<u8>,
     /// Scratch buffer of one TX chain (never above [`MAX_TX_CHAIN`]).
     tx_frame: Vec<u8>,
@@ -198,7 +242,32 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(mut self) {
+    fn run(mut self, inbox: mpsc::Receiver<Command>) {
+        while let Ok(cmd) = inbox.recv() {
+            match cmd {
+                Command::Start(mut active, reply) => {
+                    if let Err(e) = crate::seccomp::confine_current_thread_if_enabled(
+                        crate::seccomp::ThreadKind::NetWorker,
+                    ) {
+                        let _ = reply
+                            .send(Err(format!("Could not confine the virtio-net thread: {e}")));
+                        return;
+                    }
+                    let _ = reply.send(Ok(()));
+                    self.pending = None;
+                    self.rx_room = true;
+                    self.serve(&mut active);
+                }
+                Command::Stopped(ack) => {
+                    let _ = self.stop.read();
+                    let _ = ack.send(());
+                }
+            }
+        }
+    }
+
+    /// Serves the queues until the stop eventfd fires.
+    fn serve(&mut self, a: &mut Active) {
         loop {
             let (kick, tap, stop) = {
                 // SAFETY: both eventfds are owned by `self` and outlive
@@ -209,44 +278,40 @@ impl Worker {
                         BorrowedFd::borrow_raw(self.stop.as_raw_fd()),
                     )
                 };
-                let mut fds = vec![
+                let mut fds = [
                     PollFd::new(kick, PollFlags::POLLIN),
                     PollFd::new(stop, PollFlags::POLLIN),
+                    PollFd::new(self.tap.as_fd(), PollFlags::POLLIN),
                 ];
-                if self.rx_room {
-                    fds.push(PollFd::new(self.tap.as_fd(), PollFlags::POLLIN));
-                }
-                match poll(&mut fds, PollTimeout::NONE) {
+                let n = if self.rx_room { 3 } else { 2 };
+                match poll(&mut fds[..n], PollTimeout::NONE) {
                     Ok(_) => {}
                     Err(nix::Error::EINTR) => continue,
                     Err(_) => return,
                 }
-                let ready = |i: usize| {
-                    fds.get(i)
-                        .and_then(PollFd::revents)
-                        .is_some_and(|r| !r.is_empty())
-                };
+                let ready = |i: usize| i < n && fds[i].revents().is_some_and(|r| !r.is_empty());
                 (ready(0), ready(2), ready(1))
             };
             if stop {
+                // Left set: the Stopped command that follows reads it.
                 return;
             }
             if kick {
                 let _ = self.kick.read();
                 self.rx_room = true;
-                if process_tx(&mut self.tx, &self.mem, &mut self.tap, &mut self.tx_frame) {
-                    self.interrupt.signal(INT_VRING);
+                if process_tx(&mut a.tx, &a.mem, &mut self.tap, &mut self.tx_frame) {
+                    a.interrupt.signal(INT_VRING);
                 }
             }
-            if self.rx_room && (tap || kick || self.pending.is_some()) && self.receive() {
-                self.interrupt.signal(INT_VRING);
+            if self.rx_room && (tap || kick || self.pending.is_some()) && self.receive(a) {
+                a.interrupt.signal(INT_VRING);
             }
         }
     }
 
     /// Moves frames from the TAP into RX buffers until either runs out;
     /// returns whether any buffer was used.
-    fn receive(&mut self) -> bool {
+    fn receive(&mut self, a: &mut Active) -> bool {
         let mut used = false;
         loop {
             let len = match self.pending {
@@ -257,7 +322,7 @@ impl Worker {
                 },
             };
             self.pending = Some(len);
-            match deliver_rx(&mut self.rx, &self.mem, &self.frame[..len]) {
+            match deliver_rx(&mut a.rx, &a.mem, &self.frame[..len]) {
                 Some(_) => {
                     used = true;
                     self.pending = None;
