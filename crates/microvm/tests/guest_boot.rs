@@ -74,7 +74,16 @@ fn noop_boots_and_exits_zero_with_every_phase() {
             "{label}: {}",
             r.workload_output
         );
+        assert!(
+            r.guest_memory.host_alignment_kib >= 2048,
+            "{label}: guest RAM 2 MiB-aligned: {:?}",
+            r.guest_memory
+        );
         let m = r.memory_at_ready.expect("sampled at ready");
+        eprintln!(
+            "{label}: guest touched {} KiB, of it THP {} KiB, page {} KiB; VMM overhead {} KiB",
+            m.guest_touched_kib, m.guest_thp_kib, m.guest_page_kib, m.vmm_overhead_kib
+        );
         assert!(
             m.guest_touched_kib > 0 && m.vmm_overhead_kib > 0,
             "{label}: {m:?}"
@@ -109,4 +118,40 @@ fn guest_runs_its_own_kernel() {
         .to_string_lossy()
         .into_owned();
     assert_ne!(guest, host, "guest and host kernels must differ");
+}
+
+/// The production configuration of `isolab-vmm`: the monitor confined
+/// (seccomp on every thread, no capabilities) boots Linux to its workload
+/// and back. Runs in a child process: confinement cannot be undone.
+#[test]
+fn noop_boots_confined() {
+    const TEST: &str = "noop_boots_confined";
+    if std::env::var_os("ISOLAB_CONFINE_CHILD").is_some() {
+        let (k, i) = find_artifacts().expect("artifacts in the child");
+        let mut c = VmConfig::new(&k, "noop");
+        c.initrd = Some(i);
+        c.seccomp = true;
+        let r = isolab_microvm::run(&c, Instant::now(), RunHooks::default());
+        // This thread is confined now: only write(2) and exit_group(2).
+        let ok = matches!(&r, Ok(r) if r.exit_status == Some(0)
+            && r.stop_reason == StopReason::GuestReset
+            && r.memory_at_ready.is_some());
+        println!("confined boot: {}", if ok { "ok" } else { "FAILED" });
+        if let Err(e) = &r {
+            println!("error: {e}");
+        }
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+    if artifacts(TEST).is_none() {
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+        .env("ISOLAB_CONFINE_CHILD", "1")
+        .output()
+        .expect("spawn the test binary");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("confined boot: ok"),
+        "{out:?}"
+    );
 }

@@ -1,6 +1,7 @@
 //! Confinement without KVM: the VMM thread's filter stops a file open and
-//! the monitor reports it; a confined virtio-net worker still moves frames
-//! both ways. Each case runs in a child process (this test binary again),
+//! the monitor reports it; a confined virtio-net worker, activated, kicked
+//! and reset from a thread under the vCPU filter, still moves frames both
+//! ways. Each case runs in a child process (this test binary again),
 //! because a seccomp filter cannot be removed. (The vCPU filter, with a
 //! real VM, is in vm_lifecycle.rs.)
 
@@ -77,24 +78,35 @@ fn a_confined_net_worker_still_moves_frames_both_ways() {
     let (tap_end, wire) = UnixDatagram::pair().unwrap();
     wire.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut dev = NetDevice::new(OwnedFd::from(tap_end), [2, 0, 0, 0, 0, 1]).unwrap();
     let irq = EventFd::new(0).unwrap();
-    dev.activate(
-        m.clone(),
-        dev.features(),
-        vec![rxq.create_queue().unwrap(), txq.create_queue().unwrap()],
-        Interrupt::new(irq.try_clone().unwrap()),
-    )
-    .expect("the worker confines itself and serves");
-    wire.send(b"to-guest").unwrap();
-    assert!(irq.read().unwrap() >= 1);
+    let irq_seen = irq.try_clone().unwrap();
+    // The far end of the wire (and the interrupt controller) runs on its
+    // own, unconfined thread.
+    let (go, went) = std::sync::mpsc::channel::<()>();
+    let (rx_done, rx_seen) = std::sync::mpsc::channel::<u64>();
+    let far_end = std::thread::spawn(move || {
+        went.recv().unwrap();
+        wire.send(b"to-guest").unwrap();
+        rx_done.send(irq_seen.read().unwrap()).unwrap();
+        let mut buf = [0u8; 64];
+        let n = wire.recv(&mut buf).unwrap();
+        buf[..n].to_vec()
+    });
+    let mut dev = NetDevice::new(OwnedFd::from(tap_end), [2, 0, 0, 0, 0, 1]).unwrap();
+    let interrupt = Interrupt::new(irq.try_clone().unwrap());
+    let queues = vec![rxq.create_queue().unwrap(), txq.create_queue().unwrap()];
+    // From here this thread plays a confined vCPU: the transport activates,
+    // notifies and resets the device from vCPU threads.
+    seccomp::confine_current_thread(ThreadKind::Vcpu).expect("confine as a vCPU");
+    dev.activate(m.clone(), dev.features(), queues, interrupt)
+        .expect("the worker confines itself and serves");
+    go.send(()).unwrap();
+    assert!(rx_seen.recv().unwrap() >= 1, "RX interrupt");
     let mut got = [0u8; 20];
     m.read_slice(&mut got, GuestAddress(0x10000)).unwrap();
     assert_eq!(&got[12..], b"to-guest");
     dev.queue_notify(1);
-    let mut buf = [0u8; 64];
-    let n = wire.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"from-guest");
+    assert_eq!(far_end.join().unwrap(), b"from-guest");
     dev.reset();
     drop(dev);
     println!("frames moved confined");

@@ -50,16 +50,25 @@ impl I8042 {
     }
 }
 
+/// The register offset, if `offset` is inside the device (a plain cast
+/// would turn offset 0x104 into the command port).
+fn register(offset: u64) -> Option<u8> {
+    u8::try_from(offset)
+        .ok()
+        .filter(|&o| u64::from(o) < I8042_LEN)
+}
+
 impl BusDevice for I8042 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if let Some(b) = data.first_mut() {
-            *b = self.inner.read(offset as u8);
+        data.fill(0);
+        if let (Some(b), Some(reg)) = (data.first_mut(), register(offset)) {
+            *b = self.inner.read(reg);
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> DeviceEvent {
-        if let Some(&b) = data.first() {
-            let Ok(()) = self.inner.write(offset as u8, b);
+        if let (Some(&b), Some(reg)) = (data.first(), register(offset)) {
+            let Ok(()) = self.inner.write(reg, b);
         }
         if self.reset.0.swap(false, Ordering::SeqCst) {
             DeviceEvent::Reset

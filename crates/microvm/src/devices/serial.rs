@@ -108,18 +108,26 @@ impl<T: Trigger, W: Write> SerialDevice<T, W> {
     }
 }
 
+/// The register offset, if `offset` is one of the UART's eight.
+fn register(offset: u64) -> Option<u8> {
+    u8::try_from(offset)
+        .ok()
+        .filter(|&o| u64::from(o) < COM1_LEN)
+}
+
 impl<T: Trigger + Send, W: Write + Send> BusDevice for SerialDevice<T, W> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if let Some(b) = data.first_mut() {
-            *b = self.inner.read(offset as u8);
+        data.fill(0);
+        if let (Some(b), Some(reg)) = (data.first_mut(), register(offset)) {
+            *b = self.inner.read(reg);
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> DeviceEvent {
-        if let Some(&b) = data.first() {
+        if let (Some(&b), Some(offset)) = (data.first(), register(offset)) {
             // A failed interrupt or console write must not kill the guest;
             // the console is best effort.
-            let _ = self.inner.write(offset as u8, b);
+            let _ = self.inner.write(offset, b);
         }
         DeviceEvent::None
     }

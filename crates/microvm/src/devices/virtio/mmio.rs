@@ -165,6 +165,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
             self.reset();
             return;
         }
+        // A driver never clears a status bit except by writing 0 (virtio
+        // 1.x, 2.1.2); such a write is ignored, so an activated device can
+        // never lose FEATURES_OK or DRIVER_OK behind the transport's back.
+        if value & self.status != self.status {
+            return;
+        }
         let new_bits = value & !self.status;
         // FEATURES_OK sticks only if the driver took a subset of what we
         // offered, VERSION_1 included (4.2.2.2: the driver re-reads it).
@@ -484,6 +490,20 @@ mod tests {
         );
         w(&mut t, reg::INTERRUPT_ACK, super::super::device::INT_CONFIG);
         assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn a_status_write_that_clears_bits_is_ignored() {
+        let (mut t, _) = transport();
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 0x1000);
+        setup_queue(&mut t, 1, 0x2000);
+        let all = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
+        w(&mut t, reg::STATUS, all);
+        assert!(t.is_activated());
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER_OK);
+        assert_eq!(r(&mut t, reg::STATUS), all, "FEATURES_OK stays");
+        assert!(t.is_activated());
     }
 
     #[test]
