@@ -1,0 +1,467 @@
+//! Benchmark: our monitor against peer monitors, process against process,
+//! in one emulated-host session (issue 16's method).
+//!
+//! Every contender boots the same vmlinux and initramfs with the same
+//! kernel command line (taken from our monitor's report), 1 vCPU, 128 MiB,
+//! workload `noop`. Per THP setting of the emulated host (`always`, its
+//! default, then `never`) it runs one warm-up each, then `ROUNDS`
+//! interleaved rounds (the order rotates every round) timing spawn -> exit
+//! of the monitor process; then `MEM_ROUNDS` rounds that sample the
+//! process's smaps every 10 ms for its peak RSS outside guest RAM (the
+//! 128 MiB guest mapping is recognised by its size, Firecracker's method)
+//! and KVM's counters of 2 MiB mappings and fixed page faults. It prints
+//! medians and each contender's ratio to the first.
+//!
+//! Contenders (environment, host paths):
+//! - `ISOLAB_MONITOR`: our monitor, a `bench` binary (`bench vm run`);
+//!   default: the `bench` built beside this benchmark (`--release`);
+//! - `ISOLAB_MONITOR_VMM`: alternatively `isolab-vmm` (same arguments
+//!   after `vm run`, if it keeps them);
+//! - `ISOLAB_BASELINE`: an older `bench`, e.g. built from main (optional);
+//! - `FIRECRACKER`: a static `firecracker` binary (optional; built by hand
+//!   from a fetched snapshot, never by the project).
+//!
+//! `ROUNDS` (default 15), `MEM_ROUNDS` (default 3). Needs the provisioned
+//! guest (`bench provision`) and the emulated host; figures are labelled
+//! as emulated: only the ratios mean anything.
+//!
+//! Run: `cargo bench -p isolab-microvm --bench monitor_race`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const GUEST_MIB: u64 = 128;
+const INSIDE: &str = "/opt/race";
+
+#[derive(Debug, Clone)]
+struct Contender {
+    label: String,
+    kind: Kind,
+    bin: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// `bench vm run ... --json` (or `isolab-vmm` with the same arguments).
+    Isolab,
+    /// `firecracker --no-api --config-file`.
+    Firecracker,
+}
+
+fn env_path(k: &str) -> Option<PathBuf> {
+    std::env::var_os(k).map(PathBuf::from)
+}
+
+fn cache_root() -> Option<PathBuf> {
+    if let Some(c) = std::env::var_os("ISOLAB_CACHE") {
+        return Some(c.into());
+    }
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/isolab"))
+}
+
+fn newest(dir: &Path, pick: impl Fn(&Path) -> Option<PathBuf>) -> Option<PathBuf> {
+    let mut v: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| pick(&e.ok()?.path()))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    v.sort();
+    v.pop().map(|(_, p)| p)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--inside") {
+        inside();
+    } else {
+        outside();
+    }
+}
+
+/// On the host: copy everything into the emulated host and run there.
+fn outside() {
+    let exe = std::env::current_exe().expect("own path");
+    let release = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<triple>/release/deps");
+    let mut contenders = Vec::new();
+    let ours = env_path("ISOLAB_MONITOR_VMM")
+        .or_else(|| env_path("ISOLAB_MONITOR"))
+        .unwrap_or_else(|| release.join("bench"));
+    contenders.push(("isolab", Kind::Isolab, ours));
+    if let Some(b) = env_path("ISOLAB_BASELINE") {
+        contenders.push(("baseline", Kind::Isolab, b));
+    }
+    if let Some(f) = env_path("FIRECRACKER") {
+        contenders.push(("firecracker", Kind::Firecracker, f));
+    }
+    let root = cache_root().expect("a cache root");
+    let kernel = newest(&root.join("kernel"), |d| {
+        let v = d.join("vmlinux");
+        (d.join("meta.json").is_file() && v.is_file()).then_some(v)
+    });
+    let initrd = newest(&root.join("initramfs"), |p| {
+        let n = p.file_name()?.to_str()?;
+        (n.starts_with("guest-") && n.ends_with(".cpio")).then(|| p.to_path_buf())
+    });
+    let (Some(kernel), Some(initrd)) = (kernel, initrd) else {
+        println!("SKIPPED monitor_race: no provisioned guest: run `bench provision`");
+        return;
+    };
+    for (_, _, b) in &contenders {
+        if !b.is_file() {
+            println!("SKIPPED monitor_race: {} is not built", b.display());
+            return;
+        }
+    }
+    use isolab_emuhost::{EmulatedHost, FileMap, HostConfig, Invocation};
+    let map = |host: &Path, guest: String| FileMap {
+        host: host.to_path_buf(),
+        guest,
+    };
+    let mut files = vec![
+        map(&exe, format!("{INSIDE}/race")),
+        map(&kernel, format!("{INSIDE}/vmlinux")),
+        map(&initrd, format!("{INSIDE}/initrd.cpio")),
+    ];
+    let mut spec = Vec::new();
+    for (label, kind, bin) in &contenders {
+        files.push(map(bin, format!("{INSIDE}/{label}/monitor")));
+        spec.push(format!(
+            "{label}:{}",
+            if *kind == Kind::Firecracker {
+                "fc"
+            } else {
+                "isolab"
+            }
+        ));
+    }
+    let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
+    let inv = Invocation {
+        command: vec![format!("{INSIDE}/race"), "--inside".into()],
+        env: vec![
+            ("RACE_CONTENDERS".into(), spec.join(",")),
+            ("ROUNDS".into(), var("ROUNDS", "15")),
+            ("MEM_ROUNDS".into(), var("MEM_ROUNDS", "3")),
+        ],
+        files,
+    };
+    let host = match EmulatedHost::prepare(HostConfig {
+        timeout_s: 3600,
+        ..HostConfig::default()
+    }) {
+        Ok(h) => h,
+        Err(e) => {
+            println!("SKIPPED monitor_race: the emulated host cannot start: {e}");
+            return;
+        }
+    };
+    let out = host
+        .run(&inv, &mut |l| println!("{l}"))
+        .expect("the emulated host runs the race");
+    println!("({})", isolab_emuhost::EMULATED_HOST_LABEL);
+    assert_eq!(out.status, 0, "the race failed inside the emulated host");
+}
+
+/// One run's measurements.
+#[derive(Debug, Default, Clone)]
+struct Sample {
+    wall_ms: f64,
+    /// Peak RSS outside the guest mapping (KiB), when sampled.
+    outside_kib: Option<u64>,
+    /// Peak RSS of the guest mapping (KiB), when sampled.
+    guest_kib: Option<u64>,
+    /// KVM's live 2 MiB mappings and fixed page faults (max seen).
+    pages_2m: Option<u64>,
+    pf_fixed: Option<u64>,
+    /// ru_maxrss from wait4 (KiB).
+    maxrss_kib: u64,
+}
+
+fn inside() {
+    let contenders: Vec<Contender> = std::env::var("RACE_CONTENDERS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|s| {
+            let (label, kind) = s.split_once(':')?;
+            Some(Contender {
+                label: label.to_string(),
+                kind: if kind == "fc" {
+                    Kind::Firecracker
+                } else {
+                    Kind::Isolab
+                },
+                bin: Path::new(INSIDE).join(label).join("monitor"),
+            })
+        })
+        .collect();
+    let n = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (rounds, mem_rounds) = (n("ROUNDS", 15), n("MEM_ROUNDS", 3));
+    let _ = Command::new("mount")
+        .args(["-t", "debugfs", "none", "/sys/kernel/debug"])
+        .status();
+    // Our monitor's command line, for the peers.
+    let first = run_isolab(&contenders[0].bin, false).expect("our monitor boots the guest");
+    let cmdline = first.1.expect("our report's cmdline");
+    let fc_config = Path::new(INSIDE).join("fc.json");
+    std::fs::write(
+        &fc_config,
+        serde_json::json!({
+            "boot-source": {
+                "kernel_image_path": format!("{INSIDE}/vmlinux"),
+                "initrd_path": format!("{INSIDE}/initrd.cpio"),
+                "boot_args": cmdline,
+            },
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": GUEST_MIB},
+        })
+        .to_string(),
+    )
+    .expect("write the Firecracker config");
+    println!("kernel command line (all contenders): {cmdline}");
+    for thp in ["always", "never"] {
+        std::fs::write("/sys/kernel/mm/transparent_hugepage/enabled", thp)
+            .expect("set THP in the emulated host");
+        let mut results: Vec<Vec<Sample>> = vec![Vec::new(); contenders.len()];
+        for c in &contenders {
+            run_one(c, &fc_config, false).expect("warm-up");
+        }
+        for r in 0..rounds {
+            for k in 0..contenders.len() {
+                let i = (k + r) % contenders.len();
+                let s = run_one(&contenders[i], &fc_config, false).expect("timed run");
+                results[i].push(s);
+            }
+        }
+        for r in 0..mem_rounds {
+            for k in 0..contenders.len() {
+                let i = (k + r) % contenders.len();
+                let s = run_one(&contenders[i], &fc_config, true).expect("sampled run");
+                results[i].push(s);
+            }
+        }
+        report(thp, &contenders, &results, rounds);
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+fn report(thp: &str, contenders: &[Contender], results: &[Vec<Sample>], rounds: usize) {
+    println!(
+        "THP {thp}: {rounds} interleaved rounds (wall), sampled rounds after (memory); medians"
+    );
+    println!(
+        "{:<12} {:>9} {:>7} {:>12} {:>8} {:>11} {:>9} {:>9} {:>10}",
+        "monitor",
+        "wall ms",
+        "ratio",
+        "outside KiB",
+        "ratio",
+        "guest KiB",
+        "2M maps",
+        "pf_fixed",
+        "maxrss KiB"
+    );
+    let wall = |s: &[Sample]| median(s[..rounds].iter().map(|x| x.wall_ms).collect());
+    let med = |s: &[Sample], f: fn(&Sample) -> Option<u64>| {
+        median(s.iter().filter_map(f).map(|v| v as f64).collect())
+    };
+    let w0 = wall(&results[0]);
+    let o0 = med(&results[0], |s| s.outside_kib);
+    for (c, s) in contenders.iter().zip(results) {
+        let w = wall(s);
+        let o = med(s, |s| s.outside_kib);
+        let fmt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<12} {:>9} {:>7} {:>12} {:>8} {:>11} {:>9} {:>9} {:>10}",
+            c.label,
+            w.map_or("-".into(), |v| format!("{v:.1}")),
+            ratio(w, w0),
+            fmt(o),
+            ratio(o, o0),
+            fmt(med(s, |s| s.guest_kib)),
+            fmt(med(s, |s| s.pages_2m)),
+            fmt(med(s, |s| s.pf_fixed)),
+            fmt(med(s, |s| Some(s.maxrss_kib))),
+        );
+        let raw: Vec<String> = s[..rounds]
+            .iter()
+            .map(|x| format!("{:.1}", x.wall_ms))
+            .collect();
+        println!("  raw wall ms {}: [{}]", c.label, raw.join(", "));
+    }
+}
+
+fn run_one(c: &Contender, fc_config: &Path, sample: bool) -> Result<Sample, String> {
+    match c.kind {
+        Kind::Isolab => {
+            let mut cmd = Command::new(&c.bin);
+            cmd.args(isolab_args());
+            spawn_measured(cmd, sample)
+        }
+        Kind::Firecracker => {
+            let mut cmd = Command::new(&c.bin);
+            cmd.arg("--no-api").arg("--config-file").arg(fc_config);
+            spawn_measured(cmd, sample)
+        }
+    }
+}
+
+fn isolab_args() -> Vec<String> {
+    [
+        "vm",
+        "run",
+        "--kernel",
+        &format!("{INSIDE}/vmlinux"),
+        "--initrd",
+        &format!("{INSIDE}/initrd.cpio"),
+        "--workload",
+        "noop",
+        "--memory",
+        "128M",
+        "--vcpus",
+        "1",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Runs our monitor once, returning its report's command line.
+fn run_isolab(bin: &Path, sample: bool) -> Result<(Sample, Option<String>), String> {
+    let out = Command::new(bin)
+        .args(isolab_args())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: Option<serde_json::Value> = text.lines().find_map(|l| serde_json::from_str(l).ok());
+    let cmdline = report
+        .as_ref()
+        .and_then(|r| r["cmdline"].as_str())
+        .map(str::to_string);
+    if !out.status.success() {
+        return Err(format!(
+            "{}: {:?} {}",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let _ = sample;
+    Ok((Sample::default(), cmdline))
+}
+
+/// Spawns `cmd`, optionally sampling its smaps and KVM's counters every
+/// 10 ms, and waits with wait4 for its exit and peak RSS.
+fn spawn_measured(mut cmd: Command, sample: bool) -> Result<Sample, String> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let t0 = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let drain = std::thread::spawn(move || {
+        let mut o = Vec::new();
+        let mut e = Vec::new();
+        if let Some(s) = stdout.as_mut() {
+            let _ = s.read_to_end(&mut o);
+        }
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.read_to_end(&mut e);
+        }
+        (o, e)
+    });
+    let mut s = Sample::default();
+    let mut status = 0;
+    // SAFETY: rusage is plain data, filled by wait4.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our child; status and rusage are valid out
+        // pointers; WNOHANG never blocks.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        if r == pid {
+            break;
+        }
+        if r < 0 {
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            return Err("a run took over 120 s".into());
+        }
+        if sample {
+            if let Some((outside, guest)) = smaps(pid) {
+                s.outside_kib = Some(s.outside_kib.unwrap_or(0).max(outside));
+                s.guest_kib = Some(s.guest_kib.unwrap_or(0).max(guest));
+            }
+            for (file, slot) in [("pages_2m", &mut s.pages_2m), ("pf_fixed", &mut s.pf_fixed)] {
+                if let Some(v) = std::fs::read_to_string(format!("/sys/kernel/debug/kvm/{file}"))
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                {
+                    *slot = Some(slot.unwrap_or(0).max(v));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    s.wall_ms = t0.elapsed().as_secs_f64() * 1e3;
+    s.maxrss_kib = ru.ru_maxrss as u64;
+    let (_, err) = drain.join().unwrap_or_default();
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    if code != Some(0) {
+        return Err(format!(
+            "{:?} exited {code:?}: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&err)
+        ));
+    }
+    Ok(s)
+}
+
+/// RSS outside and inside the guest mapping (KiB): the guest mapping is
+/// the one exactly as large as guest RAM.
+fn smaps(pid: libc::pid_t) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let (mut outside, mut guest) = (0u64, 0u64);
+    let mut is_guest = false;
+    for line in text.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                is_guest = b - a == GUEST_MIB << 20;
+                continue;
+            }
+        }
+        if let Some(v) = line.strip_prefix("Rss:") {
+            let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            if is_guest {
+                guest += kib;
+            } else {
+                outside += kib;
+            }
+        }
+    }
+    Some((outside, guest))
+}
