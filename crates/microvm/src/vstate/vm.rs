@@ -1,7 +1,7 @@
 //! The VM file descriptor: VM-wide state set up before any vCPU exists.
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{Cap, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -33,6 +33,9 @@ pub enum VmError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// KVM_X86_SET_MSR_FILTER.
+    #[error("KVM_X86_SET_MSR_FILTER (hiding the perf counters) failed")]
+    MsrFilter(#[source] kvm_ioctls::Error),
     /// KVM_IRQFD.
     #[error("KVM_IRQFD for GSI {gsi} failed")]
     RegisterIrqfd {
@@ -62,6 +65,39 @@ pub fn setup_irqchip_and_pit(vm: &VmFd) -> Result<(), VmError> {
         ..Default::default()
     };
     vm.create_pit2(pit).map_err(VmError::CreatePit)
+}
+
+/// The perf-counter MSRs the guest must not reach, `(first, count)`: AMD's
+/// legacy counters (PERF_CTL0-3 0xc0010000.., PERF_CTR0-3 0xc0010004..),
+/// AMD's core counters (PERF_CTL/CTR 0-5, 0xc0010200..), Intel's P6
+/// counters (PERFCTR0-1 0xc1, EVNTSEL0-1 0x186).
+pub const PMU_MSRS: [(u32, u32); 4] = [(0xc001_0000, 8), (0xc001_0200, 12), (0xc1, 2), (0x186, 2)];
+
+/// The guest has no PMU: CPUID hides perfmon (see `arch::x86_64::cpuid`),
+/// and this makes every access to the perf-counter MSRs fault (#GP), as on
+/// a CPU without them. Why: a Linux guest on AMD probes the legacy counters
+/// whatever CPUID says (they have no CPUID bit); with no vPMU in the host,
+/// KVM ignores the write but logs `Unhandled WRMSR(0xc0010007)` in the
+/// host's kernel log for every boot. A filtered MSR faults without a log
+/// line, and the guest's perf init falls back to software events, as it
+/// did before. Skipped where KVM lacks MSR filtering.
+pub fn hide_pmu_msrs(vm: &VmFd) -> Result<(), VmError> {
+    if !vm.check_extension(Cap::X86MsrFilter) {
+        return Ok(());
+    }
+    // One bit per MSR, 0 = denied; two bytes cover the longest range.
+    let deny = [0u8; 2];
+    let ranges: Vec<MsrFilterRange<'_>> = PMU_MSRS
+        .iter()
+        .map(|&(base, msr_count)| MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            base,
+            msr_count,
+            bitmap: &deny,
+        })
+        .collect();
+    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
+        .map_err(VmError::MsrFilter)
 }
 
 /// Registers every guest RAM region as a KVM memory slot.

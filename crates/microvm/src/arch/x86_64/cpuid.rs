@@ -10,6 +10,9 @@ const ECX_HYPERVISOR: u32 = 1 << 31;
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 1 ECX bit 15: perfmon/debug capability MSR; not emulated.
 const ECX_PDCM: u32 = 1 << 15;
+/// Leaf 0x80000001 ECX bits 23, 24, 28: AMD core, northbridge and
+/// last-level-cache performance counters; hidden with the rest of the PMU.
+const ECX_AMD_PERFCTR_CORE_NB_LLC: u32 = (1 << 23) | (1 << 24) | (1 << 28);
 /// Leaf 1 EDX bit 28: max logical processor count field is valid.
 const EDX_HTT: u32 = 1 << 28;
 /// CLFLUSH line size in 8-byte units (64 bytes).
@@ -79,6 +82,17 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], index: u8, count: u8) {
                     }
                 }
             }
+            0x8000_0001 => {
+                // The guest has no PMU (see vstate::vm::hide_pmu_msrs).
+                e.ecx &= !ECX_AMD_PERFCTR_CORE_NB_LLC;
+            }
+            0x8000_0022 => {
+                // AMD PerfMonV2: not offered either.
+                e.eax = 0;
+                e.ebx = 0;
+                e.ecx = 0;
+                e.edx = 0;
+            }
             0x8000_0008 => {
                 // AMD: number of cores - 1 and the APIC-id size.
                 e.ecx = (e.ecx & !0xf0ff) | (id_bits(count) << 12) | (count32 - 1);
@@ -143,6 +157,16 @@ mod tests {
         e[0].eax = 0x0760_3104;
         normalize(&mut e, 0, 1);
         assert_eq!(e[0].eax, 0);
+    }
+
+    #[test]
+    fn amd_perf_counter_bits_are_hidden() {
+        let mut e = [entry(0x8000_0001, 0), entry(0x8000_0022, 0)];
+        e[0].ecx = ECX_AMD_PERFCTR_CORE_NB_LLC | 1;
+        e[1].eax = 1;
+        normalize(&mut e, 0, 1);
+        assert_eq!(e[0].ecx, 1, "other bits kept");
+        assert_eq!(e[1].eax, 0);
     }
 
     #[test]
