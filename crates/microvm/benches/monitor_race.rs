@@ -178,7 +178,20 @@ struct Sample {
     pf_fixed: Option<u64>,
     /// ru_maxrss from wait4 (KiB).
     maxrss_kib: u64,
+    /// Our monitors' report (phases, memory), when it printed one.
+    report: Option<serde_json::Value>,
 }
+
+/// Report phases shown for our monitors, in boot order.
+const PHASES: [&str; 7] = [
+    "exec_to_monitor_ms",
+    "vm_create_ms",
+    "vmm_setup_ms",
+    "kernel_boot_ms",
+    "init_ms",
+    "start_to_ready_ms",
+    "total_ms",
+];
 
 fn inside() {
     let contenders: Vec<Contender> = std::env::var("RACE_CONTENDERS")
@@ -428,7 +441,10 @@ fn spawn_measured(mut cmd: Command, sample: bool) -> Result<Sample, String> {
     }
     s.wall_ms = t0.elapsed().as_secs_f64() * 1e3;
     s.maxrss_kib = ru.ru_maxrss as u64;
-    let (_, err) = drain.join().unwrap_or_default();
+    let (out, err) = drain.join().unwrap_or_default();
+    s.report = String::from_utf8_lossy(&out)
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok());
     let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
     if code != Some(0) {
         return Err(format!(
