@@ -319,6 +319,34 @@ fn report(thp: &str, contenders: &[Contender], results: &[Vec<Sample>], rounds: 
             .collect();
         println!("  raw wall ms {}: [{}]", c.label, raw.join(", "));
     }
+    for (c, s) in contenders.iter().zip(results) {
+        if c.kind != Kind::Isolab {
+            continue;
+        }
+        let line: Vec<String> = PHASES
+            .iter()
+            .map(|p| {
+                let v = median(
+                    s[..rounds]
+                        .iter()
+                        .filter_map(|x| x.report.as_ref()?["phases"][p].as_f64())
+                        .collect(),
+                );
+                format!(
+                    "{}={}",
+                    p.trim_end_matches("_ms"),
+                    v.map_or("-".into(), |v| format!("{v:.1}"))
+                )
+            })
+            .collect();
+        println!("  phases {} (median ms): {}", c.label, line.join(" "));
+        if let Some(r) = s.last().and_then(|x| x.report.as_ref()) {
+            println!(
+                "  memory {} (own report, at end): {} guest_memory {}",
+                c.label, r["memory_at_end"], r["guest_memory"]
+            );
+        }
+    }
 }
 
 fn run_one(c: &Contender, fc_config: &Path, sample: bool) -> Result<Sample, String> {
