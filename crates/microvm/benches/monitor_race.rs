@@ -18,6 +18,8 @@
 //! - `ISOLAB_MONITOR_VMM`: alternatively `isolab-vmm` (same arguments
 //!   after `vm run`, if it keeps them);
 //! - `ISOLAB_BASELINE`: an older `bench`, e.g. built from main (optional);
+//! - `ISOLAB_MINIMAL`: the `minimal_vmm` example (a dedicated, confined
+//!   monitor binary; default: built beside this benchmark, if it is);
 //! - `FIRECRACKER`: a static `firecracker` binary (optional; built by hand
 //!   from a fetched snapshot, never by the project).
 //!
@@ -48,6 +50,8 @@ enum Kind {
     Isolab,
     /// `firecracker --no-api --config-file`.
     Firecracker,
+    /// The `minimal_vmm` example.
+    Minimal,
 }
 
 fn env_path(k: &str) -> Option<PathBuf> {
@@ -93,6 +97,11 @@ fn outside() {
     contenders.push(("isolab", Kind::Isolab, ours));
     if let Some(b) = env_path("ISOLAB_BASELINE") {
         contenders.push(("baseline", Kind::Isolab, b));
+    }
+    let minimal =
+        env_path("ISOLAB_MINIMAL").unwrap_or_else(|| release.join("examples/minimal_vmm"));
+    if minimal.is_file() {
+        contenders.push(("minimal", Kind::Minimal, minimal));
     }
     if let Some(f) = env_path("FIRECRACKER") {
         contenders.push(("firecracker", Kind::Firecracker, f));
@@ -201,10 +210,10 @@ fn inside() {
             let (label, kind) = s.split_once(':')?;
             Some(Contender {
                 label: label.to_string(),
-                kind: if kind == "fc" {
-                    Kind::Firecracker
-                } else {
-                    Kind::Isolab
+                kind: match kind {
+                    "fc" => Kind::Firecracker,
+                    "minimal" => Kind::Minimal,
+                    _ => Kind::Isolab,
                 },
                 bin: Path::new(INSIDE).join(label).join("monitor"),
             })
@@ -320,7 +329,7 @@ fn report(thp: &str, contenders: &[Contender], results: &[Vec<Sample>], rounds: 
         println!("  raw wall ms {}: [{}]", c.label, raw.join(", "));
     }
     for (c, s) in contenders.iter().zip(results) {
-        if c.kind != Kind::Isolab {
+        if c.kind == Kind::Firecracker {
             continue;
         }
         let line: Vec<String> = PHASES
@@ -359,6 +368,20 @@ fn run_one(c: &Contender, fc_config: &Path, sample: bool) -> Result<Sample, Stri
         Kind::Firecracker => {
             let mut cmd = Command::new(&c.bin);
             cmd.arg("--no-api").arg("--config-file").arg(fc_config);
+            spawn_measured(cmd, sample)
+        }
+        Kind::Minimal => {
+            let mut cmd = Command::new(&c.bin);
+            cmd.args([
+                "--kernel",
+                &format!("{INSIDE}/vmlinux"),
+                "--initrd",
+                &format!("{INSIDE}/initrd.cpio"),
+                "--workload",
+                "noop",
+                "--memory-mib",
+                "128",
+            ]);
             spawn_measured(cmd, sample)
         }
     }
