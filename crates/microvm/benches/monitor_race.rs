@@ -23,7 +23,8 @@
 //! - `FIRECRACKER`: a static `firecracker` binary (optional; built by hand
 //!   from a fetched snapshot, never by the project).
 //!
-//! `ROUNDS` (default 15), `MEM_ROUNDS` (default 3). Needs the provisioned
+//! `ISOLAB_GUEST_KERNEL`, `ISOLAB_GUEST_INITRD`: the guest (default: the
+//! newest provisioned). `ROUNDS` (default 15), `MEM_ROUNDS` (default 3). Needs the provisioned
 //! guest (`bench provision`) and the emulated host; figures are labelled
 //! as emulated: only the ratios mean anything.
 //!
@@ -107,13 +108,17 @@ fn outside() {
         contenders.push(("firecracker", Kind::Firecracker, f));
     }
     let root = cache_root().expect("a cache root");
-    let kernel = newest(&root.join("kernel"), |d| {
-        let v = d.join("vmlinux");
-        (d.join("meta.json").is_file() && v.is_file()).then_some(v)
+    let kernel = env_path("ISOLAB_GUEST_KERNEL").or_else(|| {
+        newest(&root.join("kernel"), |d| {
+            let v = d.join("vmlinux");
+            (d.join("meta.json").is_file() && v.is_file()).then_some(v)
+        })
     });
-    let initrd = newest(&root.join("initramfs"), |p| {
-        let n = p.file_name()?.to_str()?;
-        (n.starts_with("guest-") && n.ends_with(".cpio")).then(|| p.to_path_buf())
+    let initrd = env_path("ISOLAB_GUEST_INITRD").or_else(|| {
+        newest(&root.join("initramfs"), |p| {
+            let n = p.file_name()?.to_str()?;
+            (n.starts_with("guest-") && n.ends_with(".cpio")).then(|| p.to_path_buf())
+        })
     });
     let (Some(kernel), Some(initrd)) = (kernel, initrd) else {
         println!("SKIPPED monitor_race: no provisioned guest: run `bench provision`");
