@@ -143,14 +143,12 @@ fn outside() {
     let mut spec = Vec::new();
     for (label, kind, bin) in &contenders {
         files.push(map(bin, format!("{INSIDE}/{label}/monitor")));
-        spec.push(format!(
-            "{label}:{}",
-            if *kind == Kind::Firecracker {
-                "fc"
-            } else {
-                "isolab"
-            }
-        ));
+        let code = match kind {
+            Kind::Firecracker => "fc",
+            Kind::Minimal => "minimal",
+            Kind::Isolab => "isolab",
+        };
+        spec.push(format!("{label}:{code}"));
     }
     let var = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
     let inv = Invocation {
