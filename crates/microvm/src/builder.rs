@@ -801,15 +801,20 @@ pub fn run(
     // Opened now: a confined monitor cannot open files once the guest runs.
     let mut probe = MemoryProbe::open(Path::new("/proc"), guest_ranges.clone())
         .map_err(BuildError::MemoryStats)?;
+    timeline.setup.memory = Some(Instant::now());
     let kernel = load_kernel(&mem, &config.kernel)?; // 6
+    timeline.setup.kernel = Some(Instant::now());
     let initrd = load_initrd(&mem, config.initrd.as_deref(), validated.mem_bytes, &kernel)?; // 7
+    timeline.setup.initrd = Some(Instant::now());
     let mut devices = attach_devices(&vm, &config.console, &mut hooks)?; // 8
     attach_mmio_devices(&vm, &mem, &mut devices, &mut hooks)?;
     let cmdline = build_cmdline(config, &devices.mmio_slots)?;
     let cmdline_len = write_cmdline(&mem, &cmdline)?; // 9
     write_boot_info(&mem, validated.mem_bytes, &kernel, initrd, cmdline_len)?; // 10
     write_mptable(&mem, config.vcpus)?; // 11
+    timeline.setup.devices = Some(Instant::now());
     let vcpus = create_vcpus(&vm, &kvm, &mem, &kernel, config.vcpus)?; // 12
+    timeline.setup.vcpus = Some(Instant::now());
     let outcome = run_vcpus(vcpus, &devices, &mut probe, config.seccomp)?; // 13
     timeline.first_run = outcome.first_run;
     timeline.stopped = Some(Instant::now());

@@ -12,6 +12,8 @@ pub struct Timeline {
     pub start: Instant,
     /// KVM_CREATE_VM returned.
     pub vm_created: Option<Instant>,
+    /// Setup steps done, in boot order (see [`Setup`]).
+    pub setup: Setup,
     /// The boot vCPU entered KVM_RUN for the first time.
     pub first_run: Option<Instant>,
     /// The VM stopped (all vCPU threads joined).
@@ -27,11 +29,28 @@ impl Timeline {
         Self {
             start,
             vm_created: None,
+            setup: Setup::default(),
             first_run: None,
             stopped: None,
             exec_to_start_ms: process_age_ms(),
         }
     }
+}
+
+/// When each setup step between VM creation and the first `KVM_RUN` ended.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Setup {
+    /// Guest RAM mapped and registered (step 5).
+    pub memory: Option<Instant>,
+    /// Kernel loaded (step 6).
+    pub kernel: Option<Instant>,
+    /// Initramfs loaded (step 7).
+    pub initrd: Option<Instant>,
+    /// Devices attached, command line, boot info and MP table written
+    /// (steps 8-11).
+    pub devices: Option<Instant>,
+    /// vCPUs created and configured (step 12).
+    pub vcpus: Option<Instant>,
 }
 
 /// Phases in milliseconds; `None` where a marker never arrived.
@@ -44,6 +63,24 @@ pub struct Phases {
     pub vm_create_ms: Option<f64>,
     /// VMM setup: monitor start to the first KVM_RUN.
     pub vmm_setup_ms: Option<f64>,
+    /// Of VMM setup: guest RAM mapped and registered (after VM creation).
+    #[serde(default)]
+    pub memory_setup_ms: Option<f64>,
+    /// Of VMM setup: kernel image loaded.
+    #[serde(default)]
+    pub kernel_load_ms: Option<f64>,
+    /// Of VMM setup: initramfs loaded.
+    #[serde(default)]
+    pub initrd_load_ms: Option<f64>,
+    /// Of VMM setup: devices, command line, boot info, MP table.
+    #[serde(default)]
+    pub device_setup_ms: Option<f64>,
+    /// Of VMM setup: vCPUs created and configured.
+    #[serde(default)]
+    pub vcpu_setup_ms: Option<f64>,
+    /// Of VMM setup: vCPU threads started (and confined) to the first KVM_RUN.
+    #[serde(default)]
+    pub vcpu_start_ms: Option<f64>,
     /// Kernel boot: first KVM_RUN to the init-reached marker.
     pub kernel_boot_ms: Option<f64>,
     /// Init: init reached to workload exec'd.
@@ -72,6 +109,12 @@ pub fn phases(t: &Timeline, m: &MarkerLog) -> Phases {
         exec_to_monitor_ms: t.exec_to_start_ms,
         vm_create_ms: span(s, t.vm_created),
         vmm_setup_ms: span(s, t.first_run),
+        memory_setup_ms: span(t.vm_created, t.setup.memory),
+        kernel_load_ms: span(t.setup.memory, t.setup.kernel),
+        initrd_load_ms: span(t.setup.kernel, t.setup.initrd),
+        device_setup_ms: span(t.setup.initrd, t.setup.devices),
+        vcpu_setup_ms: span(t.setup.devices, t.setup.vcpus),
+        vcpu_start_ms: span(t.setup.vcpus, t.first_run),
         kernel_boot_ms: span(t.first_run, m.init_reached),
         init_ms: span(m.init_reached, m.workload_started),
         workload_ready_ms: span(m.workload_started, m.workload_ready),
@@ -121,6 +164,13 @@ mod tests {
         let t = Timeline {
             start: t0,
             vm_created: at(2),
+            setup: Setup {
+                memory: at(3),
+                kernel: at(3),
+                initrd: at(4),
+                devices: at(4),
+                vcpus: at(4),
+            },
             first_run: at(5),
             stopped: at(400),
             exec_to_start_ms: Some(10.0),
@@ -135,6 +185,9 @@ mod tests {
         let p = phases(&t, &m);
         let r = |v: Option<f64>| v.map(|x| x.round() as i64);
         assert_eq!(r(p.vmm_setup_ms), Some(5));
+        assert_eq!(r(p.memory_setup_ms), Some(1));
+        assert_eq!(r(p.initrd_load_ms), Some(1));
+        assert_eq!(r(p.vcpu_start_ms), Some(1));
         assert_eq!(r(p.kernel_boot_ms), Some(100));
         assert_eq!(r(p.init_ms), Some(5));
         assert_eq!(r(p.workload_ready_ms), Some(1));
