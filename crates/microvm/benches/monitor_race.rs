@@ -195,9 +195,15 @@ struct Sample {
 }
 
 /// Report phases shown for our monitors, in boot order.
-const PHASES: [&str; 7] = [
+const PHASES: [&str; 13] = [
     "exec_to_monitor_ms",
     "vm_create_ms",
+    "memory_setup_ms",
+    "kernel_load_ms",
+    "initrd_load_ms",
+    "device_setup_ms",
+    "vcpu_setup_ms",
+    "vcpu_start_ms",
     "vmm_setup_ms",
     "kernel_boot_ms",
     "init_ms",
