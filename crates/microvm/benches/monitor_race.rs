@@ -95,14 +95,18 @@ fn outside() {
     let ours = env_path("ISOLAB_MONITOR_VMM")
         .or_else(|| env_path("ISOLAB_MONITOR"))
         .unwrap_or_else(|| release.join("bench"));
-    contenders.push(("isolab", Kind::Isolab, ours));
+    // `ISOLAB_MONITOR=skip`: race the minimal monitor only.
+    if ours.as_os_str() != "skip" {
+        contenders.push(("isolab", Kind::Isolab, ours));
+    }
     if let Some(b) = env_path("ISOLAB_BASELINE") {
         contenders.push(("baseline", Kind::Isolab, b));
     }
     let minimal =
         env_path("ISOLAB_MINIMAL").unwrap_or_else(|| release.join("examples/minimal_vmm"));
     if minimal.is_file() {
-        contenders.push(("minimal", Kind::Minimal, minimal));
+        // Ours come first: the first contender's report gives the command line.
+        contenders.insert(0, ("minimal", Kind::Minimal, minimal));
     }
     if let Some(f) = env_path("FIRECRACKER") {
         contenders.push(("firecracker", Kind::Firecracker, f));
@@ -239,9 +243,14 @@ fn inside() {
         .args(["-t", "debugfs", "none", "/sys/kernel/debug"])
         .status();
     // Our monitor's command line, for the peers.
-    let first = run_isolab(&contenders[0].bin, false).expect("our monitor boots the guest");
-    let cmdline = first.1.expect("our report's cmdline");
     let fc_config = Path::new(INSIDE).join("fc.json");
+    let first = run_one(&contenders[0], &fc_config, false).expect("our monitor boots the guest");
+    let cmdline = first
+        .report
+        .as_ref()
+        .and_then(|r| r["cmdline"].as_str())
+        .expect("our report's cmdline")
+        .to_string();
     std::fs::write(
         &fc_config,
         serde_json::json!({
@@ -415,30 +424,6 @@ fn isolab_args() -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
-}
-
-/// Runs our monitor once, returning its report's command line.
-fn run_isolab(bin: &Path, sample: bool) -> Result<(Sample, Option<String>), String> {
-    let out = Command::new(bin)
-        .args(isolab_args())
-        .output()
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let report: Option<serde_json::Value> = text.lines().find_map(|l| serde_json::from_str(l).ok());
-    let cmdline = report
-        .as_ref()
-        .and_then(|r| r["cmdline"].as_str())
-        .map(str::to_string);
-    if !out.status.success() {
-        return Err(format!(
-            "{}: {:?} {}",
-            bin.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let _ = sample;
-    Ok((Sample::default(), cmdline))
 }
 
 /// Spawns `cmd`, optionally sampling its smaps and KVM's counters every
