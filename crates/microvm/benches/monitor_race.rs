@@ -260,6 +260,7 @@ fn inside() {
                 "boot_args": cmdline,
             },
             "machine-config": {"vcpu_count": 1, "mem_size_mib": GUEST_MIB},
+            "drives": [],
         })
         .to_string(),
     )
