@@ -7,6 +7,7 @@
 //! | VMM (the caller of [`crate::run`]) | waits on the signalfd and eventfds, samples `/proc/self/smaps` through an fd opened before, kicks and joins vCPU threads, then returns the report | [`ThreadKind::Vmm`] |
 //! | vCPU | `KVM_RUN`, device emulation: eventfd and console writes | [`ThreadKind::Vcpu`] |
 //! | virtio-net worker | polls and reads/writes the TAP and eventfds | [`ThreadKind::NetWorker`] |
+//! | virtio-blk worker | polls eventfds, seeks, reads, writes and flushes the disk | [`ThreadKind::BlockWorker`] |
 //!
 //! Every thread confines itself ([`confine_current_thread`]) before it
 //! touches anything the guest controls: vCPU threads before their first
@@ -65,6 +66,8 @@ pub enum ThreadKind {
     Vcpu,
     /// The virtio-net I/O thread.
     NetWorker,
+    /// The virtio-blk I/O thread.
+    BlockWorker,
 }
 
 impl ThreadKind {
@@ -74,6 +77,7 @@ impl ThreadKind {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Vcpu => "vcpu",
             ThreadKind::NetWorker => "virtio-net",
+            ThreadKind::BlockWorker => "virtio-blk",
         }
     }
 
@@ -82,6 +86,7 @@ impl ThreadKind {
             ThreadKind::Vmm => 1,
             ThreadKind::Vcpu => 2,
             ThreadKind::NetWorker => 3,
+            ThreadKind::BlockWorker => 4,
         }
     }
 }
@@ -214,6 +219,7 @@ extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         1 => b"vmm".as_slice(),
         2 => b"vcpu",
         3 => b"virtio-net",
+        4 => b"virtio-blk",
         _ => b"unconfined",
     });
     line.push(b" thread at a forbidden syscall ");
@@ -457,6 +463,20 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Seccom
                 ],
             );
         }
+        ThreadKind::BlockWorker => {
+            // The disk: seek, read, write, flush (its fd was opened before).
+            any(
+                &mut m,
+                &[
+                    libc::SYS_poll,
+                    libc::SYS_ppoll,
+                    libc::SYS_read,
+                    libc::SYS_lseek,
+                    libc::SYS_fdatasync,
+                    libc::SYS_close,
+                ],
+            );
+        }
     }
     m.insert(libc::SYS_tgkill, tgkill);
     Ok(m)
@@ -485,7 +505,12 @@ mod tests {
 
     #[test]
     fn every_filter_compiles_and_forbids_process_creation() {
-        for kind in [ThreadKind::Vmm, ThreadKind::Vcpu, ThreadKind::NetWorker] {
+        for kind in [
+            ThreadKind::Vmm,
+            ThreadKind::Vcpu,
+            ThreadKind::NetWorker,
+            ThreadKind::BlockWorker,
+        ] {
             let r = rules(kind).unwrap();
             for nr in [
                 libc::SYS_clone,

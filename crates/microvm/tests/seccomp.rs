@@ -112,3 +112,44 @@ fn a_confined_net_worker_still_moves_frames_both_ways() {
     println!("frames moved confined");
     std::process::exit(0);
 }
+
+#[test]
+fn a_block_device_activates_and_resets_from_a_confined_vcpu_thread() {
+    const TEST: &str = "a_block_device_activates_and_resets_from_a_confined_vcpu_thread";
+    if !is_child() {
+        let out = in_child(TEST);
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("block served confined"));
+        return;
+    }
+    use isolab_microvm::devices::virtio::block::{BlockDevice, Disk};
+    seccomp::enable();
+    let m = create_guest_memory(1 << 20, HugePages::Host).unwrap();
+    let q = MockSplitQueue::create(&m, GuestAddress(0), 16);
+    let image = tempfile_with_sectors(8);
+    let disk = Disk::new(image, true, "confined").unwrap();
+    // The worker thread starts here, before confinement.
+    let mut dev = BlockDevice::new(disk).unwrap();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let interrupt = Interrupt::new(irq.try_clone().unwrap());
+    let queues = vec![q.create_queue().unwrap()];
+    seccomp::confine_current_thread(ThreadKind::Vcpu).expect("confine as a vCPU");
+    // Activation, a notify and a reset create no thread: the confined
+    // vCPU thread survives them, and the worker confines itself.
+    dev.activate(m.clone(), dev.features(), queues, interrupt)
+        .expect("the worker confines itself and serves");
+    dev.queue_notify(0);
+    dev.reset();
+    drop(dev);
+    println!("block served confined");
+    std::process::exit(0);
+}
+
+/// A read-only disk image of `n` sectors, unlinked at once.
+fn tempfile_with_sectors(n: usize) -> std::fs::File {
+    let dir = std::env::temp_dir().join(format!("isolab-confined-blk-{}", std::process::id()));
+    std::fs::write(&dir, vec![0x5au8; n * 512]).unwrap();
+    let f = std::fs::File::open(&dir).unwrap();
+    let _ = std::fs::remove_file(&dir);
+    f
+}

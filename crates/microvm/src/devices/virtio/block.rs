@@ -25,6 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -86,6 +87,9 @@ pub enum BlockError {
     #[error("The disk image is {bytes} bytes, smaller than one {SECTOR_SIZE}-byte sector")]
     TooSmall { bytes: u64 },
     /// Creating an eventfd failed.
+    /// Starting the I/O thread (or giving it the disk) failed.
+    #[error("Could not start the virtio-blk thread")]
+    Spawn(#[source] io::Error),
     #[error("Could not create the {what} eventfd")]
     EventFd {
         what: &'static str,
@@ -143,13 +147,38 @@ impl Disk {
     }
 }
 
+/// Stack of the worker thread: small, so that it can never be backed by
+/// a 2 MiB transparent huge page.
+const WORKER_STACK_SIZE: usize = 256 << 10;
+
+/// What the worker serves between DRIVER_OK and a reset.
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Arc<Interrupt>,
+}
+
+/// Messages to the worker thread.
+enum Command {
+    /// Serve this queue; answer once confined and serving (or why not).
+    Start(Active, mpsc::Sender<Result<(), String>>),
+    /// Acknowledge that the last [`Command::Start`] is no longer served.
+    Stopped(mpsc::Sender<()>),
+}
+
 /// The block device; the transport activates it.
+///
+/// As with virtio-net, its I/O thread starts with the device, before the
+/// guest runs, and confines itself ([`crate::seccomp`]) before it serves
+/// the queue: no thread is created while the guest runs.
 #[derive(Debug)]
 pub struct BlockDevice {
     disk: Disk,
     kick: EventFd,
     stop: EventFd,
+    commands: Option<mpsc::Sender<Command>>,
     worker: Option<JoinHandle<()>>,
+    serving: bool,
 }
 
 impl BlockDevice {
@@ -166,16 +195,35 @@ impl BlockDevice {
         BlockDevice::new(Disk::new(file, read_only, id)?)
     }
 
-    /// A device serving `disk`.
+    /// A device serving `disk`; starts its (idle) I/O thread.
     pub fn new(disk: Disk) -> Result<BlockDevice, BlockError> {
         let evt = |what| {
             EventFd::new(libc::EFD_NONBLOCK).map_err(|source| BlockError::EventFd { what, source })
         };
+        let kick = evt("queue notify")?;
+        let stop = evt("stop")?;
+        let clone = |e: &EventFd, what| {
+            e.try_clone()
+                .map_err(|source| BlockError::EventFd { what, source })
+        };
+        let worker = Worker {
+            disk: disk.try_clone().map_err(BlockError::Spawn)?,
+            kick: clone(&kick, "queue notify")?,
+            stop: clone(&stop, "stop")?,
+        };
+        let (commands, inbox) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("virtio-blk".into())
+            .stack_size(WORKER_STACK_SIZE)
+            .spawn(move || worker.run(inbox))
+            .map_err(BlockError::Spawn)?;
         Ok(BlockDevice {
             disk,
-            kick: evt("queue notify")?,
-            stop: evt("stop")?,
-            worker: None,
+            kick,
+            stop,
+            commands: Some(commands),
+            worker: Some(handle),
+            serving: false,
         })
     }
 
@@ -184,18 +232,29 @@ impl BlockDevice {
         &self.disk
     }
 
-    fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            let _ = self.stop.write(1);
-            let _ = w.join();
-            let _ = self.stop.read();
+    /// Stops serving the queue and waits until the worker let go of it.
+    fn stop_serving(&mut self) {
+        if !std::mem::take(&mut self.serving) {
+            return;
+        }
+        let (ack, acked) = mpsc::channel();
+        let _ = self.stop.write(1);
+        if let Some(c) = &self.commands {
+            if c.send(Command::Stopped(ack)).is_ok() {
+                let _ = acked.recv();
+            }
         }
     }
 }
 
 impl Drop for BlockDevice {
     fn drop(&mut self) {
-        self.stop_worker();
+        self.stop_serving();
+        // Closing the channel ends the worker's wait.
+        self.commands = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
     }
 }
 
@@ -244,35 +303,25 @@ impl VirtioDevice for BlockDevice {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), String> {
-        self.stop_worker();
-        let disk = self
-            .disk
-            .try_clone()
-            .map_err(|e| format!("Could not clone the disk fd: {e}"))?;
-        let kick = self
-            .kick
-            .try_clone()
-            .map_err(|e| format!("Could not clone the notify eventfd: {e}"))?;
-        let stop = self
-            .stop
-            .try_clone()
-            .map_err(|e| format!("Could not clone the stop eventfd: {e}"))?;
+        self.stop_serving();
         let Some(queue) = queues.into_iter().next() else {
             return Err("virtio-blk needs one request queue".into());
         };
-        let worker = Worker {
-            mem,
-            queue,
-            disk,
-            kick,
-            stop,
-            interrupt,
-        };
-        let handle = std::thread::Builder::new()
-            .name("virtio-blk".into())
-            .spawn(move || worker.run())
-            .map_err(|e| format!("Could not start the virtio-blk thread: {e}"))?;
-        self.worker = Some(handle);
+        let (reply, replied) = mpsc::channel();
+        let gone = || "The virtio-blk thread is gone".to_owned();
+        let commands = self.commands.as_ref().ok_or_else(gone)?;
+        commands
+            .send(Command::Start(
+                Active {
+                    mem,
+                    queue,
+                    interrupt,
+                },
+                reply,
+            ))
+            .map_err(|_| gone())?;
+        replied.recv().map_err(|_| gone())??;
+        self.serving = true;
         Ok(())
     }
 
@@ -281,22 +330,43 @@ impl VirtioDevice for BlockDevice {
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.stop_serving();
     }
 }
 
-/// The device's I/O thread: owns the queue while the device runs.
+/// The device's I/O thread: waits for activation, then owns the queue
+/// until the device is reset.
 struct Worker {
-    mem: GuestMemoryMmap,
-    queue: Queue,
     disk: Disk,
     kick: EventFd,
     stop: EventFd,
-    interrupt: Arc<Interrupt>,
 }
 
 impl Worker {
-    fn run(mut self) {
+    fn run(self, inbox: mpsc::Receiver<Command>) {
+        while let Ok(cmd) = inbox.recv() {
+            match cmd {
+                Command::Start(mut active, reply) => {
+                    if let Err(e) = crate::seccomp::confine_current_thread_if_enabled(
+                        crate::seccomp::ThreadKind::BlockWorker,
+                    ) {
+                        let _ = reply
+                            .send(Err(format!("Could not confine the virtio-blk thread: {e}")));
+                        return;
+                    }
+                    let _ = reply.send(Ok(()));
+                    self.serve(&mut active);
+                }
+                Command::Stopped(ack) => {
+                    let _ = self.stop.read();
+                    let _ = ack.send(());
+                }
+            }
+        }
+    }
+
+    /// Serves the queue until the stop eventfd fires.
+    fn serve(&self, a: &mut Active) {
         loop {
             let (kick, stop) = {
                 // SAFETY: both eventfds are owned by `self` and outlive
@@ -320,12 +390,13 @@ impl Worker {
                 (ready(&fds[0]), ready(&fds[1]))
             };
             if stop {
+                // Left set: the Stopped command that follows reads it.
                 return;
             }
             if kick {
                 let _ = self.kick.read();
-                if process_queue(&mut self.queue, &self.mem, &self.disk) {
-                    self.interrupt.signal(INT_VRING);
+                if process_queue(&mut a.queue, &a.mem, &self.disk) {
+                    a.interrupt.signal(INT_VRING);
                 }
             }
         }
@@ -556,7 +627,7 @@ mod tests {
     const SECTORS: u64 = 16;
 
     fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM as usize)]).unwrap()
+        crate::vstate::memory::create_guest_memory(MEM, Default::default()).unwrap()
     }
 
     /// A disk whose byte i is (i * 7 + i / 512) mod 251: every sector differs.
