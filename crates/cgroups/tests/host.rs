@@ -6,26 +6,11 @@ use std::process::Command;
 
 use isolab_cgroups::{create, Hierarchy, Limits};
 
-fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
-}
-
-/// Probes the real ability: detect the hierarchy and create a cgroup.
+/// Probes the real ability (creating a cgroup); the hierarchy, or `None`
+/// after the skip line.
 fn require(test: &str) -> Option<Hierarchy> {
-    let probe = Hierarchy::detect_host().and_then(|h| {
-        let name = format!("probe-{}", std::process::id());
-        create(&h, &name, &Limits::default())?.remove()?;
-        Ok(h)
-    });
-    match probe {
-        Ok(h) => Some(h),
-        Err(e) if strict() => panic!("{test}: cannot create a cgroup in strict mode: {e}"),
-        Err(e) => {
-            println!("SKIPPED {test}: cannot create a cgroup: {e}");
-            None
-        }
-    }
+    isolab_testkit::require(test, isolab_testkit::missing_cgroup())
+        .then(|| Hierarchy::detect_host().expect("detected by the probe"))
 }
 
 #[test]

@@ -1,4 +1,6 @@
-//! `bench compare`: process, container and microVM side by side, with peers.
+//! `bench compare`: arguments -> [`CompareConfig`] ->
+//! [`isolab_harness::compare::run`] (or the same inside the emulated host)
+//! -> rendering and report files.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,25 +8,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use isolab_harness::compare::{
-    fill_ratios, measure_mode, method_lines, now_unix, CompareConfig, CompareReport, SCHEMA,
-};
-use isolab_harness::density::{self, DensityConfig};
-use isolab_harness::env::Environment;
-use isolab_harness::modes::{self, ModeKind};
+use isolab_harness::compare::{self, CompareConfig, CompareReport, Progress};
+use isolab_harness::density::DensityConfig;
+use isolab_harness::modes::ModeKind;
 use isolab_harness::report::{self, Format};
+use isolab_harness::Workload;
 
-use crate::exit::usage;
-
-/// Workloads `compare` knows how to measure.
-const WORKLOADS: &[&str] = &["api", "worker", "cache", "noop"];
+use crate::{args, emulated, exit};
 
 /// Arguments of `bench compare`.
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
     /// Workload to run in every mode: api, worker, cache or noop.
-    #[arg(long, default_value = "api")]
-    pub workload: String,
+    #[arg(long, default_value = "api", value_parser = args::workload)]
+    pub workload: Workload,
     /// Modes to measure, comma-separated: process, container, microvm.
     #[arg(
         long,
@@ -32,27 +29,27 @@ pub struct CompareArgs {
         default_value = "process,container,microvm"
     )]
     pub modes: Vec<String>,
-    /// Peers measured the same way, comma-separated: crun, runc, qemu-microvm ("none" for none).
-    #[arg(long, value_delimiter = ',', default_value = "crun,runc,qemu-microvm")]
+    /// Peers measured the same way, comma-separated: crun, runc, qemu-microvm; "all" or "none".
+    #[arg(long, value_delimiter = ',', default_value = "all")]
     pub peers: Vec<String>,
     /// Measured runs per mode.
-    #[arg(long, default_value_t = 20)]
-    pub runs: usize,
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub runs: u64,
     /// Warm-up runs per mode (discarded).
-    #[arg(long, default_value_t = 3)]
-    pub warmup: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=1_000))]
+    pub warmup: u64,
     /// Requests in the short request/response run (HTTP workloads).
-    #[arg(long, default_value_t = 200)]
-    pub requests: usize,
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub requests: u64,
     /// Also run the density scenario.
     #[arg(long)]
     pub density: bool,
-    /// Memory budget of the density run (e.g. 1G, 512M).
-    #[arg(long, default_value = "4G")]
-    pub budget: String,
+    /// Memory budget of the density run: 1G, 512M (a bare number is bytes).
+    #[arg(long, default_value = "4G", value_parser = args::size)]
+    pub budget: u64,
     /// Safety cap on instances in the density run.
-    #[arg(long, default_value_t = 200)]
-    pub max_instances: usize,
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_instances: u64,
     /// Output format: table, json, csv or markdown.
     #[arg(long, default_value = "table")]
     pub format: String,
@@ -63,161 +60,143 @@ pub struct CompareArgs {
     #[arg(long, default_value = "native")]
     pub host: String,
     /// Seconds to wait for an instance to become ready.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub ready_timeout: u64,
 }
 
-/// Validated arguments.
+/// What to measure and how to show it.
 struct Plan {
-    modes: Vec<ModeKind>,
+    config: CompareConfig,
     format: Format,
-    budget: u64,
+    emulated: bool,
 }
 
 fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
-    if !WORKLOADS.contains(&args.workload.as_str()) {
-        return Err(usage(format!(
-            "unknown workload '{}': choose one of {}",
-            args.workload,
-            WORKLOADS.join(", ")
+    if !compare::WORKLOADS.contains(&args.workload) {
+        return Err(exit::usage(format!(
+            "compare measures {}, not '{}'",
+            Workload::list(&compare::WORKLOADS),
+            args.workload
         )));
-    }
-    if args.runs == 0 {
-        return Err(usage("--runs must be at least 1"));
     }
     let mut modes = vec![];
     for m in &args.modes {
-        match ModeKind::parse(m.trim()) {
+        match ModeKind::parse(m) {
             Some(k) if !k.is_peer() => modes.push(k),
             _ => {
-                return Err(usage(format!(
-                    "unknown mode '{m}': choose from process, container, microvm"
+                return Err(exit::usage(format!(
+                    "unknown mode '{m}': choose from {}",
+                    ModeKind::names(false)
                 )))
             }
         }
     }
     for p in &args.peers {
-        let p = p.trim();
-        if p == "none" || p.is_empty() {
-            continue;
-        }
-        match ModeKind::parse(p) {
-            Some(k) if k.is_peer() => modes.push(k),
-            _ => {
-                return Err(usage(format!(
-                    "unknown peer '{p}': choose from crun, runc, qemu-microvm, none"
-                )))
-            }
+        match p.trim() {
+            "none" | "" => {}
+            "all" => modes.extend(
+                isolab_harness::modes::MODES
+                    .iter()
+                    .filter(|m| m.peer)
+                    .map(|m| m.kind),
+            ),
+            p => match ModeKind::parse(p) {
+                Some(k) if k.is_peer() => modes.push(k),
+                _ => {
+                    return Err(exit::usage(format!(
+                        "unknown peer '{p}': choose from {}, all, none",
+                        ModeKind::names(true)
+                    )))
+                }
+            },
         }
     }
-    modes.dedup();
+    let mut seen = std::collections::HashSet::new();
+    modes.retain(|m| seen.insert(*m));
     let format = Format::parse(&args.format).ok_or_else(|| {
-        usage(format!(
+        exit::usage(format!(
             "unknown format '{}': choose table, json, csv or markdown",
             args.format
         ))
     })?;
-    let budget = isolab_container::parse_size(&args.budget)
-        .map_err(|e| usage(format!("--budget {}: {e}", args.budget)))?;
-    if args.host != "native" && args.host != "emulated" {
-        return Err(usage(format!(
-            "--host {}: choose native or emulated",
-            args.host
-        )));
-    }
+    let emulated = match args.host.as_str() {
+        "native" => false,
+        "emulated" => true,
+        other => {
+            return Err(exit::usage(format!(
+                "--host {other}: choose native or emulated"
+            )))
+        }
+    };
+    let ready_timeout = Duration::from_secs(args.ready_timeout);
     Ok(Plan {
-        modes,
+        config: CompareConfig {
+            workload: args.workload,
+            runs: args.runs as usize,
+            warmup: args.warmup as usize,
+            requests: args.requests as usize,
+            ready_timeout,
+            modes,
+            density: args.density.then_some(DensityConfig {
+                budget_bytes: args.budget,
+                max_instances: args.max_instances as usize,
+                ready_timeout,
+            }),
+        },
         format,
-        budget,
+        emulated,
     })
 }
 
-/// A progress bar on stderr; hidden when `ISOLAB_PROGRESS=0` (set for runs
+/// Progress bars on stderr; hidden when `ISOLAB_PROGRESS=0` (set for runs
 /// inside the emulated host, whose console nobody watches).
-pub fn bar(len: u64, what: String) -> ProgressBar {
-    if std::env::var("ISOLAB_PROGRESS").is_ok_and(|v| v == "0") {
-        return ProgressBar::hidden();
+#[derive(Default)]
+struct Bars(Option<ProgressBar>);
+
+impl Progress for Bars {
+    fn start(&mut self, what: &str, total: usize) {
+        if std::env::var("ISOLAB_PROGRESS").is_ok_and(|v| v == "0") {
+            self.0 = Some(ProgressBar::hidden());
+            return;
+        }
+        let pb = ProgressBar::new(total as u64);
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} {msg:<24} [{bar:30}] {pos}/{len} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        pb.set_message(what.to_owned());
+        pb.enable_steady_tick(Duration::from_millis(200));
+        self.0 = Some(pb);
     }
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{spinner} {msg:<24} [{bar:30}] {pos}/{len} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_message(what);
-    pb.enable_steady_tick(Duration::from_millis(200));
-    pb
+
+    fn step(&mut self, done: usize, msg: &str) {
+        if let Some(pb) = &self.0 {
+            pb.set_position(done as u64);
+            if !msg.is_empty() {
+                pb.set_message(msg.to_owned());
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(pb) = self.0.take() {
+            pb.finish_and_clear();
+        }
+    }
+
+    fn note(&mut self, line: &str) {
+        eprintln!("{line}");
+    }
 }
 
 pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let plan = plan(&args)?;
-    if args.host == "emulated" {
-        return crate::emulated::compare(&args, plan.format);
-    }
-    isolab_harness::install_interrupt_handler();
-    let cfg = CompareConfig {
-        workload: args.workload.clone(),
-        runs: args.runs,
-        warmup: args.warmup,
-        requests: args.requests,
-        ready_timeout: Duration::from_secs(args.ready_timeout),
-    };
-    let ctx = modes::Context::new(&args.workload).context("prepare the modes")?;
-    let spec = ctx.spec();
-    let mut reports = vec![];
-    for &kind in &plan.modes {
-        let launcher = ctx.launcher(kind);
-        let pb = bar(
-            (cfg.warmup + cfg.runs) as u64,
-            format!("{} {}", kind.name(), cfg.workload),
-        );
-        let r = measure_mode(launcher.as_ref(), &spec, &cfg, &mut |done, _| {
-            pb.set_position(done as u64)
-        });
-        pb.finish_and_clear();
-        reports.push(r);
-        if isolab_harness::interrupted() {
-            break;
-        }
-    }
-    fill_ratios(&mut reports);
-    let mut density_reports = vec![];
-    if args.density && !isolab_harness::interrupted() {
-        for &kind in plan.modes.iter().filter(|k| !k.is_peer()) {
-            let launcher = ctx.launcher(kind);
-            if let Some(reason) = launcher.unavailable() {
-                eprintln!("density {}: not run: {reason}", kind.name());
-                continue;
-            }
-            let group = density::ParentBudget::create(kind, plan.budget)
-                .context("create the density cgroup")?;
-            let pb = bar(
-                args.max_instances as u64,
-                format!("density {}", kind.name()),
-            );
-            let dcfg = DensityConfig {
-                budget_bytes: plan.budget,
-                max_instances: args.max_instances,
-                ready_timeout: cfg.ready_timeout,
-            };
-            let d = density::run(launcher.as_ref(), &spec, &group, &dcfg, &mut |n, msg| {
-                pb.set_position(n as u64);
-                if !msg.is_empty() {
-                    pb.set_message(format!("density {}: {msg}", kind.name()));
-                }
-            });
-            pb.finish_and_clear();
-            density_reports.push(d.with_context(|| format!("density run for {}", kind.name()))?);
-        }
-    }
-    let report = CompareReport {
-        schema: SCHEMA.into(),
-        created_unix: now_unix(),
-        method: method_lines(&cfg),
-        config: cfg,
-        environment: Environment::capture(),
-        modes: reports,
-        density: density_reports,
+    let report = if plan.emulated {
+        emulated::compare(&plan.config)?
+    } else {
+        isolab_harness::install_interrupt_handler();
+        compare::run(&plan.config, &mut Bars::default())?
     };
     emit(&report, plan.format, args.out.as_deref())?;
     if isolab_harness::interrupted() {
@@ -228,7 +207,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Print in the chosen format and, with `--out`, write the report files.
-pub fn emit(
+fn emit(
     report: &CompareReport,
     format: Format,
     out: Option<&std::path::Path>,
@@ -254,4 +233,70 @@ pub fn emit(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        a: CompareArgs,
+    }
+
+    fn plan_of(argv: &[&str]) -> anyhow::Result<Plan> {
+        let t = T::try_parse_from(std::iter::once("t").chain(argv.iter().copied()))
+            .map_err(|e| exit::usage(e.to_string()))?;
+        plan(&t.a)
+    }
+
+    #[test]
+    fn defaults_measure_every_mode_and_peer_in_registry_order() {
+        let p = plan_of(&[]).unwrap();
+        let names: Vec<&str> = p.config.modes.iter().map(|m| m.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "process",
+                "container",
+                "microvm",
+                "crun",
+                "runc",
+                "qemu-microvm"
+            ]
+        );
+        assert_eq!(p.config.workload, Workload::Api);
+        assert!(p.config.density.is_none() && !p.emulated);
+        let p = plan_of(&["--peers", "none", "--modes", "container,process,container"]).unwrap();
+        assert_eq!(p.config.modes, [ModeKind::Container, ModeKind::Process]);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for argv in [
+            &["--workload", "hog"][..],
+            &["--workload", "nope"],
+            &["--modes", "process,teleport"],
+            &["--peers", "docker"],
+            &["--runs", "0"],
+            &["--runs", "18446744073709551615"],
+            &["--warmup", "99999"],
+            &["--ready-timeout", "99999999999"],
+            &["--budget", "4X", "--density"],
+            &["--format", "yaml"],
+            &["--host", "cloud"],
+        ] {
+            let e = plan_of(argv)
+                .err()
+                .unwrap_or_else(|| panic!("{argv:?} accepted"));
+            assert_eq!(exit::code_for(&e), exit::USAGE, "{argv:?}: {e:#}");
+        }
+        let p = plan_of(&["--density", "--budget", "1G", "--max-instances", "5"]).unwrap();
+        assert_eq!(
+            p.config.density.map(|d| (d.budget_bytes, d.max_instances)),
+            Some((1 << 30, 5))
+        );
+    }
 }

@@ -1,32 +1,27 @@
-//! `bench container`: argument parsing only; the work is in the libraries.
+//! `bench container`: arguments -> [`ContainerConfig`] ->
+//! [`isolab_harness::single::container`] -> rendering.
 //!
 //! `bench container run --workload <name> [--memory 64M] [--cpus 0.5]
 //! [--pids 64] [--cpuset 0] [--hostname h] [--userns] [--json]
 //! [--net [--requests N]] [--workload-bin PATH] [-- args]`
 //!
-//! With `--net` this invocation creates the workbench network (namespace
-//! `isolab0`, bridge `isobr0`) for its own lifetime, attaches the container
-//! through a veth while its init waits, probes `GET /health` on port 8080
-//! from inside the workbench namespace (launch -> first response, then a
-//! short request run), stops the workload and removes the veth, the lease
-//! and the namespace. A second `bench ... --net` running at the same time
-//! gets a clear "already in use" error rather than sharing the bridge.
+//! With `--net` the library creates the workbench network for this
+//! invocation, attaches the container through a veth while its init waits,
+//! probes `GET /health` from inside the workbench namespace, stops the
+//! workload and removes everything (docs/contracts.md, "Workbench network").
 
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use isolab_cgroups::{parse_cpus, parse_size, CgroupError, CpuSet, Limits};
-use isolab_container::config::WORKLOADS;
-use isolab_container::{ContainerConfig, ContainerError, NetworkHook, Outcome};
-use isolab_net::{ProbeConfig, VethAttachment, Workbench, WorkbenchConfig, WorkbenchError};
+use isolab_cgroups::{CpuSet, Limits};
+use isolab_container::{ContainerConfig, Outcome};
+use isolab_harness::net::NetReport;
+use isolab_harness::single;
+use isolab_harness::Workload;
 
-use crate::exit;
+use crate::{args, exit, signals};
 
 /// Run workloads as namespaced, cgroup-limited containers.
 #[derive(Debug, clap::Args)]
@@ -43,18 +38,19 @@ enum Sub {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Workload mode: noop, api, worker, cache, hog, forkloop, probe.
-    #[arg(long)]
-    workload: String,
-    /// Memory limit (binary suffixes: 512K, 64M, 1G).
-    #[arg(long, allow_hyphen_values = true)]
-    memory: Option<String>,
+    /// Workload: noop, api, worker, cache, hog, forkloop, probe, knob.
+    #[arg(long, value_parser = args::workload)]
+    workload: Workload,
+    /// Memory limit: 512K, 64M, 1G (a bare number is bytes).
+    #[arg(long, allow_hyphen_values = true, value_parser = args::size)]
+    memory: Option<u64>,
     /// CPU bandwidth in CPUs, e.g. 0.5.
-    #[arg(long, allow_hyphen_values = true)]
-    cpus: Option<String>,
+    #[arg(long, allow_hyphen_values = true, value_parser = args::cpus)]
+    cpus: Option<f64>,
     /// Maximum number of processes and threads.
-    #[arg(long, allow_hyphen_values = true)]
-    pids: Option<String>,
+    #[arg(long, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(u64).range(1..=args::MAX_PIDS))]
+    pids: Option<u64>,
     /// CPUs to run on, e.g. 0 or 0-1.
     #[arg(long)]
     cpuset: Option<String>,
@@ -72,7 +68,8 @@ struct RunArgs {
     #[arg(long)]
     net: bool,
     /// With --net: requests in the request/response run after the first.
-    #[arg(long, default_value_t = 200, requires = "net")]
+    #[arg(long, default_value_t = 200, requires = "net",
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     requests: u32,
     /// The workload binary (default: `workload` next to this executable).
     #[arg(long)]
@@ -90,43 +87,12 @@ pub fn run(cmd: ContainerCmd) -> anyhow::Result<ExitCode> {
 
 /// Turns the arguments into a config; every error here is a usage error.
 fn config(args: &RunArgs) -> anyhow::Result<ContainerConfig> {
-    if !WORKLOADS.contains(&args.workload.as_str()) {
-        return Err(exit::usage(format!(
-            "unknown workload '{}': choose one of {}",
-            args.workload,
-            WORKLOADS.join(", ")
-        )));
-    }
-    let usage = |e: isolab_cgroups::units::UnitError| exit::usage(format!("{e}"));
-    let memory = args
-        .memory
-        .as_deref()
-        .map(parse_size)
-        .transpose()
-        .map_err(|e| exit::usage(format!("--memory: {e}")))?;
-    let cpus = args
-        .cpus
-        .as_deref()
-        .map(parse_cpus)
-        .transpose()
-        .map_err(|e| exit::usage(format!("--cpus: {e}")))?;
-    let pids = match args.pids.as_deref() {
-        None => None,
-        Some(p) => match p.trim().parse::<u64>() {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                return Err(exit::usage(format!(
-                    "--pids: invalid value '{p}': use a positive number of processes, e.g. 64"
-                )))
-            }
-        },
-    };
     let cpuset = args
         .cpuset
         .as_deref()
         .map(CpuSet::parse)
         .transpose()
-        .map_err(|e| exit::usage(format!("--cpuset: {}", usage(e))))?;
+        .map_err(|e| exit::usage(format!("--cpuset: {e}")))?;
     if let (Some(set), Some(online)) = (&cpuset, CpuSet::online(std::path::Path::new("/sys"))) {
         if !set.is_subset(&online) {
             return Err(exit::usage(format!(
@@ -134,282 +100,46 @@ fn config(args: &RunArgs) -> anyhow::Result<ContainerConfig> {
             )));
         }
     }
-    if args.net && !NET_WORKLOADS.contains(&args.workload.as_str()) {
-        return Err(exit::usage(format!(
-            "--net probes HTTP on port {NET_PORT}: use --workload {}, not '{}'",
-            NET_WORKLOADS.join(" or "),
-            args.workload
-        )));
-    }
-    if args.net && args.args.iter().any(|a| a == "--port" || a == "--bind") {
-        return Err(exit::usage(format!(
-            "--net needs the workload on 0.0.0.0:{NET_PORT}: drop --port/--bind from its arguments"
-        )));
+    if args.net {
+        single::check_net(args.workload, &args.args)?;
     }
     let workload_bin = match &args.workload_bin {
         Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("cannot locate the bench executable")?
-            .parent()
-            .map(|d| d.join("workload"))
-            .unwrap_or_else(|| PathBuf::from("workload")),
+        None => {
+            isolab_harness::modes::Binaries::in_dir(
+                &isolab_guest_kernel::binary_dir().context("cannot locate the bench executable")?,
+            )
+            .workload
+        }
     };
-    let mut cfg = ContainerConfig::new(workload_bin, args.workload.clone());
+    let mut cfg = ContainerConfig::new(workload_bin, args.workload.name());
     cfg.args = args.args.clone();
     cfg.hostname = args.hostname.clone();
     cfg.user_namespace = args.userns;
     cfg.limits = Limits {
-        memory_bytes: memory,
-        cpus,
-        pids,
+        memory_bytes: args.memory,
+        cpus: args.cpus,
+        pids: args.pids,
         cpuset,
     };
-    cfg.validate().map_err(|e| match e {
-        ContainerError::Config(m) => exit::usage(m),
-        other => exit::usage(other.to_string()),
-    })?;
+    cfg.validate().map_err(|e| exit::usage(e.to_string()))?;
     Ok(cfg)
-}
-
-/// Classifies a library error for the exit code: host capability (3),
-/// usage (2) or a failed run (1).
-fn classify(err: ContainerError) -> anyhow::Error {
-    let msg = format!("{:#}", anyhow::Error::new(err_ref(&err)));
-    match &err {
-        ContainerError::NotRoot | ContainerError::WorkloadBinary { .. } => exit::host(msg),
-        ContainerError::Config(_) => exit::usage(msg),
-        ContainerError::Cgroups(e) | ContainerError::CgroupCreate { source: e, .. } => match e {
-            CgroupError::CpusetUnavailable { .. } => exit::usage(msg),
-            CgroupError::Write { .. } | CgroupError::Create { .. } => anyhow::Error::new(err),
-            _ => exit::host(msg),
-        },
-        _ => anyhow::Error::new(err),
-    }
-}
-
-/// An owned copy of the message chain (anyhow needs 'static errors).
-fn err_ref(err: &ContainerError) -> ChainMsg {
-    let mut parts = vec![err.to_string()];
-    let mut src = std::error::Error::source(err);
-    while let Some(s) = src {
-        parts.push(s.to_string());
-        src = s.source();
-    }
-    ChainMsg(parts.join(": "))
-}
-
-#[derive(Debug)]
-struct ChainMsg(String);
-impl std::fmt::Display for ChainMsg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for ChainMsg {}
-
-/// Host pid of the running container's init, for the signal handler.
-static TARGET: AtomicI32 = AtomicI32::new(0);
-/// Interrupts received so far.
-static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
-
-/// Ctrl-C / SIGTERM: first forward SIGTERM to the container (its init
-/// passes it on), then SIGKILL it; the launcher's normal path tears down.
-extern "C" fn on_interrupt(_sig: libc::c_int) {
-    let n = INTERRUPTS.fetch_add(1, Ordering::SeqCst);
-    let pid = TARGET.load(Ordering::SeqCst);
-    if pid > 0 {
-        let sig = if n == 0 { libc::SIGTERM } else { libc::SIGKILL };
-        // SAFETY: kill(2) is async-signal-safe and takes no pointers.
-        unsafe { libc::kill(pid, sig) };
-    }
-}
-
-fn install_interrupt_handler() -> anyhow::Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let action = SigAction::new(
-        SigHandler::Handler(on_interrupt),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only touches atomics and calls kill(2), both
-        // async-signal-safe.
-        unsafe { sigaction(sig, &action) }.context("cannot install the interrupt handler")?;
-    }
-    Ok(())
-}
-
-/// Workloads that answer HTTP, the only ones `--net` can probe.
-const NET_WORKLOADS: &[&str] = &["api", "cache"];
-/// The port api and cache listen on by default (on 0.0.0.0).
-const NET_PORT: u16 = 8080;
-
-/// Attaches the container's network namespace to the workbench bridge
-/// while its init waits; keeps the veth (and so the lease) until dropped.
-#[derive(Debug)]
-struct VethHook<'a> {
-    workbench: &'a Workbench,
-    attached: Mutex<Option<VethAttachment>>,
-}
-
-impl NetworkHook for VethHook<'_> {
-    fn attach(&self, pid: i32) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let veth = self.workbench.attach_veth_pid(pid, "eth0")?;
-        *self.attached.lock().unwrap_or_else(|e| e.into_inner()) = Some(veth);
-        Ok(())
-    }
-}
-
-impl VethHook<'_> {
-    fn addr(&self) -> Option<Ipv4Addr> {
-        self.attached
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(VethAttachment::addr)
-    }
-}
-
-/// What the probe saw, for the report (`"net"` in `--json`).
-#[derive(Debug, Clone, serde::Serialize)]
-struct NetReport {
-    /// The container's address on the bridge, with the port.
-    addr: String,
-    /// Launch (start of `start_with`) -> first successful HTTP response.
-    launch_to_first_response_ms: f64,
-    /// Connection attempts until the first response (1 ms apart).
-    attempts: u32,
-    /// HTTP status of the first response.
-    status: u16,
-    /// The request/response run after the first response.
-    requests: u32,
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-    throughput_rps: f64,
-}
-
-fn dur_ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Maps a workbench failure to an exit code: host capability (3) or a
-/// failed run (1).
-fn net_error(err: WorkbenchError) -> anyhow::Error {
-    let msg = format!("{:#}", anyhow::Error::new(chain_of(&err)));
-    if err.is_host_problem() {
-        exit::host(format!("workbench network: {msg}"))
-    } else {
-        anyhow::anyhow!("workbench network: {msg}")
-    }
-}
-
-fn chain_of(err: &dyn std::error::Error) -> ChainMsg {
-    let mut parts = vec![err.to_string()];
-    let mut src = err.source();
-    while let Some(s) = src {
-        parts.push(s.to_string());
-        src = s.source();
-    }
-    ChainMsg(parts.join(": "))
-}
-
-/// Probes a started container from inside the workbench namespace.
-fn probe(
-    workbench: &Workbench,
-    addr: SocketAddr,
-    launched: Instant,
-    requests: u32,
-) -> anyhow::Result<NetReport> {
-    let cfg = ProbeConfig::default();
-    let first = workbench
-        .probe_first_response(addr, launched, &cfg)
-        .map_err(net_error)?
-        .map_err(|e| anyhow::anyhow!("{}", chain_of(&e)))
-        .with_context(|| format!("the workload at {addr} never answered GET {}", cfg.path))?;
-    let run = workbench
-        .probe_run(addr, requests, &cfg)
-        .map_err(net_error)?
-        .map_err(|e| anyhow::anyhow!("{}", chain_of(&e)))
-        .with_context(|| format!("the request run against {addr} failed"))?;
-    Ok(NetReport {
-        addr: addr.to_string(),
-        launch_to_first_response_ms: dur_ms(first.elapsed),
-        attempts: first.attempts,
-        status: first.status,
-        requests: run.requests,
-        p50_ms: dur_ms(run.p50),
-        p99_ms: dur_ms(run.p99),
-        max_ms: dur_ms(run.max),
-        throughput_rps: run.throughput_rps,
-    })
 }
 
 fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = config(&args)?;
-    install_interrupt_handler()?;
-    // Owned for this invocation; dropped (namespace and every interface in
-    // it removed) after the container, on every path.
-    let workbench = if args.net {
-        Some(Workbench::create(WorkbenchConfig::default()).map_err(net_error)?)
-    } else {
-        None
-    };
-    let hook = workbench.as_ref().map(|w| VethHook {
-        workbench: w,
-        attached: Mutex::new(None),
-    });
-    let running = isolab_container::start_with(&cfg, hook.as_ref().map(|h| h as &dyn NetworkHook))
-        .map_err(classify)?;
-    TARGET.store(running.pid(), Ordering::SeqCst);
-    if INTERRUPTS.load(Ordering::SeqCst) > 0 {
-        let _ = running.signal(nix::sys::signal::Signal::SIGTERM);
-    }
-    let (outcome, net) = match (&workbench, &hook) {
-        (Some(w), Some(h)) => {
-            let ip = h
-                .addr()
-                .context("the network hook ran but left no veth attached")?;
-            let probed = probe(
-                w,
-                SocketAddr::from((ip, NET_PORT)),
-                running.launched_at(),
-                args.requests,
-            );
-            let outcome = running.stop().map_err(classify);
-            TARGET.store(0, Ordering::SeqCst);
-            let outcome = outcome?;
-            match probed {
-                Ok(net) => (outcome, Some(net)),
-                Err(e) => {
-                    let last = outcome.stdout.lines().last().unwrap_or("(no output)");
-                    return Err(e.context(format!(
-                        "container {} ended {}; its last output: {last}",
-                        outcome.id, outcome.status
-                    )));
-                }
-            }
-        }
-        _ => {
-            let outcome = running.wait().map_err(classify);
-            TARGET.store(0, Ordering::SeqCst);
-            (outcome?, None)
-        }
-    };
-    drop(hook);
-    if let Some(w) = workbench {
-        w.destroy().map_err(net_error)?;
-    }
-    // A closed stdout (`| head`) must not turn a finished run into a panic.
+    signals::forward_to_child()?;
+    let run = single::container(&cfg, args.net.then_some(args.requests), &signals::target)?;
+    // A closed stdout (`| head`) must not turn a finished run into a failure.
     let mut out = std::io::stdout().lock();
     let printed = if args.json {
-        let mut v = serde_json::to_value(&outcome)?;
-        if let (Some(net), Some(obj)) = (&net, v.as_object_mut()) {
+        let mut v = serde_json::to_value(&run.outcome)?;
+        if let (Some(net), Some(obj)) = (&run.net, v.as_object_mut()) {
             obj.insert("net".into(), serde_json::to_value(net)?);
         }
         writeln!(out, "{v}")
     } else {
-        print_human(&mut out, &outcome).and_then(|()| match &net {
+        print_human(&mut out, &run.outcome).and_then(|()| match &run.net {
             Some(n) => print_net(&mut out, n),
             None => Ok(()),
         })
@@ -421,16 +151,21 @@ fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
         _ => {}
     }
     // A server stopped by our SIGTERM after answering has done its job.
-    if net.is_some() {
+    if run.net.is_some() {
         return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::from(outcome.exit_code.clamp(0, 255) as u8))
+    Ok(ExitCode::from(run.outcome.exit_code.clamp(0, 255) as u8))
 }
 
-fn print_net(out: &mut impl Write, n: &NetReport) -> std::io::Result<()> {
+/// The probe's lines under a human-readable outcome (container and VM).
+pub fn print_net(out: &mut impl Write, n: &NetReport) -> std::io::Result<()> {
+    let via = n
+        .tap
+        .as_ref()
+        .map_or(String::new(), |t| format!(" via {t}"));
     writeln!(
         out,
-        "  launch -> first HTTP response {:.2} ms ({} attempts, status {}, {})",
+        "  launch -> first HTTP response {:.2} ms ({} attempts, status {}, {}{via})",
         n.launch_to_first_response_ms, n.attempts, n.status, n.addr
     )?;
     writeln!(
@@ -506,28 +241,6 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    #[test]
-    fn host_problems_exit_3_and_run_failures_exit_1() {
-        let missing = ContainerError::CgroupCreate {
-            id: "x".into(),
-            source: CgroupError::ControllerMissing {
-                controller: "pids".into(),
-            },
-        };
-        let e = classify(missing);
-        assert_eq!(exit::code_for(&e), exit::HOST);
-        assert!(format!("{e:#}").contains("'pids' is not available"));
-        assert_eq!(
-            exit::code_for(&classify(ContainerError::NotRoot)),
-            exit::HOST
-        );
-        let child = ContainerError::Child {
-            step: isolab_container::ChildStep::Exec,
-            source: nix::Error::ENOENT,
-        };
-        assert_eq!(exit::code_for(&classify(child)), exit::FAILURE);
-    }
-
     #[derive(Debug, Parser)]
     struct T {
         #[command(subcommand)]
@@ -535,7 +248,8 @@ mod tests {
     }
 
     fn parse(argv: &[&str]) -> anyhow::Result<ContainerConfig> {
-        let t = T::try_parse_from(std::iter::once("t").chain(argv.iter().copied()))?;
+        let t = T::try_parse_from(std::iter::once("t").chain(argv.iter().copied()))
+            .map_err(|e| exit::usage(e.to_string()))?;
         let Sub::Run(a) = t.c;
         config(&a)
     }
@@ -583,7 +297,12 @@ mod tests {
             .contains("greater than zero"));
         assert!(usage_msg(&["run", "--workload", "noop", "--cpus", "0"]).contains("'0'"));
         assert!(usage_msg(&["run", "--workload", "noop", "--cpus", "-1"]).contains("'-1'"));
+        assert!(usage_msg(&["run", "--workload", "noop", "--cpus", "1e12"]).contains("at most"));
         assert!(usage_msg(&["run", "--workload", "noop", "--pids", "0"]).contains("'0'"));
+        assert!(
+            usage_msg(&["run", "--workload", "noop", "--pids", "99999999999"])
+                .contains("99999999999")
+        );
         assert!(usage_msg(&["run", "--workload", "nope"]).contains("unknown workload 'nope'"));
         assert!(usage_msg(&["run", "--workload", "noop", "--cpuset", "x"]).contains("'x'"));
         assert!(
@@ -598,5 +317,9 @@ mod tests {
                 .contains("drop --port")
         );
         assert!(parse(&["run", "--workload", "api", "--net"]).is_ok());
+        assert!(
+            parse(&["run", "--workload", "knob"]).is_ok(),
+            "every workload runs"
+        );
     }
 }

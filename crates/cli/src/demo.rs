@@ -1,5 +1,6 @@
-//! `bench demo`: argument parsing only; the demos, their runs and their
-//! rendering are in `isolab_harness::demo`.
+//! `bench demo`: arguments -> the demos and the modes' launchers ->
+//! [`isolab_harness::demo::run_demo`] -> rendering. Any registered mode or
+//! peer can be a column (`--modes process,container,microvm,runc`).
 //!
 //! ```text
 //! bench demo list
@@ -12,13 +13,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use isolab_harness::demo::container::ContainerRunner;
-use isolab_harness::demo::microvm::{MicrovmRunner, VmHost};
-use isolab_harness::demo::process::ProcessRunner;
-use isolab_harness::demo::session::sibling;
-use isolab_harness::demo::{
-    render_markdown, render_table, run_demo, Demo, DemoMode, DemoReport, ModeRunner, DEMOS,
-};
+use isolab_harness::demo::{render_markdown, render_table, run_demo, Demo, DemoReport, DEMOS};
+use isolab_harness::modes::{Launcher, ModeKind, VmHost};
+use isolab_harness::Workload;
 
 use crate::exit;
 
@@ -61,13 +58,15 @@ pub struct DemoArgs {
 }
 
 /// Parses `--modes`: known names, no repeats, at least one.
-fn parse_modes(s: &str) -> anyhow::Result<Vec<DemoMode>> {
+fn parse_modes(s: &str) -> anyhow::Result<Vec<ModeKind>> {
     let mut modes = Vec::new();
     for part in s.split(',').filter(|p| !p.trim().is_empty()) {
-        let m = DemoMode::parse(part).ok_or_else(|| {
+        let m = ModeKind::parse(part).ok_or_else(|| {
             exit::usage(format!(
-                "--modes: unknown mode '{}'; use a comma-separated list of process, container, microvm",
-                part.trim()
+                "--modes: unknown mode '{}'; use a comma-separated list of {}, {}",
+                part.trim(),
+                ModeKind::names(false),
+                ModeKind::names(true)
             ))
         })?;
         if !modes.contains(&m) {
@@ -134,29 +133,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             )));
         }
     }
-    let workload = sibling("workload")
-        .filter(|p| p.exists())
-        .ok_or_else(|| exit::host("the workload binary is not next to bench; build it with `cargo build -p isolab-workload`"))?;
-    let bench = sibling("bench").unwrap_or_else(|| PathBuf::from("bench"));
-    let vm_host = match args.host {
+    let mut ctx = isolab_harness::modes::Context::new(Workload::Probe)?;
+    ctx.vm_host = match args.host {
         Host::Native => VmHost::Native,
         Host::Emulated => VmHost::Emulated,
     };
-    let process = ProcessRunner {
-        workload: workload.clone(),
-    };
-    let container = ContainerRunner { workload };
-    let microvm = MicrovmRunner::new(bench, vm_host);
-    let runners: Vec<&dyn ModeRunner> = modes
-        .iter()
-        .map(|m| -> &dyn ModeRunner {
-            match m {
-                DemoMode::Process => &process,
-                DemoMode::Container => &container,
-                DemoMode::Microvm => &microvm,
-            }
-        })
-        .collect();
+    let launchers: Vec<Box<dyn Launcher>> = modes.iter().map(|m| ctx.launcher(*m)).collect();
+    let launchers: Vec<&dyn Launcher> = launchers.iter().map(AsRef::as_ref).collect();
 
     // Ctrl-C stops between steps so every run started is torn down (the
     // microVM runs in its own process group and would not see the signal).
@@ -166,7 +149,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     for demo in demos {
         eprintln!("bench demo: running {} ({})", demo.name, args.modes);
         let report =
-            run_demo(demo, &runners).with_context(|| format!("demo {} failed", demo.name))?;
+            run_demo(demo, &launchers).with_context(|| format!("demo {} failed", demo.name))?;
         if args.format == Format::Table {
             let t = render_table(&report);
             if args.out.is_none() {
@@ -196,7 +179,11 @@ mod tests {
     fn modes_parse_dedupe_and_refuse_unknowns() {
         assert_eq!(
             parse_modes("container,process,container").unwrap(),
-            vec![DemoMode::Container, DemoMode::Process]
+            vec![ModeKind::Container, ModeKind::Process]
+        );
+        assert_eq!(
+            parse_modes("vm,runc").unwrap(),
+            [ModeKind::Microvm, ModeKind::Runc]
         );
         let e = parse_modes("process,docker").unwrap_err();
         assert_eq!(exit::code_for(&e), exit::USAGE);

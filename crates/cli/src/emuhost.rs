@@ -1,17 +1,17 @@
 //! `bench emuhost`: drive the emulated hardware-virtualisation host directly
-//! (`run`, `info`), and the entry point other subcommands use to run
-//! `bench` itself inside it ([`run_bench_inside`], for `--host emulated`).
+//! (`run`, `info`). Running `bench` itself inside it (`--host emulated`) is
+//! [`crate::emulated`].
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use isolab_emuhost::{
-    cache::EmuhostCache, info, interrupt, parse_memory_mib, EmuhostError, EmulatedHost, FileMap,
-    HostConfig, Invocation, Outcome, RunError, EMULATED_HOST_LABEL,
+    cache::EmuhostCache, info, interrupt, EmuhostError, EmulatedHost, FileMap, HostConfig,
+    Invocation, Outcome, RunError, EMULATED_HOST_LABEL,
 };
 
-use crate::exit;
+use crate::{args, exit};
 
 /// Arguments of `bench emuhost`.
 #[derive(Debug, clap::Args)]
@@ -28,17 +28,18 @@ enum Action {
     Info(InfoArgs),
 }
 
-/// Options of the emulated host's machine, shared with `--host emulated`.
+/// Options of the emulated host's machine.
 #[derive(Debug, Clone, clap::Args)]
 pub struct HostOpts {
-    /// Guest RAM of the emulated host (e.g. 2G, 1536M).
-    #[arg(long, default_value = "2G", value_name = "SIZE")]
-    pub memory: String,
+    /// Guest RAM of the emulated host in whole MiB (e.g. 2G, 1536M; a bare number is bytes).
+    #[arg(long, default_value = "2G", value_name = "SIZE", value_parser = args::mib)]
+    pub memory: u64,
     /// Virtual CPUs of the emulated host.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub smp: u32,
     /// Seconds before the emulated host is killed, boot included.
-    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    #[arg(long, default_value_t = 600, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
     /// Also put the host's qemu-system-x86_64 (libraries, firmware) inside,
     /// as the reference microVM peer.
@@ -55,7 +56,7 @@ pub struct HostOpts {
 impl Default for HostOpts {
     fn default() -> Self {
         Self {
-            memory: "2G".into(),
+            memory: 2048,
             smp: 1,
             timeout: 600,
             with_qemu: false,
@@ -68,12 +69,8 @@ impl Default for HostOpts {
 impl HostOpts {
     /// The library config, or a usage error naming the bad value.
     pub fn to_config(&self) -> anyhow::Result<HostConfig> {
-        let memory_mib = parse_memory_mib(&self.memory).ok_or_else(|| {
-            exit::usage(format!(
-                "--memory {:?} is not a size: use MiB or a suffix, e.g. 2G or 1536M",
-                self.memory
-            ))
-        })?;
+        let memory_mib = u32::try_from(self.memory)
+            .map_err(|_| exit::usage(format!("--memory {} MiB is too large", self.memory)))?;
         let config = HostConfig {
             memory_mib,
             smp: self.smp,
@@ -116,24 +113,10 @@ pub fn run(args: EmuhostCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Maps a library error to the CLI's exit-code classes.
-fn classify(err: EmuhostError) -> anyhow::Error {
-    let usage = err.is_usage_problem();
-    let host = err.is_host_problem();
-    let text = format!("{:#}", anyhow::Error::new(err));
-    if usage {
-        exit::usage(text)
-    } else if host {
-        exit::host(text)
-    } else {
-        anyhow::anyhow!(text)
-    }
-}
-
 fn prepare(config: HostConfig) -> anyhow::Result<EmulatedHost> {
     interrupt::install_handlers().context("Cannot install signal handlers")?;
     eprintln!("emuhost: preparing (first run downloads the Debian cloud kernel)...");
-    EmulatedHost::prepare(config).map_err(classify)
+    Ok(EmulatedHost::prepare(config)?)
 }
 
 /// Runs the invocation, streaming output to stdout; the exit code is the
@@ -155,7 +138,7 @@ fn boot(host: &EmulatedHost, inv: &Invocation) -> anyhow::Result<(ExitCode, Opti
             eprintln!("emuhost: interrupted; QEMU stopped");
             Ok((ExitCode::from(INTERRUPTED), None))
         }
-        Err(e) => Err(classify(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -206,49 +189,8 @@ fn run_command(a: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-/// Runs `bench <inner_args>` inside the emulated host with this `bench`,
-/// its sibling binaries and the built guest kernels; output streams to
-/// stdout between two label lines, and the inner `bench` sees
-/// `ISOLAB_EMULATED_HOST=1`. The exit code is the inner `bench`'s.
-/// For `bench vm run --host emulated` and `bench compare --host emulated`:
-/// pass the arguments without `--host emulated` ([`strip_host_flag`]).
-#[allow(dead_code)] // wired by `bench vm` / `bench compare`
-pub fn run_bench_inside(inner_args: &[String], opts: &HostOpts) -> anyhow::Result<ExitCode> {
-    let host = prepare(opts.to_config()?)?;
-    let cache_root = isolab_emuhost::cache::cache_root().map_err(|e| classify(e.into()))?;
-    let bin_dir = isolab_emuhost::bench::binary_dir().map_err(|e| classify(e.into()))?;
-    let inv = isolab_emuhost::bench::bench_invocation(inner_args, &bin_dir, &cache_root)
-        .map_err(|e| classify(e.into()))?;
-    println!("== {EMULATED_HOST_LABEL} ==");
-    let result = boot(&host, &inv);
-    println!("== end of emulated host output ({EMULATED_HOST_LABEL}) ==");
-    let (code, outcome) = result?;
-    report(outcome.as_ref());
-    Ok(code)
-}
-
-/// The arguments with `--host emulated` / `--host=emulated` removed.
-#[allow(dead_code)] // used by `bench vm` / `bench compare` once wired
-pub fn strip_host_flag(args: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        if args[i] == "--host" && args.get(i + 1).is_some_and(|v| v == "emulated") {
-            i += 2;
-            continue;
-        }
-        if args[i] == "--host=emulated" {
-            i += 1;
-            continue;
-        }
-        out.push(args[i].clone());
-        i += 1;
-    }
-    out
-}
-
 fn show_info(a: InfoArgs) -> anyhow::Result<ExitCode> {
-    let cache = EmuhostCache::from_env().map_err(|e| classify(e.into()))?;
+    let cache = EmuhostCache::from_env().map_err(EmuhostError::from)?;
     let info = info::gather(&cache);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
@@ -293,33 +235,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn host_flag_is_removed_in_both_spellings() {
-        let a: Vec<String> = [
-            "vm",
-            "run",
-            "--host",
-            "emulated",
-            "--workload",
-            "noop",
-            "--host=emulated",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(strip_host_flag(&a), ["vm", "run", "--workload", "noop"]);
-    }
-
-    #[test]
     fn bad_memory_is_a_usage_error_naming_the_value() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct T {
+            #[command(flatten)]
+            host: HostOpts,
+        }
+        for bad in ["lots", "1536", "0"] {
+            let e = T::try_parse_from(["t", "--memory", bad]).unwrap_err();
+            assert!(e.to_string().contains(&format!("'{bad}'")), "{e}");
+        }
+        assert_eq!(
+            T::try_parse_from(["t", "--memory", "1536M"])
+                .unwrap()
+                .host
+                .memory,
+            1536
+        );
+        assert!(T::try_parse_from(["t", "--smp", "0"]).is_err());
         let opts = HostOpts {
-            memory: "lots".into(),
-            ..HostOpts::default()
-        };
-        let e = opts.to_config().unwrap_err();
-        assert_eq!(exit::code_for(&e), exit::USAGE);
-        assert!(e.to_string().contains("\"lots\""), "{e}");
-        let opts = HostOpts {
-            smp: 0,
+            memory: 16,
             ..HostOpts::default()
         };
         assert_eq!(exit::code_for(&opts.to_config().unwrap_err()), exit::USAGE);

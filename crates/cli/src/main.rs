@@ -1,7 +1,10 @@
-//! `bench`: the isolab command line. Each subcommand lives in its own file and
-//! only turns arguments into library configs; presentation (tables, JSON, exit
-//! codes) is owned here, measurement lives in `isolab-harness`.
+//! `bench`: the isolab command line. Each subcommand lives in its own file:
+//! arguments -> library config -> run (in `isolab-harness` and the crates
+//! below it) -> render. Presentation (tables, JSON, exit codes) is owned
+//! here; errors are classified for exit codes by the libraries' typed
+//! methods (`exit.rs`).
 
+mod args;
 mod compare;
 mod container;
 mod demo;
@@ -9,6 +12,7 @@ mod emuhost;
 mod emulated;
 mod exit;
 mod provision;
+mod signals;
 mod vm;
 
 use std::process::ExitCode;
@@ -42,14 +46,20 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line: what was wrong (clap's usage and tips follow it in
+            // its full rendering, which `--help` shows anyway).
+            let text = e.render().to_string();
+            eprintln!(
+                "{}",
+                text.lines().next().unwrap_or("error: invalid arguments")
+            );
+            return ExitCode::from(exit::USAGE);
+        }
         Err(e) => {
-            // clap prints help/version to stdout and errors to stderr.
+            // Help and version go to stdout.
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(exit::USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return ExitCode::SUCCESS;
         }
     };
     let result = match cli.command {

@@ -7,18 +7,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use isolab_guest_kernel::{
-    binary_dir, cache_root, provision, KernelError, ProvisionError, ProvisionOptions, WORKLOADS,
-};
+use isolab_guest_kernel::{binary_dir, cache_root, provision, ProvisionOptions};
+use isolab_harness::Workload;
 
 use crate::exit;
 
 /// Build or find the guest kernel and the guest initramfs (cached).
 #[derive(Debug, clap::Args)]
 pub struct ProvisionArgs {
-    /// Workload the microVM will run (noop, api, worker, cache, hog, forkloop, probe).
-    #[arg(long, default_value = "noop")]
-    pub workload: String,
+    /// Workload the microVM will run (noop, api, worker, cache, hog, forkloop, probe, knob).
+    #[arg(long, default_value = "noop", value_parser = crate::args::workload)]
+    pub workload: Workload,
     /// Kernel source tarball (Debian's linux-source-6.1 package).
     #[arg(long, value_name = "TARBALL", default_value = isolab_guest_kernel::DEFAULT_SOURCE)]
     pub source: PathBuf,
@@ -36,25 +35,15 @@ pub struct ProvisionArgs {
 }
 
 pub fn run(args: ProvisionArgs) -> anyhow::Result<ExitCode> {
-    if !WORKLOADS.contains(&args.workload.as_str()) {
-        return Err(exit::usage(format!(
-            "unknown workload {:?} for --workload: choose one of {}",
-            args.workload,
-            WORKLOADS.join(", ")
-        )));
-    }
     let root = cache_root().map_err(|e| exit::host(e.to_string()))?;
     let bin_dir = match args.bin_dir {
         Some(d) => d,
         None => binary_dir().context("cannot find the directory of the bench executable")?,
     };
-    let mut opts = ProvisionOptions::new(root, &bin_dir, &args.workload);
+    let mut opts = ProvisionOptions::new(root, &bin_dir, args.workload);
     opts.kernel.source = args.source;
     opts.kernel.progress = !args.quiet;
-    let p = match provision(&opts) {
-        Ok(p) => p,
-        Err(e) => return Err(classify(e)),
-    };
+    let p = provision(&opts)?;
     let k = &p.kernel;
     let state = |cached: bool| if cached { "cached" } else { "built" };
     let size = std::fs::metadata(&p.initramfs).map_or(0, |m| m.len());
@@ -88,15 +77,9 @@ fn emulated_host() -> anyhow::Result<()> {
         .ok()
         .flatten()
         .is_some();
-    let k = ensure_kernel(&cache, false).map_err(|e| {
-        let host = e.is_host_problem();
-        let text = format!("emulated host: {:#}", anyhow::Error::new(e));
-        if host {
-            exit::host(text)
-        } else {
-            anyhow::anyhow!(text)
-        }
-    })?;
+    let k = ensure_kernel(&cache, false)
+        .map_err(isolab_emuhost::EmuhostError::from)
+        .context("emulated host")?;
     println!(
         "emulated host {} ({}, {} {})",
         k.meta.release,
@@ -106,16 +89,4 @@ fn emulated_host() -> anyhow::Result<()> {
     );
     println!("  vmlinuz     {}", k.vmlinuz.display());
     Ok(())
-}
-
-/// Missing packages are the host's problem (exit 3); a bad name is usage
-/// (exit 2); the rest is a failed run (exit 1).
-fn classify(e: ProvisionError) -> anyhow::Error {
-    match &e {
-        ProvisionError::UnknownWorkload { .. } => exit::usage(e.to_string()),
-        ProvisionError::Kernel(
-            k @ (KernelError::SourceMissing { .. } | KernelError::MissingBuildDeps { .. }),
-        ) => exit::host(k.to_string()),
-        _ => anyhow::Error::new(e),
-    }
 }

@@ -6,36 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
-}
-
-/// Print SKIPPED (or fail in strict mode) when the ability is missing.
-fn require(test: &str, ok: bool, reason: &str) -> bool {
-    if ok {
-        return true;
-    }
-    if strict() {
-        panic!("{test}: {reason} (strict mode: a missing ability fails)");
-    }
-    println!("SKIPPED {test}: {reason}");
-    false
-}
-
 fn bench() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_bench"))
 }
 
 fn root_ok(test: &str) -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    let workload = bench().with_file_name("workload").is_file();
-    require(test, root, "needs root (namespaces, cgroups)")
-        && require(
-            test,
-            workload,
-            "the workload binary is not built: cargo build -p isolab-workload",
-        )
+    isolab_testkit::require(test, isolab_testkit::missing_container())
 }
 
 /// No cgroup of the workbench is left in any hierarchy (after a short grace:
@@ -262,6 +238,21 @@ fn bad_input_is_one_line_and_exit_2() {
         vec!["compare", "--budget", "4X", "--density"],
         vec!["compare", "--format", "yaml"],
         vec!["compare", "--host", "cloud"],
+        vec!["compare", "--runs", "99999999999999999999"],
+        vec!["compare", "--warmup", "-1"],
+        vec!["compare", "--ready-timeout", "18446744073709551615"],
+        vec!["compare", "--workload", "hog"],
+        vec!["vm", "run", "--workload", "nope"],
+        vec!["vm", "run", "--workload", "noop", "--memory", "128"],
+        vec![
+            "container",
+            "run",
+            "--workload",
+            "noop",
+            "--pids",
+            "18446744073709551616",
+        ],
+        vec!["emuhost", "run", "--memory", "lots", "--", "true"],
     ] {
         let o = Command::new(bench()).args(&args).output().unwrap();
         assert_eq!(

@@ -3,31 +3,18 @@
 //! needs only the `workload` binary next to `bench`; without it the tests
 //! that run demos print `SKIPPED <test>: <reason>` (strict mode: fail).
 
-use std::path::PathBuf;
 use std::process::Command;
 
 fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bench"))
 }
 
-fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
-}
-
 /// The workload binary beside `bench`, or the skip line.
 fn workload_built(test: &str) -> bool {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_bench")).with_file_name("workload");
-    if p.exists() {
-        return true;
-    }
-    let why = format!(
-        "{} is not built (cargo build -p isolab-workload)",
-        p.display()
-    );
-    assert!(!strict(), "{test}: strict mode and {why}");
-    println!("SKIPPED {test}: {why}");
-    false
+    isolab_testkit::require(
+        test,
+        isolab_testkit::missing_binary("workload", "isolab-workload"),
+    )
 }
 
 #[test]

@@ -235,15 +235,3 @@ mod tests {
         assert!(c.envp().contains(&"ISOLAB_READY_FD=3".to_string()));
     }
 }
-
-/// The workload binary's modes (crates/workload `args::WORKLOADS`; a test
-/// keeps the two lists equal).
-pub const WORKLOADS: &[&str] = &["noop", "api", "worker", "cache", "hog", "forkloop", "probe"];
-
-#[cfg(test)]
-mod workload_names {
-    #[test]
-    fn the_mode_list_matches_the_workload_binary() {
-        assert_eq!(super::WORKLOADS, isolab_workload::args::WORKLOADS);
-    }
-}

@@ -8,63 +8,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use isolab_container::{ChildStep, ContainerConfig, ContainerError, ExitStatus, Limits, Outcome};
-
-fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
-}
+use isolab_container::{ChildStep, ContainerConfig, ContainerError, ExitStatus, Outcome};
 
 fn workload_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("ISOLAB_WORKLOAD_BIN") {
-        return p.into();
-    }
-    // target/<triple>/debug/deps/<test> -> target/<triple>/debug/workload
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("workload")
+    isolab_testkit::binary("workload")
 }
 
 /// Probes the real abilities a container needs; `None` means skip.
 fn require(test: &str) -> Option<PathBuf> {
-    let reason = (|| {
-        if !nix::unistd::geteuid().is_root() {
-            return Some("not root".to_string());
-        }
-        let bin = workload_bin();
-        if !bin.is_file() {
-            return Some(format!(
-                "{} missing; cargo build -p isolab-workload",
-                bin.display()
-            ));
-        }
-        let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-        if !fs.contains("overlay") {
-            return Some("no overlayfs".into());
-        }
-        let h = match isolab_cgroups::Hierarchy::detect_host() {
-            Ok(h) => h,
-            Err(e) => return Some(format!("no cgroups: {e}")),
-        };
-        let name = format!("probe-{}-{test}", std::process::id());
-        match isolab_cgroups::create(&h, &name, &Limits::default()) {
-            Ok(cg) => {
-                let _ = cg.remove();
-                None
-            }
-            Err(e) => Some(format!("cannot create a cgroup: {e}")),
-        }
-    })();
-    match reason {
-        None => Some(workload_bin()),
-        Some(r) if strict() => panic!("{test}: missing ability in strict mode: {r}"),
-        Some(r) => {
-            println!("SKIPPED {test}: {r}");
-            None
-        }
-    }
+    isolab_testkit::require(test, isolab_testkit::missing_container()).then(workload_bin)
 }
 
 /// A config with a private run dir, so concurrent tests and other users of

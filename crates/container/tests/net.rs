@@ -14,76 +14,26 @@
 //! Needs the workload binary: `cargo build -p isolab-workload`.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-use isolab_container::{ContainerConfig, ExitStatus, Limits, NetworkHook};
+use isolab_container::{ContainerConfig, ExitStatus, NetworkHook};
 use isolab_net::probe::ProbeConfig;
 use isolab_net::{VethAttachment, Workbench, WorkbenchConfig};
 use nix::sched::{unshare, CloneFlags};
 
-fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
-}
-
 fn workload_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("ISOLAB_WORKLOAD_BIN") {
-        return p.into();
-    }
-    // target/<triple>/debug/deps/<test> -> target/<triple>/debug/workload
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("workload")
+    isolab_testkit::binary("workload")
 }
 
 /// Probes root, a network namespace, a cgroup and the workload binary.
 fn require(test: &str) -> Option<PathBuf> {
-    let reason = (|| {
-        if !nix::unistd::geteuid().is_root() {
-            return Some("not root".to_string());
-        }
-        let bin = workload_bin();
-        if !bin.is_file() {
-            return Some(format!(
-                "{} missing; cargo build -p isolab-workload",
-                bin.display()
-            ));
-        }
-        let mut cmd = Command::new("/bin/true");
-        // SAFETY: runs in the forked child before exec; unshare is one
-        // syscall and allocates nothing.
-        unsafe {
-            cmd.pre_exec(|| unshare(CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from));
-        }
-        match cmd.status() {
-            Ok(s) if s.success() => {}
-            other => return Some(format!("cannot create a network namespace ({other:?})")),
-        }
-        let h = match isolab_cgroups::Hierarchy::detect_host() {
-            Ok(h) => h,
-            Err(e) => return Some(format!("no cgroups: {e}")),
-        };
-        let name = format!("probe-{}-{test}", std::process::id());
-        match isolab_cgroups::create(&h, &name, &Limits::default()) {
-            Ok(cg) => {
-                let _ = cg.remove();
-                None
-            }
-            Err(e) => Some(format!("cannot create a cgroup: {e}")),
-        }
-    })();
-    match reason {
-        None => Some(workload_bin()),
-        Some(r) if strict() => panic!("{test}: missing ability in strict mode: {r}"),
-        Some(r) => {
-            eprintln!("SKIPPED {test}: {r}");
-            None
-        }
-    }
+    let missing = isolab_testkit::first_missing([
+        isolab_testkit::missing_container(),
+        isolab_testkit::missing_unshare(nix::sched::CloneFlags::CLONE_NEWNET),
+    ]);
+    isolab_testkit::require(test, missing).then(workload_bin)
 }
 
 fn workbench_config(name: &str, bridge: &str, subnet: &str) -> WorkbenchConfig {

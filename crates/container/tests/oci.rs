@@ -2,52 +2,24 @@
 //! Without root, the workload binary or the runtime, each test prints
 //! `SKIPPED <test>: <reason>`; with `CI=true` or `ISOLAB_STRICT=1` it fails.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use isolab_container::oci::{run_peer, write_bundle, OciError};
 use isolab_container::ContainerConfig;
 
-fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
-}
-
 fn workload_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("workload")
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
+    isolab_testkit::binary("workload")
 }
 
 fn require(test: &str, runtime: &str) -> Option<PathBuf> {
-    let reason = if !nix::unistd::geteuid().is_root() {
-        Some("not root".to_string())
-    } else if !workload_bin().is_file() {
-        Some("workload binary missing; cargo build -p isolab-workload".into())
-    } else if which(runtime).is_none() {
-        Some(format!(
-            "{runtime} not installed (apt-get install {runtime})"
-        ))
-    } else {
-        None
-    };
-    match reason {
-        None => which(runtime),
-        Some(r) if strict() => panic!("{test}: missing ability in strict mode: {r}"),
-        Some(r) => {
-            println!("SKIPPED {test}: {r}");
-            None
-        }
-    }
+    let missing = isolab_testkit::first_missing([
+        isolab_testkit::missing_root(),
+        isolab_testkit::missing_binary("workload", "isolab-workload"),
+        isolab_testkit::missing_command(runtime, runtime),
+    ]);
+    isolab_testkit::require(test, missing)
+        .then(|| isolab_testkit::which(runtime))
+        .flatten()
 }
 
 fn assert_no_cgroup(id: &str) {

@@ -1,6 +1,6 @@
 //! Running `bench <args>` inside the emulated host: the running `bench`
-//! and its sibling static binaries (`workload`, `isolab-init`, found next to
-//! the executable as docs/contracts.md says) plus the built guest kernels
+//! and its sibling static binaries (`workload`, `isolab-init`, `isolab-vmm`,
+//! found next to the executable as docs/contracts.md says) plus the built guest kernels
 //! from the artifact cache are copied in, and `ISOLAB_CACHE` inside points
 //! at that copy. This is what `bench vm run --host emulated` and
 //! `bench compare --host emulated` use.
@@ -15,15 +15,16 @@ use crate::EmuhostError;
 pub const GUEST_BIN_DIR: &str = "/opt/isolab/bin";
 /// The artifact cache inside.
 pub const GUEST_CACHE: &str = "/var/cache/isolab";
-/// The static binaries `bench` needs beside it.
-pub const SIBLINGS: &[&str] = &["workload", "isolab-init"];
+/// The static binaries `bench` needs beside it: the workload, the guest
+/// init, and the monitor it launches for every microVM.
+pub const SIBLINGS: &[&str] = &["workload", "isolab-init", "isolab-vmm"];
 
 /// Errors while assembling the inner `bench` run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     /// The running executable's directory is unknown.
     #[error("Cannot find the directory of the running executable")]
-    NoExeDir(#[source] std::io::Error),
+    NoExeDir,
     /// A sibling binary is not built.
     #[error("{name} not found in {dir:?}: build it with `cargo build -p {package}`")]
     MissingBinary {
@@ -31,34 +32,19 @@ pub enum BenchError {
         dir: PathBuf,
         package: &'static str,
     },
-    /// The artifact cache could not be listed.
-    #[error("Cannot list the guest kernels in {dir:?}")]
-    ListCache {
-        dir: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
-/// Where the static binaries are: next to the running executable, or one
-/// level up when it is a test binary in `target/<triple>/<profile>/deps/`.
+/// Where the static binaries are ([`isolab_guest_kernel::binary_dir`]: next
+/// to the running executable).
 pub fn binary_dir() -> Result<PathBuf, BenchError> {
-    let exe = std::env::current_exe().map_err(BenchError::NoExeDir)?;
-    let dir = exe
-        .parent()
-        .ok_or_else(|| BenchError::NoExeDir(std::io::Error::other("executable has no parent")))?;
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        if let Some(up) = dir.parent() {
-            return Ok(up.to_path_buf());
-        }
-    }
-    Ok(dir.to_path_buf())
+    isolab_guest_kernel::binary_dir().ok_or(BenchError::NoExeDir)
 }
 
 fn package_of(name: &str) -> &'static str {
     match name {
         "bench" => "isolab-cli",
         "workload" => "isolab-workload",
+        "isolab-vmm" => "isolab-vmm",
         _ => "isolab-guest-init",
     }
 }
@@ -83,29 +69,23 @@ pub fn binaries(bin_dir: &Path) -> Result<Vec<FileMap>, BenchError> {
     Ok(maps)
 }
 
-/// The built guest kernels (`kernel/<config-hash>/` dirs that have a
-/// `meta.json`) in the cache root. The kernel source and build trees are
-/// left out: they are large and only the outputs are needed inside.
-pub fn guest_kernels(cache_root: &Path) -> Result<Vec<FileMap>, BenchError> {
-    let dir = cache_root.join("kernel");
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(BenchError::ListCache { dir, source }),
-    };
-    let mut maps = Vec::new();
-    for entry in entries.filter_map(Result::ok) {
-        let path = entry.path();
-        if path.join("meta.json").is_file() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            maps.push(FileMap {
+/// The built guest kernels ([`isolab_guest_kernel::built_kernels`]) in the
+/// cache root, mapped to the same place under [`GUEST_CACHE`]. The kernel
+/// source and build trees are left out: they are large and only the
+/// outputs are needed inside.
+pub fn guest_kernels(cache_root: &Path) -> Vec<FileMap> {
+    let mut maps: Vec<FileMap> = isolab_guest_kernel::built_kernels(cache_root)
+        .into_iter()
+        .filter_map(|path| {
+            let name = path.file_name()?.to_string_lossy().into_owned();
+            Some(FileMap {
                 host: path,
                 guest: format!("{GUEST_CACHE}/kernel/{name}"),
-            });
-        }
-    }
+            })
+        })
+        .collect();
     maps.sort_by(|a, b| a.guest.cmp(&b.guest));
-    Ok(maps)
+    maps
 }
 
 /// The invocation that runs `bench <args>` inside with everything it needs.
@@ -115,7 +95,7 @@ pub fn bench_invocation(
     cache_root: &Path,
 ) -> Result<Invocation, BenchError> {
     let mut files = binaries(bin_dir)?;
-    files.extend(guest_kernels(cache_root)?);
+    files.extend(guest_kernels(cache_root));
     let mut command = vec![format!("{GUEST_BIN_DIR}/bench")];
     command.extend(args.iter().cloned());
     Ok(Invocation {
@@ -150,7 +130,7 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let e = bench_invocation(&[], bin.path(), cache.path()).unwrap_err();
         assert!(e.to_string().contains("cargo build -p isolab-cli"), "{e}");
-        for n in ["bench", "workload", "isolab-init"] {
+        for n in ["bench", "workload", "isolab-init", "isolab-vmm"] {
             std::fs::write(bin.path().join(n), "x").unwrap();
         }
         std::fs::create_dir_all(cache.path().join("kernel/abc")).unwrap();
@@ -165,6 +145,7 @@ mod tests {
                 "/opt/isolab/bin/bench",
                 "/opt/isolab/bin/workload",
                 "/opt/isolab/bin/isolab-init",
+                "/opt/isolab/bin/isolab-vmm",
                 "/var/cache/isolab/kernel/abc"
             ]
         );

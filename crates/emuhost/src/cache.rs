@@ -1,5 +1,7 @@
 //! Where the emulated host keeps what it downloads and builds
-//! (docs/contracts.md, "Artifact cache"): `<cache root>/emuhost/`.
+//! (docs/contracts.md, "Artifact cache"): `<cache root>/emuhost/`, under
+//! the workspace's one cache root ([`cache_root`], owned by
+//! `isolab-guest-kernel` with the rest of the cache layout).
 //!
 //! ```text
 //! emuhost/kernel/<package version>/{vmlinuz, modules/, meta.json}
@@ -11,39 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// No cache directory can be derived from the environment.
-#[derive(Debug, thiserror::Error)]
-#[error("No cache directory: set ISOLAB_CACHE (or HOME) to a writable directory")]
-pub struct CacheError;
-
-/// The cache root from explicit environment values (testable).
-pub fn cache_root_from(
-    isolab_cache: Option<&str>,
-    xdg_cache_home: Option<&str>,
-    home: Option<&str>,
-) -> Result<PathBuf, CacheError> {
-    let set = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(PathBuf::from);
-    if let Some(p) = set(isolab_cache) {
-        return Ok(p);
-    }
-    if let Some(p) = set(xdg_cache_home) {
-        return Ok(p.join("isolab"));
-    }
-    if let Some(p) = set(home) {
-        return Ok(p.join(".cache").join("isolab"));
-    }
-    Err(CacheError)
-}
-
-/// The cache root from this process's environment.
-pub fn cache_root() -> Result<PathBuf, CacheError> {
-    let var = |k| std::env::var(k).ok();
-    cache_root_from(
-        var("ISOLAB_CACHE").as_deref(),
-        var("XDG_CACHE_HOME").as_deref(),
-        var("HOME").as_deref(),
-    )
-}
+pub use isolab_guest_kernel::{cache_root, CacheError};
 
 /// The paths of the emulated host's part of the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,23 +69,6 @@ impl EmuhostCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cache_root_prefers_isolab_cache_then_xdg_then_home() {
-        assert_eq!(
-            cache_root_from(Some("/c"), Some("/x"), Some("/h")).unwrap(),
-            PathBuf::from("/c")
-        );
-        assert_eq!(
-            cache_root_from(Some(""), Some("/x"), Some("/h")).unwrap(),
-            PathBuf::from("/x/isolab")
-        );
-        assert_eq!(
-            cache_root_from(None, None, Some("/h")).unwrap(),
-            PathBuf::from("/h/.cache/isolab")
-        );
-        assert!(cache_root_from(None, None, None).is_err());
-    }
 
     #[test]
     fn emuhost_paths_live_under_emuhost() {

@@ -61,18 +61,18 @@ pub enum EmuhostError {
 impl EmuhostError {
     /// True when the host lacks something (a package, an apt source, a
     /// built binary), as opposed to a failed run.
-    pub fn is_host_problem(&self) -> bool {
+    pub fn is_host(&self) -> bool {
         match self {
-            Self::Provision(e) => e.is_host_problem(),
-            Self::Bench(bench::BenchError::MissingBinary { .. }) => true,
+            Self::Provision(e) => e.is_host(),
+            Self::Bench(bench::BenchError::MissingBinary { .. }) | Self::Cache(_) => true,
             Self::Peers(peers::PeerError::NotInstalled { .. }) => true,
-            Self::Peers(peers::PeerError::Install { source, .. }) => source.is_host_problem(),
+            Self::Peers(peers::PeerError::Install { source, .. }) => source.is_host(),
             _ => false,
         }
     }
 
     /// True when a user-given value was wrong.
-    pub fn is_usage_problem(&self) -> bool {
+    pub fn is_usage(&self) -> bool {
         matches!(
             self,
             Self::Run(RunError::Config { .. } | RunError::NoCommand)

@@ -80,7 +80,7 @@ pub enum ProvisionError {
 impl ProvisionError {
     /// True when the host lacks something (a package, an apt source), as
     /// opposed to a failure of this run.
-    pub fn is_host_problem(&self) -> bool {
+    pub fn is_host(&self) -> bool {
         matches!(
             self,
             Self::MissingTool { .. } | Self::BusyboxNotStatic { .. } | Self::UnknownPackage { .. }
@@ -416,7 +416,7 @@ mod tests {
     #[test]
     fn missing_tool_says_what_to_install() {
         let e = require_tool("isolab-no-such-tool", "isolab-pkg", false).unwrap_err();
-        assert!(e.is_host_problem());
+        assert!(e.is_host());
         assert_eq!(
             e.to_string(),
             "isolab-no-such-tool not found: install it with `apt-get install isolab-pkg`"

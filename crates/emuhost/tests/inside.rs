@@ -9,69 +9,24 @@
 //! guest initramfs in the artifact cache (`bench provision`). Without them
 //! the test prints `SKIPPED`, or fails when `CI=true` / `ISOLAB_STRICT=1`.
 
-use std::path::PathBuf;
-
 use isolab_emuhost::bench::{bench_invocation, binary_dir};
 use isolab_emuhost::{cache::cache_root, run_bench_inside, EmulatedHost, FileMap, HostConfig};
 
-fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
-}
-
-fn skip(test: &str, why: String) {
-    if strict() {
-        panic!("{test}: unavailable in strict mode: {why}");
-    }
-    println!("SKIPPED {test}: {why}");
-}
-
-/// The newest built guest kernel (bzImage) and guest initramfs.
-fn guest_artifacts() -> Result<(PathBuf, PathBuf), String> {
-    let root = cache_root().map_err(|e| e.to_string())?;
-    let newest = |dir: PathBuf, pick: &dyn Fn(&PathBuf) -> Option<PathBuf>| {
-        std::fs::read_dir(&dir)
-            .ok()?
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let p = pick(&e.path())?;
-                Some((e.metadata().ok()?.modified().ok()?, p))
-            })
-            .max()
-            .map(|(_, p)| p)
-    };
-    let kernel = newest(root.join("kernel"), &|p| {
-        (p.join("meta.json").is_file() && p.join("bzImage").is_file()).then(|| p.join("bzImage"))
-    })
-    .ok_or("no built guest kernel in the cache: run `bench provision` first")?;
-    let initrd = newest(root.join("initramfs"), &|p| {
-        let name = p.file_name()?.to_string_lossy().into_owned();
-        (name.starts_with("guest-") && name.ends_with(".cpio")).then(|| p.clone())
-    })
-    .ok_or("no guest initramfs in the cache: run `bench provision` first")?;
-    Ok((kernel, initrd))
-}
-
+/// The emulated host with everything the tests run inside it, or `None`
+/// after the skip line (a failure in strict mode).
 fn prepare(test: &str, config: HostConfig) -> Option<EmulatedHost> {
-    if let Err(e) = guest_artifacts() {
-        skip(test, e);
+    let binaries = binary_dir()
+        .and_then(|d| isolab_emuhost::bench::binaries(&d))
+        .err()
+        .map(|e| e.to_string());
+    let missing = isolab_testkit::first_missing([isolab_testkit::missing_guest(), binaries]);
+    if !isolab_testkit::require(test, missing) {
         return None;
-    }
-    match binary_dir().map(|d| isolab_emuhost::bench::binaries(&d)) {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            skip(test, e.to_string());
-            return None;
-        }
-        Err(e) => {
-            skip(test, e.to_string());
-            return None;
-        }
     }
     match EmulatedHost::prepare(config) {
         Ok(h) => Some(h),
         Err(e) => {
-            skip(test, e.to_string());
+            isolab_testkit::require(test, Some(e.to_string()));
             None
         }
     }
@@ -119,7 +74,8 @@ fn container_on_cgroup_v2_and_qemu_microvm_reference_run_inside() {
     let Some(host) = prepare(test, config) else {
         return;
     };
-    let (kernel, initrd) = guest_artifacts().unwrap();
+    let guest = isolab_testkit::cached_guest().expect("probed by prepare");
+    let (kernel, initrd) = (guest.bz_image, guest.initramfs);
     let mut inv = bench_invocation(&[], &binary_dir().unwrap(), &cache_root().unwrap()).unwrap();
     inv.files.push(FileMap {
         host: kernel,

@@ -1,38 +1,50 @@
-//! The startup-and-memory scenario behind `bench compare`: warm-up, then N
-//! runs per mode, each measured launch -> ready marker, launch -> first HTTP
-//! response (HTTP workloads), the VM phases, and memory three ways.
+//! The startup-and-memory scenario behind `bench compare`: for every mode,
+//! warm-up runs, then N runs, each measured launch -> ready marker, launch
+//! -> first HTTP response (HTTP workloads), the VM phases, and memory three
+//! ways; ratios against the process baseline; then, on request, the
+//! density scenario per mode.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use isolab_microvm::timing::Phases;
 use serde::{Deserialize, Serialize};
 
-use crate::density::DensityReport;
+use crate::density::{self, DensityConfig, DensityReport, ParentBudget};
 use crate::env::Environment;
 use crate::memory::mem_available;
-use crate::modes::{InstanceMemory, InstanceSpec, Launcher, ModeKind, VmPhases};
-use crate::probe::{first_response, request_run, LoadResult};
+use crate::modes::{Context, InstanceMemory, InstanceSpec, Launcher, ModeKind};
 use crate::stats::{summarize, Summary};
-use crate::{interrupted, HarnessError};
+use crate::{interrupted, HarnessError, Workload};
 
 /// Version of the JSON document (docs/schema/compare.v1.json).
 pub const SCHEMA: &str = "isolab.compare.v1";
 
-/// Workloads that serve HTTP and are probed for a first response.
-pub fn serves_http(workload: &str) -> bool {
-    matches!(workload, "api" | "cache")
-}
+/// The workloads `compare` measures: the ones that signal ready and end
+/// by themselves or serve HTTP until stopped.
+pub const WORKLOADS: [Workload; 4] = [
+    Workload::Api,
+    Workload::Worker,
+    Workload::Cache,
+    Workload::Noop,
+];
 
 /// What to measure.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareConfig {
-    pub workload: String,
+    pub workload: Workload,
     pub runs: usize,
     pub warmup: usize,
     /// Requests in the short request/response run per mode (HTTP workloads).
     pub requests: usize,
     #[serde(skip)]
     pub ready_timeout: Duration,
+    /// Modes and peers to measure, in order.
+    #[serde(skip)]
+    pub modes: Vec<ModeKind>,
+    /// Also run the density scenario for every non-peer mode.
+    #[serde(skip)]
+    pub density: Option<DensityConfig>,
 }
 
 /// Whether a mode was measured.
@@ -62,13 +74,29 @@ pub struct MemoryReport {
     pub guest_touched: Option<Summary>,
 }
 
-/// Phase summaries in milliseconds.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct PhaseReport {
-    pub vmm_setup_ms: Option<Summary>,
-    pub kernel_boot_ms: Option<Summary>,
-    pub init_ms: Option<Summary>,
-    pub workload_ready_ms: Option<Summary>,
+/// Reads one phase of the monitor's report.
+pub type PhaseOf = fn(&Phases) -> Option<f64>;
+
+/// The VM phases summarised over runs: the monitor's
+/// [`isolab_microvm::timing::Phases`] fields of that name, in ms.
+pub const PHASES: [(&str, PhaseOf); 4] = [
+    ("vmm_setup_ms", |p| p.vmm_setup_ms),
+    ("kernel_boot_ms", |p| p.kernel_boot_ms),
+    ("init_ms", |p| p.init_ms),
+    ("workload_ready_ms", |p| p.workload_ready_ms),
+];
+
+/// Phase summaries by [`PHASES`] name.
+pub type PhaseReport = std::collections::BTreeMap<String, Summary>;
+
+/// Result of a short request/response run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadResult {
+    pub requests: usize,
+    pub errors: usize,
+    /// Latency of each request in microseconds.
+    pub latency_us: Summary,
+    pub requests_per_sec: f64,
 }
 
 /// Everything measured for one mode.
@@ -135,6 +163,83 @@ pub struct CompareReport {
     pub density: Vec<DensityReport>,
 }
 
+/// How a long run reports progress (the CLI draws bars; tests ignore it).
+pub trait Progress {
+    /// A stage of `total` steps begins.
+    fn start(&mut self, what: &str, total: usize);
+    /// `done` steps of the stage are finished; `msg` says what happens now.
+    fn step(&mut self, done: usize, msg: &str);
+    /// The stage is over.
+    fn finish(&mut self);
+    /// A line worth telling the user now (a mode that will not run).
+    fn note(&mut self, line: &str);
+}
+
+/// Progress nobody watches.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&mut self, _: &str, _: usize) {}
+    fn step(&mut self, _: usize, _: &str) {}
+    fn finish(&mut self) {}
+    fn note(&mut self, _: &str) {}
+}
+
+/// Runs the whole comparison on this host: every mode in `cfg.modes`, the
+/// ratios, then density for every non-peer mode when asked. Stops early on
+/// Ctrl-C ([`interrupted`]) with what was measured so far.
+pub fn run(
+    cfg: &CompareConfig,
+    progress: &mut dyn Progress,
+) -> Result<CompareReport, HarnessError> {
+    let ctx = Context::new(cfg.workload)?;
+    let spec = InstanceSpec::measured(cfg.workload);
+    let mut reports = vec![];
+    for &kind in &cfg.modes {
+        let launcher = ctx.launcher(kind);
+        progress.start(
+            &format!("{} {}", kind.name(), cfg.workload),
+            cfg.warmup + cfg.runs,
+        );
+        let r = measure_mode(launcher.as_ref(), &spec, cfg, &mut |done, _| {
+            progress.step(done, "")
+        });
+        progress.finish();
+        reports.push(r);
+        if interrupted() {
+            break;
+        }
+    }
+    fill_ratios(&mut reports);
+    let mut density_reports = vec![];
+    if let Some(dcfg) = cfg.density.as_ref().filter(|_| !interrupted()) {
+        for &kind in cfg.modes.iter().filter(|k| !k.is_peer()) {
+            let launcher = ctx.launcher(kind);
+            if let Some(reason) = launcher.unavailable() {
+                progress.note(&format!("density {}: not run: {reason}", kind.name()));
+                continue;
+            }
+            let group = ParentBudget::create(kind, dcfg.budget_bytes)?;
+            progress.start(&format!("density {}", kind.name()), dcfg.max_instances);
+            let d = density::run(launcher.as_ref(), &spec, &group, dcfg, &mut |n, msg| {
+                progress.step(n, msg)
+            });
+            progress.finish();
+            density_reports.push(d?);
+        }
+    }
+    Ok(CompareReport {
+        schema: SCHEMA.into(),
+        created_unix: now_unix(),
+        method: method_lines(cfg),
+        config: cfg.clone(),
+        environment: Environment::capture(),
+        modes: reports,
+        density: density_reports,
+    })
+}
+
 /// One measured run.
 #[derive(Debug, Default)]
 struct RunSample {
@@ -142,7 +247,7 @@ struct RunSample {
     first_response_ms: Option<f64>,
     memory: InstanceMemory,
     mem_available_delta: Option<f64>,
-    phases: Option<VmPhases>,
+    phases: Option<Phases>,
     status: Option<i32>,
 }
 
@@ -160,14 +265,15 @@ fn one_run(
     let mut inst = launcher.launch(spec)?;
     let launched = inst.launched_at();
     let deadline = launched + cfg.ready_timeout;
+    let target = inst.http_target();
     // The HTTP probe starts at launch, on its own thread, so first-response
-    // is measured from the same instant as ready and does not wait for it.
-    let probe = if serves_http(&spec.workload) {
-        inst.http_target()
-            .map(|t| std::thread::spawn(move || first_response(&t, deadline)))
-    } else {
-        None
+    // is measured from the same instant as ready and does not wait for it
+    // (unless the instance can only be reached once ready).
+    let spawn_probe = |t: &crate::modes::HttpTarget| {
+        let t = t.target.clone();
+        std::thread::spawn(move || crate::net::first_response(&t, launched, deadline))
     };
+    let mut probe = target.as_ref().filter(|t| !t.after_ready).map(spawn_probe);
     let ready = match inst.wait_ready(cfg.ready_timeout) {
         Ok(at) => at,
         Err(e) => {
@@ -175,15 +281,18 @@ fn one_run(
             return Err(e);
         }
     };
+    if probe.is_none() {
+        probe = target.as_ref().map(spawn_probe);
+    }
     let mut sample = RunSample {
         ready_ms: ms(ready - launched),
         ..Default::default()
     };
     if let Some(p) = probe {
-        match p
+        let answered = p
             .join()
-            .map_err(|_| HarnessError::Probe("probe thread panicked".into()))?
-        {
+            .unwrap_or_else(|_| Err(HarnessError::Launch("the probe thread panicked".into())));
+        match answered {
             Ok(at) => sample.first_response_ms = Some(ms(at - launched)),
             Err(e) => {
                 let _ = inst.stop();
@@ -197,21 +306,44 @@ fn one_run(
     }
     let mut load = None;
     if load_run && cfg.requests > 0 {
-        if let Some(t) = inst.http_target() {
-            load = Some(request_run(&t, cfg.requests)?);
+        if let Some(t) = &target {
+            load = Some(request_run(&t.target, cfg.requests)?);
         }
     }
-    let outcome = if serves_http(&spec.workload) {
+    let outcome = if spec.workload.serves_http() {
         inst.stop()?
     } else {
         inst.wait_exit(cfg.ready_timeout)?
     };
     sample.status = outcome.status;
-    if sample.first_response_ms.is_none() {
-        sample.first_response_ms = outcome.first_response_ms;
-    }
-    sample.phases = outcome.phases;
+    sample.phases = outcome.vm.map(|r| r.phases);
     Ok((sample, load))
+}
+
+/// `n` sequential requests on one keep-alive connection, summarised.
+fn request_run(target: &isolab_net::Target, n: usize) -> Result<LoadResult, HarnessError> {
+    let cfg = isolab_net::ProbeConfig::default();
+    let n32 = u32::try_from(n).unwrap_or(u32::MAX);
+    let run = isolab_net::probe::request_run_at(target, n32, &cfg).map_err(|source| {
+        HarnessError::NoAnswer {
+            what: format!("the request run against {}", target.addr),
+            source,
+        }
+    })?;
+    let lat: Vec<f64> = run
+        .latencies
+        .iter()
+        .map(|d| d.as_secs_f64() * 1e6)
+        .collect();
+    let latency_us = summarize(&lat).ok_or_else(|| {
+        HarnessError::Launch(format!("all {n} requests to {} failed", target.addr))
+    })?;
+    Ok(LoadResult {
+        requests: n,
+        errors: run.errors as usize,
+        latency_us,
+        requests_per_sec: run.throughput_rps(),
+    })
 }
 
 fn summarize_opt(v: impl Iterator<Item = Option<f64>>) -> Option<Summary> {
@@ -253,7 +385,7 @@ pub fn measure_mode(
             }
             Err(e) => {
                 report.status = ModeStatus::Failed {
-                    error: format!("run {}: {e}", i + 1),
+                    error: format!("run {}: {}", i + 1, crate::chain(&e)),
                 };
                 break;
             }
@@ -277,20 +409,20 @@ pub fn measure_mode(
         guest_touched: mem(&|m| m.guest_touched),
     };
     if samples.iter().any(|s| s.phases.is_some()) {
-        let ph = |f: &dyn Fn(&VmPhases) -> Option<f64>| {
-            summarize_opt(samples.iter().map(|s| s.phases.as_ref().and_then(f)))
-        };
-        report.phases = Some(PhaseReport {
-            vmm_setup_ms: ph(&|p| p.vmm_setup_ms),
-            kernel_boot_ms: ph(&|p| p.kernel_boot_ms),
-            init_ms: ph(&|p| p.init_ms),
-            workload_ready_ms: ph(&|p| p.workload_ready_ms),
-        });
+        report.phases = Some(
+            PHASES
+                .iter()
+                .filter_map(|(name, f)| {
+                    let s = summarize_opt(samples.iter().map(|s| s.phases.as_ref().and_then(f)))?;
+                    Some((name.to_string(), s))
+                })
+                .collect(),
+        );
     }
     if let Some(bad) = report
         .statuses
         .iter()
-        .find(|s| **s != Some(0) && !serves_http(&spec.workload))
+        .find(|s| **s != Some(0) && !spec.workload.serves_http())
     {
         report
             .notes
@@ -310,15 +442,13 @@ pub fn fill_ratios(modes: &mut [ModeReport]) {
     let Some((base_ready, base_fr)) = base else {
         return;
     };
+    let ratio = |s: Option<&Summary>, b: Option<f64>| match (s, b) {
+        (Some(s), Some(b)) if b > 0.0 => Some(s.p50 / b),
+        _ => None,
+    };
     for m in modes.iter_mut() {
-        m.ready_ratio_vs_process = match (m.ready_ms.as_ref(), base_ready) {
-            (Some(s), Some(b)) if b > 0.0 => Some(s.p50 / b),
-            _ => None,
-        };
-        m.first_response_ratio_vs_process = match (m.first_response_ms.as_ref(), base_fr) {
-            (Some(s), Some(b)) if b > 0.0 => Some(s.p50 / b),
-            _ => None,
-        };
+        m.ready_ratio_vs_process = ratio(m.ready_ms.as_ref(), base_ready);
+        m.first_response_ratio_vs_process = ratio(m.first_response_ms.as_ref(), base_fr);
     }
 }
 
@@ -333,10 +463,11 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
         "p50/p90/p99 by linear interpolation; 95% CI of the median by percentile bootstrap (2000 resamples); outliers flagged by Tukey fences (1.5 IQR), never dropped".into(),
         "memory: PSS/USS summed over the instance's host processes from /proc/PID/smaps_rollup (launcher/monitor included); cgroup usage where the instance has one; host MemAvailable drop while it ran".into(),
     ];
-    if serves_http(&cfg.workload) {
+    if cfg.workload.serves_http() {
         v.push(format!(
-            "first response: a probe thread started at launch connects, retrying every {} us on connection-refused only, then GET /health must answer 200 (microVM: its monitor probes the guest over virtio-net on the workbench bridge after the ready marker, from the monitor's start)",
-            crate::probe::RETRY_INTERVAL.as_micros()
+            "first response: launch -> GET /health answered, by one probe for every mode, started at launch on its own thread in the instance's network namespace; it retries every {} us on connection refused, host/network unreachable, a {} ms connect timeout or HTTP 503 (microVM: over virtio-net on the workbench bridge, from the ready marker on; the guest has no address before)",
+            isolab_net::probe::RETRY_INTERVAL.as_micros(),
+            isolab_net::probe::CONNECT_TIMEOUT.as_millis()
         ));
         v.push(format!(
             "load: {} sequential GET /health on one keep-alive connection, last run of each mode",
@@ -357,4 +488,176 @@ pub fn now_unix() -> u64 {
 /// Elapsed helper for progress displays.
 pub fn since(t: Instant) -> Duration {
     t.elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modes::fake::{FakeLauncher, FakeRun};
+    use std::sync::atomic::Ordering;
+
+    fn cfg(workload: Workload, warmup: usize, runs: usize) -> CompareConfig {
+        CompareConfig {
+            workload,
+            runs,
+            warmup,
+            requests: 0,
+            ready_timeout: Duration::from_secs(1),
+            modes: vec![],
+            density: None,
+        }
+    }
+
+    fn ready_after(ms: &[u64]) -> Vec<FakeRun> {
+        ms.iter()
+            .map(|&m| FakeRun {
+                memory: InstanceMemory {
+                    pss: m << 20,
+                    uss: m << 19,
+                    ..InstanceMemory::default()
+                },
+                ..FakeRun::ready(m)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn warmups_are_discarded_and_every_instance_is_ended() {
+        let l = FakeLauncher::new(ModeKind::Container, ready_after(&[50, 60, 7, 8, 9]));
+        let spec = InstanceSpec::measured(Workload::Noop);
+        let mut seen = vec![];
+        let r = measure_mode(&l, &spec, &cfg(Workload::Noop, 2, 3), &mut |d, t| {
+            seen.push((d, t))
+        });
+        assert!(matches!(r.status, ModeStatus::Measured));
+        assert_eq!(
+            r.raw_ready_ms,
+            [7.0, 8.0, 9.0],
+            "warm-ups dropped, order kept"
+        );
+        let s = r.ready_ms.unwrap();
+        assert_eq!((s.n, s.p50, s.min, s.max), (3, 8.0, 7.0, 9.0));
+        assert_eq!(r.memory.pss.unwrap().p50, (8u64 << 20) as f64);
+        assert_eq!(r.statuses, [Some(0); 3]);
+        assert!(r.notes.is_empty());
+        assert_eq!(seen.last(), Some(&(5, 5)));
+        assert_eq!(l.launched.borrow().len(), 5);
+        assert_eq!(l.live.load(Ordering::SeqCst), 0, "every instance ended");
+        assert!(r.phases.is_none() && r.first_response_ms.is_none());
+    }
+
+    #[test]
+    fn an_unavailable_mode_is_explained_and_never_launched() {
+        let mut l = FakeLauncher::new(ModeKind::Microvm, ready_after(&[1]));
+        l.unavailable = Some("/dev/kvm here is PVM".into());
+        let r = measure_mode(
+            &l,
+            &InstanceSpec::measured(Workload::Noop),
+            &cfg(Workload::Noop, 0, 3),
+            &mut |_, _| {},
+        );
+        assert!(matches!(&r.status, ModeStatus::Unavailable { reason } if reason.contains("PVM")));
+        assert!(l.launched.borrow().is_empty());
+        assert!(r.ready_ms.is_none());
+    }
+
+    #[test]
+    fn a_failed_run_ends_the_mode_with_its_error_and_keeps_what_was_measured() {
+        let mut script = ready_after(&[3]);
+        script.push(FakeRun::default()); // never ready
+        let l = FakeLauncher::new(ModeKind::Runc, script);
+        let r = measure_mode(
+            &l,
+            &InstanceSpec::measured(Workload::Noop),
+            &cfg(Workload::Noop, 0, 5),
+            &mut |_, _| {},
+        );
+        match &r.status {
+            ModeStatus::Failed { error } => {
+                assert!(
+                    error.starts_with("run 2: Instance never became ready"),
+                    "{error}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.raw_ready_ms, [3.0]);
+        assert_eq!(
+            l.live.load(Ordering::SeqCst),
+            0,
+            "the failed instance was stopped"
+        );
+        assert!(r.peer);
+    }
+
+    #[test]
+    fn nonzero_statuses_are_noted_and_vm_phases_summarised() {
+        let mut run = FakeRun::ready(4);
+        run.outcome.status = Some(3);
+        let report: isolab_microvm::VmReport = serde_json::from_str(
+            r#"{"host":{"kind":"unknown"},"vcpus":1,"memory_mib":128,"kernel_format":"elf",
+            "boot_protocol":"pvh","cmdline":"","stop_reason":"guest_reset","exit_status":3,
+            "phases":{"vmm_setup_ms":2.0,"kernel_boot_ms":30.0,"init_ms":1.0,"workload_ready_ms":0.5},
+            "memory_at_ready":null,"memory_at_end":{"vmm_overhead_kib":1,"guest_touched_kib":1,
+            "total_rss_kib":2,"vmm_overhead_pss_kib":1},"workload_output":"","unknown_markers":[]}"#,
+        )
+        .unwrap();
+        run.outcome.vm = Some(Box::new(report));
+        let l = FakeLauncher::new(ModeKind::Microvm, vec![run]);
+        let r = measure_mode(
+            &l,
+            &InstanceSpec::measured(Workload::Worker),
+            &cfg(Workload::Worker, 0, 2),
+            &mut |_, _| {},
+        );
+        assert_eq!(r.notes, ["workload exit status Some(3) in a measured run"]);
+        let phases = r.phases.unwrap();
+        assert_eq!(phases["kernel_boot_ms"].p50, 30.0);
+        assert_eq!(
+            phases.keys().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "init_ms",
+                "kernel_boot_ms",
+                "vmm_setup_ms",
+                "workload_ready_ms"
+            ]
+        );
+    }
+
+    #[test]
+    fn ratios_are_p50_over_the_process_p50() {
+        let spec = InstanceSpec::measured(Workload::Noop);
+        let c = cfg(Workload::Noop, 0, 3);
+        let run = |kind, ms: &[u64]| {
+            measure_mode(
+                &FakeLauncher::new(kind, ready_after(ms)),
+                &spec,
+                &c,
+                &mut |_, _| {},
+            )
+        };
+        let mut modes = vec![
+            run(ModeKind::Process, &[2, 4, 6]),
+            run(ModeKind::Container, &[10, 11, 12]),
+            ModeReport::unavailable(ModeKind::Microvm, "no".into()),
+        ];
+        fill_ratios(&mut modes);
+        assert_eq!(modes[0].ready_ratio_vs_process, Some(1.0));
+        assert_eq!(modes[1].ready_ratio_vs_process, Some(2.75));
+        assert_eq!(modes[2].ready_ratio_vs_process, None);
+        assert_eq!(modes[1].first_response_ratio_vs_process, None);
+        // Without a process baseline there is nothing to divide by.
+        let mut alone = vec![run(ModeKind::Container, &[10])];
+        fill_ratios(&mut alone);
+        assert_eq!(alone[0].ready_ratio_vs_process, None);
+    }
+
+    #[test]
+    fn the_method_names_the_one_probe_policy() {
+        let http = method_lines(&cfg(Workload::Api, 1, 5));
+        assert!(http.iter().any(|l| l.contains("retries every 250 us")));
+        assert!(!method_lines(&cfg(Workload::Noop, 1, 5))
+            .iter()
+            .any(|l| l.contains("first response")));
+    }
 }

@@ -16,21 +16,18 @@
 //!
 //! Everything is torn down afterwards, whatever rule fired.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::memory::{mem_available, meminfo_field};
-use crate::modes::{Instance, InstanceSpec, Launcher, ModeKind};
-use crate::probe::first_response;
+use crate::modes::{Instance, InstanceSpec, Isolation, Launcher, ModeKind};
 use crate::stats::{linear_fit, percentile, LinearFit};
 use crate::{interrupted, HarnessError};
 
 /// The parent cgroup the instances share; backed by `isolab-cgroups`.
 pub trait BudgetGroup {
-    /// Name to pass as `InstanceSpec::parent_cgroup`.
-    fn name(&self) -> String;
     /// Memory charged to the whole group now, bytes.
     fn usage(&self) -> Option<u64>;
     /// OOM kills counted in the group so far.
@@ -67,7 +64,7 @@ pub struct DensityReport {
 }
 
 /// Limits of a density run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DensityConfig {
     pub budget_bytes: u64,
     pub max_instances: usize,
@@ -93,15 +90,28 @@ pub fn run(
     cfg: &DensityConfig,
     progress: &mut dyn FnMut(usize, &str),
 ) -> Result<DensityReport, HarnessError> {
-    let proc_root = Path::new("/proc");
+    run_at(launcher, spec, group, cfg, progress, Path::new("/proc"))
+}
+
+/// [`run`] with the host's `/proc` root given (its `meminfo` feeds the
+/// host-safety rule).
+fn run_at(
+    launcher: &dyn Launcher,
+    spec: &InstanceSpec,
+    group: &dyn BudgetGroup,
+    cfg: &DensityConfig,
+    progress: &mut dyn FnMut(usize, &str),
+    proc_root: &Path,
+) -> Result<DensityReport, HarnessError> {
     let avail0 = mem_available(proc_root).unwrap_or(0);
-    let total = std::fs::read_to_string("/proc/meminfo")
+    let total = std::fs::read_to_string(proc_root.join("meminfo"))
         .ok()
         .and_then(|t| meminfo_field(&t, "MemTotal:"))
         .unwrap_or(u64::MAX);
     let mut spec = spec.clone();
-    spec.parent_cgroup = Some(group.name());
-    if launcher.kind() != ModeKind::Container {
+    // Container instances get child cgroups of the budget parent; the
+    // others join a member cgroup there before they exec.
+    if launcher.kind().isolation() != Isolation::Container {
         spec.join_cgroups = group.procs_files();
     }
     let mut running: Vec<Box<dyn Instance>> = vec![];
@@ -137,15 +147,15 @@ pub fn run(
         }
         let mut inst = match launcher.launch(&spec) {
             Ok(i) => i,
-            Err(e) => break ("start-failure", e.to_string()),
+            Err(e) => break ("start-failure", crate::chain(&e)),
         };
         let launched = inst.launched_at();
         let answered = match inst.wait_ready(cfg.ready_timeout) {
             Ok(at) => match inst.http_target() {
-                Some(t) if crate::compare::serves_http(&spec.workload) => {
-                    first_response(&t, launched + cfg.ready_timeout)
+                Some(t) => {
+                    crate::net::first_response(&t.target, launched, launched + cfg.ready_timeout)
                 }
-                _ => Ok(at),
+                None => Ok(at),
             },
             Err(e) => Err(e),
         };
@@ -153,7 +163,7 @@ pub fn run(
             Ok(at) => at,
             Err(e) => {
                 let _ = inst.stop();
-                break ("start-failure", e.to_string());
+                break ("start-failure", crate::chain(&e));
             }
         };
         running.push(inst);
@@ -208,72 +218,73 @@ pub fn run(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn degradation_rule() {
-        let mut v = vec![10.0; 15];
-        assert!(!degraded(&v));
-        v.push(100.0);
-        assert!(degraded(&v));
-        assert!(!degraded(&v[..10]));
-    }
-}
-
 /// The budget as a memory limit on the workbench's parent cgroup
 /// (`isolab`), under which every instance cgroup lives: container instances
-/// get their own child cgroups there; process and microVM instances are moved
-/// into a `density-<mode>` child right after they are spawned. A holder child
-/// keeps the parent alive while instances come and go. The limit is removed
-/// again, and the children deleted, when this is dropped.
+/// get their own child cgroups there; process and microVM instances join a
+/// `density-<mode>` child before they exec. The member child keeps the
+/// parent alive while instances come and go. The limit is removed again,
+/// and the member deleted, when this is dropped.
 #[derive(Debug)]
 pub struct ParentBudget {
     /// The memory-controller directory of the parent.
-    memory_dir: std::path::PathBuf,
+    memory_dir: PathBuf,
     v2: bool,
     /// `density-<mode>` cgroup for modes without their own cgroup.
-    pub members: Box<dyn isolab_cgroups::CgroupManager>,
+    members: Box<dyn isolab_cgroups::CgroupManager>,
 }
 
 impl ParentBudget {
     /// Create the member cgroup and set the parent's memory limit.
     pub fn create(mode: ModeKind, budget: u64) -> Result<Self, HarnessError> {
         use isolab_cgroups::{Hierarchy, Limits, PARENT};
-        let err =
-            |e: isolab_cgroups::CgroupError| HarnessError::Launch(format!("density cgroup: {e}"));
-        let hier = Hierarchy::detect_host().map_err(err)?;
+        let hier = Hierarchy::detect_host()?;
         let name = format!("density-{}-{}", mode.name(), std::process::id());
-        let members = isolab_cgroups::create(&hier, &name, &Limits::default()).map_err(err)?;
-        let (memory_dir, v2, file, value) = match &hier {
-            Hierarchy::V1(m) => (
-                m.get("memory").map_err(err)?.join(PARENT),
-                false,
-                "memory.limit_in_bytes",
-                budget.to_string(),
-            ),
-            Hierarchy::V2 { root } => (root.join(PARENT), true, "memory.max", budget.to_string()),
+        let members = isolab_cgroups::create(&hier, &name, &Limits::default())?;
+        let (memory_dir, v2) = match &hier {
+            Hierarchy::V1(m) => (m.get("memory")?.join(PARENT), false),
+            Hierarchy::V2 { root } => (root.join(PARENT), true),
         };
-        std::fs::write(memory_dir.join(file), value)
-            .map_err(|e| HarnessError::Io(format!("set {}/{file}", memory_dir.display()), e))?;
-        Ok(ParentBudget {
+        ParentBudget::with_parts(memory_dir, v2, members, budget)
+    }
+
+    /// Set `budget` as the limit of the parent at `memory_dir` (a v1
+    /// memory-controller directory, or a v2 cgroup), with `members` created.
+    pub fn with_parts(
+        memory_dir: PathBuf,
+        v2: bool,
+        members: Box<dyn isolab_cgroups::CgroupManager>,
+        budget: u64,
+    ) -> Result<Self, HarnessError> {
+        let b = ParentBudget {
             memory_dir,
             v2,
             members,
-        })
+        };
+        let file = b.file(budget_file(v2));
+        // On failure `b` drops: the member cgroup goes, no limit was set.
+        std::fs::write(&file, budget.to_string())
+            .map_err(|e| HarnessError::io(format!("set {}", file.display()), e))?;
+        Ok(b)
     }
 
-    fn read(&self, file: &str) -> Option<String> {
-        std::fs::read_to_string(self.memory_dir.join(file)).ok()
+    fn file(&self, name: &str) -> PathBuf {
+        self.memory_dir.join(name)
+    }
+
+    fn read(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.file(name)).ok()
+    }
+}
+
+fn budget_file(v2: bool) -> &'static str {
+    if v2 {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
     }
 }
 
 impl BudgetGroup for ParentBudget {
-    fn name(&self) -> String {
-        isolab_cgroups::PARENT.into()
-    }
-
     fn usage(&self) -> Option<u64> {
         let f = if self.v2 {
             "memory.current"
@@ -299,7 +310,7 @@ impl BudgetGroup for ParentBudget {
             .unwrap_or(0)
     }
 
-    fn procs_files(&self) -> Vec<std::path::PathBuf> {
+    fn procs_files(&self) -> Vec<PathBuf> {
         self.members
             .paths()
             .into_iter()
@@ -310,12 +321,288 @@ impl BudgetGroup for ParentBudget {
 
 impl Drop for ParentBudget {
     fn drop(&mut self) {
-        let (file, value) = if self.v2 {
-            ("memory.max", "max")
-        } else {
-            ("memory.limit_in_bytes", "-1")
-        };
-        let _ = std::fs::write(self.memory_dir.join(file), value);
+        let unlimited = if self.v2 { "max" } else { "-1" };
+        let _ = std::fs::write(self.file(budget_file(self.v2)), unlimited);
         let _ = self.members.remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modes::fake::{FakeLauncher, FakeRun};
+    use crate::Workload;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A budget group whose usage is `per` bytes per live instance.
+    struct FakeGroup {
+        live: Arc<AtomicUsize>,
+        per: Option<u64>,
+        oom: AtomicU64,
+    }
+
+    impl BudgetGroup for FakeGroup {
+        fn usage(&self) -> Option<u64> {
+            self.per
+                .map(|p| p * self.live.load(Ordering::SeqCst) as u64)
+        }
+        fn oom_kills(&self) -> u64 {
+            self.oom.load(Ordering::SeqCst)
+        }
+        fn procs_files(&self) -> Vec<PathBuf> {
+            vec![PathBuf::from("/fake/density/cgroup.procs")]
+        }
+    }
+
+    fn group(l: &FakeLauncher, per_mib: Option<u64>) -> FakeGroup {
+        FakeGroup {
+            live: Arc::clone(&l.live),
+            per: per_mib.map(|m| m << 20),
+            oom: AtomicU64::new(0),
+        }
+    }
+
+    fn cfg(budget_mib: u64, max: usize) -> DensityConfig {
+        DensityConfig {
+            budget_bytes: budget_mib << 20,
+            max_instances: max,
+            ready_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// A `/proc` with a roomy meminfo (or a nearly full one).
+    fn proc_tree(avail_kb: u64) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("meminfo"),
+            format!("MemTotal: 1000000 kB\nMemAvailable: {avail_kb} kB\n"),
+        )
+        .unwrap();
+        d
+    }
+
+    fn density(
+        l: &FakeLauncher,
+        g: &dyn BudgetGroup,
+        c: &DensityConfig,
+        avail_kb: u64,
+    ) -> DensityReport {
+        let p = proc_tree(avail_kb);
+        run_at(
+            l,
+            &InstanceSpec::measured(Workload::Noop),
+            g,
+            c,
+            &mut |_, _| {},
+            p.path(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_budget_stops_before_one_more_would_not_fit() {
+        let l = FakeLauncher::new(ModeKind::Container, vec![FakeRun::ready(5)]);
+        let g = group(&l, Some(10));
+        let r = density(&l, &g, &cfg(35, 100), 900_000);
+        assert_eq!(
+            (r.stop_rule.as_str(), r.count),
+            ("budget", 3),
+            "{}",
+            r.stop_detail
+        );
+        assert_eq!(r.points.last().unwrap().memory_bytes, 30 << 20);
+        let fit = r.memory_fit.unwrap();
+        assert!((fit.slope - (10u64 << 20) as f64).abs() < 1.0, "{fit:?}");
+        assert_eq!(l.live.load(Ordering::SeqCst), 0, "all torn down");
+        assert!(
+            l.launched.borrow()[0].join_cgroups.is_empty(),
+            "containers get their own child cgroups"
+        );
+    }
+
+    #[test]
+    fn processes_join_the_budget_cgroup_and_the_cap_stops_them() {
+        let l = FakeLauncher::new(ModeKind::Process, vec![FakeRun::ready(5)]);
+        let g = group(&l, None);
+        let r = density(&l, &g, &cfg(1024, 4), 900_000);
+        assert_eq!((r.stop_rule.as_str(), r.count), ("max-instances", 4));
+        assert_eq!(
+            l.launched.borrow()[0].join_cgroups,
+            [PathBuf::from("/fake/density/cgroup.procs")]
+        );
+        assert_eq!(l.live.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_failed_start_stops_the_run_and_names_the_error() {
+        let mut script = vec![FakeRun::ready(5); 3];
+        script.push(FakeRun {
+            launch_error: Some("clone: EAGAIN".into()),
+            ..FakeRun::default()
+        });
+        let l = FakeLauncher::new(ModeKind::Container, script);
+        let g = group(&l, Some(1));
+        let r = density(&l, &g, &cfg(1024, 100), 900_000);
+        assert_eq!((r.stop_rule.as_str(), r.count), ("start-failure", 3));
+        assert_eq!(r.stop_detail, "clone: EAGAIN");
+        assert_eq!(l.live.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn an_oom_kill_in_the_group_stops_the_run() {
+        let l = FakeLauncher::new(ModeKind::Container, vec![FakeRun::ready(5)]);
+        let g = Arc::new(group(&l, Some(1)));
+        let fired = Arc::new(AtomicBool::new(false));
+        let g2 = Arc::clone(&g);
+        let mut l = l;
+        let launches = AtomicUsize::new(0);
+        let (f2, launches) = (Arc::clone(&fired), Arc::new(launches));
+        let n2 = Arc::clone(&launches);
+        l.on_launch = Some(Box::new(move || {
+            if n2.fetch_add(1, Ordering::SeqCst) == 1 {
+                g2.oom.store(1, Ordering::SeqCst);
+                f2.store(true, Ordering::SeqCst);
+            }
+        }));
+        let r = density(&l, g.as_ref(), &cfg(1024, 100), 900_000);
+        assert!(fired.load(Ordering::SeqCst));
+        assert_eq!((r.stop_rule.as_str(), r.count), ("oom-kill", 2));
+    }
+
+    #[test]
+    fn a_degrading_startup_stops_the_run() {
+        let mut script = vec![FakeRun::ready(10); 14];
+        script.push(FakeRun::ready(100));
+        let l = FakeLauncher::new(ModeKind::Container, script);
+        let g = group(&l, None);
+        let r = density(&l, &g, &cfg(1024, 100), 900_000);
+        assert_eq!(
+            (r.stop_rule.as_str(), r.count),
+            ("startup-p99-degradation", 15)
+        );
+        assert_eq!(r.points[14].ready_ms, 100.0);
+    }
+
+    #[test]
+    fn a_host_low_on_memory_stops_the_run_at_once() {
+        let l = FakeLauncher::new(ModeKind::Container, vec![FakeRun::ready(5)]);
+        let g = group(&l, None);
+        let r = density(&l, &g, &cfg(1024, 100), 50_000);
+        assert_eq!((r.stop_rule.as_str(), r.count), ("host-safety", 1));
+        assert_eq!(l.live.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn degradation_rule() {
+        let mut v = vec![10.0; 15];
+        assert!(!degraded(&v));
+        v.push(100.0);
+        assert!(degraded(&v));
+        assert!(!degraded(&v[..10]));
+    }
+
+    /// A [`CgroupManager`](isolab_cgroups::CgroupManager) test double: its
+    /// directories are paths in a temp dir; removal is recorded.
+    #[derive(Debug)]
+    struct FakeCgroup {
+        dirs: Vec<PathBuf>,
+        removed: Arc<AtomicBool>,
+    }
+
+    impl isolab_cgroups::CgroupManager for FakeCgroup {
+        fn add_pid(&self, _: i32) -> Result<(), isolab_cgroups::CgroupError> {
+            Ok(())
+        }
+        fn stats(&self) -> Result<isolab_cgroups::Stats, isolab_cgroups::CgroupError> {
+            Ok(isolab_cgroups::Stats::default())
+        }
+        fn pids(&self) -> Result<Vec<i32>, isolab_cgroups::CgroupError> {
+            Ok(vec![])
+        }
+        fn kill_all(&self) -> Result<(), isolab_cgroups::CgroupError> {
+            Ok(())
+        }
+        fn remove(&self) -> Result<(), isolab_cgroups::CgroupError> {
+            self.removed.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        fn paths(&self) -> Vec<PathBuf> {
+            self.dirs.clone()
+        }
+    }
+
+    fn budget(
+        v2: bool,
+        files: &[(&str, &str)],
+    ) -> (tempfile::TempDir, Arc<AtomicBool>, ParentBudget) {
+        let d = tempfile::tempdir().unwrap();
+        for (f, text) in files {
+            std::fs::write(d.path().join(f), text).unwrap();
+        }
+        let removed = Arc::new(AtomicBool::new(false));
+        let members = Box::new(FakeCgroup {
+            dirs: vec![d.path().join("density-process-1")],
+            removed: Arc::clone(&removed),
+        });
+        let b = ParentBudget::with_parts(d.path().to_path_buf(), v2, members, 64 << 20).unwrap();
+        (d, removed, b)
+    }
+
+    #[test]
+    fn the_v1_budget_is_set_read_and_lifted_again() {
+        let (d, removed, b) = budget(
+            false,
+            &[
+                ("memory.limit_in_bytes", "9223372036854771712\n"),
+                ("memory.usage_in_bytes", "12345\n"),
+                (
+                    "memory.oom_control",
+                    "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+                ),
+            ],
+        );
+        let limit = || std::fs::read_to_string(d.path().join("memory.limit_in_bytes")).unwrap();
+        assert_eq!(limit(), (64u64 << 20).to_string());
+        assert_eq!((b.usage(), b.oom_kills()), (Some(12345), 2));
+        assert_eq!(
+            b.procs_files(),
+            [d.path().join("density-process-1/cgroup.procs")]
+        );
+        drop(b);
+        assert_eq!(limit(), "-1");
+        assert!(removed.load(Ordering::SeqCst), "the member cgroup went");
+    }
+
+    #[test]
+    fn the_v2_budget_uses_the_unified_files() {
+        let (d, removed, b) = budget(
+            true,
+            &[
+                ("memory.max", "max\n"),
+                ("memory.current", "4096\n"),
+                ("memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n"),
+            ],
+        );
+        assert_eq!((b.usage(), b.oom_kills()), (Some(4096), 1));
+        drop(b);
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("memory.max")).unwrap(),
+            "max"
+        );
+        assert!(removed.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_budget_that_cannot_be_set_leaves_no_member_behind() {
+        let removed = Arc::new(AtomicBool::new(false));
+        let members = Box::new(FakeCgroup {
+            dirs: vec![],
+            removed: Arc::clone(&removed),
+        });
+        let e = ParentBudget::with_parts(PathBuf::from("/nonexistent/memory"), false, members, 1)
+            .unwrap_err();
+        assert!(e.to_string().contains("memory.limit_in_bytes"), "{e}");
+        assert!(removed.load(Ordering::SeqCst));
     }
 }

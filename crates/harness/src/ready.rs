@@ -30,7 +30,7 @@ impl ReadyPipe {
     /// A close-on-exec pipe; the launcher decides how the write end is passed.
     pub fn new() -> Result<Self, HarnessError> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-            .map_err(|e| HarnessError::Io("create ready pipe".into(), e.into()))?;
+            .map_err(|e| HarnessError::io("create ready pipe", e))?;
         Ok(ReadyPipe {
             read,
             write: Some(write),
@@ -54,9 +54,7 @@ impl ReadyPipe {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(HarnessError::Timeout(format!(
-                    "no ready signal within {timeout:?}"
-                )));
+                return Err(HarnessError::Timeout(timeout));
             }
             let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
             let mut fds = [PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
@@ -68,11 +66,11 @@ impl ReadyPipe {
                     return match nix::unistd::read(&self.read, &mut b) {
                         Ok(0) => Ok(ReadyEvent::Closed),
                         Ok(_) => Ok(ReadyEvent::Ready(at)),
-                        Err(e) => Err(HarnessError::Io("read ready pipe".into(), e.into())),
+                        Err(e) => Err(HarnessError::io("read ready pipe", e)),
                     };
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(HarnessError::Io("poll ready pipe".into(), e.into())),
+                Err(e) => return Err(HarnessError::io("poll ready pipe", e)),
             }
         }
     }

@@ -12,41 +12,14 @@
 //! fails instead. The containers are cloned children of the library, never
 //! this harness process.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use isolab_harness::demo::container::ContainerRunner;
-use isolab_harness::demo::microvm::{MicrovmRunner, VmHost, EMULATED_LABEL};
-use isolab_harness::demo::process::ProcessRunner;
-use isolab_harness::demo::session::sibling;
 use isolab_harness::demo::{
-    render_markdown, render_table, run_demo, Demo, DemoMode, DemoReport, Job, ModeRun, ModeRunner,
-    RunRecord, DEMOS,
+    render_markdown, render_table, run_demo, Demo, DemoReport, ModeRun, DEMOS,
 };
+use isolab_harness::modes::{Context, InstanceOutcome, Launcher, ModeKind, VmHost};
+use isolab_harness::Workload;
 use serde_json::Value;
-
-fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
-}
-
-/// Prints the skip line (or fails in strict mode) and says whether to go on.
-fn require(test: &str, missing: Option<String>) -> bool {
-    match missing {
-        None => true,
-        Some(why) if strict() => panic!("{test}: strict mode and {why}"),
-        Some(why) => {
-            println!("SKIPPED {test}: {why}");
-            false
-        }
-    }
-}
-
-fn workload() -> Result<PathBuf, String> {
-    sibling("workload")
-        .filter(|p| p.exists())
-        .ok_or_else(|| "the workload binary is not built (cargo build -p isolab-workload)".into())
-}
 
 /// Where the microVM column runs: `ISOLAB_DEMO_VM_HOST=native|emulated`;
 /// by default the emulated host in strict mode (CI boots it anyway) and
@@ -55,7 +28,7 @@ fn vm_host() -> VmHost {
     match std::env::var("ISOLAB_DEMO_VM_HOST").as_deref() {
         Ok("emulated") => VmHost::Emulated,
         Ok("native") => VmHost::Native,
-        _ if strict() => VmHost::Emulated,
+        _ if isolab_testkit::strict() => VmHost::Emulated,
         _ => VmHost::Native,
     }
 }
@@ -65,26 +38,20 @@ fn vm_host() -> VmHost {
 fn reports() -> &'static Result<Vec<DemoReport>, String> {
     static R: OnceLock<Result<Vec<DemoReport>, String>> = OnceLock::new();
     R.get_or_init(|| {
-        let w = workload()?;
-        let container = ContainerRunner {
-            workload: w.clone(),
-        };
-        // The real ability: a container that runs and answers.
-        match container.run(&Job::new("noop", &[])) {
-            Ok(ModeRun::Ran(r)) if r.status == Some(0) => {}
-            Ok(ModeRun::Ran(r)) => {
-                return Err(format!("a noop container ended with {:?}", r.status))
-            }
-            Ok(ModeRun::Unavailable { reason }) => return Err(reason),
-            Err(e) => return Err(format!("containers cannot run here: {e}")),
+        if let Some(why) = isolab_testkit::missing_container() {
+            return Err(why);
         }
-        let process = ProcessRunner { workload: w };
-        let bench = sibling("bench").unwrap_or_default();
-        let microvm = MicrovmRunner::new(bench, vm_host());
-        let runners: [&dyn ModeRunner; 3] = [&process, &container, &microvm];
+        let mut ctx = Context::new(Workload::Probe).map_err(|e| e.to_string())?;
+        ctx.vm_host = vm_host();
+        let launchers: Vec<Box<dyn Launcher>> =
+            [ModeKind::Process, ModeKind::Container, ModeKind::Microvm]
+                .into_iter()
+                .map(|m| ctx.launcher(m))
+                .collect();
+        let launchers: Vec<&dyn Launcher> = launchers.iter().map(AsRef::as_ref).collect();
         DEMOS
             .iter()
-            .map(|d| run_demo(d, &runners).map_err(|e| format!("demo {} failed: {e}", d.name)))
+            .map(|d| run_demo(d, &launchers).map_err(|e| format!("demo {} failed: {e:#?}", d.name)))
             .collect()
     })
 }
@@ -95,28 +62,36 @@ fn report(test: &str, name: &str) -> Option<&'static DemoReport> {
         Ok(all) => all.iter().find(|r| r.name == name),
         Err(why) if why.starts_with("demo ") => panic!("{why}"),
         Err(why) => {
-            require(test, Some(why.clone()));
+            isolab_testkit::require(test, Some(why.clone()));
             None
         }
     }
 }
 
-fn rec(r: &DemoReport, m: DemoMode) -> &RunRecord {
+fn rec(r: &DemoReport, m: ModeKind) -> &InstanceOutcome {
     r.column(m)
-        .and_then(|c| c.run.record())
+        .and_then(|c| c.run.outcome())
         .unwrap_or_else(|| panic!("{} did not run in {m:?}", r.name))
 }
 
-/// The microVM column's record, when it ran (otherwise its one-line reason
-/// is checked by `microvm_column_runs_or_says_why_in_one_line`).
-fn vm_record(r: &DemoReport) -> Option<&RunRecord> {
-    r.column(DemoMode::Microvm).and_then(|c| c.run.record())
+/// The microVM column's outcome, when it ran (otherwise its one-line
+/// reason is checked by `microvm_column_runs_or_says_why_in_one_line`).
+fn vm_record(r: &DemoReport) -> Option<&InstanceOutcome> {
+    r.column(ModeKind::Microvm).and_then(|c| c.run.outcome())
 }
 
-fn fact<'a>(r: &'a RunRecord, p: &str) -> &'a Value {
+fn fact<'a>(r: &'a InstanceOutcome, p: &str) -> &'a Value {
+    let (first, rest) = p[1..].split_once('/').unwrap_or((&p[1..], ""));
     r.result
         .as_ref()
-        .and_then(|v| v.pointer(p))
+        .and_then(|m| m.get(first))
+        .and_then(|v| {
+            if rest.is_empty() {
+                Some(v)
+            } else {
+                v.pointer(&format!("/{rest}"))
+            }
+        })
         .unwrap_or_else(|| panic!("no {p} in {:?}", r.result))
 }
 
@@ -138,7 +113,7 @@ fn kernel_is_the_hosts_in_process_and_container() {
         return;
     };
     let boot_id = read("/proc/sys/kernel/random/boot_id");
-    for m in [DemoMode::Process, DemoMode::Container] {
+    for m in [ModeKind::Process, ModeKind::Container] {
         assert_eq!(
             fact(rec(r, m), "/kernel/release"),
             &Value::from(host_release()),
@@ -150,7 +125,7 @@ fn kernel_is_the_hosts_in_process_and_container() {
             "{m:?}"
         );
     }
-    if let Some(v) = r.column(DemoMode::Microvm).and_then(|c| c.run.record()) {
+    if let Some(v) = r.column(ModeKind::Microvm).and_then(|c| c.run.outcome()) {
         assert_ne!(
             fact(v, "/boot_id"),
             &Value::from(boot_id),
@@ -167,7 +142,7 @@ fn container_has_its_own_pid_namespace() {
     let Some(r) = report("container_has_its_own_pid_namespace", "pids") else {
         return;
     };
-    let c = rec(r, DemoMode::Container);
+    let c = rec(r, ModeKind::Container);
     // PID 1 is the container's init; the probe is its child.
     assert_ne!(fact(c, "/pid1_comm"), &Value::from(read("/proc/1/comm")));
     assert!(fact(c, "/pid").as_u64().unwrap() <= 3, "{:?}", c.result);
@@ -176,7 +151,7 @@ fn container_has_its_own_pid_namespace() {
         "{:?}",
         c.result
     );
-    let p = rec(r, DemoMode::Process);
+    let p = rec(r, ModeKind::Process);
     assert_eq!(fact(p, "/pid1_comm"), &Value::from(read("/proc/1/comm")));
     assert!(fact(p, "/processes").as_u64().unwrap() > 3);
 }
@@ -190,11 +165,11 @@ fn container_has_its_own_hostname_and_only_lo() {
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    let c = rec(r, DemoMode::Container);
+    let c = rec(r, ModeKind::Container);
     assert_ne!(fact(c, "/hostname"), &Value::from(host.clone()));
     assert_eq!(fact(c, "/interfaces"), &serde_json::json!(["lo"]));
     assert_eq!(
-        fact(rec(r, DemoMode::Process), "/hostname"),
+        fact(rec(r, ModeKind::Process), "/hostname"),
         &Value::from(host)
     );
 }
@@ -204,9 +179,9 @@ fn container_cannot_reach_host_paths() {
     let Some(r) = report("container_cannot_reach_host_paths", "filesystem") else {
         return;
     };
-    let c = fact(rec(r, DemoMode::Container), "/host_paths_visible");
+    let c = fact(rec(r, ModeKind::Container), "/host_paths_visible");
     assert!(c.as_object().unwrap().values().all(|v| v == false), "{c}");
-    let p = fact(rec(r, DemoMode::Process), "/host_paths_visible");
+    let p = fact(rec(r, ModeKind::Process), "/host_paths_visible");
     assert_eq!(p["/etc/passwd"], true);
 }
 
@@ -218,10 +193,10 @@ fn memory_hog_is_oom_killed_by_the_cgroup_and_capped_as_a_process() {
     ) else {
         return;
     };
-    let c = rec(r, DemoMode::Container);
+    let c = rec(r, ModeKind::Container);
     assert_eq!(c.status, Some(137), "SIGKILL by the OOM killer");
     assert!(c.cgroup.as_ref().unwrap().oom_kills >= 1, "{:?}", c.cgroup);
-    let p = rec(r, DemoMode::Process);
+    let p = rec(r, ModeKind::Process);
     assert_eq!(p.status, Some(0));
     assert_eq!(fact(p, "/capped"), true);
     assert_eq!(fact(p, "/mib"), 64);
@@ -232,13 +207,9 @@ fn memory_hog_is_oom_killed_by_the_cgroup_and_capped_as_a_process() {
     assert!(table.contains("cgroup OOM kill"), "{table}");
     // The guest's own OOM killer; the host sees at most guest RAM plus the VMM.
     if let Some(v) = vm_record(r) {
-        assert_eq!(v.status, Some(137), "{:?}", v.vm_report);
+        assert_eq!(v.status, Some(137), "{:?}", v.vm);
         let limit_kib = (isolab_harness::demo::catalog::VM_MEMORY_MIB + 64) * 1024;
-        assert!(
-            v.host_peak_rss_kib.unwrap() < limit_kib,
-            "{:?}",
-            v.host_peak_rss_kib
-        );
+        assert!(v.peak_rss_kib.unwrap() < limit_kib, "{:?}", v.peak_rss_kib);
     }
 }
 
@@ -247,11 +218,11 @@ fn cpu_limit_throttles_the_container() {
     let Some(r) = report("cpu_limit_throttles_the_container", "cpu") else {
         return;
     };
-    let s = rec(r, DemoMode::Container).cgroup.clone().unwrap();
+    let s = rec(r, ModeKind::Container).cgroup.clone().unwrap();
     assert!(s.cpu_throttled_periods.unwrap() > 0, "{s:?}");
     // The container sees the host's CPUs: the limit is time, not hardware.
     let probe = r
-        .column(DemoMode::Container)
+        .column(ModeKind::Container)
         .unwrap()
         .probe
         .as_ref()
@@ -260,7 +231,7 @@ fn cpu_limit_throttles_the_container() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        fact(probe.record().unwrap(), "/cpus_online").as_i64(),
+        fact(probe.outcome().unwrap(), "/cpus_online").as_i64(),
         Some(online)
     );
 }
@@ -270,10 +241,10 @@ fn fork_loop_stops_at_pids_max_in_the_container() {
     let Some(r) = report("fork_loop_stops_at_pids_max_in_the_container", "forkbomb") else {
         return;
     };
-    let c = rec(r, DemoMode::Container);
+    let c = rec(r, ModeKind::Container);
     assert!(fact(c, "/forked").as_u64().unwrap() < 32, "{:?}", c.result);
     assert_eq!(fact(c, "/errno"), "EAGAIN");
-    let p = rec(r, DemoMode::Process);
+    let p = rec(r, ModeKind::Process);
     assert_eq!(
         fact(p, "/forked"),
         64,
@@ -311,20 +282,20 @@ fn knobs_are_refused_or_confined_and_the_host_is_unchanged() {
             .unwrap()
             .clone()
     };
-    let swap = knob(DemoMode::Container, "vm.swappiness");
+    let swap = knob(ModeKind::Container, "vm.swappiness");
     assert_eq!(swap["accepted"], false, "{swap}");
-    let dom = knob(DemoMode::Container, "kernel.domainname");
+    let dom = knob(ModeKind::Container, "kernel.domainname");
     assert_eq!(dom["accepted"], true, "{dom}");
     assert_eq!(dom["after"], "isolab-demo");
     assert_ne!(after.1, "isolab-demo");
     // On the host the process wrote nothing: it only opened for writing.
-    let p = knob(DemoMode::Process, "vm.swappiness");
+    let p = knob(ModeKind::Process, "vm.swappiness");
     assert_eq!(p["attempted"], serde_json::Value::Null, "{p}");
     assert_eq!(p["after"], p["before"]);
     assert!(r.host_settings.iter().any(|s| s.name == "vm.swappiness"));
     // The guest may change its own kernel's global knob; the host's stayed.
     if vm_record(r).is_some() {
-        let g = knob(DemoMode::Microvm, "kernel.domainname");
+        let g = knob(ModeKind::Microvm, "kernel.domainname");
         assert_eq!(g["after"], "isolab-demo", "{g}");
     }
 }
@@ -334,7 +305,7 @@ fn capabilities_are_reported_per_mode() {
     let Some(r) = report("capabilities_are_reported_per_mode", "capabilities") else {
         return;
     };
-    for m in [DemoMode::Process, DemoMode::Container] {
+    for m in [ModeKind::Process, ModeKind::Container] {
         let c = rec(r, m);
         assert!(fact(c, "/cap_bnd/count").as_u64().is_some());
         assert!(fact(c, "/seccomp").as_u64().is_some());
@@ -347,7 +318,7 @@ fn capabilities_are_reported_per_mode() {
         .trim()
         .parse::<u64>()
         .unwrap();
-    assert_eq!(fact(rec(r, DemoMode::Process), "/no_new_privs"), host_nnp);
+    assert_eq!(fact(rec(r, ModeKind::Process), "/no_new_privs"), host_nnp);
 }
 
 #[test]
@@ -355,7 +326,7 @@ fn microvm_column_runs_or_says_why_in_one_line() {
     let Some(r) = report("microvm_column_runs_or_says_why_in_one_line", "kernel") else {
         return;
     };
-    match &r.column(DemoMode::Microvm).unwrap().run {
+    match &r.column(ModeKind::Microvm).unwrap().run {
         ModeRun::Unavailable { reason } => {
             assert!(!reason.is_empty() && !reason.contains('\n'), "{reason:?}");
             assert!(render_markdown(std::slice::from_ref(r))
@@ -364,8 +335,12 @@ fn microvm_column_runs_or_says_why_in_one_line() {
         ModeRun::Ran(v) => {
             assert_ne!(fact(v, "/kernel/release"), &Value::from(host_release()));
             if vm_host() == VmHost::Emulated {
-                assert_eq!(v.label.as_deref(), Some(EMULATED_LABEL));
-                assert!(render_markdown(std::slice::from_ref(r)).contains(EMULATED_LABEL));
+                assert_eq!(
+                    v.label.as_deref(),
+                    Some(isolab_emuhost::EMULATED_HOST_LABEL)
+                );
+                assert!(render_markdown(std::slice::from_ref(r))
+                    .contains(isolab_emuhost::EMULATED_HOST_LABEL));
             }
         }
     }

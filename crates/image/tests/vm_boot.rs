@@ -85,7 +85,7 @@ fn build_artifacts() -> Option<Artifacts> {
     let prov = isolab_guest_kernel::provision(&isolab_guest_kernel::ProvisionOptions::new(
         cache.clone(),
         &isolab_testkit::target_profile_dir(),
-        "noop",
+        "noop".parse().expect("a workload name"),
     ))
     .expect("guest initramfs");
     let store = ImageStore::new(&cache);

@@ -15,25 +15,6 @@ use isolab_microvm::{host, RunHooks, VmConfig};
 const RUNS: usize = 10;
 const GOAL_KIB: u64 = 5 * 1024;
 
-fn cache_root() -> Option<PathBuf> {
-    if let Some(c) = std::env::var_os("ISOLAB_CACHE") {
-        return Some(c.into());
-    }
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(Path::new(&x).join("isolab"));
-    }
-    std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/isolab"))
-}
-
-fn first(dir: &Path, pick: impl Fn(&Path) -> Option<PathBuf>) -> Option<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| pick(&e.ok()?.path()))
-        .collect();
-    v.sort();
-    v.pop()
-}
-
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -48,22 +29,13 @@ fn main() {
         println!("SKIPPED vmm_overhead: {why}");
         return;
     }
+    let cached = isolab_testkit::cached_guest();
     let kernel = std::env::var_os("ISOLAB_GUEST_KERNEL")
         .map(PathBuf::from)
-        .or_else(|| {
-            first(&cache_root()?.join("kernel"), |d| {
-                let v = d.join("vmlinux");
-                (d.join("meta.json").is_file() && v.is_file()).then_some(v)
-            })
-        });
+        .or_else(|| cached.as_ref().map(|g| g.vmlinux.clone()));
     let initrd = std::env::var_os("ISOLAB_GUEST_INITRD")
         .map(PathBuf::from)
-        .or_else(|| {
-            first(&cache_root()?.join("initramfs"), |p| {
-                let n = p.file_name()?.to_str()?;
-                (n.starts_with("guest-") && n.ends_with(".cpio")).then(|| p.to_path_buf())
-            })
-        });
+        .or_else(|| cached.as_ref().map(|g| g.initramfs.clone()));
     let (Some(kernel), Some(initrd)) = (kernel, initrd) else {
         println!("SKIPPED vmm_overhead: no guest kernel/initramfs: run `bench provision`");
         return;

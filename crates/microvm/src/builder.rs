@@ -193,7 +193,7 @@ impl BuildError {
 }
 
 /// Everything a run reports.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VmReport {
     /// The host kind the VM ran on.
     pub host: HostKind,
@@ -204,7 +204,7 @@ pub struct VmReport {
     /// Kernel image format.
     pub kernel_format: KernelFormat,
     /// Boot protocol used.
-    pub boot_protocol: &'static str,
+    pub boot_protocol: std::borrow::Cow<'static, str>,
     /// The kernel command line as written.
     pub cmdline: String,
     /// Why the VM stopped.
@@ -745,7 +745,8 @@ pub fn collect_report(
         boot_protocol: match facts.protocol {
             BootProtocol::Linux64 => "linux64",
             BootProtocol::Pvh => "pvh",
-        },
+        }
+        .into(),
         cmdline: facts.cmdline,
         stop_reason: outcome.stop_reason,
         exit_status: log.exit_status.filter(|_| log.workload_exited.is_some()),

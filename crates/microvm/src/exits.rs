@@ -39,7 +39,7 @@ pub const SYSTEM_EVENT_RESET: u32 = 2;
 pub const SYSTEM_EVENT_CRASH: u32 = 3;
 
 /// Why a VM stopped without an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// The guest asked for a reset (i8042 0xFE, or a reset system event):

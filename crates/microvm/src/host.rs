@@ -8,7 +8,7 @@
 use std::path::Path;
 
 /// The host's virtualisation.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "module")]
 pub enum HostKind {
     /// No `/dev/kvm`.

@@ -25,7 +25,7 @@ const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 const BZIMAGE_HDRS_OFFSET: usize = 0x202;
 
 /// Kernel image formats we boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KernelFormat {
     /// Uncompressed ELF `vmlinux`.

@@ -54,7 +54,7 @@ pub struct Setup {
 }
 
 /// Phases in milliseconds; `None` where a marker never arrived.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Phases {
     /// exec to monitor start (coarse, from /proc/self/stat); meaningful for
     /// one VM per process, as `bench vm run` runs them.

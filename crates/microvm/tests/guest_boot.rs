@@ -13,32 +13,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use isolab_microvm::host;
 use isolab_microvm::{RunHooks, StopReason, VmConfig, VmReport};
 
 mod common;
-use common::{find_artifacts, skipped, strict};
 
 /// The provisioned kernel and initramfs, or why the test cannot run.
 fn artifacts(test: &str) -> Option<(PathBuf, PathBuf)> {
-    let kind = host::detect(Path::new("/"));
-    if let Some(why) = kind.refusal() {
-        if strict() && std::env::var_os("ISOLAB_EMULATED_HOST").is_none() {
-            common::rerun_in_emulated_host("guest_boot", test);
-        } else {
-            skipped(test, why);
-        }
-        return None;
-    }
-    let found = find_artifacts();
-    if found.is_none() {
-        let reason = "no provisioned guest kernel/initramfs in the cache: run `bench provision`";
-        if strict() {
-            panic!("{test}: {reason} (strict mode)");
-        }
-        skipped(test, reason);
-    }
-    found
+    common::guest("guest_boot", test)
 }
 
 fn boot(kernel: &Path, initrd: &Path, workload: &str, vcpus: u8, mib: u64) -> VmReport {

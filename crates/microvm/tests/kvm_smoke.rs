@@ -14,32 +14,12 @@ use isolab_microvm::smoke::{self, SMOKE_STATUS};
 use isolab_microvm::vstate::kvm::KvmContext;
 use isolab_microvm::{RunHooks, StopReason, VmConfig};
 
-fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
-}
-
-/// Prints the skip line straight to stderr in one write: libtest captures
-/// `println!` of passing tests, and a skip must be visible.
-fn skipped(test: &str, reason: &str) {
-    use std::io::Write as _;
-    let line = format!("SKIPPED {test}: {reason}\n");
-    let _ = std::io::stderr().write_all(line.as_bytes());
-}
-
 /// Returns true when the test may go on.
 fn require_kvm(test: &str) -> bool {
-    match KvmContext::open() {
-        Ok(_) => true,
-        Err(e) => {
-            let reason = format!("cannot use /dev/kvm: {e}");
-            if strict() {
-                panic!("{test}: {reason} (strict mode)");
-            }
-            skipped(test, &reason);
-            false
-        }
-    }
+    let missing = KvmContext::open()
+        .err()
+        .map(|e| format!("cannot use /dev/kvm: {e}"));
+    isolab_testkit::require(test, missing)
 }
 
 #[test]
@@ -67,7 +47,7 @@ fn smoke_vm_can_run_repeatedly_in_one_process() {
 fn host_that_cannot_boot_stock_kernels_is_refused_before_any_boot() {
     let kind = host::detect(Path::new("/"));
     if kind.boots_stock_kernels() {
-        skipped(
+        isolab_testkit::skipped(
             "host_that_cannot_boot_stock_kernels_is_refused_before_any_boot",
             &format!("host is {kind:?}, it can boot"),
         );

@@ -11,17 +11,6 @@ use std::time::Instant;
 
 use isolab_microvm::{RunHooks, StopReason, VmConfig};
 
-fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
-}
-
-/// Prints the skip line straight to stderr in one write.
-fn skipped(test: &str, reason: &str) {
-    let line = format!("SKIPPED {test}: {reason}\n");
-    let _ = std::io::stderr().write_all(line.as_bytes());
-}
-
 const LOAD: u64 = 0x10_0000;
 
 /// 32-bit code at 1 MiB.
@@ -91,15 +80,7 @@ fn pvh_elf() -> Vec<u8> {
 #[test]
 fn full_boot_sequence_reports_markers_status_and_memory() {
     let test = "full_boot_sequence_reports_markers_status_and_memory";
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        if strict() {
-            panic!("{test}: cannot open /dev/kvm: {e} (strict mode)");
-        }
-        skipped(test, &format!("cannot open /dev/kvm: {e}"));
+    if !isolab_testkit::require(test, isolab_testkit::missing_kvm()) {
         return;
     }
     let mut k = tempfile::NamedTempFile::new().unwrap();

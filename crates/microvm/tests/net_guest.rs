@@ -19,51 +19,21 @@ use std::time::{Duration, Instant};
 use isolab_microvm::builder::MmioDeviceFactory;
 use isolab_microvm::devices::bus::SharedDevice;
 use isolab_microvm::devices::virtio::{MmioTransport, NetDevice};
-use isolab_microvm::host;
 use isolab_microvm::{RunHooks, StopReason, VmConfig};
 use isolab_net::probe::ProbeConfig;
 use isolab_net::{Workbench, WorkbenchConfig};
 
 mod common;
-use common::{find_artifacts, skipped, strict};
 
 /// The artifacts, or `None` after skipping (or rerunning in the emulated
 /// host in strict mode).
 fn artifacts(test: &str) -> Option<(PathBuf, PathBuf)> {
-    if !nix::unistd::geteuid().is_root() {
-        if strict() {
-            panic!("{test}: not root (strict mode)");
-        }
-        skipped(test, "not root");
+    let tun = (!Path::new("/dev/net/tun").exists()).then(|| "/dev/net/tun is missing".to_owned());
+    let missing = isolab_testkit::first_missing([isolab_testkit::missing_root(), tun]);
+    if !isolab_testkit::require(test, missing) {
         return None;
     }
-    let kind = host::detect(Path::new("/"));
-    if let Some(why) = kind.refusal() {
-        if strict() && std::env::var_os("ISOLAB_EMULATED_HOST").is_none() {
-            common::rerun_in_emulated_host("net_guest", test);
-        } else if strict() {
-            panic!("{test}: {why} (strict mode)");
-        } else {
-            skipped(test, why);
-        }
-        return None;
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        if strict() {
-            panic!("{test}: /dev/net/tun is missing (strict mode)");
-        }
-        skipped(test, "/dev/net/tun is missing");
-        return None;
-    }
-    let found = find_artifacts();
-    if found.is_none() {
-        let reason = "no provisioned guest kernel/initramfs in the cache: run `bench provision`";
-        if strict() {
-            panic!("{test}: {reason} (strict mode)");
-        }
-        skipped(test, reason);
-    }
-    found
+    common::guest("net_guest", test)
 }
 
 fn host_interfaces() -> Vec<String> {
@@ -147,8 +117,9 @@ fn guest_api_answers_http_over_virtio_net_and_teardown_leaves_nothing() {
         .cmdline
         .contains("virtio_mmio.device=4K@0xc0001000:5"));
     eprintln!(
-        "{test}: launch -> first response {:?}, p50 {:?}",
-        first.elapsed, run.p50
+        "{test}: launch -> first response {:?}, {:.0} req/s",
+        first.elapsed,
+        run.throughput_rps()
     );
 
     drop(tap);

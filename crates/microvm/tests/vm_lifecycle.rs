@@ -16,27 +16,11 @@ use kvm_bindings::kvm_regs;
 use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress};
 
-fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
-}
-
-/// Prints the skip line straight to stderr in one write: libtest captures
-/// `println!` of passing tests, and a skip must be visible.
-fn skipped(test: &str, reason: &str) {
-    use std::io::Write as _;
-    let line = format!("SKIPPED {test}: {reason}\n");
-    let _ = std::io::stderr().write_all(line.as_bytes());
-}
-
 fn require_kvm(test: &str) -> Option<KvmContext> {
     match KvmContext::open() {
         Ok(k) => Some(k),
         Err(e) => {
-            if strict() {
-                panic!("{test}: cannot use /dev/kvm: {e} (strict mode)");
-            }
-            skipped(test, &format!("cannot use /dev/kvm: {e}"));
+            isolab_testkit::require(test, Some(format!("cannot use /dev/kvm: {e}")));
             None
         }
     }

@@ -24,6 +24,6 @@ pub mod workbench;
 pub use ipam::{AddrError, AddressPool, Lease, Subnet};
 pub use netlink::{Netlink, NetlinkError};
 pub use netns::{NamedNetns, NetnsError};
-pub use probe::{FirstResponse, ProbeConfig, ProbeError, RunStats};
+pub use probe::{FirstResponse, Netns, ProbeConfig, ProbeError, RequestRun, Target};
 pub use tap::{Tap, TapError};
 pub use workbench::{VethAttachment, Workbench, WorkbenchConfig, WorkbenchError};

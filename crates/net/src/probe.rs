@@ -1,21 +1,34 @@
-//! The HTTP probe: time from launch to the first successful response, and a
-//! short request/response run (N sequential requests on one keep-alive
-//! connection: p50/p99 latency and throughput).
+//! The HTTP probe, the one every mode is measured with: time from launch to
+//! the first successful response, and a short request/response run (N
+//! sequential requests on one keep-alive connection).
 //!
-//! Connecting retries only on "connection refused" (nothing listens yet)
-//! and "host/network unreachable" (the interface or route is not there
-//! yet), every [`ProbeConfig::retry_interval`] (default 1 ms: tight, so the
-//! probe adds at most about a millisecond to the measured startup), until
-//! [`ProbeConfig::deadline`]; any other error ends the probe at once. A
-//! `503` also counts as "not ready yet".
+//! Retry policy ([`retryable`]): while nothing answers yet the probe retries
+//! every [`RETRY_INTERVAL`] (250 µs, so it adds at most that much to a
+//! measured startup) on connection refused (nothing listens yet), host or
+//! network unreachable and a connect timeout of [`CONNECT_TIMEOUT`] (the
+//! interface or route is not there yet), and on HTTP 503 (up but not
+//! ready), until the deadline; any other error ends the probe at once.
+//! The first response that arrives (any status below 400) is the
+//! first-response time.
 //!
-//! To probe an instance on the workbench bridge, run these functions inside
-//! the namespace: `workbench.run_in(|| probe::first_response(...))` (a
-//! helper thread that `setns()`es; the sockets are created there).
+//! A [`Target`] names the network namespace the probe runs in (its own, a
+//! namespace file, or one that appears after launch); the probe enters it on
+//! a helper thread of its own, so the caller's thread never changes
+//! namespace and the sockets live there.
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::netns::{self, NetnsError};
+
+/// Pause between attempts while the instance does not answer yet.
+pub const RETRY_INTERVAL: Duration = Duration::from_micros(250);
+/// Longest one connection attempt may take before it counts as "not there
+/// yet" and is retried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
 
 /// Errors of the probe.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +48,7 @@ pub enum ProbeError {
         #[source]
         source: Box<ureq::Error>,
     },
-    /// The server answered with a non-success status.
+    /// The server answered with a status that is not "not ready yet".
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: u16 },
     /// Reading the response body failed.
@@ -45,6 +58,26 @@ pub enum ProbeError {
         #[source]
         source: io::Error,
     },
+    /// The target's network namespace never appeared before the deadline.
+    #[error("No network namespace to probe appeared within {0:?}")]
+    NoNamespace(Duration),
+    /// Entering the target's network namespace failed.
+    #[error("Could not enter the network namespace {path:?}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: NetnsError,
+    },
+    /// The probe's helper thread panicked.
+    #[error("The probe thread panicked")]
+    Panicked,
+    /// Every request of a request run failed.
+    #[error("All {requests} requests to {url} failed; first error: {first}")]
+    AllFailed {
+        url: String,
+        requests: u32,
+        first: String,
+    },
 }
 
 /// Probe settings; [`Default`] gives the documented values.
@@ -52,11 +85,9 @@ pub enum ProbeError {
 pub struct ProbeConfig {
     /// Path to request (default `/health`).
     pub path: String,
-    /// Pause between connection attempts (default 1 ms).
-    pub retry_interval: Duration,
     /// Give up on the first response after this long (default 10 s).
     pub deadline: Duration,
-    /// Per-request connect and read timeout (default 5 s).
+    /// Read timeout of one request once connected (default 5 s).
     pub request_timeout: Duration,
 }
 
@@ -64,11 +95,40 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
             path: "/health".into(),
-            retry_interval: Duration::from_millis(1),
             deadline: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// The network namespace a probe runs in.
+#[derive(Clone)]
+pub enum Netns {
+    /// The caller's own.
+    Current,
+    /// A namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`).
+    Path(PathBuf),
+    /// A namespace that appears after the launch (a runtime such as runc
+    /// creates it while the probe already runs): polled every
+    /// [`RETRY_INTERVAL`] until it answers a path.
+    Find(Arc<dyn Fn() -> Option<PathBuf> + Send + Sync>),
+}
+
+impl std::fmt::Debug for Netns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Netns::Current => f.write_str("Current"),
+            Netns::Path(p) => f.debug_tuple("Path").field(p).finish(),
+            Netns::Find(_) => f.write_str("Find(..)"),
+        }
+    }
+}
+
+/// Where an instance's HTTP service is reached.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub netns: Netns,
+    pub addr: SocketAddr,
 }
 
 /// When the first successful response arrived.
@@ -76,29 +136,38 @@ impl Default for ProbeConfig {
 pub struct FirstResponse {
     /// From the caller's `since` (the launch) to the response's arrival.
     pub elapsed: Duration,
-    /// Connection attempts made, the successful one included.
+    /// Attempts made, the successful one included.
     pub attempts: u32,
     /// The HTTP status.
     pub status: u16,
 }
 
-/// Figures of a request/response run.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RunStats {
-    /// Requests answered successfully.
+/// What a request/response run saw: the latency of every answered request,
+/// in order, and the failures (a run is never cut short by one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestRun {
+    /// Requests sent.
     pub requests: u32,
-    /// Median latency (nearest rank).
-    pub p50: Duration,
-    /// 99th percentile latency (nearest rank).
-    pub p99: Duration,
-    /// Fastest request.
-    pub min: Duration,
-    /// Slowest request.
-    pub max: Duration,
+    /// Latency of each answered request.
+    pub latencies: Vec<Duration>,
+    /// Requests that failed.
+    pub errors: u32,
+    /// The first failure, for the report.
+    pub first_error: Option<String>,
     /// Wall time of the whole run.
     pub total: Duration,
-    /// Requests per second over the run.
-    pub throughput_rps: f64,
+}
+
+impl RequestRun {
+    /// Answered requests per second over the run.
+    pub fn throughput_rps(&self) -> f64 {
+        let secs = self.total.as_secs_f64();
+        if secs > 0.0 {
+            self.latencies.len() as f64 / secs
+        } else {
+            0.0
+        }
+    }
 }
 
 fn url_of(addr: SocketAddr, path: &str) -> String {
@@ -107,13 +176,13 @@ fn url_of(addr: SocketAddr, path: &str) -> String {
 
 fn agent(cfg: &ProbeConfig) -> ureq::Agent {
     ureq::AgentBuilder::new()
-        .timeout_connect(cfg.request_timeout)
-        .timeout(cfg.request_timeout)
+        .timeout_connect(CONNECT_TIMEOUT)
+        .timeout_read(cfg.request_timeout)
         .build()
 }
 
-/// Whether a failed request is worth retrying: nothing listening yet, or no
-/// route/neighbour yet.
+/// Whether a failed request is worth retrying: nothing listening yet, no
+/// route/neighbour yet, or the server says it is not ready (503).
 pub fn retryable(err: &ureq::Error) -> bool {
     match err {
         ureq::Error::Status(503, _) => true,
@@ -126,17 +195,20 @@ pub fn retryable(err: &ureq::Error) -> bool {
             else {
                 return false;
             };
-            io.kind() == io::ErrorKind::ConnectionRefused
-                || matches!(
-                    io.raw_os_error(),
-                    Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH)
-                )
+            matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::TimedOut
+            ) || matches!(
+                io.raw_os_error(),
+                Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH)
+            )
         }
     }
 }
 
-/// Polls `addr` until the first successful response; `since` is the launch
-/// instant the elapsed time is measured from.
+/// Polls `addr` from the calling thread's namespace until the first
+/// successful response; `since` is the launch instant the elapsed time is
+/// measured from.
 pub fn first_response(
     addr: SocketAddr,
     since: Instant,
@@ -172,7 +244,7 @@ pub fn first_response(
                         last: err.to_string(),
                     });
                 }
-                std::thread::sleep(cfg.retry_interval);
+                std::thread::sleep(RETRY_INTERVAL);
             }
             Err(ureq::Error::Status(status, _)) => return Err(ProbeError::Status { url, status }),
             Err(err) => {
@@ -185,95 +257,120 @@ pub fn first_response(
     }
 }
 
-/// Sends `n` sequential requests (keep-alive) and measures them. Any failed
-/// request ends the run with an error: a run with holes is not a number.
-pub fn request_run(addr: SocketAddr, n: u32, cfg: &ProbeConfig) -> Result<RunStats, ProbeError> {
+/// Sends `n` sequential requests (keep-alive) from the calling thread's
+/// namespace and records each; a failed request is counted, not fatal,
+/// unless every request failed.
+pub fn request_run(addr: SocketAddr, n: u32, cfg: &ProbeConfig) -> Result<RequestRun, ProbeError> {
     let url = url_of(addr, &cfg.path);
     let agent = agent(cfg);
-    let mut samples = Vec::with_capacity(n as usize);
-    let run_start = Instant::now();
+    let mut run = RequestRun {
+        requests: n,
+        latencies: Vec::with_capacity(n as usize),
+        errors: 0,
+        first_error: None,
+        total: Duration::ZERO,
+    };
+    let start = Instant::now();
     for _ in 0..n {
         let t = Instant::now();
-        let resp = agent.get(&url).call().map_err(|err| match err {
-            ureq::Error::Status(status, _) => ProbeError::Status {
-                url: url.clone(),
-                status,
-            },
-            err => ProbeError::Request {
-                url: url.clone(),
-                source: Box::new(err),
-            },
-        })?;
-        resp.into_string().map_err(|source| ProbeError::Body {
-            url: url.clone(),
-            source,
-        })?;
-        samples.push(t.elapsed());
+        let answered = agent
+            .get(&url)
+            .call()
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.into_string().map_err(|e| e.to_string()));
+        match answered {
+            Ok(_) => run.latencies.push(t.elapsed()),
+            Err(e) => {
+                run.errors += 1;
+                run.first_error.get_or_insert(e);
+            }
+        }
     }
-    let total = run_start.elapsed();
-    Ok(stats(&mut samples, total))
+    run.total = start.elapsed();
+    if n > 0 && run.latencies.is_empty() {
+        return Err(ProbeError::AllFailed {
+            url,
+            requests: n,
+            first: run.first_error.unwrap_or_default(),
+        });
+    }
+    Ok(run)
 }
 
-/// Summarises latency samples (sorts them in place).
-pub fn stats(samples: &mut [Duration], total: Duration) -> RunStats {
-    samples.sort_unstable();
-    let secs = total.as_secs_f64();
-    RunStats {
-        requests: samples.len() as u32,
-        p50: percentile(samples, 50.0),
-        p99: percentile(samples, 99.0),
-        min: samples.first().copied().unwrap_or_default(),
-        max: samples.last().copied().unwrap_or_default(),
-        total,
-        throughput_rps: if secs > 0.0 {
-            samples.len() as f64 / secs
-        } else {
-            0.0
+/// Runs `f` inside the target's namespace on a helper thread; `deadline`
+/// bounds the wait for a namespace that appears after launch.
+fn in_netns<T: Send>(
+    netns: &Netns,
+    deadline: Instant,
+    f: impl FnOnce() -> Result<T, ProbeError> + Send,
+) -> Result<T, ProbeError> {
+    let path = match netns {
+        Netns::Current => return run_on_thread(f),
+        Netns::Path(p) => p.clone(),
+        Netns::Find(find) => loop {
+            if let Some(p) = find() {
+                break p;
+            }
+            if Instant::now() >= deadline {
+                return Err(ProbeError::NoNamespace(
+                    deadline.saturating_duration_since(Instant::now()),
+                ));
+            }
+            std::thread::sleep(RETRY_INTERVAL);
         },
-    }
+    };
+    let fd = netns::open(&path).map_err(|source| ProbeError::Netns {
+        path: path.clone(),
+        source,
+    })?;
+    netns::run_in(std::os::fd::AsFd::as_fd(&fd), f)
+        .map_err(|source| ProbeError::Netns { path, source })?
 }
 
-/// Nearest-rank percentile of sorted samples; zero for none.
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+/// A fresh thread even in our own namespace, so the probe's timing does
+/// not depend on where it runs.
+fn run_on_thread<T: Send>(
+    f: impl FnOnce() -> Result<T, ProbeError> + Send,
+) -> Result<T, ProbeError> {
+    std::thread::scope(|s| s.spawn(f).join().unwrap_or(Err(ProbeError::Panicked)))
+}
+
+/// [`first_response`] inside the target's namespace.
+pub fn first_response_at(
+    target: &Target,
+    since: Instant,
+    cfg: &ProbeConfig,
+) -> Result<FirstResponse, ProbeError> {
+    let deadline = Instant::now() + cfg.deadline;
+    in_netns(&target.netns, deadline, || {
+        let left = ProbeConfig {
+            deadline: deadline.saturating_duration_since(Instant::now()),
+            ..cfg.clone()
+        };
+        first_response(target.addr, since, &left)
+    })
+}
+
+/// [`request_run`] inside the target's namespace.
+pub fn request_run_at(
+    target: &Target,
+    n: u32,
+    cfg: &ProbeConfig,
+) -> Result<RequestRun, ProbeError> {
+    let deadline = Instant::now() + cfg.deadline;
+    in_netns(&target.netns, deadline, || request_run(target.addr, n, cfg))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ms(v: u64) -> Duration {
-        Duration::from_millis(v)
-    }
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let s: Vec<Duration> = (1..=100).map(ms).collect();
-        assert_eq!(percentile(&s, 50.0), ms(50));
-        assert_eq!(percentile(&s, 99.0), ms(99));
-        assert_eq!(percentile(&s, 100.0), ms(100));
-        assert_eq!(percentile(&[ms(7)], 99.0), ms(7));
-        assert_eq!(percentile(&[], 50.0), Duration::ZERO);
-    }
-
-    #[test]
-    fn stats_sorts_and_counts() {
-        let mut s = vec![ms(3), ms(1), ms(2), ms(4)];
-        let r = stats(&mut s, Duration::from_secs(2));
-        assert_eq!((r.requests, r.min, r.max, r.p50), (4, ms(1), ms(4), ms(2)));
-        assert_eq!(r.throughput_rps, 2.0);
-    }
-
     #[test]
     fn refused_connections_are_retried_other_failures_are_not() {
         // Port 1 on loopback: nothing listens there, so this is a real
         // ECONNREFUSED without privileges.
         let cfg = ProbeConfig {
-            deadline: ms(20),
+            deadline: Duration::from_millis(20),
             ..ProbeConfig::default()
         };
         let err = first_response("127.0.0.1:1".parse().unwrap(), Instant::now(), &cfg).unwrap_err();
@@ -281,5 +378,33 @@ mod tests {
             ProbeError::Deadline { attempts, .. } => assert!(attempts >= 2, "{attempts}"),
             other => panic!("expected a deadline after retries, got {other}"),
         }
+    }
+
+    #[test]
+    fn a_namespace_that_never_appears_ends_at_the_deadline() {
+        let t = Target {
+            netns: Netns::Find(Arc::new(|| None)),
+            addr: "127.0.0.1:1".parse().unwrap(),
+        };
+        let cfg = ProbeConfig {
+            deadline: Duration::from_millis(5),
+            ..ProbeConfig::default()
+        };
+        assert!(matches!(
+            first_response_at(&t, Instant::now(), &cfg),
+            Err(ProbeError::NoNamespace(_))
+        ));
+    }
+
+    #[test]
+    fn a_run_against_nothing_fails_as_a_whole() {
+        let cfg = ProbeConfig::default();
+        let e = request_run("127.0.0.1:1".parse().unwrap(), 3, &cfg).unwrap_err();
+        assert!(
+            matches!(e, ProbeError::AllFailed { requests: 3, .. }),
+            "{e}"
+        );
+        let none = request_run("127.0.0.1:1".parse().unwrap(), 0, &cfg).unwrap();
+        assert_eq!((none.requests, none.errors), (0, 0));
     }
 }

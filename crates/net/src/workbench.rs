@@ -128,7 +128,7 @@ impl WorkbenchError {
     /// Whether the host lacks something (privilege, a kernel feature, a
     /// device) rather than the request being wrong: the CLI maps this to
     /// exit status 3.
-    pub fn is_host_problem(&self) -> bool {
+    pub fn is_host(&self) -> bool {
         const HOST_ERRNOS: &[i32] = &[libc::EPERM, libc::EACCES, libc::EOPNOTSUPP, libc::ENOENT];
         let refused = |e: &NetlinkError| e.errno().is_some_and(|n| HOST_ERRNOS.contains(&n));
         match self {
@@ -307,7 +307,7 @@ impl Workbench {
         addr: std::net::SocketAddr,
         requests: u32,
         cfg: &crate::probe::ProbeConfig,
-    ) -> Result<Result<crate::probe::RunStats, crate::probe::ProbeError>, WorkbenchError> {
+    ) -> Result<Result<crate::probe::RequestRun, crate::probe::ProbeError>, WorkbenchError> {
         self.run_in(|| crate::probe::request_run(addr, requests, cfg))
     }
 
@@ -644,10 +644,8 @@ mod tests {
 
     #[test]
     fn host_problems_are_told_apart_from_usage_problems() {
-        assert!(WorkbenchError::Tap(TapError::NoTunDevice).is_host_problem());
-        assert!(
-            WorkbenchError::Namespace(NetnsError::Unshare(nix::Error::EPERM)).is_host_problem()
-        );
+        assert!(WorkbenchError::Tap(TapError::NoTunDevice).is_host());
+        assert!(WorkbenchError::Namespace(NetnsError::Unshare(nix::Error::EPERM)).is_host());
         let unsupported = NetlinkError::Refused {
             op: "create bridge",
             target: "isobr0".into(),
@@ -659,17 +657,17 @@ mod tests {
             prefix: 24,
             source: unsupported,
         }
-        .is_host_problem());
+        .is_host());
         let exhausted = AddrError::Exhausted {
             subnet: "10.203.0.0/29".parse().unwrap(),
             capacity: 5,
         };
-        assert!(!WorkbenchError::Address(exhausted).is_host_problem());
+        assert!(!WorkbenchError::Address(exhausted).is_host());
         assert!(!WorkbenchError::InUse {
             name: "isolab0".into(),
             bridge: "isobr0".into(),
             lock: PathBuf::from("/run/isolab/net-isolab0.lock"),
         }
-        .is_host_problem());
+        .is_host());
     }
 }

@@ -33,68 +33,17 @@ use nix::unistd::Pid;
 
 const API_PORT: u16 = 8080;
 
-fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
-}
-
 /// Probes the real abilities; prints SKIPPED (or fails in strict mode).
 fn require(test: &str, need_tun: bool) -> Option<PathBuf> {
-    let missing = (|| {
-        if !nix::unistd::geteuid().is_root() {
-            return Some("not root".to_owned());
-        }
-        let mut cmd = Command::new("/bin/true");
-        // SAFETY: the hook runs in the forked child before exec and only
-        // calls unshare, a single syscall.
-        unsafe {
-            cmd.pre_exec(|| unshare(CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from));
-        }
-        match cmd.status() {
-            Ok(s) if s.success() => {}
-            Ok(s) => return Some(format!("cannot create a network namespace ({s})")),
-            Err(e) => return Some(format!("cannot create a network namespace ({e})")),
-        }
-        if need_tun && !Path::new("/dev/net/tun").exists() {
-            return Some("/dev/net/tun is missing".to_owned());
-        }
-        None
-    })();
-    let bin = workload_bin();
-    let missing = missing.or_else(|| {
-        (!bin.exists()).then(|| {
-            format!(
-                "{} not built; run `cargo build -p isolab-workload` first",
-                bin.display()
-            )
-        })
-    });
-    match missing {
-        None => Some(bin),
-        Some(reason) if strict() => panic!("{test}: {reason} (strict mode)"),
-        Some(reason) => {
-            skipped(test, &reason);
-            None
-        }
-    }
-}
-
-/// Prints the skip line straight to stderr: libtest captures `println!`
-/// of passing tests, and a skip must be visible.
-fn skipped(test: &str, reason: &str) {
-    use std::io::Write;
-    // One write call, so parallel tests do not interleave within a line.
-    let line = format!("SKIPPED {test}: {reason}\n");
-    let _ = std::io::stderr().write_all(line.as_bytes());
-}
-
-/// target/<triple>/<profile>/workload, next to this test's deps/ directory.
-fn workload_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("workload"))
-        .expect("test executable lives in <profile>/deps")
+    let tun = (need_tun && !Path::new("/dev/net/tun").exists())
+        .then(|| "/dev/net/tun is missing".to_owned());
+    let missing = isolab_testkit::first_missing([
+        isolab_testkit::missing_root(),
+        isolab_testkit::missing_unshare(CloneFlags::CLONE_NEWNET),
+        tun,
+        isolab_testkit::missing_binary("workload", "isolab-workload"),
+    ]);
+    isolab_testkit::require(test, missing).then(|| isolab_testkit::binary("workload"))
 }
 
 fn config(name: &str, third_octet: u8) -> WorkbenchConfig {
@@ -296,12 +245,19 @@ fn veth_attached_api_answers_over_the_bridge_and_teardown_leaves_nothing() {
         .probe_run(addr, 100, &pcfg)
         .unwrap()
         .expect("request run");
-    assert_eq!(run.requests, 100);
-    assert!(run.p50 <= run.p99 && run.min <= run.p50 && run.p99 <= run.max);
-    assert!(run.throughput_rps > 0.0);
+    assert_eq!(
+        (run.requests, run.errors),
+        (100, 0),
+        "{:?}",
+        run.first_error
+    );
+    assert_eq!(run.latencies.len(), 100);
+    assert!(run.throughput_rps() > 0.0);
     println!(
-        "first response after {:?} ({} attempts); 100 requests: p50 {:?} p99 {:?} {:.0} req/s",
-        first.elapsed, first.attempts, run.p50, run.p99, run.throughput_rps
+        "first response after {:?} ({} attempts); 100 requests: {:.0} req/s",
+        first.elapsed,
+        first.attempts,
+        run.throughput_rps()
     );
     // The address exists only in the namespaces: the host's own namespace
     // has no address in the subnet (read-only check; never send traffic
@@ -488,11 +444,10 @@ fn a_killed_run_leaves_a_name_that_the_next_run_removes() {
     if require(test, false).is_none() {
         return;
     }
-    let hold = workload_bin().with_file_name("examples").join("hold");
-    if !hold.exists() {
-        let reason = format!("{} not built (cargo test builds examples)", hold.display());
-        assert!(!strict(), "{test}: {reason}");
-        skipped(test, &reason);
+    let hold = isolab_testkit::target_profile_dir().join("examples/hold");
+    let missing = (!hold.exists())
+        .then(|| format!("{} not built (cargo test builds examples)", hold.display()));
+    if !isolab_testkit::require(test, missing) {
         return;
     }
     let cfg = config("isolabt7", 107);

@@ -1,7 +1,8 @@
 //! The one home of isolab's test plumbing, used as a dev-dependency by every
 //! crate's `tests/`: strict mode, the `SKIPPED <test>: <reason>` line,
-//! probes of real abilities (root, namespaces, `/dev/kvm`), and the paths of
-//! the workspace's built binaries.
+//! probes of real abilities (root, namespaces, cgroups, overlayfs,
+//! `/dev/kvm`), the paths of the workspace's built binaries, and the
+//! provisioned guest in the artifact cache.
 //!
 //! The rule it implements (docs/testing.md): a test that lacks an ability
 //! prints one skip line and returns; under strict mode (`CI=true` or
@@ -18,6 +19,8 @@
 //! ```
 
 use std::path::PathBuf;
+
+pub use isolab_guest_kernel::GuestArtifacts;
 
 /// True when a missing ability must fail a test rather than skip it.
 pub fn strict() -> bool {
@@ -76,6 +79,40 @@ pub fn missing_unshare(flags: nix::sched::CloneFlags) -> Option<String> {
     }
 }
 
+/// `Some(reason)` unless this process can create (and remove) a cgroup
+/// under the workbench parent, the real ability behind containers and
+/// density runs.
+pub fn missing_cgroup() -> Option<String> {
+    use isolab_cgroups::{create, Hierarchy, Limits};
+    let probe = Hierarchy::detect_host().and_then(|h| {
+        let name = format!("probe-{}-{}", std::process::id(), unique());
+        create(&h, &name, &Limits::default())?.remove()
+    });
+    probe.err().map(|e| format!("cannot create a cgroup: {e}"))
+}
+
+/// `Some(reason)` unless the kernel has overlayfs (container root filesystems).
+pub fn missing_overlayfs() -> Option<String> {
+    let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    (!fs.contains("overlay")).then(|| "no overlayfs".to_owned())
+}
+
+/// What a container test needs: root, overlayfs, a cgroup, and the
+/// `workload` binary.
+pub fn missing_container() -> Option<String> {
+    first_missing([
+        missing_root(),
+        missing_binary("workload", "isolab-workload"),
+        missing_overlayfs(),
+        missing_cgroup(),
+    ])
+}
+
+fn unique() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
 /// `Some(reason)` unless `/dev/kvm` opens read-write.
 pub fn missing_kvm() -> Option<String> {
     std::fs::OpenOptions::new()
@@ -102,15 +139,10 @@ pub fn which(cmd: &str) -> Option<PathBuf> {
 }
 
 /// `target/<triple>/<profile>`: where the workspace's binaries are built,
-/// found from the running test executable (`.../<profile>/deps/<test>`).
+/// found from the running test executable (`.../<profile>/deps/<test>`;
+/// [`isolab_guest_kernel::binary_dir`], the one rule for it).
 pub fn target_profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let dir = exe.parent().expect("the test executable has a directory");
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.parent().unwrap_or(dir).to_path_buf()
-    } else {
-        dir.to_path_buf()
-    }
+    isolab_guest_kernel::binary_dir().expect("the test executable's directory")
 }
 
 /// A binary of the workspace (`workload`, `bench`, `isolab-init`) beside the
@@ -128,6 +160,25 @@ pub fn binary(name: &str) -> PathBuf {
 pub fn missing_binary(name: &str, package: &str) -> Option<String> {
     let p = binary(name);
     (!p.is_file()).then(|| format!("{} missing: cargo build -p {package}", p.display()))
+}
+
+/// The workspace's artifact cache (`$ISOLAB_CACHE`, else the XDG/HOME
+/// default), as `bench provision` fills it.
+pub fn cache_root() -> Option<PathBuf> {
+    isolab_guest_kernel::cache_root().ok()
+}
+
+/// The newest provisioned guest kernel and initramfs in the cache.
+pub fn cached_guest() -> Option<GuestArtifacts> {
+    isolab_guest_kernel::cached_guest(&cache_root()?)
+}
+
+/// `Some(reason)` unless a provisioned guest is in the cache (tests must
+/// not start a minutes-long kernel build).
+pub fn missing_guest() -> Option<String> {
+    cached_guest().is_none().then(|| {
+        "no provisioned guest kernel/initramfs in the cache: run `bench provision`".to_owned()
+    })
 }
 
 #[cfg(test)]

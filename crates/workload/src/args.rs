@@ -19,11 +19,10 @@ impl UsageError {
     }
 }
 
-/// The names `workload` accepts as its first argument.
-pub const WORKLOADS: &[&str] = &["noop", "api", "worker", "cache", "hog", "forkloop", "probe"];
+use crate::workload::Workload;
 
 /// Default TCP port of the servers (api, cache).
-pub const DEFAULT_PORT: u16 = 8080;
+pub const DEFAULT_PORT: u16 = crate::workload::HTTP_PORT;
 /// Default bind address of the servers.
 pub const DEFAULT_BIND: &str = "0.0.0.0";
 /// Default working set of `cache`.
@@ -78,31 +77,39 @@ pub enum Mode {
     Forkloop { max: u64 },
     /// Prints observed facts about its surroundings.
     Probe,
+    /// Tries kernel settings; writes only with `change`.
+    Knob { change: bool },
 }
 
 impl Mode {
     /// The workload's name, as in its result line.
     pub fn name(&self) -> &'static str {
+        self.workload().name()
+    }
+
+    /// Which workload this is.
+    pub fn workload(&self) -> Workload {
         match self {
-            Mode::Noop => "noop",
-            Mode::Api { .. } => "api",
-            Mode::Worker { .. } => "worker",
-            Mode::Cache { .. } => "cache",
-            Mode::Hog { .. } => "hog",
-            Mode::Forkloop { .. } => "forkloop",
-            Mode::Probe => "probe",
+            Mode::Noop => Workload::Noop,
+            Mode::Api { .. } => Workload::Api,
+            Mode::Worker { .. } => Workload::Worker,
+            Mode::Cache { .. } => Workload::Cache,
+            Mode::Hog { .. } => Workload::Hog,
+            Mode::Forkloop { .. } => Workload::Forkloop,
+            Mode::Probe => Workload::Probe,
+            Mode::Knob { .. } => Workload::Knob,
         }
     }
 }
 
 /// The flags after the workload name, as `(flag, value)` pairs.
 struct Flags {
-    workload: &'static str,
+    workload: Workload,
     pairs: Vec<(String, String)>,
 }
 
 impl Flags {
-    fn split(workload: &'static str, rest: &[String]) -> Result<Self, UsageError> {
+    fn split(workload: Workload, rest: &[String]) -> Result<Self, UsageError> {
         let mut pairs = Vec::new();
         let mut it = rest.iter();
         while let Some(arg) = it.next() {
@@ -170,36 +177,47 @@ impl Flags {
     }
 }
 
+/// `knob [--change]`: a flag without a value, unlike every other workload's.
+fn knob_mode(rest: &[String]) -> Result<Mode, UsageError> {
+    match rest {
+        [] => Ok(Mode::Knob { change: false }),
+        [flag] if flag == "--change" => Ok(Mode::Knob { change: true }),
+        _ => Err(UsageError::new(format!(
+            "workload knob: unexpected arguments {rest:?}; it accepts only --change"
+        ))),
+    }
+}
+
 /// Parses `argv` without the program name: `<workload> [flags]`.
 pub fn parse(args: &[String]) -> Result<Mode, UsageError> {
     let Some(first) = args.first() else {
         return Err(UsageError::new(format!(
             "workload: missing workload name; usage: workload <{}> [flags]",
-            WORKLOADS.join("|")
+            Workload::names().replace(", ", "|")
         )));
     };
-    let Some(&name) = WORKLOADS.iter().find(|w| **w == first.as_str()) else {
-        return Err(UsageError::new(format!(
-            "workload: unknown workload {first:?}; choose one of: {}",
-            WORKLOADS.join(", ")
-        )));
-    };
+    let name: Workload = first
+        .parse()
+        .map_err(|e| UsageError::new(format!("workload: {e}")))?;
+    if name == Workload::Knob {
+        return knob_mode(&args[1..]);
+    }
     let mut f = Flags::split(name, &args[1..])?;
     let cmd = match name {
-        "noop" => {
+        Workload::Noop => {
             f.finish("no flags")?;
             Mode::Noop
         }
-        "probe" => {
+        Workload::Probe => {
             f.finish("no flags")?;
             Mode::Probe
         }
-        "api" => {
+        Workload::Api => {
             let listen = f.listen()?;
             f.finish("--port, --bind")?;
             Mode::Api { listen }
         }
-        "cache" => {
+        Workload::Cache => {
             let mib = f
                 .take::<u64>("mib", "a size in MiB (a whole number)")?
                 .unwrap_or(DEFAULT_CACHE_MIB);
@@ -212,7 +230,7 @@ pub fn parse(args: &[String]) -> Result<Mode, UsageError> {
             f.finish("--mib, --port, --bind")?;
             Mode::Cache { mib, listen }
         }
-        "worker" => {
+        Workload::Worker => {
             let dur = f.take::<u64>("duration-ms", "a duration in milliseconds")?;
             let count = f.take::<u64>("count", "a number of operations")?;
             f.finish("--duration-ms or --count")?;
@@ -228,7 +246,7 @@ pub fn parse(args: &[String]) -> Result<Mode, UsageError> {
             };
             Mode::Worker { limit }
         }
-        "hog" => {
+        Workload::Hog => {
             let step_mib = f
                 .take::<u64>("step-mib", "a size in MiB (a whole number)")?
                 .unwrap_or(DEFAULT_HOG_STEP_MIB);
@@ -248,7 +266,7 @@ pub fn parse(args: &[String]) -> Result<Mode, UsageError> {
             }
             Mode::Hog { step_mib, max_mib }
         }
-        "forkloop" => {
+        Workload::Forkloop => {
             let max = f
                 .take::<u64>("max", "a number of children")?
                 .unwrap_or(DEFAULT_FORK_MAX);
@@ -260,7 +278,7 @@ pub fn parse(args: &[String]) -> Result<Mode, UsageError> {
             }
             Mode::Forkloop { max }
         }
-        _ => unreachable!("every name in WORKLOADS is matched above"),
+        Workload::Knob => return knob_mode(&args[1..]),
     };
     Ok(cmd)
 }
@@ -325,10 +343,9 @@ mod tests {
     #[test]
     fn rejects_bad_input_with_a_named_reason() {
         assert!(p("").unwrap_err().0.contains("missing workload"));
-        assert!(p("nope")
-            .unwrap_err()
-            .0
-            .contains("unknown workload \"nope\""));
+        assert!(p("nope").unwrap_err().0.contains("unknown workload 'nope'"));
+        assert_eq!(p("knob --change").unwrap(), Mode::Knob { change: true });
+        assert!(p("knob --chnage").unwrap_err().0.contains("only --change"));
         assert!(p("cache --mib 12x")
             .unwrap_err()
             .0

@@ -36,25 +36,10 @@ use crate::{ready, result};
 /// The value `--change` gives the domain name.
 pub const DEMO_DOMAINNAME: &str = "isolab-demo";
 
-/// Entry point from `main`: parses `[--change]`, runs, prints the result
-/// line. Returns the process exit status (2 on a usage error).
-pub fn main(args: &[String]) -> std::process::ExitCode {
-    let change = match args {
-        [] => false,
-        [flag] if flag == "--change" => true,
-        _ => {
-            eprintln!("workload knob: unexpected arguments {args:?}; it accepts only --change");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    if let Err(e) = ready::signal() {
-        let mut out = result::object("knob", false);
-        out.insert("error".into(), crate::error_chain(&e).into());
-        result::emit(&out);
-        return std::process::ExitCode::FAILURE;
-    }
-    result::emit(&run(change, Path::new("/proc")));
-    std::process::ExitCode::SUCCESS
+/// Signals ready, then tries every knob (the workload `knob [--change]`).
+pub fn run_workload(change: bool) -> Result<Map<String, Value>, crate::WorkloadError> {
+    ready::signal()?;
+    Ok(run(change, Path::new("/proc")))
 }
 
 /// Tries every knob; `proc_root` is `/proc` outside tests.

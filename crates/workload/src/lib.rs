@@ -1,5 +1,5 @@
 //! The one workload binary run in every isolation mode (process, container,
-//! microVM): `workload <noop|api|worker|cache|hog|forkloop|probe> [flags]`.
+//! microVM): `workload <name> [flags]` (names: [`Workload`]).
 //!
 //! Owns: argument parsing ([`args`]), the readiness signal ([`ready`]), the
 //! workloads themselves, and the single JSON result line ([`result`]). Does
@@ -24,10 +24,13 @@ pub mod result;
 pub mod signals;
 pub mod status;
 pub mod worker;
+pub mod workload;
 
 use serde_json::{Map, Value};
 
 pub use args::{parse, Mode, UsageError};
+pub use probe::ProbeReport;
+pub use workload::{UnknownWorkload, Workload, HTTP_PORT};
 
 /// A workload that started but failed; the binary prints a result line with
 /// `"ok": false` and exits 1.
@@ -54,6 +57,7 @@ pub fn run(mode: &Mode) -> Result<Map<String, Value>, WorkloadError> {
         Mode::Hog { step_mib, max_mib } => hog::run(*step_mib, *max_mib)?,
         Mode::Forkloop { max } => forkloop::run(*max)?,
         Mode::Probe => probe::run()?,
+        Mode::Knob { change } => knob::run_workload(*change)?,
     })
 }
 

@@ -10,9 +10,6 @@ use isolab_workload::{failure, parse, result, run};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("knob") {
-        return isolab_workload::knob::main(&args[1..]);
-    }
     let mode = match parse(&args) {
         Ok(mode) => mode,
         Err(err) => {

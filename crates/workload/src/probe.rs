@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::{ready, result, status};
 
@@ -46,12 +46,80 @@ fn read_trim(p: &Path) -> Option<String> {
     std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned())
 }
 
-/// Capability set given as hex in status: the hex and the number of caps.
-fn capset(hex: Option<&str>) -> Value {
-    match hex.and_then(|h| u64::from_str_radix(h, 16).ok().map(|v| (h, v))) {
-        Some((h, v)) => json!({ "hex": h, "count": v.count_ones() }),
-        None => Value::Null,
+/// The kernel's identity (`uname(2)`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct KernelId {
+    pub sysname: String,
+    pub release: String,
+    pub version: String,
+    pub machine: String,
+}
+
+/// A capability set, as `/proc/self/status` gives it in hex.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct CapSet {
+    /// The hex digits as the kernel printed them.
+    pub hex: String,
+    /// Capabilities in the set.
+    pub count: u32,
+}
+
+/// Everything `workload probe` observes, as its result line carries it
+/// (after `"workload": "probe", "ok": true`). A fact that could not be read
+/// is `null`, never a made-up value.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ProbeReport {
+    pub kernel: Option<KernelId>,
+    pub hostname: Option<String>,
+    pub workload_version: String,
+    /// `/proc/sys/kernel/random/boot_id`: one per running kernel.
+    pub boot_id: Option<String>,
+    pub uptime_s: Option<f64>,
+    /// Its own pid, as its pid namespace numbers it.
+    pub pid: u32,
+    /// `/proc/1/comm`.
+    pub pid1_comm: Option<String>,
+    /// Processes visible in `/proc`.
+    pub processes: Option<u64>,
+    /// Network interfaces, sorted.
+    pub interfaces: Option<Vec<String>>,
+    /// Lines of `/proc/self/mounts`.
+    pub mounts: Option<u64>,
+    /// Each of [`HOST_PATHS`]: whether it exists here.
+    pub host_paths_visible: std::collections::BTreeMap<String, bool>,
+    pub cap_eff: Option<CapSet>,
+    pub cap_prm: Option<CapSet>,
+    pub cap_bnd: Option<CapSet>,
+    pub no_new_privs: Option<u64>,
+    /// 0 off, 1 strict, 2 filter; `None` where the kernel has no seccomp.
+    pub seccomp: Option<u64>,
+    /// `/proc/self/cgroup`, one entry per line.
+    pub cgroup: Option<Vec<String>>,
+    /// CPUs it may run on (affinity).
+    pub nproc: Option<u64>,
+    /// CPUs online in the kernel it sees.
+    pub cpus_online: Option<i64>,
+}
+
+impl ProbeReport {
+    /// The report in a result line, if that line is `workload probe`'s.
+    pub fn from_result(line: &serde_json::Value) -> Option<Self> {
+        (line.get("workload")? == "probe")
+            .then(|| serde_json::from_value(line.clone()).ok())
+            .flatten()
     }
+}
+
+/// Capability set given as hex in status.
+fn capset(hex: Option<&str>) -> Option<CapSet> {
+    let v = u64::from_str_radix(hex?, 16).ok()?;
+    Some(CapSet {
+        hex: hex?.to_owned(),
+        count: v.count_ones(),
+    })
 }
 
 fn count_pids(proc_root: &Path) -> Option<u64> {
@@ -78,97 +146,63 @@ fn interfaces(sys_root: &Path) -> Option<Vec<String>> {
     Some(v)
 }
 
-/// Gathers the facts (without the `workload`/`ok` header).
-pub fn facts(roots: Roots<'_>) -> Map<String, Value> {
-    let mut m = Map::new();
+/// Gathers the facts.
+pub fn facts(roots: Roots<'_>) -> ProbeReport {
     let uts = nix::sys::utsname::uname().ok();
     let s = |o: &std::ffi::OsStr| o.to_string_lossy().into_owned();
-    m.insert(
-        "kernel".into(),
-        match &uts {
-            Some(u) => json!({
-                "sysname": s(u.sysname()),
-                "release": s(u.release()),
-                "version": s(u.version()),
-                "machine": s(u.machine()),
-            }),
-            None => Value::Null,
-        },
-    );
-    m.insert(
-        "hostname".into(),
-        uts.as_ref().map(|u| s(u.nodename())).into(),
-    );
-    m.insert("workload_version".into(), env!("CARGO_PKG_VERSION").into());
-    m.insert(
-        "boot_id".into(),
-        read_trim(&roots.proc.join("sys/kernel/random/boot_id")).into(),
-    );
-    m.insert(
-        "uptime_s".into(),
-        read_trim(&roots.proc.join("uptime"))
-            .and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok())
-            .into(),
-    );
-    m.insert("pid".into(), std::process::id().into());
-    m.insert(
-        "pid1_comm".into(),
-        read_trim(&roots.proc.join("1/comm")).into(),
-    );
-    m.insert("processes".into(), count_pids(roots.proc).into());
-    m.insert("interfaces".into(), interfaces(roots.sys).into());
-    m.insert(
-        "mounts".into(),
-        std::fs::read_to_string(roots.proc.join("self/mounts"))
-            .ok()
-            .map(|t| t.lines().count() as u64)
-            .into(),
-    );
-    let visible: Map<String, Value> = HOST_PATHS
-        .iter()
-        .map(|p| {
-            let rel = p.trim_start_matches('/');
-            ((*p).to_owned(), Value::from(roots.fs.join(rel).exists()))
-        })
-        .collect();
-    m.insert("host_paths_visible".into(), Value::Object(visible));
     let st = status::read_self(roots.proc).ok();
     let f = |name: &str| st.as_deref().and_then(|t| status::field(t, name));
-    m.insert("cap_eff".into(), capset(f("CapEff")));
-    m.insert("cap_prm".into(), capset(f("CapPrm")));
-    m.insert("cap_bnd".into(), capset(f("CapBnd")));
     let num = |name: &str| f(name).and_then(|v| v.parse::<u64>().ok());
-    m.insert("no_new_privs".into(), num("NoNewPrivs").into());
-    m.insert("seccomp".into(), num("Seccomp").into());
-    m.insert(
-        "cgroup".into(),
-        std::fs::read_to_string(roots.proc.join("self/cgroup"))
+    ProbeReport {
+        kernel: uts.as_ref().map(|u| KernelId {
+            sysname: s(u.sysname()),
+            release: s(u.release()),
+            version: s(u.version()),
+            machine: s(u.machine()),
+        }),
+        hostname: uts.as_ref().map(|u| s(u.nodename())),
+        workload_version: env!("CARGO_PKG_VERSION").into(),
+        boot_id: read_trim(&roots.proc.join("sys/kernel/random/boot_id")),
+        uptime_s: read_trim(&roots.proc.join("uptime"))
+            .and_then(|u| u.split_whitespace().next()?.parse::<f64>().ok()),
+        pid: std::process::id(),
+        pid1_comm: read_trim(&roots.proc.join("1/comm")),
+        processes: count_pids(roots.proc),
+        interfaces: interfaces(roots.sys),
+        mounts: std::fs::read_to_string(roots.proc.join("self/mounts"))
             .ok()
-            .map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
-            .into(),
-    );
-    m.insert(
-        "nproc".into(),
-        std::thread::available_parallelism()
+            .map(|t| t.lines().count() as u64),
+        host_paths_visible: HOST_PATHS
+            .iter()
+            .map(|p| {
+                let rel = p.trim_start_matches('/');
+                ((*p).to_owned(), roots.fs.join(rel).exists())
+            })
+            .collect(),
+        cap_eff: capset(f("CapEff")),
+        cap_prm: capset(f("CapPrm")),
+        cap_bnd: capset(f("CapBnd")),
+        no_new_privs: num("NoNewPrivs"),
+        seccomp: num("Seccomp"),
+        cgroup: std::fs::read_to_string(roots.proc.join("self/cgroup"))
             .ok()
-            .map(|n| n.get() as u64)
-            .into(),
-    );
-    m.insert(
-        "cpus_online".into(),
-        nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+            .map(|t| t.lines().map(str::to_owned).collect()),
+        nproc: std::thread::available_parallelism()
             .ok()
-            .flatten()
-            .into(),
-    );
-    m
+            .map(|n| n.get() as u64),
+        cpus_online: nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+            .ok()
+            .flatten(),
+    }
 }
 
 /// Runs the probe and returns the result object.
 pub fn run() -> Result<Map<String, Value>, crate::WorkloadError> {
     ready::signal()?;
     let mut out = result::object("probe", true);
-    out.extend(facts(Roots::real()));
+    if let Value::Object(facts) = serde_json::to_value(facts(Roots::real())).unwrap_or_default() {
+        out.extend(facts);
+    }
     Ok(out)
 }
 
@@ -209,18 +243,30 @@ mod tests {
             fs: &fs,
         });
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(m["boot_id"], "abc-123");
-        assert_eq!(m["uptime_s"], 12.5);
-        assert_eq!(m["pid1_comm"], "isolab-init");
-        assert_eq!(m["processes"], 2);
-        assert_eq!(m["interfaces"], json!(["eth0", "lo"]));
-        assert_eq!(m["mounts"], 2);
-        assert_eq!(m["host_paths_visible"]["/home"], true);
-        assert_eq!(m["host_paths_visible"]["/etc/passwd"], false);
-        assert_eq!(m["cap_eff"]["count"], 2);
-        assert_eq!(m["cap_bnd"]["count"], 41);
-        assert_eq!(m["no_new_privs"], 1);
-        assert_eq!(m["seccomp"], 2);
-        assert_eq!(m["cgroup"], json!(["0::/isolab/x"]));
+        assert_eq!(m.boot_id.as_deref(), Some("abc-123"));
+        assert_eq!(m.uptime_s, Some(12.5));
+        assert_eq!(m.pid1_comm.as_deref(), Some("isolab-init"));
+        assert_eq!(m.processes, Some(2));
+        assert_eq!(m.interfaces, Some(vec!["eth0".into(), "lo".into()]));
+        assert_eq!(m.mounts, Some(2));
+        assert!(m.host_paths_visible["/home"]);
+        assert!(!m.host_paths_visible["/etc/passwd"]);
+        assert_eq!(m.cap_eff.as_ref().map(|c| c.count), Some(2));
+        assert_eq!(m.cap_bnd.as_ref().map(|c| c.count), Some(41));
+        assert_eq!(m.no_new_privs, Some(1));
+        assert_eq!(m.seccomp, Some(2));
+        assert_eq!(m.cgroup, Some(vec!["0::/isolab/x".into()]));
+        // The JSON keeps the documented shape, and reads back.
+        let mut line = result::object("probe", true);
+        if let Value::Object(f) = serde_json::to_value(&m).unwrap() {
+            line.extend(f);
+        }
+        let v = Value::Object(line);
+        assert_eq!(v["cap_bnd"]["count"], 41);
+        assert_eq!(
+            v["kernel"]["release"].as_str(),
+            m.kernel.as_ref().map(|k| k.release.as_str())
+        );
+        assert_eq!(ProbeReport::from_result(&v), Some(m));
     }
 }

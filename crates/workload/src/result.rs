@@ -28,9 +28,30 @@ pub fn emit(obj: &Map<String, Value>) {
     let _ = out.flush();
 }
 
+/// The result line in a workload's stdout: the last line that parses as a
+/// JSON object (anything the workload or a console printed before it is
+/// skipped). The one reader of the result channel; every launcher uses it.
+pub fn parse(stdout: &str) -> Option<Map<String, Value>> {
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| match serde_json::from_str::<Value>(l.trim()) {
+            Ok(Value::Object(m)) => Some(m),
+            _ => None,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_result_is_the_last_object_line() {
+        let m = parse("{\"a\":1}\nnot json\n{\"b\":2}\n[1]\n").unwrap();
+        assert_eq!(m["b"], 2);
+        assert!(parse("nothing here").is_none());
+        assert!(parse("").is_none());
+    }
 
     #[test]
     fn one_line_with_name_and_ok() {

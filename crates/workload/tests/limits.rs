@@ -16,21 +16,13 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_workload");
 
-fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
-}
-
 /// Skips (or fails, in strict mode) when an ability is missing.
 macro_rules! require {
     ($test:expr, $probe:expr) => {
         match $probe {
             Ok(v) => v,
             Err(reason) => {
-                if strict() {
-                    panic!("{}: required ability missing: {}", $test, reason);
-                }
-                println!("SKIPPED {}: {}", $test, reason);
+                isolab_testkit::require($test, Some(reason));
                 return;
             }
         }

@@ -134,7 +134,9 @@ fn bad_name_and_bad_size_are_usage_errors() {
         assert_eq!(err.lines().count(), 1, "one line: {err:?}");
     }
     let err = Command::new(BIN).arg("nosuch").output().unwrap().stderr;
-    assert!(String::from_utf8(err).unwrap().contains("\"nosuch\""));
+    assert!(String::from_utf8(err)
+        .unwrap()
+        .contains("unknown workload 'nosuch'"));
 }
 
 #[test]

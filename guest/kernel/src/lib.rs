@@ -15,9 +15,11 @@ mod provision;
 pub use builder::{
     build, lookup, BuildOptions, GuestKernel, KernelError, KernelMeta, DEFAULT_SOURCE, INSTALL_HINT,
 };
-pub use cache::{cache_root, cache_root_from, CacheError};
+pub use cache::{
+    built_kernels, cache_root, cache_root_from, cached_guest, guest_initramfs_images, CacheError,
+    GuestArtifacts,
+};
 pub use fragments::{config_hash, default_fragments, parse_config, verify, Dropped, Fragment};
 pub use provision::{
-    binary_dir, provision, ProvisionError, ProvisionOptions, Provisioned, INIT_BIN, WORKLOADS,
-    WORKLOAD_BIN,
+    binary_dir, provision, ProvisionError, ProvisionOptions, Provisioned, INIT_BIN, WORKLOAD_BIN,
 };

@@ -16,10 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::builder::{build, BuildOptions, GuestKernel, KernelError};
 
-/// Workload names `workload` accepts (docs/contracts.md), plus `probe`.
-pub const WORKLOADS: &[&str] = &[
-    "noop", "api", "worker", "cache", "hog", "forkloop", "probe", "knob",
-];
+use isolab_workload::Workload;
+
 /// File name of the guest init binary.
 pub const INIT_BIN: &str = "isolab-init";
 /// File name of the workload binary.
@@ -30,8 +28,6 @@ const KEEP_INITRAMFS: usize = 4;
 /// Errors while provisioning.
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
-    #[error("Unknown workload {name:?}: choose one of {}", WORKLOADS.join(", "))]
-    UnknownWorkload { name: String },
     #[error("{what} binary {path:?} not found: build it with `cargo build -p {package}`")]
     MissingBinary {
         what: &'static str,
@@ -60,6 +56,21 @@ pub enum ProvisionError {
     },
 }
 
+impl ProvisionError {
+    /// Whether the host lacks something (the kernel source package, build
+    /// tools, a built binary) rather than the run failing.
+    pub fn is_host(&self) -> bool {
+        match self {
+            ProvisionError::Kernel(k) => matches!(
+                k,
+                KernelError::SourceMissing { .. } | KernelError::MissingBuildDeps { .. }
+            ),
+            ProvisionError::MissingBinary { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 /// What to provision.
 #[derive(Debug, Clone)]
 pub struct ProvisionOptions {
@@ -67,22 +78,22 @@ pub struct ProvisionOptions {
     /// The static guest init (`isolab-init`).
     pub init: PathBuf,
     /// The static workload binary.
-    pub workload: PathBuf,
-    /// The workload the run will select (checked here so a typo fails
-    /// before a boot; it goes on the kernel command line, not into the image).
-    pub workload_name: String,
+    pub workload_bin: PathBuf,
+    /// The workload the run will select (it goes on the kernel command
+    /// line, not into the image).
+    pub workload: Workload,
     /// Extra files for demos.
     pub extra_files: Vec<ExtraFile>,
 }
 
 impl ProvisionOptions {
     /// Defaults: binaries from [`binary_dir`], cache from the environment.
-    pub fn new(cache_root: PathBuf, bin_dir: &Path, workload_name: &str) -> Self {
+    pub fn new(cache_root: PathBuf, bin_dir: &Path, workload: Workload) -> Self {
         Self {
             kernel: BuildOptions::new(cache_root),
             init: bin_dir.join(INIT_BIN),
-            workload: bin_dir.join(WORKLOAD_BIN),
-            workload_name: workload_name.to_string(),
+            workload_bin: bin_dir.join(WORKLOAD_BIN),
+            workload,
             extra_files: Vec::new(),
         }
     }
@@ -99,6 +110,17 @@ pub struct Provisioned {
     pub guest_params: String,
 }
 
+impl Provisioned {
+    /// The three files a boot needs.
+    pub fn artifacts(&self) -> crate::GuestArtifacts {
+        crate::GuestArtifacts {
+            vmlinux: self.kernel.vmlinux.clone(),
+            bz_image: self.kernel.bz_image.clone(),
+            initramfs: self.initramfs.clone(),
+        }
+    }
+}
+
 /// Where the static binaries are: next to the running executable, or one
 /// level up when it is a test binary in `target/<triple>/<profile>/deps/`.
 pub fn binary_dir() -> Option<PathBuf> {
@@ -112,14 +134,9 @@ pub fn binary_dir() -> Option<PathBuf> {
 
 /// Builds or finds the kernel and the initramfs.
 pub fn provision(opts: &ProvisionOptions) -> Result<Provisioned, ProvisionError> {
-    if !WORKLOADS.contains(&opts.workload_name.as_str()) {
-        return Err(ProvisionError::UnknownWorkload {
-            name: opts.workload_name.clone(),
-        });
-    }
     for (what, path, package) in [
         ("Guest init", &opts.init, "isolab-init"),
-        ("Workload", &opts.workload, "isolab-workload"),
+        ("Workload", &opts.workload_bin, "isolab-workload"),
     ] {
         if !path.is_file() {
             return Err(ProvisionError::MissingBinary {
@@ -135,7 +152,7 @@ pub fn provision(opts: &ProvisionOptions) -> Result<Provisioned, ProvisionError>
         kernel,
         initramfs,
         initramfs_cached,
-        guest_params: format!("isolab.workload={}", opts.workload_name),
+        guest_params: format!("isolab.workload={}", opts.workload),
     })
 }
 
@@ -159,7 +176,7 @@ fn initramfs_key(opts: &ProvisionOptions) -> String {
     let mut h = Sha256::new();
     h.update(b"isolab guest initramfs 1");
     identity(&mut h, &opts.init);
-    identity(&mut h, &opts.workload);
+    identity(&mut h, &opts.workload_bin);
     for e in &opts.extra_files {
         h.update(e.path.as_bytes());
         h.update(e.perm.to_le_bytes());
@@ -188,7 +205,7 @@ fn initramfs(opts: &ProvisionOptions) -> Result<(PathBuf, bool), ProvisionError>
     let tmp = dir.join(format!(".tmp-{}.cpio", std::process::id()));
     let archive = guest_initramfs(
         opts.init.as_path(),
-        opts.workload.as_path(),
+        opts.workload_bin.as_path(),
         &opts.extra_files,
     );
     if let Err(source) = archive.write_file(&tmp) {
@@ -232,7 +249,7 @@ fn prune(dir: &Path, keep: &Path) {
 mod tests {
     use super::*;
 
-    fn opts(tmp: &Path, name: &str) -> ProvisionOptions {
+    fn opts(tmp: &Path, name: Workload) -> ProvisionOptions {
         let bin = tmp.join("bin");
         fs::create_dir_all(&bin).unwrap();
         fs::write(bin.join(INIT_BIN), b"init").unwrap();
@@ -241,19 +258,10 @@ mod tests {
     }
 
     #[test]
-    fn unknown_workload_lists_the_choices() {
-        let tmp = tempfile::tempdir().unwrap();
-        let e = provision(&opts(tmp.path(), "nope"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("\"nope\"") && e.contains("noop, api"), "{e}");
-    }
-
-    #[test]
     fn missing_binary_says_how_to_build_it() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut o = opts(tmp.path(), "noop");
-        o.workload = tmp.path().join("nowhere/workload");
+        let mut o = opts(tmp.path(), Workload::Noop);
+        o.workload_bin = tmp.path().join("nowhere/workload");
         let e = provision(&o).unwrap_err().to_string();
         assert!(
             e.contains("nowhere/workload") && e.contains("cargo build -p isolab-workload"),
@@ -264,7 +272,7 @@ mod tests {
     #[test]
     fn initramfs_is_cached_until_a_binary_changes() {
         let tmp = tempfile::tempdir().unwrap();
-        let o = opts(tmp.path(), "noop");
+        let o = opts(tmp.path(), Workload::Noop);
         let (p1, cached1) = initramfs(&o).unwrap();
         let (p2, cached2) = initramfs(&o).unwrap();
         assert!(!cached1 && cached2);
@@ -273,7 +281,7 @@ mod tests {
         let work = listed.iter().find(|e| e.path == "workload").unwrap();
         assert_eq!(work.data, b"work");
         // A rebuilt workload (new size) gives a new image.
-        fs::write(&o.workload, b"work v2").unwrap();
+        fs::write(&o.workload_bin, b"work v2").unwrap();
         let (p3, cached3) = initramfs(&o).unwrap();
         assert!(!cached3);
         assert_ne!(p1, p3);

@@ -14,29 +14,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use isolab_guest_kernel::{binary_dir, cache_root, lookup, BuildOptions, INIT_BIN, WORKLOAD_BIN};
+use isolab_guest_kernel::{lookup, BuildOptions, INIT_BIN, WORKLOAD_BIN};
 use isolab_initramfs::guest_initramfs;
 
 /// TCG boots this kernel in a few seconds; this only stops a hung guest.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
-}
-
-fn skip(test: &str, reason: &str) {
-    assert!(
-        !strict(),
-        "{test}: required ability missing in strict mode: {reason}"
-    );
-    println!("SKIPPED {test}: {reason}");
-}
-
-fn in_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-}
 
 struct Artifacts {
     bz_image: PathBuf,
@@ -46,54 +28,30 @@ struct Artifacts {
 }
 
 fn probe(test: &str) -> Option<Artifacts> {
-    let root = match cache_root() {
-        Ok(r) => r,
-        Err(e) => {
-            skip(test, &e.to_string());
-            return None;
+    let kernel = isolab_testkit::cache_root().map(|root| lookup(&BuildOptions::new(root)));
+    let missing_kernel = match &kernel {
+        None => Some("no cache directory: set ISOLAB_CACHE or HOME".to_owned()),
+        Some(Ok(Some(_))) => None,
+        Some(Ok(None)) => {
+            Some("no guest kernel in the cache for this config: run `bench provision`".to_owned())
         }
+        Some(Err(e)) => Some(format!("cannot read the kernel cache: {e}")),
     };
-    let kernel = match lookup(&BuildOptions::new(root)) {
-        Ok(Some(k)) => k,
-        Ok(None) => {
-            skip(
-                test,
-                "no guest kernel in the cache for this config: run `bench provision`",
-            );
-            return None;
-        }
-        Err(e) => {
-            skip(test, &format!("cannot read the kernel cache: {e}"));
-            return None;
-        }
-    };
-    if !in_path("qemu-system-x86_64") {
-        skip(
-            test,
-            "qemu-system-x86_64 not found: apt-get install qemu-system-x86",
-        );
+    let missing = isolab_testkit::first_missing([
+        missing_kernel,
+        isolab_testkit::missing_command("qemu-system-x86_64", "qemu-system-x86"),
+        isolab_testkit::missing_binary(INIT_BIN, "isolab-init"),
+        isolab_testkit::missing_binary(WORKLOAD_BIN, "isolab-workload"),
+    ]);
+    if !isolab_testkit::require(test, missing) {
         return None;
     }
-    let bin = binary_dir().expect("test binary has a directory");
-    let init = bin.join(INIT_BIN);
-    let workload = bin.join(WORKLOAD_BIN);
-    for p in [&init, &workload] {
-        if !p.is_file() {
-            skip(
-                test,
-                &format!(
-                    "{} not built: cargo build -p isolab-init -p isolab-workload",
-                    p.display()
-                ),
-            );
-            return None;
-        }
-    }
+    let kernel = kernel?.ok()??;
     Some(Artifacts {
         bz_image: kernel.bz_image,
         vmlinux: kernel.vmlinux,
-        init,
-        workload,
+        init: isolab_testkit::binary(INIT_BIN),
+        workload: isolab_testkit::binary(WORKLOAD_BIN),
     })
 }
 
@@ -365,9 +323,9 @@ fn qemu_sees_the_marker_abi_port_writes() {
     assert!(ok, "qemu exited with an error; console:\n{console}");
     let trace = std::fs::read_to_string(&trace_path).unwrap_or_default();
     if !trace.contains("memory_region_ops_write") {
-        skip(
+        isolab_testkit::require(
             test,
-            "this QEMU build writes no trace events (no `log` trace backend)",
+            Some("this QEMU build writes no trace events (no `log` trace backend)".into()),
         );
         return;
     }

@@ -6,7 +6,12 @@
 //! process included, and a limit below it where the mode has one (cgroup,
 //! guest RAM), so the limit is what the demo shows and the cap is the net.
 
-use super::runner::{DemoMode, Job};
+use crate::modes::{InstanceSpec, Isolation};
+use crate::Workload;
+
+/// The hostname every demo container gets, so the tables read the same on
+/// every run.
+pub const DEMO_HOSTNAME: &str = "isolab-demo";
 
 /// Hog cap for the plain process: it has no limit, so the cap *is* the stop.
 pub const PROCESS_HOG_MAX_MIB: u64 = 64;
@@ -267,46 +272,67 @@ impl Demo {
             .find(|d| d.name == name || d.aliases.contains(&name))
     }
 
-    /// What this demo runs in `mode`, safety caps included.
-    pub fn job(&self, mode: DemoMode) -> Job {
-        use DemoMode::*;
+    /// What this demo runs in a mode of the given isolation, safety caps
+    /// included; its limits are the mode's (a cgroup for a container, guest
+    /// RAM and vCPUs for a VM; the plain process gets none, by design).
+    pub fn spec(&self, isolation: Isolation) -> InstanceSpec {
+        use Isolation::{Container, None as Plain, Vm};
         let s = |v: u64| v.to_string();
-        match (self.name, mode) {
-            ("memory", Process) => Job::new(
-                "hog",
+        let job = |w: Workload, args: &[&str]| InstanceSpec::new(w, args);
+        let mut spec = match (self.name, isolation) {
+            ("memory", Plain) => job(
+                Workload::Hog,
                 &["--step-mib", "4", "--max-mib", &s(PROCESS_HOG_MAX_MIB)],
             ),
-            ("memory", Container) => Job {
+            ("memory", Container) => InstanceSpec {
                 memory_bytes: Some(CONTAINER_MEMORY_MIB << 20),
-                ..Job::new(
-                    "hog",
+                ..job(
+                    Workload::Hog,
                     &["--step-mib", "4", "--max-mib", &s(CONTAINER_HOG_MAX_MIB)],
                 )
             },
-            ("memory", Microvm) => Job {
-                vm_memory_mib: Some(VM_MEMORY_MIB),
-                ..Job::new("hog", &["--step-mib", "4", "--max-mib", &s(VM_HOG_MAX_MIB)])
+            ("memory", Vm) => InstanceSpec {
+                memory_bytes: Some(VM_MEMORY_MIB << 20),
+                ..job(
+                    Workload::Hog,
+                    &["--step-mib", "4", "--max-mib", &s(VM_HOG_MAX_MIB)],
+                )
             },
-            ("cpu", Container) => Job {
+            ("cpu", Container) => InstanceSpec {
                 cpus: Some(CONTAINER_CPUS),
-                ..Job::new("worker", &["--duration-ms", &s(SPIN_MS)])
+                ..job(Workload::Worker, &["--duration-ms", &s(SPIN_MS)])
             },
-            ("cpu", Microvm) => Job {
-                vm_vcpus: Some(1),
-                ..Job::new("worker", &["--duration-ms", &s(SPIN_MS)])
+            ("cpu", Vm) => InstanceSpec {
+                vcpus: Some(1),
+                ..job(Workload::Worker, &["--duration-ms", &s(SPIN_MS)])
             },
-            ("cpu", Process) => Job::new("worker", &["--duration-ms", &s(SPIN_MS)]),
-            ("forkbomb", Process) => Job::new("forkloop", &["--max", &s(PROCESS_FORK_MAX)]),
-            ("forkbomb", Container) => Job {
+            ("cpu", Plain) => job(Workload::Worker, &["--duration-ms", &s(SPIN_MS)]),
+            ("forkbomb", Plain) => job(Workload::Forkloop, &["--max", &s(PROCESS_FORK_MAX)]),
+            ("forkbomb", Container) => InstanceSpec {
                 pids: Some(CONTAINER_PIDS),
-                ..Job::new("forkloop", &["--max", &s(CONFINED_FORK_MAX)])
+                ..job(Workload::Forkloop, &["--max", &s(CONFINED_FORK_MAX)])
             },
-            ("forkbomb", Microvm) => Job::new("forkloop", &["--max", &s(CONFINED_FORK_MAX)]),
-            // On the host, knob only opens each setting for writing: it writes nothing.
-            ("knobs", Process) => Job::new("knob", &[]),
-            ("knobs", _) => Job::new("knob", &["--change"]),
-            _ => Job::new("probe", &[]),
+            ("forkbomb", Vm) => job(Workload::Forkloop, &["--max", &s(CONFINED_FORK_MAX)]),
+            // On the host, knob only opens the files for writing.
+            ("knobs", Plain) => job(Workload::Knob, &[]),
+            ("knobs", _) => job(Workload::Knob, &["--change"]),
+            _ => job(Workload::Probe, &[]),
+        };
+        spec.keep_stderr = true;
+        if isolation == Container {
+            spec.hostname = Some(DEMO_HOSTNAME.to_owned());
         }
+        spec
+    }
+
+    /// The probe run beside the demo's own, for demos whose table also
+    /// shows where it ran (the CPUs the cpu demo's spinner sees).
+    pub fn companion_probe(&self, isolation: Isolation) -> Option<InstanceSpec> {
+        (self.name == "cpu").then(|| InstanceSpec {
+            workload: Workload::Probe,
+            args: vec![],
+            ..self.spec(isolation)
+        })
     }
 }
 
@@ -331,11 +357,15 @@ mod tests {
     #[test]
     fn every_hog_and_fork_loop_is_capped_in_every_mode() {
         for d in DEMOS {
-            for m in DemoMode::ALL {
-                let j = d.job(m);
-                match j.workload.as_str() {
-                    "hog" => assert!(j.args.contains(&"--max-mib".to_owned()), "{} {m:?}", d.name),
-                    "forkloop" => assert!(j.args.contains(&"--max".to_owned()), "{} {m:?}", d.name),
+            for m in [Isolation::None, Isolation::Container, Isolation::Vm] {
+                let j = d.spec(m);
+                match j.workload {
+                    Workload::Hog => {
+                        assert!(j.args.contains(&"--max-mib".to_owned()), "{} {m:?}", d.name)
+                    }
+                    Workload::Forkloop => {
+                        assert!(j.args.contains(&"--max".to_owned()), "{} {m:?}", d.name)
+                    }
                     _ => {}
                 }
             }
@@ -343,14 +373,14 @@ mod tests {
         // The process hog's cap is the only stop it has: keep it small.
         assert!(Demo::find("memory")
             .unwrap()
-            .job(DemoMode::Process)
+            .spec(Isolation::None)
             .args
             .contains(&"64".to_owned()));
     }
 
     #[test]
     fn the_host_process_never_changes_a_knob() {
-        let j = Demo::find("knobs").unwrap().job(DemoMode::Process);
+        let j = Demo::find("knobs").unwrap().spec(Isolation::None);
         assert!(!j.args.iter().any(|a| a == "--change"));
     }
 

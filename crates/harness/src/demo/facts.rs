@@ -2,10 +2,11 @@
 //! findings — statements checked against the host's own facts (read here,
 //! outside any namespace) that say in words what the table proves.
 
+use isolab_workload::probe::{CapSet, ProbeReport};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::runner::{DemoMode, Job, RunRecord};
+use crate::modes::{InstanceOutcome, InstanceSpec, Isolation, ModeKind};
 
 /// The host's own answers to the probe's questions, read by `bench` itself.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -71,15 +72,21 @@ pub struct Finding {
     pub text: String,
 }
 
-/// What one column contributes: its mode, its job, and its record (`None`
-/// when the mode could not run).
+/// What one column contributes: its mode, what it ran, and the outcome
+/// (`None` when the mode could not run).
 #[derive(Debug, Clone, Copy)]
 pub struct Column<'a> {
-    pub mode: DemoMode,
-    pub job: &'a Job,
-    pub record: Option<&'a RunRecord>,
-    /// The companion probe's record (demos that also ask where they ran).
-    pub probe: Option<&'a RunRecord>,
+    pub mode: ModeKind,
+    pub spec: &'a InstanceSpec,
+    pub outcome: Option<&'a InstanceOutcome>,
+    /// The companion probe's outcome (demos that also ask where they ran).
+    pub probe: Option<&'a InstanceOutcome>,
+}
+
+impl Column<'_> {
+    fn isolation(&self) -> Isolation {
+        self.mode.isolation()
+    }
 }
 
 /// Cell text for a missing column.
@@ -98,8 +105,29 @@ fn text(v: Option<&Value>) -> String {
     }
 }
 
-fn pointer<'a>(r: &'a RunRecord, p: &str) -> Option<&'a Value> {
-    r.result.as_ref()?.pointer(p).filter(|v| !v.is_null())
+/// A field of the result line by JSON pointer (`/knobs`, `/a/b`), non-null.
+fn pointer<'a>(r: &'a InstanceOutcome, p: &str) -> Option<&'a Value> {
+    let p = p.strip_prefix('/')?;
+    let (first, rest) = p.split_once('/').map_or((p, None), |(a, b)| (a, Some(b)));
+    let v = r.result.as_ref()?.get(first)?;
+    match rest {
+        None => Some(v),
+        Some(rest) => v.pointer(&format!("/{rest}")),
+    }
+    .filter(|v| !v.is_null())
+}
+
+/// The `workload probe` report in an outcome, typed.
+fn probe_of(r: &InstanceOutcome) -> Option<ProbeReport> {
+    ProbeReport::from_result(&Value::Object(r.result.clone()?))
+}
+
+/// A probe fact as cell text (`n/a` where it could not be read).
+fn probe_cell(r: &InstanceOutcome, f: impl Fn(&ProbeReport) -> Option<String>) -> String {
+    probe_of(r)
+        .as_ref()
+        .and_then(f)
+        .unwrap_or_else(|| "n/a".into())
 }
 
 fn mib(bytes: u64) -> String {
@@ -120,8 +148,8 @@ fn status_text(s: Option<i32>) -> String {
     }
 }
 
-fn uptime(v: Option<&Value>) -> String {
-    match v.and_then(Value::as_f64) {
+fn uptime(v: Option<f64>) -> String {
+    match v {
         None => "?".into(),
         Some(s) if s < 120.0 => format!("{s:.1} s"),
         Some(s) if s < 7200.0 => format!("{:.0} min", s / 60.0),
@@ -131,12 +159,16 @@ fn uptime(v: Option<&Value>) -> String {
 }
 
 /// A row from one function per column.
-fn row(label: &str, cols: &[Column<'_>], f: impl Fn(&Column<'_>, &RunRecord) -> String) -> Row {
+fn row(
+    label: &str,
+    cols: &[Column<'_>],
+    f: impl Fn(&Column<'_>, &InstanceOutcome) -> String,
+) -> Row {
     Row {
         label: label.to_owned(),
         cells: cols
             .iter()
-            .map(|c| c.record.map(|r| f(c, r)).unwrap_or_else(|| NOT_RUN.into()))
+            .map(|c| c.outcome.map(|r| f(c, r)).unwrap_or_else(|| NOT_RUN.into()))
             .collect(),
     }
 }
@@ -145,69 +177,79 @@ fn fact_row(label: &str, cols: &[Column<'_>], p: &'static str) -> Row {
     row(label, cols, |_, r| text(pointer(r, p)))
 }
 
+fn probe_row(label: &str, cols: &[Column<'_>], f: impl Fn(&ProbeReport) -> Option<String>) -> Row {
+    row(label, cols, |_, r| probe_cell(r, &f))
+}
+
 /// The arguments' value after `flag`, as a number.
-fn arg_u64(job: &Job, flag: &str) -> Option<u64> {
-    let i = job.args.iter().position(|a| a == flag)?;
-    job.args.get(i + 1)?.parse().ok()
+fn arg_u64(spec: &InstanceSpec, flag: &str) -> Option<u64> {
+    let i = spec.args.iter().position(|a| a == flag)?;
+    spec.args.get(i + 1)?.parse().ok()
 }
 
 /// The rows of a demo's table.
 pub fn rows(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Row> {
+    let kernel = |f: fn(&isolab_workload::probe::KernelId) -> &String| {
+        move |p: &ProbeReport| p.kernel.as_ref().map(|k| f(k).clone())
+    };
     match demo {
         "kernel" => vec![
-            fact_row("kernel release", cols, "/kernel/release"),
-            fact_row("kernel version", cols, "/kernel/version"),
-            fact_row("boot id", cols, "/boot_id"),
-            row("uptime", cols, |_, r| uptime(pointer(r, "/uptime_s"))),
+            probe_row("kernel release", cols, kernel(|k| &k.release)),
+            probe_row("kernel version", cols, kernel(|k| &k.version)),
+            probe_row("boot id", cols, |p| p.boot_id.clone()),
+            row("uptime", cols, |_, r| {
+                uptime(probe_of(r).and_then(|p| p.uptime_s))
+            }),
             row("same kernel as the host", cols, |_, r| {
-                yes_no(same_kernel(r, host))
+                yes_no(probe_of(r).is_some_and(|p| same_kernel(&p, host)))
             }),
         ],
         "pids" => vec![
-            fact_row("own PID", cols, "/pid"),
-            fact_row("PID 1 is", cols, "/pid1_comm"),
-            fact_row("processes visible", cols, "/processes"),
+            probe_row("own PID", cols, |p| Some(p.pid.to_string())),
+            probe_row("PID 1 is", cols, |p| p.pid1_comm.clone()),
+            probe_row("processes visible", cols, |p| {
+                p.processes.map(|n| n.to_string())
+            }),
         ],
         "filesystem" => vec![
-            fact_row("mounts visible", cols, "/mounts"),
-            row("host paths reachable", cols, |_, r| {
-                let visible: Vec<&str> = pointer(r, "/host_paths_visible")
-                    .and_then(Value::as_object)
-                    .map(|m| {
-                        m.iter()
-                            .filter(|(_, v)| v.as_bool() == Some(true))
-                            .map(|(k, _)| k.as_str())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if visible.is_empty() {
+            probe_row("mounts visible", cols, |p| p.mounts.map(|n| n.to_string())),
+            probe_row("host paths reachable", cols, |p| {
+                let visible: Vec<&str> = p
+                    .host_paths_visible
+                    .iter()
+                    .filter(|(_, v)| **v)
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                Some(if visible.is_empty() {
                     "none".into()
                 } else {
                     visible.join(" ")
-                }
+                })
             }),
         ],
         "network" => vec![
-            fact_row("hostname", cols, "/hostname"),
-            fact_row("interfaces", cols, "/interfaces"),
+            probe_row("hostname", cols, |p| p.hostname.clone()),
+            probe_row("interfaces", cols, |p| {
+                p.interfaces.as_ref().map(|i| i.join(", "))
+            }),
         ],
         "memory" => memory_rows(cols),
         "cpu" => cpu_rows(cols),
         "forkbomb" => fork_rows(cols),
         "knobs" => knob_rows(cols),
         "capabilities" => vec![
-            row("effective capabilities", cols, |_, r| capset(r, "cap_eff")),
-            row("permitted capabilities", cols, |_, r| capset(r, "cap_prm")),
-            row("bounding set", cols, |_, r| capset(r, "cap_bnd")),
+            probe_row("effective capabilities", cols, |p| capset(&p.cap_eff)),
+            probe_row("permitted capabilities", cols, |p| capset(&p.cap_prm)),
+            probe_row("bounding set", cols, |p| capset(&p.cap_bnd)),
             row("no_new_privs", cols, |_, r| {
-                match pointer(r, "/no_new_privs").and_then(Value::as_u64) {
+                match probe_of(r).and_then(|p| p.no_new_privs) {
                     Some(1) => "1 (set)".into(),
                     Some(0) => "0 (not set)".into(),
                     _ => "?".into(),
                 }
             }),
             row("seccomp", cols, |_, r| {
-                match pointer(r, "/seccomp").and_then(Value::as_u64) {
+                match probe_of(r).and_then(|p| p.seccomp) {
                     Some(0) => "0 (off)".into(),
                     Some(1) => "1 (strict)".into(),
                     Some(2) => "2 (filter)".into(),
@@ -229,19 +271,17 @@ fn errno_name(e: &str) -> String {
 
 /// The same running kernel: equal boot ids where both are known (a guest
 /// kernel without sysctl support has none), else equal release and version.
-fn same_kernel(r: &RunRecord, host: &HostTruth) -> bool {
-    match (
-        pointer(r, "/boot_id").and_then(Value::as_str),
-        host.boot_id.as_deref(),
-    ) {
+fn same_kernel(p: &ProbeReport, host: &HostTruth) -> bool {
+    match (p.boot_id.as_deref(), host.boot_id.as_deref()) {
         (Some(a), Some(b)) => a == b,
         _ => {
             let uts = nix::sys::utsname::uname().ok();
             let hv = uts
                 .as_ref()
                 .map(|u| u.version().to_string_lossy().into_owned());
-            pointer(r, "/kernel/release").and_then(Value::as_str) == host.kernel_release.as_deref()
-                && pointer(r, "/kernel/version").and_then(Value::as_str) == hv.as_deref()
+            let k = p.kernel.as_ref();
+            k.map(|k| k.release.as_str()) == host.kernel_release.as_deref()
+                && k.map(|k| k.version.as_str()) == hv.as_deref()
         }
     }
 }
@@ -250,33 +290,30 @@ fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.into()
 }
 
-fn capset(r: &RunRecord, key: &str) -> String {
-    match (
-        pointer(r, &format!("/{key}/count")),
-        pointer(r, &format!("/{key}/hex")),
-    ) {
-        (Some(n), Some(h)) => format!("{n} (0x{})", text(Some(h))),
-        _ => "?".into(),
-    }
+fn capset(c: &Option<CapSet>) -> Option<String> {
+    Some(match c {
+        Some(c) => format!("{} (0x{})", c.count, c.hex),
+        None => "?".into(),
+    })
 }
 
 fn memory_rows(cols: &[Column<'_>]) -> Vec<Row> {
     vec![
-        row("limit", cols, |c, _| match c.mode {
-            DemoMode::Process => "none".into(),
-            DemoMode::Container => c
-                .job
+        row("limit", cols, |c, _| match c.isolation() {
+            Isolation::None => "none".into(),
+            Isolation::Container => c
+                .spec
                 .memory_bytes
                 .map(|b| format!("memory cgroup {}", mib(b)))
                 .unwrap_or_else(|| "none".into()),
-            DemoMode::Microvm => c
-                .job
-                .vm_memory_mib
-                .map(|m| format!("guest RAM {m} MiB"))
+            Isolation::Vm => c
+                .spec
+                .memory_bytes
+                .map(|b| format!("guest RAM {} MiB", b >> 20))
                 .unwrap_or_else(|| "guest RAM (default)".into()),
         }),
         row("safety cap", cols, |c, _| {
-            arg_u64(c.job, "--max-mib")
+            arg_u64(c.spec, "--max-mib")
                 .map(|m| format!("{m} MiB"))
                 .unwrap_or_else(|| "?".into())
         }),
@@ -293,10 +330,10 @@ fn memory_rows(cols: &[Column<'_>]) -> Vec<Row> {
         row("how it ended", cols, |c, r| {
             let capped = pointer(r, "/capped").and_then(Value::as_bool) == Some(true);
             let oom = r.cgroup.as_ref().map(|s| s.oom_kills).unwrap_or(0);
-            let why = match (r.status, c.mode) {
+            let why = match (r.status, c.isolation()) {
                 (Some(0), _) if capped => "hit its safety cap",
-                (Some(137), DemoMode::Container) if oom > 0 => "cgroup OOM kill",
-                (Some(137), DemoMode::Microvm) => "guest OOM killer",
+                (Some(137), Isolation::Container) if oom > 0 => "cgroup OOM kill",
+                (Some(137), Isolation::Vm) => "guest OOM killer",
                 (Some(137), _) => "SIGKILL",
                 _ => "",
             };
@@ -310,8 +347,8 @@ fn memory_rows(cols: &[Column<'_>]) -> Vec<Row> {
             Some(s) => s.oom_kills.to_string(),
             None => "n/a (no cgroup)".into(),
         }),
-        row("host-side peak memory", cols, |c, r| match c.mode {
-            DemoMode::Container => r
+        row("host-side peak memory", cols, |c, r| match c.isolation() {
+            Isolation::Container => r
                 .cgroup
                 .as_ref()
                 .and_then(|s| s.memory_peak_bytes)
@@ -319,12 +356,12 @@ fn memory_rows(cols: &[Column<'_>]) -> Vec<Row> {
                 .unwrap_or_else(|| "?".into()),
             // The hog's own resident size at its end: the kernel's peak for
             // the child also counts the launcher's pages it started with.
-            DemoMode::Process => pointer(r, "/rss_kib")
+            Isolation::None => pointer(r, "/rss_kib")
                 .and_then(Value::as_u64)
                 .map(|k| format!("{} (its RSS)", mib(k << 10)))
                 .unwrap_or_else(|| "?".into()),
-            DemoMode::Microvm => r
-                .host_peak_rss_kib
+            Isolation::Vm => r
+                .peak_rss_kib
                 .map(|k| format!("{} (VMM RSS)", mib(k << 10)))
                 .unwrap_or_else(|| "?".into()),
         }),
@@ -333,18 +370,18 @@ fn memory_rows(cols: &[Column<'_>]) -> Vec<Row> {
 
 fn cpu_rows(cols: &[Column<'_>]) -> Vec<Row> {
     vec![
-        row("CPU limit", cols, |c, _| match c.mode {
-            DemoMode::Process => "none".into(),
-            DemoMode::Container => c
-                .job
+        row("CPU limit", cols, |c, _| match c.isolation() {
+            Isolation::None => "none".into(),
+            Isolation::Container => c
+                .spec
                 .cpus
                 .map(|n| format!("{n} CPU (CFS quota)"))
                 .unwrap_or_else(|| "none".into()),
-            DemoMode::Microvm => format!("{} vCPU", c.job.vm_vcpus.unwrap_or(1)),
+            Isolation::Vm => format!("{} vCPU", c.spec.vcpus.unwrap_or(1)),
         }),
         row("CPUs it sees", cols, |c, _| {
             c.probe
-                .map(|p| text(pointer(p, "/cpus_online")))
+                .map(|p| probe_cell(p, |p| p.cpus_online.map(|n| n.to_string())))
                 .unwrap_or_else(|| "?".into())
         }),
         row("hashes per second", cols, |_, r| {
@@ -384,13 +421,13 @@ fn cpu_rows(cols: &[Column<'_>]) -> Vec<Row> {
 
 fn fork_rows(cols: &[Column<'_>]) -> Vec<Row> {
     vec![
-        row("limit", cols, |c, _| match (c.mode, c.job.pids) {
-            (DemoMode::Container, Some(p)) => format!("pids.max {p}"),
-            (DemoMode::Microvm, _) => "the guest kernel's".into(),
+        row("limit", cols, |c, _| match (c.isolation(), c.spec.pids) {
+            (Isolation::Container, Some(p)) => format!("pids.max {p}"),
+            (Isolation::Vm, _) => "the guest kernel's".into(),
             _ => "none".into(),
         }),
         row("safety cap", cols, |c, _| {
-            arg_u64(c.job, "--max")
+            arg_u64(c.spec, "--max")
                 .map(|m| format!("{m} children"))
                 .unwrap_or_else(|| "?".into())
         }),
@@ -458,13 +495,14 @@ fn knob_rows(cols: &[Column<'_>]) -> Vec<Row> {
 pub fn findings(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut claim = |holds: bool, text: String| out.push(Finding { holds, text });
-    let rec = |m: DemoMode| cols.iter().find(|c| c.mode == m).and_then(|c| c.record);
-    let s = |r: &RunRecord, p: &str| pointer(r, p).and_then(Value::as_str).map(str::to_owned);
+    let col = |m: ModeKind| cols.iter().find(|c| c.mode == m);
+    let rec = |m: ModeKind| col(m).and_then(|c| c.outcome);
+    let probe = |m: ModeKind| rec(m).and_then(probe_of);
     let host_rel = host.kernel_release.clone().unwrap_or_default();
     match demo {
         "kernel" => {
-            if let Some(r) = rec(DemoMode::Container) {
-                let rel = s(r, "/kernel/release");
+            if let Some(p) = probe(ModeKind::Container) {
+                let rel = p.kernel.as_ref().map(|k| k.release.clone());
                 claim(
                     rel.as_deref() == Some(host_rel.as_str()),
                     format!(
@@ -473,27 +511,25 @@ pub fn findings(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Findin
                     ),
                 );
                 claim(
-                    s(r, "/boot_id") == host.boot_id,
+                    p.boot_id == host.boot_id,
                     "The container reports the host's boot id: the same running kernel.".into(),
                 );
             }
-            if let Some(r) = rec(DemoMode::Microvm) {
-                let rel = s(r, "/kernel/release");
+            if let Some(p) = probe(ModeKind::Microvm) {
+                let rel = p.kernel.as_ref().map(|k| k.release.clone());
                 claim(
-                    rel.is_some() && !same_kernel(r, host),
+                    rel.is_some() && !same_kernel(&p, host),
                     format!(
                         "The microVM runs a kernel of its own (release {}, up {}).",
                         rel.unwrap_or_default(),
-                        uptime(pointer(r, "/uptime_s"))
+                        uptime(p.uptime_s)
                     ),
                 );
             }
         }
         "pids" => {
-            if let Some(r) = rec(DemoMode::Container) {
-                let n = pointer(r, "/processes")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(u64::MAX);
+            if let Some(p) = probe(ModeKind::Container) {
+                let n = p.processes.unwrap_or(u64::MAX);
                 claim(
                     n < host.processes.unwrap_or(0),
                     format!(
@@ -502,39 +538,35 @@ pub fn findings(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Findin
                     ),
                 );
                 claim(
-                    s(r, "/pid1_comm") != host.pid1_comm,
+                    p.pid1_comm != host.pid1_comm,
                     format!(
                         "The container's PID 1 is {}, not the host's {}.",
-                        s(r, "/pid1_comm").unwrap_or_default(),
+                        p.pid1_comm.clone().unwrap_or_default(),
                         host.pid1_comm.clone().unwrap_or_default()
                     ),
                 );
             }
         }
         "filesystem" => {
-            if let Some(r) = rec(DemoMode::Container) {
-                let none = pointer(r, "/host_paths_visible")
-                    .and_then(Value::as_object)
-                    .is_some_and(|m| m.values().all(|v| v.as_bool() == Some(false)));
+            if let Some(p) = probe(ModeKind::Container) {
                 claim(
-                    none,
+                    !p.host_paths_visible.is_empty() && p.host_paths_visible.values().all(|v| !v),
                     "None of the host paths probed is reachable from the container.".into(),
                 );
             }
         }
         "network" => {
-            if let Some(r) = rec(DemoMode::Container) {
+            if let Some(p) = probe(ModeKind::Container) {
                 claim(
-                    s(r, "/hostname") != host.hostname,
+                    p.hostname != host.hostname,
                     format!(
                         "The container's hostname ({}) differs from the host's ({}).",
-                        s(r, "/hostname").unwrap_or_default(),
+                        p.hostname.clone().unwrap_or_default(),
                         host.hostname.clone().unwrap_or_default()
                     ),
                 );
-                let ifs = pointer(r, "/interfaces").cloned();
                 claim(
-                    ifs == Some(serde_json::json!(["lo"])),
+                    p.interfaces == Some(vec!["lo".to_owned()]),
                     format!(
                         "The container sees only `lo`; the host has {}.",
                         host.interfaces.join(", ")
@@ -543,19 +575,19 @@ pub fn findings(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Findin
             }
         }
         "memory" => {
-            if let Some(r) = rec(DemoMode::Container) {
+            if let Some(r) = rec(ModeKind::Container) {
                 let oom = r.cgroup.as_ref().map(|s| s.oom_kills).unwrap_or(0);
                 claim(oom > 0 && r.status == Some(137),
                     format!("The container's hog was OOM-killed in its cgroup (oom_kill counter {oom}, status {}).", status_text(r.status)));
             }
-            if let Some(r) = rec(DemoMode::Process) {
+            if let Some(r) = rec(ModeKind::Process) {
                 claim(
                     pointer(r, "/capped").and_then(Value::as_bool) == Some(true),
                     "Nothing limited the plain process: it stopped only at its own safety cap."
                         .into(),
                 );
             }
-            if let Some(r) = rec(DemoMode::Microvm) {
+            if let Some(r) = rec(ModeKind::Microvm) {
                 claim(
                     r.status == Some(137),
                     format!(
@@ -566,7 +598,7 @@ pub fn findings(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Findin
             }
         }
         "cpu" => {
-            if let Some(r) = rec(DemoMode::Container) {
+            if let Some(r) = rec(ModeKind::Container) {
                 let t = r
                     .cgroup
                     .as_ref()
@@ -579,19 +611,20 @@ pub fn findings(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Findin
             }
         }
         "forkbomb" => {
-            if let Some(c) = cols.iter().find(|c| c.mode == DemoMode::Container) {
-                if let Some(r) = c.record {
+            if let Some(c) = col(ModeKind::Container) {
+                if let Some(r) = c.outcome {
                     let forked = pointer(r, "/forked")
                         .and_then(Value::as_u64)
                         .unwrap_or(u64::MAX);
-                    let max = c.job.pids.unwrap_or(0);
-                    claim(forked < max && s(r, "/errno").as_deref() == Some("EAGAIN"),
+                    let max = c.spec.pids.unwrap_or(0);
+                    let errno = pointer(r, "/errno").and_then(Value::as_str);
+                    claim(forked < max && errno == Some("EAGAIN"),
                         format!("pids.max {max} stopped the container's fork loop after {forked} children (EAGAIN)."));
                 }
             }
         }
         "knobs" => {
-            if let Some(r) = rec(DemoMode::Container) {
+            if let Some(r) = rec(ModeKind::Container) {
                 let refused = r
                     .fact("knobs")
                     .and_then(Value::as_array)
@@ -608,11 +641,12 @@ pub fn findings(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Findin
             }
         }
         "capabilities" => {
-            if let (Some(p), Some(c)) = (rec(DemoMode::Process), rec(DemoMode::Container)) {
-                let n = |r: &RunRecord| pointer(r, "/cap_bnd/count").and_then(Value::as_u64);
-                claim(n(c) <= n(p) && n(c).is_some(),
+            if let (Some(p), Some(c)) = (probe(ModeKind::Process), probe(ModeKind::Container)) {
+                let n = |r: &ProbeReport| r.cap_bnd.as_ref().map(|c| c.count);
+                let t = |v: Option<u32>| v.map_or("n/a".into(), |v| v.to_string());
+                claim(n(&c) <= n(&p) && n(&c).is_some(),
                     format!("The container's bounding set holds {} capabilities; the host process's {}.",
-                        text(pointer(c, "/cap_bnd/count")), text(pointer(p, "/cap_bnd/count"))));
+                        t(n(&c)), t(n(&p))));
             }
         }
         _ => {}
@@ -623,13 +657,14 @@ pub fn findings(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Findin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Workload;
     use serde_json::json;
 
-    fn rec(v: Value) -> RunRecord {
-        RunRecord {
+    fn rec(v: Value) -> InstanceOutcome {
+        InstanceOutcome {
             status: Some(0),
-            result: Some(v),
-            ..RunRecord::default()
+            result: v.as_object().cloned(),
+            ..InstanceOutcome::default()
         }
     }
 
@@ -640,28 +675,31 @@ mod tests {
             boot_id: Some("b-host".into()),
             ..HostTruth::default()
         };
-        let job = Job::new("probe", &[]);
+        let job = InstanceSpec::new(Workload::Probe, &[]);
+        let kernel = |release: &str| json!({"sysname": "Linux", "release": release, "version": "#1", "machine": "x86_64"});
         let c = rec(
-            json!({"kernel": {"release": "6.18.0"}, "boot_id": "b-host", "uptime_s": 180000.0}),
+            json!({"workload": "probe", "pid": 2, "kernel": kernel("6.18.0"), "boot_id": "b-host", "uptime_s": 180000.0}),
         );
-        let v = rec(json!({"kernel": {"release": "6.1.0"}, "boot_id": "b-guest", "uptime_s": 0.4}));
+        let v = rec(
+            json!({"workload": "probe", "pid": 2, "kernel": kernel("6.1.0"), "boot_id": "b-guest", "uptime_s": 0.4}),
+        );
         let cols = [
             Column {
-                mode: DemoMode::Process,
-                job: &job,
-                record: None,
+                mode: ModeKind::Process,
+                spec: &job,
+                outcome: None,
                 probe: None,
             },
             Column {
-                mode: DemoMode::Container,
-                job: &job,
-                record: Some(&c),
+                mode: ModeKind::Container,
+                spec: &job,
+                outcome: Some(&c),
                 probe: None,
             },
             Column {
-                mode: DemoMode::Microvm,
-                job: &job,
-                record: Some(&v),
+                mode: ModeKind::Microvm,
+                spec: &job,
+                outcome: Some(&v),
                 probe: None,
             },
         ];
@@ -677,11 +715,11 @@ mod tests {
 
     #[test]
     fn an_oom_killed_container_reads_as_such() {
-        let job = Job {
+        let job = InstanceSpec {
             memory_bytes: Some(32 << 20),
-            ..Job::new("hog", &["--max-mib", "256"])
+            ..InstanceSpec::new(Workload::Hog, &["--max-mib", "256"])
         };
-        let r = RunRecord {
+        let r = InstanceOutcome {
             status: Some(137),
             cgroup: Some(isolab_cgroups::Stats {
                 oom_kills: 1,
@@ -689,12 +727,12 @@ mod tests {
                 ..Default::default()
             }),
             stderr_tail: vec!["hog: 28 MiB".into()],
-            ..RunRecord::default()
+            ..InstanceOutcome::default()
         };
         let cols = [Column {
-            mode: DemoMode::Container,
-            job: &job,
-            record: Some(&r),
+            mode: ModeKind::Container,
+            spec: &job,
+            outcome: Some(&r),
             probe: None,
         }];
         let rows = rows("memory", &cols, &HostTruth::default());
@@ -709,16 +747,16 @@ mod tests {
 
     #[test]
     fn knob_cells_say_refused_changed_or_unchanged() {
-        let job = Job::new("knob", &[]);
+        let job = InstanceSpec::new(Workload::Knob, &[]);
         let r = rec(json!({"knobs": [
             {"name": "kernel.domainname", "before": "(none)", "attempted": "isolab-demo", "accepted": true, "after": "isolab-demo"},
             {"name": "net.ipv4.ip_default_ttl", "before": "64", "attempted": "64", "accepted": true, "after": "64"},
             {"name": "vm.swappiness", "before": "60", "attempted": "61", "accepted": false, "error": "EROFS: Read-only file system", "after": "60"}
         ]}));
         let cols = [Column {
-            mode: DemoMode::Container,
-            job: &job,
-            record: Some(&r),
+            mode: ModeKind::Container,
+            spec: &job,
+            outcome: Some(&r),
             probe: None,
         }];
         let rows = rows("knobs", &cols, &HostTruth::default());

@@ -3,30 +3,24 @@
 //! the kernel mechanism behind them, and knowledge-check questions.
 //!
 //! Code map:
-//! - [`catalog`]: the demos, what each runs in each mode (with its safety
-//!   caps), the explanations and the questions;
-//! - [`runner`]: the [`ModeRunner`] seam and what one run records; the three
-//!   runners live in [`process`], [`container`] and [`microvm`];
-//! - [`facts`]: turns the records into table rows and checked findings;
+//! - [`catalog`]: the demos, what each runs in each kind of isolation (with
+//!   its safety caps), the explanations and the questions;
+//! - [`session`]: runs a demo in every requested mode — each column is
+//!   "launch through the mode's [`Launcher`](crate::modes::Launcher), wait
+//!   for the end, read the outcome" — and checks the host afterwards;
+//! - [`facts`]: turns the outcomes into table rows and checked findings;
 //! - [`guard`]: the host's own settings, read before and after every demo;
-//! - [`render`]: the text table and the Markdown handout;
-//! - [`session`]: runs a demo in every mode and checks the host afterwards.
+//! - [`render`]: the text table and the Markdown handout.
 //!
-//! It owns no launching: containers are `isolab-container`, microVMs are
-//! `bench vm run` (natively or in the emulated host).
+//! It owns no launching: every mode is one of [`crate::modes`].
 
 pub mod catalog;
-pub mod container;
 pub mod facts;
 pub mod guard;
-pub mod microvm;
-pub mod process;
 pub mod render;
-pub mod runner;
 pub mod session;
 
 pub use catalog::{Demo, DEMOS};
 pub use guard::{HostGuard, HostSetting};
 pub use render::{render_markdown, render_table};
-pub use runner::{DemoMode, Job, ModeRun, ModeRunner, RunRecord};
-pub use session::{run_demo, DemoError, DemoReport};
+pub use session::{run_demo, ColumnReport, DemoError, DemoReport, ModeRun};

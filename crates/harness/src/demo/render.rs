@@ -4,8 +4,8 @@
 
 use std::fmt::Write;
 
-use super::runner::ModeRun;
 use super::session::DemoReport;
+use super::session::ModeRun;
 
 /// Widest cell in the text table; longer values are shortened with `…`.
 const MAX_CELL: usize = 40;

@@ -3,38 +3,44 @@
 //! [`DemoReport`]. A host setting that moved fails the demo loudly, whatever
 //! else happened.
 
-use std::path::{Path, PathBuf};
-
-use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
 
 use super::catalog::Demo;
 use super::facts::{self, Column, Finding, HostTruth, Row};
 use super::guard::{Change, HostGuard, HostSetting};
-use super::runner::{DemoMode, Job, ModeRun, ModeRunner};
+use crate::modes::{InstanceOutcome, InstanceSpec, Isolation, Launcher, ModeKind};
+use crate::{HarnessError, Workload};
+
+/// Longest a demo workload may run as a process or container before it is
+/// killed (they end in seconds; this is the net).
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a demo may take in a microVM (the emulated host boots in
+/// seconds, but everything inside it runs under TCG).
+pub const VM_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Errors of a demo run.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
-    #[error("Cannot start {what}")]
-    Spawn {
-        what: String,
+    #[error("The {mode} column running `workload {workload}` failed")]
+    Run {
+        mode: &'static str,
+        workload: Workload,
         #[source]
-        source: std::io::Error,
+        source: Box<HarnessError>,
     },
-    #[error("Cannot wait for {what}")]
-    Wait {
-        what: String,
-        #[source]
-        source: std::io::Error,
+    #[error(
+        "`workload {workload}` in the {mode} column did not finish within {secs} s and was killed"
+    )]
+    Timeout {
+        mode: &'static str,
+        workload: Workload,
+        secs: u64,
     },
-    #[error("{what} did not finish within {secs} s and was killed")]
-    Timeout { what: String, secs: u64 },
-    #[error("The container running `workload {workload}` failed: {message}")]
-    Container { workload: String, message: String },
     #[error("`workload {workload}` printed no result line in the {mode} column (status {status:?}): {stderr}")]
     NoResult {
         mode: &'static str,
-        workload: String,
+        workload: Workload,
         status: Option<i32>,
         stderr: String,
     },
@@ -44,21 +50,38 @@ pub enum DemoError {
     HostChanged { demo: &'static str, changes: String },
 }
 
+/// The outcome of one column.
+#[derive(Debug, Clone)]
+pub enum ModeRun {
+    /// It ran; this is what its mode observed.
+    Ran(Box<InstanceOutcome>),
+    /// It could not run here; one line saying why and what to do.
+    Unavailable { reason: String },
+}
+
+impl ModeRun {
+    pub fn outcome(&self) -> Option<&InstanceOutcome> {
+        match self {
+            ModeRun::Ran(r) => Some(r.as_ref()),
+            ModeRun::Unavailable { .. } => None,
+        }
+    }
+}
+
 /// One column of a finished demo.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ColumnReport {
-    pub mode: DemoMode,
-    pub job: Job,
+    pub mode: ModeKind,
+    pub spec: InstanceSpec,
     pub run: ModeRun,
-    /// The probe run beside the job, for demos whose table also shows where
-    /// the job ran (the CPUs the cpu demo's spinner sees).
+    /// The probe run beside the demo's own, for demos whose table also
+    /// shows where it ran (the CPUs the cpu demo's spinner sees).
     pub probe: Option<ModeRun>,
 }
 
 /// The evidence of one demo.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct DemoReport {
-    #[serde(skip)]
     pub demo: &'static Demo,
     pub name: &'static str,
     pub columns: Vec<ColumnReport>,
@@ -72,31 +95,26 @@ pub struct DemoReport {
 
 impl DemoReport {
     /// The column of `mode`, if it was requested.
-    pub fn column(&self, mode: DemoMode) -> Option<&ColumnReport> {
+    pub fn column(&self, mode: ModeKind) -> Option<&ColumnReport> {
         self.columns.iter().find(|c| c.mode == mode)
     }
 }
 
-/// Demos whose table also shows the probe's view of the CPUs.
-fn wants_probe(demo: &Demo) -> bool {
-    demo.name == "cpu"
-}
-
-/// Runs `demo` with each runner (one column each, in the order given).
-pub fn run_demo(demo: &'static Demo, runners: &[&dyn ModeRunner]) -> Result<DemoReport, DemoError> {
-    run_demo_at(demo, runners, Path::new("/proc"), Path::new("/sys"))
+/// Runs `demo` with each launcher (one column each, in the order given).
+pub fn run_demo(demo: &'static Demo, launchers: &[&dyn Launcher]) -> Result<DemoReport, DemoError> {
+    run_demo_at(demo, launchers, Path::new("/proc"), Path::new("/sys"))
 }
 
 /// [`run_demo`] with the host's `/proc` and `/sys` roots given.
 pub fn run_demo_at(
     demo: &'static Demo,
-    runners: &[&dyn ModeRunner],
+    launchers: &[&dyn Launcher],
     proc_root: &Path,
     sys_root: &Path,
 ) -> Result<DemoReport, DemoError> {
     let guard = HostGuard::snapshot_at(proc_root);
     let host = HostTruth::read(proc_root, sys_root);
-    let columns = run_columns(demo, runners);
+    let columns = run_columns(demo, launchers);
     // The host check comes first: a moved setting outranks any other error.
     let changes = guard.verify();
     if !changes.is_empty() {
@@ -110,9 +128,9 @@ pub fn run_demo_at(
         .iter()
         .map(|c| Column {
             mode: c.mode,
-            job: &c.job,
-            record: c.run.record(),
-            probe: c.probe.as_ref().and_then(ModeRun::record),
+            spec: &c.spec,
+            outcome: c.run.outcome(),
+            probe: c.probe.as_ref().and_then(ModeRun::outcome),
         })
         .collect();
     let rows = facts::rows(demo.name, &cols, &host);
@@ -128,23 +146,22 @@ pub fn run_demo_at(
     })
 }
 
-fn run_columns(demo: &Demo, runners: &[&dyn ModeRunner]) -> Result<Vec<ColumnReport>, DemoError> {
+fn run_columns(demo: &Demo, launchers: &[&dyn Launcher]) -> Result<Vec<ColumnReport>, DemoError> {
     let mut out = Vec::new();
-    for r in runners {
+    for l in launchers {
         if crate::interrupted() {
             return Err(DemoError::Interrupted);
         }
-        let job = demo.job(r.mode());
-        let run = checked(r.mode(), &job, r.run(&job)?)?;
-        let probe = if wants_probe(demo) && run.record().is_some() {
-            let pj = Job::new("probe", &[]);
-            Some(checked(r.mode(), &pj, r.run(&pj)?)?)
-        } else {
-            None
+        let isolation = l.kind().isolation();
+        let spec = demo.spec(isolation);
+        let run = run_one(*l, &spec)?;
+        let probe = match demo.companion_probe(isolation) {
+            Some(p) if run.outcome().is_some() => Some(run_one(*l, &p)?),
+            _ => None,
         };
         out.push(ColumnReport {
-            mode: r.mode(),
-            job,
+            mode: l.kind(),
+            spec,
             run,
             probe,
         });
@@ -152,37 +169,96 @@ fn run_columns(demo: &Demo, runners: &[&dyn ModeRunner]) -> Result<Vec<ColumnRep
     Ok(out)
 }
 
-/// A workload that is never killed on purpose must print its result line.
-/// Without it the process and container columns fail; the microVM column
-/// says why instead.
-fn checked(mode: DemoMode, job: &Job, run: ModeRun) -> Result<ModeRun, DemoError> {
-    let ModeRun::Ran(rec) = &run else {
-        return Ok(run);
-    };
-    if rec.result.is_some() || job.workload == "hog" {
-        return Ok(run);
+/// One column: launch through the mode's launcher, wait for the end, read
+/// the outcome. What the host lacks, and anything a microVM column cannot
+/// do here, is the column's one-line explanation rather than a failure of
+/// the demo.
+fn run_one(launcher: &dyn Launcher, spec: &InstanceSpec) -> Result<ModeRun, DemoError> {
+    let kind = launcher.kind();
+    let vm = kind.isolation() == Isolation::Vm;
+    if let Some(reason) = launcher.unavailable() {
+        return Ok(ModeRun::Unavailable { reason });
     }
-    let stderr = rec
+    let timeout = if vm { VM_TIMEOUT } else { RUN_TIMEOUT };
+    let ran = launcher
+        .launch(spec)
+        .and_then(|inst| inst.wait_exit(timeout));
+    if crate::interrupted() {
+        return Err(DemoError::Interrupted);
+    }
+    let outcome = match ran {
+        Ok(o) => o,
+        Err(e) if e.is_host() || vm => {
+            return Ok(ModeRun::Unavailable {
+                reason: crate::chain(&e),
+            })
+        }
+        Err(source) => {
+            return Err(DemoError::Run {
+                mode: kind.name(),
+                workload: spec.workload,
+                source: Box::new(source),
+            })
+        }
+    };
+    if outcome.timed_out {
+        if vm {
+            return Ok(ModeRun::Unavailable {
+                reason: format!(
+                    "the microVM did not finish within {} s and was stopped",
+                    timeout.as_secs()
+                ),
+            });
+        }
+        return Err(DemoError::Timeout {
+            mode: kind.name(),
+            workload: spec.workload,
+            secs: timeout.as_secs(),
+        });
+    }
+    checked(kind, spec, outcome)
+}
+
+/// A workload that is never killed on purpose must print its result line.
+/// Without it the process and container columns fail; a microVM column
+/// says why instead.
+fn checked(kind: ModeKind, spec: &InstanceSpec, o: InstanceOutcome) -> Result<ModeRun, DemoError> {
+    let vm = kind.isolation() == Isolation::Vm;
+    if vm && o.status.is_none() {
+        // The guest never reported the workload's end: say why, in one line.
+        let stop = o.vm.as_ref().map_or("unknown reason", |r| {
+            crate::single::stop_name(r.stop_reason)
+        });
+        return Ok(ModeRun::Unavailable {
+            reason: format!(
+                "the guest stopped ({stop}) before the workload reported its exit status"
+            ),
+        });
+    }
+    if o.result.is_some() || spec.workload == Workload::Hog {
+        return Ok(ModeRun::Ran(Box::new(o)));
+    }
+    let stderr = o
         .stderr_tail
         .iter()
         .rev()
         .find(|l| !l.trim().is_empty())
         .cloned()
         .unwrap_or_default();
-    if mode == DemoMode::Microvm {
+    if vm {
         return Ok(ModeRun::Unavailable {
             reason: format!(
                 "the guest's `workload {}` printed no result (status {:?}) {stderr}",
-                job.workload, rec.status
+                spec.workload, o.status
             )
             .trim()
             .to_owned(),
         });
     }
     Err(DemoError::NoResult {
-        mode: mode.name(),
-        workload: job.workload.clone(),
-        status: rec.status,
+        mode: kind.name(),
+        workload: spec.workload,
+        status: o.status,
         stderr,
     })
 }
@@ -202,62 +278,15 @@ fn describe(changes: &[Change]) -> String {
         .join("; ")
 }
 
-/// Where `bench` finds the binaries the runners need.
-pub fn sibling(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let mut dir = exe.parent()?.to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    Some(dir.join(name))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::runner::RunRecord;
-    use std::cell::RefCell;
+    use crate::modes::fake::{FakeLauncher, FakeRun};
 
-    /// A runner double: records the jobs, answers a canned result, and can
-    /// play a container that escapes and moves a host sysctl.
-    struct Fake {
-        mode: DemoMode,
-        jobs: RefCell<Vec<String>>,
-        result: Option<serde_json::Value>,
-        touch: Option<PathBuf>,
-    }
-
-    impl ModeRunner for Fake {
-        fn mode(&self) -> DemoMode {
-            self.mode
-        }
-        fn run(&self, job: &Job) -> Result<ModeRun, DemoError> {
-            self.jobs
-                .borrow_mut()
-                .push(format!("{} {}", job.workload, job.args.join(" ")));
-            if let Some(p) = &self.touch {
-                std::fs::write(p, "61\n").unwrap();
-            }
-            if self.mode == DemoMode::Microvm {
-                return Ok(ModeRun::Unavailable {
-                    reason: "no KVM here".into(),
-                });
-            }
-            Ok(ModeRun::Ran(Box::new(RunRecord {
-                status: Some(0),
-                result: self.result.clone(),
-                ..RunRecord::default()
-            })))
-        }
-    }
-
-    fn fake(mode: DemoMode, result: Option<serde_json::Value>) -> Fake {
-        Fake {
-            mode,
-            jobs: RefCell::default(),
-            result,
-            touch: None,
-        }
+    fn ran(result: serde_json::Value) -> FakeRun {
+        let mut r = FakeRun::ready(1);
+        r.outcome.result = result.as_object().cloned();
+        r
     }
 
     fn tree() -> tempfile::TempDir {
@@ -268,33 +297,48 @@ mod tests {
         d
     }
 
-    #[test]
-    fn each_mode_gets_its_job_and_a_column() {
-        let d = tree();
-        let p = fake(
-            DemoMode::Process,
-            Some(serde_json::json!({"workload": "forkloop", "forked": 64, "capped": true})),
-        );
-        let c = fake(
-            DemoMode::Container,
-            Some(
-                serde_json::json!({"workload": "forkloop", "forked": 31, "errno": "EAGAIN", "capped": false}),
-            ),
-        );
-        let v = fake(DemoMode::Microvm, None);
-        let demo = Demo::find("forkbomb").unwrap();
-        let rep = run_demo_at(
-            demo,
-            &[&p, &c, &v],
+    fn demo_at(
+        name: &str,
+        launchers: &[&dyn Launcher],
+        d: &tempfile::TempDir,
+    ) -> Result<DemoReport, DemoError> {
+        run_demo_at(
+            Demo::find(name).unwrap(),
+            launchers,
             &d.path().join("proc"),
             &d.path().join("sys"),
         )
-        .unwrap();
-        assert_eq!(p.jobs.borrow().as_slice(), ["forkloop --max 64"]);
-        assert_eq!(c.jobs.borrow().as_slice(), ["forkloop --max 256"]);
+    }
+
+    #[test]
+    fn each_mode_gets_its_job_and_a_column() {
+        let d = tree();
+        let p = FakeLauncher::new(
+            ModeKind::Process,
+            vec![ran(
+                serde_json::json!({"workload": "forkloop", "forked": 64, "capped": true}),
+            )],
+        );
+        let c = FakeLauncher::new(
+            ModeKind::Container,
+            vec![ran(
+                serde_json::json!({"workload": "forkloop", "forked": 31, "errno": "EAGAIN", "capped": false}),
+            )],
+        );
+        let mut v = FakeLauncher::new(ModeKind::Microvm, vec![]);
+        v.unavailable = Some("no KVM here".into());
+        let rep = demo_at("forkbomb", &[&p, &c, &v], &d).unwrap();
+        assert_eq!(p.jobs(), ["forkloop --max 64"]);
+        assert_eq!(c.jobs(), ["forkloop --max 256"]);
+        assert_eq!(
+            c.launched.borrow()[0].pids,
+            Some(32),
+            "the cgroup's pids.max"
+        );
+        assert!(v.jobs().is_empty(), "an unavailable mode is not launched");
         assert_eq!(rep.columns.len(), 3);
         assert!(matches!(
-            rep.column(DemoMode::Microvm).unwrap().run,
+            rep.column(ModeKind::Microvm).unwrap().run,
             ModeRun::Unavailable { .. }
         ));
         let forked = rep
@@ -304,20 +348,20 @@ mod tests {
             .unwrap();
         assert_eq!(forked.cells, ["64", "31", facts::NOT_RUN]);
         assert!(rep.findings[0].holds, "{:?}", rep.findings);
+        assert_eq!(c.live.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[test]
     fn a_moved_host_setting_fails_the_demo_and_is_left_alone() {
         let d = tree();
         let swappiness = d.path().join("proc/sys/vm/swappiness");
-        let mut c = fake(
-            DemoMode::Container,
-            Some(serde_json::json!({"workload": "knob", "knobs": []})),
+        let mut c = FakeLauncher::new(
+            ModeKind::Container,
+            vec![ran(serde_json::json!({"workload": "knob", "knobs": []}))],
         );
-        c.touch = Some(swappiness.clone());
-        let demo = Demo::find("knobs").unwrap();
-        let err =
-            run_demo_at(demo, &[&c], &d.path().join("proc"), &d.path().join("sys")).unwrap_err();
+        let touched = swappiness.clone();
+        c.on_launch = Some(Box::new(move || std::fs::write(&touched, "61\n").unwrap()));
+        let err = demo_at("knobs", &[&c], &d).unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("HOST CHANGED during demo knobs"), "{msg}");
         assert!(
@@ -329,16 +373,10 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_result_fails_the_process_column() {
+    fn a_missing_result_fails_the_process_column_and_explains_the_vm_column() {
         let d = tree();
-        let p = fake(DemoMode::Process, None);
-        let err = run_demo_at(
-            Demo::find("kernel").unwrap(),
-            &[&p],
-            &d.path().join("proc"),
-            &d.path().join("sys"),
-        )
-        .unwrap_err();
+        let p = FakeLauncher::new(ModeKind::Process, vec![FakeRun::ready(1)]);
+        let err = demo_at("kernel", &[&p], &d).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -349,5 +387,64 @@ mod tests {
             ),
             "{err}"
         );
+        let mut silent = FakeRun::ready(1);
+        silent.outcome.status = None;
+        let v = FakeLauncher::new(ModeKind::Microvm, vec![silent]);
+        let rep = demo_at("kernel", &[&v], &d).unwrap();
+        match &rep.columns[0].run {
+            ModeRun::Unavailable { reason } => assert_eq!(
+                reason,
+                "the guest stopped (unknown reason) before the workload reported its exit status"
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_vm_launch_is_the_columns_explanation_not_a_failed_demo() {
+        let d = tree();
+        let v = FakeLauncher::new(
+            ModeKind::Microvm,
+            vec![FakeRun {
+                launch_error: Some("/dev/kvm here is PVM".into()),
+                ..FakeRun::default()
+            }],
+        );
+        let rep = demo_at("kernel", &[&v], &d).unwrap();
+        assert!(matches!(
+            &rep.columns[0].run,
+            ModeRun::Unavailable { reason } if reason == "/dev/kvm here is PVM"
+        ));
+        let c = FakeLauncher::new(
+            ModeKind::Container,
+            vec![FakeRun {
+                launch_error: Some("clone failed".into()),
+                ..FakeRun::default()
+            }],
+        );
+        assert!(matches!(
+            demo_at("kernel", &[&c], &d).unwrap_err(),
+            DemoError::Run {
+                mode: "container",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_cpu_demo_also_probes_where_it_ran() {
+        let d = tree();
+        let c = FakeLauncher::new(
+            ModeKind::Container,
+            vec![
+                ran(serde_json::json!({"workload": "worker", "ops_per_sec": 10.0})),
+                ran(serde_json::json!({"workload": "probe", "cpus_online": 2})),
+            ],
+        );
+        let rep = demo_at("cpu", &[&c], &d).unwrap();
+        assert_eq!(c.jobs(), ["worker --duration-ms 2000", "probe "]);
+        assert_eq!(c.launched.borrow()[1].cpus, Some(0.2), "same limits");
+        let sees = rep.rows.iter().find(|r| r.label == "CPUs it sees").unwrap();
+        assert_eq!(sees.cells, ["2"]);
     }
 }

@@ -10,14 +10,14 @@ use isolab_container::{ContainerConfig, Running};
 
 use super::process::workload_argv;
 use super::{
-    Binaries, Instance, InstanceMemory, InstanceOutcome, InstanceSpec, Launcher, ModeKind,
+    Binaries, Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
+    Launcher, ModeKind,
 };
 use crate::memory::{process_tree, tree_memory};
-use crate::probe::{HttpTarget, Netns};
 use crate::HarnessError;
 
 /// Port HTTP workloads listen on inside their own network namespace.
-pub const CONTAINER_PORT: u16 = 8080;
+pub const CONTAINER_PORT: u16 = isolab_workload::HTTP_PORT;
 
 /// Launches containers with `isolab-container`.
 #[derive(Debug)]
@@ -25,19 +25,29 @@ pub struct ContainerLauncher {
     pub bins: Binaries,
 }
 
+/// The registry's constructor.
+pub(crate) fn launcher(ctx: &Context) -> Box<dyn Launcher> {
+    Box::new(ContainerLauncher {
+        bins: ctx.bins.clone(),
+    })
+}
+
 /// The container config for a spec (shared with the OCI peers, so crun and
 /// runc get exactly the same workload, arguments and limits).
 pub fn container_config(bins: &Binaries, spec: &InstanceSpec) -> ContainerConfig {
-    let mut cfg = ContainerConfig::new(&bins.workload, spec.workload.clone());
-    let port = spec.port.map(|_| CONTAINER_PORT);
-    cfg.args = workload_argv(spec, port, "127.0.0.1").split_off(1);
-    cfg.limits.memory_bytes = spec.memory_limit;
+    let mut cfg = ContainerConfig::new(&bins.workload, spec.workload.name());
+    cfg.args = workload_argv(spec, CONTAINER_PORT, "127.0.0.1").split_off(1);
+    cfg.limits.memory_bytes = spec.memory_bytes;
+    cfg.limits.cpus = spec.cpus;
+    cfg.limits.pids = spec.pids;
+    cfg.hostname = spec.hostname.clone();
     cfg.stop_grace_ms = 2000;
-    cfg.quiet_stderr = true;
+    cfg.quiet_stderr = !spec.keep_stderr;
     cfg
 }
 
-fn not_root() -> Option<String> {
+/// Why containers cannot run here, if they cannot.
+pub(crate) fn not_root() -> Option<String> {
     if nix::unistd::geteuid().is_root() {
         None
     } else {
@@ -56,29 +66,17 @@ impl Launcher for ContainerLauncher {
 
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
         let cfg = container_config(&self.bins, spec);
-        let running = isolab_container::start(&cfg).map_err(|e| HarnessError::Launch(chain(&e)))?;
+        let running = isolab_container::start(&cfg)?;
         Ok(Box::new(ContainerInstance {
-            port: spec.port.map(|_| CONTAINER_PORT),
+            http: spec.workload.serves_http(),
             running: Some(running),
         }))
     }
 }
 
-/// An error and its sources on one line.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 struct ContainerInstance {
     running: Option<Running>,
-    port: Option<u16>,
+    http: bool,
 }
 
 impl ContainerInstance {
@@ -87,13 +85,14 @@ impl ContainerInstance {
     }
 }
 
-fn outcome(o: isolab_container::Outcome) -> InstanceOutcome {
+fn outcome(o: isolab_container::Outcome, timed_out: bool) -> InstanceOutcome {
     InstanceOutcome {
         status: Some(o.exit_code),
-        result_line: o.result.map(|v| v.to_string()),
-        oom_killed: o.oom_killed,
-        phases: None,
-        first_response_ms: None,
+        result: isolab_workload::result::parse(&o.stdout),
+        cpu_time_us: o.stats.cpu_usage_usec,
+        cgroup: Some(o.stats),
+        timed_out,
+        ..InstanceOutcome::default()
     }
 }
 
@@ -114,9 +113,15 @@ impl Instance for ContainerInstance {
     }
 
     fn http_target(&self) -> Option<HttpTarget> {
-        self.port.map(|p| HttpTarget {
-            netns: Netns::Path(PathBuf::from(format!("/proc/{}/ns/net", self.r().pid()))),
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, p)),
+        self.http.then(|| HttpTarget {
+            target: isolab_net::Target {
+                netns: isolab_net::Netns::Path(PathBuf::from(format!(
+                    "/proc/{}/ns/net",
+                    self.r().pid()
+                ))),
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, CONTAINER_PORT)),
+            },
+            after_ready: false,
         })
     }
 
@@ -136,36 +141,37 @@ impl Instance for ContainerInstance {
 
     fn stop(mut self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
         let r = self.running.take().expect("running until stopped");
-        r.stop()
-            .map(outcome)
-            .map_err(|e| HarnessError::Launch(chain(&e)))
+        Ok(outcome(r.stop()?, false))
     }
 
     fn wait_exit(mut self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError> {
         let r = self.running.take().expect("running until stopped");
-        // The workload ends by itself; a watchdog stops it past the timeout.
+        // The workload ends by itself; a watchdog kills it past the timeout
+        // (or on Ctrl-C).
         let pid = r.pid();
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let d2 = done.clone();
+        let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (d2, f2) = (done.clone(), fired.clone());
         let dog = std::thread::spawn(move || {
             let end = Instant::now() + timeout;
-            while Instant::now() < end {
+            while Instant::now() < end && !crate::interrupted() {
                 if d2.load(std::sync::atomic::Ordering::SeqCst) {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
+            f2.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
         });
-        let res = r
-            .wait()
-            .map(outcome)
-            .map_err(|e| HarnessError::Launch(chain(&e)));
+        let res = r.wait();
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = dog.join();
-        res
+        Ok(outcome(
+            res?,
+            fired.load(std::sync::atomic::Ordering::SeqCst),
+        ))
     }
 }

@@ -1,47 +1,277 @@
-//! MicroVM mode: one `bench vm run` monitor process per instance (as
+//! MicroVM mode: one `isolab-vmm` monitor process per instance (as
 //! Firecracker runs one process per VM), booting the provisioned guest
 //! kernel and initramfs. The monitor writes `R` to the inherited ready fd
 //! when the guest's workload-ready marker arrives, so all modes signal ready
 //! the same way; its JSON report on exit carries the boot phases.
+//!
+//! An HTTP workload gets a virtio-net device: a TAP this launcher creates
+//! on the workbench bridge (`isolab-net`) is passed to the monitor as an
+//! inherited fd, the guest's address goes on the kernel command line, and
+//! the guest is probed from inside the workbench namespace with the same
+//! probe as every other mode, once its ready marker arrived (before that
+//! the guest has no address, and a probe would only wait on ARP).
+//!
+//! With [`VmHost::Emulated`] (the demos' `--host emulated`) the same monitor
+//! runs inside the emulated hardware-virtualisation host instead, one boot
+//! of it per instance; such an instance can only be waited for to its end.
 
-use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::process::READY_FD;
+use isolab_emuhost::{EmuhostError, EmulatedHost, FileMap, HostConfig, Invocation};
+use isolab_guest_kernel::GuestArtifacts;
+use isolab_microvm::{Console, VmConfig, VmReport};
+use isolab_net::{Tap, Workbench};
+
+use super::spawn::{self, drain, drained, shell_status, READY_FD};
 use super::{
-    shell_status, terminate, Binaries, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
-    Launcher, ModeKind, VmPhases,
+    Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec, Launcher,
+    ModeKind, VmHost,
 };
 use crate::memory::process_tree;
-use crate::probe::HttpTarget;
+use crate::net::SharedWorkbench;
 use crate::ready::{ReadyEvent, ReadyPipe};
 use crate::HarnessError;
 
-/// Guest RAM when the spec sets no memory limit.
-pub const DEFAULT_GUEST_MIB: u64 = 128;
+/// Guest RAM when the spec sets no memory.
+pub const DEFAULT_GUEST_MIB: u64 = isolab_microvm::config::DEFAULT_MEMORY_MIB;
 
-/// Guest kernel + initramfs for one workload.
-#[derive(Debug, Clone)]
-pub struct GuestArtifacts {
-    pub vmlinux: PathBuf,
-    pub bz_image: PathBuf,
-    pub initramfs: PathBuf,
-}
+/// Longest one microVM run in the emulated host may take (it boots in
+/// seconds, but everything inside runs under TCG).
+pub const EMULATED_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why the microVM cannot boot a stock guest kernel here, if it cannot.
 pub fn native_refusal() -> Option<String> {
-    let kind = isolab_microvm::host::detect(Path::new("/"));
-    kind.refusal().map(String::from)
+    isolab_microvm::host::detect(Path::new("/"))
+        .refusal()
+        .map(String::from)
 }
 
-/// Launches `bench vm run` monitors.
+/// Launches `isolab-vmm` monitors.
 #[derive(Debug)]
 pub struct MicrovmLauncher {
-    pub bins: Binaries,
+    /// The `isolab-vmm` binary.
+    pub vmm: PathBuf,
     /// Provisioned artifacts, or why they could not be.
     pub guest: Result<GuestArtifacts, String>,
+    pub host: VmHost,
+    network: Arc<SharedWorkbench>,
+    /// The emulated host, prepared on first use (or why it cannot be).
+    emulated: OnceLock<Result<EmulatedHost, String>>,
+}
+
+/// The registry's constructor.
+pub(crate) fn launcher(ctx: &Context) -> Box<dyn Launcher> {
+    Box::new(MicrovmLauncher {
+        vmm: ctx.bins.vmm.clone(),
+        guest: ctx.guest_if_bootable(),
+        host: ctx.vm_host,
+        network: Arc::clone(&ctx.network),
+        emulated: OnceLock::new(),
+    })
+}
+
+/// The monitor's configuration for a spec.
+pub fn vm_config(guest: &GuestArtifacts, spec: &InstanceSpec) -> VmConfig {
+    let mut cfg = VmConfig::new(&guest.vmlinux, spec.workload.name());
+    cfg.initrd = Some(guest.initramfs.clone());
+    cfg.memory_mib = spec
+        .memory_bytes
+        .map(|b| b >> 20)
+        .unwrap_or(DEFAULT_GUEST_MIB);
+    cfg.vcpus = spec.vcpus.unwrap_or(cfg.vcpus);
+    cfg.workload_args = spec.args.clone();
+    cfg
+}
+
+/// The guest's address on the workbench bridge, as guest init reads it from
+/// the kernel command line (docs/contracts.md).
+pub fn net_cmdline(tap: &Tap) -> String {
+    let lease = tap.lease();
+    format!("isolab.ip={} isolab.gw={}", lease.cidr(), lease.gateway())
+}
+
+/// `isolab-vmm` arguments for `cfg`: the ready fd at [`READY_FD`] and, with
+/// `mac`, a TAP at the fd after it.
+pub fn vmm_args(cfg: &VmConfig, ready_fd: Option<i32>, tap: Option<(i32, [u8; 6])>) -> Vec<String> {
+    let mut v: Vec<String> = vec!["--kernel".into(), cfg.kernel.display().to_string()];
+    if let Some(i) = &cfg.initrd {
+        v.extend(["--initrd".into(), i.display().to_string()]);
+    }
+    v.extend([
+        "--memory-mib".into(),
+        cfg.memory_mib.to_string(),
+        "--vcpus".into(),
+        cfg.vcpus.to_string(),
+        "--workload".into(),
+        cfg.workload.clone(),
+    ]);
+    match &cfg.console {
+        Console::Off => {}
+        Console::Stdout => v.extend(["--console".into(), "stdout".into()]),
+        Console::File(p) => v.extend(["--console".into(), p.display().to_string()]),
+    }
+    if let Some(extra) = &cfg.cmdline_extra {
+        v.push(format!("--cmdline-extra={extra}"));
+    }
+    if cfg.allow_pvm {
+        v.push("--allow-pvm".into());
+    }
+    if let Some(fd) = ready_fd {
+        v.extend(["--ready-fd".into(), fd.to_string()]);
+    }
+    if let Some((fd, mac)) = tap {
+        let mac: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+        v.extend([
+            "--tap-fd".into(),
+            fd.to_string(),
+            "--mac".into(),
+            mac.join(":"),
+        ]);
+    }
+    if !cfg.workload_args.is_empty() {
+        v.push("--".into());
+        v.extend(cfg.workload_args.iter().cloned());
+    }
+    v
+}
+
+/// The monitor's report in its stdout: the last line that parses as one
+/// (a guest console on stdout comes before it).
+pub fn read_report(stdout: &str) -> Option<VmReport> {
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l.trim()).ok())
+}
+
+/// What a finished monitor observed, as an instance outcome.
+pub fn outcome_of(report: VmReport, stderr: &str, label: Option<String>) -> InstanceOutcome {
+    InstanceOutcome {
+        status: report.exit_status.map(i32::from),
+        result: isolab_workload::result::parse(&report.workload_output),
+        peak_rss_kib: Some(report.memory_at_end.total_rss_kib),
+        stderr_tail: spawn::tail_lines(stderr, 20),
+        vm: Some(Box::new(report)),
+        label,
+        ..InstanceOutcome::default()
+    }
+}
+
+/// A spawned monitor and what it needs until it ends.
+#[derive(Debug)]
+pub struct Vmm {
+    pub child: Child,
+    pub launched: Instant,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Vmm {
+    /// Spawns `vmm` for `cfg` as an instance: `ready`'s write end at
+    /// [`READY_FD`], `tap` (with its MAC) after it, joining `join_cgroups`
+    /// before exec. The caller keeps `tap` until the monitor has ended.
+    pub fn spawn(
+        vmm: &Path,
+        cfg: &VmConfig,
+        ready: &mut ReadyPipe,
+        tap: Option<(&OwnedFd, [u8; 6])>,
+        join_cgroups: &[PathBuf],
+    ) -> Result<Self, HarnessError> {
+        let spawned = Vmm::start(vmm, cfg, ready.write_end(), tap, join_cgroups, false);
+        ready.close_write();
+        spawned
+    }
+
+    /// Spawns `vmm` for `cfg` with an optional ready fd and TAP; with
+    /// `echo`, the guest console on its stdout is passed to ours as it
+    /// comes (the report line is kept back).
+    pub fn spawn_with(
+        vmm: &Path,
+        cfg: &VmConfig,
+        ready: Option<&OwnedFd>,
+        tap: Option<(&OwnedFd, [u8; 6])>,
+        echo: bool,
+    ) -> Result<Self, HarnessError> {
+        Vmm::start(vmm, cfg, ready, tap, &[], echo)
+    }
+
+    fn start(
+        vmm: &Path,
+        cfg: &VmConfig,
+        ready: Option<&OwnedFd>,
+        tap: Option<(&OwnedFd, [u8; 6])>,
+        join_cgroups: &[PathBuf],
+        echo: bool,
+    ) -> Result<Self, HarnessError> {
+        if !vmm.is_file() {
+            return Err(HarnessError::MissingBinary(vmm.to_path_buf()));
+        }
+        let mut fds: Vec<i32> = ready.iter().map(|fd| fd.as_raw_fd()).collect();
+        let ready_at = ready.map(|_| READY_FD);
+        let tap_at = tap.map(|(fd, mac)| {
+            fds.push(fd.as_raw_fd());
+            (READY_FD + fds.len() as i32 - 1, mac)
+        });
+        let mut cmd = Command::new(vmm);
+        cmd.args(vmm_args(cfg, ready_at, tap_at))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let (mut child, launched) = spawn::spawn_with_fds(&mut cmd, &fds, join_cgroups)?;
+        let stdout = child.stdout.take();
+        Ok(Vmm {
+            stdout: Some(if echo {
+                echo_console(stdout)
+            } else {
+                drain(stdout)
+            }),
+            stderr: Some(drain(child.stderr.take())),
+            child,
+            launched,
+        })
+    }
+
+    /// Waits for the monitor and reads its report (and its stderr); an
+    /// error says why there is none, in the monitor's own words.
+    pub fn finish(&mut self) -> Result<(VmReport, String), HarnessError> {
+        let st = self
+            .child
+            .wait()
+            .map_err(|e| HarnessError::io("wait for the monitor", e))?;
+        let out = drained(self.stdout.take());
+        let err = drained(self.stderr.take());
+        match read_report(&out) {
+            Some(r) => Ok((r, err)),
+            None => Err(HarnessError::Monitor {
+                status: shell_status(st),
+                message: spawn::error_line(&err).unwrap_or_else(|| "(no error output)".into()),
+            }),
+        }
+    }
+}
+
+/// Like [`drain`], also printing every line that is not the report to our
+/// stdout as it arrives.
+fn echo_console(r: Option<impl std::io::Read + Send + 'static>) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        let Some(r) = r else { return all };
+        for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+            if serde_json::from_str::<VmReport>(&line).is_err() {
+                println!("{line}");
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    })
 }
 
 impl Launcher for MicrovmLauncher {
@@ -50,125 +280,94 @@ impl Launcher for MicrovmLauncher {
     }
 
     fn unavailable(&self) -> Option<String> {
-        native_refusal().or_else(|| self.guest.as_ref().err().cloned())
+        let refusal = match self.host {
+            VmHost::Native => native_refusal(),
+            VmHost::Emulated => None,
+        };
+        refusal.or_else(|| self.guest.as_ref().err().cloned())
     }
 
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
         let guest = self
             .guest
             .as_ref()
-            .map_err(|e| HarnessError::Launch(e.clone()))?;
-        let mib = spec
-            .memory_limit
-            .map(|b| b >> 20)
-            .unwrap_or(DEFAULT_GUEST_MIB);
+            .map_err(|e| HarnessError::Unavailable(e.clone()))?;
+        let mut cfg = vm_config(guest, spec);
+        if self.host == VmHost::Emulated {
+            return self.launch_emulated(cfg);
+        }
+        // HTTP workloads get a virtio-net device on the workbench bridge.
+        // Not in density runs, where instances join a budget cgroup and
+        // count once ready (one TAP and lease each would be needed).
+        let net = spec.workload.serves_http() && spec.join_cgroups.is_empty();
+        let (workbench, tap) = if net {
+            let wb = self.network.get()?;
+            let tap = wb.create_tap(None, false)?;
+            cfg.cmdline_extra = Some(net_cmdline(&tap));
+            (Some(wb), Some(tap))
+        } else {
+            (None, None)
+        };
+        let tap_fd = tap
+            .as_ref()
+            .map(|t| t.try_clone_fd().map(|fd| (fd, t.lease().mac())))
+            .transpose()
+            .map_err(|e| HarnessError::io("duplicate the TAP fd", e))?;
         let mut ready = ReadyPipe::new()?;
-        let mut cmd = Command::new(&self.bins.bench);
-        cmd.args(["vm", "run", "--json", "--workload", &spec.workload]);
-        // HTTP workloads get a virtio-net device on the workbench bridge; the
-        // monitor probes the guest after its ready marker and stops the VM.
-        // Not in density runs, where instances must stay up (and one bench
-        // process owns the workbench network at a time).
-        let net = spec.port.is_some() && spec.join_cgroups.is_empty();
-        if net {
-            cmd.args(["--net", "--requests", "1"]);
-        }
-        cmd.arg("--memory")
-            .arg(format!("{mib}M"))
-            .arg("--kernel")
-            .arg(&guest.vmlinux)
-            .arg("--initrd")
-            .arg(&guest.initramfs)
-            .arg("--ready-fd")
-            .arg(READY_FD.to_string());
-        if !spec.args.is_empty() {
-            cmd.arg("--").args(&spec.args);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let (child, launched) = super::spawn_with_ready(&mut cmd, &mut ready, &spec.join_cgroups)?;
+        let vmm = Vmm::spawn(
+            &self.vmm,
+            &cfg,
+            &mut ready,
+            tap_fd.as_ref().map(|(fd, mac)| (fd, *mac)),
+            &spec.join_cgroups,
+        )?;
+        drop(tap_fd);
+        let target = match (&workbench, &tap) {
+            (Some(wb), Some(t)) => Some(HttpTarget {
+                target: isolab_net::Target {
+                    netns: isolab_net::Netns::Path(wb.netns_path()),
+                    addr: (t.lease().addr(), isolab_workload::HTTP_PORT).into(),
+                },
+                after_ready: true,
+            }),
+            _ => None,
+        };
         Ok(Box::new(VmInstance {
-            child,
+            vmm,
             ready,
-            launched,
-            guest_bytes: mib << 20,
-            net,
+            guest_bytes: cfg.memory_mib << 20,
+            target,
+            tap,
+            _workbench: workbench,
         }))
     }
 }
 
 struct VmInstance {
-    child: Child,
+    vmm: Vmm,
     ready: ReadyPipe,
-    launched: Instant,
     guest_bytes: u64,
-    /// The monitor probes over virtio-net and then stops the VM itself.
-    net: bool,
-}
-
-fn ms(v: &serde_json::Value, key: &str) -> Option<f64> {
-    v.get("phases")
-        .and_then(|p| p.get(key))
-        .and_then(|x| x.as_f64())
+    target: Option<HttpTarget>,
+    /// Dropped after the monitor ended, before the workbench it is on.
+    tap: Option<Tap>,
+    _workbench: Option<Arc<Workbench>>,
 }
 
 impl VmInstance {
-    fn finish(mut self) -> Result<InstanceOutcome, HarnessError> {
-        let mut out = String::new();
-        let mut err = String::new();
-        if let Some(mut s) = self.child.stdout.take() {
-            let _ = s.read_to_string(&mut out);
-        }
-        if let Some(mut s) = self.child.stderr.take() {
-            let _ = s.read_to_string(&mut err);
-        }
-        let st = self
-            .child
-            .wait()
-            .map_err(|e| HarnessError::Io("wait for the monitor".into(), e))?;
-        let report: Option<serde_json::Value> =
-            out.lines().rev().find_map(|l| serde_json::from_str(l).ok());
-        let Some(report) = report else {
-            return Err(HarnessError::Launch(format!(
-                "the monitor exited ({:?}) without a report: {}",
-                shell_status(st),
-                err.lines().last().unwrap_or("")
-            )));
-        };
-        let phases = VmPhases {
-            vmm_setup_ms: ms(&report, "vmm_setup_ms"),
-            kernel_boot_ms: ms(&report, "kernel_boot_ms"),
-            init_ms: ms(&report, "init_ms"),
-            workload_ready_ms: ms(&report, "workload_ready_ms"),
-        };
+    fn finish(mut self, timed_out: bool) -> Result<InstanceOutcome, HarnessError> {
+        let finished = self.vmm.finish();
+        drop(self.tap.take());
+        let (report, err) = finished?;
         Ok(InstanceOutcome {
-            status: report
-                .get("exit_status")
-                .and_then(|s| s.as_i64())
-                .map(|s| s as i32),
-            result_line: report
-                .get("workload_output")
-                .and_then(|o| o.as_str())
-                .and_then(|o| {
-                    o.lines()
-                        .rev()
-                        .find(|l| l.starts_with('{'))
-                        .map(String::from)
-                }),
-            oom_killed: false,
-            phases: Some(phases),
-            first_response_ms: report
-                .get("net")
-                .and_then(|n| n.get("launch_to_first_response_ms"))
-                .and_then(|v| v.as_f64()),
+            timed_out,
+            ..outcome_of(report, &err, None)
         })
     }
 }
 
 impl Instance for VmInstance {
     fn launched_at(&self) -> Instant {
-        self.launched
+        self.vmm.launched
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
@@ -176,65 +375,217 @@ impl Instance for VmInstance {
             ReadyEvent::Ready(at) => Ok(at),
             ReadyEvent::Closed => {
                 // The monitor is ending: its last stderr line says why.
-                let _ = self.child.wait();
-                let mut err = String::new();
-                if let Some(mut s) = self.child.stderr.take() {
-                    let _ = s.read_to_string(&mut err);
-                }
+                let why = match self.vmm.finish() {
+                    Ok((r, _)) => format!(
+                        "the guest stopped ({:?}) with status {:?}",
+                        r.stop_reason, r.exit_status
+                    ),
+                    Err(e) => e.to_string(),
+                };
                 Err(HarnessError::NotReady(format!(
-                    "the microVM stopped before its workload signalled ready: {}",
-                    err.lines()
-                        .rev()
-                        .find(|l| !l.trim().is_empty())
-                        .unwrap_or("(no output)")
-                        .trim()
+                    "the microVM stopped before its workload signalled ready: {why}"
                 )))
             }
         }
     }
 
     fn http_target(&self) -> Option<HttpTarget> {
-        // The monitor probes the guest itself over virtio-net (--net) and
-        // reports the first response in its JSON; nothing to probe from here.
-        None
+        self.target.clone()
     }
 
     fn host_pids(&self) -> Vec<u32> {
-        process_tree(Path::new("/proc"), self.child.id())
+        process_tree(Path::new("/proc"), self.vmm.child.id())
     }
 
     fn memory(&self) -> InstanceMemory {
-        super::tree_instance_memory(self.child.id(), Some(self.guest_bytes))
+        spawn::tree_instance_memory(self.vmm.child.id(), Some(self.guest_bytes))
     }
 
     fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
-        // With --net the monitor stops the VM itself once its probe answered;
-        // give it that long before asking.
-        let wait = if self.net {
-            Duration::from_secs(30)
-        } else {
-            Duration::ZERO
-        };
-        let end = Instant::now() + wait;
-        let mut me = *self;
-        while Instant::now() < end {
-            if me
-                .child
-                .try_wait()
-                .map_err(|e| HarnessError::Io("wait".into(), e))?
-                .is_some()
-            {
-                return me.finish();
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        terminate(me.child.id(), Duration::from_secs(5));
-        me.finish()
+        spawn::terminate(self.vmm.child.id(), Duration::from_secs(5));
+        self.finish(false)
     }
 
     fn wait_exit(self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError> {
         let mut me = *self;
-        super::wait_or_terminate(&mut me.child, timeout, Duration::from_secs(2))?;
-        me.finish()
+        let ended = spawn::wait_or_terminate(&mut me.vmm.child, timeout, Duration::from_secs(2))?;
+        me.finish(!ended)
+    }
+}
+
+/// Inside the emulated host: where the monitor and the guest go.
+const EMU_VMM: &str = "/opt/isolab/bin/isolab-vmm";
+const EMU_KERNEL: &str = "/opt/isolab/guest/vmlinux";
+const EMU_INITRD: &str = "/opt/isolab/guest/initramfs.cpio";
+
+impl MicrovmLauncher {
+    /// `isolab-vmm` inside the emulated host, on a thread: one boot of the
+    /// host per instance; the console lines carry the report.
+    fn launch_emulated(&self, cfg: VmConfig) -> Result<Box<dyn Instance>, HarnessError> {
+        let prepared = self.emulated.get_or_init(|| {
+            let config = HostConfig {
+                timeout_s: EMULATED_TIMEOUT.as_secs(),
+                ..HostConfig::default()
+            };
+            EmulatedHost::prepare(config).map_err(|e| crate::chain(&e))
+        });
+        let mut host = prepared.clone().map_err(|why| {
+            HarnessError::Unavailable(format!("the emulated host cannot start: {why}"))
+        })?;
+        let map = |host: &Path, guest: &str| FileMap {
+            host: host.to_path_buf(),
+            guest: guest.into(),
+        };
+        let inner = VmConfig {
+            kernel: EMU_KERNEL.into(),
+            initrd: Some(EMU_INITRD.into()),
+            // Observed: without the guest console the nested guest was
+            // reset before its init ran; with it, it boots.
+            console: Console::Stdout,
+            ..cfg.clone()
+        };
+        let mut command = vec![EMU_VMM.to_owned()];
+        command.extend(vmm_args(&inner, None, None));
+        let inv = Invocation {
+            command,
+            env: vec![],
+            files: vec![
+                map(&self.vmm, EMU_VMM),
+                map(&cfg.kernel, EMU_KERNEL),
+                map(cfg.initrd.as_deref().unwrap_or(Path::new("")), EMU_INITRD),
+            ],
+        };
+        // Ctrl-C reaches this process only; pass it on to the QEMU run.
+        let cancel = Arc::new(AtomicBool::new(false));
+        host.set_cancel_flag(cancel.clone());
+        let launched = Instant::now();
+        let run = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            host.run(&inv, &mut |l| {
+                lines.push(l.rsplit('\r').next().unwrap_or(l).to_owned())
+            })
+            .map(|_| lines)
+        });
+        Ok(Box::new(EmulatedVm {
+            run,
+            cancel,
+            launched,
+        }))
+    }
+}
+
+/// A microVM inside the emulated host (one QEMU boot of it).
+struct EmulatedVm {
+    run: JoinHandle<Result<Vec<String>, EmuhostError>>,
+    cancel: Arc<AtomicBool>,
+    launched: Instant,
+}
+
+impl EmulatedVm {
+    fn finish(self) -> Result<InstanceOutcome, HarnessError> {
+        let lines = self
+            .run
+            .join()
+            .map_err(|_| HarnessError::Launch("the emulated host's thread panicked".into()))??;
+        if crate::interrupted() {
+            return Err(HarnessError::Interrupted);
+        }
+        let text = lines.join("\n");
+        let report = read_report(&text).ok_or_else(|| {
+            HarnessError::Launch(
+                spawn::error_line(&text)
+                    .unwrap_or_else(|| "the emulated host's monitor printed no report".into()),
+            )
+        })?;
+        Ok(outcome_of(
+            report,
+            &text,
+            Some(isolab_emuhost::EMULATED_HOST_LABEL.to_owned()),
+        ))
+    }
+}
+
+impl Instance for EmulatedVm {
+    fn launched_at(&self) -> Instant {
+        self.launched
+    }
+
+    fn wait_ready(&mut self, _timeout: Duration) -> Result<Instant, HarnessError> {
+        Err(HarnessError::NotReady(
+            "a microVM in the emulated host reports only when it has ended".into(),
+        ))
+    }
+
+    fn http_target(&self) -> Option<HttpTarget> {
+        None
+    }
+
+    fn host_pids(&self) -> Vec<u32> {
+        Vec::new()
+    }
+
+    fn memory(&self) -> InstanceMemory {
+        InstanceMemory::default()
+    }
+
+    fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
+        self.cancel.store(true, Ordering::SeqCst);
+        self.finish()
+    }
+
+    fn wait_exit(self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError> {
+        let end = Instant::now() + timeout;
+        while !self.run.is_finished() {
+            if crate::interrupted() || Instant::now() > end {
+                self.cancel.store(true, Ordering::SeqCst);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmm_arguments_carry_the_config_fds_and_workload_args() {
+        let mut c = VmConfig::new("/k/vmlinux", "hog");
+        c.initrd = Some("/k/initrd.cpio".into());
+        c.memory_mib = 256;
+        c.workload_args = vec!["--max-mib".into(), "512".into()];
+        c.cmdline_extra = Some("isolab.ip=10.0.0.2/24 isolab.gw=10.0.0.1".into());
+        let a = vmm_args(&c, Some(3), Some((4, [2, 0x49, 10, 0, 0, 2])));
+        assert_eq!(
+            a.join(" "),
+            "--kernel /k/vmlinux --initrd /k/initrd.cpio --memory-mib 256 --vcpus 1 --workload hog \
+             --cmdline-extra=isolab.ip=10.0.0.2/24 isolab.gw=10.0.0.1 --ready-fd 3 \
+             --tap-fd 4 --mac 02:49:0a:00:00:02 -- --max-mib 512"
+        );
+    }
+
+    #[test]
+    fn the_report_is_the_last_line_that_parses_as_one() {
+        assert!(read_report("console noise\n{\"not\":\"a report\"}\n").is_none());
+        let r = r#"{"host":{"kind":"hardware","module":"kvm_amd"},"vcpus":1,"memory_mib":128,"kernel_format":"elf","boot_protocol":"pvh","cmdline":"x","stop_reason":"guest_reset","exit_status":0,"phases":{"exec_to_monitor_ms":null,"vm_create_ms":1.0,"vmm_setup_ms":2.0,"kernel_boot_ms":30.0,"init_ms":1.0,"workload_ready_ms":0.5,"start_to_ready_ms":33.5,"workload_run_ms":1.0,"shutdown_ms":2.0,"total_ms":40.0},"memory_at_ready":null,"memory_at_end":{"vmm_overhead_kib":3000,"guest_touched_kib":20000,"total_rss_kib":23000,"vmm_overhead_pss_kib":2900},"workload_output":"{\"workload\":\"probe\",\"ok\":true,\"pid\":1}\n","unknown_markers":[]}"#;
+        let report = read_report(&format!("[ 0.1] booting\n{r}\n")).expect("a report");
+        let o = outcome_of(report, "", Some("label".into()));
+        assert_eq!(o.status, Some(0));
+        assert_eq!(o.fact("pid"), Some(&serde_json::Value::from(1)));
+        assert_eq!(o.peak_rss_kib, Some(23000));
+        assert_eq!(o.vm.unwrap().phases.kernel_boot_ms, Some(30.0));
+    }
+
+    #[test]
+    fn pvm_hosts_are_refused_in_one_line() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("dev")).unwrap();
+        std::fs::write(d.path().join("dev/kvm"), "").unwrap();
+        std::fs::create_dir_all(d.path().join("sys/module/kvm_pvm")).unwrap();
+        let why = isolab_microvm::host::detect(d.path()).refusal().unwrap();
+        assert!(why.contains("PVM"), "{why}");
+        assert!(!why.contains('\n'));
     }
 }

@@ -1,20 +1,31 @@
 //! The ways an instance of the workload is run: the three modes under study
 //! (process, container, microVM) and the peers measured beside them (crun,
-//! runc, QEMU's microvm). Every mode launches through the same [`Launcher`]
-//! trait, so the scenario code measures all of them the same way.
+//! runc, QEMU's microvm). Every one is a [`Launcher`] that yields an
+//! [`Instance`]; compare, density, the demos and `bench ... run` all go
+//! through this one abstraction, so a new peer is one file here plus its
+//! line in [`MODES`] (and its name in docs/schema/compare.v1.json).
 
 pub mod container;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod microvm;
-pub mod peers;
+pub mod oci;
 pub mod process;
+pub mod qemu;
+pub(crate) mod spawn;
 
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use isolab_cgroups::Stats;
+use isolab_guest_kernel::GuestArtifacts;
+use isolab_microvm::VmReport;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
-use crate::probe::HttpTarget;
-use crate::HarnessError;
+use crate::net::SharedWorkbench;
+use crate::{HarnessError, Workload};
 
 /// Every way of running the workload the harness knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -28,112 +39,182 @@ pub enum ModeKind {
     QemuMicrovm,
 }
 
+/// What isolates a mode's instance from the host: decides which limits a
+/// demo gives it and how its column reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A plain process: nothing.
+    None,
+    /// Namespaces and cgroups on the host kernel.
+    Container,
+    /// A guest kernel of its own.
+    Vm,
+}
+
+/// One registered mode: its names, its kind of isolation, and how its
+/// launcher is made.
+#[derive(Debug)]
+pub struct ModeInfo {
+    pub kind: ModeKind,
+    pub name: &'static str,
+    pub aliases: &'static [&'static str],
+    /// Another tool measured as a reference (not one of ours).
+    pub peer: bool,
+    pub isolation: Isolation,
+    /// The launcher of this mode in a context.
+    pub launcher: fn(&Context) -> Box<dyn Launcher>,
+}
+
+/// The registry: every mode and peer, in the order reports list them.
+pub const MODES: &[ModeInfo] = &[
+    ModeInfo {
+        kind: ModeKind::Process,
+        name: "process",
+        aliases: &[],
+        peer: false,
+        isolation: Isolation::None,
+        launcher: process::launcher,
+    },
+    ModeInfo {
+        kind: ModeKind::Container,
+        name: "container",
+        aliases: &[],
+        peer: false,
+        isolation: Isolation::Container,
+        launcher: container::launcher,
+    },
+    ModeInfo {
+        kind: ModeKind::Microvm,
+        name: "microvm",
+        aliases: &["vm"],
+        peer: false,
+        isolation: Isolation::Vm,
+        launcher: microvm::launcher,
+    },
+    ModeInfo {
+        kind: ModeKind::Crun,
+        name: "crun",
+        aliases: &[],
+        peer: true,
+        isolation: Isolation::Container,
+        launcher: oci::crun,
+    },
+    ModeInfo {
+        kind: ModeKind::Runc,
+        name: "runc",
+        aliases: &[],
+        peer: true,
+        isolation: Isolation::Container,
+        launcher: oci::runc,
+    },
+    ModeInfo {
+        kind: ModeKind::QemuMicrovm,
+        name: "qemu-microvm",
+        aliases: &["qemu"],
+        peer: true,
+        isolation: Isolation::Vm,
+        launcher: qemu::launcher,
+    },
+];
+
 impl ModeKind {
+    /// Its registry entry.
+    pub fn info(self) -> &'static ModeInfo {
+        MODES
+            .iter()
+            .find(|m| m.kind == self)
+            .expect("every ModeKind is registered in MODES")
+    }
+
     pub fn name(self) -> &'static str {
-        match self {
-            ModeKind::Process => "process",
-            ModeKind::Container => "container",
-            ModeKind::Microvm => "microvm",
-            ModeKind::Crun => "crun",
-            ModeKind::Runc => "runc",
-            ModeKind::QemuMicrovm => "qemu-microvm",
-        }
+        self.info().name
     }
 
     /// Parse a mode or peer name as typed on the command line.
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "process" => ModeKind::Process,
-            "container" => ModeKind::Container,
-            "microvm" | "vm" => ModeKind::Microvm,
-            "crun" => ModeKind::Crun,
-            "runc" => ModeKind::Runc,
-            "qemu-microvm" | "qemu" => ModeKind::QemuMicrovm,
-            _ => return None,
-        })
+        let s = s.trim();
+        MODES
+            .iter()
+            .find(|m| m.name == s || m.aliases.contains(&s))
+            .map(|m| m.kind)
     }
 
     /// True for the peers (other tools measured as references).
     pub fn is_peer(self) -> bool {
-        matches!(
-            self,
-            ModeKind::Crun | ModeKind::Runc | ModeKind::QemuMicrovm
-        )
+        self.info().peer
+    }
+
+    pub fn isolation(self) -> Isolation {
+        self.info().isolation
+    }
+
+    /// The names of our modes (`peer == false`) or of the peers, joined
+    /// with ", ", for help texts and errors.
+    pub fn names(peers: bool) -> String {
+        MODES
+            .iter()
+            .filter(|m| m.peer == peers)
+            .map(|m| m.name)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
 /// What to run in one instance.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InstanceSpec {
-    /// Workload name (`api`, `noop`, ...), the first argument of `workload`.
-    pub workload: String,
-    /// Further arguments.
+    /// The workload (its first argument).
+    pub workload: Workload,
+    /// Further arguments, including the workload's own safety caps.
     pub args: Vec<String>,
-    /// TCP port the workload listens on, for HTTP workloads.
-    pub port: Option<u16>,
-    /// Memory limit for the instance (container cgroup / VM RAM), bytes.
-    pub memory_limit: Option<u64>,
-    /// Parent cgroup to place the instance under (density runs).
-    pub parent_cgroup: Option<String>,
+    /// The instance's memory: its cgroup limit (containers) or guest RAM
+    /// (VMs), bytes; `None` for the mode's default.
+    pub memory_bytes: Option<u64>,
+    /// Containers: CPU bandwidth in CPUs.
+    pub cpus: Option<f64>,
+    /// Containers: pids.max.
+    pub pids: Option<u64>,
+    /// VMs: vCPUs.
+    pub vcpus: Option<u8>,
+    /// Containers: the hostname in its UTS namespace.
+    pub hostname: Option<String>,
+    /// Keep the workload's stderr (a process's is captured into
+    /// [`InstanceOutcome::stderr_tail`], a container's goes to ours);
+    /// otherwise it is discarded, so a table is not buried in logs.
+    pub keep_stderr: bool,
     /// `cgroup.procs` files a launched process joins before it execs, for
     /// modes without a cgroup of their own (density runs): joining before
     /// exec charges every page the instance touches to the budget.
     pub join_cgroups: Vec<PathBuf>,
 }
 
-/// Open `cgroup.procs` files for [`join_before_exec`].
-pub(crate) fn open_procs(files: &[PathBuf]) -> Result<Vec<std::fs::File>, HarnessError> {
-    files
-        .iter()
-        .map(|f| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(f)
-                .map_err(|e| HarnessError::Io(format!("open {}", f.display()), e))
-        })
-        .collect()
-}
-
-/// In a forked child before exec: make `fd` available as `target` in the
-/// exec'd program. `dup2` onto itself is a no-op that would leave the
-/// close-on-exec flag set, so that case clears the flag instead.
-/// Only async-signal-safe calls (`dup2`, `fcntl`).
-pub(crate) fn dup_to(fd: i32, target: i32) -> std::io::Result<()> {
-    // SAFETY: plain fd syscalls on descriptors the parent keeps open for the
-    // duration of the spawn.
-    let rc = unsafe {
-        if fd == target {
-            libc::fcntl(fd, libc::F_SETFD, 0)
-        } else {
-            libc::dup2(fd, target)
-        }
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// In a forked child before exec: write "0" (= this process) to each fd.
-/// Only `write(2)` runs, which is async-signal-safe.
-pub(crate) fn join_before_exec(fds: &[i32]) -> std::io::Result<()> {
-    for &fd in fds {
-        // SAFETY: `fd` is an open file owned by the parent for the duration of
-        // the spawn; the buffer is a static byte string.
-        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } < 0 {
-            return Err(std::io::Error::last_os_error());
+impl InstanceSpec {
+    /// A spec with the mode defaults for everything but the workload.
+    pub fn new(workload: Workload, args: &[&str]) -> Self {
+        InstanceSpec {
+            workload,
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            memory_bytes: None,
+            cpus: None,
+            pids: None,
+            vcpus: None,
+            hostname: None,
+            keep_stderr: false,
+            join_cgroups: vec![],
         }
     }
-    Ok(())
-}
 
-/// VM boot phases in milliseconds, as the monitor reports them.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct VmPhases {
-    pub vmm_setup_ms: Option<f64>,
-    pub kernel_boot_ms: Option<f64>,
-    pub init_ms: Option<f64>,
-    pub workload_ready_ms: Option<f64>,
+    /// The spec `compare` and `density` measure a workload with: a
+    /// bounded worker and a small cache, so a run takes a moment.
+    pub fn measured(workload: Workload) -> Self {
+        let args: &[&str] = match workload {
+            Workload::Worker => &["--duration-ms", "200"],
+            Workload::Cache => &["--mib", "32"],
+            _ => &[],
+        };
+        InstanceSpec::new(workload, args)
+    }
 }
 
 /// Memory attributed to one instance, three ways (bytes).
@@ -151,19 +232,64 @@ pub struct InstanceMemory {
     pub guest_touched: Option<u64>,
 }
 
-/// How an instance ended.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// How an instance ended, and what its mode observed about it.
+#[derive(Debug, Clone, Default)]
 pub struct InstanceOutcome {
-    /// Shell-style status: the exit code, or 128+N for signal N.
+    /// Shell-style status: the exit code, or 128+N for signal N; `None`
+    /// when the workload never reported one (a guest that stopped early).
     pub status: Option<i32>,
-    /// The workload's JSON result line, when it printed one.
-    pub result_line: Option<String>,
-    pub oom_killed: bool,
-    /// VM boot phases, for VM modes (from the monitor's report).
-    pub phases: Option<VmPhases>,
-    /// Launch -> first HTTP response when the instance measured it itself
-    /// (the microVM: its monitor probes the guest over virtio-net).
-    pub first_response_ms: Option<f64>,
+    /// The workload's JSON result line ([`isolab_workload::result::parse`]),
+    /// when it printed one (a killed workload prints none).
+    pub result: Option<Map<String, Value>>,
+    /// The instance's cgroup counters, read before the cgroup went
+    /// (containers).
+    pub cgroup: Option<Stats>,
+    /// Peak resident memory of the host process that held the workload,
+    /// KiB (process: the kernel's figure for the child, which also counts
+    /// pages it shared with us before exec; microVM: the monitor's RSS at
+    /// the end).
+    pub peak_rss_kib: Option<u64>,
+    /// CPU time the workload used (user + system), where the mode measures
+    /// it: the process's rusage, the container's cgroup.
+    pub cpu_time_us: Option<u64>,
+    /// The last lines of the workload's (or monitor's) stderr, where kept.
+    pub stderr_tail: Vec<String>,
+    /// The monitor's report (our microVM): boot phases, memory, stop reason.
+    pub vm: Option<Box<VmReport>>,
+    /// A caveat every figure of this instance carries (the emulated host's).
+    pub label: Option<String>,
+    /// It did not end by itself within `wait_exit`'s timeout and was killed.
+    pub timed_out: bool,
+}
+
+impl InstanceOutcome {
+    /// The cgroup's OOM kill counter moved.
+    pub fn oom_killed(&self) -> bool {
+        self.cgroup.as_ref().is_some_and(|s| s.oom_kills > 0)
+    }
+
+    /// A field of the result line (non-null).
+    pub fn fact(&self, key: &str) -> Option<&Value> {
+        self.result.as_ref()?.get(key).filter(|v| !v.is_null())
+    }
+
+    /// The highest `hog: N MiB` progress line on stderr.
+    pub fn hog_progress_mib(&self) -> Option<u64> {
+        self.stderr_tail
+            .iter()
+            .filter_map(|l| l.strip_prefix("hog: ")?.strip_suffix(" MiB")?.parse().ok())
+            .max()
+    }
+}
+
+/// Where and when an instance's HTTP service is probed.
+#[derive(Debug, Clone)]
+pub struct HttpTarget {
+    pub target: isolab_net::Target,
+    /// Probe only once the instance signalled ready (a guest has no
+    /// address before its init configured it; probing earlier would wait
+    /// on ARP instead of measuring the workload).
+    pub after_ready: bool,
 }
 
 /// A running instance.
@@ -180,7 +306,8 @@ pub trait Instance: Send {
     fn memory(&self) -> InstanceMemory;
     /// Stop (SIGTERM, then SIGKILL after a grace period) and clean up.
     fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError>;
-    /// Wait for a workload that ends by itself (noop, worker), then clean up.
+    /// Wait for a workload that ends by itself (noop, worker, probe...);
+    /// past `timeout` it is killed; then clean up.
     fn wait_exit(self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError>;
 }
 
@@ -192,35 +319,31 @@ pub trait Launcher {
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError>;
 }
 
-/// The static binaries the modes need, found next to the running `bench`.
+/// The static binaries the modes need, found next to the running `bench`
+/// ([`isolab_guest_kernel::binary_dir`]).
 #[derive(Debug, Clone)]
 pub struct Binaries {
     pub workload: PathBuf,
-    pub bench: PathBuf,
     pub init: PathBuf,
+    /// The monitor, one process per microVM.
+    pub vmm: PathBuf,
 }
 
 impl Binaries {
-    /// Locate the binaries beside `current_exe()`.
+    /// The binaries in `dir`.
+    pub fn in_dir(dir: &std::path::Path) -> Self {
+        Binaries {
+            workload: dir.join(isolab_guest_kernel::WORKLOAD_BIN),
+            init: dir.join(isolab_guest_kernel::INIT_BIN),
+            vmm: dir.join("isolab-vmm"),
+        }
+    }
+
+    /// Locate the binaries beside the running executable.
     pub fn beside_current_exe() -> Result<Self, HarnessError> {
-        let exe = std::env::current_exe()
-            .map_err(|e| HarnessError::Io("locate the running executable".into(), e))?;
-        let dir = exe
-            .parent()
-            .map(|d| {
-                // Test binaries live in target/<triple>/<profile>/deps.
-                if d.ends_with("deps") {
-                    d.parent().unwrap_or(d).to_path_buf()
-                } else {
-                    d.to_path_buf()
-                }
-            })
-            .unwrap_or_default();
-        let b = Binaries {
-            workload: dir.join("workload"),
-            bench: dir.join("bench"),
-            init: dir.join("isolab-init"),
-        };
+        let dir = isolab_guest_kernel::binary_dir()
+            .ok_or_else(|| HarnessError::Launch("cannot locate the running executable".into()))?;
+        let b = Binaries::in_dir(&dir);
         if !b.workload.exists() {
             return Err(HarnessError::MissingBinary(b.workload.clone()));
         }
@@ -228,163 +351,51 @@ impl Binaries {
     }
 }
 
-/// Kill a process group member politely, then firmly.
-pub(crate) fn terminate(pid: u32, grace: Duration) {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    let p = Pid::from_raw(pid as i32);
-    let _ = kill(p, Signal::SIGTERM);
-    let end = Instant::now() + grace;
-    while Instant::now() < end {
-        if kill(p, None).is_err() {
-            return;
-        }
-        // A zombie still answers kill(0); the caller reaps it.
-        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            if s.rsplit(')')
-                .next()
-                .map(|r| r.trim_start().starts_with('Z'))
-                == Some(true)
-            {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let _ = kill(p, Signal::SIGKILL);
+/// Where microVMs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmHost {
+    /// This host's `/dev/kvm`.
+    Native,
+    /// Inside the emulated hardware-virtualisation host (QEMU TCG + nested
+    /// KVM); every figure carries its label.
+    Emulated,
 }
 
-/// Spawn `cmd` with the write end of `ready` as fd [`process::READY_FD`],
-/// joining `join_cgroups` before exec; closes the parent's write end.
-/// Returns the child and the launch instant (taken just before the spawn).
-pub(crate) fn spawn_with_ready(
-    cmd: &mut std::process::Command,
-    ready: &mut crate::ready::ReadyPipe,
-    join_cgroups: &[PathBuf],
-) -> Result<(std::process::Child, Instant), HarnessError> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    let wfd = ready.write_end().map(|f| f.as_raw_fd()).unwrap_or(-1);
-    let procs = open_procs(join_cgroups)?;
-    let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
-    // SAFETY: only async-signal-safe calls (dup2/fcntl, write) run between
-    // fork and exec; `wfd` and the procs files stay open in the parent until
-    // after the spawn.
-    unsafe {
-        cmd.pre_exec(move || {
-            dup_to(wfd, process::READY_FD)?;
-            join_before_exec(&procs_fds)
-        });
-    }
-    let launched = Instant::now();
-    let child = cmd.spawn().map_err(|e| {
-        HarnessError::Io(format!("spawn {}", cmd.get_program().to_string_lossy()), e)
-    })?;
-    drop(procs);
-    ready.close_write();
-    Ok((child, launched))
-}
-
-/// PSS/USS of the process tree under `pid`; with `guest_bytes`, also
-/// Firecracker's split of the root's RSS into VMM overhead and guest RAM.
-pub(crate) fn tree_instance_memory(pid: u32, guest_bytes: Option<u64>) -> InstanceMemory {
-    let proc_root = std::path::Path::new("/proc");
-    let m = crate::memory::tree_memory(proc_root, &crate::memory::process_tree(proc_root, pid));
-    let split = guest_bytes.and_then(|g| crate::memory::split_guest_memory(proc_root, pid, g).ok());
-    InstanceMemory {
-        pss: m.pss,
-        uss: m.uss,
-        cgroup_current: None,
-        vmm_overhead: split.map(|s| s.0),
-        guest_touched: split.map(|s| s.1),
-    }
-}
-
-/// The workload's JSON result line: the last output line that opens an object.
-pub(crate) fn result_line(out: &str) -> Option<String> {
-    out.lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .map(String::from)
-}
-
-/// Wait up to `timeout` for `child` to exit by itself; past it, SIGTERM and
-/// after `grace` SIGKILL (the caller reaps). True if it exited on its own.
-pub(crate) fn wait_or_terminate(
-    child: &mut std::process::Child,
-    timeout: Duration,
-    grace: Duration,
-) -> Result<bool, HarnessError> {
-    let end = Instant::now() + timeout;
-    loop {
-        if child
-            .try_wait()
-            .map_err(|e| HarnessError::Io("wait".into(), e))?
-            .is_some()
-        {
-            return Ok(true);
-        }
-        if Instant::now() > end {
-            terminate(child.id(), grace);
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// Shell-style status from a std exit status.
-pub(crate) fn shell_status(s: std::process::ExitStatus) -> Option<i32> {
-    use std::os::unix::process::ExitStatusExt;
-    s.code().or_else(|| s.signal().map(|n| 128 + n))
-}
-
-/// A free TCP port on loopback (bound then released).
-pub fn free_port() -> Result<u16, HarnessError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| HarnessError::Io("find a free port".into(), e))?;
-    Ok(l.local_addr()
-        .map_err(|e| HarnessError::Io("find a free port".into(), e))?
-        .port())
-}
-
-/// Everything the modes share in one run: the binaries, and the guest
-/// artifacts (provisioned once, only when a VM mode can run here).
+/// Everything the modes share in one run: the binaries, the guest
+/// artifacts (provisioned once, only when a VM mode can run here) and the
+/// workbench network (created once, only when a networked VM needs it).
 #[derive(Debug)]
 pub struct Context {
     pub bins: Binaries,
-    guest: std::sync::OnceLock<Result<microvm::GuestArtifacts, String>>,
-    workload: String,
+    pub workload: Workload,
+    pub vm_host: VmHost,
+    guest: OnceLock<Result<GuestArtifacts, String>>,
+    pub(crate) network: Arc<SharedWorkbench>,
 }
 
 impl Context {
     /// Locate the binaries next to the running executable.
-    pub fn new(workload: &str) -> Result<Self, HarnessError> {
-        Ok(Context {
-            bins: Binaries::beside_current_exe()?,
-            guest: std::sync::OnceLock::new(),
-            workload: workload.to_string(),
-        })
+    pub fn new(workload: Workload) -> Result<Self, HarnessError> {
+        Ok(Context::with_binaries(
+            Binaries::beside_current_exe()?,
+            workload,
+        ))
     }
 
-    /// The instance spec for a workload as `compare` runs it.
-    pub fn spec(&self) -> InstanceSpec {
-        InstanceSpec {
-            workload: self.workload.clone(),
-            args: match self.workload.as_str() {
-                "worker" => vec!["--duration-ms".into(), "200".into()],
-                "cache" => vec!["--mib".into(), "32".into()],
-                _ => vec![],
-            },
-            port: crate::compare::serves_http(&self.workload).then_some(8080),
-            memory_limit: None,
-            parent_cgroup: None,
-            join_cgroups: vec![],
+    /// A context over the given binaries.
+    pub fn with_binaries(bins: Binaries, workload: Workload) -> Self {
+        Context {
+            bins,
+            workload,
+            vm_host: VmHost::Native,
+            guest: OnceLock::new(),
+            network: Arc::new(SharedWorkbench::default()),
         }
     }
 
     /// Guest kernel and initramfs, provisioned on first use (builds the
     /// kernel on the very first run; cached afterwards).
-    pub fn guest(&self) -> Result<microvm::GuestArtifacts, String> {
+    pub fn guest(&self) -> Result<GuestArtifacts, String> {
         self.guest
             .get_or_init(|| {
                 let cache = isolab_guest_kernel::cache_root().map_err(|e| e.to_string())?;
@@ -394,49 +405,68 @@ impl Context {
                     .parent()
                     .map(PathBuf::from)
                     .unwrap_or_default();
-                let opts = isolab_guest_kernel::ProvisionOptions::new(cache, &dir, &self.workload);
-                let p = isolab_guest_kernel::provision(&opts).map_err(|e| {
-                    format!(
-                        "guest artifacts could not be provisioned: {}",
-                        container::chain(&e)
-                    )
-                })?;
-                Ok(microvm::GuestArtifacts {
-                    vmlinux: p.kernel.vmlinux,
-                    bz_image: p.kernel.bz_image,
-                    initramfs: p.initramfs,
-                })
+                let opts = isolab_guest_kernel::ProvisionOptions::new(cache, &dir, self.workload);
+                isolab_guest_kernel::provision(&opts)
+                    .map(|p| p.artifacts())
+                    .map_err(|e| crate::chain(&HarnessError::from(e)))
             })
             .clone()
     }
 
-    fn guest_if_bootable(&self) -> Result<microvm::GuestArtifacts, String> {
-        match microvm::native_refusal() {
-            Some(r) => Err(r),
-            None => self.guest(),
+    /// The guest artifacts when this host can boot them (natively: only
+    /// with hardware KVM; in the emulated host: always).
+    pub(crate) fn guest_if_bootable(&self) -> Result<GuestArtifacts, String> {
+        match (self.vm_host, microvm::native_refusal()) {
+            (VmHost::Native, Some(r)) => Err(r),
+            _ => self.guest(),
         }
     }
 
     /// The launcher of a mode.
     pub fn launcher(&self, kind: ModeKind) -> Box<dyn Launcher> {
-        match kind {
-            ModeKind::Process => Box::new(process::ProcessLauncher {
-                bins: self.bins.clone(),
-            }),
-            ModeKind::Container => Box::new(container::ContainerLauncher {
-                bins: self.bins.clone(),
-            }),
-            ModeKind::Microvm => Box::new(microvm::MicrovmLauncher {
-                bins: self.bins.clone(),
-                guest: self.guest_if_bootable(),
-            }),
-            ModeKind::Crun | ModeKind::Runc => Box::new(peers::OciPeer {
-                kind,
-                bins: self.bins.clone(),
-            }),
-            ModeKind::QemuMicrovm => Box::new(peers::QemuPeer {
-                guest: self.guest_if_bootable(),
-            }),
+        (kind.info().launcher)(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_registered_once_with_unique_names() {
+        let kinds = [
+            ModeKind::Process,
+            ModeKind::Container,
+            ModeKind::Microvm,
+            ModeKind::Crun,
+            ModeKind::Runc,
+            ModeKind::QemuMicrovm,
+        ];
+        assert_eq!(MODES.len(), kinds.len());
+        for k in kinds {
+            assert_eq!(ModeKind::parse(k.name()), Some(k));
+            assert_eq!(
+                serde_json::to_value(k).unwrap(),
+                Value::from(k.name()),
+                "the report spells it as the command line does"
+            );
         }
+        assert_eq!(ModeKind::parse("vm"), Some(ModeKind::Microvm));
+        assert_eq!(ModeKind::parse("docker"), None);
+        assert_eq!(ModeKind::names(false), "process, container, microvm");
+        assert_eq!(ModeKind::names(true), "crun, runc, qemu-microvm");
+    }
+
+    #[test]
+    fn measured_specs_bound_the_workloads_that_end_by_themselves() {
+        assert_eq!(
+            InstanceSpec::measured(Workload::Worker).args,
+            ["--duration-ms", "200"]
+        );
+        assert_eq!(
+            InstanceSpec::measured(Workload::Cache).args,
+            ["--mib", "32"]
+        );
+        assert!(InstanceSpec::measured(Workload::Api).args.is_empty());
     }
 }

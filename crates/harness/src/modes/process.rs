@@ -1,23 +1,22 @@
 //! Process mode: the workload as a plain child process of the harness, with
 //! no namespaces and no cgroup of its own — the baseline every ratio uses.
+//! It is reaped with `wait4`, so the kernel's peak RSS and CPU time of
+//! exactly that process come back with its status.
 
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::spawn::{self, drain, drained, READY_FD};
 use super::{
-    free_port, shell_status, terminate, Binaries, Instance, InstanceMemory, InstanceOutcome,
-    InstanceSpec, Launcher, ModeKind,
+    Binaries, Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
+    Launcher, ModeKind,
 };
 use crate::memory::process_tree;
-use crate::probe::HttpTarget;
 use crate::ready::{ReadyEvent, ReadyPipe};
 use crate::HarnessError;
-
-/// The fd number the workload inherits the ready pipe on.
-pub const READY_FD: i32 = 3;
 
 /// Launches plain processes.
 #[derive(Debug)]
@@ -25,11 +24,24 @@ pub struct ProcessLauncher {
     pub bins: Binaries,
 }
 
-/// Arguments of `workload` for a spec, with the port filled in.
-pub(crate) fn workload_argv(spec: &InstanceSpec, port: Option<u16>, bind: &str) -> Vec<String> {
-    let mut argv = vec![spec.workload.clone()];
-    if let Some(p) = port {
-        argv.extend(["--port".into(), p.to_string(), "--bind".into(), bind.into()]);
+/// The registry's constructor.
+pub(crate) fn launcher(ctx: &Context) -> Box<dyn Launcher> {
+    Box::new(ProcessLauncher {
+        bins: ctx.bins.clone(),
+    })
+}
+
+/// Arguments of `workload` for a spec; HTTP workloads get `port` and
+/// `bind` (where the mode reaches them).
+pub(crate) fn workload_argv(spec: &InstanceSpec, port: u16, bind: &str) -> Vec<String> {
+    let mut argv = vec![spec.workload.name().to_owned()];
+    if spec.workload.serves_http() {
+        argv.extend([
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            bind.into(),
+        ]);
     }
     argv.extend(spec.args.iter().cloned());
     argv
@@ -45,9 +57,10 @@ impl Launcher for ProcessLauncher {
     }
 
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
-        let port = match spec.port {
-            Some(_) => Some(free_port()?),
-            None => None,
+        let port = if spec.workload.serves_http() {
+            spawn::free_port()?
+        } else {
+            0
         };
         let mut ready = ReadyPipe::new()?;
         let mut cmd = Command::new(&self.bins.workload);
@@ -55,41 +68,88 @@ impl Launcher for ProcessLauncher {
             .env("ISOLAB_READY_FD", READY_FD.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let (child, launched) = super::spawn_with_ready(&mut cmd, &mut ready, &spec.join_cgroups)?;
+            .stderr(if spec.keep_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+        let (mut child, launched) =
+            spawn::spawn_with_ready(&mut cmd, &mut ready, &[], &spec.join_cgroups)?;
         Ok(Box::new(ProcessInstance {
-            child,
+            pid: child.id(),
+            stdout: Some(drain(child.stdout.take())),
+            stderr: Some(drain(child.stderr.take())),
             ready,
             launched,
-            port,
+            port: spec.workload.serves_http().then_some(port),
         }))
     }
 }
 
+/// A plain child; reaped by `wait4` here, never by std's `Child`.
 struct ProcessInstance {
-    child: Child,
+    pid: u32,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
     ready: ReadyPipe,
     launched: Instant,
     port: Option<u16>,
 }
 
-impl ProcessInstance {
-    fn finish(mut self) -> Result<InstanceOutcome, HarnessError> {
-        let mut out = String::new();
-        if let Some(mut so) = self.child.stdout.take() {
-            let _ = so.read_to_string(&mut out);
+/// Status, peak RSS (KiB) and CPU time (µs) of a reaped child.
+struct Reaped {
+    status: i32,
+    maxrss_kib: u64,
+    cpu_us: u64,
+}
+
+/// `wait4(pid)`; with `block` false, `None` while it still runs.
+fn wait4(pid: u32, block: bool) -> Result<Option<Reaped>, HarnessError> {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: zeroed rusage is a valid value of a plain C struct.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let flags = if block { 0 } else { libc::WNOHANG };
+        // SAFETY: both out-pointers refer to live locals; `pid` is our own
+        // child, not yet reaped (std's Child is never waited on).
+        let rc = unsafe { libc::wait4(pid as libc::pid_t, &mut status, flags, &mut usage) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(HarnessError::io("wait for the workload", e));
         }
-        let st = self
-            .child
-            .wait()
-            .map_err(|e| HarnessError::Io("wait for workload".into(), e))?;
-        Ok(InstanceOutcome {
-            status: shell_status(st),
-            result_line: super::result_line(&out),
-            oom_killed: false,
-            phases: None,
-            first_response_ms: None,
-        })
+        if rc == 0 {
+            return Ok(None);
+        }
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        };
+        let tv = |t: libc::timeval| t.tv_sec.max(0) as u64 * 1_000_000 + t.tv_usec.max(0) as u64;
+        return Ok(Some(Reaped {
+            status: code,
+            maxrss_kib: usage.ru_maxrss.max(0) as u64,
+            cpu_us: tv(usage.ru_utime) + tv(usage.ru_stime),
+        }));
+    }
+}
+
+impl ProcessInstance {
+    fn finish(mut self, reaped: Reaped, timed_out: bool) -> InstanceOutcome {
+        let out = drained(self.stdout.take());
+        let err = drained(self.stderr.take());
+        InstanceOutcome {
+            status: Some(reaped.status),
+            result: isolab_workload::result::parse(&out),
+            peak_rss_kib: Some(reaped.maxrss_kib),
+            cpu_time_us: Some(reaped.cpu_us),
+            stderr_tail: spawn::tail_lines(&err, 20),
+            timed_out,
+            ..InstanceOutcome::default()
+        }
     }
 }
 
@@ -109,27 +169,40 @@ impl Instance for ProcessInstance {
 
     fn http_target(&self) -> Option<HttpTarget> {
         self.port.map(|p| HttpTarget {
-            netns: crate::probe::Netns::Ours,
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, p)),
+            target: isolab_net::Target {
+                netns: isolab_net::Netns::Current,
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, p)),
+            },
+            after_ready: false,
         })
     }
 
     fn host_pids(&self) -> Vec<u32> {
-        process_tree(Path::new("/proc"), self.child.id())
+        process_tree(Path::new("/proc"), self.pid)
     }
 
     fn memory(&self) -> InstanceMemory {
-        super::tree_instance_memory(self.child.id(), None)
+        spawn::tree_instance_memory(self.pid, None)
     }
 
     fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
-        terminate(self.child.id(), Duration::from_secs(2));
-        self.finish()
+        spawn::terminate(self.pid, Duration::from_secs(2));
+        let reaped = wait4(self.pid, true)?.expect("a blocking wait4 reaps");
+        Ok(self.finish(reaped, false))
     }
 
     fn wait_exit(self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError> {
-        let mut me = *self;
-        super::wait_or_terminate(&mut me.child, timeout, Duration::from_millis(500))?;
-        me.finish()
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(r) = wait4(self.pid, false)? {
+                return Ok(self.finish(r, false));
+            }
+            if Instant::now() > end || crate::interrupted() {
+                spawn::terminate(self.pid, Duration::from_millis(500));
+                let r = wait4(self.pid, true)?.expect("a blocking wait4 reaps");
+                return Ok(self.finish(r, true));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }

@@ -12,7 +12,7 @@ const W: u32 = 800;
 const H: u32 = 450;
 
 fn err(what: &str, e: impl std::fmt::Display) -> HarnessError {
-    HarnessError::Io(format!("draw {what}"), std::io::Error::other(e.to_string()))
+    HarnessError::io(format!("draw {what}"), std::io::Error::other(e.to_string()))
 }
 
 /// Startup samples as a strip plot: one column per mode, every raw sample a dot,

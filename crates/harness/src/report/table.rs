@@ -50,7 +50,7 @@ pub fn render(r: &CompareReport) -> String {
         let _ = writeln!(out, "*** {l} ***");
     }
     let _ = writeln!(out, "\nStartup (ms; ratio = p50 / process p50)");
-    let http = crate::compare::serves_http(&r.config.workload);
+    let http = r.config.workload.serves_http();
     let mut rows = vec![{
         let mut h = vec![
             "mode",
@@ -127,13 +127,13 @@ pub fn render(r: &CompareReport) -> String {
             .collect::<Vec<_>>()];
         for m in &r.modes {
             if let Some(p) = &m.phases {
-                rows.push(vec![
-                    m.mode.name().into(),
-                    fmt_ms(p.vmm_setup_ms.as_ref(), |s| s.p50),
-                    fmt_ms(p.kernel_boot_ms.as_ref(), |s| s.p50),
-                    fmt_ms(p.init_ms.as_ref(), |s| s.p50),
-                    fmt_ms(p.workload_ready_ms.as_ref(), |s| s.p50),
-                ]);
+                let mut row = vec![m.mode.name().to_string()];
+                row.extend(
+                    crate::compare::PHASES
+                        .iter()
+                        .map(|(name, _)| fmt_ms(p.get(*name), |s| s.p50)),
+                );
+                rows.push(row);
             }
         }
         out.push_str(&grid(&rows));

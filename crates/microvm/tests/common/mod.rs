@@ -1,54 +1,27 @@
-//! Shared plumbing of the guest-tier tests: strict mode, skip lines, the
-//! provisioned artifacts, and rerunning a test inside the emulated host when
-//! this host's KVM cannot boot Linux.
-#![allow(dead_code)]
+//! Shared plumbing of the guest-tier tests (strict mode, skip lines and the
+//! artifact cache are `isolab-testkit`'s): the provisioned guest, and
+//! rerunning a test inside the emulated host when this host's KVM cannot
+//! boot Linux.
 
 use std::path::{Path, PathBuf};
 
-pub fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("ISOLAB_STRICT").is_ok_and(|v| v == "1")
-}
-
-pub fn skipped(test: &str, reason: &str) {
-    use std::io::Write as _;
-    let line = format!("SKIPPED {test}: {reason}\n");
-    let _ = std::io::stderr().write_all(line.as_bytes());
-}
-
-pub fn cache_root() -> Option<PathBuf> {
-    if let Some(c) = std::env::var_os("ISOLAB_CACHE") {
-        return Some(c.into());
+/// The provisioned guest kernel (vmlinux) and initramfs for guest-tier
+/// test `test` of the test binary `bin`, or `None` when the test must not
+/// go on here: it printed its skip line, or (strict mode on a host whose
+/// KVM cannot boot Linux) it already ran inside the emulated host.
+pub fn guest(bin: &str, test: &str) -> Option<(PathBuf, PathBuf)> {
+    if let Some(why) = isolab_microvm::host::detect(Path::new("/")).refusal() {
+        if isolab_testkit::strict() && std::env::var_os("ISOLAB_EMULATED_HOST").is_none() {
+            rerun_in_emulated_host(bin, test);
+        } else {
+            isolab_testkit::require(test, Some(why.to_owned()));
+        }
+        return None;
     }
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(Path::new(&x).join("isolab"));
-    }
-    std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/isolab"))
-}
-
-pub fn newest(dir: &Path, pick: impl Fn(&Path) -> Option<PathBuf>) -> Option<PathBuf> {
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| pick(&e.path()))
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .collect();
-    found.sort();
-    found.pop().map(|(_, p)| p)
-}
-
-pub fn find_artifacts() -> Option<(PathBuf, PathBuf)> {
-    cache_root().and_then(|root| {
-        let kernel = newest(&root.join("kernel"), |d| {
-            let v = d.join("vmlinux");
-            (d.join("meta.json").is_file() && v.is_file()).then_some(v)
-        })?;
-        let initrd = newest(&root.join("initramfs"), |p| {
-            let name = p.file_name()?.to_str()?;
-            (name.starts_with("guest-") && name.ends_with(".cpio")).then(|| p.to_path_buf())
-        })?;
-        Some((kernel, initrd))
-    })
+    isolab_testkit::require(test, isolab_testkit::missing_guest())
+        .then(isolab_testkit::cached_guest)
+        .flatten()
+        .map(|g| (g.vmlinux, g.initramfs))
 }
 
 /// Runs `test` of this test binary (`bin`, its file name) inside the
@@ -56,9 +29,10 @@ pub fn find_artifacts() -> Option<(PathBuf, PathBuf)> {
 /// passes there.
 pub fn rerun_in_emulated_host(bin: &str, test: &str) {
     use isolab_emuhost::{EmulatedHost, FileMap, HostConfig, Invocation};
-    let (kernel, initrd) = find_artifacts().unwrap_or_else(|| {
+    let g = isolab_testkit::cached_guest().unwrap_or_else(|| {
         panic!("{test}: no provisioned guest kernel/initramfs: run `bench provision` (strict mode)")
     });
+    let (kernel, initrd) = (g.vmlinux, g.initramfs);
     let kernel_dir = kernel.parent().expect("kernel in its cache dir");
     let guest_cache = "/var/cache/isolab";
     let map = |host: &Path, guest: String| FileMap {

@@ -1,0 +1,275 @@
+//! The OCI runtimes measured beside our container, the same way, in the
+//! same run: `crun run` and `runc run` on an OCI bundle equivalent to our
+//! container (same image, namespaces, limits and ready fd, passed with
+//! `--preserve-fds 1`).
+//!
+//! A runtime that is missing is reported with how to install it; one that
+//! refuses to run is reported with its own error line.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::container::{container_config, not_root, CONTAINER_PORT};
+use super::spawn::{self, drain, drained, shell_status, terminate, which};
+use super::{
+    Binaries, Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
+    Launcher, ModeKind,
+};
+use crate::memory::process_tree;
+use crate::ready::{ReadyEvent, ReadyPipe};
+use crate::HarnessError;
+
+/// `crun` or `runc` on an equivalent OCI bundle.
+#[derive(Debug)]
+pub struct OciPeer {
+    pub kind: ModeKind,
+    pub bins: Binaries,
+}
+
+/// The registry's constructors.
+pub(crate) fn crun(ctx: &Context) -> Box<dyn Launcher> {
+    Box::new(OciPeer {
+        kind: ModeKind::Crun,
+        bins: ctx.bins.clone(),
+    })
+}
+
+pub(crate) fn runc(ctx: &Context) -> Box<dyn Launcher> {
+    Box::new(OciPeer {
+        kind: ModeKind::Runc,
+        bins: ctx.bins.clone(),
+    })
+}
+
+impl OciPeer {
+    fn runtime(&self) -> &'static str {
+        if self.kind == ModeKind::Crun {
+            "crun"
+        } else {
+            "runc"
+        }
+    }
+}
+
+impl Launcher for OciPeer {
+    fn kind(&self) -> ModeKind {
+        self.kind
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        let rt = self.runtime();
+        if which(rt).is_none() {
+            return Some(format!("{rt} is not installed: apt-get install {rt}"));
+        }
+        not_root()
+    }
+
+    fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
+        let rt = self.runtime();
+        let runtime =
+            which(rt).ok_or_else(|| HarnessError::Launch(format!("{rt} is not installed")))?;
+        let cfg = container_config(&self.bins, spec);
+        let id = format!("isolab-{rt}-{}-{}", std::process::id(), next_id());
+        let dir = PathBuf::from("/run/isolab/bundles").join(&id);
+        let bundle = isolab_container::oci::write_bundle(&dir, &cfg, &id)
+            .map_err(|e| HarnessError::Launch(crate::chain(&e)))?;
+        let mut ready = ReadyPipe::new()?;
+        let mut cmd = Command::new(&runtime);
+        cmd.args(["run", "--bundle"])
+            .arg(&bundle.dir)
+            .args(["--preserve-fds", "1"])
+            .arg(&id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let (mut child, launched) = match spawn::spawn_with_ready(&mut cmd, &mut ready, &[], &[]) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = bundle.remove();
+                return Err(e);
+            }
+        };
+        Ok(Box::new(OciInstance {
+            runtime,
+            id,
+            bundle_dir: dir,
+            stdout: Some(drain(child.stdout.take())),
+            stderr: Some(drain(child.stderr.take())),
+            child: Some(child),
+            ready,
+            launched,
+            http: spec.workload.serves_http(),
+        }))
+    }
+}
+
+/// Remove a bundle, then its parent directories while they are empty, so
+/// nothing of ours stays under /run.
+fn remove_bundle(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut p = dir.parent();
+    while let Some(d) = p.filter(|d| d.starts_with("/run/isolab")) {
+        if std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        p = d.parent();
+    }
+}
+
+fn next_id() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
+struct OciInstance {
+    runtime: PathBuf,
+    id: String,
+    bundle_dir: PathBuf,
+    child: Option<Child>,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+    ready: ReadyPipe,
+    launched: Instant,
+    http: bool,
+}
+
+impl OciInstance {
+    fn rt(&self, args: &[&str]) {
+        let _ = Command::new(&self.runtime)
+            .args(args)
+            .arg(&self.id)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    fn finish(&mut self, timed_out: bool) -> Result<InstanceOutcome, HarnessError> {
+        let mut child = self.child.take().expect("finished once");
+        let st = child
+            .wait()
+            .map_err(|e| HarnessError::io("wait for the runtime", e))?;
+        let out = drained(self.stdout.take());
+        let err = drained(self.stderr.take());
+        self.rt(&["delete", "--force"]);
+        remove_bundle(&self.bundle_dir);
+        Ok(InstanceOutcome {
+            status: shell_status(st),
+            result: isolab_workload::result::parse(&out),
+            stderr_tail: spawn::tail_lines(&err, 20),
+            timed_out,
+            ..InstanceOutcome::default()
+        })
+    }
+}
+
+impl Drop for OciInstance {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            self.rt(&["kill", "KILL"]);
+            let _ = c.kill();
+            let _ = c.wait();
+            self.rt(&["delete", "--force"]);
+            remove_bundle(&self.bundle_dir);
+        }
+    }
+}
+
+impl Instance for OciInstance {
+    fn launched_at(&self) -> Instant {
+        self.launched
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
+        match self.ready.wait(timeout)? {
+            ReadyEvent::Ready(at) => Ok(at),
+            ReadyEvent::Closed => {
+                let child = self.child.as_mut().expect("running");
+                let _ = child.wait();
+                let err = drained(self.stderr.take());
+                let line = err
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("(no error output)")
+                    .trim();
+                Err(HarnessError::Launch(format!(
+                    "{} refused to run the bundle: {line}",
+                    self.runtime.display()
+                )))
+            }
+        }
+    }
+
+    fn http_target(&self) -> Option<HttpTarget> {
+        let pid = self.child.as_ref()?.id();
+        self.http.then(|| HttpTarget {
+            target: isolab_net::Target {
+                netns: isolab_net::Netns::Find(Arc::new(move || first_other_netns(pid))),
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, CONTAINER_PORT)),
+            },
+            after_ready: false,
+        })
+    }
+
+    fn host_pids(&self) -> Vec<u32> {
+        self.child
+            .as_ref()
+            .map(|c| process_tree(Path::new("/proc"), c.id()))
+            .unwrap_or_default()
+    }
+
+    fn memory(&self) -> InstanceMemory {
+        self.child
+            .as_ref()
+            .map(|c| spawn::tree_instance_memory(c.id(), None))
+            .unwrap_or_default()
+    }
+
+    fn stop(mut self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
+        self.rt(&["kill", "TERM"]);
+        let pid = self.child.as_ref().map(|c| c.id()).unwrap_or(0);
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            if let Some(c) = self.child.as_mut() {
+                if c.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.rt(&["kill", "KILL"]);
+        terminate(pid, Duration::from_millis(500));
+        self.finish(false)
+    }
+
+    fn wait_exit(mut self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if c.try_wait().ok().flatten().is_some() {
+                    return self.finish(false);
+                }
+            }
+            if Instant::now() > end || crate::interrupted() {
+                self.rt(&["kill", "KILL"]);
+                return self.finish(true);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// The network namespace of the first process under `root` (itself
+/// included) that differs from ours: the container a runtime (runc, crun)
+/// creates after the launch, found while the probe already runs.
+fn first_other_netns(root: u32) -> Option<PathBuf> {
+    let ours = std::fs::read_link("/proc/self/ns/net").ok()?;
+    process_tree(Path::new("/proc"), root)
+        .into_iter()
+        .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
+        .find(|p| std::fs::read_link(p).is_ok_and(|l| l != ours))
+}

@@ -1,0 +1,254 @@
+//! QEMU's `microvm` machine, the reference monitor measured beside ours:
+//! it boots the same guest kernel and initramfs with our monitor's command
+//! line (except `reboot=t`), its marker, status and output ports captured
+//! through `isa-debugcon` devices into pipes we read.
+
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use isolab_guest_kernel::GuestArtifacts;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::microvm::{native_refusal, DEFAULT_GUEST_MIB};
+use super::spawn::{self, shell_status, terminate, which};
+use super::{
+    Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec, Launcher,
+    ModeKind,
+};
+use crate::memory::process_tree;
+use crate::HarnessError;
+
+/// QEMU's `microvm` machine with KVM, booting the same guest kernel and
+/// initramfs. The marker port (0x3f0) is an `isa-debugcon` whose bytes go to
+/// a pipe we read; the workload's output port (0x3f2) to another.
+#[derive(Debug)]
+pub struct QemuPeer {
+    pub guest: Result<GuestArtifacts, String>,
+}
+
+/// The registry's constructor.
+pub(crate) fn launcher(ctx: &Context) -> Box<dyn Launcher> {
+    Box::new(QemuPeer {
+        guest: ctx.guest_if_bootable(),
+    })
+}
+
+/// Marker byte for "workload ready" (docs/contracts.md).
+const MARKER_READY: u8 = 0x02;
+
+impl Launcher for QemuPeer {
+    fn kind(&self) -> ModeKind {
+        ModeKind::QemuMicrovm
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        if which("qemu-system-x86_64").is_none() {
+            return Some(
+                "qemu-system-x86_64 is not installed: apt-get install qemu-system-x86".into(),
+            );
+        }
+        native_refusal().or_else(|| self.guest.as_ref().err().cloned())
+    }
+
+    fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
+        let guest = self
+            .guest
+            .as_ref()
+            .map_err(|e| HarnessError::Launch(e.clone()))?;
+        let mib = spec
+            .memory_bytes
+            .map(|b| b >> 20)
+            .unwrap_or(DEFAULT_GUEST_MIB);
+        let pipe = |what: &str| {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| HarnessError::io(format!("create the {what} pipe"), e))
+        };
+        let (marker_r, marker_w) = pipe("marker")?;
+        let (out_r, out_w) = pipe("output")?;
+        let (status_r, status_w) = pipe("status")?;
+        // Our monitor's command line, except `reboot=t`: QEMU's microvm has
+        // no i8042, so the guest ends through a triple fault and -no-reboot.
+        // `8250.nr_uarts=1 console=ttyS0 loglevel=0` keeps /dev/console
+        // openable for init without printing (as our monitor does).
+        let mut cmdline = String::from(
+            "reboot=t panic=1 nomodule pci=off i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce rdinit=/init 8250.nr_uarts=1 console=ttyS0 loglevel=0",
+        );
+        cmdline.push_str(&format!(" isolab.workload={}", spec.workload));
+        let vcpus = spec.vcpus.unwrap_or(1).to_string();
+        for a in &spec.args {
+            cmdline.push_str(&format!(" isolab.arg={a}"));
+        }
+        let (mw, ow, sw) = (
+            marker_w.as_raw_fd(),
+            out_w.as_raw_fd(),
+            status_w.as_raw_fd(),
+        );
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-M",
+            "microvm,x-option-roms=off,rtc=off",
+            "-enable-kvm",
+            "-cpu",
+            "host",
+        ])
+        .args([
+            "-m",
+            &format!("{mib}M"),
+            "-smp",
+            &vcpus,
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+        ])
+        // A COM1 whose output is discarded, as in our monitor: without a
+        // UART behind ttyS0 the guest's console writes fail and a workload
+        // that logs to stderr dies.
+        .args(["-serial", "null"])
+        .args(["-chardev", "file,id=marker,path=/proc/self/fd/3"])
+        .args(["-device", "isa-debugcon,iobase=0x3f0,chardev=marker"])
+        .args(["-chardev", "file,id=out,path=/proc/self/fd/4"])
+        .args(["-device", "isa-debugcon,iobase=0x3f2,chardev=out"])
+        .args(["-chardev", "file,id=status,path=/proc/self/fd/5"])
+        .args(["-device", "isa-debugcon,iobase=0x3f1,chardev=status"])
+        .arg("-kernel")
+        .arg(&guest.bz_image)
+        .arg("-initrd")
+        .arg(&guest.initramfs)
+        .args(["-append", &cmdline])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        // SAFETY: only fcntl/dup2 (async-signal-safe) run between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || spawn::place_fds(&[mw, ow, sw]));
+        }
+        let argv = format!("{cmd:?}");
+        let launched = Instant::now();
+        let child = cmd
+            .spawn()
+            .map_err(|e| HarnessError::io("spawn qemu-system-x86_64", e))?;
+        drop(marker_w);
+        drop(out_w);
+        drop(status_w);
+        Ok(Box::new(QemuInstance {
+            child,
+            marker: marker_r,
+            output: out_r,
+            status: status_r,
+            seen: vec![],
+            argv,
+            launched,
+            guest_bytes: mib << 20,
+        }))
+    }
+}
+
+struct QemuInstance {
+    child: Child,
+    marker: OwnedFd,
+    output: OwnedFd,
+    status: OwnedFd,
+    /// Marker bytes read before ready (for the error message).
+    seen: Vec<u8>,
+    /// The command line, for error messages.
+    argv: String,
+    launched: Instant,
+    guest_bytes: u64,
+}
+
+impl QemuInstance {
+    fn finish(mut self, timed_out: bool) -> Result<InstanceOutcome, HarnessError> {
+        let st = self
+            .child
+            .wait()
+            .map_err(|e| HarnessError::io("wait for qemu", e))?;
+        let mut out = String::new();
+        let _ = std::fs::File::from(self.output).read_to_string(&mut out);
+        let mut status = vec![];
+        let _ = std::fs::File::from(self.status).read_to_end(&mut status);
+        Ok(InstanceOutcome {
+            // The workload's status byte from the marker ABI; QEMU's own
+            // status only when the guest never reported one.
+            status: status.last().map(|b| i32::from(*b)).or(shell_status(st)),
+            result: isolab_workload::result::parse(&out),
+            timed_out,
+            ..InstanceOutcome::default()
+        })
+    }
+}
+
+impl Instance for QemuInstance {
+    fn launched_at(&self) -> Instant {
+        self.launched
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(HarnessError::Timeout(timeout));
+            }
+            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.marker.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(HarnessError::io("poll the marker pipe", e)),
+            }
+            let mut buf = [0u8; 64];
+            match nix::unistd::read(&self.marker, &mut buf) {
+                Ok(0) => {
+                    let mut err = String::new();
+                    if let Some(mut s) = self.child.stderr.take() {
+                        let _ = s.read_to_string(&mut err);
+                    }
+                    let status = self.child.wait().ok().and_then(shell_status);
+                    let mut guest = [0u8; 4];
+                    let n = nix::unistd::read(&self.status, &mut guest).unwrap_or(0);
+                    let mut out = [0u8; 512];
+                    let m = nix::unistd::read(&self.output, &mut out).unwrap_or(0);
+                    return Err(HarnessError::NotReady(format!(
+                        "QEMU ended (status {status:?}) before the ready marker; markers seen {seen:02x?}, workload status {:?}, output {:?}, command {}: {}",
+                        &guest[..n],
+                        String::from_utf8_lossy(&out[..m]),
+                        self.argv,
+                        err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no error output)").trim(),
+                        seen = self.seen,
+                    )));
+                }
+                Ok(n) if buf[..n].contains(&MARKER_READY) => return Ok(Instant::now()),
+                Ok(n) => self.seen.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(HarnessError::io("read the marker pipe", e)),
+            }
+        }
+    }
+
+    fn http_target(&self) -> Option<HttpTarget> {
+        None
+    }
+
+    fn host_pids(&self) -> Vec<u32> {
+        process_tree(Path::new("/proc"), self.child.id())
+    }
+
+    fn memory(&self) -> InstanceMemory {
+        spawn::tree_instance_memory(self.child.id(), Some(self.guest_bytes))
+    }
+
+    fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
+        terminate(self.child.id(), Duration::from_secs(3));
+        self.finish(false)
+    }
+
+    fn wait_exit(self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError> {
+        let mut me = *self;
+        let ended = spawn::wait_or_terminate(&mut me.child, timeout, Duration::from_secs(1))?;
+        me.finish(!ended)
+    }
+}
