@@ -36,6 +36,16 @@ fn require(test: &str) -> Option<PathBuf> {
     isolab_testkit::require(test, missing).then(workload_bin)
 }
 
+/// The workbench is gone and the host's own interfaces are as they were.
+fn assert_left_clean(wcfg: &WorkbenchConfig, host_before: &[String]) {
+    assert_workbench_gone(wcfg);
+    assert_eq!(
+        isolab_testkit::host_interfaces(),
+        host_before,
+        "host interfaces changed"
+    );
+}
+
 fn workbench_config(name: &str, bridge: &str, subnet: &str) -> WorkbenchConfig {
     WorkbenchConfig {
         name: name.into(),
@@ -78,23 +88,13 @@ fn interfaces_of(pid: u32) -> Vec<String> {
     names
 }
 
-fn host_interfaces() -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn assert_workbench_gone(cfg: &WorkbenchConfig) {
     let ns = cfg.run_dir.join(&cfg.name);
     assert!(!ns.exists(), "{} left behind", ns.display());
     let lock = cfg.lock_dir.join(format!("net-{}.lock", cfg.name));
     assert!(!lock.exists(), "{} left behind", lock.display());
     assert!(
-        !host_interfaces().contains(&cfg.bridge),
+        !isolab_testkit::host_interfaces().contains(&cfg.bridge),
         "bridge {} leaked into the host namespace",
         cfg.bridge
     );
@@ -105,7 +105,7 @@ fn container_api_answers_over_its_veth_and_teardown_leaves_nothing() {
     let test = "container_api_answers_over_its_veth_and_teardown_leaves_nothing";
     let Some(bin) = require(test) else { return };
     let wcfg = workbench_config("isoctnet1", "isoctbr1", "10.213.1.0/24");
-    let host_before = host_interfaces();
+    let host_before = isolab_testkit::host_interfaces();
     let wb = Workbench::create(wcfg.clone()).unwrap();
     let mut c = ContainerConfig::new(&bin, "api");
     c.run_dir = PathBuf::from(format!("/run/isolab-test/{test}"));
@@ -148,8 +148,7 @@ fn container_api_answers_over_its_veth_and_teardown_leaves_nothing() {
     );
     assert_eq!(wb.leased(), 0, "the address lease was not released");
     wb.destroy().unwrap();
-    assert_workbench_gone(&wcfg);
-    assert_eq!(host_interfaces(), host_before, "host interfaces changed");
+    assert_left_clean(&wcfg, &host_before);
     let _ = std::fs::remove_dir(&c.run_dir);
     let _ = std::fs::remove_dir("/run/isolab-test");
 }
@@ -164,7 +163,7 @@ fn two_hundred_sequential_attachments_leave_no_interface_behind() {
         return;
     }
     let wcfg = workbench_config("isoctnet2", "isoctbr2", "10.213.2.0/24");
-    let host_before = host_interfaces();
+    let host_before = isolab_testkit::host_interfaces();
     let wb = Workbench::create(wcfg.clone()).unwrap();
     let mut cmd = Command::new("/bin/sleep");
     cmd.arg("120");
@@ -193,6 +192,5 @@ fn two_hundred_sequential_attachments_leave_no_interface_behind() {
     let _ = holder.kill();
     let _ = holder.wait();
     wb.destroy().unwrap();
-    assert_workbench_gone(&wcfg);
-    assert_eq!(host_interfaces(), host_before, "host interfaces changed");
+    assert_left_clean(&wcfg, &host_before);
 }

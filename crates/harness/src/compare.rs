@@ -5,7 +5,7 @@
 //! density scenario per mode.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use isolab_microvm::timing::Phases;
 use serde::{Deserialize, Serialize};
@@ -483,11 +483,6 @@ pub fn now_unix() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// Elapsed helper for progress displays.
-pub fn since(t: Instant) -> Duration {
-    t.elapsed()
 }
 
 #[cfg(test)]

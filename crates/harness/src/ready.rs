@@ -2,7 +2,7 @@
 //! write end the workload inherits as `ISOLAB_READY_FD`; the first byte read
 //! is the ready event, timestamped here with the monotonic clock.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
@@ -50,28 +50,32 @@ impl ReadyPipe {
 
     /// Wait for the ready byte.
     pub fn wait(&self, timeout: Duration) -> Result<ReadyEvent, HarnessError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(HarnessError::Timeout(timeout));
-            }
-            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
-            let mut fds = [PollFd::new(self.read.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::from(ms)) {
-                Ok(0) => continue,
-                Ok(_) => {
-                    let at = Instant::now();
-                    let mut b = [0u8; 1];
-                    return match nix::unistd::read(&self.read, &mut b) {
-                        Ok(0) => Ok(ReadyEvent::Closed),
-                        Ok(_) => Ok(ReadyEvent::Ready(at)),
-                        Err(e) => Err(HarnessError::io("read ready pipe", e)),
-                    };
-                }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(HarnessError::io("poll ready pipe", e)),
-            }
+        if !readable(self.read.as_fd(), Instant::now() + timeout)? {
+            return Err(HarnessError::Timeout(timeout));
+        }
+        let at = Instant::now();
+        let mut b = [0u8; 1];
+        match nix::unistd::read(&self.read, &mut b) {
+            Ok(0) => Ok(ReadyEvent::Closed),
+            Ok(_) => Ok(ReadyEvent::Ready(at)),
+            Err(e) => Err(HarnessError::io("read the ready pipe", e)),
+        }
+    }
+}
+
+/// Waits until `fd` is readable (data or EOF): true, or false at `deadline`.
+pub(crate) fn readable(fd: BorrowedFd<'_>, deadline: Instant) -> Result<bool, HarnessError> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(HarnessError::io("poll a pipe", e)),
         }
     }
 }

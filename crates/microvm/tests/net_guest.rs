@@ -36,16 +36,6 @@ fn artifacts(test: &str) -> Option<(PathBuf, PathBuf)> {
     common::guest("net_guest", test)
 }
 
-fn host_interfaces() -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn guest_api_answers_http_over_virtio_net_and_teardown_leaves_nothing() {
     let test = "guest_api_answers_http_over_virtio_net_and_teardown_leaves_nothing";
@@ -58,7 +48,7 @@ fn guest_api_answers_http_over_virtio_net_and_teardown_leaves_nothing() {
         subnet: "10.213.9.0/24".parse().unwrap(),
         ..WorkbenchConfig::default()
     };
-    let host_before = host_interfaces();
+    let host_before = isolab_testkit::host_interfaces();
     let wb = Workbench::create(wcfg.clone()).unwrap();
     let tap = wb.create_tap(Some("isovmtap1"), false).unwrap();
     let lease = tap.lease();
@@ -125,5 +115,9 @@ fn guest_api_answers_http_over_virtio_net_and_teardown_leaves_nothing() {
     drop(tap);
     wb.destroy().unwrap();
     assert!(!wcfg.run_dir.join(&wcfg.name).exists(), "namespace left");
-    assert_eq!(host_interfaces(), host_before, "host interfaces changed");
+    assert_eq!(
+        isolab_testkit::host_interfaces(),
+        host_before,
+        "host interfaces changed"
+    );
 }

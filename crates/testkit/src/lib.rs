@@ -162,6 +162,20 @@ pub fn missing_binary(name: &str, package: &str) -> Option<String> {
     (!p.is_file()).then(|| format!("{} missing: cargo build -p {package}", p.display()))
 }
 
+/// The interfaces of this process's network namespace, sorted (to check
+/// that a test left the host's own network as it found it).
+pub fn host_interfaces() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// The workspace's artifact cache (`$ISOLAB_CACHE`, else the XDG/HOME
 /// default), as `bench provision` fills it.
 pub fn cache_root() -> Option<PathBuf> {

@@ -25,6 +25,8 @@ struct Artifacts {
     vmlinux: PathBuf,
     init: PathBuf,
     workload: PathBuf,
+    /// The test's scratch directory (initramfs, console, traces).
+    dir: tempfile::TempDir,
 }
 
 fn probe(test: &str) -> Option<Artifacts> {
@@ -52,29 +54,24 @@ fn probe(test: &str) -> Option<Artifacts> {
         vmlinux: kernel.vmlinux,
         init: isolab_testkit::binary(INIT_BIN),
         workload: isolab_testkit::binary(WORKLOAD_BIN),
+        dir: tempfile::tempdir().expect("a scratch directory"),
     })
 }
 
-/// Boots with the given `isolab.*` parameters; returns QEMU's success and
-/// the serial console text.
-fn boot(a: &Artifacts, dir: &Path, params: &str) -> (bool, String) {
-    boot_with(a, dir, params, &[])
+/// Boots with the given `isolab.*` parameters; returns the serial console
+/// text once QEMU exited successfully (fails the test otherwise).
+fn boot(a: &Artifacts, params: &str) -> String {
+    boot_with(a, params, &[])
 }
 
 /// As [`boot`], with extra QEMU arguments (devices).
-fn boot_with(a: &Artifacts, dir: &Path, params: &str, qemu_args: &[&str]) -> (bool, String) {
-    boot_kernel(a, &a.bz_image, dir, params, qemu_args)
+fn boot_with(a: &Artifacts, params: &str, qemu_args: &[&str]) -> String {
+    boot_kernel(a, &a.bz_image, params, qemu_args)
 }
 
 /// Boots `kernel` (bzImage, or vmlinux through its PVH note).
-fn boot_kernel(
-    a: &Artifacts,
-    kernel: &Path,
-    dir: &Path,
-    params: &str,
-    qemu_args: &[&str],
-) -> (bool, String) {
-    let initrd = dir.join("initramfs.cpio");
+fn boot_kernel(a: &Artifacts, kernel: &Path, params: &str, qemu_args: &[&str]) -> String {
+    let initrd = a.dir.path().join("initramfs.cpio");
     guest_initramfs(a.init.as_path(), a.workload.as_path(), &[])
         .write_file(&initrd)
         .expect("write the guest initramfs");
@@ -138,10 +135,11 @@ fn boot_kernel(
         let _ = e.read_to_string(&mut err);
     }
     let console = String::from_utf8_lossy(&out).into_owned();
-    if !status.success() {
-        eprintln!("qemu stderr: {err}");
-    }
-    (status.success(), console)
+    assert!(
+        status.success(),
+        "qemu exited with an error ({err}); console:\n{console}"
+    );
+    console
 }
 
 fn result_line<'a>(console: &'a str, workload: &str) -> Option<serde_json::Value> {
@@ -157,14 +155,11 @@ fn result_line<'a>(console: &'a str, workload: &str) -> Option<serde_json::Value
 fn qemu_microvm_boots_guest_to_init_and_workload_ready_and_exit() {
     let test = "qemu_microvm_boots_guest_to_init_and_workload_ready_and_exit";
     let Some(a) = probe(test) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let (ok, console) = boot(
+    let console = boot(
         &a,
-        dir.path(),
         "isolab.workload=noop isolab.console=1 isolab.hostname=qemu-guest",
     );
     let ctx = || format!("console:\n{console}");
-    assert!(ok, "qemu exited with an error; {}", ctx());
     let pos = |needle: &str| {
         console
             .find(needle)
@@ -195,13 +190,10 @@ fn qemu_microvm_boots_guest_to_init_and_workload_ready_and_exit() {
 fn qemu_guest_runs_its_own_kernel() {
     let test = "qemu_guest_runs_its_own_kernel";
     let Some(a) = probe(test) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let (ok, console) = boot(
+    let console = boot(
         &a,
-        dir.path(),
         "isolab.workload=probe isolab.console=1 isolab.hostname=qemu-guest",
     );
-    assert!(ok, "qemu exited with an error; console:\n{console}");
     let probe = result_line(&console, "probe")
         .unwrap_or_else(|| panic!("no probe result line; console:\n{console}"));
     let guest_release = probe["kernel"]["release"]
@@ -235,10 +227,8 @@ fn qemu_guest_runs_its_own_kernel() {
 fn qemu_guest_reports_a_missing_workload_name_as_status_255() {
     let test = "qemu_guest_reports_a_missing_workload_name_as_status_255";
     let Some(a) = probe(test) else { return };
-    let dir = tempfile::tempdir().unwrap();
     // No isolab.workload=: init must say so, report 255 and still power off.
-    let (ok, console) = boot(&a, dir.path(), "isolab.console=1");
-    assert!(ok, "qemu exited with an error; console:\n{console}");
+    let console = boot(&a, "isolab.console=1");
     assert!(
         console.contains("isolab-init: error: bad kernel command line: no isolab.workload="),
         "{console}"
@@ -253,13 +243,11 @@ fn qemu_guest_reports_a_missing_workload_name_as_status_255() {
 fn qemu_guest_configures_eth0_from_the_command_line() {
     let test = "qemu_guest_configures_eth0_from_the_command_line";
     let Some(a) = probe(test) else { return };
-    let dir = tempfile::tempdir().unwrap();
     // One virtio-mmio net device; microvm appends its virtio_mmio.device=
     // parameter itself. User-mode networking with restrict=on: the guest's
     // addresses live inside QEMU only and nothing reaches the host network.
-    let (ok, console) = boot_with(
+    let console = boot_with(
         &a,
-        dir.path(),
         "isolab.workload=probe isolab.console=1 isolab.ip=10.0.2.15/24 isolab.gw=10.0.2.2",
         &[
             "-netdev",
@@ -268,7 +256,6 @@ fn qemu_guest_configures_eth0_from_the_command_line() {
             "virtio-net-device,netdev=n0",
         ],
     );
-    assert!(ok, "qemu exited with an error; console:\n{console}");
     assert!(
         console.contains("isolab-init: eth0 10.0.2.15/24 up"),
         "{console}"
@@ -310,17 +297,14 @@ fn marker_writes(trace: &str) -> Vec<(u16, u8)> {
 fn qemu_sees_the_marker_abi_port_writes() {
     let test = "qemu_sees_the_marker_abi_port_writes";
     let Some(a) = probe(test) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let trace_path = dir.path().join("trace.log");
+    let trace_path = a.dir.path().join("trace.log");
     let trace_arg = trace_path.to_str().unwrap().to_string();
     // No isolab.console=1: the result must arrive on port 0x3f2 alone.
-    let (ok, console) = boot_with(
+    let console = boot_with(
         &a,
-        dir.path(),
         "isolab.workload=noop quiet",
         &["-trace", "memory_region_ops_write", "-D", &trace_arg],
     );
-    assert!(ok, "qemu exited with an error; console:\n{console}");
     let trace = std::fs::read_to_string(&trace_path).unwrap_or_default();
     if !trace.contains("memory_region_ops_write") {
         isolab_testkit::require(
@@ -362,17 +346,14 @@ fn qemu_sees_the_marker_abi_port_writes() {
 fn qemu_guest_oom_kill_is_reported_as_status_137() {
     let test = "qemu_guest_oom_kill_is_reported_as_status_137";
     let Some(a) = probe(test) else { return };
-    let dir = tempfile::tempdir().unwrap();
     // `hog` grows until stopped; the guest's own OOM killer stops it (the
     // guest has 128 MiB, below hog's hard cap) and init reports 128+SIGKILL.
     // The later -m overrides the default 256 MiB.
-    let (ok, console) = boot_with(
+    let console = boot_with(
         &a,
-        dir.path(),
         "isolab.workload=hog isolab.console=1 quiet",
         &["-m", "128"],
     );
-    assert!(ok, "qemu exited with an error; console:\n{console}");
     assert!(
         console.contains("Out of memory: Killed process"),
         "{console}"
@@ -401,8 +382,7 @@ fn qemu_guest_api_answers_http_through_virtio_net() {
 
     let test = "qemu_guest_api_answers_http_through_virtio_net";
     let Some(a) = probe(test) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let initrd = dir.path().join("initramfs.cpio");
+    let initrd = a.dir.path().join("initramfs.cpio");
     guest_initramfs(a.init.as_path(), a.workload.as_path(), &[])
         .write_file(&initrd)
         .unwrap();
@@ -412,7 +392,7 @@ fn qemu_guest_api_answers_http_through_virtio_net() {
         .local_addr()
         .unwrap()
         .port();
-    let console_path = dir.path().join("console.txt");
+    let console_path = a.dir.path().join("console.txt");
     let console_file = std::fs::File::create(&console_path).unwrap();
     let netdev = format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-10.0.2.15:8080");
     let _qemu = KillOnDrop(
@@ -469,17 +449,14 @@ fn qemu_guest_api_answers_http_through_virtio_net() {
 fn qemu_boots_vmlinux_through_pvh_with_two_vcpus() {
     let test = "qemu_boots_vmlinux_through_pvh_with_two_vcpus";
     let Some(a) = probe(test) else { return };
-    let dir = tempfile::tempdir().unwrap();
     // vmlinux (what our monitor loads) enters through the PVH note; the two
     // CPUs are found through the MP table (no ACPI in this kernel).
-    let (ok, console) = boot_kernel(
+    let console = boot_kernel(
         &a,
         &a.vmlinux,
-        dir.path(),
         "isolab.workload=probe isolab.console=1",
         &["-smp", "2"],
     );
-    assert!(ok, "qemu exited with an error; console:\n{console}");
     let probe = result_line(&console, "probe")
         .unwrap_or_else(|| panic!("no probe result line; console:\n{console}"));
     assert_eq!(probe["cpus_online"], 2, "{console}");

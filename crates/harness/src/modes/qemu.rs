@@ -11,7 +11,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use isolab_guest_kernel::GuestArtifacts;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::microvm::{native_refusal, DEFAULT_GUEST_MIB};
 use super::spawn::{self, shell_status, terminate, which};
@@ -190,16 +189,8 @@ impl Instance for QemuInstance {
     fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
         let end = Instant::now() + timeout;
         loop {
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            if !crate::ready::readable(self.marker.as_fd(), end)? {
                 return Err(HarnessError::Timeout(timeout));
-            }
-            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
-            let mut fds = [PollFd::new(self.marker.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::from(ms)) {
-                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-                Ok(_) => {}
-                Err(e) => return Err(HarnessError::io("poll the marker pipe", e)),
             }
             let mut buf = [0u8; 64];
             match nix::unistd::read(&self.marker, &mut buf) {

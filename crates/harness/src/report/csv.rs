@@ -31,20 +31,16 @@ pub fn render(r: &CompareReport) -> String {
         }
     }
     for d in &r.density {
+        let mode = d.mode.name();
         for p in &d.points {
+            let (n, label) = (p.n, esc(&label));
             out.push_str(&format!(
-                "{},density_memory,{},{},bytes,{}\n",
-                d.mode.name(),
-                p.n,
-                p.memory_bytes,
-                esc(&label)
+                "{mode},density_memory,{n},{},bytes,{label}\n",
+                p.memory_bytes
             ));
             out.push_str(&format!(
-                "{},density_ready,{},{:.4},ms,{}\n",
-                d.mode.name(),
-                p.n,
-                p.ready_ms,
-                esc(&label)
+                "{mode},density_ready,{n},{:.4},ms,{label}\n",
+                p.ready_ms
             ));
         }
     }

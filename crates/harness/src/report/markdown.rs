@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{environment_lines, fmt_mib, fmt_ms, fmt_ratio, status_notes, status_text};
+use super::{closing_sections, memory_cells, startup_cells};
 use crate::compare::CompareReport;
 
 /// Render the report as Markdown; `plots` are file names to embed.
@@ -17,24 +17,7 @@ pub fn render_with_plots(r: &CompareReport, plots: &[String]) -> String {
     let _ = writeln!(o, "| mode | status | n | ready p50 | p90 | p99 | p50 95% CI | ratio vs process | first response p50 | p99 | ratio |");
     let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for m in &r.modes {
-        let s = m.ready_ms.as_ref();
-        let f = m.first_response_ms.as_ref();
-        let _ = writeln!(
-            o,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            m.mode.name(),
-            status_text(m),
-            s.map(|s| s.n.to_string()).unwrap_or_else(|| "-".into()),
-            fmt_ms(s, |s| s.p50),
-            fmt_ms(s, |s| s.p90),
-            fmt_ms(s, |s| s.p99),
-            s.map(|s| format!("{:.2}–{:.2}", s.p50_ci95[0], s.p50_ci95[1]))
-                .unwrap_or_else(|| "-".into()),
-            fmt_ratio(m.ready_ratio_vs_process),
-            fmt_ms(f, |s| s.p50),
-            fmt_ms(f, |s| s.p99),
-            fmt_ratio(m.first_response_ratio_vs_process),
-        );
+        let _ = writeln!(o, "| {} |", startup_cells(m, true, "–").join(" | "));
     }
     let _ = writeln!(o, "\n## Memory per instance (MiB, median)\n");
     let _ = writeln!(
@@ -43,18 +26,7 @@ pub fn render_with_plots(r: &CompareReport, plots: &[String]) -> String {
     );
     let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|");
     for m in &r.modes {
-        let mm = &m.memory;
-        let _ = writeln!(
-            o,
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            m.mode.name(),
-            fmt_mib(mm.pss.as_ref()),
-            fmt_mib(mm.uss.as_ref()),
-            fmt_mib(mm.cgroup_current.as_ref()),
-            fmt_mib(mm.mem_available_delta.as_ref()),
-            fmt_mib(mm.vmm_overhead.as_ref()),
-            fmt_mib(mm.guest_touched.as_ref()),
-        );
+        let _ = writeln!(o, "| {} |", memory_cells(m).join(" | "));
     }
     for d in &r.density {
         let _ = writeln!(
@@ -81,20 +53,14 @@ pub fn render_with_plots(r: &CompareReport, plots: &[String]) -> String {
             let _ = writeln!(o, "![{p}]({p})\n");
         }
     }
-    let notes = status_notes(r);
-    if !notes.is_empty() {
-        let _ = writeln!(o, "\n## Notes\n");
-        for n in notes {
-            let _ = writeln!(o, "- {n}");
+    for (title, lines) in closing_sections(r) {
+        if lines.is_empty() {
+            continue;
         }
-    }
-    let _ = writeln!(o, "\n## Method\n");
-    for m in &r.method {
-        let _ = writeln!(o, "- {m}");
-    }
-    let _ = writeln!(o, "\n## Environment\n");
-    for e in environment_lines(r) {
-        let _ = writeln!(o, "- {e}");
+        let _ = writeln!(o, "\n## {title}\n");
+        for l in lines {
+            let _ = writeln!(o, "- {l}");
+        }
     }
     o
 }

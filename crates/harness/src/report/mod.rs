@@ -59,6 +59,47 @@ pub(crate) fn fmt_ratio(r: Option<f64>) -> String {
     r.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into())
 }
 
+/// The startup row of a mode: mode, status, n, ready p50/p90/p99, the
+/// median's CI (`lo{ci_sep}hi`), the ratio; with `http` also first
+/// response p50/p99 and its ratio.
+pub(crate) fn startup_cells(m: &ModeReport, http: bool, ci_sep: &str) -> Vec<String> {
+    let s = m.ready_ms.as_ref();
+    let mut row = vec![
+        m.mode.name().to_string(),
+        status_text(m),
+        s.map(|s| s.n.to_string()).unwrap_or_else(|| "-".into()),
+        fmt_ms(s, |s| s.p50),
+        fmt_ms(s, |s| s.p90),
+        fmt_ms(s, |s| s.p99),
+        s.map(|s| format!("{:.2}{ci_sep}{:.2}", s.p50_ci95[0], s.p50_ci95[1]))
+            .unwrap_or_else(|| "-".into()),
+        fmt_ratio(m.ready_ratio_vs_process),
+    ];
+    if http {
+        let f = m.first_response_ms.as_ref();
+        row.extend([
+            fmt_ms(f, |s| s.p50),
+            fmt_ms(f, |s| s.p99),
+            fmt_ratio(m.first_response_ratio_vs_process),
+        ]);
+    }
+    row
+}
+
+/// The memory row of a mode (MiB, medians).
+pub(crate) fn memory_cells(m: &ModeReport) -> Vec<String> {
+    let mm = &m.memory;
+    vec![
+        m.mode.name().to_string(),
+        fmt_mib(mm.pss.as_ref()),
+        fmt_mib(mm.uss.as_ref()),
+        fmt_mib(mm.cgroup_current.as_ref()),
+        fmt_mib(mm.mem_available_delta.as_ref()),
+        fmt_mib(mm.vmm_overhead.as_ref()),
+        fmt_mib(mm.guest_touched.as_ref()),
+    ]
+}
+
 pub(crate) fn status_text(m: &ModeReport) -> String {
     match &m.status {
         ModeStatus::Measured => "measured".into(),
@@ -93,6 +134,16 @@ pub(crate) fn status_notes(report: &CompareReport) -> Vec<String> {
         }
     }
     v
+}
+
+/// The closing sections of the text renderings, in order: notes (empty
+/// when there are none), method, environment.
+pub(crate) fn closing_sections(report: &CompareReport) -> [(&'static str, Vec<String>); 3] {
+    [
+        ("Notes", status_notes(report)),
+        ("Method", report.method.clone()),
+        ("Environment", environment_lines(report)),
+    ]
 }
 
 /// Environment lines shared by table and Markdown.

@@ -15,6 +15,47 @@ fn err(what: &str, e: impl std::fmt::Display) -> HarnessError {
     HarnessError::io(format!("draw {what}"), std::io::Error::other(e.to_string()))
 }
 
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// A chart with one column per name (`x` = 0, 1, ... labelled with the
+/// names) and `0..ymax` up the side, its mesh drawn.
+fn columns<'a, 'b>(
+    root: &'a Area<'b>,
+    what: &str,
+    title: &str,
+    names: &[String],
+    ymax: f64,
+    y_desc: &str,
+) -> Result<Chart<'a, 'b>, HarnessError> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(-0.5f64..(names.len() as f64 - 0.5), 0.0..ymax.max(1.0))
+        .map_err(|e| err(what, e))?;
+    chart
+        .configure_mesh()
+        .x_labels(names.len())
+        .x_label_formatter(&|x| {
+            let i = x.round() as usize;
+            if (x - i as f64).abs() < 0.01 {
+                names.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(y_desc)
+        .draw()
+        .map_err(|e| err(what, e))?;
+    Ok(chart)
+}
+
 /// Startup samples as a strip plot: one column per mode, every raw sample a dot,
 /// the median a bar.
 fn startup(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
@@ -37,28 +78,8 @@ fn startup(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
         Some(l) => format!("launch -> ready (ms) — {l}"),
         None => "launch -> ready (ms)".into(),
     };
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 16))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(-0.5f64..(modes.len() as f64 - 0.5), 0.0..ymax.max(1.0))
-        .map_err(|e| err("startup", e))?;
     let names: Vec<String> = modes.iter().map(|m| m.mode.name().to_string()).collect();
-    chart
-        .configure_mesh()
-        .x_labels(modes.len())
-        .x_label_formatter(&|x| {
-            let i = x.round() as usize;
-            if (x - i as f64).abs() < 0.01 {
-                names.get(i).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
-        .y_desc("ms")
-        .draw()
-        .map_err(|e| err("startup", e))?;
+    let mut chart = columns(&root, "startup", &title, &names, ymax, "ms")?;
     for (i, m) in modes.iter().enumerate() {
         let n = m.raw_ready_ms.len().max(1) as f64;
         chart
@@ -104,31 +125,15 @@ fn memory(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
     let ymax = rows.iter().map(|r| r.1).fold(0.0f64, f64::max) * 1.2;
     let root = SVGBackend::new(path, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err("memory", e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "memory per instance: PSS of host processes (MiB, median)",
-            ("sans-serif", 16),
-        )
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(-0.5f64..(rows.len() as f64 - 0.5), 0.0..ymax.max(1.0))
-        .map_err(|e| err("memory", e))?;
     let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
-    chart
-        .configure_mesh()
-        .x_labels(rows.len())
-        .x_label_formatter(&|x| {
-            let i = x.round() as usize;
-            if (x - i as f64).abs() < 0.01 {
-                names.get(i).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
-        .y_desc("MiB")
-        .draw()
-        .map_err(|e| err("memory", e))?;
+    let mut chart = columns(
+        &root,
+        "memory",
+        "memory per instance: PSS of host processes (MiB, median)",
+        &names,
+        ymax,
+        "MiB",
+    )?;
     chart
         .draw_series(rows.iter().enumerate().map(|(i, (_, v))| {
             Rectangle::new(

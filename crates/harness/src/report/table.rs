@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{environment_lines, fmt_mib, fmt_ms, fmt_ratio, status_notes, status_text};
+use super::{closing_sections, fmt_ms, memory_cells, startup_cells};
 use crate::compare::CompareReport;
 
 fn grid(rows: &[Vec<String>]) -> String {
@@ -68,27 +68,7 @@ pub fn render(r: &CompareReport) -> String {
         h.into_iter().map(String::from).collect::<Vec<_>>()
     }];
     for m in &r.modes {
-        let s = m.ready_ms.as_ref();
-        let mut row = vec![
-            m.mode.name().to_string(),
-            status_text(m),
-            s.map(|s| s.n.to_string()).unwrap_or_else(|| "-".into()),
-            fmt_ms(s, |s| s.p50),
-            fmt_ms(s, |s| s.p90),
-            fmt_ms(s, |s| s.p99),
-            s.map(|s| format!("{:.2}..{:.2}", s.p50_ci95[0], s.p50_ci95[1]))
-                .unwrap_or_else(|| "-".into()),
-            fmt_ratio(m.ready_ratio_vs_process),
-        ];
-        if http {
-            let f = m.first_response_ms.as_ref();
-            row.extend([
-                fmt_ms(f, |s| s.p50),
-                fmt_ms(f, |s| s.p99),
-                fmt_ratio(m.first_response_ratio_vs_process),
-            ]);
-        }
-        rows.push(row);
+        rows.push(startup_cells(m, http, ".."));
     }
     out.push_str(&grid(&rows));
 
@@ -105,18 +85,7 @@ pub fn render(r: &CompareReport) -> String {
     .into_iter()
     .map(String::from)
     .collect::<Vec<_>>()];
-    for m in &r.modes {
-        let mm = &m.memory;
-        rows.push(vec![
-            m.mode.name().to_string(),
-            fmt_mib(mm.pss.as_ref()),
-            fmt_mib(mm.uss.as_ref()),
-            fmt_mib(mm.cgroup_current.as_ref()),
-            fmt_mib(mm.mem_available_delta.as_ref()),
-            fmt_mib(mm.vmm_overhead.as_ref()),
-            fmt_mib(mm.guest_touched.as_ref()),
-        ]);
-    }
+    rows.extend(r.modes.iter().map(memory_cells));
     out.push_str(&grid(&rows));
 
     if r.modes.iter().any(|m| m.phases.is_some()) {
@@ -180,20 +149,16 @@ pub fn render(r: &CompareReport) -> String {
         }
     }
 
-    let notes = status_notes(r);
-    if !notes.is_empty() {
-        let _ = writeln!(out, "\nNotes");
-        for n in notes {
-            let _ = writeln!(out, "  - {n}");
+    for (title, lines) in closing_sections(r) {
+        if lines.is_empty() {
+            continue;
         }
-    }
-    let _ = writeln!(out, "\nMethod");
-    for m in &r.method {
-        let _ = writeln!(out, "  - {m}");
-    }
-    let _ = writeln!(out, "\nEnvironment");
-    for e in environment_lines(r) {
-        let _ = writeln!(out, "  {e}");
+        let _ = writeln!(out, "\n{title}");
+        // Environment lines are facts, not a list of points.
+        let bullet = if title == "Environment" { "" } else { "- " };
+        for l in lines {
+            let _ = writeln!(out, "  {bullet}{l}");
+        }
     }
     out
 }
