@@ -180,24 +180,26 @@ pub fn vm(mut run: VmRunConfig, on_start: &dyn Fn(i32)) -> Result<VmRun, Harness
         None => (None, None),
     };
     // With the network we wait for ready ourselves (and pass it on);
-    // without, the caller's fd goes to the monitor as it is.
+    // without, the caller's fd, if any, goes to the monitor as it is.
     let mut pipe = ReadyPipe::new()?;
-    let direct = match (&tap, run.ready_fd.take()) {
-        (None, Some(fd)) => Some(fd),
-        (_, fd) => {
-            run.ready_fd = fd;
-            None
-        }
+    let direct = if tap.is_none() {
+        run.ready_fd.take()
+    } else {
+        None
     };
     let tap_fd = tap
         .as_ref()
         .map(|t| t.try_clone_fd().map(|fd| (fd, t.lease().mac())))
         .transpose()
         .map_err(|e| HarnessError::io("duplicate the TAP fd", e))?;
+    let ready = match &tap {
+        Some(_) => pipe.write_end(),
+        None => direct.as_ref(),
+    };
     let mut vmm = Vmm::spawn_with(
         &run.vmm,
         &run.config,
-        direct.as_ref().or(pipe.write_end()),
+        ready,
         tap_fd.as_ref().map(|(fd, mac)| (fd, *mac)),
         echo,
     )?;

@@ -578,6 +578,65 @@ mod tests {
         assert_eq!(o.vm.unwrap().phases.kernel_boot_ms, Some(30.0));
     }
 
+    const REPORT: &str = r#"{"host":{"kind":"unknown"},"vcpus":1,"memory_mib":128,"kernel_format":"elf","boot_protocol":"pvh","cmdline":"","stop_reason":"host_request","exit_status":null,"phases":{},"memory_at_ready":null,"memory_at_end":{"vmm_overhead_kib":1,"guest_touched_kib":2,"total_rss_kib":3,"vmm_overhead_pss_kib":1},"workload_output":"","unknown_markers":[]}"#;
+
+    /// A stand-in monitor: a shell script that checks its arguments,
+    /// signals ready on fd 3, prints a console line and the report.
+    fn fake_vmm(dir: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("isolab-vmm");
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_monitor_gets_its_ready_fd_and_its_report_is_read() {
+        let d = tempfile::tempdir().unwrap();
+        let vmm = fake_vmm(
+            d.path(),
+            &format!(
+                "[ \"$1 $2\" = \"--kernel /k\" ] || exit 9\nprintf R >&3\necho '[ 0.1] console'\necho '{REPORT}'"
+            ),
+        );
+        let cfg = VmConfig::new("/k", "noop");
+        let mut ready = ReadyPipe::new().unwrap();
+        let mut m = Vmm::spawn(&vmm, &cfg, &mut ready, None, &[]).unwrap();
+        assert!(matches!(
+            ready.wait(Duration::from_secs(10)).unwrap(),
+            ReadyEvent::Ready(_)
+        ));
+        let (report, _) = m.finish().unwrap();
+        assert_eq!(report.memory_at_end.total_rss_kib, 3);
+        assert_eq!(report.stop_reason, isolab_microvm::StopReason::HostRequest);
+    }
+
+    #[test]
+    fn a_monitor_without_a_report_is_explained_by_its_error_line_and_class() {
+        let d = tempfile::tempdir().unwrap();
+        let vmm = fake_vmm(d.path(), "echo 'error: /dev/kvm here is PVM' >&2\nexit 3");
+        let mut ready = ReadyPipe::new().unwrap();
+        let mut m = Vmm::spawn(&vmm, &VmConfig::new("/k", "noop"), &mut ready, None, &[]).unwrap();
+        assert_eq!(
+            ready.wait(Duration::from_secs(10)).unwrap(),
+            ReadyEvent::Closed
+        );
+        let e = m.finish().unwrap_err();
+        assert!(e.is_host(), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "The monitor exited (status 3) without a report: /dev/kvm here is PVM"
+        );
+        let missing = Vmm::spawn(
+            &d.path().join("nope"),
+            &VmConfig::new("/k", "noop"),
+            &mut ReadyPipe::new().unwrap(),
+            None,
+            &[],
+        );
+        assert!(matches!(missing, Err(HarnessError::MissingBinary(_))));
+    }
+
     #[test]
     fn pvm_hosts_are_refused_in_one_line() {
         let d = tempfile::tempdir().unwrap();
