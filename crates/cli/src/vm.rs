@@ -197,11 +197,19 @@ fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
         &signals::target,
     )?;
     if args.json {
-        let mut v = serde_json::to_value(&run.report).context("serialise the report")?;
-        if let (Some(net), Some(obj)) = (&run.net, v.as_object_mut()) {
-            obj.insert("net".into(), serde_json::to_value(net)?);
-        }
-        println!("{v}");
+        // The monitor's report as it printed it, with the probe's figures
+        // added under "net".
+        let line = match &run.net {
+            None => serde_json::to_string(&run.report).context("serialise the report")?,
+            Some(net) => {
+                let mut v = serde_json::to_value(&run.report).context("serialise the report")?;
+                if let Some(obj) = v.as_object_mut() {
+                    obj.insert("net".into(), serde_json::to_value(net)?);
+                }
+                v.to_string()
+            }
+        };
+        println!("{line}");
     } else {
         print_report(&run.report);
         if let Some(n) = &run.net {

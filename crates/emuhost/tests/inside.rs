@@ -125,3 +125,64 @@ fn container_on_cgroup_v2_and_qemu_microvm_reference_run_inside() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn microvm_on_the_workbench_answers_http_and_compare_measures_it() {
+    let test = "microvm_on_the_workbench_answers_http_and_compare_measures_it";
+    let Some(host) = prepare(test, HostConfig::default()) else {
+        return;
+    };
+    // One boot, two runs of the path every networked microVM takes: bench
+    // creates the workbench and a TAP, isolab-vmm gets the TAP's fd, the
+    // one probe answers from inside the workbench namespace.
+    let mut inv = bench_invocation(&[], &binary_dir().unwrap(), &cache_root().unwrap()).unwrap();
+    let script = "\
+        /opt/isolab/bin/bench vm run --workload api --net --requests 5 --json; \
+        echo vm-status=$?; \
+        /opt/isolab/bin/bench compare --workload api --modes microvm --peers none \
+          --runs 1 --warmup 0 --requests 5 --format json > /tmp/compare.json; \
+        echo compare-status=$?; \
+        tr -d '\\n' < /tmp/compare.json; echo";
+    inv.command = vec!["sh".into(), "-c".into(), script.into()];
+    inv.env.push(("ISOLAB_PROGRESS".into(), "0".into()));
+    let mut lines = Vec::new();
+    let outcome = host
+        .run(&inv, &mut |l| {
+            println!("inner: {l}");
+            lines.push(l.to_string());
+        })
+        .unwrap();
+    assert_eq!(outcome.status, 0);
+    let has = |s: &str| lines.iter().any(|l| l == s);
+    assert!(has("vm-status=0"), "bench vm run --net failed: {lines:?}");
+    let json = |key: &str| -> serde_json::Value {
+        lines
+            .iter()
+            .find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                v.get(key).is_some().then_some(v)
+            })
+            .unwrap_or_else(|| panic!("no line with {key} in {lines:?}"))
+    };
+    let vm = json("net");
+    assert_eq!(vm["net"]["status"], 200, "{vm}");
+    assert_eq!(vm["net"]["requests"], 5, "{vm}");
+    assert!(vm["net"]["tap"].is_string(), "{vm}");
+    assert_eq!(vm["stop_reason"], "host_request", "{vm}");
+    assert!(has("compare-status=0"), "bench compare failed: {lines:?}");
+    let doc = json("schema");
+    let m = &doc["modes"][0];
+    assert_eq!(m["mode"], "microvm", "{doc}");
+    assert_eq!(m["status"]["state"], "measured", "{m}");
+    assert_eq!(
+        m["raw_first_response_ms"].as_array().map(Vec::len),
+        Some(1),
+        "{m}"
+    );
+    assert!(m["phases"]["kernel_boot_ms"]["p50"].is_number(), "{m}");
+    assert!(
+        m["memory"]["vmm_overhead"]["p50"].as_f64().unwrap_or(0.0) > 0.0,
+        "{m}"
+    );
+    assert_eq!(m["load"]["errors"], 0, "{m}");
+}
