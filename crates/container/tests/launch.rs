@@ -10,13 +10,9 @@ use std::time::Duration;
 
 use isolab_container::{ChildStep, ContainerConfig, ContainerError, ExitStatus, Outcome};
 
-fn workload_bin() -> PathBuf {
-    isolab_testkit::binary("workload")
-}
-
 /// Probes the real abilities a container needs; `None` means skip.
 fn require(test: &str) -> Option<PathBuf> {
-    isolab_testkit::require(test, isolab_testkit::missing_container()).then(workload_bin)
+    isolab_testkit::require(test, isolab_testkit::missing_container()).then(|| isolab_testkit::binary("workload"))
 }
 
 /// A config with a private run dir, so concurrent tests and other users of

@@ -23,17 +23,13 @@ use isolab_net::probe::ProbeConfig;
 use isolab_net::{VethAttachment, Workbench, WorkbenchConfig};
 use nix::sched::{unshare, CloneFlags};
 
-fn workload_bin() -> PathBuf {
-    isolab_testkit::binary("workload")
-}
-
 /// Probes root, a network namespace, a cgroup and the workload binary.
 fn require(test: &str) -> Option<PathBuf> {
     let missing = isolab_testkit::first_missing([
         isolab_testkit::missing_container(),
         isolab_testkit::missing_unshare(nix::sched::CloneFlags::CLONE_NEWNET),
     ]);
-    isolab_testkit::require(test, missing).then(workload_bin)
+    isolab_testkit::require(test, missing).then(|| isolab_testkit::binary("workload"))
 }
 
 /// The workbench is gone and the host's own interfaces are as they were.

@@ -7,10 +7,6 @@ use std::path::PathBuf;
 use isolab_container::oci::{run_peer, write_bundle, OciError};
 use isolab_container::ContainerConfig;
 
-fn workload_bin() -> PathBuf {
-    isolab_testkit::binary("workload")
-}
-
 fn require(test: &str, runtime: &str) -> Option<PathBuf> {
     let missing = isolab_testkit::first_missing([
         isolab_testkit::missing_root(),
@@ -35,7 +31,7 @@ fn runc_runs_the_same_workload_from_our_bundle() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut c = ContainerConfig::new(workload_bin(), "probe");
+    let mut c = ContainerConfig::new(isolab_testkit::binary("workload"), "probe");
     c.hostname = Some("oci-box".into());
     c.limits.pids = Some(64);
     c.limits.memory_bytes = Some(64 << 20);
@@ -64,7 +60,7 @@ fn crun_runs_or_its_own_refusal_is_surfaced() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let c = ContainerConfig::new(workload_bin(), "noop");
+    let c = ContainerConfig::new(isolab_testkit::binary("workload"), "noop");
     let id = format!("oci-crun-{}", std::process::id());
     let bundle = write_bundle(&dir.path().join("bundle"), &c, &id).unwrap();
     let state = dir.path().join("crun-state");
