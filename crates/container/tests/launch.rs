@@ -12,7 +12,8 @@ use isolab_container::{ChildStep, ContainerConfig, ContainerError, ExitStatus, O
 
 /// Probes the real abilities a container needs; `None` means skip.
 fn require(test: &str) -> Option<PathBuf> {
-    isolab_testkit::require(test, isolab_testkit::missing_container()).then(|| isolab_testkit::binary("workload"))
+    isolab_testkit::require(test, isolab_testkit::missing_container())
+        .then(|| isolab_testkit::binary("workload"))
 }
 
 /// A config with a private run dir, so concurrent tests and other users of

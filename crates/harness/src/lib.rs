@@ -118,17 +118,22 @@ impl HarnessError {
 }
 
 /// A container error's class: `Some(true)` usage, `Some(false)` the host,
-/// `None` a failed run.
+/// `None` a failed run. The container crate's own `is_usage()`/`is_host()`
+/// decide, except for its cgroup errors, which the cgroup error's type
+/// decides: a CPU set the host lacks is the user's, a write that failed is
+/// a failed run, anything else (a missing controller) is the host's.
 fn container_class(e: &ContainerError) -> Option<bool> {
-    match e {
-        ContainerError::NotRoot | ContainerError::WorkloadBinary { .. } => Some(false),
-        ContainerError::Config(_) => Some(true),
-        ContainerError::Cgroups(c) | ContainerError::CgroupCreate { source: c, .. } => match c {
-            CgroupError::CpusetUnavailable { .. } => Some(true),
-            CgroupError::Write { .. } | CgroupError::Create { .. } => None,
-            _ => Some(false),
-        },
+    let cgroup = match e {
+        ContainerError::Cgroups(c) | ContainerError::CgroupCreate { source: c, .. } => Some(c),
         _ => None,
+    };
+    match cgroup {
+        Some(CgroupError::CpusetUnavailable { .. }) => Some(true),
+        Some(CgroupError::Write { .. } | CgroupError::Create { .. }) => None,
+        Some(_) => Some(false),
+        None if e.is_usage() => Some(true),
+        None if e.is_host() => Some(false),
+        None => None,
     }
 }
 
