@@ -32,6 +32,47 @@ fn prepare(test: &str, config: HostConfig) -> Option<EmulatedHost> {
     }
 }
 
+/// What a `sh -c` script printed inside the emulated host: its lines, and
+/// the JSON object among them that has `key`.
+struct Script {
+    lines: Vec<String>,
+}
+
+impl Script {
+    /// Runs `script` with `bench`, its siblings and the guest kernels
+    /// inside (plus `files`), echoing every line.
+    fn run(host: &EmulatedHost, files: Vec<FileMap>, script: &str) -> Script {
+        let mut inv =
+            bench_invocation(&[], &binary_dir().unwrap(), &cache_root().unwrap()).unwrap();
+        inv.files.extend(files);
+        inv.env.push(("ISOLAB_PROGRESS".into(), "0".into()));
+        inv.command = vec!["sh".into(), "-c".into(), script.into()];
+        let mut lines = Vec::new();
+        let outcome = host
+            .run(&inv, &mut |l| {
+                println!("inner: {l}");
+                lines.push(l.to_string());
+            })
+            .unwrap();
+        assert_eq!(outcome.status, 0, "{lines:?}");
+        Script { lines }
+    }
+
+    fn has(&self, line: &str) -> bool {
+        self.lines.iter().any(|l| l == line)
+    }
+
+    fn json(&self, key: &str) -> serde_json::Value {
+        self.lines
+            .iter()
+            .find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                v.get(key).is_some().then_some(v)
+            })
+            .unwrap_or_else(|| panic!("no line with {key} in {:?}", self.lines))
+    }
+}
+
 #[test]
 fn microvm_boots_noop_on_nested_kvm_and_reports_ready_and_status() {
     let test = "microvm_boots_noop_on_nested_kvm_and_reports_ready_and_status";
@@ -75,16 +116,16 @@ fn container_on_cgroup_v2_and_qemu_microvm_reference_run_inside() {
         return;
     };
     let guest = isolab_testkit::cached_guest().expect("probed by prepare");
-    let (kernel, initrd) = (guest.bz_image, guest.initramfs);
-    let mut inv = bench_invocation(&[], &binary_dir().unwrap(), &cache_root().unwrap()).unwrap();
-    inv.files.push(FileMap {
-        host: kernel,
-        guest: "/guest/bzImage".into(),
-    });
-    inv.files.push(FileMap {
-        host: initrd,
-        guest: "/guest/initramfs.cpio".into(),
-    });
+    let files = vec![
+        FileMap {
+            host: guest.bz_image,
+            guest: "/guest/bzImage".into(),
+        },
+        FileMap {
+            host: guest.initramfs,
+            guest: "/guest/initramfs.cpio".into(),
+        },
+    ];
     // reboot=t: QEMU's microvm has no i8042, so the guest init's reboot
     // must triple-fault, which -no-reboot turns into QEMU's exit.
     let script = "\
@@ -95,33 +136,19 @@ fn container_on_cgroup_v2_and_qemu_microvm_reference_run_inside() {
           -kernel /guest/bzImage -initrd /guest/initramfs.cpio \
           -append 'console=ttyS0 reboot=t panic=-1 isolab.workload=noop isolab.console=1'; \
         echo qemu-status=$?";
-    inv.command = vec!["sh".into(), "-c".into(), script.into()];
-    let mut lines = Vec::new();
-    let outcome = host
-        .run(&inv, &mut |l| {
-            println!("inner: {l}");
-            lines.push(l.to_string());
-        })
-        .unwrap();
-    assert_eq!(outcome.status, 0);
-    let has = |s: &str| lines.iter().any(|l| l == s);
-    assert!(has("container-status=0"), "container failed: {lines:?}");
-    let container: serde_json::Value = lines
-        .iter()
-        .find_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            v.get("cgroup_version").is_some().then_some(v)
-        })
-        .unwrap_or_else(|| panic!("no container report in {lines:?}"));
+    let out = Script::run(&host, files, script);
+    let lines = &out.lines;
+    assert!(out.has("container-status=0"), "container failed: {lines:?}");
+    let container = out.json("cgroup_version");
     assert_eq!(container["cgroup_version"], "v2", "{container}");
     assert_eq!(container["exit_code"], 0, "{container}");
-    assert!(has("qemu-status=0"), "QEMU microvm failed: {lines:?}");
+    assert!(out.has("qemu-status=0"), "QEMU microvm failed: {lines:?}");
     assert!(
-        has("isolab-init: ready"),
+        out.has("isolab-init: ready"),
         "guest never ready under QEMU: {lines:?}"
     );
     assert!(
-        has("isolab-init: workload exited with status 0"),
+        out.has("isolab-init: workload exited with status 0"),
         "{lines:?}"
     );
 }
@@ -135,7 +162,6 @@ fn microvm_on_the_workbench_answers_http_and_compare_measures_it() {
     // One boot, two runs of the path every networked microVM takes: bench
     // creates the workbench and a TAP, isolab-vmm gets the TAP's fd, the
     // one probe answers from inside the workbench namespace.
-    let mut inv = bench_invocation(&[], &binary_dir().unwrap(), &cache_root().unwrap()).unwrap();
     let script = "\
         /opt/isolab/bin/bench vm run --workload api --net --requests 5 --json; \
         echo vm-status=$?; \
@@ -143,34 +169,22 @@ fn microvm_on_the_workbench_answers_http_and_compare_measures_it() {
           --runs 1 --warmup 0 --requests 5 --format json > /tmp/compare.json; \
         echo compare-status=$?; \
         tr -d '\\n' < /tmp/compare.json; echo";
-    inv.command = vec!["sh".into(), "-c".into(), script.into()];
-    inv.env.push(("ISOLAB_PROGRESS".into(), "0".into()));
-    let mut lines = Vec::new();
-    let outcome = host
-        .run(&inv, &mut |l| {
-            println!("inner: {l}");
-            lines.push(l.to_string());
-        })
-        .unwrap();
-    assert_eq!(outcome.status, 0);
-    let has = |s: &str| lines.iter().any(|l| l == s);
-    assert!(has("vm-status=0"), "bench vm run --net failed: {lines:?}");
-    let json = |key: &str| -> serde_json::Value {
-        lines
-            .iter()
-            .find_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                v.get(key).is_some().then_some(v)
-            })
-            .unwrap_or_else(|| panic!("no line with {key} in {lines:?}"))
-    };
-    let vm = json("net");
+    let out = Script::run(&host, vec![], script);
+    let lines = &out.lines;
+    assert!(
+        out.has("vm-status=0"),
+        "bench vm run --net failed: {lines:?}"
+    );
+    let vm = out.json("net");
     assert_eq!(vm["net"]["status"], 200, "{vm}");
     assert_eq!(vm["net"]["requests"], 5, "{vm}");
     assert!(vm["net"]["tap"].is_string(), "{vm}");
     assert_eq!(vm["stop_reason"], "host_request", "{vm}");
-    assert!(has("compare-status=0"), "bench compare failed: {lines:?}");
-    let doc = json("schema");
+    assert!(
+        out.has("compare-status=0"),
+        "bench compare failed: {lines:?}"
+    );
+    let doc = out.json("schema");
     let m = &doc["modes"][0];
     assert_eq!(m["mode"], "microvm", "{doc}");
     assert_eq!(m["status"]["state"], "measured", "{m}");

@@ -20,12 +20,11 @@ use std::time::Instant;
 use isolab_container::oci::{run_peer, write_bundle, Bundle};
 use isolab_container::ContainerConfig;
 use isolab_emuhost::peers::GUEST_PEER_DIR;
-use isolab_emuhost::{EmulatedHost, FileMap, HostConfig, Invocation, PeerRuntime};
+use isolab_emuhost::{EmulatedHost, HostConfig, PeerRuntime};
 use isolab_testkit::{missing_binary, require};
 
 const TEST: &str = "crun_runc_and_runsc_run_our_bundle_on_the_emulated_hosts_cgroup_v2";
 /// This test binary's path inside.
-const GUEST_TEST: &str = "/opt/isolab/test/peers";
 const GUEST_WORKLOAD: &str = "/opt/isolab/bin/workload";
 
 fn in_emulated_host() -> bool {
@@ -74,48 +73,16 @@ fn outside() {
         "{TEST}: peer payload {:.1} MiB per boot",
         host.bundle_bytes() as f64 / (1 << 20) as f64
     );
-    let inv = Invocation {
-        command: vec![
-            GUEST_TEST.into(),
-            "--exact".into(),
-            TEST.into(),
-            "--nocapture".into(),
-            "--test-threads=1".into(),
-        ],
-        env: vec![
-            ("ISOLAB_WORKLOAD_BIN".into(), GUEST_WORKLOAD.into()),
-            ("CI".into(), "true".into()),
-        ],
-        files: vec![
-            FileMap {
-                host: std::env::current_exe().unwrap(),
-                guest: GUEST_TEST.into(),
-            },
-            FileMap {
-                host: isolab_testkit::binary("workload"),
-                guest: GUEST_WORKLOAD.into(),
-            },
-        ],
+    let rerun = isolab_testkit::Rerun {
+        args: vec!["--exact".into(), TEST.into()],
+        env: vec![("ISOLAB_WORKLOAD_BIN".into(), GUEST_WORKLOAD.into())],
+        files: vec![(isolab_testkit::binary("workload"), GUEST_WORKLOAD.into())],
+        passed: 1,
     };
-    let mut out = String::new();
-    let outcome = host
-        .run(&inv, &mut |l| {
-            eprintln!("inner: {l}");
-            out.push_str(l);
-            out.push('\n');
-        })
-        .unwrap_or_else(|e| panic!("{TEST}: the emulated host failed: {e}"));
-    eprintln!(
-        "{TEST}: start to command {:?}, total {:?} ({})",
-        outcome.to_command,
-        outcome.elapsed,
-        isolab_emuhost::EMULATED_HOST_LABEL
-    );
-    assert!(
-        outcome.status == 0 && out.contains("test result: ok. 1 passed"),
-        "{TEST} failed inside the emulated host (status {}):\n{out}",
-        outcome.status
-    );
+    let out = isolab_testkit::rerun_in_emulated_host(TEST, &host, rerun);
+    for l in out.lines() {
+        eprintln!("inner: {l}");
+    }
 }
 
 /// What one peer did, or its own error.

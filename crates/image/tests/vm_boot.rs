@@ -162,14 +162,12 @@ fn artifacts() -> Option<Artifacts> {
 /// Runs this test inside the emulated host with `a` copied in; panics
 /// unless it passes there.
 fn rerun_in_emulated_host(a: &Artifacts) {
-    use isolab_emuhost::{EmulatedHost, FileMap, HostConfig, Invocation};
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = "/opt/isolab/test";
-    let mut files = vec![FileMap {
-        host: exe,
-        guest: format!("{dir}/vm_boot"),
-    }];
-    let mut env = vec![("CI".to_string(), "true".to_string())];
+    let dir = isolab_testkit::GUEST_TEST_DIR;
+    let mut rerun = isolab_testkit::Rerun {
+        args: vec!["--exact".into(), TEST.into()],
+        passed: 1,
+        ..isolab_testkit::Rerun::default()
+    };
     for (var, host, name) in [
         (ENV_KERNEL, &a.kernel, "vmlinux"),
         (ENV_DISK, &a.disk, "rootfs.erofs"),
@@ -178,32 +176,11 @@ fn rerun_in_emulated_host(a: &Artifacts) {
         (ENV_NGINX_DISK, &a.nginx_disk, "nginx.erofs"),
         (ENV_INITRD_NGINX, &a.initrd_nginx, "nginx.cpio"),
     ] {
-        files.push(FileMap {
-            host: host.clone(),
-            guest: format!("{dir}/{name}"),
-        });
-        env.push((var.to_string(), format!("{dir}/{name}")));
+        rerun.files.push((host.clone(), format!("{dir}/{name}")));
+        rerun.env.push((var.to_string(), format!("{dir}/{name}")));
     }
-    let inv = Invocation {
-        command: vec![
-            format!("{dir}/vm_boot"),
-            "--exact".into(),
-            TEST.into(),
-            "--nocapture".into(),
-            "--test-threads=1".into(),
-        ],
-        env,
-        files,
-    };
-    let host = EmulatedHost::prepare(HostConfig::default())
-        .unwrap_or_else(|e| panic!("{TEST}: cannot prepare the emulated host (strict mode): {e}"));
-    let mut out = String::new();
-    let outcome = host
-        .run(&inv, &mut |l| {
-            out.push_str(l);
-            out.push('\n');
-        })
-        .unwrap_or_else(|e| panic!("{TEST}: the emulated host failed: {e}"));
+    let out =
+        isolab_testkit::rerun_in_emulated_host(TEST, &isolab_testkit::emulated_host(TEST), rerun);
     eprintln!("{TEST}: ran inside the emulated host (this host's KVM cannot boot Linux):");
     for l in out
         .lines()
@@ -211,11 +188,6 @@ fn rerun_in_emulated_host(a: &Artifacts) {
     {
         eprintln!("  | {l}");
     }
-    assert!(
-        outcome.status == 0 && out.contains("test result: ok. 1 passed"),
-        "{TEST} failed inside the emulated host (status {}):\n{out}",
-        outcome.status
-    );
 }
 
 /// A factory for the read-only root disk.

@@ -133,51 +133,22 @@ fn kernel_functions_of_a_serving_workload_are_counted_in_the_emulated_host() {
 /// Runs this test binary (all its tests, one boot) inside the emulated
 /// host with the workload binary copied in; panics unless they pass there.
 fn rerun_in_emulated_host(test: &str) {
-    use isolab_emuhost::{EmulatedHost, FileMap, HostConfig, Invocation};
-    let exe = std::env::current_exe().unwrap();
     let workload = isolab_testkit::binary("workload");
     assert!(
         workload.is_file(),
         "{test}: {} missing: cargo build -p isolab-workload",
         workload.display()
     );
-    let inv = Invocation {
-        command: vec![
-            "/opt/isolab/test/hap".into(),
-            "--nocapture".into(),
-            "--test-threads=1".into(),
-        ],
-        env: vec![
-            (
-                "ISOLAB_WORKLOAD_BIN".into(),
-                "/opt/isolab/bin/workload".into(),
-            ),
-            ("CI".into(), "true".into()),
-        ],
-        files: vec![
-            FileMap {
-                host: exe,
-                guest: "/opt/isolab/test/hap".into(),
-            },
-            FileMap {
-                host: workload,
-                guest: "/opt/isolab/bin/workload".into(),
-            },
-        ],
+    let rerun = isolab_testkit::Rerun {
+        env: vec![(
+            "ISOLAB_WORKLOAD_BIN".into(),
+            "/opt/isolab/bin/workload".into(),
+        )],
+        files: vec![(workload, "/opt/isolab/bin/workload".into())],
+        passed: 2,
+        ..isolab_testkit::Rerun::default()
     };
-    let host = EmulatedHost::prepare(HostConfig::default())
-        .unwrap_or_else(|e| panic!("{test}: cannot prepare the emulated host (strict mode): {e}"));
-    let mut out = String::new();
-    let outcome = host
-        .run(&inv, &mut |l| {
-            out.push_str(l);
-            out.push('\n');
-        })
-        .unwrap_or_else(|e| panic!("{test}: the emulated host failed: {e}"));
+    let out =
+        isolab_testkit::rerun_in_emulated_host(test, &isolab_testkit::emulated_host(test), rerun);
     eprintln!("{test}: ran inside the emulated host:\n{out}");
-    assert!(
-        outcome.status == 0 && out.contains("test result: ok. 2 passed"),
-        "{test} failed inside the emulated host (status {}):\n{out}",
-        outcome.status
-    );
 }

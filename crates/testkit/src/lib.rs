@@ -176,6 +176,84 @@ pub fn host_interfaces() -> Vec<String> {
     v
 }
 
+/// What to carry into the emulated host when a test reruns there.
+#[derive(Debug, Default)]
+pub struct Rerun {
+    /// Arguments of the test binary (`--exact NAME` for one test); the run
+    /// always adds `--nocapture --test-threads=1`.
+    pub args: Vec<String>,
+    /// Extra environment inside (`CI=true` is always set: strict there too).
+    pub env: Vec<(String, String)>,
+    /// Files and directories copied in: (host path, absolute guest path).
+    pub files: Vec<(PathBuf, String)>,
+    /// How many tests must pass inside (`test result: ok. N passed`).
+    pub passed: usize,
+}
+
+/// Where the test binary goes inside the emulated host.
+pub const GUEST_TEST_DIR: &str = "/opt/isolab/test";
+
+/// Runs the running test binary again inside the emulated host (QEMU TCG
+/// with nested KVM, `host`) with what `rerun` carries, for tests that need
+/// what this host lacks (hardware KVM, a kernel of our own); returns the
+/// output and panics unless the tests passed in there. The inner run sees
+/// `ISOLAB_EMULATED_HOST=1`.
+pub fn rerun_in_emulated_host(
+    test: &str,
+    host: &isolab_emuhost::EmulatedHost,
+    rerun: Rerun,
+) -> String {
+    use isolab_emuhost::{FileMap, Invocation};
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let name = exe
+        .file_name()
+        .expect("the test executable's name")
+        .to_string_lossy()
+        .into_owned();
+    let guest_exe = format!("{GUEST_TEST_DIR}/{name}");
+    let mut command = vec![guest_exe.clone()];
+    command.extend(rerun.args);
+    command.extend(["--nocapture".into(), "--test-threads=1".into()]);
+    let mut env = vec![("CI".to_owned(), "true".to_owned())];
+    env.extend(rerun.env);
+    let mut files = vec![FileMap {
+        host: exe,
+        guest: guest_exe,
+    }];
+    files.extend(
+        rerun
+            .files
+            .into_iter()
+            .map(|(host, guest)| FileMap { host, guest }),
+    );
+    let inv = Invocation {
+        command,
+        env,
+        files,
+    };
+    let mut out = String::new();
+    let outcome = host
+        .run(&inv, &mut |l| {
+            out.push_str(l);
+            out.push('\n');
+        })
+        .unwrap_or_else(|e| panic!("{test}: the emulated host failed: {e}"));
+    let expect = format!("test result: ok. {} passed", rerun.passed);
+    assert!(
+        outcome.status == 0 && out.contains(&expect),
+        "{test} failed inside the emulated host (status {}):\n{out}",
+        outcome.status
+    );
+    out
+}
+
+/// The emulated host with default settings, or a panic naming the test
+/// (strict mode: the rerun is the test).
+pub fn emulated_host(test: &str) -> isolab_emuhost::EmulatedHost {
+    isolab_emuhost::EmulatedHost::prepare(isolab_emuhost::HostConfig::default())
+        .unwrap_or_else(|e| panic!("{test}: cannot prepare the emulated host (strict mode): {e}"))
+}
+
 /// The workspace's artifact cache (`$ISOLAB_CACHE`, else the XDG/HOME
 /// default), as `bench provision` fills it.
 pub fn cache_root() -> Option<PathBuf> {

@@ -28,61 +28,26 @@ pub fn guest(bin: &str, test: &str) -> Option<(PathBuf, PathBuf)> {
 /// emulated host with the provisioned guest copied in; panics unless it
 /// passes there.
 pub fn rerun_in_emulated_host(bin: &str, test: &str) {
-    use isolab_emuhost::{EmulatedHost, FileMap, HostConfig, Invocation};
     let g = isolab_testkit::cached_guest().unwrap_or_else(|| {
         panic!("{test}: no provisioned guest kernel/initramfs: run `bench provision` (strict mode)")
     });
-    let (kernel, initrd) = (g.vmlinux, g.initramfs);
-    let kernel_dir = kernel.parent().expect("kernel in its cache dir");
+    let kernel_dir = g.vmlinux.parent().expect("kernel in its cache dir");
     let guest_cache = "/var/cache/isolab";
-    let map = |host: &Path, guest: String| FileMap {
-        host: host.to_path_buf(),
-        guest,
+    let in_cache = |p: &Path, sub: &str| {
+        format!(
+            "{guest_cache}/{sub}/{}",
+            p.file_name().unwrap().to_string_lossy()
+        )
     };
-    let exe = std::env::current_exe().expect("test binary path");
-    let inv = Invocation {
-        command: vec![
-            format!("/opt/isolab/test/{bin}"),
-            "--exact".into(),
-            test.into(),
-            "--nocapture".into(),
-            "--test-threads=1".into(),
-        ],
-        env: vec![
-            ("ISOLAB_CACHE".into(), guest_cache.into()),
-            ("CI".into(), "true".into()),
-        ],
+    let rerun = isolab_testkit::Rerun {
+        args: vec!["--exact".into(), test.into()],
+        env: vec![("ISOLAB_CACHE".into(), guest_cache.into())],
         files: vec![
-            map(&exe, format!("/opt/isolab/test/{bin}")),
-            map(
-                kernel_dir,
-                format!(
-                    "{guest_cache}/kernel/{}",
-                    kernel_dir.file_name().unwrap().to_string_lossy()
-                ),
-            ),
-            map(
-                &initrd,
-                format!(
-                    "{guest_cache}/initramfs/{}",
-                    initrd.file_name().unwrap().to_string_lossy()
-                ),
-            ),
+            (kernel_dir.to_path_buf(), in_cache(kernel_dir, "kernel")),
+            (g.initramfs.clone(), in_cache(&g.initramfs, "initramfs")),
         ],
+        passed: 1,
     };
-    let host = EmulatedHost::prepare(HostConfig::default())
-        .unwrap_or_else(|e| panic!("{test}: cannot prepare the emulated host (strict mode): {e}"));
-    let mut out = String::new();
-    let outcome = host
-        .run(&inv, &mut |l| {
-            out.push_str(l);
-            out.push('\n');
-        })
-        .unwrap_or_else(|e| panic!("{test}: the emulated host failed: {e}"));
-    eprintln!("{test}: ran inside the emulated host (this host's KVM cannot boot Linux)");
-    assert!(
-        outcome.status == 0 && out.contains("test result: ok. 1 passed"),
-        "{test} failed inside the emulated host (status {}):\n{out}",
-        outcome.status
-    );
+    isolab_testkit::rerun_in_emulated_host(test, &isolab_testkit::emulated_host(test), rerun);
+    eprintln!("{test} ({bin}): ran inside the emulated host (this host's KVM cannot boot Linux)");
 }
