@@ -138,19 +138,17 @@ fn config(args: &RunArgs) -> anyhow::Result<VmConfig> {
         (false, Some(p)) => Console::File(p.clone()),
         (false, None) => Console::Off,
     };
-    let config = VmConfig {
-        kernel: args.kernel.clone().unwrap_or_default(),
-        initrd: args.initrd.clone(),
-        memory_mib: args.memory,
-        vcpus: args.vcpus,
-        workload: args.workload.name().to_owned(),
-        workload_args: args.args.clone(),
-        console,
-        cmdline_extra: args.cmdline_extra.clone(),
-        allow_pvm: args.allow_pvm,
-        // Options `bench vm run` does not expose keep the library's defaults.
-        ..VmConfig::new("", "")
-    };
+    let mut config = VmConfig::new(
+        args.kernel.clone().unwrap_or_default(),
+        args.workload.name(),
+    );
+    config.initrd = args.initrd.clone();
+    config.memory_mib = args.memory;
+    config.vcpus = args.vcpus;
+    config.workload_args = args.args.clone();
+    config.console = console;
+    config.cmdline_extra = args.cmdline_extra.clone();
+    config.allow_pvm = args.allow_pvm;
     // With an explicit kernel, check the files too; the provisioned ones
     // are checked again by the monitor before the boot.
     let checked = if args.kernel.is_some() {

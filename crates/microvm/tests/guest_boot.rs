@@ -108,9 +108,9 @@ fn guest_runs_its_own_kernel() {
 fn noop_boots_confined() {
     const TEST: &str = "noop_boots_confined";
     if std::env::var_os("ISOLAB_CONFINE_CHILD").is_some() {
-        let (k, i) = find_artifacts().expect("artifacts in the child");
-        let mut c = VmConfig::new(&k, "noop");
-        c.initrd = Some(i);
+        let g = isolab_testkit::cached_guest().expect("artifacts in the child");
+        let mut c = VmConfig::new(&g.vmlinux, "noop");
+        c.initrd = Some(g.initramfs);
         c.seccomp = true;
         let r = isolab_microvm::run(&c, Instant::now(), RunHooks::default());
         // This thread is confined now: only write(2) and exit_group(2).

@@ -178,17 +178,15 @@ fn run(args: Args, started: Instant) -> Result<ExitCode, Failure> {
         })?;
         mmio_devices.push(net_device(inherited(fd, "--tap-fd")?, mac)?);
     }
-    let config = VmConfig {
-        kernel: args.kernel,
-        initrd: args.initrd,
-        memory_mib: args.memory_mib,
-        vcpus: args.vcpus,
-        workload: args.workload,
-        workload_args: args.args,
-        console: console(&args.console),
-        cmdline_extra: args.cmdline_extra,
-        allow_pvm: args.allow_pvm,
-    };
+    // Fields this binary has no flag for keep VmConfig's defaults.
+    let mut config = VmConfig::new(args.kernel, args.workload);
+    config.initrd = args.initrd;
+    config.memory_mib = args.memory_mib;
+    config.vcpus = args.vcpus;
+    config.workload_args = args.args;
+    config.console = console(&args.console);
+    config.cmdline_extra = args.cmdline_extra;
+    config.allow_pvm = args.allow_pvm;
     let hooks = RunHooks {
         on_ready: Some(Box::new(move || {
             if let Some(mut f) = ready.take() {
