@@ -165,6 +165,16 @@ fn classify(err: BuildError) -> Failure {
 }
 
 fn run(args: Args, started: Instant) -> Result<ExitCode, Failure> {
+    // Before any thread exists: every thread the monitor starts (the
+    // virtio-net worker starts with its device, before the run) inherits
+    // this mask, so SIGTERM/SIGINT reach the run's signalfd and stop the VM
+    // cleanly instead of killing the process through an unblocked thread.
+    let mut stop = nix::sys::signal::SigSet::empty();
+    stop.add(nix::sys::signal::Signal::SIGTERM);
+    stop.add(nix::sys::signal::Signal::SIGINT);
+    stop.thread_block()
+        .context("Cannot block SIGTERM/SIGINT")
+        .map_err(|e| Failure(1, e))?;
     let mut ready = args
         .ready_fd
         .map(|fd| inherited(fd, "--ready-fd").map(File::from))
