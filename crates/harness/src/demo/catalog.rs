@@ -227,13 +227,15 @@ pub const DEMOS: &[Demo] = &[
             (global: one value per kernel). As a root process on the host every setting is writable \
             (the demo only opens each one for writing and writes nothing: host settings are \
             never written). In the container, \
-            /proc/sys is mounted read-only, so the sysctl writes are refused, and the domain-name \
-            change succeeds only inside its own UTS namespace. In the microVM every write \
-            succeeds, and changes only the guest's kernel. The host's values are read before and \
-            after: they did not move.",
+            /proc/sys is mounted read-only, so the sysctl writes are refused, and even the \
+            domain name, which its own UTS namespace owns, cannot be set: the container keeps \
+            Docker's default capabilities, which leave out CAP_SYS_ADMIN (with it, the change \
+            would stay inside that UTS namespace). In the microVM every write succeeds, and \
+            changes only the guest's kernel. The host's values are read before and after: they \
+            did not move.",
         questions: [
-            q("Why can a container change its domain name but not vm.swappiness?",
-              "The domain name belongs to its UTS namespace; vm.swappiness is a single host-kernel setting, and the container's /proc/sys is read-only."),
+            q("The domain name belongs to the container's own UTS namespace. Why is setting it refused anyway, and what would it change if allowed?",
+              "setdomainname(2) needs CAP_SYS_ADMIN, which the container's default capability set drops; with it, only the container's UTS namespace would change, while vm.swappiness, a single host-kernel setting, stays out of reach behind a read-only /proc/sys."),
             q("If /proc/sys were writable inside the container, whose vm.swappiness would change?",
               "The host's: there is only one kernel, and that setting is not namespaced."),
             q("Why may the microVM set anything it likes?",
