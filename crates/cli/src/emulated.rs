@@ -20,7 +20,7 @@ pub fn run(
     on_line: &mut dyn FnMut(&str),
 ) -> anyhow::Result<i32> {
     emulated::provision_guest(workload)?;
-    let host = emulated::prepare(include_qemu, VM_RUN_TIMEOUT_S)?;
+    let host = emulated::prepare(include_qemu, vec![], VM_RUN_TIMEOUT_S)?;
     Ok(emulated::run_bench(&host, args, on_line)?.status)
 }
 

@@ -4,7 +4,7 @@
 //! payload instead of being built inside. Every figure that comes back
 //! carries [`EMULATED_HOST_LABEL`].
 
-use isolab_emuhost::{EmulatedHost, HostConfig, Outcome, EMULATED_HOST_LABEL};
+use isolab_emuhost::{EmulatedHost, HostConfig, Outcome, PeerRuntime, EMULATED_HOST_LABEL};
 
 use crate::compare::CompareReport;
 use crate::env::KvmKind;
@@ -13,10 +13,16 @@ use crate::{HarnessError, Workload};
 
 /// The emulated host, prepared (cached after the first run). With
 /// `include_qemu` the host's `qemu-system-x86_64` goes in too (the QEMU
-/// peer).
-pub fn prepare(include_qemu: bool, timeout_s: u64) -> Result<EmulatedHost, HarnessError> {
+/// peer); `peers` are the container runtimes carried in with their
+/// libraries (crun, runc, runsc: [`isolab_emuhost::peers::runtimes_for`]).
+pub fn prepare(
+    include_qemu: bool,
+    peers: Vec<PeerRuntime>,
+    timeout_s: u64,
+) -> Result<EmulatedHost, HarnessError> {
     let cfg = HostConfig {
         include_qemu,
+        peers,
         allow_install: true,
         timeout_s,
         ..HostConfig::default()
@@ -47,7 +53,11 @@ pub fn compare(
     on_line: &mut dyn FnMut(&str),
 ) -> Result<CompareReport, HarnessError> {
     crate::single::provisioned_guest(cfg.workload)?;
-    let host = prepare(cfg.modes.contains(&ModeKind::QemuMicrovm), 3000)?;
+    let host = prepare(
+        cfg.modes.contains(&ModeKind::QemuMicrovm),
+        carried_peers(cfg),
+        3000,
+    )?;
     let mut lines = vec![];
     let mut in_report = false;
     let outcome = run_bench(&host, &compare_args(cfg), &mut |l| {
@@ -77,6 +87,12 @@ pub fn compare(
     report.environment.label = Some(EMULATED_HOST_LABEL.into());
     report.environment.kvm = KvmKind::Emulated;
     Ok(report)
+}
+
+/// The container runtimes the inner `bench compare` measures as peers,
+/// carried into the emulated host (it has none of its own).
+pub fn carried_peers(cfg: &crate::compare::CompareConfig) -> Vec<PeerRuntime> {
+    isolab_emuhost::peers::runtimes_for(cfg.modes.iter().filter(|m| m.is_peer()).map(|m| m.name()))
 }
 
 /// The inner `bench compare` arguments for `cfg`, with JSON output.
@@ -183,6 +199,16 @@ mod tests {
             "compare --workload cache --modes process,microvm --peers runc --runs 3 --warmup 1 \
              --requests 10 --ready-timeout 30 --format json --density --budget 1048576K \
              --max-instances 20"
+        );
+        assert_eq!(carried_peers(&cfg), [PeerRuntime::Runc]);
+        let all = CompareConfig {
+            modes: crate::modes::MODES.iter().map(|m| m.kind).collect(),
+            ..cfg
+        };
+        assert_eq!(
+            carried_peers(&all),
+            [PeerRuntime::Crun, PeerRuntime::Runc],
+            "qemu-microvm is no container runtime (include_qemu carries it)"
         );
     }
 }
