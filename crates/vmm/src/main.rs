@@ -32,6 +32,7 @@ use clap::Parser;
 use isolab_microvm::builder::MmioDeviceFactory;
 use isolab_microvm::devices::bus::SharedDevice;
 use isolab_microvm::devices::virtio::{MmioTransport, NetDevice};
+use isolab_microvm::vstate::memory::HugePages;
 use isolab_microvm::{BuildError, Console, RunHooks, StopReason, VmConfig};
 
 /// Exit status for bad arguments.
@@ -76,6 +77,18 @@ struct Args {
     /// The virtio-net device's MAC address, e.g. 02:49:0a:cb:00:02.
     #[arg(long, value_name = "MAC", requires = "tap_fd")]
     mac: Option<String>,
+    /// What backs guest RAM: `host` (2 MiB-aligned anonymous memory, THP as
+    /// the host's setting decides), `thp` (plus MADV_HUGEPAGE), `hugetlb_2m`
+    /// or `hugetlb_1g` (explicit pages from the host's pool). The report's
+    /// memory samples say which page sizes actually backed it.
+    #[arg(long, value_name = "KIND", default_value = "host", value_parser = huge_pages)]
+    huge_pages: HugePages,
+    /// Run the monitor unconfined. By default, as Firecracker does, every
+    /// monitor thread gets its own seccomp filter and the process drops its
+    /// capabilities just before the guest runs; a forbidden syscall ends the
+    /// monitor with status 159 and names the thread and the syscall.
+    #[arg(long)]
+    no_seccomp: bool,
     /// Further workload arguments (after `--`).
     #[arg(last = true)]
     args: Vec<String>,
@@ -132,6 +145,19 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
         *b = u8::from_str_radix(parts.next()?, 16).ok()?;
     }
     parts.next().is_none().then_some(mac)
+}
+
+/// `--huge-pages` values, by the names the report uses.
+fn huge_pages(s: &str) -> Result<HugePages, String> {
+    [
+        HugePages::Host,
+        HugePages::Thp,
+        HugePages::Hugetlb2m,
+        HugePages::Hugetlb1g,
+    ]
+    .into_iter()
+    .find(|h| h.name() == s)
+    .ok_or_else(|| format!("{s:?} is not a page backing: use host, thp, hugetlb_2m or hugetlb_1g"))
 }
 
 fn console(s: &str) -> Console {
@@ -197,6 +223,8 @@ fn run(args: Args, started: Instant) -> Result<ExitCode, Failure> {
     config.console = console(&args.console);
     config.cmdline_extra = args.cmdline_extra;
     config.allow_pvm = args.allow_pvm;
+    config.huge_pages = args.huge_pages;
+    config.seccomp = !args.no_seccomp;
     let hooks = RunHooks {
         on_ready: Some(Box::new(move || {
             if let Some(mut f) = ready.take() {
@@ -273,5 +301,25 @@ mod tests {
         .unwrap();
         assert_eq!(a.args, ["--port", "1"]);
         assert_eq!(a.memory_mib, 128);
+        assert_eq!(a.huge_pages, HugePages::Host);
+        assert!(!a.no_seccomp, "confined by default");
+    }
+
+    #[test]
+    fn page_backings_parse_by_their_report_names() {
+        assert_eq!(huge_pages("hugetlb_2m"), Ok(HugePages::Hugetlb2m));
+        assert_eq!(huge_pages("thp"), Ok(HugePages::Thp));
+        let e = huge_pages("2M").unwrap_err();
+        assert!(e.contains("hugetlb_2m"), "{e}");
+        let r = Args::try_parse_from([
+            "vmm",
+            "--kernel",
+            "k",
+            "--workload",
+            "noop",
+            "--huge-pages",
+            "huge",
+        ]);
+        assert!(r.is_err());
     }
 }
