@@ -100,7 +100,13 @@ pub fn bench_invocation(
     command.extend(args.iter().cloned());
     Ok(Invocation {
         command,
-        env: vec![("ISOLAB_CACHE".into(), GUEST_CACHE.into())],
+        // The console is a terminal to indicatif but nobody watches it:
+        // drawn progress bars would run into the output (a JSON report
+        // starting mid-line is never found).
+        env: vec![
+            ("ISOLAB_CACHE".into(), GUEST_CACHE.into()),
+            ("ISOLAB_PROGRESS".into(), "0".into()),
+        ],
         files,
     })
 }
@@ -151,7 +157,10 @@ mod tests {
         );
         assert_eq!(
             inv.env,
-            [("ISOLAB_CACHE".into(), "/var/cache/isolab".into())]
+            [
+                ("ISOLAB_CACHE".into(), "/var/cache/isolab".into()),
+                ("ISOLAB_PROGRESS".into(), "0".into())
+            ]
         );
     }
 }

@@ -45,7 +45,6 @@ impl Script {
         let mut inv =
             bench_invocation(&[], &binary_dir().unwrap(), &cache_root().unwrap()).unwrap();
         inv.files.extend(files);
-        inv.env.push(("ISOLAB_PROGRESS".into(), "0".into()));
         inv.command = vec!["sh".into(), "-c".into(), script.into()];
         let mut lines = Vec::new();
         let outcome = host
