@@ -72,6 +72,9 @@ pub struct MemoryReport {
     pub mem_available_delta: Option<Summary>,
     pub vmm_overhead: Option<Summary>,
     pub guest_touched: Option<Summary>,
+    /// Of `guest_touched`, what huge pages (THP or hugetlb) back.
+    #[serde(default)]
+    pub guest_huge: Option<Summary>,
 }
 
 /// Reads one phase of the monitor's report.
@@ -407,6 +410,7 @@ pub fn measure_mode(
         mem_available_delta: summarize_opt(samples.iter().map(|s| s.mem_available_delta)),
         vmm_overhead: mem(&|m| m.vmm_overhead),
         guest_touched: mem(&|m| m.guest_touched),
+        guest_huge: mem(&|m| m.guest_huge),
     };
     if samples.iter().any(|s| s.phases.is_some()) {
         report.phases = Some(

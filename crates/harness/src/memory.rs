@@ -148,17 +148,31 @@ Swap:                  0 kB
     }
 }
 
+/// A monitor's resident memory split Firecracker's way (bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestSplit {
+    /// RSS outside guest RAM: the VMM's own overhead.
+    pub overhead: u64,
+    /// RSS of guest RAM (hugetlb pages included, which smaps leaves out of
+    /// `Rss`).
+    pub guest: u64,
+    /// Of `guest`, what huge pages back: transparent (`AnonHugePages`) or
+    /// hugetlb (`Private_Hugetlb` + `Shared_Hugetlb`). The rest is 4 KiB
+    /// pages.
+    pub guest_huge: u64,
+}
+
 /// Firecracker's split of a monitor's resident memory: mappings at least as
 /// large as guest RAM are guest memory; everything else is VMM overhead.
-/// Returns `(overhead_rss, guest_rss)` in bytes from `/proc/PID/smaps`.
-pub fn split_guest_memory(proc_root: &Path, pid: u32, guest_bytes: u64) -> io::Result<(u64, u64)> {
+/// The same method for every monitor (ours, QEMU's), from `/proc/PID/smaps`.
+pub fn split_guest_memory(proc_root: &Path, pid: u32, guest_bytes: u64) -> io::Result<GuestSplit> {
     let text = fs::read_to_string(proc_root.join(pid.to_string()).join("smaps"))?;
     Ok(split_smaps(&text, guest_bytes))
 }
 
 /// [`split_guest_memory`] on smaps text.
-pub fn split_smaps(text: &str, guest_bytes: u64) -> (u64, u64) {
-    let (mut overhead, mut guest) = (0u64, 0u64);
+pub fn split_smaps(text: &str, guest_bytes: u64) -> GuestSplit {
+    let mut split = GuestSplit::default();
     let mut is_guest = false;
     for line in text.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
@@ -168,20 +182,25 @@ pub fn split_smaps(text: &str, guest_bytes: u64) -> (u64, u64) {
                 continue;
             }
         }
-        if first == "Rss:" {
-            let kb: u64 = line
-                .split_whitespace()
+        let bytes = || -> u64 {
+            line.split_whitespace()
                 .nth(1)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if is_guest {
-                guest += kb * 1024;
-            } else {
-                overhead += kb * 1024;
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        match (first, is_guest) {
+            ("Rss:", true) => split.guest += bytes(),
+            ("Rss:", false) => split.overhead += bytes(),
+            ("AnonHugePages:", true) => split.guest_huge += bytes(),
+            ("Private_Hugetlb:" | "Shared_Hugetlb:", true) => {
+                split.guest += bytes();
+                split.guest_huge += bytes();
             }
+            _ => {}
         }
     }
-    (overhead, guest)
+    split
 }
 
 #[cfg(test)]
@@ -199,8 +218,30 @@ Rss:                  60 kB
 7ffd0000-7ffd2000 rw-p 00000000 00:00 0 [stack]
 Rss:                   8 kB
 ";
-        let (o, g) = split_smaps(t, 128 << 20);
-        assert_eq!(g, 20480 * 1024);
-        assert_eq!(o, 68 * 1024);
+        let split = split_smaps(t, 128 << 20);
+        assert_eq!(split.guest, 20480 * 1024);
+        assert_eq!(split.overhead, 68 * 1024);
+        assert_eq!(split.guest_huge, 0);
+    }
+
+    #[test]
+    fn huge_pages_backing_guest_ram_are_counted() {
+        let thp = "7f0000000000-7f0008000000 rw-p 00000000 00:00 0
+Rss:               20480 kB
+AnonHugePages:     18432 kB
+55550000-55560000 r-xp 00000000 08:01 123 /usr/bin/qemu
+Rss:                  60 kB
+AnonHugePages:         0 kB
+";
+        let split = split_smaps(thp, 128 << 20);
+        assert_eq!((split.guest, split.guest_huge), (20480 << 10, 18432 << 10));
+        // hugetlb pages are not in Rss: they count as touched guest RAM.
+        let hugetlb = "7f0000000000-7f0008000000 rw-p 00000000 00:0f 1 /anon_hugepage (deleted)
+Rss:                   0 kB
+Private_Hugetlb:   32768 kB
+Shared_Hugetlb:        0 kB
+";
+        let split = split_smaps(hugetlb, 128 << 20);
+        assert_eq!((split.guest, split.guest_huge), (32768 << 10, 32768 << 10));
     }
 }

@@ -230,6 +230,10 @@ pub struct InstanceMemory {
     pub vmm_overhead: Option<u64>,
     /// MicroVM only: guest RAM the guest has touched.
     pub guest_touched: Option<u64>,
+    /// MicroVM only: of the touched guest RAM, what huge pages (THP or
+    /// hugetlb) back; the rest is 4 KiB pages.
+    #[serde(default)]
+    pub guest_huge: Option<u64>,
 }
 
 /// How an instance ended, and what its mode observed about it.

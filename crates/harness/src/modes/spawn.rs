@@ -205,7 +205,8 @@ pub(crate) fn shell_status(s: std::process::ExitStatus) -> Option<i32> {
 }
 
 /// PSS/USS of the process tree under `pid`; with `guest_bytes`, also
-/// Firecracker's split of the root's RSS into VMM overhead and guest RAM.
+/// Firecracker's split of the root's RSS into VMM overhead and guest RAM,
+/// and how much of guest RAM huge pages back.
 pub(crate) fn tree_instance_memory(pid: u32, guest_bytes: Option<u64>) -> InstanceMemory {
     let proc_root = Path::new("/proc");
     let m = crate::memory::tree_memory(proc_root, &crate::memory::process_tree(proc_root, pid));
@@ -214,8 +215,9 @@ pub(crate) fn tree_instance_memory(pid: u32, guest_bytes: Option<u64>) -> Instan
         pss: m.pss,
         uss: m.uss,
         cgroup_current: None,
-        vmm_overhead: split.map(|s| s.0),
-        guest_touched: split.map(|s| s.1),
+        vmm_overhead: split.map(|s| s.overhead),
+        guest_touched: split.map(|s| s.guest),
+        guest_huge: split.map(|s| s.guest_huge),
     }
 }
 

@@ -22,9 +22,9 @@ pub fn render_with_plots(r: &CompareReport, plots: &[String]) -> String {
     let _ = writeln!(o, "\n## Memory per instance (MiB, median)\n");
     let _ = writeln!(
         o,
-        "| mode | PSS | USS | cgroup | MemAvailable drop | VMM overhead | guest touched |"
+        "| mode | PSS | USS | cgroup | MemAvailable drop | VMM overhead | guest touched | in huge pages |"
     );
-    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for m in &r.modes {
         let _ = writeln!(o, "| {} |", memory_cells(m).join(" | "));
     }

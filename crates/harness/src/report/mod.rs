@@ -97,6 +97,7 @@ pub(crate) fn memory_cells(m: &ModeReport) -> Vec<String> {
         fmt_mib(mm.mem_available_delta.as_ref()),
         fmt_mib(mm.vmm_overhead.as_ref()),
         fmt_mib(mm.guest_touched.as_ref()),
+        fmt_mib(mm.guest_huge.as_ref()),
     ]
 }
 

@@ -81,6 +81,7 @@ pub fn render(r: &CompareReport) -> String {
         "MemAvail drop",
         "VMM overhead",
         "guest touched",
+        "in huge pages",
     ]
     .into_iter()
     .map(String::from)
