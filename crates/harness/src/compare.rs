@@ -469,7 +469,7 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
     ];
     if cfg.workload.serves_http() {
         v.push(format!(
-            "first response: launch -> GET /health answered, by one probe for every mode, started at launch on its own thread in the instance's network namespace; it retries every {} us on connection refused, host/network unreachable, a {} ms connect timeout or HTTP 503 (microVM: over virtio-net on the workbench bridge, from the ready marker on; the guest has no address before)",
+            "first response: launch -> GET /health answered, by one probe for every mode, started at launch on its own thread in the instance's network namespace; it retries every {} us on connection refused, host/network unreachable, a {} ms connect timeout or HTTP 503 (microVM and QEMU: over virtio-net on the workbench bridge, from the ready marker on; the guest has no address before)",
             isolab_net::probe::RETRY_INTERVAL.as_micros(),
             isolab_net::probe::CONNECT_TIMEOUT.as_millis()
         ));

@@ -1,24 +1,30 @@
 //! QEMU's `microvm` machine, the reference monitor measured beside ours:
 //! it boots the same guest kernel and initramfs with our monitor's command
 //! line (except `reboot=t`), its marker, status and output ports captured
-//! through `isa-debugcon` devices into pipes we read.
+//! through `isa-debugcon` devices into pipes we read. An HTTP workload gets
+//! what our microVM gets: a virtio-net device on a TAP on the workbench
+//! bridge (created here, handed to QEMU as an fd), its address on the
+//! kernel command line, probed from the workbench namespace.
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use isolab_guest_kernel::GuestArtifacts;
+use isolab_net::{Tap, Workbench};
 
-use super::microvm::{native_refusal, DEFAULT_GUEST_MIB};
+use super::microvm::{native_refusal, net_cmdline, DEFAULT_GUEST_MIB};
 use super::spawn::{self, shell_status, terminate, which};
 use super::{
     Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec, Launcher,
     ModeKind,
 };
 use crate::memory::process_tree;
+use crate::net::SharedWorkbench;
 use crate::HarnessError;
 
 /// QEMU's `microvm` machine with KVM, booting the same guest kernel and
@@ -27,13 +33,20 @@ use crate::HarnessError;
 #[derive(Debug)]
 pub struct QemuPeer {
     pub guest: Result<GuestArtifacts, String>,
+    network: Arc<SharedWorkbench>,
 }
 
 /// The registry's constructor.
 pub(crate) fn launcher(ctx: &Context) -> Box<dyn Launcher> {
     Box::new(QemuPeer {
         guest: ctx.guest_if_bootable(),
+        network: Arc::clone(&ctx.network),
     })
+}
+
+/// `02:49:0a:cb:00:02`.
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
 }
 
 /// Marker byte for "workload ready" (docs/contracts.md).
@@ -81,15 +94,36 @@ impl Launcher for QemuPeer {
         for a in &spec.args {
             cmdline.push_str(&format!(" isolab.arg={a}"));
         }
+        // As for our microVM: HTTP workloads get virtio-net on the
+        // workbench bridge, except in density runs.
+        let net = spec.workload.serves_http() && spec.join_cgroups.is_empty();
+        let (workbench, tap) = if net {
+            let wb = self.network.get()?;
+            let tap = wb.create_tap(None, false)?;
+            cmdline.push(' ');
+            cmdline.push_str(&net_cmdline(&tap));
+            (Some(wb), Some(tap))
+        } else {
+            (None, None)
+        };
+        let tap_fd = tap
+            .as_ref()
+            .map(Tap::try_clone_fd)
+            .transpose()
+            .map_err(|e| HarnessError::io("duplicate the TAP fd", e))?;
         let (mw, ow, sw) = (
             marker_w.as_raw_fd(),
             out_w.as_raw_fd(),
             status_w.as_raw_fd(),
         );
+        let mut fds = vec![mw, ow, sw];
+        fds.extend(tap_fd.as_ref().map(|f| f.as_raw_fd()));
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
+            // acpi=off: the guest kernel has no ACPI; without it QEMU
+            // declares its virtio-mmio devices on the command line.
             "-M",
-            "microvm,x-option-roms=off,rtc=off",
+            "microvm,x-option-roms=off,rtc=off,acpi=off",
             "-enable-kvm",
             "-cpu",
             "host",
@@ -113,18 +147,29 @@ impl Launcher for QemuPeer {
         .args(["-chardev", "file,id=out,path=/proc/self/fd/4"])
         .args(["-device", "isa-debugcon,iobase=0x3f2,chardev=out"])
         .args(["-chardev", "file,id=status,path=/proc/self/fd/5"])
-        .args(["-device", "isa-debugcon,iobase=0x3f1,chardev=status"])
-        .arg("-kernel")
-        .arg(&guest.bz_image)
-        .arg("-initrd")
-        .arg(&guest.initramfs)
-        .args(["-append", &cmdline])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .args(["-device", "isa-debugcon,iobase=0x3f1,chardev=status"]);
+        if let Some(t) = &tap {
+            // The TAP at fd 6 (after the three pipes), without a vnet
+            // header, as our monitor gets it; no vhost, as ours has none.
+            cmd.args(["-netdev", "tap,id=n0,fd=6,vhost=off"]).args([
+                "-device",
+                &format!(
+                    "virtio-net-device,netdev=n0,mac={}",
+                    mac_text(t.lease().mac())
+                ),
+            ]);
+        }
+        cmd.arg("-kernel")
+            .arg(&guest.bz_image)
+            .arg("-initrd")
+            .arg(&guest.initramfs)
+            .args(["-append", &cmdline])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         // SAFETY: only fcntl/dup2 (async-signal-safe) run between fork and exec.
         unsafe {
-            cmd.pre_exec(move || spawn::place_fds(&[mw, ow, sw]));
+            cmd.pre_exec(move || spawn::place_fds(&fds));
         }
         let argv = format!("{cmd:?}");
         let launched = Instant::now();
@@ -134,6 +179,17 @@ impl Launcher for QemuPeer {
         drop(marker_w);
         drop(out_w);
         drop(status_w);
+        drop(tap_fd);
+        let target = match (&workbench, &tap) {
+            (Some(wb), Some(t)) => Some(HttpTarget {
+                target: isolab_net::Target {
+                    netns: isolab_net::Netns::Path(wb.netns_path()),
+                    addr: (t.lease().addr(), isolab_workload::HTTP_PORT).into(),
+                },
+                after_ready: true,
+            }),
+            _ => None,
+        };
         Ok(Box::new(QemuInstance {
             child,
             marker: marker_r,
@@ -143,6 +199,9 @@ impl Launcher for QemuPeer {
             argv,
             launched,
             guest_bytes: mib << 20,
+            target,
+            tap,
+            _workbench: workbench,
         }))
     }
 }
@@ -158,6 +217,10 @@ struct QemuInstance {
     argv: String,
     launched: Instant,
     guest_bytes: u64,
+    target: Option<HttpTarget>,
+    /// Dropped after QEMU ended, before the workbench it is on.
+    tap: Option<Tap>,
+    _workbench: Option<Arc<Workbench>>,
 }
 
 impl QemuInstance {
@@ -166,6 +229,7 @@ impl QemuInstance {
             .child
             .wait()
             .map_err(|e| HarnessError::io("wait for qemu", e))?;
+        drop(self.tap.take());
         let mut out = String::new();
         let _ = std::fs::File::from(self.output).read_to_string(&mut out);
         let mut status = vec![];
@@ -221,7 +285,7 @@ impl Instance for QemuInstance {
     }
 
     fn http_target(&self) -> Option<HttpTarget> {
-        None
+        self.target.clone()
     }
 
     fn host_pids(&self) -> Vec<u32> {
