@@ -59,6 +59,11 @@ pub struct CompareArgs {
     /// Where to run: native (this host) or emulated (QEMU-TCG host with nested KVM).
     #[arg(long, default_value = "native")]
     pub host: String,
+    /// How containers serving HTTP are reached: bridge (a veth on the
+    /// workbench bridge, as Docker attaches them) or loopback (inside the
+    /// container's own network namespace).
+    #[arg(long, default_value = "bridge", value_name = "bridge|loopback")]
+    pub container_net: String,
     /// Seconds to wait for an instance to become ready.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub ready_timeout: u64,
@@ -128,6 +133,15 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
             )))
         }
     };
+    let container_loopback = match args.container_net.as_str() {
+        "bridge" => false,
+        "loopback" => true,
+        other => {
+            return Err(exit::usage(format!(
+                "--container-net {other}: choose bridge or loopback"
+            )))
+        }
+    };
     let ready_timeout = Duration::from_secs(args.ready_timeout);
     Ok(Plan {
         config: CompareConfig {
@@ -136,6 +150,7 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
             warmup: args.warmup as usize,
             requests: args.requests as usize,
             ready_timeout,
+            container_loopback,
             modes,
             density: args.density.then_some(DensityConfig {
                 budget_bytes: args.budget,

@@ -39,6 +39,11 @@ pub struct CompareConfig {
     pub requests: usize,
     #[serde(skip)]
     pub ready_timeout: Duration,
+    /// Containers (ours and the peers') serving HTTP are probed on loopback
+    /// inside their own namespace instead of over a veth on the workbench
+    /// bridge ([`crate::modes::InstanceSpec::loopback_http`]).
+    #[serde(default)]
+    pub container_loopback: bool,
     /// Modes and peers to measure, in order.
     #[serde(skip)]
     pub modes: Vec<ModeKind>,
@@ -197,7 +202,10 @@ pub fn run(
     progress: &mut dyn Progress,
 ) -> Result<CompareReport, HarnessError> {
     let ctx = Context::new(cfg.workload)?;
-    let spec = InstanceSpec::measured(cfg.workload);
+    let spec = InstanceSpec {
+        loopback_http: cfg.container_loopback,
+        ..InstanceSpec::measured(cfg.workload)
+    };
     let mut reports = vec![];
     for &kind in &cfg.modes {
         let launcher = ctx.launcher(kind);
@@ -469,9 +477,14 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
     ];
     if cfg.workload.serves_http() {
         v.push(format!(
-            "first response: launch -> GET /health answered, by one probe for every mode, started at launch on its own thread in the instance's network namespace; it retries every {} us on connection refused, host/network unreachable, a {} ms connect timeout or HTTP 503 (microVM and QEMU: over virtio-net on the workbench bridge, from the ready marker on; the guest has no address before)",
+            "first response: launch -> GET /health answered, by one probe for every mode, started at launch on its own thread; it retries every {} us on connection refused, host/network unreachable, a {} ms connect timeout or HTTP 503. Paths: process on host loopback; container {}; crun/runc on loopback inside their own network namespace; microVM and QEMU over virtio-net on the workbench bridge, probed from the ready marker on (the guest has no address before)",
             isolab_net::probe::RETRY_INTERVAL.as_micros(),
-            isolab_net::probe::CONNECT_TIMEOUT.as_millis()
+            isolab_net::probe::CONNECT_TIMEOUT.as_millis(),
+            if cfg.container_loopback {
+                "on loopback inside its own network namespace (--container-net loopback)"
+            } else {
+                "over a veth on the workbench bridge, probed from the workbench namespace (Docker's attachment; made during the launch, so inside ready)"
+            }
         ));
         v.push(format!(
             "load: {} sequential GET /health on one keep-alive connection, last run of each mode",
@@ -502,6 +515,7 @@ mod tests {
             warmup,
             requests: 0,
             ready_timeout: Duration::from_secs(1),
+            container_loopback: false,
             modes: vec![],
             density: None,
         }

@@ -129,6 +129,9 @@ pub fn compare_args(cfg: &crate::compare::CompareConfig) -> Vec<String> {
         "--format".into(),
         "json".into(),
     ];
+    if cfg.container_loopback {
+        v.extend(["--container-net".into(), "loopback".into()]);
+    }
     if let Some(d) = &cfg.density {
         v.extend([
             "--density".into(),
@@ -187,6 +190,7 @@ mod tests {
             warmup: 1,
             requests: 10,
             ready_timeout: Duration::from_secs(30),
+            container_loopback: false,
             modes: vec![ModeKind::Process, ModeKind::Microvm, ModeKind::Runc],
             density: Some(DensityConfig {
                 budget_bytes: 1 << 30,

@@ -36,19 +36,26 @@ impl SharedWorkbench {
 }
 
 /// Attaches a container's network namespace to the workbench bridge while
-/// its init waits; keeps the veth (and so the lease) until dropped.
+/// its init waits; keeps the veth (and so the lease) until dropped. `W` is
+/// how the hook holds the workbench: borrowed (`&Workbench`, one run) or
+/// shared (`Arc<Workbench>`, an instance of compare).
 #[derive(Debug)]
-pub struct VethHook<'a> {
-    workbench: &'a Workbench,
+pub struct VethHook<W: std::ops::Deref<Target = Workbench>> {
+    workbench: W,
     attached: Mutex<Option<VethAttachment>>,
 }
 
-impl<'a> VethHook<'a> {
-    pub fn new(workbench: &'a Workbench) -> Self {
+impl<W: std::ops::Deref<Target = Workbench>> VethHook<W> {
+    pub fn new(workbench: W) -> Self {
         VethHook {
             workbench,
             attached: Mutex::new(None),
         }
+    }
+
+    /// The workbench the veth is on.
+    pub fn workbench(&self) -> &Workbench {
+        &self.workbench
     }
 
     /// The container's address on the bridge, once attached.
@@ -61,7 +68,10 @@ impl<'a> VethHook<'a> {
     }
 }
 
-impl NetworkHook for VethHook<'_> {
+impl<W> NetworkHook for VethHook<W>
+where
+    W: std::ops::Deref<Target = Workbench> + std::fmt::Debug + Send + Sync,
+{
     fn attach(&self, pid: i32) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let veth = self.workbench.attach_veth_pid(pid, "eth0")?;
         *self.attached.lock().unwrap_or_else(|e| e.into_inner()) = Some(veth);

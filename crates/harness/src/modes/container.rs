@@ -1,12 +1,19 @@
 //! Container mode: the workload behind namespaces and a cgroup of its own,
 //! launched in-process by `isolab-container` (no runtime binary exec'd per
-//! launch, like crun's library path).
+//! launch, like crun's library path). An HTTP workload is attached as Docker
+//! attaches a container: a veth from its network namespace to the workbench
+//! bridge, made while its init waits (inside the launch clock), and probed
+//! at its bridge address from the workbench namespace; or, with
+//! [`InstanceSpec::loopback_http`] (and in density runs), on loopback inside
+//! its own namespace.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use isolab_container::{ContainerConfig, Running};
+use isolab_container::{ContainerConfig, NetworkHook, Running};
+use isolab_net::Workbench;
 
 use super::process::workload_argv;
 use super::{
@@ -14,6 +21,7 @@ use super::{
     Launcher, ModeKind,
 };
 use crate::memory::{process_tree, tree_memory};
+use crate::net::{on_bridge, SharedWorkbench, VethHook};
 use crate::HarnessError;
 
 /// Port HTTP workloads listen on inside their own network namespace.
@@ -23,20 +31,34 @@ pub const CONTAINER_PORT: u16 = isolab_workload::HTTP_PORT;
 #[derive(Debug)]
 pub struct ContainerLauncher {
     pub bins: Binaries,
+    network: Arc<SharedWorkbench>,
 }
 
 /// The registry's constructor.
 pub(crate) fn launcher(ctx: &Context) -> Box<dyn Launcher> {
     Box::new(ContainerLauncher {
         bins: ctx.bins.clone(),
+        network: Arc::clone(&ctx.network),
     })
+}
+
+/// Whether an HTTP workload in `spec` goes on the workbench bridge (else
+/// loopback in its own namespace): not when asked for loopback, and not in
+/// density runs (one veth and lease per instance would be needed).
+pub fn on_workbench(spec: &InstanceSpec) -> bool {
+    spec.workload.serves_http() && !spec.loopback_http && spec.join_cgroups.is_empty()
 }
 
 /// The container config for a spec (shared with the OCI peers, so crun and
 /// runc get exactly the same workload, arguments and limits).
 pub fn container_config(bins: &Binaries, spec: &InstanceSpec) -> ContainerConfig {
     let mut cfg = ContainerConfig::new(&bins.workload, spec.workload.name());
-    cfg.args = workload_argv(spec, CONTAINER_PORT, "127.0.0.1").split_off(1);
+    let bind = if on_workbench(spec) {
+        "0.0.0.0"
+    } else {
+        "127.0.0.1"
+    };
+    cfg.args = workload_argv(spec, CONTAINER_PORT, bind).split_off(1);
     cfg.limits.memory_bytes = spec.memory_bytes;
     cfg.limits.cpus = spec.cpus;
     cfg.limits.pids = spec.pids;
@@ -66,10 +88,17 @@ impl Launcher for ContainerLauncher {
 
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
         let cfg = container_config(&self.bins, spec);
-        let running = isolab_container::start(&cfg)?;
+        let hook = if on_workbench(spec) {
+            Some(VethHook::new(self.network.get()?))
+        } else {
+            None
+        };
+        let running =
+            isolab_container::start_with(&cfg, hook.as_ref().map(|h| h as &dyn NetworkHook))?;
         Ok(Box::new(ContainerInstance {
             http: spec.workload.serves_http(),
             running: Some(running),
+            veth: hook,
         }))
     }
 }
@@ -77,6 +106,9 @@ impl Launcher for ContainerLauncher {
 struct ContainerInstance {
     running: Option<Running>,
     http: bool,
+    /// The veth on the workbench bridge; dropped (and removed) after the
+    /// container has stopped.
+    veth: Option<VethHook<Arc<Workbench>>>,
 }
 
 impl ContainerInstance {
@@ -113,6 +145,12 @@ impl Instance for ContainerInstance {
     }
 
     fn http_target(&self) -> Option<HttpTarget> {
+        if let Some(h) = &self.veth {
+            return h.addr().map(|ip| HttpTarget {
+                target: on_bridge(h.workbench(), ip, CONTAINER_PORT),
+                after_ready: false,
+            });
+        }
         self.http.then(|| HttpTarget {
             target: isolab_net::Target {
                 netns: isolab_net::Netns::Path(PathBuf::from(format!(
@@ -141,7 +179,9 @@ impl Instance for ContainerInstance {
 
     fn stop(mut self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
         let r = self.running.take().expect("running until stopped");
-        Ok(outcome(r.stop()?, false))
+        let stopped = r.stop();
+        drop(self.veth.take());
+        Ok(outcome(stopped?, false))
     }
 
     fn wait_exit(mut self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError> {

@@ -187,6 +187,11 @@ pub struct InstanceSpec {
     /// modes without a cgroup of their own (density runs): joining before
     /// exec charges every page the instance touches to the budget.
     pub join_cgroups: Vec<PathBuf>,
+    /// Containers serving HTTP: listen on loopback inside the container's
+    /// own network namespace and be probed there, instead of over a veth
+    /// on the workbench bridge (the default, as Docker attaches
+    /// containers). Density runs always use loopback.
+    pub loopback_http: bool,
 }
 
 impl InstanceSpec {
@@ -202,6 +207,7 @@ impl InstanceSpec {
             hostname: None,
             keep_stderr: false,
             join_cgroups: vec![],
+            loopback_http: false,
         }
     }
 
