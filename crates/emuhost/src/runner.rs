@@ -589,20 +589,9 @@ fn log_tail(path: &Path) -> Vec<String> {
 /// Keeps the newest `keep - 1` logs in `dir`, making room for one more
 /// (best effort: a log that cannot be removed stays).
 fn prune_logs(dir: &Path, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut logs: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .collect();
-    logs.sort();
-    let excess = logs.len().saturating_sub(keep.saturating_sub(1));
-    for (_, p) in logs.into_iter().take(excess) {
-        let _ = std::fs::remove_file(p);
-    }
+    crate::cache::keep_newest(dir, keep.saturating_sub(1), |n| {
+        Path::new(n).extension().is_some_and(|x| x == "log")
+    });
 }
 
 /// A per-run random token (hex) from the kernel's CSPRNG; the clock and pid
@@ -809,15 +798,11 @@ mod tests {
     fn kernel_logs_are_pruned_to_the_newest_and_tailed() {
         let d = tempfile::tempdir().unwrap();
         for i in 0..5 {
-            let p = d.path().join(format!("{i}.log"));
-            std::fs::write(&p, format!("<3>[ {i}.0] kvm: Unhandled WRMSR\n")).unwrap();
-            let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1000 + i);
-            std::fs::File::options()
-                .write(true)
-                .open(&p)
-                .unwrap()
-                .set_modified(t)
-                .unwrap();
+            crate::cache::write_aged(
+                &d.path().join(format!("{i}.log")),
+                &format!("<3>[ {i}.0] kvm: Unhandled WRMSR\n"),
+                1000 + i,
+            );
         }
         std::fs::write(d.path().join("keep.txt"), b"not a log").unwrap();
         prune_logs(d.path(), 3);
