@@ -258,19 +258,9 @@ impl Serve for Server {
     const KIND: ThreadKind = ThreadKind::BlockWorker;
 
     fn serve(&mut self, a: &mut Active, wake: &Wakeups) {
-        loop {
-            let Some(ready) = wake.wait(None) else {
-                return;
-            };
-            if ready.stop {
-                // Left set: the Stopped command that follows reads it.
-                return;
-            }
-            if ready.kick {
-                wake.clear_kick();
-                if process_queue(&mut a.queue, &a.mem, &self.disk) {
-                    a.interrupt.signal(INT_VRING);
-                }
+        while let Some(ready) = wake.next(None) {
+            if ready.kick && process_queue(&mut a.queue, &a.mem, &self.disk) {
+                a.interrupt.signal(INT_VRING);
             }
         }
     }

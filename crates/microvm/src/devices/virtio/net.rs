@@ -166,15 +166,10 @@ impl Serve for Server {
         loop {
             // The TAP is polled only while the guest has posted buffers.
             let tap = self.rx_room.then(|| self.tap.as_fd());
-            let Some(ready) = wake.wait(tap) else {
+            let Some(ready) = wake.next(tap) else {
                 return;
             };
-            if ready.stop {
-                // Left set: the Stopped command that follows reads it.
-                return;
-            }
             if ready.kick {
-                wake.clear_kick();
                 self.rx_room = true;
                 if process_tx(&mut a.tx, &a.mem, &mut self.tap, &mut self.tx_frame) {
                     a.interrupt.signal(INT_VRING);

@@ -30,8 +30,7 @@ pub(crate) trait Serve: Send + 'static {
     type Active: Send + 'static;
     /// Its seccomp filter; its name names the thread.
     const KIND: ThreadKind;
-    /// Serves `active` until `wake` reports the stop eventfd (left set
-    /// for the acknowledgement that follows) or the wait fails.
+    /// Serves `active` until [`Wakeups::next`] says to stop.
     fn serve(&mut self, active: &mut Self::Active, wake: &Wakeups);
 }
 
@@ -61,19 +60,22 @@ pub(crate) struct Wakeups {
     stop: EventFd,
 }
 
-/// What a [`Wakeups::wait`] found ready.
+/// What a [`Wakeups::next`] found ready.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ready {
+    /// QueueNotify (the kicks are consumed).
     pub kick: bool,
-    pub stop: bool,
     /// The caller's extra fd (false when none was given).
     pub extra: bool,
 }
 
 impl Wakeups {
     /// Waits until the kick or the stop eventfd, or `extra` (when given),
-    /// is readable; `None` when the wait fails (EINTR is retried).
-    pub fn wait(&self, extra: Option<BorrowedFd<'_>>) -> Option<Ready> {
+    /// is readable, and consumes the kicks; `None` when serving must end:
+    /// the device was reset (the stop eventfd is left set for the
+    /// acknowledgement that follows) or the wait failed (EINTR is
+    /// retried).
+    pub fn next(&self, extra: Option<BorrowedFd<'_>>) -> Option<Ready> {
         // SAFETY: both eventfds are owned by `self` and outlive this poll
         // set, which is dropped before the function returns.
         let (kick, stop) = unsafe {
@@ -95,17 +97,17 @@ impl Wakeups {
                 Err(_) => return None,
             }
             let ready = |i: usize| i < n && fds[i].revents().is_some_and(|r| !r.is_empty());
+            if ready(1) {
+                return None;
+            }
+            if ready(0) {
+                let _ = self.kick.read();
+            }
             return Some(Ready {
                 kick: ready(0),
-                stop: ready(1),
                 extra: ready(2),
             });
         }
-    }
-
-    /// Consumes the pending QueueNotify kicks.
-    pub fn clear_kick(&self) {
-        let _ = self.kick.read();
     }
 }
 
