@@ -391,40 +391,29 @@ fn run_one(c: &Contender, fc_config: &Path, sample: bool) -> Result<Sample, Stri
         }
         Kind::Minimal => {
             let mut cmd = Command::new(&c.bin);
-            cmd.args([
-                "--kernel",
-                &format!("{INSIDE}/vmlinux"),
-                "--initrd",
-                &format!("{INSIDE}/initrd.cpio"),
-                "--workload",
-                "noop",
-                "--memory-mib",
-                "128",
-            ]);
+            cmd.args(guest_args()).args(["--memory-mib", "128"]);
             spawn_measured(cmd, sample)
         }
     }
 }
 
-fn isolab_args() -> Vec<String> {
+/// The guest every contender but Firecracker (its config file) boots.
+fn guest_args() -> [String; 6] {
     [
-        "vm",
-        "run",
-        "--kernel",
-        &format!("{INSIDE}/vmlinux"),
-        "--initrd",
-        &format!("{INSIDE}/initrd.cpio"),
-        "--workload",
-        "noop",
-        "--memory",
-        "128M",
-        "--vcpus",
-        "1",
-        "--json",
+        "--kernel".into(),
+        format!("{INSIDE}/vmlinux"),
+        "--initrd".into(),
+        format!("{INSIDE}/initrd.cpio"),
+        "--workload".into(),
+        "noop".into(),
     ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+}
+
+fn isolab_args() -> Vec<String> {
+    let mut args = vec!["vm".to_string(), "run".into()];
+    args.extend(guest_args());
+    args.extend(["--memory", "128M", "--vcpus", "1", "--json"].map(String::from));
+    args
 }
 
 /// Spawns `cmd`, optionally sampling its smaps and KVM's counters every
