@@ -131,19 +131,6 @@ impl HostConfig {
     }
 }
 
-/// Parses a memory size: `2048` (MiB), `512M`, `2G`, `2GiB`.
-pub fn parse_memory_mib(s: &str) -> Option<u32> {
-    let s = s.trim();
-    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &s[digits.len()..];
-    let n: u32 = digits.parse().ok()?;
-    match unit.to_ascii_lowercase().as_str() {
-        "" | "m" | "mb" | "mib" => Some(n),
-        "g" | "gb" | "gib" => n.checked_mul(1024),
-        _ => None,
-    }
-}
-
 /// Errors of one boot.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -696,16 +683,6 @@ impl Drop for QemuChild {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn memory_sizes_parse_in_mib() {
-        assert_eq!(parse_memory_mib("2G"), Some(2048));
-        assert_eq!(parse_memory_mib("512M"), Some(512));
-        assert_eq!(parse_memory_mib("1024"), Some(1024));
-        assert_eq!(parse_memory_mib("1GiB"), Some(1024));
-        assert_eq!(parse_memory_mib("2T"), None);
-        assert_eq!(parse_memory_mib("lots"), None);
-    }
 
     #[test]
     fn config_defaults_validate_and_bad_values_name_the_field() {
