@@ -147,6 +147,25 @@ struct Active {
     interrupt: Arc<Interrupt>,
 }
 
+/// What the device's I/O thread does once activated: serves the queue
+/// from its own handle on the disk until the device is reset.
+struct Server {
+    disk: Disk,
+}
+
+impl Serve for Server {
+    type Active = Active;
+    const KIND: ThreadKind = ThreadKind::BlockWorker;
+
+    fn serve(&mut self, a: &mut Active, wake: &Wakeups) {
+        while let Some(ready) = wake.next(None) {
+            if ready.kick && process_queue(&mut a.queue, &a.mem, &self.disk) {
+                a.interrupt.signal(INT_VRING);
+            }
+        }
+    }
+}
+
 /// The block device; the transport activates it.
 ///
 /// Its I/O thread ([`super::worker`]) starts with the device, before the
@@ -244,25 +263,6 @@ impl VirtioDevice for BlockDevice {
 
     fn reset(&mut self) {
         self.worker.stop_serving();
-    }
-}
-
-/// What the device's I/O thread does once activated: serves the queue
-/// from its own handle on the disk until the device is reset.
-struct Server {
-    disk: Disk,
-}
-
-impl Serve for Server {
-    type Active = Active;
-    const KIND: ThreadKind = ThreadKind::BlockWorker;
-
-    fn serve(&mut self, a: &mut Active, wake: &Wakeups) {
-        while let Some(ready) = wake.next(None) {
-            if ready.kick && process_queue(&mut a.queue, &a.mem, &self.disk) {
-                a.interrupt.signal(INT_VRING);
-            }
-        }
     }
 }
 

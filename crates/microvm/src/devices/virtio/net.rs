@@ -56,6 +56,49 @@ struct Active {
     interrupt: Arc<Interrupt>,
 }
 
+/// What the device's I/O thread does once activated: owns both queues
+/// until the device is reset.
+struct Server {
+    tap: File,
+    frame: Vec<u8>,
+    /// Scratch buffer of one TX chain (never above [`MAX_TX_CHAIN`]).
+    tx_frame: Vec<u8>,
+    /// Length of a frame read from the TAP but not yet delivered.
+    pending: Option<usize>,
+    /// Whether the guest may have posted RX buffers since we last ran out.
+    rx_room: bool,
+}
+
+impl Serve for Server {
+    type Active = Active;
+    const KIND: ThreadKind = ThreadKind::NetWorker;
+
+    /// Serves the queues until the stop eventfd fires.
+    fn serve(&mut self, a: &mut Active, wake: &Wakeups) {
+        self.pending = None;
+        self.rx_room = true;
+        loop {
+            // The TAP is polled only while the guest has posted buffers.
+            let tap = self.rx_room.then(|| self.tap.as_fd());
+            let Some(ready) = wake.next(tap) else {
+                return;
+            };
+            if ready.kick {
+                self.rx_room = true;
+                if process_tx(&mut a.tx, &a.mem, &mut self.tap, &mut self.tx_frame) {
+                    a.interrupt.signal(INT_VRING);
+                }
+            }
+            if self.rx_room
+                && (ready.extra || ready.kick || self.pending.is_some())
+                && self.receive(a)
+            {
+                a.interrupt.signal(INT_VRING);
+            }
+        }
+    }
+}
+
 /// The network device; the transport activates it.
 ///
 /// Its I/O thread ([`super::worker`]) is started with the device, before
@@ -139,49 +182,6 @@ impl VirtioDevice for NetDevice {
 
     fn reset(&mut self) {
         self.worker.stop_serving();
-    }
-}
-
-/// What the device's I/O thread does once activated: owns both queues
-/// until the device is reset.
-struct Server {
-    tap: File,
-    frame: Vec<u8>,
-    /// Scratch buffer of one TX chain (never above [`MAX_TX_CHAIN`]).
-    tx_frame: Vec<u8>,
-    /// Length of a frame read from the TAP but not yet delivered.
-    pending: Option<usize>,
-    /// Whether the guest may have posted RX buffers since we last ran out.
-    rx_room: bool,
-}
-
-impl Serve for Server {
-    type Active = Active;
-    const KIND: ThreadKind = ThreadKind::NetWorker;
-
-    /// Serves the queues until the stop eventfd fires.
-    fn serve(&mut self, a: &mut Active, wake: &Wakeups) {
-        self.pending = None;
-        self.rx_room = true;
-        loop {
-            // The TAP is polled only while the guest has posted buffers.
-            let tap = self.rx_room.then(|| self.tap.as_fd());
-            let Some(ready) = wake.next(tap) else {
-                return;
-            };
-            if ready.kick {
-                self.rx_room = true;
-                if process_tx(&mut a.tx, &a.mem, &mut self.tap, &mut self.tx_frame) {
-                    a.interrupt.signal(INT_VRING);
-                }
-            }
-            if self.rx_room
-                && (ready.extra || ready.kick || self.pending.is_some())
-                && self.receive(a)
-            {
-                a.interrupt.signal(INT_VRING);
-            }
-        }
     }
 }
 
