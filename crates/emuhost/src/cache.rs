@@ -66,6 +66,37 @@ impl EmuhostCache {
     }
 }
 
+/// Removes all but the `keep` most recently modified files in `dir` whose
+/// name `matches`. Best effort: a file that cannot be removed stays, and
+/// one another run has open stays readable through its fd.
+pub(crate) fn keep_newest(dir: &Path, keep: usize, matches: impl Fn(&str) -> bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| matches(&e.file_name().to_string_lossy()))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    found.sort();
+    let excess = found.len().saturating_sub(keep);
+    for (_, path) in found.into_iter().take(excess) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Writes `contents` to `path`, last modified `secs` after the epoch.
+#[cfg(test)]
+pub(crate) fn write_aged(path: &Path, contents: &str, secs: u64) {
+    std::fs::write(path, contents).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

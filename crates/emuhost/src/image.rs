@@ -333,22 +333,9 @@ impl BaseImage {
 /// `dir` (old keys pile up as busybox, modules or `/init` change). Best
 /// effort: a file another run has open stays readable through its fd.
 pub fn prune_base_images(dir: &Path, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut bases: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .filter(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with("base-") && n.ends_with(".cpio")
-        })
-        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-        .collect();
-    bases.sort();
-    let excess = bases.len().saturating_sub(keep);
-    for (_, path) in bases.into_iter().take(excess) {
-        let _ = std::fs::remove_file(path);
-    }
+    crate::cache::keep_newest(dir, keep, |n| {
+        n.starts_with("base-") && n.ends_with(".cpio")
+    });
 }
 
 fn check_guest_path(guest: &str) -> Result<String, ImageError> {
@@ -509,16 +496,7 @@ mod tests {
             .iter()
             .enumerate()
         {
-            let p = dir.path().join(name);
-            std::fs::write(&p, "x").unwrap();
-            let t =
-                std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1000 + i as u64);
-            std::fs::File::options()
-                .write(true)
-                .open(&p)
-                .unwrap()
-                .set_modified(t)
-                .unwrap();
+            crate::cache::write_aged(&dir.path().join(name), "x", 1000 + i as u64);
         }
         prune_base_images(dir.path(), 2);
         let mut left: Vec<_> = std::fs::read_dir(dir.path())

@@ -36,7 +36,7 @@ pub mod runner;
 pub use bench::run_bench_inside;
 pub use image::FileMap;
 pub use peers::PeerRuntime;
-pub use runner::{parse_memory_mib, EmulatedHost, HostConfig, Invocation, Outcome, RunError};
+pub use runner::{EmulatedHost, HostConfig, Invocation, Outcome, RunError};
 
 /// The label every figure measured inside the emulated host carries.
 pub const EMULATED_HOST_LABEL: &str = "emulated host: timings not comparable to hardware";

@@ -131,19 +131,6 @@ impl HostConfig {
     }
 }
 
-/// Parses a memory size: `2048` (MiB), `512M`, `2G`, `2GiB`.
-pub fn parse_memory_mib(s: &str) -> Option<u32> {
-    let s = s.trim();
-    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &s[digits.len()..];
-    let n: u32 = digits.parse().ok()?;
-    match unit.to_ascii_lowercase().as_str() {
-        "" | "m" | "mb" | "mib" => Some(n),
-        "g" | "gb" | "gib" => n.checked_mul(1024),
-        _ => None,
-    }
-}
-
 /// Errors of one boot.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -589,20 +576,9 @@ fn log_tail(path: &Path) -> Vec<String> {
 /// Keeps the newest `keep - 1` logs in `dir`, making room for one more
 /// (best effort: a log that cannot be removed stays).
 fn prune_logs(dir: &Path, keep: usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut logs: Vec<(std::time::SystemTime, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .collect();
-    logs.sort();
-    let excess = logs.len().saturating_sub(keep.saturating_sub(1));
-    for (_, p) in logs.into_iter().take(excess) {
-        let _ = std::fs::remove_file(p);
-    }
+    crate::cache::keep_newest(dir, keep.saturating_sub(1), |n| {
+        Path::new(n).extension().is_some_and(|x| x == "log")
+    });
 }
 
 /// A per-run random token (hex) from the kernel's CSPRNG; the clock and pid
@@ -709,16 +685,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn memory_sizes_parse_in_mib() {
-        assert_eq!(parse_memory_mib("2G"), Some(2048));
-        assert_eq!(parse_memory_mib("512M"), Some(512));
-        assert_eq!(parse_memory_mib("1024"), Some(1024));
-        assert_eq!(parse_memory_mib("1GiB"), Some(1024));
-        assert_eq!(parse_memory_mib("2T"), None);
-        assert_eq!(parse_memory_mib("lots"), None);
-    }
-
-    #[test]
     fn config_defaults_validate_and_bad_values_name_the_field() {
         let c = HostConfig::default();
         assert!(c.validate().is_ok());
@@ -809,15 +775,11 @@ mod tests {
     fn kernel_logs_are_pruned_to_the_newest_and_tailed() {
         let d = tempfile::tempdir().unwrap();
         for i in 0..5 {
-            let p = d.path().join(format!("{i}.log"));
-            std::fs::write(&p, format!("<3>[ {i}.0] kvm: Unhandled WRMSR\n")).unwrap();
-            let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1000 + i);
-            std::fs::File::options()
-                .write(true)
-                .open(&p)
-                .unwrap()
-                .set_modified(t)
-                .unwrap();
+            crate::cache::write_aged(
+                &d.path().join(format!("{i}.log")),
+                &format!("<3>[ {i}.0] kvm: Unhandled WRMSR\n"),
+                1000 + i,
+            );
         }
         std::fs::write(d.path().join("keep.txt"), b"not a log").unwrap();
         prune_logs(d.path(), 3);

@@ -3,55 +3,108 @@
 //! absolute target restarts at the root, `..` stops at it), so reading
 //! `etc/passwd` of a hostile image can never read the host's files.
 
+use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
 /// Symlinks followed while resolving one path (Linux's limit).
-const MAX_SYMLINKS: usize = 40;
+pub(crate) const MAX_SYMLINKS: usize = 40;
+
+/// A walk over a path inside a root with chroot semantics: `..` stops at
+/// the root, a symlink's target is spliced in (an absolute one restarts
+/// at the root), at most [`MAX_SYMLINKS`] links are followed. The caller
+/// looks at each component on the host and says what it found.
+pub(crate) struct Walk {
+    /// Components still to walk, last first.
+    pending: Vec<OsString>,
+    /// The resolved prefix, relative to the root.
+    cur: PathBuf,
+    links: usize,
+}
+
+impl Walk {
+    /// A walk over `comps`, in order.
+    pub fn new(comps: impl DoubleEndedIterator<Item = OsString>) -> Walk {
+        Walk {
+            pending: comps.rev().collect(),
+            cur: PathBuf::new(),
+            links: 0,
+        }
+    }
+
+    /// The next path to look at (the resolved prefix joined with the next
+    /// component), `..` and `.` handled on the way; `None` at the end.
+    pub fn next_path(&mut self) -> Option<PathBuf> {
+        while let Some(c) = self.pending.pop() {
+            if c == ".." {
+                self.cur.pop();
+            } else if c != "." && !c.is_empty() {
+                return Some(self.cur.join(c));
+            }
+        }
+        None
+    }
+
+    /// Whether components are left after the one last returned.
+    pub fn has_more(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The path last returned is a directory (or a final component):
+    /// descend into it.
+    pub fn enter(&mut self, next: PathBuf) {
+        self.cur = next;
+    }
+
+    /// The path last returned is a symlink to `target`: walk it instead.
+    /// False past [`MAX_SYMLINKS`].
+    pub fn follow(&mut self, target: &Path) -> bool {
+        self.links += 1;
+        if self.links > MAX_SYMLINKS {
+            return false;
+        }
+        if target.is_absolute() {
+            self.cur = PathBuf::new();
+        }
+        for c in target.components().rev() {
+            match c {
+                Component::Normal(s) => self.pending.push(s.to_os_string()),
+                Component::ParentDir => self.pending.push("..".into()),
+                _ => {}
+            }
+        }
+        true
+    }
+
+    /// The resolved path, relative to the root.
+    pub fn resolved(self) -> PathBuf {
+        self.cur
+    }
+}
 
 /// The host path that `path` (inside the image) names, all symlinks
 /// resolved inside `root`; `None` when a component is missing, not a
 /// directory, or the links loop.
 pub fn resolve_in_root(root: &Path, path: &str) -> Option<PathBuf> {
-    let mut pending: Vec<String> = Vec::new();
-    push_components(&mut pending, Path::new(path));
-    let mut cur = PathBuf::new();
-    let mut links = 0;
-    while let Some(c) = pending.pop() {
-        if c == ".." {
-            cur.pop();
-            continue;
-        }
-        let next = cur.join(&c);
+    let mut walk = Walk::new(Path::new(path).components().filter_map(|c| match c {
+        Component::Normal(s) => Some(s.to_os_string()),
+        Component::ParentDir => Some("..".into()),
+        _ => None,
+    }));
+    while let Some(next) = walk.next_path() {
         let meta = std::fs::symlink_metadata(root.join(&next)).ok()?;
         if meta.file_type().is_symlink() {
-            links += 1;
-            if links > MAX_SYMLINKS {
-                return None;
-            }
             let target = std::fs::read_link(root.join(&next)).ok()?;
-            if target.is_absolute() {
-                cur = PathBuf::new();
-            }
-            push_components(&mut pending, &target);
-        } else {
-            if !pending.is_empty() && !meta.is_dir() {
+            if !walk.follow(&target) {
                 return None;
             }
-            cur = next;
+        } else {
+            if walk.has_more() && !meta.is_dir() {
+                return None;
+            }
+            walk.enter(next);
         }
     }
-    Some(root.join(cur))
-}
-
-/// Pushes `p`'s components onto the stack `pending` (last first).
-fn push_components(pending: &mut Vec<String>, p: &Path) {
-    for c in p.components().rev() {
-        match c {
-            Component::Normal(s) => pending.push(s.to_string_lossy().into_owned()),
-            Component::ParentDir => pending.push("..".into()),
-            _ => {}
-        }
-    }
+    Some(root.join(walk.resolved()))
 }
 
 /// Reads a regular file of the image; `None` if it is absent or not a

@@ -37,13 +37,12 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, Gid, Uid};
 
 use crate::error::{write_error, ImageError};
+use crate::rootpath::Walk;
 
 /// Prefix of a whiteout entry.
 pub const WHITEOUT_PREFIX: &str = ".wh.";
 /// Name of the opaque-directory marker.
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
-/// Symlinks followed while resolving one path (Linux's limit).
-const MAX_SYMLINKS: usize = 40;
 
 /// What applying the layers produced.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -152,18 +151,8 @@ impl Unpacker {
         create: bool,
         created: &mut HashSet<PathBuf>,
     ) -> Result<PathBuf, Resolve> {
-        let mut pending: Vec<OsString> = comps.iter().rev().cloned().collect();
-        let mut cur = PathBuf::new();
-        let mut links = 0;
-        while let Some(c) = pending.pop() {
-            if c == ".." {
-                cur.pop();
-                continue;
-            }
-            if c == "." || c.is_empty() {
-                continue;
-            }
-            let next = cur.join(&c);
+        let mut walk = Walk::new(comps.iter().cloned());
+        while let Some(next) = walk.next_path() {
             let full = self.root.join(&next);
             match fs::symlink_metadata(&full) {
                 Ok(m) if m.is_dir() => {
@@ -173,23 +162,12 @@ impl Unpacker {
                     if create {
                         created.insert(next.clone());
                     }
-                    cur = next;
+                    walk.enter(next);
                 }
                 Ok(m) if m.file_type().is_symlink() => {
-                    links += 1;
-                    if links > MAX_SYMLINKS {
-                        return Err(Resolve::Loop);
-                    }
                     let target = fs::read_link(&full).map_err(|e| Resolve::Io(full.clone(), e))?;
-                    if target.is_absolute() {
-                        cur = PathBuf::new();
-                    }
-                    for part in target.components().rev() {
-                        match part {
-                            Component::Normal(s) => pending.push(s.to_os_string()),
-                            Component::ParentDir => pending.push("..".into()),
-                            _ => {}
-                        }
+                    if !walk.follow(&target) {
+                        return Err(Resolve::Loop);
                     }
                 }
                 Ok(_) => return Err(Resolve::NotADirectory(next)),
@@ -201,12 +179,12 @@ impl Unpacker {
                     fs::set_permissions(&full, fs::Permissions::from_mode(0o755))
                         .map_err(|e| Resolve::Io(full.clone(), e))?;
                     created.insert(next.clone());
-                    cur = next;
+                    walk.enter(next);
                 }
                 Err(e) => return Err(Resolve::Io(full, e)),
             }
         }
-        Ok(cur)
+        Ok(walk.resolved())
     }
 
     /// Applies one layer (an uncompressed tar stream); `layer` names it in

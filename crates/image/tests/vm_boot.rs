@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use isolab_image::guest_spec::{root_cmdline, spec_initramfs};
-use isolab_image::{GuestSpec, ImageRef, ImageStore};
+use isolab_image::{ImageRef, ImageStore};
 use isolab_microvm::builder::MmioDeviceFactory;
 use isolab_microvm::devices::bus::SharedDevice;
 use isolab_microvm::devices::virtio::{BlockDevice, MmioTransport, NetDevice};
@@ -101,11 +101,11 @@ fn build_artifacts() -> Option<Artifacts> {
     );
     // Boot 1: `-- sh -c SCRIPT`, as the image's www user.
     let args = ["/bin/sh".to_string(), "-c".into(), SCRIPT.into()];
-    let mut script = GuestSpec::from_run_spec(&image.run_spec(Some(&args)).unwrap());
+    let mut script = image.run_spec(Some(&args)).unwrap().guest_spec();
     script.uid = 33;
     script.gid = 33;
     // Boot 2: the image's own command.
-    let httpd = GuestSpec::from_run_spec(&image.run_spec(None).unwrap());
+    let httpd = image.run_spec(None).unwrap().guest_spec();
     // Boot 3: nginx.
     let nginx = store
         .unpack(&ImageRef::new(images.join("nginx-oci.tar"), None))
@@ -116,7 +116,7 @@ fn build_artifacts() -> Option<Artifacts> {
         nginx.meta.rootfs_bytes / 1024,
         nginx_disk.bytes / 1024
     );
-    let nginx_spec = GuestSpec::from_run_spec(&nginx.run_spec(None).unwrap());
+    let nginx_spec = nginx.run_spec(None).unwrap().guest_spec();
     let dir = cache.join("initramfs");
     Some(Artifacts {
         kernel: kernel.vmlinux,

@@ -17,6 +17,19 @@ fn workload() -> PathBuf {
     isolab_testkit::binary("workload")
 }
 
+/// Whether `test` can run (it prints why not otherwise): root, `also`
+/// (another probe, if any) and the workload binary.
+fn can_trace(test: &str, also: Option<String>) -> bool {
+    require(
+        test,
+        first_missing([
+            missing_root(),
+            also,
+            missing_binary("workload", "isolab-workload"),
+        ]),
+    )
+}
+
 /// One `GET path` on its own connection; the status line.
 fn get(port: u16, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
@@ -89,14 +102,9 @@ impl Drop for Api {
 
 #[test]
 fn noop_makes_exactly_the_calls_strace_sees() {
-    let test = "noop_makes_exactly_the_calls_strace_sees";
-    if !require(
-        test,
-        first_missing([
-            missing_root(),
-            missing_command("strace", "strace"),
-            missing_binary("workload", "isolab-workload"),
-        ]),
+    if !can_trace(
+        "noop_makes_exactly_the_calls_strace_sees",
+        missing_command("strace", "strace"),
     ) {
         return;
     }
@@ -147,14 +155,7 @@ fn noop_makes_exactly_the_calls_strace_sees() {
 
 #[test]
 fn threads_of_a_spawned_server_are_followed() {
-    let test = "threads_of_a_spawned_server_are_followed";
-    if !require(
-        test,
-        first_missing([
-            missing_root(),
-            missing_binary("workload", "isolab-workload"),
-        ]),
-    ) {
+    if !can_trace("threads_of_a_spawned_server_are_followed", None) {
         return;
     }
     let (err_r, err_w) = nix::unistd::pipe().unwrap();
@@ -215,13 +216,9 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
 
 #[test]
 fn seized_server_runs_on_after_detach_and_after_the_tracer_dies() {
-    let test = "seized_server_runs_on_after_detach_and_after_the_tracer_dies";
-    if !require(
-        test,
-        first_missing([
-            missing_root(),
-            missing_binary("workload", "isolab-workload"),
-        ]),
+    if !can_trace(
+        "seized_server_runs_on_after_detach_and_after_the_tracer_dies",
+        None,
     ) {
         return;
     }

@@ -15,11 +15,10 @@
 //! Contenders (environment, host paths):
 //! - `ISOLAB_MONITOR`: our monitor, a `bench` binary (`bench vm run`);
 //!   default: the `bench` built beside this benchmark (`--release`);
-//! - `ISOLAB_MONITOR_VMM`: alternatively `isolab-vmm` (same arguments
-//!   after `vm run`, if it keeps them);
 //! - `ISOLAB_BASELINE`: an older `bench`, e.g. built from main (optional);
-//! - `ISOLAB_MINIMAL`: the `minimal_vmm` example (a dedicated, confined
-//!   monitor binary; default: built beside this benchmark, if it is);
+//! - `ISOLAB_VMM`: `isolab-vmm`, our dedicated monitor binary (confined
+//!   by default); default: the one built beside this benchmark, if it is
+//!   (`cargo build --release -p isolab-vmm`);
 //! - `FIRECRACKER`: a static `firecracker` binary (optional; built by hand
 //!   from a fetched snapshot, never by the project).
 //!
@@ -47,12 +46,12 @@ struct Contender {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Kind {
-    /// `bench vm run ... --json` (or `isolab-vmm` with the same arguments).
+    /// `bench vm run ... --json`.
     Isolab,
     /// `firecracker --no-api --config-file`.
     Firecracker,
-    /// The `minimal_vmm` example.
-    Minimal,
+    /// `isolab-vmm`, the dedicated monitor binary.
+    Vmm,
 }
 
 fn env_path(k: &str) -> Option<PathBuf> {
@@ -92,21 +91,18 @@ fn outside() {
         .and_then(Path::parent)
         .expect("target/<triple>/release/deps");
     let mut contenders = Vec::new();
-    let ours = env_path("ISOLAB_MONITOR_VMM")
-        .or_else(|| env_path("ISOLAB_MONITOR"))
-        .unwrap_or_else(|| release.join("bench"));
-    // `ISOLAB_MONITOR=skip`: race the minimal monitor only.
+    let ours = env_path("ISOLAB_MONITOR").unwrap_or_else(|| release.join("bench"));
+    // `ISOLAB_MONITOR=skip`: race the dedicated monitor only.
     if ours.as_os_str() != "skip" {
         contenders.push(("isolab", Kind::Isolab, ours));
     }
     if let Some(b) = env_path("ISOLAB_BASELINE") {
         contenders.push(("baseline", Kind::Isolab, b));
     }
-    let minimal =
-        env_path("ISOLAB_MINIMAL").unwrap_or_else(|| release.join("examples/minimal_vmm"));
-    if minimal.is_file() {
+    let vmm = env_path("ISOLAB_VMM").unwrap_or_else(|| release.join("isolab-vmm"));
+    if vmm.is_file() {
         // Ours come first: the first contender's report gives the command line.
-        contenders.insert(0, ("minimal", Kind::Minimal, minimal));
+        contenders.insert(0, ("vmm", Kind::Vmm, vmm));
     }
     if let Some(f) = env_path("FIRECRACKER") {
         contenders.push(("firecracker", Kind::Firecracker, f));
@@ -149,7 +145,7 @@ fn outside() {
         files.push(map(bin, format!("{INSIDE}/{label}/monitor")));
         let code = match kind {
             Kind::Firecracker => "fc",
-            Kind::Minimal => "minimal",
+            Kind::Vmm => "vmm",
             Kind::Isolab => "isolab",
         };
         spec.push(format!("{label}:{code}"));
@@ -225,7 +221,7 @@ fn inside() {
                 label: label.to_string(),
                 kind: match kind {
                     "fc" => Kind::Firecracker,
-                    "minimal" => Kind::Minimal,
+                    "vmm" => Kind::Vmm,
                     _ => Kind::Isolab,
                 },
                 bin: Path::new(INSIDE).join(label).join("monitor"),
@@ -389,42 +385,31 @@ fn run_one(c: &Contender, fc_config: &Path, sample: bool) -> Result<Sample, Stri
             cmd.arg("--no-api").arg("--config-file").arg(fc_config);
             spawn_measured(cmd, sample)
         }
-        Kind::Minimal => {
+        Kind::Vmm => {
             let mut cmd = Command::new(&c.bin);
-            cmd.args([
-                "--kernel",
-                &format!("{INSIDE}/vmlinux"),
-                "--initrd",
-                &format!("{INSIDE}/initrd.cpio"),
-                "--workload",
-                "noop",
-                "--memory-mib",
-                "128",
-            ]);
+            cmd.args(guest_args()).args(["--memory-mib", "128"]);
             spawn_measured(cmd, sample)
         }
     }
 }
 
-fn isolab_args() -> Vec<String> {
+/// The guest every contender but Firecracker (its config file) boots.
+fn guest_args() -> [String; 6] {
     [
-        "vm",
-        "run",
-        "--kernel",
-        &format!("{INSIDE}/vmlinux"),
-        "--initrd",
-        &format!("{INSIDE}/initrd.cpio"),
-        "--workload",
-        "noop",
-        "--memory",
-        "128M",
-        "--vcpus",
-        "1",
-        "--json",
+        "--kernel".into(),
+        format!("{INSIDE}/vmlinux"),
+        "--initrd".into(),
+        format!("{INSIDE}/initrd.cpio"),
+        "--workload".into(),
+        "noop".into(),
     ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+}
+
+fn isolab_args() -> Vec<String> {
+    let mut args = vec!["vm".to_string(), "run".into()];
+    args.extend(guest_args());
+    args.extend(["--memory", "128M", "--vcpus", "1", "--json"].map(String::from));
+    args
 }
 
 /// Spawns `cmd`, optionally sampling its smaps and KVM's counters every

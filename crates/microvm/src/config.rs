@@ -80,14 +80,6 @@ fn default_vcpus() -> u8 {
 /// Invalid configurations (usage errors).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// Not a size.
-    #[error(
-        "{input:?} is not a memory size: use a number with an optional K/M/G suffix, e.g. 128M"
-    )]
-    BadSize { input: String },
-    /// Not a whole number of MiB.
-    #[error("Guest memory {input:?} is not a whole number of MiB")]
-    NotWholeMib { input: String },
     /// Guest memory below the minimum.
     #[error("Guest memory {mib} MiB is below the minimum of {} MiB: pass --memory {}M or more", MIN_GUEST_RAM >> 20, MIN_GUEST_RAM >> 20)]
     MemoryTooSmall { mib: u64 },
@@ -129,37 +121,6 @@ pub enum ConfigError {
     /// Guest RAM is not a whole number of the chosen huge pages.
     #[error("Guest memory {mib} MiB is not a multiple of the {} hugetlb page: pass a multiple of {} MiB", .huge_pages.name(), .huge_pages.granule() >> 20)]
     NotHugePageMultiple { mib: u64, huge_pages: HugePages },
-}
-
-/// Parses `128M`, `1G`, `65536K`, `128MiB`, or a bare number of MiB, into bytes.
-pub fn parse_size(input: &str) -> Result<u64, ConfigError> {
-    let bad = || ConfigError::BadSize {
-        input: input.to_string(),
-    };
-    let s = input.trim();
-    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    if digits_end == 0 {
-        return Err(bad());
-    }
-    let n: u64 = s[..digits_end].parse().map_err(|_| bad())?;
-    let unit = match s[digits_end..].to_ascii_uppercase().as_str() {
-        "" | "M" | "MB" | "MIB" => 1 << 20,
-        "K" | "KB" | "KIB" => 1 << 10,
-        "G" | "GB" | "GIB" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(unit).ok_or_else(bad)
-}
-
-/// Parses a size and returns whole MiB.
-pub fn parse_memory_mib(input: &str) -> Result<u64, ConfigError> {
-    let bytes = parse_size(input)?;
-    if bytes % (1 << 20) != 0 {
-        return Err(ConfigError::NotWholeMib {
-            input: input.to_string(),
-        });
-    }
-    Ok(bytes >> 20)
 }
 
 fn cmdline_safe(s: &str) -> bool {
@@ -297,33 +258,6 @@ mod tests {
         f.write_all(b"\x7fELF\x02\x01\x01").unwrap();
         f.write_all(&[0u8; 1024]).unwrap();
         f
-    }
-
-    #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_size("128M").unwrap(), 128 << 20);
-        assert_eq!(parse_size("128").unwrap(), 128 << 20);
-        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
-        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
-        assert_eq!(parse_size("65536k").unwrap(), 64 << 20);
-        for bad in [
-            "",
-            "M",
-            "12Q",
-            "-5M",
-            "1.5G",
-            "lots",
-            "99999999999999999999G",
-        ] {
-            assert!(
-                matches!(parse_size(bad), Err(ConfigError::BadSize { .. })),
-                "{bad:?}"
-            );
-        }
-        assert!(matches!(
-            parse_memory_mib("1500K"),
-            Err(ConfigError::NotWholeMib { .. })
-        ));
     }
 
     #[test]

@@ -452,7 +452,9 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Seccom
                 vec![rule(vec![dword(1, Op::Eq, KVM_RUN, kind)?], kind)?],
             );
         }
-        ThreadKind::NetWorker => {
+        ThreadKind::NetWorker | ThreadKind::BlockWorker => {
+            // The virtio worker's wait (devices::virtio::worker): poll and
+            // read its eventfds (and the TAP); close on the way out.
             any(
                 &mut m,
                 &[
@@ -462,20 +464,11 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Seccom
                     libc::SYS_close,
                 ],
             );
-        }
-        ThreadKind::BlockWorker => {
-            // The disk: seek, read, write, flush (its fd was opened before).
-            any(
-                &mut m,
-                &[
-                    libc::SYS_poll,
-                    libc::SYS_ppoll,
-                    libc::SYS_read,
-                    libc::SYS_lseek,
-                    libc::SYS_fdatasync,
-                    libc::SYS_close,
-                ],
-            );
+            if kind == ThreadKind::BlockWorker {
+                // The disk: seek, read, write, flush (its fd was opened
+                // before).
+                any(&mut m, &[libc::SYS_lseek, libc::SYS_fdatasync]);
+            }
         }
     }
     m.insert(libc::SYS_tgkill, tgkill);

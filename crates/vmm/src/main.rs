@@ -254,6 +254,12 @@ fn run(args: Args, started: Instant) -> Result<ExitCode, Failure> {
 mod tests {
     use super::*;
 
+    /// `isolab-vmm --kernel k --workload <workload> <rest>`.
+    fn parse(workload: &str, rest: &[&str]) -> Result<Args, clap::Error> {
+        let head = ["vmm", "--kernel", "k", "--workload", workload];
+        Args::try_parse_from(head.iter().chain(rest))
+    }
+
     #[test]
     fn macs_and_consoles_parse() {
         assert_eq!(
@@ -278,27 +284,8 @@ mod tests {
 
     #[test]
     fn tap_and_mac_come_together() {
-        let r = Args::try_parse_from([
-            "vmm",
-            "--kernel",
-            "k",
-            "--workload",
-            "noop",
-            "--tap-fd",
-            "4",
-        ]);
-        assert!(r.is_err());
-        let a = Args::try_parse_from([
-            "vmm",
-            "--kernel",
-            "k",
-            "--workload",
-            "api",
-            "--",
-            "--port",
-            "1",
-        ])
-        .unwrap();
+        assert!(parse("noop", &["--tap-fd", "4"]).is_err());
+        let a = parse("api", &["--", "--port", "1"]).unwrap();
         assert_eq!(a.args, ["--port", "1"]);
         assert_eq!(a.memory_mib, 128);
         assert_eq!(a.huge_pages, HugePages::Host);
@@ -311,15 +298,6 @@ mod tests {
         assert_eq!(huge_pages("thp"), Ok(HugePages::Thp));
         let e = huge_pages("2M").unwrap_err();
         assert!(e.contains("hugetlb_2m"), "{e}");
-        let r = Args::try_parse_from([
-            "vmm",
-            "--kernel",
-            "k",
-            "--workload",
-            "noop",
-            "--huge-pages",
-            "huge",
-        ]);
-        assert!(r.is_err());
+        assert!(parse("noop", &["--huge-pages", "huge"]).is_err());
     }
 }

@@ -1,10 +1,10 @@
 //! Init's error type: one variant per step. Init has no dependencies beyond
-//! nix and libc, so Display is written by hand.
+//! nix, libc and the std-only guest spec, so Display is written by hand.
 
 use std::fmt;
 
 use crate::cmdline::CmdlineError;
-use crate::spec::SpecError;
+use isolab_guest_spec::FormatError as SpecError;
 
 #[derive(Debug)]
 pub enum InitError {
@@ -93,6 +93,7 @@ impl fmt::Display for InitError {
                 source,
             } => write!(f, "cannot {step} on {iface}: {source}"),
             Self::ReadSpec { path, source } => write!(f, "cannot read the guest spec {path}: {source}"),
+            Self::Spec(SpecError::Malformed { reason }) => write!(f, "bad guest spec: {reason}"),
             Self::Spec(e) => write!(f, "bad guest spec: {e}"),
             Self::NoRootDevice { device, waited_ms } => write!(
                 f,

@@ -24,9 +24,9 @@ mod markers;
 mod mounts;
 mod net;
 mod rootfs;
-mod spec;
 mod supervise;
 
+use isolab_guest_spec::{GuestSpec, MAX_SPEC_BYTES, SPEC_PATH};
 use std::io::Write;
 
 use error::InitError;
@@ -90,7 +90,7 @@ fn start_image(
     ports: &mut IoPorts,
 ) -> Result<supervise::Workload, InitError> {
     let bytes = read_spec()?;
-    let spec = spec::parse(&bytes)?;
+    let spec = GuestSpec::decode(&bytes)?;
     let root = rootfs::prepare(&disk.device, &disk.fstype)?;
     say(
         console,
@@ -105,7 +105,7 @@ fn start_image(
             env: &spec.env,
             root: Some(root),
             cwd: &spec.cwd,
-            ids: Some((spec.uid, spec.gid, &spec.groups)),
+            ids: Some((spec.uid, spec.gid, &spec.additional_gids)),
             ready_fd: spec.ready_fd,
             merge_stderr: true,
         },
@@ -126,20 +126,15 @@ fn start_image(
 
 fn read_spec() -> Result<Vec<u8>, InitError> {
     use std::io::Read;
-    let path = spec::SPEC_PATH;
+    let path = SPEC_PATH;
     let err = |source| InitError::ReadSpec { path, source };
     let mut bytes = Vec::new();
+    // One byte past the limit, so that decoding refuses a larger spec.
     std::fs::File::open(path)
         .map_err(err)?
-        .take(spec::MAX_SPEC_BYTES + 1)
+        .take(MAX_SPEC_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(err)?;
-    if bytes.len() as u64 > spec::MAX_SPEC_BYTES {
-        return Err(InitError::Spec(spec::SpecError(format!(
-            "larger than {} bytes",
-            spec::MAX_SPEC_BYTES
-        ))));
-    }
     Ok(bytes)
 }
 

@@ -31,30 +31,44 @@ const MOUNTS: &[(&str, &str, u64, &str)] = &[
 
 pub fn mount_all() -> Result<(), InitError> {
     for &(fstype, target, flags, data) in MOUNTS {
-        if let Err(source) = std::fs::create_dir(target) {
-            if source.kind() != std::io::ErrorKind::AlreadyExists {
-                return Err(InitError::MkMountPoint { target, source });
-            }
-        }
-        let data = (!data.is_empty()).then_some(data);
-        match mount(
-            Some(fstype),
-            target,
-            Some(fstype),
-            MsFlags::from_bits_truncate(flags),
-            data,
-        ) {
+        match mount_at(fstype, fstype, target, flags, data) {
             // The kernel may have mounted devtmpfs already (DEVTMPFS_MOUNT).
-            Err(nix::Error::EBUSY) => {}
-            Err(source) => {
-                return Err(InitError::Mount {
-                    fstype,
-                    target,
-                    source,
-                })
-            }
-            Ok(()) => {}
+            Err(InitError::Mount {
+                source: nix::Error::EBUSY,
+                ..
+            }) => {}
+            r => r?,
         }
     }
     Ok(())
+}
+
+/// Creates the mount point `target` (and its parents) if missing.
+pub fn mkdir(target: &'static str) -> Result<(), InitError> {
+    std::fs::create_dir_all(target).map_err(|source| InitError::MkMountPoint { target, source })
+}
+
+/// Mounts `source` as `fstype` on `target` (created if missing); `data`
+/// empty means none.
+pub fn mount_at(
+    source: &str,
+    fstype: &'static str,
+    target: &'static str,
+    flags: u64,
+    data: &str,
+) -> Result<(), InitError> {
+    mkdir(target)?;
+    let data = (!data.is_empty()).then_some(data);
+    mount(
+        Some(source),
+        target,
+        Some(fstype),
+        MsFlags::from_bits_truncate(flags),
+        data,
+    )
+    .map_err(|source| InitError::Mount {
+        fstype,
+        target,
+        source,
+    })
 }

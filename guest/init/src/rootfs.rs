@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use nix::mount::{mount, MsFlags};
 
 use crate::error::InitError;
+use crate::mounts::{mkdir, mount_at};
 
 /// The disk, read-only.
 pub const LOWER: &str = "/mnt/lower";
@@ -51,33 +52,6 @@ const INNER: &[(&str, &str, u64, &str)] = &[
         "mode=1777",
     ),
 ];
-
-fn mkdir(target: &'static str) -> Result<(), InitError> {
-    std::fs::create_dir_all(target).map_err(|source| InitError::MkMountPoint { target, source })
-}
-
-fn mount_at(
-    source: &str,
-    fstype: &'static str,
-    target: &'static str,
-    flags: u64,
-    data: &str,
-) -> Result<(), InitError> {
-    mkdir(target)?;
-    let data = (!data.is_empty()).then_some(data);
-    mount(
-        Some(source),
-        target,
-        Some(fstype),
-        MsFlags::from_bits_truncate(flags),
-        data,
-    )
-    .map_err(|source| InitError::Mount {
-        fstype,
-        target,
-        source,
-    })
-}
 
 /// Waits (briefly) for the disk's device node.
 fn wait_for(device: &str) -> Result<(), InitError> {

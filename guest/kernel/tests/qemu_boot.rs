@@ -69,8 +69,10 @@ fn boot_with(a: &Artifacts, params: &str, qemu_args: &[&str]) -> String {
     boot_kernel(a, &a.bz_image, params, qemu_args)
 }
 
-/// Boots `kernel` (bzImage, or vmlinux through its PVH note).
-fn boot_kernel(a: &Artifacts, kernel: &Path, params: &str, qemu_args: &[&str]) -> String {
+/// QEMU microvm (TCG, 256 MiB, one CPU, serial console on stdout)
+/// booting `kernel` with a fresh guest initramfs and the `isolab.*`
+/// parameters `params`.
+fn qemu(a: &Artifacts, kernel: &Path, params: &str) -> Command {
     let initrd = a.dir.path().join("initramfs.cpio");
     guest_initramfs(a.init.as_path(), a.workload.as_path(), &[])
         .write_file(&initrd)
@@ -84,27 +86,33 @@ fn boot_kernel(a: &Artifacts, kernel: &Path, params: &str, qemu_args: &[&str]) -
     // microvm,acpi=off: the kernel has no ACPI; without ACPI QEMU describes
     // its virtio-mmio devices on the command line (virtio_mmio.device=).
     let append = format!("console=ttyS0 reboot=t panic=-1 nomodule {params}");
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-M",
-            "microvm,acpi=off",
-            "-accel",
-            "tcg",
-            "-m",
-            "256",
-            "-smp",
-            "1",
-        ])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-        .args(["-serial", "stdio", "-display", "none"])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(&initrd)
-        .arg("-append")
-        .arg(&append)
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-M",
+        "microvm,acpi=off",
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-smp",
+        "1",
+    ])
+    .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+    .args(["-serial", "stdio", "-display", "none"])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(&initrd)
+    .arg("-append")
+    .arg(&append)
+    .stdin(Stdio::null());
+    qemu
+}
+
+/// Boots `kernel` (bzImage, or vmlinux through its PVH note).
+fn boot_kernel(a: &Artifacts, kernel: &Path, params: &str, qemu_args: &[&str]) -> String {
+    let mut child = qemu(a, kernel, params)
         .args(qemu_args)
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -142,19 +150,28 @@ fn boot_kernel(a: &Artifacts, kernel: &Path, params: &str, qemu_args: &[&str]) -
     console
 }
 
-fn result_line<'a>(console: &'a str, workload: &str) -> Option<serde_json::Value> {
+/// The result line of `workload` on the console (fails the test without
+/// one).
+fn expect_result(console: &str, workload: &str) -> serde_json::Value {
     console
         .lines()
-        .map(|l: &'a str| l.trim())
+        .map(|l| l.trim())
         .filter(|l| l.starts_with('{'))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| v["workload"] == workload)
+        .unwrap_or_else(|| panic!("no {workload} result line; console:\n{console}"))
+}
+
+/// Fails the test, showing the console, unless `line` is on it.
+fn assert_logged(console: &str, line: &str) {
+    assert!(console.contains(line), "{console}");
 }
 
 #[test]
 fn qemu_microvm_boots_guest_to_init_and_workload_ready_and_exit() {
-    let test = "qemu_microvm_boots_guest_to_init_and_workload_ready_and_exit";
-    let Some(a) = probe(test) else { return };
+    let Some(a) = probe("qemu_microvm_boots_guest_to_init_and_workload_ready_and_exit") else {
+        return;
+    };
     let console = boot(
         &a,
         "isolab.workload=noop isolab.console=1 isolab.hostname=qemu-guest",
@@ -175,8 +192,7 @@ fn qemu_microvm_boots_guest_to_init_and_workload_ready_and_exit() {
         "{}",
         ctx()
     );
-    let result =
-        result_line(&console, "noop").unwrap_or_else(|| panic!("no noop result line; {}", ctx()));
+    let result = expect_result(&console, "noop");
     assert_eq!(result["ok"], true, "{}", ctx());
     assert!(!console.contains("isolab-init: error"), "{}", ctx());
     assert!(
@@ -188,14 +204,14 @@ fn qemu_microvm_boots_guest_to_init_and_workload_ready_and_exit() {
 
 #[test]
 fn qemu_guest_runs_its_own_kernel() {
-    let test = "qemu_guest_runs_its_own_kernel";
-    let Some(a) = probe(test) else { return };
+    let Some(a) = probe("qemu_guest_runs_its_own_kernel") else {
+        return;
+    };
     let console = boot(
         &a,
         "isolab.workload=probe isolab.console=1 isolab.hostname=qemu-guest",
     );
-    let probe = result_line(&console, "probe")
-        .unwrap_or_else(|| panic!("no probe result line; console:\n{console}"));
+    let probe = expect_result(&console, "probe");
     let guest_release = probe["kernel"]["release"]
         .as_str()
         .expect("kernel.release in the probe")
@@ -225,24 +241,23 @@ fn qemu_guest_runs_its_own_kernel() {
 
 #[test]
 fn qemu_guest_reports_a_missing_workload_name_as_status_255() {
-    let test = "qemu_guest_reports_a_missing_workload_name_as_status_255";
-    let Some(a) = probe(test) else { return };
+    let Some(a) = probe("qemu_guest_reports_a_missing_workload_name_as_status_255") else {
+        return;
+    };
     // No isolab.workload=: init must say so, report 255 and still power off.
     let console = boot(&a, "isolab.console=1");
-    assert!(
-        console.contains("isolab-init: error: bad kernel command line: no isolab.workload="),
-        "{console}"
+    assert_logged(
+        &console,
+        "isolab-init: error: bad kernel command line: no isolab.workload=",
     );
-    assert!(
-        console.contains("isolab-init: reporting status 255"),
-        "{console}"
-    );
+    assert_logged(&console, "isolab-init: reporting status 255");
 }
 
 #[test]
 fn qemu_guest_configures_eth0_from_the_command_line() {
-    let test = "qemu_guest_configures_eth0_from_the_command_line";
-    let Some(a) = probe(test) else { return };
+    let Some(a) = probe("qemu_guest_configures_eth0_from_the_command_line") else {
+        return;
+    };
     // One virtio-mmio net device; microvm appends its virtio_mmio.device=
     // parameter itself. User-mode networking with restrict=on: the guest's
     // addresses live inside QEMU only and nothing reaches the host network.
@@ -256,12 +271,8 @@ fn qemu_guest_configures_eth0_from_the_command_line() {
             "virtio-net-device,netdev=n0",
         ],
     );
-    assert!(
-        console.contains("isolab-init: eth0 10.0.2.15/24 up"),
-        "{console}"
-    );
-    let probe = result_line(&console, "probe")
-        .unwrap_or_else(|| panic!("no probe result line; console:\n{console}"));
+    assert_logged(&console, "isolab-init: eth0 10.0.2.15/24 up");
+    let probe = expect_result(&console, "probe");
     let ifaces: Vec<&str> = probe["interfaces"]
         .as_array()
         .expect("interfaces")
@@ -344,8 +355,9 @@ fn qemu_sees_the_marker_abi_port_writes() {
 
 #[test]
 fn qemu_guest_oom_kill_is_reported_as_status_137() {
-    let test = "qemu_guest_oom_kill_is_reported_as_status_137";
-    let Some(a) = probe(test) else { return };
+    let Some(a) = probe("qemu_guest_oom_kill_is_reported_as_status_137") else {
+        return;
+    };
     // `hog` grows until stopped; the guest's own OOM killer stops it (the
     // guest has 128 MiB, below hog's hard cap) and init reports 128+SIGKILL.
     // The later -m overrides the default 256 MiB.
@@ -354,14 +366,8 @@ fn qemu_guest_oom_kill_is_reported_as_status_137() {
         "isolab.workload=hog isolab.console=1 quiet",
         &["-m", "128"],
     );
-    assert!(
-        console.contains("Out of memory: Killed process"),
-        "{console}"
-    );
-    assert!(
-        console.contains("isolab-init: workload exited with status 137"),
-        "{console}"
-    );
+    assert_logged(&console, "Out of memory: Killed process");
+    assert_logged(&console, "isolab-init: workload exited with status 137");
 }
 
 /// Kills the QEMU this test started when dropped, so a failed assertion
@@ -380,12 +386,9 @@ fn qemu_guest_api_answers_http_through_virtio_net() {
     use std::io::Write;
     use std::net::{Ipv4Addr, TcpListener, TcpStream};
 
-    let test = "qemu_guest_api_answers_http_through_virtio_net";
-    let Some(a) = probe(test) else { return };
-    let initrd = a.dir.path().join("initramfs.cpio");
-    guest_initramfs(a.init.as_path(), a.workload.as_path(), &[])
-        .write_file(&initrd)
-        .unwrap();
+    let Some(a) = probe("qemu_guest_api_answers_http_through_virtio_net") else {
+        return;
+    };
     // A free loopback port for QEMU's forward (host side: 127.0.0.1 only).
     let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .unwrap()
@@ -396,34 +399,16 @@ fn qemu_guest_api_answers_http_through_virtio_net() {
     let console_file = std::fs::File::create(&console_path).unwrap();
     let netdev = format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-10.0.2.15:8080");
     let _qemu = KillOnDrop(
-        Command::new("qemu-system-x86_64")
-            .args([
-                "-M",
-                "microvm,acpi=off",
-                "-accel",
-                "tcg",
-                "-m",
-                "256",
-                "-smp",
-                "1",
-            ])
-            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-            .args(["-serial", "stdio", "-display", "none"])
-            .arg("-kernel")
-            .arg(&a.bz_image)
-            .arg("-initrd")
-            .arg(&initrd)
-            .arg("-append")
-            .arg(
-                "console=ttyS0 reboot=t panic=-1 quiet isolab.workload=api isolab.console=1 \
-                 isolab.ip=10.0.2.15/24 isolab.gw=10.0.2.2",
-            )
-            .args(["-netdev", &netdev, "-device", "virtio-net-device,netdev=n0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(console_file))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start qemu-system-x86_64"),
+        qemu(
+            &a,
+            &a.bz_image,
+            "quiet isolab.workload=api isolab.console=1 isolab.ip=10.0.2.15/24 isolab.gw=10.0.2.2",
+        )
+        .args(["-netdev", &netdev, "-device", "virtio-net-device,netdev=n0"])
+        .stdout(Stdio::from(console_file))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start qemu-system-x86_64"),
     );
     let console = || std::fs::read_to_string(&console_path).unwrap_or_default();
     let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
@@ -447,8 +432,9 @@ fn qemu_guest_api_answers_http_through_virtio_net() {
 
 #[test]
 fn qemu_boots_vmlinux_through_pvh_with_two_vcpus() {
-    let test = "qemu_boots_vmlinux_through_pvh_with_two_vcpus";
-    let Some(a) = probe(test) else { return };
+    let Some(a) = probe("qemu_boots_vmlinux_through_pvh_with_two_vcpus") else {
+        return;
+    };
     // vmlinux (what our monitor loads) enters through the PVH note; the two
     // CPUs are found through the MP table (no ACPI in this kernel).
     let console = boot_kernel(
@@ -457,11 +443,7 @@ fn qemu_boots_vmlinux_through_pvh_with_two_vcpus() {
         "isolab.workload=probe isolab.console=1",
         &["-smp", "2"],
     );
-    let probe = result_line(&console, "probe")
-        .unwrap_or_else(|| panic!("no probe result line; console:\n{console}"));
+    let probe = expect_result(&console, "probe");
     assert_eq!(probe["cpus_online"], 2, "{console}");
-    assert!(
-        console.contains("isolab-init: workload exited with status 0"),
-        "{console}"
-    );
+    assert_logged(&console, "isolab-init: workload exited with status 0");
 }

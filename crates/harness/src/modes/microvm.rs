@@ -96,6 +96,34 @@ pub fn net_cmdline(tap: &Tap) -> String {
     format!("isolab.ip={} isolab.gw={}", lease.cidr(), lease.gateway())
 }
 
+/// A guest's network, as our microVM and the QEMU peer get it: for an HTTP
+/// workload, a TAP on the workbench bridge; none otherwise, nor in density
+/// runs, where instances join a budget cgroup and count once ready (one
+/// TAP and lease each would be needed).
+pub fn guest_net(
+    network: &SharedWorkbench,
+    spec: &InstanceSpec,
+) -> Result<Option<(Arc<Workbench>, Tap)>, HarnessError> {
+    if !(spec.workload.serves_http() && spec.join_cgroups.is_empty()) {
+        return Ok(None);
+    }
+    let wb = network.get()?;
+    let tap = wb.create_tap(None, false)?;
+    Ok(Some((wb, tap)))
+}
+
+/// Where a guest on `tap` serves HTTP: its leased address, probed from the
+/// workbench namespace once it signalled ready.
+pub fn guest_http_target(wb: &Workbench, tap: &Tap) -> HttpTarget {
+    HttpTarget {
+        target: isolab_net::Target {
+            netns: isolab_net::Netns::Path(wb.netns_path()),
+            addr: (tap.lease().addr(), isolab_workload::HTTP_PORT).into(),
+        },
+        after_ready: true,
+    }
+}
+
 /// `isolab-vmm` arguments for `cfg`: the ready fd at [`READY_FD`] and, with
 /// `mac`, a TAP at the fd after it.
 pub fn vmm_args(cfg: &VmConfig, ready_fd: Option<i32>, tap: Option<(i32, [u8; 6])>) -> Vec<String> {
@@ -297,17 +325,10 @@ impl Launcher for MicrovmLauncher {
             return self.launch_emulated(cfg);
         }
         // HTTP workloads get a virtio-net device on the workbench bridge.
-        // Not in density runs, where instances join a budget cgroup and
-        // count once ready (one TAP and lease each would be needed).
-        let net = spec.workload.serves_http() && spec.join_cgroups.is_empty();
-        let (workbench, tap) = if net {
-            let wb = self.network.get()?;
-            let tap = wb.create_tap(None, false)?;
-            cfg.cmdline_extra = Some(net_cmdline(&tap));
-            (Some(wb), Some(tap))
-        } else {
-            (None, None)
-        };
+        let (workbench, tap) = guest_net(&self.network, spec)?.unzip();
+        if let Some(t) = &tap {
+            cfg.cmdline_extra = Some(net_cmdline(t));
+        }
         let tap_fd = tap
             .as_ref()
             .map(|t| t.try_clone_fd().map(|fd| (fd, t.lease().mac())))
@@ -322,16 +343,10 @@ impl Launcher for MicrovmLauncher {
             &spec.join_cgroups,
         )?;
         drop(tap_fd);
-        let target = match (&workbench, &tap) {
-            (Some(wb), Some(t)) => Some(HttpTarget {
-                target: isolab_net::Target {
-                    netns: isolab_net::Netns::Path(wb.netns_path()),
-                    addr: (t.lease().addr(), isolab_workload::HTTP_PORT).into(),
-                },
-                after_ready: true,
-            }),
-            _ => None,
-        };
+        let target = workbench
+            .as_deref()
+            .zip(tap.as_ref())
+            .map(|(wb, t)| guest_http_target(wb, t));
         Ok(Box::new(VmInstance {
             vmm,
             ready,

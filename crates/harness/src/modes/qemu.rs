@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use isolab_guest_kernel::GuestArtifacts;
 use isolab_net::{Tap, Workbench};
 
-use super::microvm::{native_refusal, net_cmdline, DEFAULT_GUEST_MIB};
+use super::microvm::{
+    guest_http_target, guest_net, native_refusal, net_cmdline, DEFAULT_GUEST_MIB,
+};
 use super::spawn::{self, shell_status, terminate, which};
 use super::{
     Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec, Launcher,
@@ -96,16 +98,11 @@ impl Launcher for QemuPeer {
         }
         // As for our microVM: HTTP workloads get virtio-net on the
         // workbench bridge, except in density runs.
-        let net = spec.workload.serves_http() && spec.join_cgroups.is_empty();
-        let (workbench, tap) = if net {
-            let wb = self.network.get()?;
-            let tap = wb.create_tap(None, false)?;
+        let (workbench, tap) = guest_net(&self.network, spec)?.unzip();
+        if let Some(t) = &tap {
             cmdline.push(' ');
-            cmdline.push_str(&net_cmdline(&tap));
-            (Some(wb), Some(tap))
-        } else {
-            (None, None)
-        };
+            cmdline.push_str(&net_cmdline(t));
+        }
         let tap_fd = tap
             .as_ref()
             .map(Tap::try_clone_fd)
@@ -180,16 +177,10 @@ impl Launcher for QemuPeer {
         drop(out_w);
         drop(status_w);
         drop(tap_fd);
-        let target = match (&workbench, &tap) {
-            (Some(wb), Some(t)) => Some(HttpTarget {
-                target: isolab_net::Target {
-                    netns: isolab_net::Netns::Path(wb.netns_path()),
-                    addr: (t.lease().addr(), isolab_workload::HTTP_PORT).into(),
-                },
-                after_ready: true,
-            }),
-            _ => None,
-        };
+        let target = workbench
+            .as_deref()
+            .zip(tap.as_ref())
+            .map(|(wb, t)| guest_http_target(wb, t));
         Ok(Box::new(QemuInstance {
             child,
             marker: marker_r,

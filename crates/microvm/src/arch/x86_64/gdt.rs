@@ -101,27 +101,32 @@ mod tests {
 
     #[test]
     fn decoded_code_segment_is_long_mode_and_flat() {
-        let seg = segment_from_gdt(long_mode_gdt()[1], CODE_INDEX);
-        assert_eq!(seg.selector, 0x08);
-        assert_eq!(seg.l, 1);
-        assert_eq!(seg.db, 0);
-        assert_eq!(seg.g, 1);
-        assert_eq!(seg.limit, 0xffff_ffff);
-        assert_eq!(seg.type_, 0xb);
-        assert_eq!(seg.present, 1);
-        assert_eq!(seg.s, 1);
-        assert_eq!(seg.unusable, 0);
+        let flat_code = kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: 0x08,
+            type_: 0xb,
+            present: 1,
+            dpl: 0,
+            db: 0,
+            s: 1,
+            l: 1,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        assert_eq!(segment_from_gdt(long_mode_gdt()[1], CODE_INDEX), flat_code);
     }
 
     #[test]
     fn decoding_recovers_base_and_byte_granular_limit() {
         let e = gdt_entry(TSS32_FLAGS, 0x1234_5678, 0x67);
         let seg = segment_from_gdt(e, TSS_INDEX);
-        assert_eq!(seg.base, 0x1234_5678);
-        assert_eq!(seg.limit, 0x67);
-        assert_eq!(seg.g, 0);
-        assert_eq!(seg.selector, 0x18);
-        assert_eq!(seg.s, 0);
+        assert_eq!(
+            (seg.base, seg.limit, seg.g, seg.selector, seg.s),
+            (0x1234_5678, 0x67, 0, 0x18, 0)
+        );
     }
 
     #[test]

@@ -202,12 +202,15 @@ mod tests {
             addr: GuestAddress(0x100_0000),
             protocol: BootProtocol::Linux64,
         });
-        assert_eq!(r.rip, 0x100_0000);
-        assert_eq!(r.rsi, 0x7000);
-        assert_eq!(r.rsp, 0x8ff0);
-        assert_eq!(r.rbp, 0x8ff0);
-        assert_eq!(r.rflags, 2);
-        assert_eq!(r.rbx, 0);
+        let expected = kvm_regs {
+            rip: 0x100_0000,
+            rsi: 0x7000,
+            rsp: 0x8ff0,
+            rbp: 0x8ff0,
+            rflags: 2,
+            ..Default::default()
+        };
+        assert_eq!(r, expected, "and every other register zero");
     }
 
     #[test]
@@ -216,8 +219,13 @@ mod tests {
             addr: GuestAddress(0x1000),
             protocol: BootProtocol::Pvh,
         });
-        assert_eq!(r.rbx, 0x6000);
-        assert_eq!(r.rsi, 0);
+        let expected = kvm_regs {
+            rip: 0x1000,
+            rbx: 0x6000,
+            rflags: 2,
+            ..Default::default()
+        };
+        assert_eq!(r, expected, "and every other register zero");
     }
 
     #[test]

@@ -23,19 +23,16 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
-use vmm_sys_util::eventfd::EventFd;
 
-use super::device::{Interrupt, VirtioDevice, INT_VRING};
+use super::device::{read_config_bytes, Interrupt, VirtioDevice, INT_VRING};
 use super::mmio::VIRTIO_F_VERSION_1;
+use super::worker::{Serve, Wakeups, Worker, WorkerError};
+use crate::seccomp::ThreadKind;
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// virtio device ID of a block device.
@@ -86,16 +83,12 @@ pub enum BlockError {
     /// Smaller than one sector.
     #[error("The disk image is {bytes} bytes, smaller than one {SECTOR_SIZE}-byte sector")]
     TooSmall { bytes: u64 },
-    /// Creating an eventfd failed.
-    /// Starting the I/O thread (or giving it the disk) failed.
+    /// Giving the I/O thread its own handle on the disk failed.
     #[error("Could not start the virtio-blk thread")]
     Spawn(#[source] io::Error),
-    #[error("Could not create the {what} eventfd")]
-    EventFd {
-        what: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    /// Starting the I/O thread failed.
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
 }
 
 /// The disk behind the device: what requests are checked against.
@@ -147,10 +140,6 @@ impl Disk {
     }
 }
 
-/// Stack of the worker thread: small, so that it can never be backed by
-/// a 2 MiB transparent huge page.
-const WORKER_STACK_SIZE: usize = 256 << 10;
-
 /// What the worker serves between DRIVER_OK and a reset.
 struct Active {
     mem: GuestMemoryMmap,
@@ -158,27 +147,34 @@ struct Active {
     interrupt: Arc<Interrupt>,
 }
 
-/// Messages to the worker thread.
-enum Command {
-    /// Serve this queue; answer once confined and serving (or why not).
-    Start(Active, mpsc::Sender<Result<(), String>>),
-    /// Acknowledge that the last [`Command::Start`] is no longer served.
-    Stopped(mpsc::Sender<()>),
+/// What the device's I/O thread does once activated: serves the queue
+/// from its own handle on the disk until the device is reset.
+struct Server {
+    disk: Disk,
+}
+
+impl Serve for Server {
+    type Active = Active;
+    const KIND: ThreadKind = ThreadKind::BlockWorker;
+
+    fn serve(&mut self, a: &mut Active, wake: &Wakeups) {
+        while let Some(ready) = wake.next(None) {
+            if ready.kick && process_queue(&mut a.queue, &a.mem, &self.disk) {
+                a.interrupt.signal(INT_VRING);
+            }
+        }
+    }
 }
 
 /// The block device; the transport activates it.
 ///
-/// As with virtio-net, its I/O thread starts with the device, before the
+/// Its I/O thread ([`super::worker`]) starts with the device, before the
 /// guest runs, and confines itself ([`crate::seccomp`]) before it serves
 /// the queue: no thread is created while the guest runs.
 #[derive(Debug)]
 pub struct BlockDevice {
+    worker: Worker<Active>,
     disk: Disk,
-    kick: EventFd,
-    stop: EventFd,
-    commands: Option<mpsc::Sender<Command>>,
-    worker: Option<JoinHandle<()>>,
-    serving: bool,
 }
 
 impl BlockDevice {
@@ -197,64 +193,18 @@ impl BlockDevice {
 
     /// A device serving `disk`; starts its (idle) I/O thread.
     pub fn new(disk: Disk) -> Result<BlockDevice, BlockError> {
-        let evt = |what| {
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| BlockError::EventFd { what, source })
-        };
-        let kick = evt("queue notify")?;
-        let stop = evt("stop")?;
-        let clone = |e: &EventFd, what| {
-            e.try_clone()
-                .map_err(|source| BlockError::EventFd { what, source })
-        };
-        let worker = Worker {
+        let server = Server {
             disk: disk.try_clone().map_err(BlockError::Spawn)?,
-            kick: clone(&kick, "queue notify")?,
-            stop: clone(&stop, "stop")?,
         };
-        let (commands, inbox) = mpsc::channel();
-        let handle = std::thread::Builder::new()
-            .name("virtio-blk".into())
-            .stack_size(WORKER_STACK_SIZE)
-            .spawn(move || worker.run(inbox))
-            .map_err(BlockError::Spawn)?;
         Ok(BlockDevice {
+            worker: Worker::spawn(server)?,
             disk,
-            kick,
-            stop,
-            commands: Some(commands),
-            worker: Some(handle),
-            serving: false,
         })
     }
 
     /// The disk it serves.
     pub fn disk(&self) -> &Disk {
         &self.disk
-    }
-
-    /// Stops serving the queue and waits until the worker let go of it.
-    fn stop_serving(&mut self) {
-        if !std::mem::take(&mut self.serving) {
-            return;
-        }
-        let (ack, acked) = mpsc::channel();
-        let _ = self.stop.write(1);
-        if let Some(c) = &self.commands {
-            if c.send(Command::Stopped(ack)).is_ok() {
-                let _ = acked.recv();
-            }
-        }
-    }
-}
-
-impl Drop for BlockDevice {
-    fn drop(&mut self) {
-        self.stop_serving();
-        // Closing the channel ends the worker's wait.
-        self.commands = None;
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
     }
 }
 
@@ -286,14 +236,7 @@ impl VirtioDevice for BlockDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let cfg = config_space(self.disk.sectors);
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| cfg.get(o).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&config_space(self.disk.sectors), offset, data);
     }
 
     fn activate(
@@ -303,103 +246,23 @@ impl VirtioDevice for BlockDevice {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), String> {
-        self.stop_serving();
+        self.worker.stop_serving();
         let Some(queue) = queues.into_iter().next() else {
             return Err("virtio-blk needs one request queue".into());
         };
-        let (reply, replied) = mpsc::channel();
-        let gone = || "The virtio-blk thread is gone".to_owned();
-        let commands = self.commands.as_ref().ok_or_else(gone)?;
-        commands
-            .send(Command::Start(
-                Active {
-                    mem,
-                    queue,
-                    interrupt,
-                },
-                reply,
-            ))
-            .map_err(|_| gone())?;
-        replied.recv().map_err(|_| gone())??;
-        self.serving = true;
-        Ok(())
+        self.worker.start(Active {
+            mem,
+            queue,
+            interrupt,
+        })
     }
 
     fn queue_notify(&mut self, _queue: u32) {
-        let _ = self.kick.write(1);
+        self.worker.kick();
     }
 
     fn reset(&mut self) {
-        self.stop_serving();
-    }
-}
-
-/// The device's I/O thread: waits for activation, then owns the queue
-/// until the device is reset.
-struct Worker {
-    disk: Disk,
-    kick: EventFd,
-    stop: EventFd,
-}
-
-impl Worker {
-    fn run(self, inbox: mpsc::Receiver<Command>) {
-        while let Ok(cmd) = inbox.recv() {
-            match cmd {
-                Command::Start(mut active, reply) => {
-                    if let Err(e) = crate::seccomp::confine_current_thread_if_enabled(
-                        crate::seccomp::ThreadKind::BlockWorker,
-                    ) {
-                        let _ = reply
-                            .send(Err(format!("Could not confine the virtio-blk thread: {e}")));
-                        return;
-                    }
-                    let _ = reply.send(Ok(()));
-                    self.serve(&mut active);
-                }
-                Command::Stopped(ack) => {
-                    let _ = self.stop.read();
-                    let _ = ack.send(());
-                }
-            }
-        }
-    }
-
-    /// Serves the queue until the stop eventfd fires.
-    fn serve(&self, a: &mut Active) {
-        loop {
-            let (kick, stop) = {
-                // SAFETY: both eventfds are owned by `self` and outlive
-                // this poll set, which is dropped at the end of the block.
-                let (kick, stop) = unsafe {
-                    (
-                        BorrowedFd::borrow_raw(self.kick.as_raw_fd()),
-                        BorrowedFd::borrow_raw(self.stop.as_raw_fd()),
-                    )
-                };
-                let mut fds = [
-                    PollFd::new(kick.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-                ];
-                match poll(&mut fds, PollTimeout::NONE) {
-                    Ok(_) => {}
-                    Err(nix::Error::EINTR) => continue,
-                    Err(_) => return,
-                }
-                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                (ready(&fds[0]), ready(&fds[1]))
-            };
-            if stop {
-                // Left set: the Stopped command that follows reads it.
-                return;
-            }
-            if kick {
-                let _ = self.kick.read();
-                if process_queue(&mut a.queue, &a.mem, &self.disk) {
-                    a.interrupt.signal(INT_VRING);
-                }
-            }
-        }
+        self.worker.stop_serving();
     }
 }
 
@@ -622,6 +485,7 @@ mod tests {
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use vmm_sys_util::eventfd::EventFd;
 
     const MEM: u64 = 1 << 20;
     const SECTORS: u64 = 16;

@@ -50,6 +50,18 @@ impl Interrupt {
     }
 }
 
+/// Fills `data` from the configuration space `cfg` at `offset`; bytes
+/// past its end (features not offered) read as zero.
+pub fn read_config_bytes(cfg: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| cfg.get(o).copied())
+            .unwrap_or(0);
+    }
+}
+
 /// A virtio device behind [`crate::devices::virtio::MmioTransport`].
 pub trait VirtioDevice: Send {
     /// Device ID (1 = network).

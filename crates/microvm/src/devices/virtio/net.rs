@@ -9,19 +9,18 @@
 //! slot's irqfd after using buffers.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestMemory};
-use vmm_sys_util::eventfd::EventFd;
 
-use super::device::{Interrupt, VirtioDevice, INT_VRING};
+use super::device::{read_config_bytes, Interrupt, VirtioDevice, INT_VRING};
 use super::mmio::VIRTIO_F_VERSION_1;
+use super::worker::{Serve, Wakeups, Worker, WorkerError};
+use crate::seccomp::ThreadKind;
 use crate::vstate::memory::GuestMemoryMmap;
 
 /// virtio device ID of a network card.
@@ -45,20 +44,9 @@ pub enum NetError {
     #[error("Could not make the TAP file descriptor non-blocking")]
     Nonblocking(#[source] nix::Error),
     /// Starting the I/O thread failed.
-    #[error("Could not start the virtio-net thread")]
-    Spawn(#[source] io::Error),
-    /// Creating an eventfd failed.
-    #[error("Could not create the {what} eventfd")]
-    EventFd {
-        what: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
 }
-
-/// Stack of the worker thread: small, so that it can never be backed by
-/// a 2 MiB transparent huge page.
-const WORKER_STACK_SIZE: usize = 256 << 10;
 
 /// What the worker serves between DRIVER_OK and a reset.
 struct Active {
@@ -68,29 +56,60 @@ struct Active {
     interrupt: Arc<Interrupt>,
 }
 
-/// Messages to the worker thread.
-enum Command {
-    /// Serve these queues; answer once confined and serving (or why not).
-    Start(Active, mpsc::Sender<Result<(), String>>),
-    /// Acknowledge that the last [`Command::Start`] is no longer served.
-    Stopped(mpsc::Sender<()>),
+/// What the device's I/O thread does once activated: owns both queues
+/// until the device is reset.
+struct Server {
+    tap: File,
+    frame: Vec<u8>,
+    /// Scratch buffer of one TX chain (never above [`MAX_TX_CHAIN`]).
+    tx_frame: Vec<u8>,
+    /// Length of a frame read from the TAP but not yet delivered.
+    pending: Option<usize>,
+    /// Whether the guest may have posted RX buffers since we last ran out.
+    rx_room: bool,
+}
+
+impl Serve for Server {
+    type Active = Active;
+    const KIND: ThreadKind = ThreadKind::NetWorker;
+
+    /// Serves the queues until the stop eventfd fires.
+    fn serve(&mut self, a: &mut Active, wake: &Wakeups) {
+        self.pending = None;
+        self.rx_room = true;
+        loop {
+            // The TAP is polled only while the guest has posted buffers.
+            let tap = self.rx_room.then(|| self.tap.as_fd());
+            let Some(ready) = wake.next(tap) else {
+                return;
+            };
+            if ready.kick {
+                self.rx_room = true;
+                if process_tx(&mut a.tx, &a.mem, &mut self.tap, &mut self.tx_frame) {
+                    a.interrupt.signal(INT_VRING);
+                }
+            }
+            if self.rx_room
+                && (ready.extra || ready.kick || self.pending.is_some())
+                && self.receive(a)
+            {
+                a.interrupt.signal(INT_VRING);
+            }
+        }
+    }
 }
 
 /// The network device; the transport activates it.
 ///
-/// Its I/O thread is started with the device, before the guest runs, and
-/// waits for activation: no thread is ever created while the guest runs,
-/// so a confined vCPU thread (which activates the device) needs no
-/// `clone`. The worker confines itself ([`crate::seccomp`]) before it
-/// serves its first queue.
+/// Its I/O thread ([`super::worker`]) is started with the device, before
+/// the guest runs, and waits for activation: no thread is ever created
+/// while the guest runs, so a confined vCPU thread (which activates the
+/// device) needs no `clone`. The worker confines itself
+/// ([`crate::seccomp`]) before it serves its first queue.
 #[derive(Debug)]
 pub struct NetDevice {
+    worker: Worker<Active>,
     mac: [u8; 6],
-    kick: EventFd,
-    stop: EventFd,
-    commands: Option<mpsc::Sender<Command>>,
-    worker: Option<JoinHandle<()>>,
-    serving: bool,
 }
 
 impl NetDevice {
@@ -103,63 +122,17 @@ impl NetDevice {
             FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
         )
         .map_err(NetError::Nonblocking)?;
-        let evt = |what| {
-            EventFd::new(libc::EFD_NONBLOCK).map_err(|source| NetError::EventFd { what, source })
-        };
-        let kick = evt("queue notify")?;
-        let stop = evt("stop")?;
-        let clone = |e: &EventFd, what| {
-            e.try_clone()
-                .map_err(|source| NetError::EventFd { what, source })
-        };
-        let (commands, inbox) = mpsc::channel();
-        let worker = Worker {
+        let server = Server {
             tap: File::from(tap),
-            kick: clone(&kick, "queue notify")?,
-            stop: clone(&stop, "stop")?,
             frame: vec![0; MAX_FRAME],
             tx_frame: Vec::with_capacity(MAX_TX_CHAIN),
             pending: None,
             rx_room: true,
         };
-        let handle = std::thread::Builder::new()
-            .name("virtio-net".into())
-            .stack_size(WORKER_STACK_SIZE)
-            .spawn(move || worker.run(inbox))
-            .map_err(NetError::Spawn)?;
         Ok(NetDevice {
+            worker: Worker::spawn(server)?,
             mac,
-            kick,
-            stop,
-            commands: Some(commands),
-            worker: Some(handle),
-            serving: false,
         })
-    }
-
-    /// Stops serving the queues and waits until the worker let go of them.
-    fn stop_serving(&mut self) {
-        if !std::mem::take(&mut self.serving) {
-            return;
-        }
-        let (ack, acked) = mpsc::channel();
-        let _ = self.stop.write(1);
-        if let Some(c) = &self.commands {
-            if c.send(Command::Stopped(ack)).is_ok() {
-                let _ = acked.recv();
-            }
-        }
-    }
-}
-
-impl Drop for NetDevice {
-    fn drop(&mut self) {
-        self.stop_serving();
-        // Closing the channel ends the worker's wait.
-        self.commands = None;
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
     }
 }
 
@@ -179,13 +152,7 @@ impl VirtioDevice for NetDevice {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_net_config: mac[6] first; the rest (status, MTU...)
         // belongs to features not offered and reads as zero.
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| self.mac.get(o).copied())
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.mac, offset, data);
     }
 
     fn activate(
@@ -195,7 +162,7 @@ impl VirtioDevice for NetDevice {
         queues: Vec<Queue>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), String> {
-        self.stop_serving();
+        self.worker.stop_serving();
         let mut queues = queues.into_iter();
         let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
             return Err("virtio-net needs an RX and a TX queue".into());
@@ -206,109 +173,19 @@ impl VirtioDevice for NetDevice {
             tx,
             interrupt,
         };
-        let (reply, replied) = mpsc::channel();
-        let gone = || "The virtio-net thread is gone".to_owned();
-        let commands = self.commands.as_ref().ok_or_else(gone)?;
-        commands
-            .send(Command::Start(active, reply))
-            .map_err(|_| gone())?;
-        replied.recv().map_err(|_| gone())??;
-        self.serving = true;
-        Ok(())
+        self.worker.start(active)
     }
 
     fn queue_notify(&mut self, _queue: u32) {
-        let _ = self.kick.write(1);
+        self.worker.kick();
     }
 
     fn reset(&mut self) {
-        self.stop_serving();
+        self.worker.stop_serving();
     }
 }
 
-/// The device's I/O thread: waits for activation, then owns both queues
-/// until the device is reset.
-struct Worker {
-    tap: File,
-    kick: EventFd,
-    stop: EventFd,
-    frame: Vec<u8>,
-    /// Scratch buffer of one TX chain (never above [`MAX_TX_CHAIN`]).
-    tx_frame: Vec<u8>,
-    /// Length of a frame read from the TAP but not yet delivered.
-    pending: Option<usize>,
-    /// Whether the guest may have posted RX buffers since we last ran out.
-    rx_room: bool,
-}
-
-impl Worker {
-    fn run(mut self, inbox: mpsc::Receiver<Command>) {
-        while let Ok(cmd) = inbox.recv() {
-            match cmd {
-                Command::Start(mut active, reply) => {
-                    if let Err(e) = crate::seccomp::confine_current_thread_if_enabled(
-                        crate::seccomp::ThreadKind::NetWorker,
-                    ) {
-                        let _ = reply
-                            .send(Err(format!("Could not confine the virtio-net thread: {e}")));
-                        return;
-                    }
-                    let _ = reply.send(Ok(()));
-                    self.pending = None;
-                    self.rx_room = true;
-                    self.serve(&mut active);
-                }
-                Command::Stopped(ack) => {
-                    let _ = self.stop.read();
-                    let _ = ack.send(());
-                }
-            }
-        }
-    }
-
-    /// Serves the queues until the stop eventfd fires.
-    fn serve(&mut self, a: &mut Active) {
-        loop {
-            let (kick, tap, stop) = {
-                // SAFETY: both eventfds are owned by `self` and outlive
-                // this poll set, which is dropped at the end of the block.
-                let (kick, stop) = unsafe {
-                    (
-                        BorrowedFd::borrow_raw(self.kick.as_raw_fd()),
-                        BorrowedFd::borrow_raw(self.stop.as_raw_fd()),
-                    )
-                };
-                let mut fds = [
-                    PollFd::new(kick, PollFlags::POLLIN),
-                    PollFd::new(stop, PollFlags::POLLIN),
-                    PollFd::new(self.tap.as_fd(), PollFlags::POLLIN),
-                ];
-                let n = if self.rx_room { 3 } else { 2 };
-                match poll(&mut fds[..n], PollTimeout::NONE) {
-                    Ok(_) => {}
-                    Err(nix::Error::EINTR) => continue,
-                    Err(_) => return,
-                }
-                let ready = |i: usize| i < n && fds[i].revents().is_some_and(|r| !r.is_empty());
-                (ready(0), ready(2), ready(1))
-            };
-            if stop {
-                // Left set: the Stopped command that follows reads it.
-                return;
-            }
-            if kick {
-                let _ = self.kick.read();
-                self.rx_room = true;
-                if process_tx(&mut a.tx, &a.mem, &mut self.tap, &mut self.tx_frame) {
-                    a.interrupt.signal(INT_VRING);
-                }
-            }
-            if self.rx_room && (tap || kick || self.pending.is_some()) && self.receive(a) {
-                a.interrupt.signal(INT_VRING);
-            }
-        }
-    }
-
+impl Server {
     /// Moves frames from the TAP into RX buffers until either runs out;
     /// returns whether any buffer was used.
     fn receive(&mut self, a: &mut Active) -> bool {
@@ -440,6 +317,7 @@ mod tests {
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EventFd;
 
     fn mem() -> GuestMemoryMmap {
         crate::vstate::memory::create_guest_memory(1 << 20, Default::default()).unwrap()
