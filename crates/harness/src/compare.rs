@@ -224,7 +224,8 @@ pub fn run(
                 continue;
             }
             let group = ParentBudget::create(kind, dcfg.budget_bytes)?;
-            progress.start(&format!("density {}", kind.name()), dcfg.max_instances);
+            let (cap, _) = density::instance_cap(dcfg, std::path::Path::new("/proc"));
+            progress.start(&format!("density {}", kind.name()), cap);
             let d = density::run(launcher.as_ref(), &spec, &group, dcfg, &mut |n, msg| {
                 progress.step(n, msg)
             });

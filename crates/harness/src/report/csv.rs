@@ -32,8 +32,34 @@ pub fn render(r: &CompareReport) -> String {
     }
     for d in &r.density {
         let mode = d.mode.name();
+        let label = esc(&label);
+        // The run's summary: the count measured, the rule (its evidence is
+        // in the JSON and the text reports) and, apart, the projection.
+        out.push_str(&format!(
+            "{mode},density_measured,,{},instances,{label}\n",
+            d.count
+        ));
+        out.push_str(&format!(
+            "{mode},density_stop_rule,,{},rule,{label}\n",
+            esc(&d.stop_rule)
+        ));
+        if let Some(t) = &d.startup_trend {
+            out.push_str(&format!(
+                "{mode},density_startup_baseline_p50,,{:.4},ms,{label}\n",
+                t.baseline_ms
+            ));
+            out.push_str(&format!(
+                "{mode},density_startup_window_p50,,{:.4},ms,{label}\n",
+                t.window_ms
+            ));
+        }
+        if let Some(p) = d.projected_count {
+            out.push_str(&format!(
+                "{mode},density_projection,,{p},instances (projection),{label}\n"
+            ));
+        }
         for p in &d.points {
-            let (n, label) = (p.n, esc(&label));
+            let n = p.n;
             out.push_str(&format!(
                 "{mode},density_memory,{n},{},bytes,{label}\n",
                 p.memory_bytes

@@ -7,6 +7,7 @@ pub mod plots;
 pub mod table;
 
 use crate::compare::{CompareReport, ModeReport, ModeStatus};
+use crate::density::{DensityReport, WINDOW};
 use crate::stats::Summary;
 
 /// Output formats.
@@ -107,6 +108,47 @@ pub(crate) fn status_text(m: &ModeReport) -> String {
         ModeStatus::Unavailable { .. } => "not run".into(),
         ModeStatus::Failed { .. } => "FAILED".into(),
     }
+}
+
+/// The density result of one mode, side by side and in the same words for
+/// table and Markdown: what was measured, the rule that stopped it with its
+/// evidence, the startup trend, the memory fit and, apart, the projection.
+/// The first line is the heading.
+pub(crate) fn density_lines(d: &DensityReport) -> Vec<String> {
+    let mib = |b: f64| b / 1048576.0;
+    let mut v = vec![
+        format!("Density: {}", d.mode.name()),
+        format!(
+            "measured: {} instance(s) running together within a {:.0} MiB budget",
+            d.count,
+            mib(d.budget_bytes as f64)
+        ),
+        format!("stopped by: {} ({})", d.stop_rule, d.stop_detail),
+    ];
+    if let Some(t) = &d.startup_trend {
+        v.push(format!(
+            "startup: median of the first {WINDOW} {:.2} ms, of the last {WINDOW} {:.2} ms",
+            t.baseline_ms, t.window_ms
+        ));
+    }
+    if let Some(f) = &d.memory_fit {
+        v.push(format!(
+            "memory vs N: {:.2} MiB per instance + {:.2} MiB fixed (r2 {:.3})",
+            mib(f.slope),
+            mib(f.intercept),
+            f.r2
+        ));
+    }
+    if let Some(p) = d.projected_count {
+        v.push(format!(
+            "projection (budget / slope, not measured): ~{p} instance(s) would fit"
+        ));
+    }
+    v.push(format!(
+        "cap: {} ({}); teardown of all: {:.0} ms",
+        d.max_instances, d.cap_basis, d.teardown_ms
+    ));
+    v
 }
 
 /// Lines explaining modes that were not measured.
