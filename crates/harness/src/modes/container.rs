@@ -90,6 +90,7 @@ fn outcome(o: isolab_container::Outcome, timed_out: bool) -> InstanceOutcome {
         status: Some(o.exit_code),
         result: isolab_workload::result::parse(&o.stdout),
         cpu_time_us: o.stats.cpu_usage_usec,
+        launch_phases: Some(o.phases),
         cgroup: Some(o.stats),
         timed_out,
         ..InstanceOutcome::default()

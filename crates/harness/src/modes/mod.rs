@@ -260,6 +260,9 @@ pub struct InstanceOutcome {
     pub stderr_tail: Vec<String>,
     /// The monitor's report (our microVM): boot phases, memory, stop reason.
     pub vm: Option<Box<VmReport>>,
+    /// Where the launch's time went (our container), from the launcher's
+    /// own timestamps.
+    pub launch_phases: Option<isolab_container::LaunchPhases>,
     /// A caveat every figure of this instance carries (the emulated host's).
     pub label: Option<String>,
     /// It did not end by itself within `wait_exit`'s timeout and was killed.

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{closing_sections, density_lines, memory_cells, startup_cells};
+use super::{closing_sections, density_lines, launch_phase_rows, memory_cells, startup_cells};
 use crate::compare::CompareReport;
 
 /// Render the report as Markdown; `plots` are file names to embed.
@@ -27,6 +27,15 @@ pub fn render_with_plots(r: &CompareReport, plots: &[String]) -> String {
     let _ = writeln!(o, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for m in &r.modes {
         let _ = writeln!(o, "| {} |", memory_cells(m).join(" | "));
+    }
+    if let Some(rows) = launch_phase_rows(r) {
+        let _ = writeln!(o, "\n## Container launch phases (ms from launch, p50)\n");
+        for (i, row) in rows.iter().enumerate() {
+            let _ = writeln!(o, "| {} |", row.join(" | "));
+            if i == 0 {
+                let _ = writeln!(o, "|---|{}", "---:|".repeat(row.len() - 1));
+            }
+        }
     }
     for d in &r.density {
         let lines = density_lines(d);

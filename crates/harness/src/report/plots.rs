@@ -198,7 +198,7 @@ fn density(r: &CompareReport, path: &Path, memory_axis: bool) -> Result<bool, Ha
                 color,
             ))
             .map_err(|e| err("density", e))?
-            .label(d.mode.name())
+            .label(density_legend(d, memory_axis))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
     }
     chart
@@ -208,6 +208,21 @@ fn density(r: &CompareReport, path: &Path, memory_axis: bool) -> Result<bool, Ha
         .map_err(|e| err("density", e))?;
     root.present().map_err(|e| err("density", e))?;
     Ok(true)
+}
+
+/// "container: 1000 measured, stopped by budget", with the projection
+/// (labelled so) on the memory plot.
+fn density_legend(d: &crate::density::DensityReport, memory_axis: bool) -> String {
+    let mut l = format!(
+        "{}: {} measured, stopped by {}",
+        d.mode.name(),
+        d.count,
+        d.stop_rule
+    );
+    if let (true, Some(p)) = (memory_axis, d.projected_count) {
+        l.push_str(&format!("; projection ~{p}"));
+    }
+    l
 }
 
 /// Write every plot that has data into `dir`; returns the file names written.

@@ -3,7 +3,9 @@
 
 use std::fmt::Write;
 
-use super::{closing_sections, density_lines, fmt_ms, memory_cells, startup_cells};
+use super::{
+    closing_sections, density_lines, fmt_ms, launch_phase_rows, memory_cells, startup_cells,
+};
 use crate::compare::CompareReport;
 
 fn grid(rows: &[Vec<String>]) -> String {
@@ -106,6 +108,11 @@ pub fn render(r: &CompareReport) -> String {
                 rows.push(row);
             }
         }
+        out.push_str(&grid(&rows));
+    }
+
+    if let Some(rows) = launch_phase_rows(r) {
+        let _ = writeln!(out, "\nContainer launch phases (ms from launch, p50)");
         out.push_str(&grid(&rows));
     }
 
