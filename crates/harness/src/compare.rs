@@ -776,5 +776,10 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| = launch -> ready | 6.00 |"), "{md}");
+        let dir = tempfile::tempdir().unwrap();
+        let written = crate::report::plots::write_all(&doc, dir.path()).unwrap();
+        assert!(written.contains(&"phases.svg".to_string()), "{written:?}");
+        let svg = std::fs::read_to_string(dir.path().join("phases.svg")).unwrap();
+        assert!(svg.contains("container: clone 1.20"), "stacked, labelled");
     }
 }
