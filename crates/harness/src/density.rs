@@ -64,6 +64,10 @@ pub struct DensityPoint {
     pub ready_ms: f64,
     /// Host MemAvailable drop since the start of the run.
     pub mem_available_drop: u64,
+    /// This launch's phases (our container), to see which step slows
+    /// down as instances accumulate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_phases: Option<isolab_container::LaunchPhases>,
 }
 
 /// The startup evidence of the degradation rule.
@@ -296,6 +300,7 @@ fn run_at(
             memory_bytes,
             ready_ms: ms,
             mem_available_drop: avail0.saturating_sub(avail),
+            launch_phases: running.last().and_then(|i| i.launch_phases()),
         });
         progress(running.len(), "");
         if group.oom_kills() > 0 {

@@ -140,6 +140,10 @@ impl Instance for ContainerInstance {
         }
     }
 
+    fn launch_phases(&self) -> Option<isolab_container::LaunchPhases> {
+        Some(self.r().phases())
+    }
+
     fn stop(mut self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
         let r = self.running.take().expect("running until stopped");
         Ok(outcome(r.stop()?, false))

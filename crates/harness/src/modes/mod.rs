@@ -311,6 +311,11 @@ pub trait Instance: Send {
     fn host_pids(&self) -> Vec<u32>;
     /// Memory attributed to this instance now.
     fn memory(&self) -> InstanceMemory;
+    /// Where its launch's time went so far (our container; `None` for the
+    /// other modes, whose launchers keep no such marks).
+    fn launch_phases(&self) -> Option<isolab_container::LaunchPhases> {
+        None
+    }
     /// Stop (SIGTERM, then SIGKILL after a grace period) and clean up.
     fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError>;
     /// Wait for a workload that ends by itself (noop, worker, probe...);

@@ -280,6 +280,7 @@ mod tests {
                 memory_bytes: 1 << 20,
                 ready_ms: 12.0,
                 mem_available_drop: 0,
+                launch_phases: None,
             }],
             memory_fit: Some(LinearFit {
                 slope: 0.62 * 1048576.0,
