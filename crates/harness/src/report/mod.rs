@@ -310,4 +310,37 @@ mod tests {
         d.projected_count = None;
         assert!(!density_lines(&d).iter().any(|l| l.contains("projection")));
     }
+
+    #[test]
+    fn csv_carries_the_density_summary_beside_its_points() {
+        let doc = CompareReport {
+            schema: crate::compare::SCHEMA.into(),
+            created_unix: 0,
+            method: vec![],
+            config: crate::compare::CompareConfig {
+                workload: crate::Workload::Api,
+                runs: 1,
+                warmup: 0,
+                requests: 0,
+                ready_timeout: std::time::Duration::from_secs(1),
+                modes: vec![],
+                density: None,
+            },
+            environment: crate::env::Environment::capture(),
+            modes: vec![],
+            density: vec![density()],
+        };
+        let csv = csv::render(&doc);
+        for row in [
+            "container,density_measured,,285,instances,",
+            "container,density_stop_rule,,startup-degradation,rule,",
+            "container,density_startup_baseline_p50,,12.4100,ms,",
+            "container,density_startup_window_p50,,38.3000,ms,",
+            "container,density_projection,,6600,instances (projection),",
+            "container,density_memory,1,1048576,bytes,",
+            "container,density_ready,1,12.0000,ms,",
+        ] {
+            assert!(csv.lines().any(|l| l == row), "{row} in\n{csv}");
+        }
+    }
 }
