@@ -47,9 +47,10 @@ pub struct CompareArgs {
     /// Memory budget of the density run: 1G, 512M (a bare number is bytes).
     #[arg(long, default_value = "4G", value_parser = args::size)]
     pub budget: u64,
-    /// Safety cap on instances in the density run.
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    pub max_instances: u64,
+    /// Cap on instances in the density run (1..=10000); default: derived
+    /// from the budget and the host's MemAvailable less a 10% margin.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_instances: Option<u64>,
     /// Output format: table, json, csv or markdown.
     #[arg(long, default_value = "table")]
     pub format: String,
@@ -154,7 +155,7 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
             modes,
             density: args.density.then_some(DensityConfig {
                 budget_bytes: args.budget,
-                max_instances: args.max_instances as usize,
+                max_instances: args.max_instances.map(|n| n as usize),
                 ready_timeout,
             }),
         },
@@ -300,6 +301,8 @@ mod tests {
             &["--warmup", "99999"],
             &["--ready-timeout", "99999999999"],
             &["--budget", "4X", "--density"],
+            &["--density", "--max-instances", "0"],
+            &["--density", "--max-instances", "10001"],
             &["--format", "yaml"],
             &["--host", "cloud"],
         ] {
@@ -311,7 +314,13 @@ mod tests {
         let p = plan_of(&["--density", "--budget", "1G", "--max-instances", "5"]).unwrap();
         assert_eq!(
             p.config.density.map(|d| (d.budget_bytes, d.max_instances)),
-            Some((1 << 30, 5))
+            Some((1 << 30, Some(5)))
+        );
+        let p = plan_of(&["--density"]).unwrap();
+        assert_eq!(
+            p.config.density.map(|d| (d.budget_bytes, d.max_instances)),
+            Some((4 << 30, None)),
+            "the cap is derived unless given"
         );
     }
 }

@@ -189,6 +189,17 @@ fn opt(v: Option<u64>) -> String {
     v.map_or("n/a".into(), |v| v.to_string())
 }
 
+/// The launch phases, in order, one line: where launch -> ready went.
+fn print_phases(out: &mut impl Write, p: &isolab_container::LaunchPhases) -> std::io::Result<()> {
+    let parts: Vec<String> = p
+        .named()
+        .iter()
+        .filter(|(name, _)| *name != "workload ready" || p.workload_ready_us.is_some())
+        .map(|(name, us)| format!("{name} {:.2}", *us as f64 / 1000.0))
+        .collect();
+    writeln!(out, "  launch phases ms  {}", parts.join(", "))
+}
+
 fn print_human(out: &mut impl Write, o: &Outcome) -> std::io::Result<()> {
     write!(out, "{}", o.stdout)?;
     if !o.stdout.is_empty() && !o.stdout.ends_with('\n') {
@@ -202,6 +213,7 @@ fn print_human(out: &mut impl Write, o: &Outcome) -> std::io::Result<()> {
         o.launch_to_ready_us.map_or("never signalled".into(), ms)
     )?;
     writeln!(out, "  launch -> exit    {}", ms(o.launch_to_exit_us))?;
+    print_phases(out, &o.phases)?;
     writeln!(
         out,
         "  memory            peak {}, current {} (cgroup {})",
@@ -321,5 +333,35 @@ mod tests {
             parse(&["run", "--workload", "knob"]).is_ok(),
             "every workload runs"
         );
+    }
+
+    #[test]
+    fn the_launch_phases_are_printed_in_order() {
+        let mut p = isolab_container::LaunchPhases {
+            prepare_us: 150,
+            clone_us: 1_250,
+            rootfs_us: 900,
+            hardening_us: 300,
+            ..Default::default()
+        };
+        let line = |p: &isolab_container::LaunchPhases| {
+            let mut o = vec![];
+            print_phases(&mut o, p).unwrap();
+            String::from_utf8(o).unwrap()
+        };
+        let l = line(&p);
+        assert!(
+            l.starts_with(
+                "  launch phases ms  prepare 0.15, instance dir 0.00, cgroup 0.00, clone 1.25,"
+            ),
+            "{l}"
+        );
+        assert!(
+            l.contains("rootfs 0.90") && l.contains("hardening 0.30"),
+            "{l}"
+        );
+        assert!(l.trim_end().ends_with("exec 0.00"), "never ready: {l}");
+        p.workload_ready_us = Some(2_000);
+        assert!(line(&p).trim_end().ends_with("workload ready 2.00"));
     }
 }

@@ -94,8 +94,34 @@ pub const PHASES: [(&str, PhaseOf); 4] = [
     ("workload_ready_ms", |p| p.workload_ready_ms),
 ];
 
-/// Phase summaries by [`PHASES`] name.
+/// Phase summaries by [`PHASES`] name (or [`launch_phase_key`]).
 pub type PhaseReport = std::collections::BTreeMap<String, Summary>;
+
+/// The container's launch phases in order, as (key, label): keys of
+/// [`ModeReport::launch_phases`] ("clone_ms"), labels for tables and plots
+/// ("clone"); [`isolab_container::LaunchPhases::named`]'s order.
+pub fn launch_phase_names() -> Vec<(String, &'static str)> {
+    isolab_container::LaunchPhases::default()
+        .named()
+        .iter()
+        .map(|(label, _)| (launch_phase_key(label), *label))
+        .collect()
+}
+
+/// "instance dir" -> "instance_dir_ms".
+fn launch_phase_key(label: &str) -> String {
+    format!("{}_ms", label.replace(' ', "_"))
+}
+
+/// The phases of one launch in ms by key; `workload_ready_ms` only when
+/// the workload signalled ready.
+fn launch_phase_values(p: &isolab_container::LaunchPhases) -> Vec<(String, f64)> {
+    p.named()
+        .iter()
+        .filter(|(label, _)| *label != "workload ready" || p.workload_ready_us.is_some())
+        .map(|(label, us)| (launch_phase_key(label), *us as f64 / 1e3))
+        .collect()
+}
 
 /// Result of a short request/response run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +147,10 @@ pub struct ModeReport {
     pub raw_ready_ms: Vec<f64>,
     pub raw_first_response_ms: Vec<f64>,
     pub phases: Option<PhaseReport>,
+    /// The container's launch phases over runs (ms, by
+    /// [`launch_phase_names`] key); absent for every other mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_phases: Option<PhaseReport>,
     pub memory: MemoryReport,
     pub load: Option<LoadResult>,
     /// p50 ready time relative to the process baseline's p50.
@@ -148,6 +178,7 @@ impl ModeReport {
             raw_ready_ms: vec![],
             raw_first_response_ms: vec![],
             phases: None,
+            launch_phases: None,
             memory: MemoryReport::default(),
             load: None,
             ready_ratio_vs_process: None,
@@ -232,7 +263,8 @@ pub fn run(
                 continue;
             }
             let group = ParentBudget::create(kind, dcfg.budget_bytes)?;
-            progress.start(&format!("density {}", kind.name()), dcfg.max_instances);
+            let (cap, _) = density::instance_cap(dcfg, std::path::Path::new("/proc"));
+            progress.start(&format!("density {}", kind.name()), cap);
             let d = density::run(launcher.as_ref(), &spec, &group, dcfg, &mut |n, msg| {
                 progress.step(n, msg)
             });
@@ -259,6 +291,7 @@ struct RunSample {
     memory: InstanceMemory,
     mem_available_delta: Option<f64>,
     phases: Option<Phases>,
+    launch_phases: Option<isolab_container::LaunchPhases>,
     status: Option<i32>,
 }
 
@@ -328,6 +361,7 @@ fn one_run(
     };
     sample.status = outcome.status;
     sample.phases = outcome.vm.map(|r| r.phases);
+    sample.launch_phases = outcome.launch_phases;
     Ok((sample, load))
 }
 
@@ -427,6 +461,30 @@ pub fn measure_mode(
                 .filter_map(|(name, f)| {
                     let s = summarize_opt(samples.iter().map(|s| s.phases.as_ref().and_then(f)))?;
                     Some((name.to_string(), s))
+                })
+                .collect(),
+        );
+    }
+    if samples.iter().any(|s| s.launch_phases.is_some()) {
+        let per_run: Vec<Vec<(String, f64)>> = samples
+            .iter()
+            .map(|s| {
+                s.launch_phases
+                    .as_ref()
+                    .map(launch_phase_values)
+                    .unwrap_or_default()
+            })
+            .collect();
+        report.launch_phases = Some(
+            launch_phase_names()
+                .into_iter()
+                .filter_map(|(key, _)| {
+                    let s = summarize_opt(
+                        per_run
+                            .iter()
+                            .map(|r| r.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)),
+                    )?;
+                    Some((key, s))
                 })
                 .collect(),
         );
@@ -672,5 +730,70 @@ mod tests {
         assert!(!method_lines(&cfg(Workload::Noop, 1, 5))
             .iter()
             .any(|l| l.contains("first response")));
+    }
+
+    #[test]
+    fn container_launch_phases_are_summarised_and_rendered_beside_the_rest() {
+        let mut run = FakeRun::ready(6);
+        run.outcome.launch_phases = Some(isolab_container::LaunchPhases {
+            clone_us: 1_200,
+            hardening_us: 400,
+            workload_ready_us: Some(2_000),
+            ..Default::default()
+        });
+        let l = FakeLauncher::new(ModeKind::Container, vec![run]);
+        let c = cfg(Workload::Noop, 0, 3);
+        let spec = InstanceSpec::measured(Workload::Noop);
+        let r = measure_mode(&l, &spec, &c, &mut |_, _| {});
+        let p = r.launch_phases.as_ref().unwrap();
+        assert_eq!((p["clone_ms"].p50, p["clone_ms"].n), (1.2, 3));
+        assert_eq!(p["workload_ready_ms"].p50, 2.0);
+        assert_eq!(p.len(), 12, "every phase, in ms: {:?}", p.keys());
+        let process = measure_mode(
+            &FakeLauncher::new(ModeKind::Process, ready_after(&[2])),
+            &spec,
+            &c,
+            &mut |_, _| {},
+        );
+        assert!(process.launch_phases.is_none());
+        let doc = CompareReport {
+            schema: SCHEMA.into(),
+            created_unix: 0,
+            method: vec![],
+            config: c,
+            environment: Environment::capture(),
+            modes: vec![process, r],
+            density: vec![],
+        };
+        let json: serde_json::Value = serde_json::from_str(&crate::report::json(&doc)).unwrap();
+        assert_eq!(
+            json["modes"][1]["launch_phases"]["hardening_ms"]["p50"],
+            0.4
+        );
+        assert!(
+            json["modes"][0].get("launch_phases").is_none(),
+            "other modes' JSON unchanged"
+        );
+        let table = crate::report::table::render(&doc);
+        assert!(
+            table.contains("Container launch phases (ms from launch, p50)"),
+            "{table}"
+        );
+        let clone_row = table
+            .lines()
+            .find(|l| l.trim_start().starts_with("clone"))
+            .unwrap();
+        assert!(clone_row.trim_end().ends_with("1.20"), "{clone_row}");
+        let md = crate::report::markdown::render(&doc);
+        assert!(
+            md.contains("| phase | container |\n|---|---:|\n| prepare | 0.00 |"),
+            "{md}"
+        );
+        assert!(md.contains("| = launch -> ready | 6.00 |"), "{md}");
+        let dir = tempfile::tempdir().unwrap();
+        let written = crate::report::plots::write_all(&doc, dir.path()).unwrap();
+        assert!(written.contains(&"phases.svg".to_string()), "{written:?}");
+        let svg = std::fs::read_to_string(dir.path().join("phases.svg")).unwrap();
+        assert!(svg.contains("container: clone 1.20"), "stacked, labelled");
     }
 }

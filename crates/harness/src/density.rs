@@ -3,21 +3,24 @@
 //! Instances start one at a time into one parent cgroup whose memory limit
 //! is the budget. An instance counts once it answered (HTTP workloads) or
 //! signalled ready, i.e. after it touched its working set. The run stops at
-//! the first rule that fires, and says which:
+//! the first rule that fires, and says which, with its evidence:
 //! - `budget`: the parent's usage plus one more instance (the mean so far)
 //!   would exceed the budget;
 //! - `oom-kill`: the kernel OOM-killed something in the parent cgroup;
-//! - `startup-p99-degradation`: the p99 of the last 10 startups exceeds 3x
-//!   the median of the first 5;
+//! - `startup-degradation`: sustained, never one sample: the median of the
+//!   last [`WINDOW`] startups exceeds [`DEGRADATION_FACTOR`] times the
+//!   median of the first [`WINDOW`] (the two windows never overlap);
 //! - `start-failure`: an instance failed to start or answer;
-//! - `max-instances`: the safety cap was reached;
-//! - `host-safety`: host MemAvailable fell below 10% of RAM;
+//! - `max-instances`: the cap was reached: `--max-instances` when given,
+//!   else derived from the budget and the host's memory ([`instance_cap`]);
+//! - `host-safety`: host MemAvailable fell below the margin (10% of RAM);
 //! - `interrupted`: Ctrl-C.
 //!
-//! Everything is torn down afterwards, whatever rule fired.
+//! Everything is torn down afterwards, whatever rule fired, by several
+//! threads at once so that a thousand instances go in seconds.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +28,20 @@ use crate::memory::{mem_available, meminfo_field};
 use crate::modes::{Instance, InstanceSpec, Isolation, Launcher, ModeKind};
 use crate::stats::{linear_fit, percentile, LinearFit};
 use crate::{interrupted, HarnessError};
+
+/// Startups in the baseline (the first ones) and in the sliding window
+/// (the last ones) of the degradation rule.
+pub const WINDOW: usize = 20;
+/// How many times the baseline median the window's median must exceed.
+pub const DEGRADATION_FACTOR: f64 = 3.0;
+/// The most instances a run starts, derived or given (`--max-instances`).
+pub const MAX_INSTANCES: usize = 10_000;
+/// The least an instance is assumed to cost when the cap is derived from
+/// the budget: below any real instance (a process's kernel structures), so
+/// the derived cap never binds before the budget does.
+pub const MIN_INSTANCE_BYTES: u64 = 256 << 10;
+/// Threads that stop instances at the end of a run.
+const TEARDOWN_THREADS: usize = 16;
 
 /// The parent cgroup the instances share; backed by `isolab-cgroups`.
 pub trait BudgetGroup {
@@ -47,6 +64,61 @@ pub struct DensityPoint {
     pub ready_ms: f64,
     /// Host MemAvailable drop since the start of the run.
     pub mem_available_drop: u64,
+    /// This launch's phases (our container), to see which step slows
+    /// down as instances accumulate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_phases: Option<isolab_container::LaunchPhases>,
+}
+
+/// The startup evidence of the degradation rule.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StartupTrend {
+    /// Median of the first [`WINDOW`] startups, ms.
+    pub baseline_ms: f64,
+    /// Median of the last [`WINDOW`] startups, ms.
+    pub window_ms: f64,
+    /// 1-based index of the window's first startup.
+    pub window_from: usize,
+}
+
+impl StartupTrend {
+    /// The trend of `ready` (ms, in launch order); `None` until the window
+    /// and the baseline no longer overlap.
+    pub fn of(ready: &[f64]) -> Option<Self> {
+        if ready.len() < 2 * WINDOW {
+            return None;
+        }
+        let from = ready.len() - WINDOW;
+        Some(StartupTrend {
+            baseline_ms: median(&ready[..WINDOW]),
+            window_ms: median(&ready[from..]),
+            window_from: from + 1,
+        })
+    }
+
+    /// Sustained degradation: the window's median over the factor.
+    pub fn degraded(&self) -> bool {
+        self.window_ms > DEGRADATION_FACTOR * self.baseline_ms
+    }
+
+    /// "median of startups 81-100 19.20 ms vs 5.10 ms (median of the
+    /// first 20): 3.76x".
+    pub fn describe(&self) -> String {
+        format!(
+            "median of startups {}-{} {:.2} ms vs {:.2} ms (median of the first {WINDOW}): {:.2}x (stops above {DEGRADATION_FACTOR:.0}x)",
+            self.window_from,
+            self.window_from + WINDOW - 1,
+            self.window_ms,
+            self.baseline_ms,
+            self.window_ms / self.baseline_ms
+        )
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    percentile(&s, 0.5)
 }
 
 /// Result of a density run for one mode.
@@ -54,9 +126,22 @@ pub struct DensityPoint {
 pub struct DensityReport {
     pub mode: ModeKind,
     pub budget_bytes: u64,
+    /// Instances measured (started, answered, running together).
     pub count: usize,
     pub stop_rule: String,
+    /// The stop rule's evidence, in words.
     pub stop_detail: String,
+    /// The cap in force and where it came from.
+    pub max_instances: usize,
+    pub cap_basis: String,
+    /// The startup trend at the end of the run (with [`2 * WINDOW`]
+    /// instances or more), whatever rule stopped it.
+    pub startup_trend: Option<StartupTrend>,
+    /// budget / memory-fit slope: how many would fit if memory stayed
+    /// linear. A projection, not a measurement.
+    pub projected_count: Option<u64>,
+    /// Wall time of the teardown of all instances, ms.
+    pub teardown_ms: f64,
     pub points: Vec<DensityPoint>,
     /// memory = intercept + slope * n.
     pub memory_fit: Option<LinearFit>,
@@ -67,19 +152,54 @@ pub struct DensityReport {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DensityConfig {
     pub budget_bytes: u64,
-    pub max_instances: usize,
+    /// `--max-instances`; `None`: derived by [`instance_cap`].
+    pub max_instances: Option<usize>,
     pub ready_timeout: Duration,
 }
 
-fn degraded(ready: &[f64]) -> bool {
-    if ready.len() < 15 {
-        return false;
+/// Host memory the run must leave: 10% of RAM (the host-safety rule).
+fn host_margin(mem_total: u64) -> u64 {
+    mem_total / 10
+}
+
+/// The instance cap of a run, and its basis in words: `--max-instances`
+/// when given (at most [`MAX_INSTANCES`]); else what fits of the budget,
+/// or of MemAvailable less the host margin if that is smaller, at
+/// [`MIN_INSTANCE_BYTES`] per instance, at most [`MAX_INSTANCES`].
+pub fn instance_cap(cfg: &DensityConfig, proc_root: &Path) -> (usize, String) {
+    if let Some(n) = cfg.max_instances {
+        let n = n.clamp(1, MAX_INSTANCES);
+        return (n, format!("--max-instances {n}"));
     }
-    let mut base: Vec<f64> = ready[..5].to_vec();
-    base.sort_by(|a, b| a.total_cmp(b));
-    let mut last: Vec<f64> = ready[ready.len() - 10..].to_vec();
-    last.sort_by(|a, b| a.total_cmp(b));
-    percentile(&last, 0.99) > 3.0 * percentile(&base, 0.5)
+    let meminfo = std::fs::read_to_string(proc_root.join("meminfo")).unwrap_or_default();
+    let avail = meminfo_field(&meminfo, "MemAvailable:");
+    let total = meminfo_field(&meminfo, "MemTotal:");
+    let mib = |b: u64| b as f64 / 1048576.0;
+    let (usable, basis) = match (avail, total) {
+        (Some(a), Some(t)) if a.saturating_sub(host_margin(t)) < cfg.budget_bytes => {
+            let u = a.saturating_sub(host_margin(t));
+            (
+                u,
+                format!(
+                    "MemAvailable {:.0} MiB less the 10% host margin {:.0} MiB (below the budget)",
+                    mib(a),
+                    mib(host_margin(t))
+                ),
+            )
+        }
+        _ => (
+            cfg.budget_bytes,
+            format!("budget {:.0} MiB", mib(cfg.budget_bytes)),
+        ),
+    };
+    let n = ((usable / MIN_INSTANCE_BYTES) as usize).clamp(1, MAX_INSTANCES);
+    (
+        n,
+        format!(
+            "derived: {basis} / {} KiB per instance at least, at most {MAX_INSTANCES}",
+            MIN_INSTANCE_BYTES >> 10
+        ),
+    )
 }
 
 /// Run the density scenario for one mode.
@@ -94,7 +214,7 @@ pub fn run(
 }
 
 /// [`run`] with the host's `/proc` root given (its `meminfo` feeds the
-/// host-safety rule).
+/// cap and the host-safety rule).
 fn run_at(
     launcher: &dyn Launcher,
     spec: &InstanceSpec,
@@ -103,11 +223,13 @@ fn run_at(
     progress: &mut dyn FnMut(usize, &str),
     proc_root: &Path,
 ) -> Result<DensityReport, HarnessError> {
+    let (cap, cap_basis) = instance_cap(cfg, proc_root);
     let avail0 = mem_available(proc_root).unwrap_or(0);
     let total = std::fs::read_to_string(proc_root.join("meminfo"))
         .ok()
         .and_then(|t| meminfo_field(&t, "MemTotal:"))
         .unwrap_or(u64::MAX);
+    let mib = |b: u64| b as f64 / 1048576.0;
     let mut spec = spec.clone();
     // Container instances get child cgroups of the budget parent; the
     // others join a member cgroup there before they exec.
@@ -121,10 +243,10 @@ fn run_at(
         if interrupted() {
             break ("interrupted", "Ctrl-C".to_string());
         }
-        if running.len() >= cfg.max_instances {
+        if running.len() >= cap {
             break (
                 "max-instances",
-                format!("safety cap of {} instances", cfg.max_instances),
+                format!("cap of {cap} reached ({cap_basis})"),
             );
         }
         if let Some(used) = group.usage() {
@@ -138,9 +260,9 @@ fn run_at(
                     "budget",
                     format!(
                         "{:.1} MiB used + {:.1} MiB for one more > {:.0} MiB budget",
-                        used as f64 / 1048576.0,
-                        per as f64 / 1048576.0,
-                        cfg.budget_bytes as f64 / 1048576.0
+                        mib(used),
+                        mib(per),
+                        mib(cfg.budget_bytes)
                     ),
                 );
             }
@@ -178,6 +300,7 @@ fn run_at(
             memory_bytes,
             ready_ms: ms,
             mem_available_drop: avail0.saturating_sub(avail),
+            launch_phases: running.last().and_then(|i| i.launch_phases()),
         });
         progress(running.len(), "");
         if group.oom_kills() > 0 {
@@ -186,36 +309,73 @@ fn run_at(
                 format!("{} OOM kill(s) in the parent cgroup", group.oom_kills()),
             );
         }
-        if degraded(&ready_times) {
-            break (
-                "startup-p99-degradation",
-                "p99 of the last 10 startups > 3x the median of the first 5".into(),
-            );
+        if let Some(t) = StartupTrend::of(&ready_times).filter(StartupTrend::degraded) {
+            break ("startup-degradation", t.describe());
         }
-        if avail < total / 10 {
-            break ("host-safety", "host MemAvailable below 10% of RAM".into());
+        if avail < host_margin(total) {
+            break (
+                "host-safety",
+                format!(
+                    "host MemAvailable {:.0} MiB below the 10% margin {:.0} MiB",
+                    mib(avail),
+                    mib(host_margin(total))
+                ),
+            );
         }
     };
     progress(running.len(), "tearing down");
     let count = points.len();
-    for inst in running.drain(..).rev() {
-        let _ = inst.stop();
-    }
+    let t = Instant::now();
+    teardown(running);
+    let teardown_ms = t.elapsed().as_secs_f64() * 1e3;
     let mem_pts: Vec<(f64, f64)> = points
         .iter()
         .map(|p| (p.n as f64, p.memory_bytes as f64))
         .collect();
     let st_pts: Vec<(f64, f64)> = points.iter().map(|p| (p.n as f64, p.ready_ms)).collect();
+    let memory_fit = linear_fit(&mem_pts);
     Ok(DensityReport {
         mode: launcher.kind(),
         budget_bytes: cfg.budget_bytes,
         count,
         stop_rule: rule.to_string(),
         stop_detail: detail,
-        memory_fit: linear_fit(&mem_pts),
+        max_instances: cap,
+        cap_basis,
+        startup_trend: StartupTrend::of(&ready_times),
+        projected_count: memory_fit
+            .as_ref()
+            .and_then(|f| projection(cfg.budget_bytes, f.slope)),
+        teardown_ms,
+        memory_fit,
         startup_fit: linear_fit(&st_pts),
         points,
     })
+}
+
+/// budget / slope, when the slope is a cost (positive).
+fn projection(budget: u64, slope: f64) -> Option<u64> {
+    (slope.is_finite() && slope > 0.0).then(|| (budget as f64 / slope).floor() as u64)
+}
+
+/// Stop every instance, newest first within each of a few threads: stops
+/// wait (for a signal to land, a process to be reaped, a cgroup to go), so
+/// they overlap instead of queueing one behind the other.
+fn teardown(running: Vec<Box<dyn Instance>>) {
+    let threads = TEARDOWN_THREADS.min(running.len()).max(1);
+    let mut shares: Vec<Vec<Box<dyn Instance>>> = (0..threads).map(|_| vec![]).collect();
+    for (i, inst) in running.into_iter().rev().enumerate() {
+        shares[i % threads].push(inst);
+    }
+    std::thread::scope(|s| {
+        for share in shares {
+            s.spawn(move || {
+                for inst in share {
+                    let _ = inst.stop();
+                }
+            });
+        }
+    });
 }
 
 /// The budget as a memory limit on the workbench's parent cgroup
@@ -366,17 +526,21 @@ mod tests {
     fn cfg(budget_mib: u64, max: usize) -> DensityConfig {
         DensityConfig {
             budget_bytes: budget_mib << 20,
-            max_instances: max,
+            max_instances: Some(max),
             ready_timeout: Duration::from_secs(1),
         }
     }
 
     /// A `/proc` with a roomy meminfo (or a nearly full one).
     fn proc_tree(avail_kb: u64) -> tempfile::TempDir {
+        host_proc(1_000_000, avail_kb)
+    }
+
+    fn host_proc(total_kb: u64, avail_kb: u64) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(
             d.path().join("meminfo"),
-            format!("MemTotal: 1000000 kB\nMemAvailable: {avail_kb} kB\n"),
+            format!("MemTotal: {total_kb} kB\nMemAvailable: {avail_kb} kB\n"),
         )
         .unwrap();
         d
@@ -470,18 +634,92 @@ mod tests {
         assert_eq!((r.stop_rule.as_str(), r.count), ("oom-kill", 2));
     }
 
+    /// `n` startups of `ms` each.
+    fn startups(n: usize, ms: u64) -> Vec<FakeRun> {
+        vec![FakeRun::ready(ms); n]
+    }
+
     #[test]
-    fn a_degrading_startup_stops_the_run() {
-        let mut script = vec![FakeRun::ready(10); 14];
+    fn one_slow_startup_does_not_stop_the_run() {
+        // The old rule (p99 of the last 10 vs the first 5) stopped here.
+        let mut script = startups(45, 5);
         script.push(FakeRun::ready(100));
+        script.extend(startups(14, 5));
         let l = FakeLauncher::new(ModeKind::Container, script);
         let g = group(&l, None);
-        let r = density(&l, &g, &cfg(1024, 100), 900_000);
+        let r = density(&l, &g, &cfg(1024, 60), 900_000);
+        assert_eq!((r.stop_rule.as_str(), r.count), ("max-instances", 60));
+        let t = r.startup_trend.unwrap();
+        assert_eq!((t.baseline_ms, t.window_ms, t.window_from), (5.0, 5.0, 41));
+    }
+
+    #[test]
+    fn sustained_threefold_startups_stop_the_run_with_their_evidence() {
+        let mut script = startups(40, 5);
+        script.extend(startups(100, 16));
+        let l = FakeLauncher::new(ModeKind::Container, script);
+        let g = group(&l, None);
+        let r = density(&l, &g, &cfg(1024, 1000), 900_000);
+        // With 50 running the window (31-50) is half 5 ms, half 16 ms: a
+        // median of 10.5 ms; the 51st tips it to 16 ms > 3 x 5 ms.
+        assert_eq!((r.stop_rule.as_str(), r.count), ("startup-degradation", 51));
         assert_eq!(
-            (r.stop_rule.as_str(), r.count),
-            ("startup-p99-degradation", 15)
+            r.stop_detail,
+            "median of startups 32-51 16.00 ms vs 5.00 ms (median of the first 20): 3.20x (stops above 3x)"
         );
-        assert_eq!(r.points[14].ready_ms, 100.0);
+        assert_eq!(l.live.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn startups_below_the_factor_or_too_few_never_stop_it() {
+        let mut v = vec![10.0; 39];
+        v.extend([1000.0; 1]);
+        assert!(StartupTrend::of(&v[..39]).is_none(), "windows overlap");
+        assert!(!StartupTrend::of(&v).unwrap().degraded(), "one sample");
+        let mut v = vec![10.0; 20];
+        v.extend([30.0; 20]);
+        assert!(
+            !StartupTrend::of(&v).unwrap().degraded(),
+            "3x is not over 3x"
+        );
+        v.extend([31.0; 11]);
+        assert!(StartupTrend::of(&v).unwrap().degraded());
+    }
+
+    #[test]
+    fn the_cap_comes_from_the_budget_unless_given_and_is_bounded() {
+        let p = proc_tree(900_000);
+        let c = |budget_mib: u64, max| DensityConfig {
+            budget_bytes: budget_mib << 20,
+            max_instances: max,
+            ready_timeout: Duration::from_secs(1),
+        };
+        let (n, basis) = instance_cap(&c(64, None), p.path());
+        assert_eq!(n, 256, "64 MiB / 256 KiB");
+        assert!(basis.starts_with("derived: budget 64 MiB"), "{basis}");
+        let big = host_proc(1 << 30, 1 << 30);
+        assert_eq!(instance_cap(&c(1 << 20, None), big.path()).0, MAX_INSTANCES);
+        assert_eq!(instance_cap(&c(64, Some(5)), p.path()).0, 5);
+        assert_eq!(
+            instance_cap(&c(64, Some(99_999)), p.path()),
+            (MAX_INSTANCES, format!("--max-instances {MAX_INSTANCES}"))
+        );
+        // 1000000 kB RAM, 150000 kB available, 100000 kB margin: 50000 kB
+        // usable, 195 instances of 256 KiB.
+        let low = proc_tree(150_000);
+        let (n, basis) = instance_cap(&c(4096, None), low.path());
+        assert_eq!(n, 195, "{basis}");
+        assert!(basis.contains("host margin"), "{basis}");
+    }
+
+    #[test]
+    fn the_report_projects_from_the_slope_and_says_so_apart() {
+        let l = FakeLauncher::new(ModeKind::Container, vec![FakeRun::ready(5)]);
+        let g = group(&l, Some(3));
+        let r = density(&l, &g, &cfg(100, 10), 900_000);
+        assert_eq!((r.stop_rule.as_str(), r.count), ("max-instances", 10));
+        assert_eq!(r.projected_count, Some(33), "100 MiB / 3 MiB");
+        assert_eq!(r.cap_basis, "--max-instances 10");
     }
 
     #[test]
@@ -490,16 +728,20 @@ mod tests {
         let g = group(&l, None);
         let r = density(&l, &g, &cfg(1024, 100), 50_000);
         assert_eq!((r.stop_rule.as_str(), r.count), ("host-safety", 1));
+        assert_eq!(
+            r.stop_detail,
+            "host MemAvailable 49 MiB below the 10% margin 98 MiB"
+        );
         assert_eq!(l.live.load(Ordering::SeqCst), 0);
     }
 
     #[test]
-    fn degradation_rule() {
-        let mut v = vec![10.0; 15];
-        assert!(!degraded(&v));
-        v.push(100.0);
-        assert!(degraded(&v));
-        assert!(!degraded(&v[..10]));
+    fn a_thousand_instances_are_all_torn_down() {
+        let l = FakeLauncher::new(ModeKind::Process, vec![FakeRun::ready(1)]);
+        let g = group(&l, None);
+        let r = density(&l, &g, &cfg(1 << 20, 1000), 900_000);
+        assert_eq!((r.stop_rule.as_str(), r.count), ("max-instances", 1000));
+        assert_eq!(l.live.load(Ordering::SeqCst), 0);
     }
 
     /// A [`CgroupManager`](isolab_cgroups::CgroupManager) test double: its

@@ -137,9 +137,10 @@ pub fn compare_args(cfg: &crate::compare::CompareConfig) -> Vec<String> {
             "--density".into(),
             "--budget".into(),
             format!("{}K", d.budget_bytes >> 10),
-            "--max-instances".into(),
-            d.max_instances.to_string(),
         ]);
+        if let Some(n) = d.max_instances {
+            v.extend(["--max-instances".into(), n.to_string()]);
+        }
     }
     v
 }
@@ -194,7 +195,7 @@ mod tests {
             modes: vec![ModeKind::Process, ModeKind::Microvm, ModeKind::Runc],
             density: Some(DensityConfig {
                 budget_bytes: 1 << 30,
-                max_instances: 20,
+                max_instances: Some(20),
                 ready_timeout: Duration::from_secs(30),
             }),
         };

@@ -122,6 +122,7 @@ fn outcome(o: isolab_container::Outcome, timed_out: bool) -> InstanceOutcome {
         status: Some(o.exit_code),
         result: isolab_workload::result::parse(&o.stdout),
         cpu_time_us: o.stats.cpu_usage_usec,
+        launch_phases: Some(o.phases),
         cgroup: Some(o.stats),
         timed_out,
         ..InstanceOutcome::default()
@@ -175,6 +176,10 @@ impl Instance for ContainerInstance {
             cgroup_current: self.r().stats().ok().and_then(|s| s.memory_current_bytes),
             ..Default::default()
         }
+    }
+
+    fn launch_phases(&self) -> Option<isolab_container::LaunchPhases> {
+        Some(self.r().phases())
     }
 
     fn stop(mut self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {

@@ -266,6 +266,9 @@ pub struct InstanceOutcome {
     pub stderr_tail: Vec<String>,
     /// The monitor's report (our microVM): boot phases, memory, stop reason.
     pub vm: Option<Box<VmReport>>,
+    /// Where the launch's time went (our container), from the launcher's
+    /// own timestamps.
+    pub launch_phases: Option<isolab_container::LaunchPhases>,
     /// A caveat every figure of this instance carries (the emulated host's).
     pub label: Option<String>,
     /// It did not end by itself within `wait_exit`'s timeout and was killed.
@@ -314,6 +317,11 @@ pub trait Instance: Send {
     fn host_pids(&self) -> Vec<u32>;
     /// Memory attributed to this instance now.
     fn memory(&self) -> InstanceMemory;
+    /// Where its launch's time went so far (our container; `None` for the
+    /// other modes, whose launchers keep no such marks).
+    fn launch_phases(&self) -> Option<isolab_container::LaunchPhases> {
+        None
+    }
     /// Stop (SIGTERM, then SIGKILL after a grace period) and clean up.
     fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError>;
     /// Wait for a workload that ends by itself (noop, worker, probe...);

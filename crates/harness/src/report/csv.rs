@@ -32,16 +32,49 @@ pub fn render(r: &CompareReport) -> String {
     }
     for d in &r.density {
         let mode = d.mode.name();
+        let label = esc(&label);
+        let mut row = |metric: &str, run: String, value: String, unit: &str| {
+            out.push_str(&format!("{mode},{metric},{run},{value},{unit},{label}\n"));
+        };
+        // The run's summary: the count measured, the rule (its evidence is
+        // in the JSON and the text reports) and, apart, the projection.
+        row(
+            "density_measured",
+            String::new(),
+            d.count.to_string(),
+            "instances",
+        );
+        row(
+            "density_stop_rule",
+            String::new(),
+            esc(&d.stop_rule),
+            "rule",
+        );
+        if let Some(t) = &d.startup_trend {
+            for (metric, v) in [
+                ("density_startup_baseline_p50", t.baseline_ms),
+                ("density_startup_window_p50", t.window_ms),
+            ] {
+                row(metric, String::new(), format!("{v:.4}"), "ms");
+            }
+        }
+        if let Some(p) = d.projected_count {
+            row(
+                "density_projection",
+                String::new(),
+                p.to_string(),
+                "instances (projection)",
+            );
+        }
         for p in &d.points {
-            let (n, label) = (p.n, esc(&label));
-            out.push_str(&format!(
-                "{mode},density_memory,{n},{},bytes,{label}\n",
-                p.memory_bytes
-            ));
-            out.push_str(&format!(
-                "{mode},density_ready,{n},{:.4},ms,{label}\n",
-                p.ready_ms
-            ));
+            let n = p.n.to_string();
+            row(
+                "density_memory",
+                n.clone(),
+                p.memory_bytes.to_string(),
+                "bytes",
+            );
+            row("density_ready", n, format!("{:.4}", p.ready_ms), "ms");
         }
     }
     out

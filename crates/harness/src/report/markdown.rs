@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{closing_sections, memory_cells, startup_cells};
+use super::{closing_sections, density_lines, launch_phase_rows, memory_cells, startup_cells};
 use crate::compare::CompareReport;
 
 /// Render the report as Markdown; `plots` are file names to embed.
@@ -28,23 +28,20 @@ pub fn render_with_plots(r: &CompareReport, plots: &[String]) -> String {
     for m in &r.modes {
         let _ = writeln!(o, "| {} |", memory_cells(m).join(" | "));
     }
+    if let Some(rows) = launch_phase_rows(r) {
+        let _ = writeln!(o, "\n## Container launch phases (ms from launch, p50)\n");
+        for (i, row) in rows.iter().enumerate() {
+            let _ = writeln!(o, "| {} |", row.join(" | "));
+            if i == 0 {
+                let _ = writeln!(o, "|---|{}", "---:|".repeat(row.len() - 1));
+            }
+        }
+    }
     for d in &r.density {
-        let _ = writeln!(
-            o,
-            "\n## Density: {}\n\n{} instance(s) within a {:.0} MiB budget; stop rule: **{}**.",
-            d.mode.name(),
-            d.count,
-            d.budget_bytes as f64 / 1048576.0,
-            d.stop_rule
-        );
-        if let Some(f) = &d.memory_fit {
-            let _ = writeln!(
-                o,
-                "Memory vs N: {:.2} MiB per instance + {:.2} MiB fixed (r² {:.3}).",
-                f.slope / 1048576.0,
-                f.intercept / 1048576.0,
-                f.r2
-            );
+        let lines = density_lines(d);
+        let _ = writeln!(o, "\n## {}\n", lines[0]);
+        for l in &lines[1..] {
+            let _ = writeln!(o, "- {l}");
         }
     }
     if !plots.is_empty() {

@@ -7,6 +7,7 @@ pub mod plots;
 pub mod table;
 
 use crate::compare::{CompareReport, ModeReport, ModeStatus};
+use crate::density::{DensityReport, WINDOW};
 use crate::stats::Summary;
 
 /// Output formats.
@@ -109,6 +110,77 @@ pub(crate) fn status_text(m: &ModeReport) -> String {
     }
 }
 
+/// The container launch phases (p50 ms over runs) of every mode that has
+/// them: a header row ("phase", modes...), then one row per phase in launch
+/// order, then launch -> ready. `None` when no mode has them.
+pub(crate) fn launch_phase_rows(r: &CompareReport) -> Option<Vec<Vec<String>>> {
+    let modes: Vec<&ModeReport> = r
+        .modes
+        .iter()
+        .filter(|m| m.launch_phases.is_some())
+        .collect();
+    if modes.is_empty() {
+        return None;
+    }
+    let mut rows = vec![std::iter::once("phase".to_string())
+        .chain(modes.iter().map(|m| m.mode.name().to_string()))
+        .collect::<Vec<_>>()];
+    for (key, label) in crate::compare::launch_phase_names() {
+        let mut row = vec![label.to_string()];
+        row.extend(modes.iter().map(|m| {
+            fmt_ms(m.launch_phases.as_ref().and_then(|p| p.get(&key)), |s| {
+                s.p50
+            })
+        }));
+        rows.push(row);
+    }
+    let mut total = vec!["= launch -> ready".to_string()];
+    total.extend(modes.iter().map(|m| fmt_ms(m.ready_ms.as_ref(), |s| s.p50)));
+    rows.push(total);
+    Some(rows)
+}
+
+/// The density result of one mode, side by side and in the same words for
+/// table and Markdown: what was measured, the rule that stopped it with its
+/// evidence, the startup trend, the memory fit and, apart, the projection.
+/// The first line is the heading.
+pub(crate) fn density_lines(d: &DensityReport) -> Vec<String> {
+    let mib = |b: f64| b / 1048576.0;
+    let mut v = vec![
+        format!("Density: {}", d.mode.name()),
+        format!(
+            "measured: {} instance(s) running together within a {:.0} MiB budget",
+            d.count,
+            mib(d.budget_bytes as f64)
+        ),
+        format!("stopped by: {} ({})", d.stop_rule, d.stop_detail),
+    ];
+    if let Some(t) = &d.startup_trend {
+        v.push(format!(
+            "startup: median of the first {WINDOW} {:.2} ms, of the last {WINDOW} {:.2} ms",
+            t.baseline_ms, t.window_ms
+        ));
+    }
+    if let Some(f) = &d.memory_fit {
+        v.push(format!(
+            "memory vs N: {:.2} MiB per instance + {:.2} MiB fixed (r2 {:.3})",
+            mib(f.slope),
+            mib(f.intercept),
+            f.r2
+        ));
+    }
+    if let Some(p) = d.projected_count {
+        v.push(format!(
+            "projection (budget / slope, not measured): ~{p} instance(s) would fit"
+        ));
+    }
+    v.push(format!(
+        "cap: {} ({}); teardown of all: {:.0} ms",
+        d.max_instances, d.cap_basis, d.teardown_ms
+    ));
+    v
+}
+
 /// Lines explaining modes that were not measured.
 pub(crate) fn status_notes(report: &CompareReport) -> Vec<String> {
     let mut v = vec![];
@@ -178,4 +250,97 @@ pub(crate) fn environment_lines(report: &CompareReport) -> Vec<String> {
     }
     v.push(format!("kernel cmdline: {}", e.kernel_cmdline));
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::density::{DensityPoint, StartupTrend};
+    use crate::modes::ModeKind;
+    use crate::stats::LinearFit;
+
+    fn density() -> DensityReport {
+        DensityReport {
+            mode: ModeKind::Container,
+            budget_bytes: 4 << 30,
+            count: 285,
+            stop_rule: "startup-degradation".into(),
+            stop_detail: "median of startups 266-285 38.30 ms vs 12.41 ms".into(),
+            max_instances: 10_000,
+            cap_basis: "derived".into(),
+            startup_trend: Some(StartupTrend {
+                baseline_ms: 12.41,
+                window_ms: 38.3,
+                window_from: 266,
+            }),
+            projected_count: Some(6600),
+            teardown_ms: 2129.0,
+            points: vec![DensityPoint {
+                n: 1,
+                memory_bytes: 1 << 20,
+                ready_ms: 12.0,
+                mem_available_drop: 0,
+                launch_phases: None,
+            }],
+            memory_fit: Some(LinearFit {
+                slope: 0.62 * 1048576.0,
+                intercept: 0.72 * 1048576.0,
+                r2: 1.0,
+            }),
+            startup_fit: None,
+        }
+    }
+
+    #[test]
+    fn density_shows_measured_rule_and_projection_apart() {
+        let l = density_lines(&density());
+        assert_eq!(l[0], "Density: container");
+        assert_eq!(
+            l[1],
+            "measured: 285 instance(s) running together within a 4096 MiB budget"
+        );
+        assert_eq!(
+            l[2],
+            "stopped by: startup-degradation (median of startups 266-285 38.30 ms vs 12.41 ms)"
+        );
+        assert!(l.contains(
+            &"projection (budget / slope, not measured): ~6600 instance(s) would fit".to_string()
+        ));
+        let mut d = density();
+        d.projected_count = None;
+        assert!(!density_lines(&d).iter().any(|l| l.contains("projection")));
+    }
+
+    #[test]
+    fn csv_carries_the_density_summary_beside_its_points() {
+        let doc = CompareReport {
+            schema: crate::compare::SCHEMA.into(),
+            created_unix: 0,
+            method: vec![],
+            config: crate::compare::CompareConfig {
+                workload: crate::Workload::Api,
+                runs: 1,
+                warmup: 0,
+                requests: 0,
+                ready_timeout: std::time::Duration::from_secs(1),
+                modes: vec![],
+                density: None,
+            },
+            environment: crate::env::Environment::capture(),
+            modes: vec![],
+            density: vec![density()],
+        };
+        let csv = csv::render(&doc);
+        for row in [
+            "container,density_measured,,285,instances,",
+            "container,density_stop_rule,,startup-degradation,rule,",
+            "container,density_startup_baseline_p50,,12.4100,ms,",
+            "container,density_startup_window_p50,,38.3000,ms,",
+            "container,density_projection,,6600,instances (projection),",
+            "container,density_memory,1,1048576,bytes,",
+            "container,density_ready,1,12.0000,ms,",
+        ] {
+            assert!(csv.lines().any(|l| l == row), "{row} in\n{csv}");
+        }
+    }
 }

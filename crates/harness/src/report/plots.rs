@@ -1,5 +1,5 @@
 //! SVG plots for `--out DIR`: startup distribution per mode, memory per
-//! instance, and the density curves.
+//! instance, launch phases (stacked), and the density curves.
 
 use std::path::{Path, PathBuf};
 
@@ -146,6 +146,83 @@ fn memory(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
     Ok(true)
 }
 
+/// Each mode's phases (p50, in order) as (label, ms): the container's launch
+/// phases, the microVM's boot phases; empty for modes without them.
+fn phase_stack(m: &crate::compare::ModeReport) -> Vec<(String, f64)> {
+    if let Some(p) = &m.launch_phases {
+        return crate::compare::launch_phase_names()
+            .into_iter()
+            .filter_map(|(key, label)| p.get(&key).map(|s| (label.to_string(), s.p50)))
+            .collect();
+    }
+    m.phases
+        .as_ref()
+        .map(|p| {
+            crate::compare::PHASES
+                .iter()
+                .filter_map(|(key, _)| {
+                    p.get(*key)
+                        .map(|s| (key.trim_end_matches("_ms").replace('_', " "), s.p50))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Launch phases as stacked bars, one per mode that has them: the
+/// container's (from launch) beside the microVM's (from monitor start).
+fn phases(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
+    let rows: Vec<(String, Vec<(String, f64)>)> = r
+        .modes
+        .iter()
+        .map(|m| (m.mode.name().to_string(), phase_stack(m)))
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
+    if rows.is_empty() {
+        return Ok(false);
+    }
+    let ymax = rows
+        .iter()
+        .map(|(_, p)| p.iter().map(|x| x.1).sum::<f64>())
+        .fold(0.0f64, f64::max)
+        * 1.2;
+    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err("phases", e))?;
+    let title = match &r.environment.label {
+        Some(l) => format!("launch phases (ms, p50, stacked) — {l}"),
+        None => "launch phases (ms, p50, stacked; microVM from monitor start)".into(),
+    };
+    let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let mut chart = columns(&root, "phases", &title, &names, ymax, "ms")?;
+    for (i, (mode, stack)) in rows.iter().enumerate() {
+        let mut base = 0.0;
+        for (k, (label, v)) in stack.iter().enumerate() {
+            let color = Palette99::pick(k + 12 * i).mix(0.8);
+            let (lo, hi) = (base, base + v);
+            base = hi;
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(i as f64 - 0.3, lo), (i as f64 + 0.3, hi)],
+                    color.filled(),
+                )))
+                .map_err(|e| err("phases", e))?
+                .label(format!("{mode}: {label} {v:.2}"))
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(("sans-serif", 10))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err("phases", e))?;
+    root.present().map_err(|e| err("phases", e))?;
+    Ok(true)
+}
+
 /// Memory and startup against the number of instances, one line per mode.
 fn density(r: &CompareReport, path: &Path, memory_axis: bool) -> Result<bool, HarnessError> {
     if r.density.iter().all(|d| d.points.is_empty()) {
@@ -198,7 +275,7 @@ fn density(r: &CompareReport, path: &Path, memory_axis: bool) -> Result<bool, Ha
                 color,
             ))
             .map_err(|e| err("density", e))?
-            .label(d.mode.name())
+            .label(density_legend(d, memory_axis))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 15, y)], color));
     }
     chart
@@ -208,6 +285,21 @@ fn density(r: &CompareReport, path: &Path, memory_axis: bool) -> Result<bool, Ha
         .map_err(|e| err("density", e))?;
     root.present().map_err(|e| err("density", e))?;
     Ok(true)
+}
+
+/// "container: 1000 measured, stopped by budget", with the projection
+/// (labelled so) on the memory plot.
+fn density_legend(d: &crate::density::DensityReport, memory_axis: bool) -> String {
+    let mut l = format!(
+        "{}: {} measured, stopped by {}",
+        d.mode.name(),
+        d.count,
+        d.stop_rule
+    );
+    if let (true, Some(p)) = (memory_axis, d.projected_count) {
+        l.push_str(&format!("; projection ~{p}"));
+    }
+    l
 }
 
 /// Write every plot that has data into `dir`; returns the file names written.
@@ -223,6 +315,7 @@ pub fn write_all(r: &CompareReport, dir: &Path) -> Result<Vec<String>, HarnessEr
         };
     go("startup.svg", &|p| startup(r, p))?;
     go("memory.svg", &|p| memory(r, p))?;
+    go("phases.svg", &|p| phases(r, p))?;
     go("density-memory.svg", &|p| density(r, p, true))?;
     go("density-startup.svg", &|p| density(r, p, false))?;
     Ok(written)

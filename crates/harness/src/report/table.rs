@@ -3,7 +3,9 @@
 
 use std::fmt::Write;
 
-use super::{closing_sections, fmt_ms, memory_cells, startup_cells};
+use super::{
+    closing_sections, density_lines, fmt_ms, launch_phase_rows, memory_cells, startup_cells,
+};
 use crate::compare::CompareReport;
 
 fn grid(rows: &[Vec<String>]) -> String {
@@ -109,6 +111,11 @@ pub fn render(r: &CompareReport) -> String {
         out.push_str(&grid(&rows));
     }
 
+    if let Some(rows) = launch_phase_rows(r) {
+        let _ = writeln!(out, "\nContainer launch phases (ms from launch, p50)");
+        out.push_str(&grid(&rows));
+    }
+
     if r.modes.iter().any(|m| m.load.is_some()) {
         let _ = writeln!(out, "\nRequest/response (sequential, one connection)");
         let mut rows = vec![["mode", "requests", "errors", "p50 us", "p99 us", "req/s"]
@@ -131,22 +138,10 @@ pub fn render(r: &CompareReport) -> String {
     }
 
     for d in &r.density {
-        let _ = writeln!(
-            out,
-            "\nDensity ({}): {} instance(s) within {:.0} MiB; stopped by: {}",
-            d.mode.name(),
-            d.count,
-            d.budget_bytes as f64 / 1048576.0,
-            d.stop_rule
-        );
-        if let Some(f) = &d.memory_fit {
-            let _ = writeln!(
-                out,
-                "  memory vs N: {:.2} MiB per instance + {:.2} MiB fixed (r2 {:.3})",
-                f.slope / 1048576.0,
-                f.intercept / 1048576.0,
-                f.r2
-            );
+        let lines = density_lines(d);
+        let _ = writeln!(out, "\n{}", lines[0]);
+        for l in &lines[1..] {
+            let _ = writeln!(out, "  {l}");
         }
     }
 
