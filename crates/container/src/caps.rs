@@ -2,9 +2,10 @@
 //!
 //! The default set is Docker's and containerd's (moby `oci/caps/defaults.go`,
 //! containerd `oci/spec.go`): 14 capabilities. The container's init drops
-//! every other capability from its bounding set, sets permitted, effective
-//! and inheritable to the 14, and clears the ambient set, all before the
-//! workload is forked (so the workload and init are confined alike).
+//! every other capability from its bounding set, sets permitted and
+//! effective to the 14, empties the inheritable set (as moby does since
+//! CVE-2022-24769) and clears the ambient set, all before the workload is
+//! forked (so the workload and init are confined alike).
 
 use serde::Serialize;
 

@@ -116,7 +116,8 @@ pub fn spec(config: &ContainerConfig, image_dir: &Path, id: &str) -> Value {
                 "bounding": caps,
                 "effective": caps,
                 "permitted": caps,
-                "inheritable": caps,
+                // Empty, as moby since CVE-2022-24769 (and our launcher).
+                "inheritable": [],
                 "ambient": [],
             },
             "noNewPrivileges": security.no_new_privileges,
@@ -415,6 +416,8 @@ mod tests {
         let caps = &s["process"]["capabilities"];
         assert_eq!(caps["bounding"].as_array().unwrap().len(), 14);
         assert_eq!(caps["effective"], caps["bounding"]);
+        assert_eq!(caps["permitted"], caps["bounding"]);
+        assert_eq!(caps["inheritable"], json!([]), "CVE-2022-24769");
         assert_eq!(caps["ambient"], json!([]));
         assert!(caps["bounding"]
             .as_array()
@@ -440,6 +443,7 @@ mod tests {
                 .len(),
             41
         );
+        assert_eq!(s["process"]["capabilities"]["inheritable"], json!([]));
         assert!(s["linux"].get("seccomp").is_none());
         assert_eq!(s["process"]["noNewPrivileges"], true);
         assert_eq!(
