@@ -179,6 +179,10 @@ pub struct InstanceSpec {
     pub vcpus: Option<u8>,
     /// Containers: the hostname in its UTS namespace.
     pub hostname: Option<String>,
+    /// Containers and their OCI peers: the `privileged` security profile
+    /// (every capability, no seccomp filter, no device rules) instead of
+    /// the default, Docker's (`isolab_container::security`).
+    pub privileged: bool,
     /// Keep the workload's stderr (a process's is captured into
     /// [`InstanceOutcome::stderr_tail`], a container's goes to ours);
     /// otherwise it is discarded, so a table is not buried in logs.
@@ -200,6 +204,7 @@ impl InstanceSpec {
             pids: None,
             vcpus: None,
             hostname: None,
+            privileged: false,
             keep_stderr: false,
             join_cgroups: vec![],
         }
