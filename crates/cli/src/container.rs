@@ -145,6 +145,10 @@ fn config(args: &RunArgs) -> anyhow::Result<ContainerConfig> {
 
 fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = config(&args)?;
+    // Up front, before anything is created: a regular file holding an ELF
+    // executable (a script, a directory or a FIFO is refused here).
+    isolab_container::image::check_binary(&cfg.workload_bin)
+        .map_err(|e| exit::usage(format!("--workload-bin: {e}")))?;
     signals::forward_to_child()?;
     let run = single::container(&cfg, args.net.then_some(args.requests), &signals::target)?;
     // A closed stdout (`| head`) must not turn a finished run into a failure.

@@ -51,7 +51,7 @@ fn bad_input_is_one_line_and_exit_2() {
         (&["demo", "kernel", "--modes", ","][..], "--modes is empty"),
         (
             &["demo", "kernel", "--out", "/nonexistent-dir/x.md"][..],
-            "not a file in an existing directory",
+            "/nonexistent-dir is not an existing directory",
         ),
         (&["demo", "kernel", "--format", "pdf"][..], "pdf"),
     ] {

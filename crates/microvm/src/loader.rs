@@ -101,6 +101,14 @@ pub fn validate_kernel(path: &Path) -> Result<KernelFormat, LoaderError> {
         path: path.to_path_buf(),
         source,
     };
+    // A regular file only: opening a FIFO would block until a writer came.
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
     let mut f = File::open(path).map_err(read_err)?;
     let mut head = Vec::with_capacity(0x210);
     f.by_ref()
