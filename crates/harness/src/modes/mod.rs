@@ -385,6 +385,9 @@ pub struct Context {
 impl Context {
     /// Locate the binaries next to the running executable.
     pub fn new(workload: Workload) -> Result<Self, HarnessError> {
+        // Every run that launches through the registry starts here: remove
+        // what killed launchers left (peers, the workbench namespace).
+        crate::stale::clean_at_start();
         Ok(Context::with_binaries(
             Binaries::beside_current_exe()?,
             workload,
