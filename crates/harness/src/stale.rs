@@ -8,7 +8,10 @@
 //!   with the first peer) waits for the launcher's end on a pipe only the
 //!   launcher holds; at EOF — however the launcher ended — it runs
 //!   `<runtime> --root R delete --force` for every container left and
-//!   removes the root and the bundles: peers die with their launcher. At
+//!   removes the root, the bundles and the cgroups of containers caught
+//!   mid-create: peers die with their launcher. The runtime process has
+//!   `PR_SET_PDEATHSIG=SIGKILL` (`modes/oci.rs`), so it never finishes a
+//!   create after its launcher is gone. At
 //!   every start, [`clean_at_start`] does the same for every root whose
 //!   launcher is gone (pid dead, or reused: the start time differs), in
 //!   case a watchdog was killed too.
@@ -78,17 +81,44 @@ pub fn bundle_prefix(runtime: &str) -> String {
 /// The watchdog's script: `$1` the launcher's state dir, `$2` the bundles
 /// dir, `$3` the launcher pid. It ignores the terminal's signals (the
 /// launcher handles Ctrl-C itself), waits for EOF on stdin, then deletes
-/// what is left.
+/// every container under the launcher's roots, again and again while a
+/// runtime process still works under a root (a `runc run` caught mid-
+/// create finishes creating after the launcher died; removing its root
+/// then would orphan the container), for at most about 20 s; the root
+/// goes only once it is empty and idle.
 const WATCHDOG: &str = r#"trap '' INT TERM HUP QUIT
 cat >/dev/null
+# A runtime still working under root $r (a `run` the launcher started
+# just before it died): its command line names the root. The pattern goes
+# through stdin so grep's own command line does not match.
+busy() { printf '%s\n' "$r" | grep -lsF -f - /proc/[0-9]*/cmdline >/dev/null; }
+sweep() {
+  for id in $("$rt" --root "$r" list -q 2>/dev/null); do
+    "$rt" --root "$r" delete --force "$id" >/dev/null 2>&1
+  done
+}
 for rt in runc crun; do
   r="$1/$rt"
   [ -d "$r" ] || continue
   command -v "$rt" >/dev/null 2>&1 || continue
-  for id in $("$rt" --root "$r" list -q 2>/dev/null); do
-    "$rt" --root "$r" delete --force "$id" >/dev/null 2>&1
+  sweep
+  n=0
+  while busy && [ $n -lt 200 ]; do sleep 0.1; sweep; n=$((n+1)); done
+  sweep
+  busy || [ -n "$("$rt" --root "$r" list -q 2>/dev/null)" ] || rm -rf "$r"
+done
+# Cgroups of a container caught mid-create (runtime gone, no state):
+# named after this launcher; kill what is left in them, then remove.
+for i in 1 2 3 4 5; do
+  left=
+  for d in /sys/fs/cgroup/isolab/isolab-runc-"$3"-* /sys/fs/cgroup/isolab/isolab-crun-"$3"-* \
+           /sys/fs/cgroup/*/isolab/isolab-runc-"$3"-* /sys/fs/cgroup/*/isolab/isolab-crun-"$3"-*; do
+    [ -d "$d" ] || continue
+    for p in $(cat "$d/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+    rmdir "$d" 2>/dev/null || left=1
   done
-  [ -z "$("$rt" --root "$r" list -q 2>/dev/null)" ] && rm -rf "$r"
+  [ -z "$left" ] && break
+  sleep 0.2
 done
 rmdir "$1" "${1%/*}" 2>/dev/null
 rm -rf "$2"/isolab-runc-"$3"-* "$2"/isolab-crun-"$3"-*
@@ -184,7 +214,7 @@ pub fn clean_stale_peers(state_dir: &Path, bundles_dir: &Path, proc_root: &Path)
                     out.peers.push(format!("{rt}:{id}"));
                 }
             }
-            if list(&root).is_some_and(|l| l.is_empty()) {
+            if list(&root).is_some_and(|l| l.is_empty()) && !runtime_busy(proc_root, &root) {
                 let _ = std::fs::remove_dir_all(&root);
             } else {
                 all_gone = false;
@@ -195,10 +225,72 @@ pub fn clean_stale_peers(state_dir: &Path, bundles_dir: &Path, proc_root: &Path)
         }
         if let Some((pid, _)) = name.split_once('.') {
             remove_bundles(bundles_dir, pid);
+            remove_peer_cgroups(Path::new("/sys/fs/cgroup"), pid);
         }
     }
     let _ = std::fs::remove_dir(state_dir);
     out
+}
+
+/// Whether a process still names `root` on its command line (a runtime
+/// caught mid-create: its container appears in `list` only later, and
+/// removing the root now would orphan it).
+fn runtime_busy(proc_root: &Path, root: &Path) -> bool {
+    let needle = root.as_os_str().as_encoded_bytes();
+    let Ok(rd) = std::fs::read_dir(proc_root) else {
+        return false;
+    };
+    rd.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|cmd| cmd.split(|b| *b == 0).any(|arg| arg == needle))
+}
+
+/// Cgroups of launcher `pid`'s peers that no runtime state names any more
+/// (a container caught mid-create): what is left in them is killed, then
+/// they are removed. Only names carrying the dead launcher's pid.
+fn remove_peer_cgroups(cgroup_root: &Path, pid: &str) {
+    let prefixes: Vec<String> = RUNTIMES
+        .iter()
+        .map(|rt| format!("isolab-{rt}-{pid}-"))
+        .collect();
+    let mut parents = vec![cgroup_root.join("isolab")];
+    if let Ok(rd) = std::fs::read_dir(cgroup_root) {
+        parents.extend(rd.flatten().map(|e| e.path().join("isolab")));
+    }
+    for parent in parents {
+        let Ok(rd) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for d in rd.flatten() {
+            let n = d.file_name().to_string_lossy().into_owned();
+            if !prefixes.iter().any(|p| n.starts_with(p)) {
+                continue;
+            }
+            for _ in 0..5 {
+                let procs =
+                    std::fs::read_to_string(d.path().join("cgroup.procs")).unwrap_or_default();
+                for p in procs
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                if std::fs::remove_dir(d.path()).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
 }
 
 /// The bundles of launcher `pid` (`isolab-<runtime>-<pid>-<n>`).

@@ -325,6 +325,23 @@ fn capabilities_are_reported_per_mode() {
         .parse::<u64>()
         .unwrap();
     assert_eq!(fact(rec(r, ModeKind::Process), "/no_new_privs"), host_nnp);
+    // The default container (Docker's 14, a filter) beside a privileged
+    // one (the host's set, no filter).
+    let container = rec(r, ModeKind::Container);
+    assert_eq!(fact(container, "/cap_bnd/count"), 14);
+    assert_eq!(fact(container, "/seccomp"), 2);
+    let twin = r
+        .columns
+        .iter()
+        .find(|c| c.mode == ModeKind::Container && c.spec.privileged)
+        .and_then(|c| c.run.outcome())
+        .expect("a --privileged container column");
+    assert_eq!(
+        fact(twin, "/cap_bnd/count"),
+        fact(rec(r, ModeKind::Process), "/cap_bnd/count")
+    );
+    assert_eq!(fact(twin, "/seccomp"), 0);
+    assert!(r.findings.iter().all(|f| f.holds), "{:?}", r.findings);
 }
 
 #[test]

@@ -95,6 +95,26 @@ impl Launcher for OciPeer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // The runtime dies with this launcher (SIGKILL included), so a
+        // `run` caught mid-create never finishes creating a container that
+        // nobody will delete; one already created is deleted by the
+        // launcher's watchdog or the next start (crate::stale).
+        let parent = nix::unistd::getpid();
+        // SAFETY: prctl and getppid are async-signal-safe syscalls; the
+        // closure touches no memory of the parent but a copied pid.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The launcher died before the prctl took effect.
+                if nix::unistd::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
         let (mut child, launched) = match spawn::spawn_with_ready(&mut cmd, &mut ready, &[], &[]) {
             Ok(c) => c,
             Err(e) => {
