@@ -24,10 +24,11 @@
 //! Assertions are on the killed launchers' own names, never on global
 //! emptiness: other users of the host may have live instances.
 //!
-//! Sizing: on the 2-core CI machine a launch is killed within 0.4 s
-//! (container), 1 s (`--net`, about its whole run) or 3 s (compare), about 1.6 s on average
-//! with the reaping, so 100 launches take about 2.5 minutes; the issue's
-//! 100 fit the CI budget, so the count is not reduced.
+//! Sizing: a launch is killed within 0.4 s (container), 1 s (`--net`,
+//! about its whole run) or 3 s (compare), so 100 launches are bounded by
+//! about 2 minutes; measured 50-75 s on the shared 2-core development
+//! machine. The 100 fit the CI budget, so the count is not
+//! reduced.
 //!
 //! Needs root, containers (overlayfs, cgroups), the `workload` binary
 //! beside `bench`, and runc; without them it prints `SKIPPED` (strict mode:
