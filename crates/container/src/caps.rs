@@ -99,6 +99,21 @@ impl CapSet {
     /// Every capability this table knows (what host root has).
     pub const ALL: CapSet = CapSet((1u64 << NAMES.len()) - 1);
 
+    /// This process's bounding set (`CapBnd` of `/proc/self/status`): what
+    /// a privileged container can be given, as moby's `--privileged` gives
+    /// every capability the host has rather than every one it knows.
+    /// `ALL` where it cannot be read.
+    pub fn bounding_of_self() -> CapSet {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapBnd:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .map_or(CapSet::ALL, |m| CapSet(m & CapSet::ALL.0))
+    }
+
     pub const fn of(caps: &[u8]) -> CapSet {
         let mut m = 0u64;
         let mut i = 0;
@@ -148,5 +163,7 @@ mod tests {
         assert!(d.names().contains(&"CAP_NET_BIND_SERVICE".to_string()));
         assert!(!d.contains(CAP_SYS_ADMIN));
         assert_eq!(CapSet::ALL.count(), 41);
+        let own = CapSet::bounding_of_self();
+        assert!(own.count() <= 41 && own.0 & !CapSet::ALL.0 == 0);
     }
 }

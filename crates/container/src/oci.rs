@@ -97,7 +97,12 @@ pub fn spec(config: &ContainerConfig, image_dir: &Path, id: &str) -> Value {
     if let Some(profile) = &security.seccomp {
         linux["seccomp"] = profile.oci();
     }
-    let caps = security.caps.unwrap_or(CapSet::ALL).names();
+    // Privileged: every capability this launcher has (a runtime refuses
+    // to apply one outside its own bounding set), as moby's --privileged.
+    let caps = security
+        .caps
+        .unwrap_or_else(CapSet::bounding_of_self)
+        .names();
     if config.user_namespace {
         namespaces.push(json!({"type": "user"}));
         let map = json!([{"containerID": 0, "hostID": USERNS_BASE_ID, "size": USERNS_ID_COUNT}]);
@@ -441,7 +446,7 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .len(),
-            41
+            CapSet::bounding_of_self().count() as usize
         );
         assert_eq!(s["process"]["capabilities"]["inheritable"], json!([]));
         assert!(s["linux"].get("seccomp").is_none());
