@@ -257,6 +257,17 @@ mod tests {
         let e = validate_kernel(&junk).unwrap_err();
         assert!(matches!(e, LoaderError::UnknownKernelFormat { .. }));
         assert!(e.to_string().contains("junk"));
+        // A FIFO is refused before the open, which would block for a writer.
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(matches!(
+            validate_kernel(&fifo),
+            Err(LoaderError::ReadKernel { .. })
+        ));
+        assert!(matches!(
+            validate_kernel(d.path()),
+            Err(LoaderError::ReadKernel { .. })
+        ));
     }
 
     #[test]
