@@ -65,10 +65,19 @@ pub fn oci_root(runtime: &str) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = Path::new(OCI_STATE_DIR).join(owner_name());
     let root = dir.join(runtime);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&root)?;
+    // Another launcher's watchdog may remove the (then empty) parent
+    // between our mkdirs; try again a few times.
+    let mut attempt = 0;
+    loop {
+        match std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&root)
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 5 => attempt += 1,
+            other => break other?,
+        }
+    }
     start_watchdog(&dir);
     Ok(root)
 }
