@@ -14,7 +14,7 @@ use isolab_harness::modes::ModeKind;
 use isolab_harness::report::{self, Format};
 use isolab_harness::Workload;
 
-use crate::{args, emulated, exit};
+use crate::{args, emulated, exit, paths};
 
 /// Arguments of `bench compare`.
 #[derive(Debug, clap::Args)]
@@ -143,6 +143,9 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
             )))
         }
     };
+    if let Some(out) = &args.out {
+        paths::output_dir("--out", out)?;
+    }
     let ready_timeout = Duration::from_secs(args.ready_timeout);
     Ok(Plan {
         config: CompareConfig {
@@ -234,12 +237,20 @@ fn emit(
         println!();
     }
     if let Some(dir) = out {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        // Checked before the run (`paths::output_dir`); every file inside
+        // is opened without following a symlink.
+        if !dir.is_dir() {
+            std::fs::create_dir(dir).with_context(|| format!("create {}", dir.display()))?;
+        }
         let plots = report::plots::write_all(report, dir)?;
-        std::fs::write(dir.join("report.json"), report::json(report))?;
-        std::fs::write(dir.join("samples.csv"), report::csv::render(report))?;
-        std::fs::write(
-            dir.join("report.md"),
+        let write = |name: &str, data: String| {
+            let p = dir.join(name);
+            paths::write_nofollow(&p, data).with_context(|| format!("write {}", p.display()))
+        };
+        write("report.json", report::json(report))?;
+        write("samples.csv", report::csv::render(report))?;
+        write(
+            "report.md",
             report::markdown::render_with_plots(report, &plots),
         )?;
         eprintln!(

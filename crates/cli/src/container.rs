@@ -3,7 +3,13 @@
 //!
 //! `bench container run --workload <name> [--memory 64M] [--cpus 0.5]
 //! [--pids 64] [--cpuset 0] [--hostname h] [--userns] [--json]
+//! [--privileged] [--no-new-privileges]
 //! [--net [--requests N]] [--workload-bin PATH] [-- args]`
+//!
+//! The container runs under Docker's default profile (14 capabilities,
+//! Docker's seccomp profile, a devices cgroup); `--privileged` asks for
+//! the unconfined container on purpose, `--no-new-privileges` sets
+//! no_new_privs (off by default, as in Docker).
 //!
 //! With `--net` the library creates the workbench network for this
 //! invocation, attaches the container through a veth while its init waits,
@@ -60,6 +66,15 @@ struct RunArgs {
     /// Also create a user namespace (container root = host uid 100000).
     #[arg(long)]
     userns: bool,
+    /// Run unconfined on purpose: every capability, no seccomp filter, no
+    /// device rules (the default is Docker's profile: 14 capabilities,
+    /// seccomp, devices cgroup).
+    #[arg(long)]
+    privileged: bool,
+    /// Set no_new_privs: setuid binaries and file capabilities grant
+    /// nothing on execve (off by default, as in Docker).
+    #[arg(long)]
+    no_new_privileges: bool,
     /// Print the outcome as one JSON object.
     #[arg(long)]
     json: bool,
@@ -116,6 +131,8 @@ fn config(args: &RunArgs) -> anyhow::Result<ContainerConfig> {
     cfg.args = args.args.clone();
     cfg.hostname = args.hostname.clone();
     cfg.user_namespace = args.userns;
+    cfg.privileged = args.privileged;
+    cfg.no_new_privileges = args.no_new_privileges;
     cfg.limits = Limits {
         memory_bytes: args.memory,
         cpus: args.cpus,
@@ -128,6 +145,10 @@ fn config(args: &RunArgs) -> anyhow::Result<ContainerConfig> {
 
 fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = config(&args)?;
+    // Up front, before anything is created: a regular file holding an ELF
+    // executable (a script, a directory or a FIFO is refused here).
+    isolab_container::image::check_binary(&cfg.workload_bin)
+        .map_err(|e| exit::usage(format!("--workload-bin: {e}")))?;
     signals::forward_to_child()?;
     let run = single::container(&cfg, args.net.then_some(args.requests), &signals::target)?;
     // A closed stdout (`| head`) must not turn a finished run into a failure.
@@ -300,6 +321,17 @@ mod tests {
         assert_eq!(c.hostname.as_deref(), Some("h1"));
         assert_eq!(c.args, vec!["--duration-ms", "10"]);
         assert!(c.workload_bin.ends_with("workload"));
+        assert!(!c.privileged && !c.no_new_privileges, "Docker's defaults");
+    }
+
+    #[test]
+    fn security_flags_reach_the_config() {
+        let c = parse(&["run", "--workload", "probe", "--privileged"]).unwrap();
+        assert!(c.privileged && !c.no_new_privileges);
+        assert_eq!(c.security().name, "privileged");
+        let c = parse(&["run", "--workload", "probe", "--no-new-privileges"]).unwrap();
+        assert!(!c.privileged && c.no_new_privileges);
+        assert_eq!(c.security().summary().capabilities, Some(14));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use isolab_harness::demo::{render_markdown, render_table, run_demo, Demo, DemoRe
 use isolab_harness::modes::{Launcher, ModeKind, VmHost};
 use isolab_harness::Workload;
 
-use crate::exit;
+use crate::{exit, paths};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -107,7 +107,7 @@ fn list() -> String {
 
 fn emit(out: &Option<PathBuf>, text: &str) -> anyhow::Result<()> {
     match out {
-        Some(p) => std::fs::write(p, text).with_context(|| format!("write {}", p.display())),
+        Some(p) => paths::write_nofollow(p, text).with_context(|| format!("write {}", p.display())),
         None => {
             let mut o = std::io::stdout().lock();
             o.write_all(text.as_bytes()).context("write to stdout")?;
@@ -117,6 +117,9 @@ fn emit(out: &Option<PathBuf>, text: &str) -> anyhow::Result<()> {
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if let Some(p) = &args.out {
+        paths::output_file("--out", p)?;
+    }
     if args.name == "list" {
         emit(&args.out, &list())?;
         return Ok(ExitCode::SUCCESS);
@@ -124,15 +127,6 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // Usage errors first: nothing below has run yet.
     let demos = resolve(&args.name)?;
     let modes = parse_modes(&args.modes)?;
-    if let Some(p) = &args.out {
-        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
-        if dir.is_some_and(|d| !d.is_dir()) || p.is_dir() {
-            return Err(exit::usage(format!(
-                "--out {}: not a file in an existing directory",
-                p.display()
-            )));
-        }
-    }
     let mut ctx = isolab_harness::modes::Context::new(Workload::Probe)?;
     ctx.vm_host = match args.host {
         Host::Native => VmHost::Native,

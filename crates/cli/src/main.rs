@@ -11,6 +11,7 @@ mod demo;
 mod emuhost;
 mod emulated;
 mod exit;
+mod paths;
 mod provision;
 mod signals;
 mod vm;
@@ -46,6 +47,20 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `bench container`: clap would print the help; one error line
+            // says what is missing and where the help is.
+            let cmd: Vec<String> = std::env::args()
+                .skip(1)
+                .take_while(|a| !a.starts_with('-'))
+                .collect();
+            let cmd = std::iter::once("bench".to_owned())
+                .chain(cmd)
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("error: `{cmd}` needs a subcommand; see `{cmd} --help`");
+            return ExitCode::from(exit::USAGE);
+        }
         Err(e) if e.use_stderr() => {
             // One line: what was wrong (clap's usage and tips follow it in
             // its full rendering, which `--help` shows anyway).

@@ -35,6 +35,17 @@ pub struct ProvisionArgs {
 }
 
 pub fn run(args: ProvisionArgs) -> anyhow::Result<ExitCode> {
+    // Only needed when no kernel is cached, so a missing one is fine here;
+    // a FIFO or directory would block or fail late.
+    crate::paths::optional_input_file("--source", &args.source)?;
+    if let Some(d) = &args.bin_dir {
+        if !d.is_dir() {
+            return Err(exit::usage(format!(
+                "--bin-dir {}: not an existing directory",
+                d.display()
+            )));
+        }
+    }
     let root = cache_root().map_err(|e| exit::host(e.to_string()))?;
     let bin_dir = match args.bin_dir {
         Some(d) => d,

@@ -16,7 +16,7 @@ use isolab_microvm::memory_stats::MemorySample;
 use isolab_microvm::smoke;
 use isolab_microvm::{StopReason, VmReport};
 
-use crate::{args, container, emulated, exit, signals};
+use crate::{args, container, emulated, exit, paths, signals};
 
 /// Run a workload in a KVM microVM with its own guest kernel.
 #[derive(Debug, clap::Args)]
@@ -132,6 +132,15 @@ fn ready_fd(fd: RawFd) -> anyhow::Result<OwnedFd> {
 fn config(args: &RunArgs) -> anyhow::Result<VmConfig> {
     if args.net {
         single::check_net(args.workload, &args.args)?;
+    }
+    if let Some(k) = &args.kernel {
+        paths::input_file("--kernel", k)?;
+    }
+    if let Some(i) = &args.initrd {
+        paths::input_file("--initrd", i)?;
+    }
+    if let Some(c) = &args.console_file {
+        paths::output_file("--console-file", c)?;
     }
     let console = match (args.console, &args.console_file) {
         (true, _) => Console::Stdout,

@@ -51,7 +51,7 @@ fn bad_input_is_one_line_and_exit_2() {
         (&["demo", "kernel", "--modes", ","][..], "--modes is empty"),
         (
             &["demo", "kernel", "--out", "/nonexistent-dir/x.md"][..],
-            "not a file in an existing directory",
+            "/nonexistent-dir is not an existing directory",
         ),
         (&["demo", "kernel", "--format", "pdf"][..], "pdf"),
     ] {
@@ -118,4 +118,43 @@ fn table_shows_the_hosts_kernel_in_the_process_column() {
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     assert!(text.contains(boot_id.trim()), "{text}");
     assert!(text.contains("Host unchanged"), "{text}");
+}
+
+#[test]
+fn capabilities_shows_the_default_container_beside_a_privileged_one() {
+    let test = "capabilities_shows_the_default_container_beside_a_privileged_one";
+    if !workload_built(test) || !isolab_testkit::require(test, isolab_testkit::missing_container())
+    {
+        return;
+    }
+    let out = bench()
+        .args(["demo", "capabilities", "--modes", "process,container"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |label: &str| {
+        text.lines()
+            .find(|l| l.contains('|') && l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} row:\n{text}"))
+            .split('|')
+            .skip(1)
+            .map(|c| c.trim().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let header = row("| process");
+    assert_eq!(
+        header,
+        ["process", "container", "container --privileged"],
+        "{text}"
+    );
+    let bnd = row("bounding set");
+    assert_eq!(bnd[1], "14 (0x00000000a80425fb)", "{text}");
+    assert_eq!(bnd[2], bnd[0], "privileged keeps the host's set: {text}");
+    assert_eq!(row("seccomp")[1..], ["2 (filter)", "0 (off)"], "{text}");
+    assert!(!text.contains("[NOT OBSERVED]"), "{text}");
 }

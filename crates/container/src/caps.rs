@@ -2,9 +2,10 @@
 //!
 //! The default set is Docker's and containerd's (moby `oci/caps/defaults.go`,
 //! containerd `oci/spec.go`): 14 capabilities. The container's init drops
-//! every other capability from its bounding set, sets permitted, effective
-//! and inheritable to the 14, and clears the ambient set, all before the
-//! workload is forked (so the workload and init are confined alike).
+//! every other capability from its bounding set, sets permitted and
+//! effective to the 14, empties the inheritable set (as moby does since
+//! CVE-2022-24769) and clears the ambient set, all before the workload is
+//! forked (so the workload and init are confined alike).
 
 use serde::Serialize;
 
@@ -98,6 +99,21 @@ impl CapSet {
     /// Every capability this table knows (what host root has).
     pub const ALL: CapSet = CapSet((1u64 << NAMES.len()) - 1);
 
+    /// This process's bounding set (`CapBnd` of `/proc/self/status`): what
+    /// a privileged container can be given, as moby's `--privileged` gives
+    /// every capability the host has rather than every one it knows.
+    /// `ALL` where it cannot be read.
+    pub fn bounding_of_self() -> CapSet {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapBnd:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .map_or(CapSet::ALL, |m| CapSet(m & CapSet::ALL.0))
+    }
+
     pub const fn of(caps: &[u8]) -> CapSet {
         let mut m = 0u64;
         let mut i = 0;
@@ -147,5 +163,7 @@ mod tests {
         assert!(d.names().contains(&"CAP_NET_BIND_SERVICE".to_string()));
         assert!(!d.contains(CAP_SYS_ADMIN));
         assert_eq!(CapSet::ALL.count(), 41);
+        let own = CapSet::bounding_of_self();
+        assert!(own.count() <= 41 && own.0 & !CapSet::ALL.0 == 0);
     }
 }

@@ -97,7 +97,12 @@ pub fn spec(config: &ContainerConfig, image_dir: &Path, id: &str) -> Value {
     if let Some(profile) = &security.seccomp {
         linux["seccomp"] = profile.oci();
     }
-    let caps = security.caps.unwrap_or(CapSet::ALL).names();
+    // Privileged: every capability this launcher has (a runtime refuses
+    // to apply one outside its own bounding set), as moby's --privileged.
+    let caps = security
+        .caps
+        .unwrap_or_else(CapSet::bounding_of_self)
+        .names();
     if config.user_namespace {
         namespaces.push(json!({"type": "user"}));
         let map = json!([{"containerID": 0, "hostID": USERNS_BASE_ID, "size": USERNS_ID_COUNT}]);
@@ -116,7 +121,8 @@ pub fn spec(config: &ContainerConfig, image_dir: &Path, id: &str) -> Value {
                 "bounding": caps,
                 "effective": caps,
                 "permitted": caps,
-                "inheritable": caps,
+                // Empty, as moby since CVE-2022-24769 (and our launcher).
+                "inheritable": [],
                 "ambient": [],
             },
             "noNewPrivileges": security.no_new_privileges,
@@ -415,6 +421,8 @@ mod tests {
         let caps = &s["process"]["capabilities"];
         assert_eq!(caps["bounding"].as_array().unwrap().len(), 14);
         assert_eq!(caps["effective"], caps["bounding"]);
+        assert_eq!(caps["permitted"], caps["bounding"]);
+        assert_eq!(caps["inheritable"], json!([]), "CVE-2022-24769");
         assert_eq!(caps["ambient"], json!([]));
         assert!(caps["bounding"]
             .as_array()
@@ -438,8 +446,9 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .len(),
-            41
+            CapSet::bounding_of_self().count() as usize
         );
+        assert_eq!(s["process"]["capabilities"]["inheritable"], json!([]));
         assert!(s["linux"].get("seccomp").is_none());
         assert_eq!(s["process"]["noNewPrivileges"], true);
         assert_eq!(

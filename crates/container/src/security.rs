@@ -3,7 +3,7 @@
 //!
 //! | | default | privileged |
 //! |---|---|---|
-//! | capabilities | Docker's 14 (bounding, permitted, effective, inheritable); ambient cleared | all of host root's |
+//! | capabilities | Docker's 14 (bounding, permitted, effective); inheritable empty (CVE-2022-24769); ambient cleared | all of host root's |
 //! | seccomp | Docker's default profile ([`crate::seccomp`]) | none |
 //! | devices | cgroup: deny all but the standard nodes | unrestricted |
 //! | no_new_privs | off unless asked (as in Docker) | off unless asked |

@@ -41,8 +41,9 @@ pub trait Syscall {
     /// Writes `data` to an existing file (a cgroup interface file).
     fn write_file(&self, path: &Path, data: &[u8]) -> nix::Result<()>;
     /// Keeps only the capabilities in `keep` (a kernel mask): drops the rest
-    /// from the bounding set, sets permitted, effective and inheritable to
-    /// `keep`, clears the ambient set.
+    /// from the bounding set, sets permitted and effective to `keep`,
+    /// empties the inheritable set (as moby does since CVE-2022-24769) and
+    /// clears the ambient set.
     fn drop_capabilities(&self, keep: u64) -> nix::Result<()>;
     /// `prctl(PR_SET_NO_NEW_PRIVS, 1)`.
     fn set_no_new_privs(&self) -> nix::Result<()>;
@@ -207,10 +208,13 @@ impl Syscall for LinuxSyscall {
             version: LINUX_CAPABILITY_VERSION_3,
             pid: 0,
         };
+        // Inheritable stays empty: a non-empty inheritable set lets a file
+        // with inheritable file capabilities gain them across execve, past
+        // what the container's root was meant to keep (CVE-2022-24769).
         let half = |bits: u32| CapData {
             effective: bits,
             permitted: bits,
-            inheritable: bits,
+            inheritable: 0,
         };
         let data = [half(keep as u32), half((keep >> 32) as u32)];
         // SAFETY: capset reads one header and two data structs (version 3)

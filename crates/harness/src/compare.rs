@@ -533,6 +533,23 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
         "p50/p90/p99 by linear interpolation; 95% CI of the median by percentile bootstrap (2000 resamples); outliers flagged by Tukey fences (1.5 IQR), never dropped".into(),
         "memory: PSS/USS summed over the instance's host processes from /proc/PID/smaps_rollup (launcher/monitor included); cgroup usage where the instance has one; host MemAvailable drop while it ran".into(),
     ];
+    let containers: Vec<&str> = cfg
+        .modes
+        .iter()
+        .filter(|m| m.isolation() == crate::modes::Isolation::Container)
+        .map(|m| m.name())
+        .collect();
+    if !containers.is_empty() {
+        // The confinement is part of a real container's launch: say which
+        // one every container-isolation mode ran under (the same for all).
+        v.push(format!(
+            "container profile ({}): {}",
+            containers.join(", "),
+            isolab_container::SecurityProfile::new(false, false)
+                .summary()
+                .description
+        ));
+    }
     if cfg.workload.serves_http() {
         v.push(format!(
             "first response: launch -> GET /health answered, by one probe for every mode, started at launch on its own thread; it retries every {} us on connection refused, host/network unreachable, a {} ms connect timeout or HTTP 503. Paths: process on host loopback; container {}; crun/runc on loopback inside their own network namespace; microVM and QEMU over virtio-net on the workbench bridge, probed from the ready marker on (the guest has no address before)",
@@ -725,8 +742,22 @@ mod tests {
 
     #[test]
     fn the_method_names_the_one_probe_policy() {
-        let http = method_lines(&cfg(Workload::Api, 1, 5));
+        let mut c = cfg(Workload::Api, 1, 5);
+        c.modes = vec![ModeKind::Process, ModeKind::Container, ModeKind::Runc];
+        let http = method_lines(&c);
         assert!(http.iter().any(|l| l.contains("retries every 250 us")));
+        let profile = http
+            .iter()
+            .find(|l| l.starts_with("container profile ("))
+            .expect("the containers' profile is named");
+        assert!(
+            profile.starts_with("container profile (container, runc): default: 14 capabilities")
+                && profile.contains("seccomp"),
+            "{profile}"
+        );
+        assert!(!method_lines(&cfg(Workload::Api, 1, 5))
+            .iter()
+            .any(|l| l.starts_with("container profile")));
         assert!(!method_lines(&cfg(Workload::Noop, 1, 5))
             .iter()
             .any(|l| l.contains("first response")));

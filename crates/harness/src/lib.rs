@@ -19,6 +19,7 @@ pub mod net;
 pub mod ready;
 pub mod report;
 pub mod single;
+pub mod stale;
 pub mod stats;
 
 use std::path::PathBuf;

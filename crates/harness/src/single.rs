@@ -65,6 +65,7 @@ pub fn container(
     net_requests: Option<u32>,
     on_start: &dyn Fn(i32),
 ) -> Result<ContainerRun, HarnessError> {
+    crate::stale::clean_at_start();
     // Owned for this invocation; dropped (namespace and every interface in
     // it removed) after the container, on every path.
     let workbench = match net_requests {
@@ -165,6 +166,7 @@ pub struct VmRun {
 /// then stopped with SIGTERM. A guest console on stdout is passed through
 /// as it comes. `on_start` gets the monitor's pid (0 once it is gone).
 pub fn vm(mut run: VmRunConfig, on_start: &dyn Fn(i32)) -> Result<VmRun, HarnessError> {
+    crate::stale::clean_at_start();
     let echo = run.config.console == Console::Stdout;
     let (workbench, tap) = match run.net_requests {
         Some(_) => {

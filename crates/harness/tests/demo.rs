@@ -325,6 +325,23 @@ fn capabilities_are_reported_per_mode() {
         .parse::<u64>()
         .unwrap();
     assert_eq!(fact(rec(r, ModeKind::Process), "/no_new_privs"), host_nnp);
+    // The default container (Docker's 14, a filter) beside a privileged
+    // one (the host's set, no filter).
+    let container = rec(r, ModeKind::Container);
+    assert_eq!(fact(container, "/cap_bnd/count"), 14);
+    assert_eq!(fact(container, "/seccomp"), 2);
+    let twin = r
+        .columns
+        .iter()
+        .find(|c| c.mode == ModeKind::Container && c.spec.privileged)
+        .and_then(|c| c.run.outcome())
+        .expect("a --privileged container column");
+    assert_eq!(
+        fact(twin, "/cap_bnd/count"),
+        fact(rec(r, ModeKind::Process), "/cap_bnd/count")
+    );
+    assert_eq!(fact(twin, "/seccomp"), 0);
+    assert!(r.findings.iter().all(|f| f.holds), "{:?}", r.findings);
 }
 
 #[test]
@@ -364,10 +381,13 @@ fn handout_has_every_demo_table_and_questions() {
             .split("\n## ")
             .find(|s| s.contains(&format!("(`bench demo {}`)", d.name)))
             .unwrap_or_else(|| panic!("no section for {}", d.name));
-        assert!(
-            section.contains("| | process | container | microvm |"),
-            "{section}"
-        );
+        // The capabilities demo also runs the container --privileged.
+        let header = if d.name == "capabilities" {
+            "| | process | container | container --privileged | microvm |"
+        } else {
+            "| | process | container | microvm |"
+        };
+        assert!(section.contains(header), "{section}");
         assert!(section.contains("### Knowledge check"));
         for q in &d.questions {
             assert!(section.contains(q.question) && section.contains(q.answer));

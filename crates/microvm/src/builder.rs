@@ -11,7 +11,6 @@
 //! that is dropped on every path, so a failed boot leaves nothing behind
 //! (the VM, its memory and its threads are process-local).
 
-use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
@@ -330,10 +329,21 @@ pub fn attach_devices(
         Console::Off => Box::new(std::io::sink()),
         Console::Stdout => Box::new(std::io::stdout()),
         Console::File(p) => {
-            Box::new(File::create(p).map_err(|source| BuildError::ConsoleFile {
-                path: p.display().to_string(),
-                source,
-            })?)
+            use std::os::unix::fs::OpenOptionsExt;
+            // O_NOFOLLOW: a symlink at the path is refused (ELOOP), never
+            // followed to truncate whatever it points at.
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(p)
+                .map_err(|source| BuildError::ConsoleFile {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+            Box::new(f)
         }
     };
     let com1_irq = vm::irqfd(vm, COM1_IRQ).map_err(BuildError::DeviceIrq)?;

@@ -101,6 +101,14 @@ pub fn validate_kernel(path: &Path) -> Result<KernelFormat, LoaderError> {
         path: path.to_path_buf(),
         source,
     };
+    // A regular file only: opening a FIFO would block until a writer came.
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
     let mut f = File::open(path).map_err(read_err)?;
     let mut head = Vec::with_capacity(0x210);
     f.by_ref()
@@ -249,6 +257,17 @@ mod tests {
         let e = validate_kernel(&junk).unwrap_err();
         assert!(matches!(e, LoaderError::UnknownKernelFormat { .. }));
         assert!(e.to_string().contains("junk"));
+        // A FIFO is refused before the open, which would block for a writer.
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(matches!(
+            validate_kernel(&fifo),
+            Err(LoaderError::ReadKernel { .. })
+        ));
+        assert!(matches!(
+            validate_kernel(d.path()),
+            Err(LoaderError::ReadKernel { .. })
+        ));
     }
 
     #[test]

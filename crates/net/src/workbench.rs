@@ -486,6 +486,25 @@ fn validate(config: &WorkbenchConfig) -> Result<(), WorkbenchError> {
     Ok(())
 }
 
+/// Removes the workbench namespace a killed run left behind, if nobody
+/// holds its lock (a live workbench is left alone). Called at every start,
+/// so a stale `/run/netns/<name>` never outlives the next run of any kind.
+/// Returns whether one was removed.
+pub fn remove_stale(config: &WorkbenchConfig) -> Result<bool, WorkbenchError> {
+    let ns_path = config.run_dir.join(&config.name);
+    if fs::symlink_metadata(&ns_path).is_err() {
+        return Ok(false);
+    }
+    let lock = match take_lock(config) {
+        Ok(lock) => lock,
+        Err(WorkbenchError::InUse { .. }) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let removed = netns::remove_name(&ns_path).map_err(WorkbenchError::Stale);
+    release_lock(lock);
+    removed
+}
+
 fn lock_path(config: &WorkbenchConfig) -> PathBuf {
     config.lock_dir.join(format!("net-{}.lock", config.name))
 }
@@ -625,6 +644,33 @@ mod tests {
         assert_eq!(c.subnet.gateway(), Ipv4Addr::new(10, 203, 0, 1));
         assert_eq!(lock_path(&c), PathBuf::from("/run/isolab/net-isolab0.lock"));
         assert!(validate(&c).is_ok());
+    }
+
+    #[test]
+    fn a_stale_name_is_removed_only_when_nobody_holds_the_lock() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // umount2 on the name needs root; covered where root.
+        }
+        let d = tempfile::tempdir().unwrap();
+        let c = WorkbenchConfig {
+            name: "stale0".into(),
+            run_dir: d.path().join("netns"),
+            lock_dir: d.path().join("locks"),
+            ..WorkbenchConfig::default()
+        };
+        assert!(!remove_stale(&c).unwrap(), "nothing there");
+        fs::create_dir_all(&c.run_dir).unwrap();
+        let ns = c.run_dir.join("stale0");
+        // A name that is not a mount point: what a run killed between
+        // creating and bind-mounting it leaves.
+        fs::write(&ns, "").unwrap();
+        let held = take_lock(&c).unwrap();
+        assert!(!remove_stale(&c).unwrap(), "a live owner holds the lock");
+        assert!(ns.exists());
+        release_lock(held);
+        assert!(remove_stale(&c).unwrap());
+        assert!(!ns.exists());
+        assert!(!lock_path(&c).exists(), "the lock file is given back");
     }
 
     #[test]

@@ -252,7 +252,10 @@ pub const DEMOS: &[Demo] = &[
             them. The container's root is still the host kernel's root, so what confines it is \
             which capabilities remain in its sets and bounding set, whether no_new_privs is set \
             and whether a seccomp filter narrows the system calls it may make: this table shows \
-            exactly what this workbench's container keeps. The guest's root holds every \
+            exactly what this workbench's container keeps. By default that is Docker's profile: \
+            14 capabilities and a seccomp filter (mode 2). Beside it, the same container run \
+            with --privileged keeps every capability of the host's root and has no filter: the \
+            namespaces are the same, only the privileges differ. The guest's root holds every \
             capability too, but over the guest kernel only.",
         questions: [
             q("Is root in a container the same as root on the host?",
@@ -327,6 +330,16 @@ impl Demo {
         spec
     }
 
+    /// A second column beside a container-isolation column, running the
+    /// same job under the `privileged` profile, for demos that contrast the
+    /// default confinement with none (the capabilities demo).
+    pub fn privileged_twin(&self, isolation: Isolation) -> Option<InstanceSpec> {
+        (self.name == "capabilities" && isolation == Isolation::Container).then(|| InstanceSpec {
+            privileged: true,
+            ..self.spec(isolation)
+        })
+    }
+
     /// The probe run beside the demo's own, for demos whose table also
     /// shows where it ran (the CPUs the cpu demo's spinner sees).
     pub fn companion_probe(&self, isolation: Isolation) -> Option<InstanceSpec> {
@@ -378,6 +391,22 @@ mod tests {
             .spec(Isolation::None)
             .args
             .contains(&"64".to_owned()));
+    }
+
+    #[test]
+    fn only_the_capabilities_demo_adds_a_privileged_container() {
+        for d in DEMOS {
+            for m in [Isolation::None, Isolation::Container, Isolation::Vm] {
+                let twin = d.privileged_twin(m);
+                let expected = d.name == "capabilities" && m == Isolation::Container;
+                assert_eq!(twin.is_some(), expected, "{} {m:?}", d.name);
+                assert!(!d.spec(m).privileged, "{} {m:?}: default profile", d.name);
+                if let Some(t) = twin {
+                    assert!(t.privileged);
+                    assert_eq!(t.workload, Workload::Probe);
+                }
+            }
+        }
     }
 
     #[test]

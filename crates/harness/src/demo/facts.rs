@@ -495,9 +495,16 @@ fn knob_rows(cols: &[Column<'_>]) -> Vec<Row> {
 pub fn findings(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut claim = |holds: bool, text: String| out.push(Finding { holds, text });
-    let col = |m: ModeKind| cols.iter().find(|c| c.mode == m);
+    // A mode's column under its default profile; the capabilities demo's
+    // `--privileged` twin is looked up on its own.
+    let col = |m: ModeKind| cols.iter().find(|c| c.mode == m && !c.spec.privileged);
     let rec = |m: ModeKind| col(m).and_then(|c| c.outcome);
     let probe = |m: ModeKind| rec(m).and_then(probe_of);
+    let privileged = cols
+        .iter()
+        .find(|c| c.mode == ModeKind::Container && c.spec.privileged)
+        .and_then(|c| c.outcome)
+        .and_then(probe_of);
     let host_rel = host.kernel_release.clone().unwrap_or_default();
     match demo {
         "kernel" => {
@@ -648,6 +655,30 @@ pub fn findings(demo: &str, cols: &[Column<'_>], host: &HostTruth) -> Vec<Findin
                     format!("The container's bounding set holds {} capabilities; the host process's {}.",
                         t(n(&c)), t(n(&p))));
             }
+            if let Some(c) = probe(ModeKind::Container) {
+                let n = c.cap_bnd.as_ref().map(|c| c.count);
+                claim(
+                    n == Some(14) && c.seccomp == Some(2),
+                    format!(
+                        "The default container keeps Docker's 14 capabilities (bounding set: {}) under a seccomp filter (Seccomp: {}, 2 = filter).",
+                        n.map_or("n/a".into(), |v| v.to_string()),
+                        c.seccomp.map_or("n/a".into(), |v| v.to_string())
+                    ),
+                );
+            }
+            if let Some(v) = &privileged {
+                let n = v.cap_bnd.as_ref().map(|c| c.count);
+                let host = probe(ModeKind::Process).and_then(|p| p.cap_bnd.map(|c| c.count));
+                claim(
+                    n.is_some() && n > Some(14) && host.is_none_or(|h| n == Some(h)) && v.seccomp == Some(0),
+                    format!(
+                        "The --privileged container keeps {} capabilities{} and has no seccomp filter (Seccomp: {}).",
+                        n.map_or("n/a".into(), |v| v.to_string()),
+                        host.map_or(String::new(), |h| format!(" (the host process: {h})")),
+                        v.seccomp.map_or("n/a".into(), |v| v.to_string())
+                    ),
+                );
+            }
         }
         _ => {}
     }
@@ -763,5 +794,71 @@ mod tests {
         assert_eq!(rows[0].cells[0], "changed (none) -> isolab-demo");
         assert_eq!(rows[1].cells[0], "accepted (wrote back 64)");
         assert_eq!(rows[2].cells[0], "refused: EROFS (stays 60)");
+    }
+
+    #[test]
+    fn the_capabilities_demo_contrasts_default_and_privileged_containers() {
+        let job = InstanceSpec::new(Workload::Probe, &[]);
+        let twin = InstanceSpec {
+            privileged: true,
+            ..job.clone()
+        };
+        let probe = |hex: &str, count: u32, seccomp: u64| {
+            rec(json!({"workload": "probe", "pid": 2,
+                "cap_bnd": {"hex": hex, "count": count},
+                "cap_eff": {"hex": hex, "count": count},
+                "no_new_privs": 0, "seccomp": seccomp}))
+        };
+        let host = probe("000001ffffffffff", 41, 0);
+        let default = probe("00000000a80425fb", 14, 2);
+        let privileged = probe("000001ffffffffff", 41, 0);
+        let cols = [
+            Column {
+                mode: ModeKind::Process,
+                spec: &job,
+                outcome: Some(&host),
+                probe: None,
+            },
+            Column {
+                mode: ModeKind::Container,
+                spec: &job,
+                outcome: Some(&default),
+                probe: None,
+            },
+            Column {
+                mode: ModeKind::Container,
+                spec: &twin,
+                outcome: Some(&privileged),
+                probe: None,
+            },
+        ];
+        let rows = rows("capabilities", &cols, &HostTruth::default());
+        let get = |l: &str| rows.iter().find(|r| r.label == l).unwrap().cells.clone();
+        assert_eq!(
+            get("bounding set"),
+            [
+                "41 (0x000001ffffffffff)",
+                "14 (0x00000000a80425fb)",
+                "41 (0x000001ffffffffff)"
+            ]
+        );
+        assert_eq!(get("seccomp"), ["0 (off)", "2 (filter)", "0 (off)"]);
+        let f = findings("capabilities", &cols, &HostTruth::default());
+        assert_eq!(f.len(), 3, "{f:?}");
+        assert!(f.iter().all(|f| f.holds), "{f:?}");
+        assert!(f[1].text.contains("Docker's 14"), "{}", f[1].text);
+        assert!(f[2].text.starts_with("The --privileged container keeps 41"));
+
+        // A privileged twin that kept a filter is not what the table claims.
+        let wrong = probe("000001ffffffffff", 41, 2);
+        let cols = [
+            cols[0],
+            cols[1],
+            Column {
+                outcome: Some(&wrong),
+                ..cols[2]
+            },
+        ];
+        assert!(!findings("capabilities", &cols, &HostTruth::default())[2].holds);
     }
 }

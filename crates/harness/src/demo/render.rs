@@ -47,11 +47,11 @@ fn column_notes(r: &DemoReport) -> Vec<String> {
     for c in &r.columns {
         match &c.run {
             ModeRun::Unavailable { reason } => {
-                v.push(format!("{}: not run here: {reason}", c.mode.name()))
+                v.push(format!("{}: not run here: {reason}", c.label()))
             }
             ModeRun::Ran(rec) => {
                 if let Some(l) = &rec.label {
-                    v.push(format!("{}: {l}", c.mode.name()));
+                    v.push(format!("{}: {l}", c.label()));
                 }
             }
         }
@@ -77,7 +77,7 @@ pub fn render_table(r: &DemoReport) -> String {
         "   corrects the misconception \"{}\"\n",
         d.misconception
     );
-    let header: Vec<String> = r.columns.iter().map(|c| c.mode.name().to_owned()).collect();
+    let header: Vec<String> = r.columns.iter().map(|c| c.label()).collect();
     let label_w = r
         .rows
         .iter()
@@ -146,7 +146,7 @@ fn markdown_section(out: &mut String, n: usize, r: &DemoReport) {
     let _ = writeln!(out, "*What ran:* {}.\n", d.summary);
     let _ = write!(out, "| |");
     for c in &r.columns {
-        let _ = write!(out, " {} |", c.mode.name());
+        let _ = write!(out, " {} |", c.label());
     }
     let _ = write!(out, "\n|---|");
     for _ in &r.columns {

@@ -59,6 +59,18 @@ pub enum ModeRun {
     Unavailable { reason: String },
 }
 
+impl ColumnReport {
+    /// The column's heading: the mode, and `--privileged` for a container
+    /// run under the privileged profile.
+    pub fn label(&self) -> String {
+        if self.spec.privileged {
+            format!("{} --privileged", self.mode.name())
+        } else {
+            self.mode.name().to_owned()
+        }
+    }
+}
+
 impl ModeRun {
     pub fn outcome(&self) -> Option<&InstanceOutcome> {
         match self {
@@ -159,12 +171,22 @@ fn run_columns(demo: &Demo, launchers: &[&dyn Launcher]) -> Result<Vec<ColumnRep
             Some(p) if run.outcome().is_some() => Some(run_one(*l, &p)?),
             _ => None,
         };
+        let ran = run.outcome().is_some();
         out.push(ColumnReport {
             mode: l.kind(),
             spec,
             run,
             probe,
         });
+        if let Some(twin) = demo.privileged_twin(isolation).filter(|_| ran) {
+            let run = run_one(*l, &twin)?;
+            out.push(ColumnReport {
+                mode: l.kind(),
+                spec: twin,
+                run,
+                probe: None,
+            });
+        }
     }
     Ok(out)
 }
@@ -281,6 +303,7 @@ fn describe(changes: &[Change]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::demo::render_table;
     use crate::modes::fake::{FakeLauncher, FakeRun};
 
     fn ran(result: serde_json::Value) -> FakeRun {
@@ -446,5 +469,23 @@ mod tests {
         assert_eq!(c.launched.borrow()[1].cpus, Some(0.2), "same limits");
         let sees = rep.rows.iter().find(|r| r.label == "CPUs it sees").unwrap();
         assert_eq!(sees.cells, ["2"]);
+    }
+
+    #[test]
+    fn the_capabilities_demo_runs_a_privileged_container_beside_the_default() {
+        let d = tree();
+        let probe = || ran(serde_json::json!({"workload": "probe", "pid": 2}));
+        let c = FakeLauncher::new(ModeKind::Container, vec![probe(), probe()]);
+        let rep = demo_at("capabilities", &[&c], &d).unwrap();
+        let launched = c.launched.borrow();
+        assert_eq!(launched.len(), 2);
+        assert!(!launched[0].privileged && launched[1].privileged);
+        let labels: Vec<String> = rep.columns.iter().map(ColumnReport::label).collect();
+        assert_eq!(labels, ["container", "container --privileged"]);
+        assert_eq!(
+            rep.column(ModeKind::Container).unwrap().label(),
+            "container"
+        );
+        assert!(render_table(&rep).contains("container --privileged"));
     }
 }

@@ -63,6 +63,7 @@ pub fn container_config(bins: &Binaries, spec: &InstanceSpec) -> ContainerConfig
     cfg.limits.cpus = spec.cpus;
     cfg.limits.pids = spec.pids;
     cfg.hostname = spec.hostname.clone();
+    cfg.privileged = spec.privileged;
     cfg.stop_grace_ms = 2000;
     cfg.quiet_stderr = !spec.keep_stderr;
     cfg

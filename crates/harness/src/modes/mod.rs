@@ -179,6 +179,10 @@ pub struct InstanceSpec {
     pub vcpus: Option<u8>,
     /// Containers: the hostname in its UTS namespace.
     pub hostname: Option<String>,
+    /// Containers and their OCI peers: the `privileged` security profile
+    /// (every capability, no seccomp filter, no device rules) instead of
+    /// the default, Docker's (`isolab_container::security`).
+    pub privileged: bool,
     /// Keep the workload's stderr (a process's is captured into
     /// [`InstanceOutcome::stderr_tail`], a container's goes to ours);
     /// otherwise it is discarded, so a table is not buried in logs.
@@ -205,6 +209,7 @@ impl InstanceSpec {
             pids: None,
             vcpus: None,
             hostname: None,
+            privileged: false,
             keep_stderr: false,
             join_cgroups: vec![],
             loopback_http: false,
@@ -394,6 +399,9 @@ pub struct Context {
 impl Context {
     /// Locate the binaries next to the running executable.
     pub fn new(workload: Workload) -> Result<Self, HarnessError> {
+        // Every run that launches through the registry starts here: remove
+        // what killed launchers left (peers, the workbench namespace).
+        crate::stale::clean_at_start();
         Ok(Context::with_binaries(
             Binaries::beside_current_exe()?,
             workload,

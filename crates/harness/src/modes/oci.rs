@@ -5,6 +5,10 @@
 //!
 //! A runtime that is missing is reported with how to install it; one that
 //! refuses to run is reported with its own error line.
+//!
+//! Each launcher keeps its runtimes' state under its own `--root`
+//! ([`crate::stale::oci_root`]), watched so the peers die with the
+//! launcher and are deleted at the next start if it was killed.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -72,20 +76,45 @@ impl Launcher for OciPeer {
         let rt = self.runtime();
         let runtime =
             which(rt).ok_or_else(|| HarnessError::Launch(format!("{rt} is not installed")))?;
+        crate::stale::clean_at_start();
         let cfg = container_config(&self.bins, spec);
-        let id = format!("isolab-{rt}-{}-{}", std::process::id(), next_id());
-        let dir = PathBuf::from("/run/isolab/bundles").join(&id);
+        let root = crate::stale::oci_root(rt)
+            .map_err(|e| HarnessError::io(format!("create the {rt} state root"), e))?;
+        let id = format!("{}{}", crate::stale::bundle_prefix(rt), next_id());
+        let dir = PathBuf::from(crate::stale::BUNDLES_DIR).join(&id);
         let bundle = isolab_container::oci::write_bundle(&dir, &cfg, &id)
             .map_err(|e| HarnessError::Launch(crate::chain(&e)))?;
         let mut ready = ReadyPipe::new()?;
         let mut cmd = Command::new(&runtime);
-        cmd.args(["run", "--bundle"])
+        cmd.arg("--root")
+            .arg(&root)
+            .args(["run", "--bundle"])
             .arg(&bundle.dir)
             .args(["--preserve-fds", "1"])
             .arg(&id)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // The runtime dies with this launcher (SIGKILL included), so a
+        // `run` caught mid-create never finishes creating a container that
+        // nobody will delete; one already created is deleted by the
+        // launcher's watchdog or the next start (crate::stale).
+        let parent = nix::unistd::getpid();
+        // SAFETY: prctl and getppid are async-signal-safe syscalls; the
+        // closure touches no memory of the parent but a copied pid.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The launcher died before the prctl took effect.
+                if nix::unistd::getppid() != parent {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
         let (mut child, launched) = match spawn::spawn_with_ready(&mut cmd, &mut ready, &[], &[]) {
             Ok(c) => c,
             Err(e) => {
@@ -95,6 +124,7 @@ impl Launcher for OciPeer {
         };
         Ok(Box::new(OciInstance {
             runtime,
+            root,
             id,
             bundle_dir: dir,
             stdout: Some(drain(child.stdout.take())),
@@ -127,6 +157,8 @@ fn next_id() -> u64 {
 
 struct OciInstance {
     runtime: PathBuf,
+    /// The runtime's state root (`--root`), this launcher's own.
+    root: PathBuf,
     id: String,
     bundle_dir: PathBuf,
     child: Option<Child>,
@@ -140,6 +172,8 @@ struct OciInstance {
 impl OciInstance {
     fn rt(&self, args: &[&str]) {
         let _ = Command::new(&self.runtime)
+            .arg("--root")
+            .arg(&self.root)
             .args(args)
             .arg(&self.id)
             .stdout(Stdio::null())

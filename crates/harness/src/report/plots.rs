@@ -1,6 +1,7 @@
 //! SVG plots for `--out DIR`: startup distribution per mode, memory per
 //! instance, launch phases (stacked), and the density curves.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
@@ -58,7 +59,7 @@ fn columns<'a, 'b>(
 
 /// Startup samples as a strip plot: one column per mode, every raw sample a dot,
 /// the median a bar.
-fn startup(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
+fn startup(r: &CompareReport, out: &mut String) -> Result<bool, HarnessError> {
     let modes: Vec<_> = r
         .modes
         .iter()
@@ -72,7 +73,7 @@ fn startup(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
         .flat_map(|m| m.raw_ready_ms.iter().chain(m.raw_first_response_ms.iter()))
         .fold(0.0f64, |a, b| a.max(*b))
         * 1.1;
-    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    let root = SVGBackend::with_string(out, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err("startup", e))?;
     let title = match &r.environment.label {
         Some(l) => format!("launch -> ready (ms) — {l}"),
@@ -108,7 +109,7 @@ fn startup(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
 }
 
 /// PSS per instance per mode, as bars.
-fn memory(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
+fn memory(r: &CompareReport, out: &mut String) -> Result<bool, HarnessError> {
     let rows: Vec<(String, f64)> = r
         .modes
         .iter()
@@ -123,7 +124,7 @@ fn memory(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
         return Ok(false);
     }
     let ymax = rows.iter().map(|r| r.1).fold(0.0f64, f64::max) * 1.2;
-    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    let root = SVGBackend::with_string(out, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err("memory", e))?;
     let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     let mut chart = columns(
@@ -171,7 +172,7 @@ fn phase_stack(m: &crate::compare::ModeReport) -> Vec<(String, f64)> {
 
 /// Launch phases as stacked bars, one per mode that has them: the
 /// container's (from launch) beside the microVM's (from monitor start).
-fn phases(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
+fn phases(r: &CompareReport, out: &mut String) -> Result<bool, HarnessError> {
     let rows: Vec<(String, Vec<(String, f64)>)> = r
         .modes
         .iter()
@@ -186,7 +187,7 @@ fn phases(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
         .map(|(_, p)| p.iter().map(|x| x.1).sum::<f64>())
         .fold(0.0f64, f64::max)
         * 1.2;
-    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    let root = SVGBackend::with_string(out, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err("phases", e))?;
     let title = match &r.environment.label {
         Some(l) => format!("launch phases (ms, p50, stacked) — {l}"),
@@ -224,7 +225,7 @@ fn phases(r: &CompareReport, path: &Path) -> Result<bool, HarnessError> {
 }
 
 /// Memory and startup against the number of instances, one line per mode.
-fn density(r: &CompareReport, path: &Path, memory_axis: bool) -> Result<bool, HarnessError> {
+fn density(r: &CompareReport, out: &mut String, memory_axis: bool) -> Result<bool, HarnessError> {
     if r.density.iter().all(|d| d.points.is_empty()) {
         return Ok(false);
     }
@@ -247,7 +248,7 @@ fn density(r: &CompareReport, path: &Path, memory_axis: bool) -> Result<bool, Ha
         .flat_map(|d| d.points.iter().map(val))
         .fold(0.0f64, f64::max)
         * 1.1;
-    let root = SVGBackend::new(path, (W, H)).into_drawing_area();
+    let root = SVGBackend::with_string(out, (W, H)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err("density", e))?;
     let cap = if memory_axis {
         "density: memory (MiB) vs instances"
@@ -303,20 +304,40 @@ fn density_legend(d: &crate::density::DensityReport, memory_axis: bool) -> Strin
 }
 
 /// Write every plot that has data into `dir`; returns the file names written.
+/// Each is drawn in memory, then written with `O_NOFOLLOW`, so a symlink
+/// planted in the output directory is refused, never followed.
 pub fn write_all(r: &CompareReport, dir: &Path) -> Result<Vec<String>, HarnessError> {
     let mut written = vec![];
-    let mut go =
-        |name: &str, f: &dyn Fn(&Path) -> Result<bool, HarnessError>| -> Result<(), HarnessError> {
+    let mut go = |name: &str,
+                  f: &dyn Fn(&mut String) -> Result<bool, HarnessError>|
+     -> Result<(), HarnessError> {
+        let mut svg = String::new();
+        if f(&mut svg)? {
             let p: PathBuf = dir.join(name);
-            if f(&p)? {
-                written.push(name.to_string());
-            }
-            Ok(())
-        };
-    go("startup.svg", &|p| startup(r, p))?;
-    go("memory.svg", &|p| memory(r, p))?;
-    go("phases.svg", &|p| phases(r, p))?;
-    go("density-memory.svg", &|p| density(r, p, true))?;
-    go("density-startup.svg", &|p| density(r, p, false))?;
+            write_nofollow(&p, svg.as_bytes())
+                .map_err(|e| HarnessError::io(format!("write {}", p.display()), e))?;
+            written.push(name.to_string());
+        }
+        Ok(())
+    };
+    go("startup.svg", &|s| startup(r, s))?;
+    go("memory.svg", &|s| memory(r, s))?;
+    go("phases.svg", &|s| phases(r, s))?;
+    go("density-memory.svg", &|s| density(r, s, true))?;
+    go("density-startup.svg", &|s| density(r, s, false))?;
     Ok(written)
+}
+
+/// Creates or truncates `path` without following a symlink at its last
+/// component (`ELOOP`).
+fn write_nofollow(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?
+        .write_all(data)
 }
