@@ -35,7 +35,7 @@
 //! fails). A `--net` launch that finds the workbench busy (another run
 //! holds it) still counts: it must leave nothing either.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -221,9 +221,17 @@ fn leftovers(killed: &[u32], interfaces_before: &[String]) -> Vec<String> {
             }
         }
     }
-    // The workbench namespace may stay only while someone holds its lock.
-    if Path::new("/run/netns/isolab0").exists() && !workbench_lock_held() {
-        left.push("/run/netns/isolab0 without a live owner".into());
+    // A workbench namespace (`isolab0` of `--net` runs, `isolab<pid>` of
+    // compare's) may stay only while someone holds its lock.
+    for e in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if isolab_net::workbench::is_workbench_name(&name) && !workbench_lock_held(&name) {
+            left.push(format!("/run/netns/{name} without a live owner"));
+        }
     }
     for i in isolab_testkit::host_interfaces() {
         if (i.starts_with("iso") || i.starts_with("veth")) && !interfaces_before.contains(&i) {
@@ -233,11 +241,11 @@ fn leftovers(killed: &[u32], interfaces_before: &[String]) -> Vec<String> {
     left
 }
 
-/// Whether a live workbench holds `/run/isolab/net-isolab0.lock`.
-fn workbench_lock_held() -> bool {
+/// Whether a live workbench holds `/run/isolab/net-<name>.lock`.
+fn workbench_lock_held(name: &str) -> bool {
     let Ok(f) = std::fs::OpenOptions::new()
         .write(true)
-        .open("/run/isolab/net-isolab0.lock")
+        .open(format!("/run/isolab/net-{name}.lock"))
     else {
         return false;
     };

@@ -17,8 +17,8 @@ use crate::stats::summarize;
 use crate::HarnessError;
 
 /// The run's workbench, created on first use and removed when the last
-/// holder drops it (a second `bench` holding it at the same time makes
-/// creation fail with `InUse`).
+/// holder drops it; a namespace of this run's own
+/// ([`WorkbenchConfig::per_process`]), so concurrent runs never contend.
 #[derive(Debug, Default)]
 pub struct SharedWorkbench(Mutex<Option<Arc<Workbench>>>);
 
@@ -29,7 +29,7 @@ impl SharedWorkbench {
         if let Some(wb) = slot.as_ref() {
             return Ok(Arc::clone(wb));
         }
-        let wb = Arc::new(Workbench::create(WorkbenchConfig::default())?);
+        let wb = Arc::new(Workbench::create(WorkbenchConfig::per_process())?);
         *slot = Some(Arc::clone(&wb));
         Ok(wb)
     }

@@ -335,7 +335,7 @@ pub fn clean_at_start() -> Cleaned {
             Path::new(BUNDLES_DIR),
             Path::new("/proc"),
         );
-        out.netns = isolab_net::workbench::remove_stale(&Default::default()).unwrap_or(false);
+        out.netns = isolab_net::workbench::remove_stale_all(&Default::default()).unwrap_or(0) > 0;
     });
     out
 }

@@ -145,7 +145,8 @@ impl WorkbenchError {
 }
 
 /// Configuration of the workbench network; [`Default`] gives the documented
-/// defaults.
+/// defaults, [`WorkbenchConfig::per_process`] a workbench of this process's
+/// own.
 #[derive(Debug, Clone)]
 pub struct WorkbenchConfig {
     /// Namespace name (default `isolab0`).
@@ -486,6 +487,60 @@ fn validate(config: &WorkbenchConfig) -> Result<(), WorkbenchError> {
     Ok(())
 }
 
+impl WorkbenchConfig {
+    /// A workbench only this process uses (`isolab<pid>`, bridge
+    /// `isobr<pid>`; the n-th after the first in one process gets `n<n>`
+    /// appended), so runs that create one for their own lifetime (`bench
+    /// compare`, the demos) never wait for each other. The subnet is the
+    /// default one: it exists only inside each workbench's namespace.
+    pub fn per_process() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let pid = std::process::id();
+        let suffix = match NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+            0 => String::new(),
+            n => format!("n{n}"),
+        };
+        WorkbenchConfig {
+            name: format!("isolab{pid}{suffix}"),
+            bridge: format!("isobr{pid}{suffix}"),
+            ..WorkbenchConfig::default()
+        }
+    }
+}
+
+/// Whether `name` is a workbench's namespace name: `isolab` and digits,
+/// optionally `n` and digits (the default `isolab0`, or a
+/// [`WorkbenchConfig::per_process`] one).
+pub fn is_workbench_name(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    name.strip_prefix("isolab")
+        .is_some_and(|rest| match rest.split_once('n') {
+            Some((pid, n)) => digits(pid) && digits(n),
+            None => digits(rest),
+        })
+}
+
+/// [`remove_stale`] for every workbench namespace under `defaults.run_dir`
+/// ([`is_workbench_name`]), with `defaults`' lock directory. Returns how
+/// many were removed.
+pub fn remove_stale_all(defaults: &WorkbenchConfig) -> Result<usize, WorkbenchError> {
+    let Ok(entries) = fs::read_dir(&defaults.run_dir) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if is_workbench_name(&name) {
+            let cfg = WorkbenchConfig {
+                name,
+                ..defaults.clone()
+            };
+            removed += usize::from(remove_stale(&cfg)?);
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes the workbench namespace a killed run left behind, if nobody
 /// holds its lock (a live workbench is left alone). Called at every start,
 /// so a stale `/run/netns/<name>` never outlives the next run of any kind.
@@ -671,6 +726,33 @@ mod tests {
         assert!(remove_stale(&c).unwrap());
         assert!(!ns.exists());
         assert!(!lock_path(&c).exists(), "the lock file is given back");
+    }
+
+    #[test]
+    fn per_process_workbenches_have_valid_names_the_sweep_recognises() {
+        let (a, b) = (
+            WorkbenchConfig::per_process(),
+            WorkbenchConfig::per_process(),
+        );
+        assert_ne!(a.name, b.name);
+        assert_ne!(a.bridge, b.bridge);
+        for c in [&a, &b] {
+            validate(c).unwrap();
+            assert!(is_workbench_name(&c.name), "{}", c.name);
+        }
+        assert!(is_workbench_name("isolab0"));
+        assert!(is_workbench_name("isolab1234n7"));
+        for other in [
+            "isolab",
+            "isolabx",
+            "isolab1a",
+            "docker0",
+            "isolab-1",
+            "isolab12n",
+            "isolabn3",
+        ] {
+            assert!(!is_workbench_name(other), "{other}");
+        }
     }
 
     #[test]
