@@ -9,6 +9,17 @@ fn bench() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bench"))
 }
 
+/// `bench <args>`, which must succeed; its stdout.
+fn bench_ok(args: &[&std::ffi::OsStr]) -> String {
+    let out = bench().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The workload binary beside `bench`, or the skip line.
 fn workload_built(test: &str) -> bool {
     isolab_testkit::require(
@@ -71,19 +82,17 @@ fn markdown_handout_is_written_with_every_section() {
     }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("handout.md");
-    let out = bench()
-        .args([
-            "demo", "all", "--modes", "process", "--format", "markdown", "--out",
-        ])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.stdout.is_empty(), "the handout went to the file");
+    let stdout = bench_ok(&[
+        "demo".as_ref(),
+        "all".as_ref(),
+        "--modes".as_ref(),
+        "process".as_ref(),
+        "--format".as_ref(),
+        "markdown".as_ref(),
+        "--out".as_ref(),
+        file.as_os_str(),
+    ]);
+    assert!(stdout.is_empty(), "the handout went to the file");
     let md = std::fs::read_to_string(&file).unwrap();
     assert!(md.starts_with("# "));
     let release = nix::sys::utsname::uname().unwrap();
@@ -105,16 +114,7 @@ fn table_shows_the_hosts_kernel_in_the_process_column() {
     if !workload_built(test) {
         return;
     }
-    let out = bench()
-        .args(["demo", "kernel", "--modes", "process"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = bench_ok(&["demo", "kernel", "--modes", "process"].map(AsRef::as_ref));
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     assert!(text.contains(boot_id.trim()), "{text}");
     assert!(text.contains("Host unchanged"), "{text}");
@@ -127,16 +127,8 @@ fn capabilities_shows_the_default_container_beside_a_privileged_one() {
     {
         return;
     }
-    let out = bench()
-        .args(["demo", "capabilities", "--modes", "process,container"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text =
+        bench_ok(&["demo", "capabilities", "--modes", "process,container"].map(AsRef::as_ref));
     let row = |label: &str| {
         text.lines()
             .find(|l| l.contains('|') && l.trim_start().starts_with(label))

@@ -66,49 +66,23 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The scenarios: arguments and the longest delay before the kill (ms).
+/// The scenarios: arguments (split at whitespace) and the longest delay
+/// before the kill (ms).
 fn scenario(i: u64) -> (&'static str, Vec<&'static str>, u64) {
-    match i % 3 {
-        0 => (
-            "container",
-            vec!["container", "run", "--workload", "api"],
-            400,
-        ),
+    let (what, args, max_ms) = match i % 3 {
+        0 => ("container", "container run --workload api", 400),
         1 => (
             "container --net",
-            vec![
-                "container",
-                "run",
-                "--workload",
-                "api",
-                "--net",
-                "--requests",
-                "200",
-            ],
+            "container run --workload api --net --requests 200",
             1000,
         ),
         _ => (
             "compare + runc",
-            vec![
-                "compare",
-                "--workload",
-                "api",
-                "--modes",
-                "container",
-                "--peers",
-                "runc",
-                "--runs",
-                "2",
-                "--warmup",
-                "0",
-                "--requests",
-                "5",
-                "--format",
-                "json",
-            ],
+            "compare --workload api --modes container --peers runc --runs 2 --warmup 0 --requests 5 --format json",
             3000,
         ),
-    }
+    };
+    (what, args.split_whitespace().collect(), max_ms)
 }
 
 fn bench() -> Command {
