@@ -35,6 +35,8 @@ pub const DEFAULT_WORKER_MS: u64 = 1000;
 pub const DEFAULT_HOG_STEP_MIB: u64 = 4;
 /// Default size at which `hog` stops by itself.
 pub const DEFAULT_HOG_MAX_MIB: u64 = 512;
+/// Most spinning threads `worker --threads` accepts.
+pub const MAX_WORKER_THREADS: u32 = 256;
 /// `hog` never grows beyond this, whatever `--max-mib` says.
 pub const HOG_HARD_CAP_MIB: u64 = 2048;
 /// Default number of children `forkloop` stops at.
@@ -67,8 +69,9 @@ pub enum Mode {
     Noop,
     /// HTTP JSON API.
     Api { listen: Listen },
-    /// CPU-bound hashing.
-    Worker { limit: WorkerLimit },
+    /// CPU-bound hashing, on `threads` threads (each its own chain; the
+    /// limit applies to each).
+    Worker { limit: WorkerLimit, threads: u32 },
     /// Touched working set plus a key/value HTTP store.
     Cache { mib: u64, listen: Listen },
     /// Memory growth until killed or capped.
@@ -233,7 +236,15 @@ pub fn parse(args: &[String]) -> Result<Mode, UsageError> {
         Workload::Worker => {
             let dur = f.take::<u64>("duration-ms", "a duration in milliseconds")?;
             let count = f.take::<u64>("count", "a number of operations")?;
-            f.finish("--duration-ms or --count")?;
+            let threads = f
+                .take::<u32>("threads", "a number of threads")?
+                .unwrap_or(1);
+            f.finish("--duration-ms or --count, --threads")?;
+            if threads == 0 || threads > MAX_WORKER_THREADS {
+                return Err(UsageError::new(format!(
+                    "workload worker: --threads {threads} is outside 1..={MAX_WORKER_THREADS}"
+                )));
+            }
             let limit = match (dur, count) {
                 (Some(_), Some(_)) => {
                     return Err(UsageError::new(
@@ -244,7 +255,7 @@ pub fn parse(args: &[String]) -> Result<Mode, UsageError> {
                 (None, Some(n)) => WorkerLimit::Count(n),
                 (None, None) => WorkerLimit::DurationMs(DEFAULT_WORKER_MS),
             };
-            Mode::Worker { limit }
+            Mode::Worker { limit, threads }
         }
         Workload::Hog => {
             let step_mib = f
@@ -315,7 +326,8 @@ mod tests {
         assert_eq!(
             p("worker").unwrap(),
             Mode::Worker {
-                limit: WorkerLimit::DurationMs(1000)
+                limit: WorkerLimit::DurationMs(1000),
+                threads: 1
             }
         );
     }
@@ -335,9 +347,18 @@ mod tests {
         assert_eq!(
             p("worker --count 10").unwrap(),
             Mode::Worker {
-                limit: WorkerLimit::Count(10)
+                limit: WorkerLimit::Count(10),
+                threads: 1
             }
         );
+        assert_eq!(
+            p("worker --count 10 --threads 3").unwrap(),
+            Mode::Worker {
+                limit: WorkerLimit::Count(10),
+                threads: 3
+            }
+        );
+        assert!(p("worker --threads 0").is_err());
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub fn run(mode: &Mode) -> Result<Map<String, Value>, WorkloadError> {
             result::object("noop", true)
         }
         Mode::Api { listen } => api::run(listen)?,
-        Mode::Worker { limit } => worker::run(*limit)?,
+        Mode::Worker { limit, threads } => worker::run(*limit, *threads)?,
         Mode::Cache { mib, listen } => cache::run(*mib, listen)?,
         Mode::Hog { step_mib, max_mib } => hog::run(*step_mib, *max_mib)?,
         Mode::Forkloop { max } => forkloop::run(*max)?,

@@ -22,11 +22,10 @@ fn step(block: &mut [u8; 64]) {
     block[32..].copy_from_slice(&d);
 }
 
-/// Runs the work and returns the result object.
-pub fn run(limit: WorkerLimit) -> Result<serde_json::Map<String, Value>, crate::WorkloadError> {
+/// One chain of operations under `limit`, from `start`; its count and
+/// final block.
+fn chain(limit: WorkerLimit, start: Instant) -> (u64, [u8; 64]) {
     let mut block = [0u8; 64];
-    ready::signal()?;
-    let start = Instant::now();
     let mut ops = 0u64;
     match limit {
         WorkerLimit::Count(n) => {
@@ -45,9 +44,32 @@ pub fn run(limit: WorkerLimit) -> Result<serde_json::Map<String, Value>, crate::
             }
         }
     }
+    (ops, block)
+}
+
+/// Runs the work on `threads` threads (each its own chain under `limit`)
+/// and returns the result object; `ops` is the sum, the digest the first
+/// chain's.
+pub fn run(
+    limit: WorkerLimit,
+    threads: u32,
+) -> Result<serde_json::Map<String, Value>, crate::WorkloadError> {
+    ready::signal()?;
+    let start = Instant::now();
+    let (ops, block) = std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads.max(1))
+            .map(|_| s.spawn(move || chain(limit, start).0))
+            .collect();
+        let (mut ops, block) = chain(limit, start);
+        for t in others {
+            ops += t.join().unwrap_or(0);
+        }
+        (ops, block)
+    });
     let secs = start.elapsed().as_secs_f64();
     let mut out = result::object("worker", true);
     out.insert("ops".into(), ops.into());
+    out.insert("threads".into(), threads.into());
     out.insert("elapsed_ms".into(), (secs * 1000.0).into());
     out.insert(
         "ops_per_sec".into(),
@@ -68,10 +90,19 @@ mod tests {
 
     #[test]
     fn count_is_exact_and_deterministic() {
-        let a = run(WorkerLimit::Count(100)).unwrap();
-        let b = run(WorkerLimit::Count(100)).unwrap();
+        let a = run(WorkerLimit::Count(100), 1).unwrap();
+        let b = run(WorkerLimit::Count(100), 1).unwrap();
         assert_eq!(a["ops"], 100);
         assert_eq!(a["digest"], b["digest"]);
-        assert_ne!(a["digest"], run(WorkerLimit::Count(101)).unwrap()["digest"]);
+        assert_ne!(
+            a["digest"],
+            run(WorkerLimit::Count(101), 1).unwrap()["digest"]
+        );
+        let t = run(WorkerLimit::Count(100), 3).unwrap();
+        assert_eq!(
+            (t["ops"].as_u64(), t["threads"].as_u64()),
+            (Some(300), Some(3))
+        );
+        assert_eq!(t["digest"], a["digest"], "every chain is the same chain");
     }
 }
