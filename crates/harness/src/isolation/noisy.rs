@@ -8,17 +8,19 @@
 //! for ready and its first HTTP response, send a short warm-up run
 //! (discarded); then for each neighbour kind: the tenant alone (sequential,
 //! then concurrent), the neighbour launched (same mode, same limits) and
-//! ready, its cgroup watched ([`super::watch`]), the tenant again (same
-//! runs), the neighbour stopped and its fate read; finally the tenant is
-//! stopped. The alone run is repeated before every neighbour so each ratio
-//! compares runs taken minutes, not a whole scenario, apart.
+//! ready, its cgroup watched ([`super::watch`]), the tenant again (the same
+//! runs, repeated and pooled per pattern until the neighbour has run for
+//! [`NeighbourConfig::window_ms`]), the neighbour stopped and its fate read;
+//! finally the tenant is stopped. The alone run is repeated before every
+//! neighbour so each ratio compares runs taken seconds, not a whole
+//! scenario, apart.
 //!
 //! The plain process has no limits, which is the point; its memory and
 //! fork neighbours are capped by the harness: the hog at a fraction
 //! ([`PROCESS_HOG_FRACTION`]) of MemAvailable, the fork loop at the pids
 //! limit as a process-count ceiling, so the host is never at risk.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use isolab_isolation::interference::{interference, Interference, LoadPattern, LoadRun};
 use isolab_isolation::neighbour::{
@@ -106,6 +108,14 @@ pub struct NeighbourConfig {
     /// Requests of the concurrent run, split over `connections`.
     pub concurrent_requests: usize,
     pub connections: u32,
+    /// The tenant's runs beside the neighbour are repeated (and pooled per
+    /// pattern) until the neighbour has run at least this long, so a storm
+    /// has time to meet its limit (a 100 ms CFS period, a hog's growth)
+    /// before it is stopped. Where its cgroup is watched, the rounds go on
+    /// past the window until the limit matching its kind has acted, up to
+    /// `window_max_ms`.
+    pub window_ms: u64,
+    pub window_max_ms: u64,
     #[serde(skip)]
     pub ready_timeout: Duration,
 }
@@ -118,6 +128,8 @@ impl Default for NeighbourConfig {
             sequential_requests: 400,
             concurrent_requests: 400,
             connections: 4,
+            window_ms: 1000,
+            window_max_ms: 10_000,
             ready_timeout: Duration::from_secs(30),
         }
     }
@@ -183,6 +195,8 @@ pub struct NeighbourResult {
     pub tenant_errors: u64,
     /// Tenant requests that failed alone, before it (all patterns).
     pub tenant_errors_alone: u64,
+    /// Rounds of the tenant's runs beside the neighbour (pooled).
+    pub rounds_with: usize,
     pub observation: NeighbourObservation,
     pub fate: NeighbourFate,
     /// The neighbour failed to launch or the comparison failed: why.
@@ -301,6 +315,16 @@ pub fn observe(
     o
 }
 
+/// Whether the limit that matches a neighbour's kind has acted on it.
+pub fn limit_acted(kind: NeighbourKind, o: &NeighbourObservation) -> bool {
+    let n = match kind {
+        NeighbourKind::Cpu => o.throttled_periods,
+        NeighbourKind::Memory => o.oom_kills,
+        NeighbourKind::Fork => o.forks_refused,
+    };
+    n.is_some_and(|n| n > 0)
+}
+
 /// Runs the scenario for the mode of `launcher`. Never fails as a whole:
 /// a mode that cannot run or fails is reported so, with what was measured.
 pub fn run_mode(
@@ -416,6 +440,7 @@ fn one_neighbour(
         interference: vec![],
         tenant_errors: 0,
         tenant_errors_alone: alone.iter().map(|r| r.errors).sum(),
+        rounds_with: 0,
         observation: NeighbourObservation::default(),
         fate: NeighbourFate::Unchecked,
         error: None,
@@ -439,11 +464,32 @@ fn one_neighbour(
         return Ok(result);
     }
     let watch = CgroupWatch::start(&n.host_pids());
-    let with = runs(tenant, cfg, load);
+    let started = Instant::now();
+    let window = Duration::from_millis(cfg.window_ms);
+    let window_max = Duration::from_millis(cfg.window_max_ms.max(cfg.window_ms));
+    let mut rounds = vec![];
+    let with = loop {
+        match runs(tenant, cfg, load) {
+            Ok(r) => rounds.push(r),
+            Err(e) => break Err(e),
+        }
+        let waited = started.elapsed();
+        let met = watch.as_ref().is_none_or(|w| limit_acted(kind, &w.now()));
+        if (waited >= window && met) || waited >= window_max || crate::interrupted() {
+            break Ok(());
+        }
+    };
     let outcome = n.stop();
     let watched = watch.map(CgroupWatch::finish);
-    let with = with?;
+    with?;
     let outcome = outcome?;
+    result.rounds_with = rounds.len();
+    let with: Vec<LoadRun> = (0..alone.len())
+        .filter_map(|i| {
+            let same: Vec<LoadRun> = rounds.iter().map(|r| r[i].clone()).collect();
+            LoadRun::pool(&same)
+        })
+        .collect();
     result.tenant_errors = with.iter().map(|r| r.errors).sum();
     result.observation = observe(&outcome, watched);
     result.fate = NeighbourFate::of(kind, &result.observation);
@@ -511,6 +557,7 @@ mod tests {
             sequential_requests: 50,
             concurrent_requests: 40,
             connections: 4,
+            window_ms: 0,
             ..NeighbourConfig::default()
         }
     }

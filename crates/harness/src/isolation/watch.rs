@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -81,6 +81,7 @@ pub fn sample(dir: &Path, into: &mut NeighbourObservation) {
 #[derive(Debug)]
 pub struct CgroupWatch {
     stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<NeighbourObservation>>,
     handle: JoinHandle<NeighbourObservation>,
 }
 
@@ -101,12 +102,16 @@ impl CgroupWatch {
             return None;
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
+        let seen = Arc::new(Mutex::new(NeighbourObservation::default()));
+        let (flag, shared) = (Arc::clone(&stop), Arc::clone(&seen));
         let handle = std::thread::spawn(move || {
             let mut o = NeighbourObservation::default();
             loop {
                 for d in &dirs {
                     sample(d, &mut o);
+                }
+                if let Ok(mut s) = shared.lock() {
+                    *s = o.clone();
                 }
                 if flag.load(Ordering::SeqCst) {
                     return o;
@@ -114,7 +119,12 @@ impl CgroupWatch {
                 std::thread::sleep(INTERVAL);
             }
         });
-        Some(CgroupWatch { stop, handle })
+        Some(CgroupWatch { stop, seen, handle })
+    }
+
+    /// What has been seen so far.
+    pub fn now(&self) -> NeighbourObservation {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Stops watching; what was seen (one last sample of what still exists
