@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::density::{self, DensityConfig, DensityReport, ParentBudget};
 use crate::env::Environment;
+use crate::isolation::{ModeNeighbours, NeighbourConfig};
 use crate::memory::mem_available;
 use crate::modes::{Context, InstanceMemory, InstanceSpec, Launcher, ModeKind};
 use crate::stats::{summarize, Summary};
@@ -50,6 +51,9 @@ pub struct CompareConfig {
     /// Also run the density scenario for every non-peer mode.
     #[serde(skip)]
     pub density: Option<DensityConfig>,
+    /// Also run the noisy-neighbour scenario for every mode and peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neighbours: Option<NeighbourConfig>,
 }
 
 /// Whether a mode was measured.
@@ -200,6 +204,9 @@ pub struct CompareReport {
     pub method: Vec<String>,
     pub modes: Vec<ModeReport>,
     pub density: Vec<DensityReport>,
+    /// The noisy-neighbour scenario per mode (empty when not asked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub neighbours: Vec<ModeNeighbours>,
 }
 
 /// How a long run reports progress (the CLI draws bars; tests ignore it).
@@ -254,6 +261,14 @@ pub fn run(
         }
     }
     fill_ratios(&mut reports);
+    let neighbours = match cfg.neighbours.as_ref().filter(|_| !interrupted()) {
+        Some(ncfg) => crate::isolation::run_modes(&ctx, &cfg.modes, ncfg, &mut |ev| match ev {
+            crate::isolation::Event::Start(what, n) => progress.start(what, n),
+            crate::isolation::Event::Step(done, msg) => progress.step(done, msg),
+            crate::isolation::Event::Finish => progress.finish(),
+        }),
+        None => vec![],
+    };
     let mut density_reports = vec![];
     if let Some(dcfg) = cfg.density.as_ref().filter(|_| !interrupted()) {
         for &kind in cfg.modes.iter().filter(|k| !k.is_peer()) {
@@ -280,6 +295,7 @@ pub fn run(
         environment: Environment::capture(),
         modes: reports,
         density: density_reports,
+        neighbours,
     })
 }
 
@@ -566,6 +582,9 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
             cfg.requests
         ));
     }
+    if let Some(n) = &cfg.neighbours {
+        v.extend(crate::isolation::method_lines(n));
+    }
     v
 }
 
@@ -593,6 +612,7 @@ mod tests {
             container_loopback: false,
             modes: vec![],
             density: None,
+            neighbours: None,
         }
     }
 

@@ -142,6 +142,9 @@ pub fn compare_args(cfg: &crate::compare::CompareConfig) -> Vec<String> {
             v.extend(["--max-instances".into(), n.to_string()]);
         }
     }
+    if let Some(n) = &cfg.neighbours {
+        v.extend(crate::isolation::cli_args(n));
+    }
     v
 }
 
@@ -198,12 +201,18 @@ mod tests {
                 max_instances: Some(20),
                 ready_timeout: Duration::from_secs(30),
             }),
+            neighbours: Some(crate::isolation::NeighbourConfig {
+                kinds: vec![crate::isolation::NeighbourKind::Memory],
+                ..Default::default()
+            }),
         };
         assert_eq!(
             compare_args(&cfg).join(" "),
             "compare --workload cache --modes process,microvm --peers runc --runs 3 --warmup 1 \
              --requests 10 --ready-timeout 30 --format json --density --budget 1048576K \
-             --max-instances 20"
+             --max-instances 20 --neighbours memory --neighbour-cpus 1 --neighbour-memory 262144K \
+             --neighbour-pids 128 --neighbour-requests 400 --neighbour-connections 4 \
+             --neighbour-window-ms 1000"
         );
         assert_eq!(carried_peers(&cfg), [PeerRuntime::Runc]);
         let all = CompareConfig {

@@ -15,3 +15,95 @@ pub mod watch;
 
 pub use isolab_isolation::neighbour::NeighbourKind;
 pub use noisy::{HostFacts, Limits, ModeNeighbours, NeighbourConfig};
+
+use crate::modes::{Context, ModeKind};
+
+/// Progress of the isolation scenarios (the caller draws it).
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A stage of `n` steps begins.
+    Start(&'a str, usize),
+    /// `done` steps are finished; the text says what runs now.
+    Step(usize, &'a str),
+    Finish,
+}
+
+/// The noisy-neighbour scenario for every mode in `modes`, in order;
+/// stops early on Ctrl-C with what was measured.
+pub fn run_modes(
+    ctx: &Context,
+    modes: &[ModeKind],
+    cfg: &NeighbourConfig,
+    progress: &mut dyn FnMut(Event),
+) -> Vec<ModeNeighbours> {
+    let host = HostFacts::capture();
+    let mut out = vec![];
+    for &kind in modes {
+        let launcher = ctx.launcher(kind);
+        let title = format!("neighbours {}", kind.name());
+        progress(Event::Start(&title, cfg.kinds.len()));
+        out.push(noisy::run_mode(
+            launcher.as_ref(),
+            cfg,
+            &load::ProbeLoad,
+            &host,
+            &mut |done, msg| progress(Event::Step(done, msg)),
+        ));
+        progress(Event::Finish);
+        if crate::interrupted() {
+            break;
+        }
+    }
+    out
+}
+
+/// "How it was measured" lines of the noisy-neighbour scenario.
+pub fn method_lines(cfg: &NeighbourConfig) -> Vec<String> {
+    let l = &cfg.limits;
+    vec![
+        format!(
+            "noisy neighbour: a tenant `api` instance per mode; {} sequential GET /health on one connection and {} over {} concurrent connections, alone, then beside a neighbour instance of the same mode ({}), repeated and pooled until the neighbour ran {} ms and the limit matching its kind acted (at most {} ms); the alone runs are repeated before every neighbour",
+            cfg.sequential_requests,
+            cfg.concurrent_requests,
+            cfg.connections,
+            cfg.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+            cfg.window_ms,
+            cfg.window_max_ms.max(cfg.window_ms),
+        ),
+        format!(
+            "neighbour limits, equal across modes: {} CPU, {} MiB, {} pids (container cgroup; microVM vCPUs and guest RAM); the plain process has none, so the harness caps its hog at MemAvailable/{} and its fork loop at {} processes",
+            l.cpus,
+            l.memory_bytes >> 20,
+            l.pids,
+            noisy::PROCESS_HOG_FRACTION,
+            l.pids
+        ),
+        format!(
+            "interference ratio: tenant p99 with / p99 alone, 95% CI by percentile bootstrap ({} resamples, fixed seed); neighbour fate from its cgroup (cpu.stat nr_throttled, oom_kill, pids.events max), sampled every {} ms while it runs and read at its end, and its exit",
+            isolab_isolation::interference::BOOTSTRAP_RESAMPLES,
+            watch::INTERVAL.as_millis()
+        ),
+    ]
+}
+
+/// The `bench compare` arguments that ask for `cfg` (for the run inside
+/// the emulated host).
+pub fn cli_args(cfg: &NeighbourConfig) -> Vec<String> {
+    let kinds: Vec<&str> = cfg.kinds.iter().map(|k| k.name()).collect();
+    vec![
+        "--neighbours".into(),
+        kinds.join(","),
+        "--neighbour-cpus".into(),
+        cfg.limits.cpus.to_string(),
+        "--neighbour-memory".into(),
+        format!("{}K", cfg.limits.memory_bytes >> 10),
+        "--neighbour-pids".into(),
+        cfg.limits.pids.to_string(),
+        "--neighbour-requests".into(),
+        cfg.sequential_requests.to_string(),
+        "--neighbour-connections".into(),
+        cfg.connections.to_string(),
+        "--neighbour-window-ms".into(),
+        cfg.window_ms.to_string(),
+    ]
+}

@@ -44,6 +44,7 @@ pub fn render_with_plots(r: &CompareReport, plots: &[String]) -> String {
             let _ = writeln!(o, "- {l}");
         }
     }
+    o.push_str(&super::isolation::markdown(r));
     if !plots.is_empty() {
         let _ = writeln!(o, "\n## Plots\n");
         for p in plots {

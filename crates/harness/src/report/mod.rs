@@ -2,6 +2,7 @@
 //! schema), CSV and Markdown, plus SVG plots for `--out DIR`.
 
 pub mod csv;
+pub mod isolation;
 pub mod markdown;
 pub mod plots;
 pub mod table;

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::compare::CompareReport;
 
-fn grid(rows: &[Vec<String>]) -> String {
+pub(crate) fn grid(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -144,6 +144,8 @@ pub fn render(r: &CompareReport) -> String {
             let _ = writeln!(out, "  {l}");
         }
     }
+
+    out.push_str(&super::isolation::table(r));
 
     for (title, lines) in closing_sections(r) {
         if lines.is_empty() {
