@@ -10,6 +10,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use isolab_harness::compare::{self, CompareConfig, CompareReport, Progress};
 use isolab_harness::density::DensityConfig;
+use isolab_harness::isolation::{Limits, NeighbourConfig, NeighbourKind};
 use isolab_harness::modes::ModeKind;
 use isolab_harness::report::{self, Format};
 use isolab_harness::Workload;
@@ -68,6 +69,71 @@ pub struct CompareArgs {
     /// Seconds to wait for an instance to become ready.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub ready_timeout: u64,
+    /// Also measure isolation: every neighbour kind (as --neighbours all).
+    #[arg(long)]
+    pub isolation: bool,
+    /// Noisy-neighbour scenario, comma-separated kinds: cpu, memory, fork; "all" or "none".
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    pub neighbours: Vec<String>,
+    /// CPU limit of tenant and neighbour (containers; microVM vCPUs, rounded up).
+    #[arg(long, default_value = "1", value_parser = args::cpus)]
+    pub neighbour_cpus: f64,
+    /// Memory limit of tenant and neighbour (cgroup; microVM guest RAM): 256M, 1G.
+    #[arg(long, default_value = "256M", value_parser = args::size)]
+    pub neighbour_memory: u64,
+    /// pids.max of tenant and neighbour; the plain process's fork ceiling.
+    #[arg(long, default_value_t = 128)]
+    pub neighbour_pids: u64,
+    /// Requests per tenant run (sequential, and again split over the connections).
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub neighbour_requests: u64,
+    /// Connections of the tenant's concurrent run.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub neighbour_connections: u32,
+    /// Least time the tenant runs beside each neighbour, ms.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub neighbour_window_ms: u64,
+}
+
+/// The noisy-neighbour configuration the arguments ask for, if any.
+fn neighbours(args: &CompareArgs) -> anyhow::Result<Option<NeighbourConfig>> {
+    let mut kinds: Vec<NeighbourKind> = vec![];
+    let all = NeighbourKind::ALL.to_vec();
+    for k in &args.neighbours {
+        match k.trim() {
+            "none" | "" => {}
+            "all" => kinds.extend(&all),
+            k => kinds.push(k.parse().map_err(
+                |e: isolab_harness::isolation::UnknownNeighbour| {
+                    exit::usage(format!("{e}, all or none"))
+                },
+            )?),
+        }
+    }
+    if args.isolation && kinds.is_empty() {
+        kinds = all;
+    }
+    let mut seen = std::collections::HashSet::new();
+    kinds.retain(|k| seen.insert(*k));
+    if kinds.is_empty() {
+        return Ok(None);
+    }
+    let limits = Limits {
+        cpus: args.neighbour_cpus,
+        memory_bytes: args.neighbour_memory,
+        pids: args.neighbour_pids,
+    };
+    limits.validate().map_err(|e| exit::usage(e.to_string()))?;
+    Ok(Some(NeighbourConfig {
+        kinds,
+        limits,
+        sequential_requests: args.neighbour_requests as usize,
+        concurrent_requests: args.neighbour_requests as usize,
+        connections: args.neighbour_connections,
+        window_ms: args.neighbour_window_ms,
+        window_max_ms: (args.neighbour_window_ms * 10).max(10_000),
+        ready_timeout: Duration::from_secs(args.ready_timeout),
+    }))
 }
 
 /// What to measure and how to show it.
@@ -161,6 +227,7 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
                 max_instances: args.max_instances.map(|n| n as usize),
                 ready_timeout,
             }),
+            neighbours: neighbours(args)?,
         },
         format,
         emulated,
@@ -316,6 +383,11 @@ mod tests {
             &["--density", "--max-instances", "10001"],
             &["--format", "yaml"],
             &["--host", "cloud"],
+            &["--neighbours", "cpu,disk"],
+            &["--isolation", "--neighbour-memory", "1M"],
+            &["--isolation", "--neighbour-cpus", "0"],
+            &["--isolation", "--neighbour-pids", "1"],
+            &["--isolation", "--neighbour-memory", "lots"],
         ] {
             let e = plan_of(argv)
                 .err()
@@ -333,5 +405,34 @@ mod tests {
             Some((4 << 30, None)),
             "the cap is derived unless given"
         );
+        let e = plan_of(&["--neighbours", "disk"]).err().unwrap();
+        assert_eq!(
+            format!("{e:#}"),
+            "Unknown neighbour kind \"disk\": choose one of cpu, memory, fork, all or none"
+        );
+    }
+
+    #[test]
+    fn neighbours_are_off_by_default_and_isolation_asks_for_all() {
+        assert!(plan_of(&[]).unwrap().config.neighbours.is_none());
+        let n = plan_of(&["--isolation"])
+            .unwrap()
+            .config
+            .neighbours
+            .unwrap();
+        assert_eq!(n.kinds, NeighbourKind::ALL);
+        assert_eq!(n.limits, Limits::default());
+        let n = plan_of(&[
+            "--neighbours",
+            "fork,memory,fork",
+            "--neighbour-memory",
+            "512M",
+        ])
+        .unwrap()
+        .config
+        .neighbours
+        .unwrap();
+        assert_eq!(n.kinds, [NeighbourKind::Fork, NeighbourKind::Memory]);
+        assert_eq!(n.limits.memory_bytes, 512 << 20);
     }
 }

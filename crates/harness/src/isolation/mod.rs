@@ -14,6 +14,7 @@ pub mod noisy;
 pub mod watch;
 
 pub use isolab_isolation::neighbour::NeighbourKind;
+pub use isolab_isolation::neighbour::UnknownNeighbour;
 pub use noisy::{HostFacts, Limits, ModeNeighbours, NeighbourConfig};
 
 use crate::modes::{Context, ModeKind};
