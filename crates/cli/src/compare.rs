@@ -10,7 +10,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use isolab_harness::compare::{self, CompareConfig, CompareReport, Progress};
 use isolab_harness::density::DensityConfig;
-use isolab_harness::isolation::{Limits, NeighbourConfig, NeighbourKind};
+use isolab_harness::isolation::{Limits, NeighbourConfig, NeighbourKind, SurfaceConfig};
 use isolab_harness::modes::ModeKind;
 use isolab_harness::report::{self, Format};
 use isolab_harness::Workload;
@@ -69,9 +69,15 @@ pub struct CompareArgs {
     /// Seconds to wait for an instance to become ready.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub ready_timeout: u64,
-    /// Also measure isolation: every neighbour kind (as --neighbours all).
+    /// Also measure isolation: every neighbour kind (as --neighbours all) and the attack surface.
     #[arg(long)]
     pub isolation: bool,
+    /// Attack-surface pass: host system calls serving each mode during a request run (ptrace).
+    #[arg(long)]
+    pub attack_surface: bool,
+    /// Requests sent while the attack-surface pass traces.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub surface_requests: u64,
     /// Noisy-neighbour scenario, comma-separated kinds: cpu, memory, fork; "all" or "none".
     #[arg(long, value_delimiter = ',', default_value = "none")]
     pub neighbours: Vec<String>,
@@ -228,6 +234,10 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
                 ready_timeout,
             }),
             neighbours: neighbours(args)?,
+            surface: (args.isolation || args.attack_surface).then(|| SurfaceConfig {
+                requests: args.surface_requests as usize,
+                ready_timeout,
+            }),
         },
         format,
         emulated,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::density::{self, DensityConfig, DensityReport, ParentBudget};
 use crate::env::Environment;
-use crate::isolation::{ModeNeighbours, NeighbourConfig};
+use crate::isolation::{ModeNeighbours, ModeSurface, NeighbourConfig, SurfaceConfig};
 use crate::memory::mem_available;
 use crate::modes::{Context, InstanceMemory, InstanceSpec, Launcher, ModeKind};
 use crate::stats::{summarize, Summary};
@@ -54,6 +54,9 @@ pub struct CompareConfig {
     /// Also run the noisy-neighbour scenario for every mode and peer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub neighbours: Option<NeighbourConfig>,
+    /// Also run the attack-surface pass (host system calls) per mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surface: Option<SurfaceConfig>,
 }
 
 /// Whether a mode was measured.
@@ -207,6 +210,9 @@ pub struct CompareReport {
     /// The noisy-neighbour scenario per mode (empty when not asked for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub neighbours: Vec<ModeNeighbours>,
+    /// The attack-surface pass per mode (empty when not asked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub surface: Vec<ModeSurface>,
 }
 
 /// How a long run reports progress (the CLI draws bars; tests ignore it).
@@ -269,6 +275,14 @@ pub fn run(
         }),
         None => vec![],
     };
+    let surface = match cfg.surface.as_ref().filter(|_| !interrupted()) {
+        Some(scfg) => crate::isolation::surface_modes(&ctx, &cfg.modes, scfg, &mut |ev| match ev {
+            crate::isolation::Event::Start(what, n) => progress.start(what, n),
+            crate::isolation::Event::Step(done, msg) => progress.step(done, msg),
+            crate::isolation::Event::Finish => progress.finish(),
+        }),
+        None => vec![],
+    };
     let mut density_reports = vec![];
     if let Some(dcfg) = cfg.density.as_ref().filter(|_| !interrupted()) {
         for &kind in cfg.modes.iter().filter(|k| !k.is_peer()) {
@@ -296,6 +310,7 @@ pub fn run(
         modes: reports,
         density: density_reports,
         neighbours,
+        surface,
     })
 }
 
@@ -585,6 +600,9 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
     if let Some(n) = &cfg.neighbours {
         v.extend(crate::isolation::method_lines(n));
     }
+    if let Some(s) = &cfg.surface {
+        v.push(crate::isolation::surface_method(s));
+    }
     v
 }
 
@@ -613,6 +631,7 @@ mod tests {
             modes: vec![],
             density: None,
             neighbours: None,
+            surface: None,
         }
     }
 

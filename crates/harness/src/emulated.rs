@@ -145,6 +145,13 @@ pub fn compare_args(cfg: &crate::compare::CompareConfig) -> Vec<String> {
     if let Some(n) = &cfg.neighbours {
         v.extend(crate::isolation::cli_args(n));
     }
+    if let Some(s) = &cfg.surface {
+        v.extend([
+            "--attack-surface".into(),
+            "--surface-requests".into(),
+            s.requests.to_string(),
+        ]);
+    }
     v
 }
 
@@ -205,6 +212,7 @@ mod tests {
                 kinds: vec![crate::isolation::NeighbourKind::Memory],
                 ..Default::default()
             }),
+            surface: Some(crate::isolation::SurfaceConfig::default()),
         };
         assert_eq!(
             compare_args(&cfg).join(" "),
@@ -212,7 +220,7 @@ mod tests {
              --requests 10 --ready-timeout 30 --format json --density --budget 1048576K \
              --max-instances 20 --neighbours memory --neighbour-cpus 1 --neighbour-memory 262144K \
              --neighbour-pids 128 --neighbour-requests 400 --neighbour-connections 4 \
-             --neighbour-window-ms 1000"
+             --neighbour-window-ms 1000 --attack-surface --surface-requests 100"
         );
         assert_eq!(carried_peers(&cfg), [PeerRuntime::Runc]);
         let all = CompareConfig {

@@ -8,14 +8,18 @@
 //!   neighbour's fate).
 //! - [`load`]: the tenant's request runs through the one HTTP probe.
 //! - [`watch`]: a neighbour's cgroup counters, sampled while it runs.
+//! - [`surface`]: the attack-surface pass (host system calls serving an
+//!   instance during a request run, by the `isolab-trace` process).
 
 pub mod load;
 pub mod noisy;
+pub mod surface;
 pub mod watch;
 
 pub use isolab_isolation::neighbour::NeighbourKind;
 pub use isolab_isolation::neighbour::UnknownNeighbour;
 pub use noisy::{HostFacts, Limits, ModeNeighbours, NeighbourConfig};
+pub use surface::{ModeSurface, SurfaceConfig};
 
 use crate::modes::{Context, ModeKind};
 
@@ -56,6 +60,48 @@ pub fn run_modes(
         }
     }
     out
+}
+
+/// The attack-surface pass for every mode in `modes`, in order.
+pub fn surface_modes(
+    ctx: &Context,
+    modes: &[ModeKind],
+    cfg: &SurfaceConfig,
+    progress: &mut dyn FnMut(Event),
+) -> Vec<ModeSurface> {
+    let tracer = surface::TraceProcess {
+        binary: ctx
+            .bins
+            .workload
+            .parent()
+            .map(|d| d.join(surface::TRACE_BIN))
+            .unwrap_or_default(),
+    };
+    let mut out = vec![];
+    for &kind in modes {
+        let launcher = ctx.launcher(kind);
+        let title = format!("syscalls {}", kind.name());
+        progress(Event::Start(&title, 1));
+        out.push(surface::run_mode(
+            launcher.as_ref(),
+            cfg,
+            &load::ProbeLoad,
+            &tracer,
+        ));
+        progress(Event::Finish);
+        if crate::interrupted() {
+            break;
+        }
+    }
+    out
+}
+
+/// "How it was measured" line of the attack-surface pass.
+pub fn surface_method(cfg: &SurfaceConfig) -> String {
+    format!(
+        "host system calls: every host process and thread of an `api` instance per mode (workload, container init, runtime, monitor threads) seized by the isolab-trace process (ptrace seize, following clones/forks) during {} sequential GET /health after a 20-request warm-up; calls counted at syscall entry by name; its own pass, so no timing comes from it",
+        cfg.requests
+    )
 }
 
 /// "How it was measured" lines of the noisy-neighbour scenario.

@@ -10,6 +10,7 @@ use isolab_isolation::neighbour::{NeighbourExit, NeighbourFate};
 
 use crate::compare::CompareReport;
 use crate::isolation::noisy::{ModeNeighbours, NeighbourResult, ScenarioStatus};
+use crate::isolation::ModeSurface;
 
 /// The neighbour's fate in a few words.
 pub fn fate_text(n: &NeighbourResult) -> String {
@@ -92,8 +93,25 @@ fn notes(r: &CompareReport) -> Vec<String> {
 
 const TITLE: &str = "Noisy neighbour (tenant api, latency us; ratio = p99 with / p99 alone)";
 
-/// The terminal section; empty when the scenario did not run.
+/// The terminal sections (noisy neighbour, host system calls); empty when
+/// neither ran.
 pub fn table(r: &CompareReport) -> String {
+    let mut out = neighbours_table(r);
+    if !r.surface.is_empty() {
+        let _ = writeln!(out, "\n{}", surface_title(r));
+        let mut rows = vec![SURFACE_HEADER.iter().map(|s| s.to_string()).collect()];
+        rows.extend(r.surface.iter().filter(measured).map(surface_cells));
+        if rows.len() > 1 {
+            out.push_str(&super::table::grid(&rows));
+        }
+        for l in surface_notes(r) {
+            let _ = writeln!(out, "  - {l}");
+        }
+    }
+    out
+}
+
+fn neighbours_table(r: &CompareReport) -> String {
     if r.neighbours.is_empty() {
         return String::new();
     }
@@ -115,8 +133,32 @@ pub fn table(r: &CompareReport) -> String {
     out
 }
 
-/// The Markdown section; empty when the scenario did not run.
+/// The Markdown sections; empty when neither ran.
 pub fn markdown(r: &CompareReport) -> String {
+    let mut o = neighbours_markdown(r);
+    if !r.surface.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n## {}\n\n| {} |\n|---|{}---|",
+            surface_title(r),
+            SURFACE_HEADER.join(" | "),
+            "---:|".repeat(SURFACE_HEADER.len() - 2)
+        );
+        for m in r.surface.iter().filter(measured) {
+            let _ = writeln!(o, "| {} |", surface_cells(m).join(" | "));
+        }
+        let notes = surface_notes(r);
+        if !notes.is_empty() {
+            o.push('\n');
+            for l in notes {
+                let _ = writeln!(o, "- {l}");
+            }
+        }
+    }
+    o
+}
+
+fn neighbours_markdown(r: &CompareReport) -> String {
     if r.neighbours.is_empty() {
         return String::new();
     }
@@ -137,6 +179,72 @@ pub fn markdown(r: &CompareReport) -> String {
         }
     }
     o
+}
+
+const SURFACE_HEADER: [&str; 7] = [
+    "mode",
+    "processes",
+    "threads",
+    "distinct syscalls",
+    "calls",
+    "calls/request",
+    "most used",
+];
+
+fn surface_title(r: &CompareReport) -> String {
+    let n = r.config.surface.as_ref().map_or(0, |s| s.requests);
+    format!("Host system calls serving the instance ({n} requests; ptrace pass, not timed)")
+}
+
+fn measured(m: &&ModeSurface) -> bool {
+    matches!(m.status, ScenarioStatus::Measured)
+}
+
+fn surface_cells(m: &ModeSurface) -> Vec<String> {
+    let mut top: Vec<(&String, &u64)> = m.syscalls.iter().collect();
+    top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    let top: Vec<String> = top
+        .iter()
+        .take(5)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    vec![
+        m.mode.name().into(),
+        m.processes.to_string(),
+        m.threads.to_string(),
+        m.distinct().to_string(),
+        m.calls().to_string(),
+        if m.requests > 0 {
+            format!("{:.1}", m.calls() as f64 / m.requests as f64)
+        } else {
+            "-".into()
+        },
+        top.join(", "),
+    ]
+}
+
+fn surface_notes(r: &CompareReport) -> Vec<String> {
+    let mut v = vec![];
+    for m in &r.surface {
+        let name = m.mode.name();
+        match &m.status {
+            ScenarioStatus::Measured => {}
+            ScenarioStatus::Unavailable { reason } => {
+                v.push(format!("{name}: not traced: {reason}"))
+            }
+            ScenarioStatus::Failed { error } => v.push(format!("{name}: failed: {error}")),
+        }
+        if m.errors > 0 {
+            v.push(format!(
+                "{name}: {} request(s) failed while traced",
+                m.errors
+            ));
+        }
+        if !m.not_traced.is_empty() {
+            v.push(format!("{name}: not traced: {}", m.not_traced.join("; ")));
+        }
+    }
+    v
 }
 
 #[cfg(test)]
@@ -186,11 +294,13 @@ mod tests {
                 modes: vec![],
                 density: None,
                 neighbours: None,
+                surface: None,
             },
             environment: crate::env::Environment::capture(),
             method: vec![],
             modes: vec![],
             density: vec![],
+            surface: vec![],
             neighbours: vec![
                 ModeNeighbours {
                     mode: ModeKind::Container,
@@ -244,6 +354,60 @@ mod tests {
             "oom_killed"
         );
         assert_eq!(v["neighbours"][1]["status"]["state"], "unavailable");
+    }
+
+    #[test]
+    fn the_surface_section_lists_distinct_calls_and_the_most_used() {
+        let mut m = ModeSurface {
+            mode: ModeKind::Runc,
+            peer: true,
+            status: ScenarioStatus::Measured,
+            processes: 2,
+            threads: 3,
+            not_traced: vec!["77: ESRCH".into()],
+            requests: 10,
+            errors: 0,
+            syscalls: [
+                ("read", 30u64),
+                ("write", 20),
+                ("epoll_wait", 40),
+                ("close", 1),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        };
+        let mut r = report();
+        r.config.surface = Some(crate::isolation::SurfaceConfig {
+            requests: 10,
+            ..Default::default()
+        });
+        r.surface = vec![m.clone()];
+        m.mode = ModeKind::Microvm;
+        m.status = ScenarioStatus::Unavailable {
+            reason: "no hardware KVM".into(),
+        };
+        r.surface.push(m);
+        let t = table(&r);
+        let row = t
+            .lines()
+            .find(|l| l.trim_start().starts_with("runc"))
+            .unwrap();
+        for want in [
+            " 2 ",
+            " 3 ",
+            " 4 ",
+            " 91 ",
+            "9.1",
+            "epoll_wait 40, read 30, write 20, close 1",
+        ] {
+            assert!(row.contains(want), "{want} missing in {row}");
+        }
+        assert!(t.contains("Host system calls serving the instance (10 requests"));
+        assert!(t.contains("runc: not traced: 77: ESRCH"), "{t}");
+        assert!(t.contains("microvm: not traced: no hardware KVM"), "{t}");
+        let md = markdown(&r);
+        assert!(md.contains("| runc | 2 | 3 | 4 | 91 | 9.1 |"), "{md}");
     }
 
     #[test]
