@@ -69,12 +69,15 @@ pub struct CompareArgs {
     /// Seconds to wait for an instance to become ready.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub ready_timeout: u64,
-    /// Also measure isolation: every neighbour kind (as --neighbours all) and the attack surface.
+    /// Also measure isolation: every neighbour kind (as --neighbours all), the attack surface and the posture.
     #[arg(long)]
     pub isolation: bool,
     /// Attack-surface pass: host system calls serving each mode during a request run (ptrace).
     #[arg(long)]
     pub attack_surface: bool,
+    /// Security-posture pass: what each mode's workload and host-side processes hold over the kernel.
+    #[arg(long)]
+    pub posture: bool,
     /// Requests sent while the attack-surface pass traces.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub surface_requests: u64,
@@ -238,6 +241,7 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
                 requests: args.surface_requests as usize,
                 ready_timeout,
             }),
+            posture: args.isolation || args.posture,
         },
         format,
         emulated,

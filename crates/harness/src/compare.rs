@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::density::{self, DensityConfig, DensityReport, ParentBudget};
 use crate::env::Environment;
-use crate::isolation::{ModeNeighbours, ModeSurface, NeighbourConfig, SurfaceConfig};
+use crate::isolation::{ModeNeighbours, ModePosture, ModeSurface, NeighbourConfig, SurfaceConfig};
 use crate::memory::mem_available;
 use crate::modes::{Context, InstanceMemory, InstanceSpec, Launcher, ModeKind};
 use crate::stats::{summarize, Summary};
@@ -57,6 +57,9 @@ pub struct CompareConfig {
     /// Also run the attack-surface pass (host system calls) per mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub surface: Option<SurfaceConfig>,
+    /// Also run the security-posture pass per mode.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub posture: bool,
 }
 
 /// Whether a mode was measured.
@@ -213,6 +216,9 @@ pub struct CompareReport {
     /// The attack-surface pass per mode (empty when not asked for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub surface: Vec<ModeSurface>,
+    /// The security-posture pass per mode (empty when not asked for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub posture: Vec<ModePosture>,
 }
 
 /// How a long run reports progress (the CLI draws bars; tests ignore it).
@@ -283,6 +289,15 @@ pub fn run(
         }),
         None => vec![],
     };
+    let posture = if cfg.posture && !interrupted() {
+        crate::isolation::posture_modes(&ctx, &cfg.modes, cfg.ready_timeout, &mut |ev| match ev {
+            crate::isolation::Event::Start(what, n) => progress.start(what, n),
+            crate::isolation::Event::Step(done, msg) => progress.step(done, msg),
+            crate::isolation::Event::Finish => progress.finish(),
+        })
+    } else {
+        vec![]
+    };
     let mut density_reports = vec![];
     if let Some(dcfg) = cfg.density.as_ref().filter(|_| !interrupted()) {
         for &kind in cfg.modes.iter().filter(|k| !k.is_peer()) {
@@ -311,6 +326,7 @@ pub fn run(
         density: density_reports,
         neighbours,
         surface,
+        posture,
     })
 }
 
@@ -603,6 +619,9 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
     if let Some(s) = &cfg.surface {
         v.push(crate::isolation::surface_method(s));
     }
+    if cfg.posture {
+        v.push(crate::isolation::POSTURE_METHOD.into());
+    }
     v
 }
 
@@ -632,6 +651,7 @@ mod tests {
             density: None,
             neighbours: None,
             surface: None,
+            posture: false,
         }
     }
 

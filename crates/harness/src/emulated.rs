@@ -152,6 +152,9 @@ pub fn compare_args(cfg: &crate::compare::CompareConfig) -> Vec<String> {
             s.requests.to_string(),
         ]);
     }
+    if cfg.posture {
+        v.push("--posture".into());
+    }
     v
 }
 
@@ -213,6 +216,7 @@ mod tests {
                 ..Default::default()
             }),
             surface: Some(crate::isolation::SurfaceConfig::default()),
+            posture: true,
         };
         assert_eq!(
             compare_args(&cfg).join(" "),
@@ -220,7 +224,7 @@ mod tests {
              --requests 10 --ready-timeout 30 --format json --density --budget 1048576K \
              --max-instances 20 --neighbours memory --neighbour-cpus 1 --neighbour-memory 262144K \
              --neighbour-pids 128 --neighbour-requests 400 --neighbour-connections 4 \
-             --neighbour-window-ms 1000 --attack-surface --surface-requests 100"
+             --neighbour-window-ms 1000 --attack-surface --surface-requests 100 --posture"
         );
         assert_eq!(carried_peers(&cfg), [PeerRuntime::Runc]);
         let all = CompareConfig {

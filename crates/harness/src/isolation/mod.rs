@@ -8,17 +8,21 @@
 //!   neighbour's fate).
 //! - [`load`]: the tenant's request runs through the one HTTP probe.
 //! - [`watch`]: a neighbour's cgroup counters, sampled while it runs.
+//! - [`posture`]: the security-posture pass (workload side from `workload
+//!   probe`, host side from the instance's host processes).
 //! - [`surface`]: the attack-surface pass (host system calls serving an
 //!   instance during a request run, by the `isolab-trace` process).
 
 pub mod load;
 pub mod noisy;
+pub mod posture;
 pub mod surface;
 pub mod watch;
 
 pub use isolab_isolation::neighbour::NeighbourKind;
 pub use isolab_isolation::neighbour::UnknownNeighbour;
 pub use noisy::{HostFacts, Limits, ModeNeighbours, NeighbourConfig};
+pub use posture::ModePosture;
 pub use surface::{ModeSurface, SurfaceConfig};
 
 use crate::modes::{Context, ModeKind};
@@ -95,6 +99,30 @@ pub fn surface_modes(
     }
     out
 }
+
+/// The posture pass for every mode in `modes`, in order.
+pub fn posture_modes(
+    ctx: &Context,
+    modes: &[ModeKind],
+    ready_timeout: std::time::Duration,
+    progress: &mut dyn FnMut(Event),
+) -> Vec<ModePosture> {
+    let mut out = vec![];
+    for &kind in modes {
+        let launcher = ctx.launcher(kind);
+        let title = format!("posture {}", kind.name());
+        progress(Event::Start(&title, 1));
+        out.push(posture::run_mode(launcher.as_ref(), ready_timeout));
+        progress(Event::Finish);
+        if crate::interrupted() {
+            break;
+        }
+    }
+    out
+}
+
+/// "How it was measured" line of the posture pass.
+pub const POSTURE_METHOD: &str = "posture: workload side from `workload probe` run in each mode (capabilities, no_new_privs, seccomp, user-namespace mapping, writable /proc/sys, device nodes, host paths; same kernel as the host by boot id); host side from /proc/PID/status of an `api` instance's host processes (effective capabilities that count over the host kernel: those in the initial user namespace)";
 
 /// "How it was measured" line of the attack-surface pass.
 pub fn surface_method(cfg: &SurfaceConfig) -> String {

@@ -10,7 +10,7 @@ use isolab_isolation::neighbour::{NeighbourExit, NeighbourFate};
 
 use crate::compare::CompareReport;
 use crate::isolation::noisy::{ModeNeighbours, NeighbourResult, ScenarioStatus};
-use crate::isolation::ModeSurface;
+use crate::isolation::{ModePosture, ModeSurface};
 
 /// The neighbour's fate in a few words.
 pub fn fate_text(n: &NeighbourResult) -> String {
@@ -108,6 +108,17 @@ pub fn table(r: &CompareReport) -> String {
             let _ = writeln!(out, "  - {l}");
         }
     }
+    if !r.posture.is_empty() {
+        let _ = writeln!(out, "\n{POSTURE_TITLE}");
+        let mut rows = vec![POSTURE_HEADER.iter().map(|s| s.to_string()).collect()];
+        rows.extend(r.posture.iter().filter_map(posture_cells));
+        if rows.len() > 1 {
+            out.push_str(&super::table::grid(&rows));
+        }
+        for l in posture_notes(r) {
+            let _ = writeln!(out, "  - {l}");
+        }
+    }
     out
 }
 
@@ -155,7 +166,106 @@ pub fn markdown(r: &CompareReport) -> String {
             }
         }
     }
+    if !r.posture.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n## {POSTURE_TITLE}\n\n| {} |\n|---|---|{}",
+            POSTURE_HEADER.join(" | "),
+            "---:|".repeat(POSTURE_HEADER.len() - 2)
+        );
+        for c in r.posture.iter().filter_map(posture_cells) {
+            let _ = writeln!(o, "| {} |", c.join(" | "));
+        }
+        let notes = posture_notes(r);
+        if !notes.is_empty() {
+            o.push('\n');
+            for l in notes {
+                let _ = writeln!(o, "- {l}");
+            }
+        }
+    }
     o
+}
+
+const POSTURE_TITLE: &str = "Security posture (workload over the kernel it talks to; host-side processes over the host kernel)";
+
+const POSTURE_HEADER: [&str; 13] = [
+    "mode",
+    "kernel",
+    "caps eff",
+    "bounding",
+    "no_new_privs",
+    "seccomp",
+    "ids",
+    "/proc/sys writable",
+    "devices",
+    "host paths",
+    "host procs",
+    "host root",
+    "host caps",
+];
+
+fn posture_cells(m: &ModePosture) -> Option<Vec<String>> {
+    use isolab_isolation::posture::{KernelRelation, Seccomp};
+    let w = m.workload.as_ref()?;
+    let q = || "?".to_owned();
+    let yes = |b: Option<bool>| b.map_or_else(q, |b| if b { "yes" } else { "no" }.into());
+    let len = |v: &Option<Vec<String>>| v.as_ref().map_or_else(q, |v| v.len().to_string());
+    let kernel = match &w.kernel {
+        KernelRelation::Host => "host's".to_owned(),
+        KernelRelation::Own { release } => {
+            format!("own ({})", release.as_deref().unwrap_or("?"))
+        }
+        KernelRelation::Unknown => q(),
+    };
+    let seccomp = match w.seccomp {
+        Some(Seccomp::Disabled) => "off".to_owned(),
+        Some(Seccomp::Strict) => "strict".into(),
+        Some(Seccomp::Filter) => format!("filter x{}", w.seccomp_filters.unwrap_or(0)),
+        None => q(),
+    };
+    let ids = match w.ids_are_kernel_ids {
+        Some(true) => "kernel's".to_owned(),
+        Some(false) => "mapped".into(),
+        None => q(),
+    };
+    let roots = m
+        .host
+        .iter()
+        .filter(|p| p.is_host_root() == Some(true))
+        .count();
+    let caps = m.host.iter().filter_map(|p| p.host_capabilities()).max();
+    Some(vec![
+        m.mode.name().into(),
+        kernel,
+        w.cap_eff.as_ref().map_or_else(q, |c| c.count.to_string()),
+        w.cap_bnd.as_ref().map_or_else(q, |c| c.count.to_string()),
+        yes(w.no_new_privs),
+        seccomp,
+        ids,
+        len(&w.proc_sys_writable),
+        len(&w.devices),
+        len(&w.host_paths_visible),
+        m.host.len().to_string(),
+        format!("{roots} of {}", m.host.len()),
+        caps.map_or_else(q, |c| c.to_string()),
+    ])
+}
+
+fn posture_notes(r: &CompareReport) -> Vec<String> {
+    let mut v = vec![];
+    for m in &r.posture {
+        match &m.status {
+            ScenarioStatus::Measured => {}
+            ScenarioStatus::Unavailable { reason } => {
+                v.push(format!("{}: not run: {reason}", m.mode.name()))
+            }
+            ScenarioStatus::Failed { error } => {
+                v.push(format!("{}: failed: {error}", m.mode.name()))
+            }
+        }
+    }
+    v
 }
 
 fn neighbours_markdown(r: &CompareReport) -> String {
@@ -295,12 +405,14 @@ mod tests {
                 density: None,
                 neighbours: None,
                 surface: None,
+                posture: false,
             },
             environment: crate::env::Environment::capture(),
             method: vec![],
             modes: vec![],
             density: vec![],
             surface: vec![],
+            posture: vec![],
             neighbours: vec![
                 ModeNeighbours {
                     mode: ModeKind::Container,
