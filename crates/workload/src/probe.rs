@@ -102,6 +102,40 @@ pub struct ProbeReport {
     pub nproc: Option<u64>,
     /// CPUs online in the kernel it sees.
     pub cpus_online: Option<i64>,
+    /// `Seccomp_filters:` of its status (filters attached; Linux 5.9+).
+    pub seccomp_filters: Option<u64>,
+    /// `/proc/self/uid_map` and `gid_map`, verbatim.
+    pub uid_map: Option<String>,
+    pub gid_map: Option<String>,
+    /// Device nodes in `/dev` (names, sorted; directories left out).
+    pub devices: Option<Vec<String>>,
+    /// Each of [`PROC_SYS_CHECKED`]: whether `access(2)` grants it write
+    /// access (a read-only mount or missing permission says no). Asked,
+    /// never opened: no setting is touched.
+    pub proc_sys_writable: std::collections::BTreeMap<String, bool>,
+}
+
+/// Kernel settings whose writability the probe asks about.
+pub const PROC_SYS_CHECKED: [&str; 4] = [
+    "/proc/sys/kernel/hostname",
+    "/proc/sys/kernel/panic",
+    "/proc/sys/vm/drop_caches",
+    "/proc/sys/net/ipv4/ip_forward",
+];
+
+fn devices(fs: &Path) -> Option<Vec<String>> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut v: Vec<String> = std::fs::read_dir(fs.join("dev"))
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            e.file_type()
+                .is_ok_and(|t| t.is_char_device() || t.is_block_device())
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    Some(v)
 }
 
 impl ProbeReport {
@@ -193,6 +227,19 @@ pub fn facts(roots: Roots<'_>) -> ProbeReport {
         cpus_online: nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
             .ok()
             .flatten(),
+        seccomp_filters: num("Seccomp_filters"),
+        uid_map: std::fs::read_to_string(roots.proc.join("self/uid_map")).ok(),
+        gid_map: std::fs::read_to_string(roots.proc.join("self/gid_map")).ok(),
+        devices: devices(roots.fs),
+        proc_sys_writable: PROC_SYS_CHECKED
+            .iter()
+            .map(|p| {
+                let rel = p.trim_start_matches("/proc/");
+                let ok = nix::unistd::access(&roots.proc.join(rel), nix::unistd::AccessFlags::W_OK)
+                    .is_ok();
+                ((*p).to_owned(), ok)
+            })
+            .collect(),
     }
 }
 
@@ -256,6 +303,12 @@ mod tests {
         assert_eq!(m.no_new_privs, Some(1));
         assert_eq!(m.seccomp, Some(2));
         assert_eq!(m.cgroup, Some(vec!["0::/isolab/x".into()]));
+        assert_eq!(m.devices, None, "no /dev in the fake tree");
+        assert_eq!(m.proc_sys_writable.len(), PROC_SYS_CHECKED.len());
+        assert!(
+            !m.proc_sys_writable["/proc/sys/vm/drop_caches"],
+            "absent: not writable"
+        );
         // The JSON keeps the documented shape, and reads back.
         let mut line = result::object("probe", true);
         if let Value::Object(f) = serde_json::to_value(&m).unwrap() {

@@ -221,7 +221,9 @@ fn posture_cells(m: &ModePosture) -> Option<Vec<String>> {
     let seccomp = match w.seccomp {
         Some(Seccomp::Disabled) => "off".to_owned(),
         Some(Seccomp::Strict) => "strict".into(),
-        Some(Seccomp::Filter) => format!("filter x{}", w.seccomp_filters.unwrap_or(0)),
+        Some(Seccomp::Filter) => w
+            .seccomp_filters
+            .map_or_else(|| "filter".into(), |n| format!("filter x{n}")),
         None => q(),
     };
     let ids = match w.ids_are_kernel_ids {
