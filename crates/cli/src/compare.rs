@@ -237,7 +237,7 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
                 ready_timeout,
             }),
             neighbours: neighbours(args)?,
-            surface: (args.isolation || args.attack_surface).then(|| SurfaceConfig {
+            surface: (args.isolation || args.attack_surface).then_some(SurfaceConfig {
                 requests: args.surface_requests as usize,
                 ready_timeout,
             }),
