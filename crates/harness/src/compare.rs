@@ -854,6 +854,9 @@ mod tests {
             environment: Environment::capture(),
             modes: vec![process, r],
             density: vec![],
+            neighbours: vec![],
+            surface: vec![],
+            posture: vec![],
         };
         let json: serde_json::Value = serde_json::from_str(&crate::report::json(&doc)).unwrap();
         assert_eq!(

@@ -403,6 +403,7 @@ mod tests {
                 warmup: 0,
                 requests: 0,
                 ready_timeout: std::time::Duration::from_secs(1),
+                container_loopback: false,
                 modes: vec![],
                 density: None,
                 neighbours: None,

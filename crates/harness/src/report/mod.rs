@@ -327,10 +327,16 @@ mod tests {
                 container_loopback: false,
                 modes: vec![],
                 density: None,
+                neighbours: None,
+                surface: None,
+                posture: false,
             },
             environment: crate::env::Environment::capture(),
             modes: vec![],
             density: vec![density()],
+            neighbours: vec![],
+            surface: vec![],
+            posture: vec![],
         };
         let csv = csv::render(&doc);
         for row in [
