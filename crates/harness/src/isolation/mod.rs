@@ -137,12 +137,12 @@ pub fn method_lines(cfg: &NeighbourConfig) -> Vec<String> {
     let l = &cfg.limits;
     vec![
         format!(
-            "noisy neighbour: a tenant `api` instance per mode; {} sequential GET /health on one connection and {} over {} concurrent connections, alone, then beside a neighbour instance of the same mode ({}), repeated and pooled until the neighbour ran {} ms and the limit matching its kind acted (at most {} ms); the alone runs are repeated before every neighbour",
+            "noisy neighbour: a tenant `api` instance per mode; {} sequential GET /health on one connection and {} over {} concurrent connections, repeated and pooled for {} ms alone, then beside a neighbour instance of the same mode ({}) until the neighbour ran as long and the limit matching its kind acted (at most {} ms); the alone rounds are repeated before every neighbour",
             cfg.sequential_requests,
             cfg.concurrent_requests,
             cfg.connections,
-            cfg.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
             cfg.window_ms,
+            cfg.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
             cfg.window_max_ms.max(cfg.window_ms),
         ),
         format!(

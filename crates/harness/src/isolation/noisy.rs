@@ -7,10 +7,11 @@
 //! Sequence per mode: launch the tenant (the mode's normal limits), wait
 //! for ready and its first HTTP response, send a short warm-up run
 //! (discarded); then for each neighbour kind: the tenant alone (sequential,
-//! then concurrent), the neighbour launched (same mode, same limits) and
-//! ready, its cgroup watched ([`super::watch`]), the tenant again (the same
-//! runs, repeated and pooled per pattern until the neighbour has run for
-//! [`NeighbourConfig::window_ms`]), the neighbour stopped and its fate read;
+//! then concurrent, repeated and pooled per pattern for
+//! [`NeighbourConfig::window_ms`]), the neighbour launched (same mode, same
+//! limits) and ready, its cgroup watched ([`super::watch`]), the tenant
+//! again (the same rounds, until the neighbour has run for the window and
+//! the limit matching its kind acted), the neighbour stopped and its fate read;
 //! finally the tenant is stopped. The alone run is repeated before every
 //! neighbour so each ratio compares runs taken seconds, not a whole
 //! scenario, apart.
@@ -195,7 +196,8 @@ pub struct NeighbourResult {
     pub tenant_errors: u64,
     /// Tenant requests that failed alone, before it (all patterns).
     pub tenant_errors_alone: u64,
-    /// Rounds of the tenant's runs beside the neighbour (pooled).
+    /// Rounds of the tenant's runs beside the neighbour (pooled; the alone
+    /// side runs rounds for the same window first).
     pub rounds_with: usize,
     pub observation: NeighbourObservation,
     pub fate: NeighbourFate,
@@ -422,6 +424,36 @@ fn runs(
         .collect()
 }
 
+/// Rounds of the runs until `window` has passed (at least one), pooled
+/// per pattern.
+fn pooled_rounds(
+    tenant: &dyn Instance,
+    cfg: &NeighbourConfig,
+    load: &dyn TenantLoad,
+    window: Duration,
+) -> Result<Vec<LoadRun>, HarnessError> {
+    let started = Instant::now();
+    let mut rounds = vec![];
+    loop {
+        rounds.push(runs(tenant, cfg, load)?);
+        if started.elapsed() >= window || crate::interrupted() {
+            break;
+        }
+    }
+    Ok(pool(&rounds))
+}
+
+/// Per pattern, every round's run as one.
+fn pool(rounds: &[Vec<LoadRun>]) -> Vec<LoadRun> {
+    let patterns = rounds.first().map_or(0, Vec::len);
+    (0..patterns)
+        .filter_map(|i| {
+            let same: Vec<LoadRun> = rounds.iter().map(|r| r[i].clone()).collect();
+            LoadRun::pool(&same)
+        })
+        .collect()
+}
+
 fn one_neighbour(
     launcher: &dyn Launcher,
     tenant: &mut dyn Instance,
@@ -431,7 +463,9 @@ fn one_neighbour(
     load: &dyn TenantLoad,
     host: &HostFacts,
 ) -> Result<NeighbourResult, HarnessError> {
-    let alone = runs(tenant, cfg, load)?;
+    // The tenant alone for the same window as beside the neighbour, so both
+    // sides pool comparable numbers of rounds from this moment's host.
+    let alone = pooled_rounds(tenant, cfg, load, Duration::from_millis(cfg.window_ms))?;
     let spec = neighbour_spec(kind, isolation, &cfg.limits, host);
     let command = format!("{} {}", spec.workload, spec.args.join(" "));
     let mut result = NeighbourResult {
@@ -484,12 +518,7 @@ fn one_neighbour(
     with?;
     let outcome = outcome?;
     result.rounds_with = rounds.len();
-    let with: Vec<LoadRun> = (0..alone.len())
-        .filter_map(|i| {
-            let same: Vec<LoadRun> = rounds.iter().map(|r| r[i].clone()).collect();
-            LoadRun::pool(&same)
-        })
-        .collect();
+    let with = pool(&rounds);
     result.tenant_errors = with.iter().map(|r| r.errors).sum();
     result.observation = observe(&outcome, watched);
     result.fate = NeighbourFate::of(kind, &result.observation);
