@@ -306,6 +306,11 @@ pub fn observe(
         max(&mut o.oom_kills, Some(s.oom_kills));
         max(&mut o.forks_refused, s.pids_limit_hits);
     }
+    // The fork loop's own report: a fork refused with EAGAIN is a pids
+    // limit acting (its cgroup may be gone before the watch saw the count).
+    if outcome.fact("errno").and_then(|v| v.as_str()) == Some("EAGAIN") {
+        max(&mut o.forks_refused, Some(1));
+    }
     o.capped_by_harness = outcome.fact("capped").and_then(|v| v.as_bool()) == Some(true);
     o.exit = outcome.status.map(|s| {
         if s > 128 {
@@ -804,6 +809,21 @@ mod tests {
             assert!(!e.to_string().contains('\n'));
         }
         Limits::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_fork_loop_that_saw_eagain_was_refused_even_when_its_cgroup_went_unseen() {
+        let r = ended(
+            0,
+            None,
+            Some(serde_json::json!({"workload": "forkloop", "errno": "EAGAIN", "capped": false})),
+        );
+        let o = observe(&r.outcome, None);
+        assert_eq!(o.forks_refused, Some(1));
+        assert_eq!(
+            NeighbourFate::of(NeighbourKind::Fork, &o),
+            NeighbourFate::ForksRefused { refused: 1 }
+        );
     }
 
     #[test]

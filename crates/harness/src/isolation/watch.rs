@@ -21,7 +21,7 @@ use isolab_isolation::neighbour::{
 };
 
 /// Sampling interval of the counters.
-pub const INTERVAL: Duration = Duration::from_millis(20);
+pub const INTERVAL: Duration = Duration::from_millis(5);
 
 /// The cgroup directories of one process under the workbench parent, from
 /// its `/proc/PID/cgroup` text; `root` is the cgroup filesystem root.
