@@ -597,6 +597,9 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
                 .description
         ));
     }
+    for m in &cfg.modes {
+        v.extend(m.info().notes.iter().map(|n| format!("{}: {n}", m.name())));
+    }
     if cfg.workload.serves_http() {
         v.push(format!(
             "first response: launch -> GET /health answered, by one probe for every mode, started at launch on its own thread; it retries every {} us on connection refused, host/network unreachable, a {} ms connect timeout or HTTP 503. Paths: process on host loopback; container {}; crun/runc on loopback inside their own network namespace; microVM and QEMU over virtio-net on the workbench bridge, probed from the ready marker on (the guest has no address before)",

@@ -233,7 +233,7 @@ mod tests {
         };
         assert_eq!(
             carried_peers(&all),
-            [PeerRuntime::Crun, PeerRuntime::Runc],
+            [PeerRuntime::Crun, PeerRuntime::Runc, PeerRuntime::Runsc],
             "qemu-microvm is no container runtime (include_qemu carries it)"
         );
     }

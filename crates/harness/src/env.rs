@@ -124,6 +124,7 @@ impl Environment {
         let tools = [
             ("crun", vec!["--version"]),
             ("runc", vec!["--version"]),
+            ("runsc", vec!["--version"]),
             ("qemu-system-x86_64", vec!["--version"]),
         ]
         .into_iter()

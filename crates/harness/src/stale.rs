@@ -31,8 +31,8 @@ use std::sync::{Mutex, Once};
 pub const OCI_STATE_DIR: &str = "/run/isolab/oci";
 /// Where the OCI peers' bundles are written.
 pub const BUNDLES_DIR: &str = "/run/isolab/bundles";
-/// The runtimes whose state is kept per launcher.
-pub const RUNTIMES: [&str; 2] = ["runc", "crun"];
+/// The runtimes whose state is kept per launcher (gVisor's is `runsc`).
+pub const RUNTIMES: [&str; 3] = ["runc", "crun", "runsc"];
 
 /// Field 22 of `/proc/<pid>/stat`: the start time in clock ticks.
 fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
@@ -88,7 +88,7 @@ pub fn bundle_prefix(runtime: &str) -> String {
 }
 
 /// The watchdog's script: `$1` the launcher's state dir, `$2` the bundles
-/// dir, `$3` the launcher pid. It ignores the terminal's signals (the
+/// dir, `$3` the launcher pid, `$4` the [`RUNTIMES`] (space-separated). It ignores the terminal's signals (the
 /// launcher handles Ctrl-C itself), waits for EOF on stdin, then deletes
 /// every container under the launcher's roots, again and again while a
 /// runtime process still works under a root (a `runc run` caught mid-
@@ -102,11 +102,11 @@ cat >/dev/null
 # through stdin so grep's own command line does not match.
 busy() { printf '%s\n' "$r" | grep -lsF -f - /proc/[0-9]*/cmdline >/dev/null; }
 sweep() {
-  for id in $("$rt" --root "$r" list -q 2>/dev/null); do
+  for id in $("$rt" --root "$r" list --quiet 2>/dev/null); do
     "$rt" --root "$r" delete --force "$id" >/dev/null 2>&1
   done
 }
-for rt in runc crun; do
+for rt in $4; do
   r="$1/$rt"
   [ -d "$r" ] || continue
   command -v "$rt" >/dev/null 2>&1 || continue
@@ -114,15 +114,17 @@ for rt in runc crun; do
   n=0
   while busy && [ $n -lt 200 ]; do sleep 0.1; sweep; n=$((n+1)); done
   sweep
-  busy || [ -n "$("$rt" --root "$r" list -q 2>/dev/null)" ] || rm -rf "$r"
+  busy || [ -n "$("$rt" --root "$r" list --quiet 2>/dev/null)" ] || rm -rf "$r"
 done
 # Cgroups of a container caught mid-create (runtime gone, no state):
 # named after this launcher; kill what is left in them, then remove.
 for i in 1 2 3 4 5; do
   left=
-  for d in /sys/fs/cgroup/isolab/isolab-runc-"$3"-* /sys/fs/cgroup/isolab/isolab-crun-"$3"-* \
-           /sys/fs/cgroup/*/isolab/isolab-runc-"$3"-* /sys/fs/cgroup/*/isolab/isolab-crun-"$3"-*; do
+  for d in /sys/fs/cgroup/isolab/isolab-*-"$3"-* /sys/fs/cgroup/*/isolab/isolab-*-"$3"-*; do
     [ -d "$d" ] || continue
+    ours=
+    for rt in $4; do case "${d##*/}" in isolab-"$rt"-"$3"-*) ours=1;; esac; done
+    [ -n "$ours" ] || continue
     for p in $(cat "$d/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
     rmdir "$d" 2>/dev/null || left=1
   done
@@ -130,7 +132,7 @@ for i in 1 2 3 4 5; do
   sleep 0.2
 done
 rmdir "$1" "${1%/*}" 2>/dev/null
-rm -rf "$2"/isolab-runc-"$3"-* "$2"/isolab-crun-"$3"-*
+for rt in $4; do rm -rf "$2"/isolab-"$rt"-"$3"-*; done
 rmdir "$2" 2>/dev/null
 exit 0
 "#;
@@ -148,6 +150,7 @@ fn start_watchdog(dir: &Path) {
             .arg(dir)
             .arg(BUNDLES_DIR)
             .arg(std::process::id().to_string())
+            .arg(RUNTIMES.join(" "))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -199,7 +202,7 @@ pub fn clean_stale_peers(state_dir: &Path, bundles_dir: &Path, proc_root: &Path)
                 let o = Command::new(&bin)
                     .arg("--root")
                     .arg(root)
-                    .args(["list", "-q"])
+                    .args(["list", "--quiet"])
                     .stderr(Stdio::null())
                     .output()
                     .ok()?;

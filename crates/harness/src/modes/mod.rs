@@ -1,6 +1,6 @@
 //! The ways an instance of the workload is run: the three modes under study
 //! (process, container, microVM) and the peers measured beside them (crun,
-//! runc, QEMU's microvm). Every one is a [`Launcher`] that yields an
+//! runc, QEMU's microvm, gVisor). Every one is a [`Launcher`] that yields an
 //! [`Instance`]; compare, density, the demos and `bench ... run` all go
 //! through this one abstraction, so a new peer is one file here plus its
 //! line in [`MODES`] (and its name in docs/schema/compare.v1.json).
@@ -8,6 +8,7 @@
 pub mod container;
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod gvisor;
 pub mod microvm;
 pub mod oci;
 pub mod process;
@@ -37,6 +38,7 @@ pub enum ModeKind {
     Crun,
     Runc,
     QemuMicrovm,
+    Gvisor,
 }
 
 /// What isolates a mode's instance from the host: decides which limits a
@@ -64,6 +66,9 @@ pub struct ModeInfo {
     pub isolation: Isolation,
     /// The launcher of this mode in a context.
     pub launcher: fn(&Context) -> Box<dyn Launcher>,
+    /// How this mode is measured where it differs from the common method
+    /// (a report's method section lists them for the modes it ran).
+    pub notes: &'static [&'static str],
 }
 
 /// The registry: every mode and peer, in the order reports list them.
@@ -75,6 +80,7 @@ pub const MODES: &[ModeInfo] = &[
         peer: false,
         isolation: Isolation::None,
         launcher: process::launcher,
+        notes: &[],
     },
     ModeInfo {
         kind: ModeKind::Container,
@@ -83,6 +89,7 @@ pub const MODES: &[ModeInfo] = &[
         peer: false,
         isolation: Isolation::Container,
         launcher: container::launcher,
+        notes: &[],
     },
     ModeInfo {
         kind: ModeKind::Microvm,
@@ -91,6 +98,7 @@ pub const MODES: &[ModeInfo] = &[
         peer: false,
         isolation: Isolation::Vm,
         launcher: microvm::launcher,
+        notes: &[],
     },
     ModeInfo {
         kind: ModeKind::Crun,
@@ -99,6 +107,7 @@ pub const MODES: &[ModeInfo] = &[
         peer: true,
         isolation: Isolation::Container,
         launcher: oci::crun,
+        notes: &[],
     },
     ModeInfo {
         kind: ModeKind::Runc,
@@ -107,6 +116,7 @@ pub const MODES: &[ModeInfo] = &[
         peer: true,
         isolation: Isolation::Container,
         launcher: oci::runc,
+        notes: &[],
     },
     ModeInfo {
         kind: ModeKind::QemuMicrovm,
@@ -115,6 +125,17 @@ pub const MODES: &[ModeInfo] = &[
         peer: true,
         isolation: Isolation::Vm,
         launcher: qemu::launcher,
+        notes: &[],
+    },
+    ModeInfo {
+        kind: ModeKind::Gvisor,
+        name: "gvisor",
+        aliases: &["runsc"],
+        peer: true,
+        // Limits as a container's (cgroups); its kernel is gVisor's Sentry.
+        isolation: Isolation::Container,
+        launcher: gvisor::launcher,
+        notes: gvisor::NOTES,
     },
 ];
 
@@ -467,6 +488,7 @@ mod tests {
             ModeKind::Crun,
             ModeKind::Runc,
             ModeKind::QemuMicrovm,
+            ModeKind::Gvisor,
         ];
         assert_eq!(MODES.len(), kinds.len());
         for k in kinds {
@@ -480,7 +502,7 @@ mod tests {
         assert_eq!(ModeKind::parse("vm"), Some(ModeKind::Microvm));
         assert_eq!(ModeKind::parse("docker"), None);
         assert_eq!(ModeKind::names(false), "process, container, microvm");
-        assert_eq!(ModeKind::names(true), "crun, runc, qemu-microvm");
+        assert_eq!(ModeKind::names(true), "crun, runc, qemu-microvm, gvisor");
     }
 
     #[test]

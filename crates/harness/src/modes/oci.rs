@@ -76,14 +76,8 @@ impl Launcher for OciPeer {
         let rt = self.runtime();
         let runtime =
             which(rt).ok_or_else(|| HarnessError::Launch(format!("{rt} is not installed")))?;
-        crate::stale::clean_at_start();
-        let cfg = container_config(&self.bins, spec);
-        let root = crate::stale::oci_root(rt)
-            .map_err(|e| HarnessError::io(format!("create the {rt} state root"), e))?;
-        let id = format!("{}{}", crate::stale::bundle_prefix(rt), next_id());
-        let dir = PathBuf::from(crate::stale::BUNDLES_DIR).join(&id);
-        let bundle = isolab_container::oci::write_bundle(&dir, &cfg, &id)
-            .map_err(|e| HarnessError::Launch(crate::chain(&e)))?;
+        let PeerBundle { root, id, bundle } = peer_bundle(rt, container_config(&self.bins, spec))?;
+        let dir = bundle.dir.clone();
         let mut ready = ReadyPipe::new()?;
         let mut cmd = Command::new(&runtime);
         cmd.arg("--root")
@@ -95,26 +89,7 @@ impl Launcher for OciPeer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // The runtime dies with this launcher (SIGKILL included), so a
-        // `run` caught mid-create never finishes creating a container that
-        // nobody will delete; one already created is deleted by the
-        // launcher's watchdog or the next start (crate::stale).
-        let parent = nix::unistd::getpid();
-        // SAFETY: prctl and getppid are async-signal-safe syscalls; the
-        // closure touches no memory of the parent but a copied pid.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The launcher died before the prctl took effect.
-                if nix::unistd::getppid() != parent {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
-        }
+        die_with_launcher(&mut cmd);
         let (mut child, launched) = match spawn::spawn_with_ready(&mut cmd, &mut ready, &[], &[]) {
             Ok(c) => c,
             Err(e) => {
@@ -137,9 +112,56 @@ impl Launcher for OciPeer {
     }
 }
 
+/// A peer's bundle, written under [`crate::stale::BUNDLES_DIR`], and the
+/// runtime's state root, this launcher's own (watched: [`crate::stale`]).
+pub(crate) struct PeerBundle {
+    pub root: PathBuf,
+    pub id: String,
+    pub bundle: isolab_container::oci::Bundle,
+}
+
+/// Removes what killed launchers left, creates this launcher's state root
+/// for `rt` and writes the bundle of `cfg` as `isolab-<rt>-<pid>-<n>`.
+pub(crate) fn peer_bundle(
+    rt: &str,
+    cfg: isolab_container::ContainerConfig,
+) -> Result<PeerBundle, HarnessError> {
+    crate::stale::clean_at_start();
+    let root = crate::stale::oci_root(rt)
+        .map_err(|e| HarnessError::io(format!("create the {rt} state root"), e))?;
+    let id = format!("{}{}", crate::stale::bundle_prefix(rt), next_id());
+    let dir = PathBuf::from(crate::stale::BUNDLES_DIR).join(&id);
+    let bundle = isolab_container::oci::write_bundle(&dir, &cfg, &id)
+        .map_err(|e| HarnessError::Launch(crate::chain(&e)))?;
+    Ok(PeerBundle { root, id, bundle })
+}
+
+/// The runtime dies with this launcher (SIGKILL included), so a `run`
+/// caught mid-create never finishes creating a container that nobody will
+/// delete; one already created is deleted by the launcher's watchdog or
+/// the next start (crate::stale).
+pub(crate) fn die_with_launcher(cmd: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: prctl and getppid are async-signal-safe syscalls; the
+    // closure touches no memory of the parent but a copied pid.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The launcher died before the prctl took effect.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Remove a bundle, then its parent directories while they are empty, so
 /// nothing of ours stays under /run.
-fn remove_bundle(dir: &Path) {
+pub(crate) fn remove_bundle(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
     let mut p = dir.parent();
     while let Some(d) = p.filter(|d| d.starts_with("/run/isolab")) {
