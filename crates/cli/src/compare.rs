@@ -17,6 +17,14 @@ use isolab_harness::Workload;
 
 use crate::{args, emulated, exit, paths};
 
+/// `--peers`' help, from the registry, so a new peer needs no change here.
+fn peers_help() -> String {
+    format!(
+        "Peers measured the same way, comma-separated: {}; \"all\" or \"none\"",
+        ModeKind::names(true)
+    )
+}
+
 /// Arguments of `bench compare`.
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
@@ -30,8 +38,8 @@ pub struct CompareArgs {
         default_value = "process,container,microvm"
     )]
     pub modes: Vec<String>,
-    /// Peers measured the same way, comma-separated: crun, runc, qemu-microvm; "all" or "none".
-    #[arg(long, value_delimiter = ',', default_value = "all")]
+    // Peers measured the same way: the help names the registry's.
+    #[arg(long, value_delimiter = ',', default_value = "all", help = peers_help())]
     pub peers: Vec<String>,
     /// Measured runs per mode.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -372,7 +380,8 @@ mod tests {
                 "microvm",
                 "crun",
                 "runc",
-                "qemu-microvm"
+                "qemu-microvm",
+                "gvisor"
             ]
         );
         assert_eq!(p.config.workload, Workload::Api);

@@ -52,7 +52,7 @@ use crate::HarnessError;
 /// How its figures differ from the other modes' (the report's method).
 pub(crate) const NOTES: &[&str] = &[
     "runsc --platform=ptrace (the kvm platform does not run on this host), on the same OCI bundle as runc minus its network namespace and ISOLAB_READY_FD",
-    "seccomp: the bundle's profile is not applied inside the sandbox (runsc 20221219's --oci-seccomp answers clone3 with EPERM instead of the profile's ENOSYS, and the workload cannot start threads); the workload's system calls go to gVisor's Sentry, which runs under runsc's own host seccomp filter",
+    "seccomp: the bundle's profile is not applied inside the sandbox (runsc 20221219's --oci-seccomp answers clone3 with EPERM instead of the profile's ENOSYS, and the workload cannot start threads); the workload's system calls go to gVisor's Sentry, which runs under runsc's own host seccomp filter (so the container profile line's seccomp does not hold for gvisor; its capabilities do)",
     "ready: runsc has no --preserve-fds, so there is no ready byte: ready is the first HTTP response (api; so first response = ready) or the exit of runsc run (workloads that end by themselves: ready includes the whole run)",
     "network: --network=host inside a network namespace the launcher creates (loopback only): the sandbox's sockets are the host kernel's network stack in that namespace, not gVisor's netstack (--network=sandbox does not work on this host kernel)",
     "pids: a pids limit below 64 is raised to 64 (the Sentry's threads and ptrace stubs count in it); memory: PSS/USS over runsc run, its gofer and sandbox (the Sentry) and their stubs",
