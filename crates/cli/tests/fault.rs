@@ -7,8 +7,9 @@
 //! 1. `bench container run --workload api` (serves until killed);
 //! 2. `bench container run --workload api --net` (the workbench namespace,
 //!    a veth, the HTTP probe);
-//! 3. `bench compare --modes container --peers runc` (our container and a
-//!    runc peer under the launcher's own `--root`, with its watchdog).
+//! 3. `bench compare --modes container --peers runc,gvisor` (our container,
+//!    a runc peer and a gVisor sandbox under the launcher's own `--root`s,
+//!    with its watchdog; gVisor only where runsc is installed).
 //!
 //! Each is SIGKILLed (by its pid) after a delay drawn from a seeded
 //! splitmix64 ([`SEED`], or `ISOLAB_FAULT_SEED`), uniform over roughly
@@ -77,8 +78,8 @@ fn scenario(i: u64) -> (&'static str, Vec<&'static str>, u64) {
             1000,
         ),
         _ => (
-            "compare + runc",
-            "compare --workload api --modes container --peers runc --runs 2 --warmup 0 --requests 5 --format json",
+            "compare + peers",
+            "compare --workload api --modes container --peers runc,gvisor --runs 2 --warmup 0 --requests 5 --format json",
             3000,
         ),
     };
@@ -95,11 +96,12 @@ fn bench() -> Command {
 }
 
 /// Names a killed launcher `pid` gives its instances.
-fn marks(pid: u32) -> [String; 3] {
+fn marks(pid: u32) -> [String; 4] {
     [
         format!("c{pid}-"),
         format!("isolab-runc-{pid}-"),
         format!("isolab-crun-{pid}-"),
+        format!("isolab-runsc-{pid}-"),
     ]
 }
 

@@ -140,6 +140,18 @@ fn gvisor_serves_api_on_its_first_response_and_stop_kills_the_sandbox() {
     assert!(inst.memory().pss > 0, "the sandbox's memory is measured");
     assert!(!our_runsc_processes().is_empty(), "ps sees the sandbox");
     let out = inst.stop().expect("stops");
+    assert_eq!(
+        out.status,
+        Some(0),
+        "SIGTERM reached the workload through runsc's control socket \
+         (in the sandbox's network namespace): {:?}",
+        out.stderr_tail
+    );
+    assert_eq!(
+        out.fact("workload").and_then(|v| v.as_str()),
+        Some("api"),
+        "it printed its result line on the way out"
+    );
     assert!(!out.timed_out);
     assert_nothing_left(&pids);
 }

@@ -32,6 +32,7 @@
 //! it) and SIGKILLs any of its host processes still left.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
@@ -40,7 +41,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::container::{container_config, not_root, CONTAINER_PORT};
-use super::oci::{die_with_launcher, peer_bundle, remove_bundle, PeerBundle};
+use super::oci::{die_with_launcher, peer_bundle, remove_bundle, runtime_cmd, PeerBundle};
 use super::spawn::{self, drain, drained, shell_status, terminate, which};
 use super::{
     Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec, Launcher,
@@ -122,6 +123,7 @@ impl Launcher for Gvisor {
                 return Err(HarnessError::io("spawn runsc", e));
             }
         };
+        let netns = std::fs::File::open(format!("/proc/{}/ns/net", child.id())).ok();
         Ok(Box::new(GvisorInstance {
             runsc,
             root,
@@ -135,6 +137,7 @@ impl Launcher for Gvisor {
             http: spec.workload.serves_http(),
             exited_at: None,
             out: None,
+            netns,
         }))
     }
 }
@@ -211,18 +214,42 @@ struct GvisorInstance {
     exited_at: Option<Instant>,
     /// Its stdout, once read to the end at the exit.
     out: Option<String>,
+    /// The network namespace made for it (runsc's control socket is there).
+    netns: Option<std::fs::File>,
 }
 
 impl GvisorInstance {
-    fn rt(&self, args: &[&str]) {
-        let _ = Command::new(&self.runsc)
-            .arg("--root")
-            .arg(&self.root)
-            .args(args)
-            .arg(&self.id)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+    /// `runsc kill <id> <signal>` (the id comes first).
+    fn kill(&self, signal: &str) {
+        self.control(&["kill", &self.id, signal]);
+    }
+
+    /// `runsc delete --force <id>`.
+    fn delete(&self) {
+        self.control(&["delete", "--force", &self.id]);
+    }
+
+    /// Runs a runsc command in the sandbox's network namespace: its control
+    /// server listens on an abstract unix socket, which exists only there
+    /// (from outside, `kill` gets "connection refused"; `delete --force`
+    /// still kills the sandbox by pid, which the watchdog relies on).
+    fn control(&self, args: &[&str]) {
+        let mut cmd = runtime_cmd(&self.runsc, &self.root, args);
+        if let Some(ns) = &self.netns {
+            let fd = ns.as_raw_fd();
+            // SAFETY: setns is an async-signal-safe syscall on an fd this
+            // process keeps open for the duration of the spawn.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let _ = cmd.status();
     }
 
     fn pid(&self) -> Option<u32> {
@@ -243,14 +270,14 @@ impl GvisorInstance {
     /// Kill, delete, and SIGKILL whatever of the sandbox's host processes
     /// (`host` from before the kill) still runs under our root.
     fn tear_down(&mut self, host: &[u32]) {
-        self.rt(&["kill", "KILL"]);
+        self.kill("KILL");
         if let Some(pid) = self.pid() {
             terminate(pid, Duration::from_millis(500));
         }
         if let Some(c) = self.child.as_mut() {
             let _ = c.wait();
         }
-        self.rt(&["delete", "--force"]);
+        self.delete();
         let root = self.root.as_os_str().as_encoded_bytes().to_vec();
         for &p in host {
             let ours = std::fs::read(format!("/proc/{p}/cmdline"))
@@ -388,7 +415,7 @@ impl Instance for GvisorInstance {
     }
 
     fn stop(mut self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
-        self.rt(&["kill", "TERM"]);
+        self.kill("TERM");
         let end = Instant::now() + Duration::from_secs(3);
         while Instant::now() < end && !self.exited() {
             std::thread::sleep(Duration::from_millis(5));

@@ -159,6 +159,24 @@ pub(crate) fn die_with_launcher(cmd: &mut Command) {
     }
 }
 
+/// `<runtime> --root <root> <args>`, quietly: best effort (its status is
+/// not needed: what it could not remove the watchdog or the next start
+/// does).
+pub(crate) fn runtime_do(runtime: &Path, root: &Path, args: &[&str]) {
+    let _ = runtime_cmd(runtime, root, args).status();
+}
+
+/// The command of [`runtime_do`], to adjust before running it.
+pub(crate) fn runtime_cmd(runtime: &Path, root: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(runtime);
+    c.arg("--root")
+        .arg(root)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
 /// Remove a bundle, then its parent directories while they are empty, so
 /// nothing of ours stays under /run.
 pub(crate) fn remove_bundle(dir: &Path) {
@@ -192,15 +210,14 @@ struct OciInstance {
 }
 
 impl OciInstance {
-    fn rt(&self, args: &[&str]) {
-        let _ = Command::new(&self.runtime)
-            .arg("--root")
-            .arg(&self.root)
-            .args(args)
-            .arg(&self.id)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+    /// `<runtime> kill <id> <signal>` (the id comes first).
+    fn kill(&self, signal: &str) {
+        runtime_do(&self.runtime, &self.root, &["kill", &self.id, signal]);
+    }
+
+    /// `<runtime> delete --force <id>`.
+    fn delete(&self) {
+        runtime_do(&self.runtime, &self.root, &["delete", "--force", &self.id]);
     }
 
     fn finish(&mut self, timed_out: bool) -> Result<InstanceOutcome, HarnessError> {
@@ -210,7 +227,7 @@ impl OciInstance {
             .map_err(|e| HarnessError::io("wait for the runtime", e))?;
         let out = drained(self.stdout.take());
         let err = drained(self.stderr.take());
-        self.rt(&["delete", "--force"]);
+        self.delete();
         remove_bundle(&self.bundle_dir);
         Ok(InstanceOutcome {
             status: shell_status(st),
@@ -225,10 +242,10 @@ impl OciInstance {
 impl Drop for OciInstance {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            self.rt(&["kill", "KILL"]);
+            self.kill("KILL");
             let _ = c.kill();
             let _ = c.wait();
-            self.rt(&["delete", "--force"]);
+            self.delete();
             remove_bundle(&self.bundle_dir);
         }
     }
@@ -286,7 +303,7 @@ impl Instance for OciInstance {
     }
 
     fn stop(mut self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
-        self.rt(&["kill", "TERM"]);
+        self.kill("TERM");
         let pid = self.child.as_ref().map(|c| c.id()).unwrap_or(0);
         let end = Instant::now() + Duration::from_secs(3);
         while Instant::now() < end {
@@ -297,7 +314,7 @@ impl Instance for OciInstance {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        self.rt(&["kill", "KILL"]);
+        self.kill("KILL");
         terminate(pid, Duration::from_millis(500));
         self.finish(false)
     }
@@ -311,7 +328,7 @@ impl Instance for OciInstance {
                 }
             }
             if Instant::now() > end || crate::interrupted() {
-                self.rt(&["kill", "KILL"]);
+                self.kill("KILL");
                 return self.finish(true);
             }
             std::thread::sleep(Duration::from_millis(1));
