@@ -81,7 +81,7 @@ fn json_validates_against_schema_and_out_writes_report_and_plots() {
             "--modes",
             "process,container,microvm",
             "--peers",
-            "runc,crun,qemu-microvm",
+            "runc,crun,qemu-microvm,gvisor",
             "--format",
             "json",
         ])
@@ -150,7 +150,7 @@ fn json_validates_against_schema_and_out_writes_report_and_plots() {
         Some(1.0)
     );
     // A peer is measured, or says why not: never silently dropped.
-    for p in ["microvm", "runc", "crun", "qemu-microvm"] {
+    for p in ["microvm", "runc", "crun", "qemu-microvm", "gvisor"] {
         let r = find(p);
         match r["status"]["state"].as_str().unwrap() {
             "measured" => assert!(!r["raw_ready_ms"].as_array().unwrap().is_empty()),
