@@ -62,6 +62,27 @@ pub struct CompareConfig {
     pub posture: bool,
 }
 
+#[cfg(test)]
+impl CompareConfig {
+    /// The smallest configuration for unit tests: one run, no warm-up, no
+    /// requests, no scenarios.
+    pub(crate) fn for_tests(workload: Workload) -> Self {
+        CompareConfig {
+            workload,
+            runs: 1,
+            warmup: 0,
+            requests: 0,
+            ready_timeout: Duration::from_secs(1),
+            container_loopback: false,
+            modes: vec![],
+            density: None,
+            neighbours: None,
+            surface: None,
+            posture: false,
+        }
+    }
+}
+
 /// Whether a mode was measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -644,17 +665,9 @@ mod tests {
 
     fn cfg(workload: Workload, warmup: usize, runs: usize) -> CompareConfig {
         CompareConfig {
-            workload,
             runs,
             warmup,
-            requests: 0,
-            ready_timeout: Duration::from_secs(1),
-            container_loopback: false,
-            modes: vec![],
-            density: None,
-            neighbours: None,
-            surface: None,
-            posture: false,
+            ..CompareConfig::for_tests(workload)
         }
     }
 

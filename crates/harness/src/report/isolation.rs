@@ -362,7 +362,6 @@ fn surface_notes(r: &CompareReport) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compare::CompareConfig;
     use crate::isolation::noisy::Limits;
     use crate::modes::ModeKind;
     use crate::Workload;
@@ -397,19 +396,7 @@ mod tests {
         CompareReport {
             schema: crate::compare::SCHEMA.into(),
             created_unix: 0,
-            config: CompareConfig {
-                workload: Workload::Api,
-                runs: 1,
-                warmup: 0,
-                requests: 0,
-                ready_timeout: std::time::Duration::from_secs(1),
-                container_loopback: false,
-                modes: vec![],
-                density: None,
-                neighbours: None,
-                surface: None,
-                posture: false,
-            },
+            config: crate::compare::CompareConfig::for_tests(Workload::Api),
             environment: crate::env::Environment::capture(),
             method: vec![],
             modes: vec![],
