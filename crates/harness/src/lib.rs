@@ -13,6 +13,7 @@ pub mod demo;
 pub mod density;
 pub mod emulated;
 pub mod env;
+pub mod image;
 pub mod isolation;
 pub mod memory;
 pub mod modes;

@@ -88,6 +88,7 @@ impl Launcher for ContainerLauncher {
     }
 
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
+        super::refuse_image(ModeKind::Container, spec)?;
         let cfg = container_config(&self.bins, spec);
         let hook = if on_workbench(spec) {
             Some(VethHook::new(self.network.get()?))

@@ -90,6 +90,7 @@ impl Launcher for Gvisor {
     }
 
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
+        super::refuse_image(ModeKind::Gvisor, spec)?;
         let runsc = which(RUNSC)
             .ok_or_else(|| HarnessError::Launch("gVisor's runsc is not installed".into()))?;
         let mut cfg = container_config(&self.bins, spec);

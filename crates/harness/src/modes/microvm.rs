@@ -316,6 +316,7 @@ impl Launcher for MicrovmLauncher {
     }
 
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
+        super::refuse_image(ModeKind::Microvm, spec)?;
         let guest = self
             .guest
             .as_ref()

@@ -25,6 +25,7 @@ use isolab_microvm::VmReport;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::image::ImageWorkload;
 use crate::net::SharedWorkbench;
 use crate::{HarnessError, Workload};
 
@@ -217,6 +218,11 @@ pub struct InstanceSpec {
     /// on the workbench bridge (the default, as Docker attaches
     /// containers). Density runs always use loopback.
     pub loopback_http: bool,
+    /// A user's image or bundle to run instead of the built-in workload
+    /// (`--image`, `--bundle`); `workload` then only names the kind of
+    /// run. Modes that cannot run one yet refuse it with
+    /// [`refuse_image`].
+    pub image: Option<Arc<ImageWorkload>>,
 }
 
 impl InstanceSpec {
@@ -234,6 +240,7 @@ impl InstanceSpec {
             keep_stderr: false,
             join_cgroups: vec![],
             loopback_http: false,
+            image: None,
         }
     }
 
@@ -353,6 +360,19 @@ pub trait Instance: Send {
     /// Wait for a workload that ends by itself (noop, worker, probe...);
     /// past `timeout` it is killed; then clean up.
     fn wait_exit(self: Box<Self>, timeout: Duration) -> Result<InstanceOutcome, HarnessError>;
+}
+
+/// The error of a mode that cannot run a user's image yet, or `Ok` when
+/// the spec holds none.
+pub fn refuse_image(kind: ModeKind, spec: &InstanceSpec) -> Result<(), HarnessError> {
+    match &spec.image {
+        None => Ok(()),
+        Some(i) => Err(HarnessError::Config(format!(
+            "{} cannot run an image ({}) yet; leave it out with --modes/--peers",
+            kind.name(),
+            i.label
+        ))),
+    }
 }
 
 /// Starts instances of one mode.

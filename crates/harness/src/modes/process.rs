@@ -57,6 +57,7 @@ impl Launcher for ProcessLauncher {
     }
 
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
+        super::refuse_image(ModeKind::Process, spec)?;
         let port = if spec.workload.serves_http() {
             spawn::free_port()?
         } else {

@@ -69,6 +69,7 @@ impl Launcher for QemuPeer {
     }
 
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
+        super::refuse_image(ModeKind::QemuMicrovm, spec)?;
         let guest = self
             .guest
             .as_ref()
