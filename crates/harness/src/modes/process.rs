@@ -3,17 +3,24 @@
 //! It is reaped with `wait4`, so the kernel's peak RSS and CPU time of
 //! exactly that process come back with its status.
 
+use std::ffi::CString;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::image_ready::{self, OutputScan};
 use super::spawn::{self, drain, drained, READY_FD};
 use super::{
     Binaries, Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
     Launcher, ModeKind,
 };
+use crate::image::ImageWorkload;
 use crate::memory::process_tree;
 use crate::ready::{ReadyEvent, ReadyPipe};
 use crate::HarnessError;
@@ -57,7 +64,9 @@ impl Launcher for ProcessLauncher {
     }
 
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
-        super::refuse_image(ModeKind::Process, spec)?;
+        if let Some(image) = &spec.image {
+            return launch_image(image, spec);
+        }
         let port = if spec.workload.serves_http() {
             spawn::free_port()?
         } else {
@@ -80,10 +89,120 @@ impl Launcher for ProcessLauncher {
             pid: child.id(),
             stdout: Some(drain(child.stdout.take())),
             stderr: Some(drain(child.stderr.take())),
-            ready,
+            ready: Some(ready),
             launched,
             port: spec.workload.serves_http().then_some(port),
+            image: None,
         }))
+    }
+}
+
+/// An image's program, chrooted into its unpacked rootfs with its
+/// environment, working directory and user; no namespaces, no cgroup (the
+/// baseline). It shares the host's network namespace, so it is reached on
+/// host loopback at the port it listens on. Its writes land in the
+/// unpacked rootfs itself (there is no overlay in this mode).
+fn launch_image(
+    image: &Arc<ImageWorkload>,
+    spec: &InstanceSpec,
+) -> Result<Box<dyn Instance>, HarnessError> {
+    let run = &image.run;
+    let program = image_ready::program_in_root(run)?;
+    let cstr = |what: &str, s: &[u8]| {
+        CString::new(s).map_err(|_| HarnessError::Config(format!("{what} contains a NUL byte")))
+    };
+    let root = cstr("the rootfs path", run.rootfs.as_os_str().as_bytes())?;
+    let cwd = cstr("the working directory", run.cwd.as_bytes())?;
+    let (uid, gid, groups) = (run.uid, run.gid, run.additional_gids.clone());
+    let procs: Vec<std::fs::File> = spec
+        .join_cgroups
+        .iter()
+        .map(|f| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(f)
+                .map_err(|e| HarnessError::io(format!("open {}", f.display()), e))
+        })
+        .collect::<Result<_, _>>()?;
+    let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
+    let mut cmd = Command::new(&program);
+    cmd.arg0(&run.args[0])
+        .args(&run.args[1..])
+        .env_clear()
+        .envs(run.env.iter().filter_map(|e| e.split_once('=')))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec only async-signal-safe system calls
+    // run (prctl, write, chroot, chdir, setgroups, setgid, setuid) on
+    // memory prepared before the fork (the CStrings and the group list,
+    // moved into the closure, and the procs files the parent keeps open
+    // until after the spawn).
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |rc: libc::c_int| {
+                if rc < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            };
+            // The program dies with us: nothing of an image outlives bench.
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+            for &fd in &procs_fds {
+                check(libc::write(fd, b"0".as_ptr().cast(), 1) as libc::c_int)?;
+            }
+            check(libc::chroot(root.as_ptr()))?;
+            check(libc::chdir(c"/".as_ptr()))?;
+            // Docker creates a missing working directory; a failure here
+            // shows at the chdir.
+            libc::mkdir(cwd.as_ptr(), 0o755);
+            check(libc::chdir(cwd.as_ptr()))?;
+            check(libc::setgroups(groups.len(), groups.as_ptr()))?;
+            check(libc::setgid(gid))?;
+            check(libc::setuid(uid))
+        });
+    }
+    let launched = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| HarnessError::io(format!("start {program} in {}", run.rootfs.display()), e))?;
+    drop(procs);
+    let scan = OutputScan::new(&image.ready);
+    Ok(Box::new(ProcessInstance {
+        pid: child.id(),
+        stdout: Some(scan.drain(child.stdout.take())),
+        stderr: Some(scan.drain(child.stderr.take())),
+        ready: None,
+        launched,
+        port: None,
+        image: Some((Arc::clone(image), scan)),
+    }))
+}
+
+/// `waitid(WNOWAIT)`: whether `pid` has exited, without reaping it.
+pub(crate) fn has_exited(pid: u32) -> Result<bool, HarnessError> {
+    // SAFETY: zeroed siginfo is a valid value of a plain C struct.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `info` is a live local; `pid` is our own child.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(HarnessError::io("wait for the workload", e));
+        }
+        // SAFETY: waitid filled `info` (si_pid stays 0 while it runs).
+        return Ok(unsafe { info.si_pid() } != 0);
     }
 }
 
@@ -92,9 +211,12 @@ struct ProcessInstance {
     pid: u32,
     stdout: Option<JoinHandle<String>>,
     stderr: Option<JoinHandle<String>>,
-    ready: ReadyPipe,
+    /// The built-in workload's ready pipe (`None` for an image).
+    ready: Option<ReadyPipe>,
     launched: Instant,
     port: Option<u16>,
+    /// An image's program and its scanned output.
+    image: Option<(Arc<ImageWorkload>, OutputScan)>,
 }
 
 /// Status, peak RSS (KiB) and CPU time (µs) of a reaped child.
@@ -160,7 +282,28 @@ impl Instance for ProcessInstance {
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
-        match self.ready.wait(timeout)? {
+        if let Some((image, scan)) = &self.image {
+            let pid = self.pid;
+            let mut exit_seen = None;
+            let mut exited = || {
+                if exit_seen.is_none() && has_exited(pid)? {
+                    exit_seen = Some(Instant::now());
+                }
+                Ok(exit_seen)
+            };
+            return image_ready::wait_ready(
+                &image.ready,
+                self.launched,
+                image_ready::Observed {
+                    reach: Some(image_ready::host_loopback()),
+                    output: scan,
+                    exited: &mut exited,
+                },
+                timeout,
+            );
+        }
+        let ready = self.ready.as_mut().expect("a workload has its ready pipe");
+        match ready.wait(timeout)? {
             ReadyEvent::Ready(at) => Ok(at),
             ReadyEvent::Closed => Err(HarnessError::NotReady(
                 "the workload exited before signalling ready".into(),
