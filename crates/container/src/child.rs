@@ -191,6 +191,7 @@ mod tests {
             cgroup_dir: None,
             hardening: hardening(false, false),
             exec: ExecPlan::new("/workload", &["/workload".into(), "noop".into()], &[]).unwrap(),
+            identity: None,
             fds: ChildFds {
                 sync: -1,
                 ready_w: -1,

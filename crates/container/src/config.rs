@@ -64,6 +64,32 @@ pub struct ContainerConfig {
     /// Grace between SIGTERM and SIGKILL when stopping (default 5000 ms).
     #[serde(default = "default_grace")]
     pub stop_grace_ms: u64,
+    /// Run a user's image instead of the built-in workload: its rootfs is
+    /// the overlay's lower layer and its program runs with its own argv,
+    /// environment, working directory and user (`workload_bin`,
+    /// `workload`, `args` and `env` are then unused).
+    #[serde(default)]
+    pub image: Option<ImageProcess>,
+}
+
+/// A user's image as the container runs it (from `isolab_image::RunSpec`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageProcess {
+    /// The unpacked root filesystem, the overlay's read-only lower layer.
+    pub rootfs: PathBuf,
+    /// Absolute path of the program inside the rootfs.
+    pub program: String,
+    /// Its argv (`argv[0]` as the image names it).
+    pub argv: Vec<String>,
+    /// Its whole environment (`KEY=value`).
+    pub env: Vec<String>,
+    /// Absolute working directory, created when missing (as Docker does).
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -93,6 +119,7 @@ impl ContainerConfig {
             state_dir: default_state_dir(),
             run_dir: default_run_dir(),
             stop_grace_ms: DEFAULT_STOP_GRACE_MS,
+            image: None,
         }
     }
 
@@ -113,6 +140,26 @@ impl ContainerConfig {
         for e in &self.env {
             if !e.contains('=') || e.starts_with('=') {
                 return bad(format!("environment entry '{e}' is not KEY=value"));
+            }
+        }
+        if let Some(i) = &self.image {
+            for s in [&i.program, &i.cwd]
+                .into_iter()
+                .chain(&i.argv)
+                .chain(&i.env)
+            {
+                if s.contains('\0') {
+                    return bad(format!("'{}' contains a NUL byte", s.escape_debug()));
+                }
+            }
+            if !i.program.starts_with('/') || !i.cwd.starts_with('/') || i.argv.is_empty() {
+                return bad("the image's program and working directory must be absolute paths and its argv not empty".into());
+            }
+            let root = i.rootfs.to_string_lossy();
+            if root.contains([',', ':', '\0']) {
+                return bad(format!(
+                    "image rootfs {root}: an overlay layer path cannot hold ',' or ':'"
+                ));
             }
         }
         if let Some(h) = &self.hostname {
@@ -143,6 +190,9 @@ impl ContainerConfig {
 
     /// argv of the workload inside the container.
     pub(crate) fn argv(&self) -> Vec<String> {
+        if let Some(i) = &self.image {
+            return i.argv.clone();
+        }
         let mut v = vec![
             crate::image::WORKLOAD_PATH.to_string(),
             self.workload.clone(),
@@ -153,6 +203,9 @@ impl ContainerConfig {
 
     /// Environment of the workload inside the container.
     pub(crate) fn envp(&self) -> Vec<String> {
+        if let Some(i) = &self.image {
+            return i.env.clone();
+        }
         let mut v = vec![
             "PATH=/".to_string(),
             "HOME=/".to_string(),
@@ -233,5 +286,29 @@ mod tests {
         c.args = vec!["--duration-ms".into(), "10".into()];
         assert_eq!(c.argv(), vec!["/workload", "noop", "--duration-ms", "10"]);
         assert!(c.envp().contains(&"ISOLAB_READY_FD=3".to_string()));
+    }
+
+    #[test]
+    fn an_image_brings_its_own_argv_and_environment() {
+        let mut c = cfg();
+        c.image = Some(ImageProcess {
+            rootfs: "/var/cache/isolab/images/sha256-x/rootfs".into(),
+            program: "/bin/busybox".into(),
+            argv: vec!["httpd".into(), "-f".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/www".into(),
+            uid: 33,
+            gid: 33,
+            additional_gids: vec![],
+        });
+        assert!(c.validate().is_ok());
+        assert_eq!(c.argv(), ["httpd", "-f"]);
+        assert_eq!(c.envp(), ["PATH=/bin"]);
+        let mut bad = c.clone();
+        bad.image.as_mut().unwrap().rootfs = "/a,b".into();
+        assert!(bad.validate().is_err());
+        let mut bad = c;
+        bad.image.as_mut().unwrap().cwd = "www".into();
+        assert!(bad.validate().is_err());
     }
 }

@@ -144,6 +144,9 @@ fn exec_workload(plan: &ChildPlan) -> ! {
         process::dup_to(fds.stderr_w, 2)?;
         process::dup_to(fds.ready_w, READY_FD)?;
         process::cloexec_from(READY_FD as u32 + 1)?;
+        if let Some(id) = &plan.identity {
+            id.apply()?;
+        }
         process::set_mask(&SigSet::empty())
     })();
     let errno = match setup {

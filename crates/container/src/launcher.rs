@@ -57,7 +57,7 @@ use crate::instance::{self, InstanceDir, USERNS_BASE_ID, USERNS_ID_COUNT};
 use crate::namespaces;
 use crate::phases::{self, LaunchPhases, Marks, STAMPS_MSG_LEN};
 use crate::plan::{ChildFds, ChildPlan, HardeningPlan};
-use crate::process::{self, ExecPlan};
+use crate::process::{self, ExecIdentity, ExecPlan};
 use crate::rootfs::RootfsPlan;
 use crate::security::{ProfileSummary, SecurityProfile};
 use crate::sync::{self, ExitStatus, MSG_LEN};
@@ -135,7 +135,7 @@ pub fn start_with(
         instance: None,
         cgroup: None,
         pid: None,
-        image: Some(image),
+        image,
     };
     live.instance = Some(create_instance_dir(config, &id)?);
     marks.instance_dir = phases::now_ns();
@@ -222,8 +222,14 @@ fn stale_scan_due(run_dir: &std::path::Path, now: Instant) -> bool {
 }
 
 /// Step 3.
-pub(crate) fn prepare_image(config: &ContainerConfig) -> Result<ImageLease, ContainerError> {
-    image::lease(&config.state_dir, &config.workload_bin)
+/// A user's image brings its own rootfs: nothing to build or lease.
+pub(crate) fn prepare_image(
+    config: &ContainerConfig,
+) -> Result<Option<ImageLease>, ContainerError> {
+    if config.image.is_some() {
+        return Ok(None);
+    }
+    image::lease(&config.state_dir, &config.workload_bin).map(Some)
 }
 
 /// Step 4.
@@ -375,10 +381,11 @@ fn child_plan(
         .instance
         .as_ref()
         .ok_or_else(|| ContainerError::Config("no instance".into()))?;
-    let image = live
-        .image
-        .as_ref()
-        .ok_or_else(|| ContainerError::Config("no image".into()))?;
+    let lower = match (&config.image, &live.image) {
+        (Some(i), _) => i.rootfs.clone(),
+        (None, Some(lease)) => lease.dir.clone(),
+        (None, None) => return Err(ContainerError::Config("no image".into())),
+    };
     let hostname = config
         .hostname
         .clone()
@@ -396,7 +403,7 @@ fn child_plan(
             netns_from: netns_from_launcher.then(|| c.sync.as_raw_fd()),
             overlay_options: format!(
                 "lowerdir={},upperdir={},workdir={}",
-                image.dir.display(),
+                lower.display(),
                 inst.upper().display(),
                 inst.work().display()
             ),
@@ -406,8 +413,23 @@ fn child_plan(
         cgroup_tasks,
         cgroup_dir: ch.cgroup_dir.as_ref().map(|d| d.as_raw_fd()),
         hardening,
-        exec: ExecPlan::new(image::WORKLOAD_PATH, &config.argv(), &config.envp())
-            .ok_or_else(|| ContainerError::Config("argument contains a NUL byte".into()))?,
+        exec: ExecPlan::new(
+            config
+                .image
+                .as_ref()
+                .map_or(image::WORKLOAD_PATH, |i| i.program.as_str()),
+            &config.argv(),
+            &config.envp(),
+        )
+        .ok_or_else(|| ContainerError::Config("argument contains a NUL byte".into()))?,
+        identity: match &config.image {
+            Some(i) => Some(
+                ExecIdentity::new(&i.cwd, i.uid, i.gid, &i.additional_gids).ok_or_else(|| {
+                    ContainerError::Config("working directory contains a NUL byte".into())
+                })?,
+            ),
+            None => None,
+        },
         fds: ChildFds {
             sync: c.sync.as_raw_fd(),
             ready_w: c.ready_w.as_raw_fd(),
@@ -792,6 +814,15 @@ impl Running {
             .wait_timeout_while(guard, timeout, |m| m.ready_at.is_none() && !m.ready_closed)
             .unwrap_or_else(|e| e.into_inner());
         m.ready_at.map(|t| t.saturating_duration_since(self.t0))
+    }
+
+    /// Whether `text` appeared in the workload's stdout or stderr so far
+    /// (as much of them as is kept).
+    pub fn output_contains(&self, text: &str) -> bool {
+        let (lock, _) = &*self.shared;
+        let m = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let has = |b: &[u8]| String::from_utf8_lossy(b).contains(text);
+        has(&m.stdout) || has(&m.stderr)
     }
 
     /// Sends `signal` to init, which forwards it to the workload.

@@ -32,7 +32,7 @@ pub mod security;
 mod sync;
 pub mod syscall;
 
-pub use config::{ContainerConfig, NetworkHook};
+pub use config::{ContainerConfig, ImageProcess, NetworkHook};
 pub use error::{ChildStep, ContainerError};
 pub use isolab_cgroups::{parse_cpus, parse_size, CpuSet, Limits, Stats};
 pub use launcher::{run, start, start_with, Outcome, Running};

@@ -63,5 +63,8 @@ pub(crate) struct ChildPlan {
     pub cgroup_dir: Option<RawFd>,
     pub hardening: HardeningPlan,
     pub exec: ExecPlan,
+    /// A user's image: the working directory and user its program runs
+    /// with (the built-in workload runs as root in `/`).
+    pub identity: Option<crate::process::ExecIdentity>,
     pub fds: ChildFds,
 }

@@ -65,6 +65,48 @@ impl ExecPlan {
     }
 }
 
+/// The working directory and user of an image's program, set just before
+/// its `execve` (built before the clone).
+#[derive(Debug)]
+pub(crate) struct ExecIdentity {
+    cwd: CString,
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+}
+
+impl ExecIdentity {
+    pub(crate) fn new(cwd: &str, uid: u32, gid: u32, groups: &[u32]) -> Option<Self> {
+        Some(Self {
+            cwd: CString::new(cwd).ok()?,
+            uid,
+            gid,
+            groups: groups.to_vec(),
+        })
+    }
+
+    /// Enter the working directory (made when missing), then drop to the
+    /// user: supplementary groups, group, user, in that order. Raw system
+    /// calls: libc's wrappers would signal the threads of a process this
+    /// CLONE_VM child only shares memory with.
+    pub(crate) fn apply(&self) -> nix::Result<()> {
+        // SAFETY: `cwd` is NUL-terminated and `groups` a live slice, both
+        // owned by `self`; the calls only change this process's state.
+        unsafe {
+            libc::mkdir(self.cwd.as_ptr(), 0o755);
+            nix::Error::result(libc::chdir(self.cwd.as_ptr()))?;
+            nix::Error::result(libc::syscall(
+                libc::SYS_setgroups,
+                self.groups.len(),
+                self.groups.as_ptr(),
+            ))?;
+            nix::Error::result(libc::syscall(libc::SYS_setgid, self.gid))?;
+            nix::Error::result(libc::syscall(libc::SYS_setuid, self.uid))?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes all of `buf` (one message) to `fd`.
 pub(crate) fn write_msg(fd: RawFd, buf: &[u8]) -> nix::Result<()> {
     // SAFETY: `buf` is a valid readable slice for its length; a stale or

@@ -148,3 +148,11 @@ fn process_mode_runs_an_image_chrooted() {
         runs_in(ModeKind::Process, test);
     }
 }
+
+#[test]
+fn container_mode_runs_an_image_over_an_overlay() {
+    let test = "container_mode_runs_an_image_over_an_overlay";
+    if ready(test, true) {
+        runs_in(ModeKind::Container, test);
+    }
+}

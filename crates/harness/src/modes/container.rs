@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 use isolab_container::{ContainerConfig, NetworkHook, Running};
 use isolab_net::Workbench;
 
+use super::image_ready;
 use super::process::workload_argv;
 use super::{
     Binaries, Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
     Launcher, ModeKind,
 };
+use crate::image::ImageWorkload;
 use crate::memory::{process_tree, tree_memory};
 use crate::net::{on_bridge, SharedWorkbench, VethHook};
 use crate::HarnessError;
@@ -69,6 +71,30 @@ pub fn container_config(bins: &Binaries, spec: &InstanceSpec) -> ContainerConfig
     cfg
 }
 
+/// The container config for a user's image: its rootfs as the overlay's
+/// lower layer, its program with its argv, environment, working directory
+/// and user; the same limits and hardening as the built-in workload.
+pub fn image_config(
+    bins: &Binaries,
+    spec: &InstanceSpec,
+    image: &ImageWorkload,
+) -> Result<ContainerConfig, HarnessError> {
+    let run = &image.run;
+    let mut cfg = container_config(bins, spec);
+    cfg.args.clear();
+    cfg.image = Some(isolab_container::ImageProcess {
+        rootfs: run.rootfs.clone(),
+        program: image_ready::program_in_root(run)?,
+        argv: run.args.clone(),
+        env: run.env.clone(),
+        cwd: run.cwd.clone(),
+        uid: run.uid,
+        gid: run.gid,
+        additional_gids: run.additional_gids.clone(),
+    });
+    Ok(cfg)
+}
+
 /// Why containers cannot run here, if they cannot.
 pub(crate) fn not_root() -> Option<String> {
     if nix::unistd::geteuid().is_root() {
@@ -88,8 +114,10 @@ impl Launcher for ContainerLauncher {
     }
 
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
-        super::refuse_image(ModeKind::Container, spec)?;
-        let cfg = container_config(&self.bins, spec);
+        let cfg = match &spec.image {
+            Some(i) => image_config(&self.bins, spec, i)?,
+            None => container_config(&self.bins, spec),
+        };
         let hook = if on_workbench(spec) {
             Some(VethHook::new(self.network.get()?))
         } else {
@@ -98,9 +126,10 @@ impl Launcher for ContainerLauncher {
         let running =
             isolab_container::start_with(&cfg, hook.as_ref().map(|h| h as &dyn NetworkHook))?;
         Ok(Box::new(ContainerInstance {
-            http: spec.workload.serves_http(),
+            http: spec.workload.serves_http() && spec.image.is_none(),
             running: Some(running),
             veth: hook,
+            image: spec.image.clone(),
         }))
     }
 }
@@ -111,6 +140,8 @@ struct ContainerInstance {
     /// The veth on the workbench bridge; dropped (and removed) after the
     /// container has stopped.
     veth: Option<VethHook<Arc<Workbench>>>,
+    /// A user's image: readiness by its rule, observed from outside.
+    image: Option<Arc<ImageWorkload>>,
 }
 
 impl ContainerInstance {
@@ -138,6 +169,43 @@ impl Instance for ContainerInstance {
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
         let r = self.r();
+        if let Some(image) = &self.image {
+            // On the bridge: its address from the workbench namespace;
+            // else loopback inside its own namespace.
+            let reach = match &self.veth {
+                Some(h) => h.addr().map(|ip| on_bridge(h.workbench(), ip, 0)),
+                None => Some(isolab_net::Target {
+                    netns: isolab_net::Netns::Path(PathBuf::from(format!(
+                        "/proc/{}/ns/net",
+                        r.pid()
+                    ))),
+                    addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                }),
+            };
+            let pid = r.pid() as u32;
+            let mut exit_seen = None;
+            let mut exited = || {
+                if exit_seen.is_none() && super::process::has_exited(pid)? {
+                    exit_seen = Some(Instant::now());
+                }
+                Ok(exit_seen)
+            };
+            let text = match &image.ready {
+                crate::image::ReadyRule::Log(t) => t.clone(),
+                _ => String::new(),
+            };
+            let seen = || r.output_contains(&text);
+            return image_ready::wait_ready(
+                &image.ready,
+                r.launched_at(),
+                image_ready::Observed {
+                    reach,
+                    output: image_ready::Output::Poll(&seen),
+                    exited: &mut exited,
+                },
+                timeout,
+            );
+        }
         match r.wait_ready(timeout) {
             Some(d) => Ok(r.launched_at() + d),
             None => Err(HarnessError::NotReady(format!(

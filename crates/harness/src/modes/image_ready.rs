@@ -141,11 +141,20 @@ pub struct Observed<'a> {
     /// Where the instance is reached (any port: the rule's replaces it);
     /// `None` where it cannot be reached from here.
     pub reach: Option<Target>,
-    /// Its output, scanned.
-    pub output: &'a OutputScan,
+    /// Its output.
+    pub output: Output<'a>,
     /// The program has exited: `Some(when)`, observed without reaping it
     /// (its status is collected when the instance is stopped).
     pub exited: &'a mut dyn FnMut() -> Result<Option<Instant>, HarnessError>,
+}
+
+/// Where a `log:` rule looks.
+pub enum Output<'a> {
+    /// Pipes this process reads, scanned as lines arrive.
+    Scan(&'a OutputScan),
+    /// A check of the output some other reader keeps (our container's
+    /// launcher), polled.
+    Poll(&'a dyn Fn() -> bool),
 }
 
 fn early_exit(rule: &ReadyRule) -> HarnessError {
@@ -190,12 +199,22 @@ pub fn wait_ready(
         },
         ReadyRule::Log(_) => loop {
             let slice = (Instant::now() + SLICE).min(deadline);
-            match obs.output.wait(slice) {
-                LogWait::Seen(at) => return Ok(at),
-                // Streams may close before the exit is seen: the exit
-                // check below decides.
-                LogWait::Closed => std::thread::sleep(POLL),
-                LogWait::Timeout => {}
+            match obs.output {
+                Output::Scan(scan) => match scan.wait(slice) {
+                    LogWait::Seen(at) => return Ok(at),
+                    // Streams may close before the exit is seen: the
+                    // exit check below decides.
+                    LogWait::Closed => std::thread::sleep(POLL),
+                    LogWait::Timeout => {}
+                },
+                Output::Poll(seen) => {
+                    while Instant::now() < slice {
+                        if seen() {
+                            return Ok(Instant::now());
+                        }
+                        std::thread::sleep(POLL);
+                    }
+                }
             }
             if (obs.exited)()?.is_some() {
                 return Err(early_exit(rule));
@@ -366,7 +385,7 @@ mod tests {
             launched,
             Observed {
                 reach: None,
-                output: &scan,
+                output: Output::Scan(&scan),
                 exited: &mut exited,
             },
             Duration::from_secs(10),
@@ -392,7 +411,7 @@ mod tests {
             Instant::now(),
             Observed {
                 reach: None,
-                output: &scan,
+                output: Output::Scan(&scan),
                 exited: &mut exited,
             },
             Duration::from_secs(10),
@@ -420,7 +439,7 @@ mod tests {
             launched,
             Observed {
                 reach: Some(host_loopback()),
-                output: &scan,
+                output: Output::Scan(&scan),
                 exited: &mut exited,
             },
             Duration::from_secs(10),
@@ -439,7 +458,7 @@ mod tests {
         let mut exited = move || Ok(Some(end));
         let obs = Observed {
             reach: Some(host_loopback()),
-            output: &scan,
+            output: Output::Scan(&scan),
             exited: &mut exited,
         };
         let e = wait_ready(&rule, end, obs, Duration::from_secs(10)).unwrap_err();
@@ -447,7 +466,7 @@ mod tests {
         let mut exited = move || Ok(Some(end));
         let obs = Observed {
             reach: None,
-            output: &scan,
+            output: Output::Scan(&scan),
             exited: &mut exited,
         };
         let at = wait_ready(&ReadyRule::Exit, end, obs, Duration::from_secs(1));

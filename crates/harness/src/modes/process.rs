@@ -296,7 +296,7 @@ impl Instance for ProcessInstance {
                 self.launched,
                 image_ready::Observed {
                     reach: Some(image_ready::host_loopback()),
-                    output: scan,
+                    output: image_ready::Output::Scan(scan),
                     exited: &mut exited,
                 },
                 timeout,
