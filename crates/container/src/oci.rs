@@ -76,6 +76,16 @@ impl Bundle {
 pub fn spec(config: &ContainerConfig, image_dir: &Path, id: &str) -> Value {
     let mut args = vec![image::WORKLOAD_PATH.to_string(), config.workload.clone()];
     args.extend(config.args.iter().cloned());
+    // A user's image: its program (by the path found in its PATH, so a
+    // multi-call binary still sees its name), argv, user and directory.
+    let (mut user, mut cwd) = (json!({"uid": 0, "gid": 0}), "/".to_string());
+    if let Some(i) = &config.image {
+        args = std::iter::once(i.program.clone())
+            .chain(i.argv.iter().skip(1).cloned())
+            .collect();
+        user = json!({"uid": i.uid, "gid": i.gid, "additionalGids": i.additional_gids});
+        cwd = i.cwd.clone();
+    }
     let mut namespaces = vec![
         json!({"type": "pid"}),
         json!({"type": "network"}),
@@ -115,7 +125,7 @@ pub fn spec(config: &ContainerConfig, image_dir: &Path, id: &str) -> Value {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
-            "user": {"uid": 0, "gid": 0},
+            "user": user,
             "args": args,
             "capabilities": {
                 "bounding": caps,
@@ -127,9 +137,12 @@ pub fn spec(config: &ContainerConfig, image_dir: &Path, id: &str) -> Value {
             },
             "noNewPrivileges": security.no_new_privileges,
             "env": config.envp(),
-            "cwd": "/",
+            "cwd": cwd,
         },
-        "root": {"path": image_dir, "readonly": true},
+        // An image's program may write anywhere in its root (nginx: /run,
+        // /var/lib/nginx); the peers get no overlay of ours, so its root
+        // is the unpacked rootfs itself, writable, as in process mode.
+        "root": {"path": image_dir, "readonly": config.image.is_none()},
         "hostname": config.hostname.clone().unwrap_or_else(|| format!("isolab-{id}")),
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc", "options": secure},
@@ -202,8 +215,11 @@ fn resources(config: &ContainerConfig) -> Value {
 /// Writes `<dir>/config.json` for `config` over the shared image (built if
 /// needed in `config.state_dir`).
 pub fn write_bundle(dir: &Path, config: &ContainerConfig, id: &str) -> Result<Bundle, OciError> {
-    let image_dir = image::ensure(&config.state_dir, &config.workload_bin)
-        .map_err(|e| OciError::Image(Box::new(e)))?;
+    let image_dir = match &config.image {
+        Some(i) => i.rootfs.clone(),
+        None => image::ensure(&config.state_dir, &config.workload_bin)
+            .map_err(|e| OciError::Image(Box::new(e)))?,
+    };
     let werr = |path: &Path| {
         let path = path.to_path_buf();
         move |source| OciError::Write { path, source }
@@ -406,6 +422,33 @@ mod tests {
             .as_array()
             .unwrap()
             .contains(&json!({"type": "user"})));
+    }
+
+    #[test]
+    fn an_image_brings_its_program_user_and_root() {
+        let mut c = cfg();
+        c.image = Some(crate::ImageProcess {
+            rootfs: "/cache/rootfs".into(),
+            program: "/bin/httpd".into(),
+            argv: vec!["httpd".into(), "-f".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/www".into(),
+            uid: 33,
+            gid: 33,
+            additional_gids: vec![80],
+        });
+        let s = spec(&c, Path::new("/cache/rootfs"), "x");
+        assert_eq!(s["process"]["args"], json!(["/bin/httpd", "-f"]));
+        assert_eq!(s["process"]["env"], json!(["PATH=/bin"]));
+        assert_eq!(s["process"]["cwd"], "/www");
+        assert_eq!(
+            s["process"]["user"],
+            json!({"uid": 33, "gid": 33, "additionalGids": [80]})
+        );
+        assert_eq!(
+            s["root"],
+            json!({"path": "/cache/rootfs", "readonly": false})
+        );
     }
 
     #[test]

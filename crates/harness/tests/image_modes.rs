@@ -156,3 +156,13 @@ fn container_mode_runs_an_image_over_an_overlay() {
         runs_in(ModeKind::Container, test);
     }
 }
+
+#[test]
+fn runc_runs_an_image() {
+    let test = "runc_runs_an_image";
+    if ready(test, true)
+        && isolab_testkit::require(test, isolab_testkit::missing_command("runc", "runc"))
+    {
+        runs_in(ModeKind::Runc, test);
+    }
+}

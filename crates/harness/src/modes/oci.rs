@@ -17,12 +17,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::container::{container_config, not_root, CONTAINER_PORT};
+use super::container::{container_config, image_config, not_root, CONTAINER_PORT};
+use super::image_ready::{self, OutputScan};
 use super::spawn::{self, drain, drained, shell_status, terminate, which};
 use super::{
     Binaries, Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
     Launcher, ModeKind,
 };
+use crate::image::ImageWorkload;
 use crate::memory::process_tree;
 use crate::ready::{ReadyEvent, ReadyPipe};
 use crate::HarnessError;
@@ -73,11 +75,14 @@ impl Launcher for OciPeer {
     }
 
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
-        super::refuse_image(self.kind(), spec)?;
         let rt = self.runtime();
         let runtime =
             which(rt).ok_or_else(|| HarnessError::Launch(format!("{rt} is not installed")))?;
-        let PeerBundle { root, id, bundle } = peer_bundle(rt, container_config(&self.bins, spec))?;
+        let cfg = match &spec.image {
+            Some(i) => image_config(&self.bins, spec, i)?,
+            None => container_config(&self.bins, spec),
+        };
+        let PeerBundle { root, id, bundle } = peer_bundle(rt, cfg)?;
         let dir = bundle.dir.clone();
         let mut ready = ReadyPipe::new()?;
         let mut cmd = Command::new(&runtime);
@@ -98,17 +103,29 @@ impl Launcher for OciPeer {
                 return Err(e);
             }
         };
+        let image = spec
+            .image
+            .as_ref()
+            .map(|i| (Arc::clone(i), OutputScan::new(&i.ready)));
+        let (stdout, stderr) = match &image {
+            Some((_, scan)) => (
+                scan.drain(child.stdout.take()),
+                scan.drain(child.stderr.take()),
+            ),
+            None => (drain(child.stdout.take()), drain(child.stderr.take())),
+        };
         Ok(Box::new(OciInstance {
             runtime,
             root,
             id,
             bundle_dir: dir,
-            stdout: Some(drain(child.stdout.take())),
-            stderr: Some(drain(child.stderr.take())),
+            stdout: Some(stdout),
+            stderr: Some(stderr),
             child: Some(child),
             ready,
             launched,
-            http: spec.workload.serves_http(),
+            http: spec.workload.serves_http() && spec.image.is_none(),
+            image,
         }))
     }
 }
@@ -208,6 +225,9 @@ struct OciInstance {
     ready: ReadyPipe,
     launched: Instant,
     http: bool,
+    /// A user's image and its scanned output: ready by its rule (its
+    /// program never writes our ready fd).
+    image: Option<(Arc<ImageWorkload>, OutputScan)>,
 }
 
 impl OciInstance {
@@ -258,6 +278,10 @@ impl Instance for OciInstance {
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
+        if let Some((image, scan)) = &self.image {
+            let pid = self.child.as_ref().map_or(0, |c| c.id());
+            return wait_image_ready(image, scan, pid, self.launched, timeout);
+        }
         match self.ready.wait(timeout)? {
             ReadyEvent::Ready(at) => Ok(at),
             ReadyEvent::Closed => {
@@ -335,6 +359,38 @@ impl Instance for OciInstance {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+}
+
+/// Readiness of an image run by a runtime whose process is `pid` (runc,
+/// crun, runsc): reached on loopback in the container's own network
+/// namespace, found under `pid` once the runtime made it.
+pub(crate) fn wait_image_ready(
+    image: &ImageWorkload,
+    scan: &OutputScan,
+    pid: u32,
+    launched: Instant,
+    timeout: Duration,
+) -> Result<Instant, HarnessError> {
+    let mut exit_seen = None;
+    let mut exited = || {
+        if exit_seen.is_none() && super::process::has_exited(pid)? {
+            exit_seen = Some(Instant::now());
+        }
+        Ok(exit_seen)
+    };
+    image_ready::wait_ready(
+        &image.ready,
+        launched,
+        image_ready::Observed {
+            reach: Some(isolab_net::Target {
+                netns: isolab_net::Netns::Find(Arc::new(move || first_other_netns(pid))),
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            }),
+            output: image_ready::Output::Scan(scan),
+            exited: &mut exited,
+        },
+        timeout,
+    )
 }
 
 /// The network namespace of the first process under `root` (itself
