@@ -166,3 +166,13 @@ fn runc_runs_an_image() {
         runs_in(ModeKind::Runc, test);
     }
 }
+
+#[test]
+fn gvisor_runs_an_image() {
+    let test = "gvisor_runs_an_image";
+    if ready(test, true)
+        && isolab_testkit::require(test, isolab_testkit::missing_command("runsc", "runsc"))
+    {
+        runs_in(ModeKind::Gvisor, test);
+    }
+}

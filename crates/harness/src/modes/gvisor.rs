@@ -35,18 +35,21 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::container::{container_config, not_root, CONTAINER_PORT};
+use super::image_ready::{self, OutputScan};
 use super::oci::{die_with_launcher, peer_bundle, remove_bundle, runtime_cmd, PeerBundle};
 use super::spawn::{self, drain, drained, shell_status, terminate, which};
 use super::{
     Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec, Launcher,
     ModeKind,
 };
+use crate::image::ImageWorkload;
 use crate::memory::process_tree;
 use crate::HarnessError;
 
@@ -90,10 +93,12 @@ impl Launcher for Gvisor {
     }
 
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
-        super::refuse_image(ModeKind::Gvisor, spec)?;
         let runsc = which(RUNSC)
             .ok_or_else(|| HarnessError::Launch("gVisor's runsc is not installed".into()))?;
-        let mut cfg = container_config(&self.bins, spec);
+        let mut cfg = match &spec.image {
+            Some(i) => super::container::image_config(&self.bins, spec, i)?,
+            None => container_config(&self.bins, spec),
+        };
         cfg.limits.pids = cfg.limits.pids.map(|p| p.max(MIN_PIDS));
         let PeerBundle { root, id, bundle } = peer_bundle(RUNSC, cfg)?;
         let dir = bundle.dir.clone();
@@ -125,17 +130,29 @@ impl Launcher for Gvisor {
             }
         };
         let netns = std::fs::File::open(format!("/proc/{}/ns/net", child.id())).ok();
+        let image = spec
+            .image
+            .as_ref()
+            .map(|i| (Arc::clone(i), OutputScan::new(&i.ready)));
+        let (stdout, stderr) = match &image {
+            Some((_, scan)) => (
+                scan.drain(child.stdout.take()),
+                scan.drain(child.stderr.take()),
+            ),
+            None => (drain(child.stdout.take()), drain(child.stderr.take())),
+        };
         Ok(Box::new(GvisorInstance {
             runsc,
             root,
             id,
             bundle_dir: dir,
             panic_log,
-            stdout: Some(drain(child.stdout.take())),
-            stderr: Some(drain(child.stderr.take())),
+            image,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
             child: Some(child),
             launched,
-            http: spec.workload.serves_http(),
+            http: spec.workload.serves_http() && spec.image.is_none(),
             exited_at: None,
             out: None,
             netns,
@@ -205,6 +222,8 @@ struct GvisorInstance {
     id: String,
     bundle_dir: PathBuf,
     panic_log: PathBuf,
+    /// A user's image and its scanned output: ready by its rule.
+    image: Option<(Arc<ImageWorkload>, OutputScan)>,
     child: Option<Child>,
     stdout: Option<JoinHandle<String>>,
     stderr: Option<JoinHandle<String>>,
@@ -351,6 +370,33 @@ impl Instance for GvisorInstance {
     /// No ready fd: the first HTTP response for a server, the exit for a
     /// workload that ends by itself.
     fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
+        if let Some((image, scan)) = &self.image {
+            // runsc runs in a network namespace made for it, where the
+            // sandbox uses the host kernel's stack: loopback there.
+            let pid = self.pid().unwrap_or(0);
+            let mut exit_seen = None;
+            let mut exited = || {
+                if exit_seen.is_none() && super::process::has_exited(pid)? {
+                    exit_seen = Some(Instant::now());
+                }
+                Ok(exit_seen)
+            };
+            return image_ready::wait_ready(
+                &image.ready,
+                self.launched,
+                image_ready::Observed {
+                    reach: Some(isolab_net::Target {
+                        netns: isolab_net::Netns::Path(PathBuf::from(format!(
+                            "/proc/{pid}/ns/net"
+                        ))),
+                        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                    }),
+                    output: image_ready::Output::Scan(scan),
+                    exited: &mut exited,
+                },
+                timeout,
+            );
+        }
         let deadline = self.launched + timeout;
         let probe = self.http_target().map(|t| {
             let launched = self.launched;
