@@ -110,6 +110,11 @@ pub struct CompareArgs {
     /// Least time the tenant runs beside each neighbour, ms.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub neighbour_window_ms: u64,
+    #[command(flatten)]
+    pub image: crate::image::ImageArgs,
+    /// With --image/--bundle: the command that replaces the image's.
+    #[arg(last = true)]
+    pub args: Vec<String>,
 }
 
 /// The noisy-neighbour configuration the arguments ask for, if any.
@@ -230,9 +235,35 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
         paths::output_dir("--out", out)?;
     }
     let ready_timeout = Duration::from_secs(args.ready_timeout);
+    if !args.args.is_empty() && args.image.image.is_none() && args.image.bundle.is_none() {
+        return Err(exit::usage(
+            "arguments after -- replace an image's command: give --image or --bundle",
+        ));
+    }
+    let image = args.image.load(&args.args)?;
+    if image.is_some() {
+        if emulated {
+            return Err(exit::usage(
+                "--image/--bundle run on this host only: drop --host emulated",
+            ));
+        }
+        if args.density || args.isolation || args.attack_surface || args.posture {
+            return Err(exit::usage(
+                "--image/--bundle measure startup and memory: drop --density and the isolation passes",
+            ));
+        }
+        if neighbours(args)?.is_some() {
+            return Err(exit::usage(
+                "--image/--bundle measure startup and memory: drop --neighbours",
+            ));
+        }
+    }
     Ok(Plan {
         config: CompareConfig {
-            workload: args.workload,
+            workload: image
+                .as_deref()
+                .map_or(args.workload, crate::image::stand_in),
+            image,
             runs: args.runs as usize,
             warmup: args.warmup as usize,
             requests: args.requests as usize,

@@ -45,8 +45,12 @@ enum Sub {
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// Workload: noop, api, worker, cache, hog, forkloop, probe, knob.
-    #[arg(long, value_parser = args::workload)]
-    workload: Workload,
+    #[arg(long, value_parser = args::workload,
+          required_unless_present_any = ["image", "bundle"],
+          conflicts_with_all = ["image", "bundle"])]
+    workload: Option<Workload>,
+    #[command(flatten)]
+    image: crate::image::ImageArgs,
     /// Memory limit: 512K, 64M, 1G (a bare number is bytes).
     #[arg(long, allow_hyphen_values = true, value_parser = args::size)]
     memory: Option<u64>,
@@ -89,7 +93,8 @@ struct RunArgs {
     /// The workload binary (default: `workload` next to this executable).
     #[arg(long)]
     workload_bin: Option<PathBuf>,
-    /// Arguments passed to the workload.
+    /// Arguments passed to the workload (with --image/--bundle: the
+    /// command that replaces the image's).
     #[arg(last = true)]
     args: Vec<String>,
 }
@@ -102,6 +107,9 @@ pub fn run(cmd: ContainerCmd) -> anyhow::Result<ExitCode> {
 
 /// Turns the arguments into a config; every error here is a usage error.
 fn config(args: &RunArgs) -> anyhow::Result<ContainerConfig> {
+    let workload = args
+        .workload
+        .ok_or_else(|| exit::usage("name a --workload, --image or --bundle"))?;
     let cpuset = args
         .cpuset
         .as_deref()
@@ -116,7 +124,7 @@ fn config(args: &RunArgs) -> anyhow::Result<ContainerConfig> {
         }
     }
     if args.net {
-        single::check_net(args.workload, &args.args)?;
+        single::check_net(workload, &args.args)?;
     }
     let workload_bin = match &args.workload_bin {
         Some(p) => p.clone(),
@@ -127,7 +135,7 @@ fn config(args: &RunArgs) -> anyhow::Result<ContainerConfig> {
             .workload
         }
     };
-    let mut cfg = ContainerConfig::new(workload_bin, args.workload.name());
+    let mut cfg = ContainerConfig::new(workload_bin, workload.name());
     cfg.args = args.args.clone();
     cfg.hostname = args.hostname.clone();
     cfg.user_namespace = args.userns;
@@ -144,6 +152,25 @@ fn config(args: &RunArgs) -> anyhow::Result<ContainerConfig> {
 }
 
 fn run_one(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if let Some(image) = args.image.load(&args.args)? {
+        if args.cpuset.is_some() || args.userns || args.no_new_privileges {
+            return Err(exit::usage(
+                "--cpuset, --userns and --no-new-privileges are not supported with --image/--bundle yet",
+            ));
+        }
+        return crate::image::run_container(
+            image,
+            crate::image::ContainerRun {
+                memory: args.memory,
+                cpus: args.cpus,
+                pids: args.pids,
+                hostname: args.hostname.clone(),
+                privileged: args.privileged,
+                bridge: args.net,
+                json: args.json,
+            },
+        );
+    }
     let cfg = config(&args)?;
     // Up front, before anything is created: a regular file holding an ELF
     // executable (a script, a directory or a FIFO is refused here).

@@ -11,6 +11,7 @@ mod demo;
 mod emuhost;
 mod emulated;
 mod exit;
+mod image;
 mod paths;
 mod provision;
 mod signals;

@@ -60,6 +60,11 @@ pub struct CompareConfig {
     /// Also run the security-posture pass per mode.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub posture: bool,
+    /// A user's image or bundle measured instead of the built-in workload
+    /// (`workload` then says whether it serves or ends by itself); the
+    /// method lines name it and its ready rule.
+    #[serde(skip)]
+    pub image: Option<std::sync::Arc<crate::image::ImageWorkload>>,
 }
 
 #[cfg(test)]
@@ -79,6 +84,7 @@ impl CompareConfig {
             neighbours: None,
             surface: None,
             posture: false,
+            image: None,
         }
     }
 }
@@ -275,6 +281,7 @@ pub fn run(
     let ctx = Context::new(cfg.workload)?;
     let spec = InstanceSpec {
         loopback_http: cfg.container_loopback,
+        image: cfg.image.clone(),
         ..InstanceSpec::measured(cfg.workload)
     };
     let mut reports = vec![];
@@ -496,6 +503,11 @@ pub fn measure_mode(
                     report.load = load;
                 }
             }
+            // A mode that cannot run what was asked (a user's image) is
+            // skipped with its reason, not counted as a failure.
+            Err(HarnessError::Unavailable(reason)) if i == 0 => {
+                return ModeReport::unavailable(mode, reason);
+            }
             Err(e) => {
                 report.status = ModeStatus::Failed {
                     error: format!("run {}: {}", i + 1, crate::chain(&e)),
@@ -590,6 +602,37 @@ pub fn fill_ratios(modes: &mut [ModeReport]) {
     }
 }
 
+/// What ran: the user's image, its command and user.
+fn image_line(i: &crate::image::ImageWorkload) -> String {
+    format!(
+        "image: {}{}; command {:?} as uid {} gid {} in {}; process mode runs it chrooted into the unpacked rootfs (host network), container over an overlay on it, crun/runc/gVisor with it as their bundle's root; modes that cannot run an image are listed as unavailable",
+        i.label,
+        i.key.as_deref().map_or(String::new(), |k| format!(" ({k})")),
+        i.run.args.join(" "),
+        i.run.uid,
+        i.run.gid,
+        i.run.cwd
+    )
+}
+
+/// How an image's readiness was observed (it knows nothing of our pipe).
+fn image_ready_line(i: &crate::image::ImageWorkload) -> String {
+    use crate::image::ReadyRule;
+    let how = match &i.ready {
+        ReadyRule::Http { port, path } => format!(
+            "the first HTTP answer to GET {path} on port {port}, by the one probe (retry every {} us), so ready is the first response",
+            isolab_net::probe::RETRY_INTERVAL.as_micros()
+        ),
+        ReadyRule::Tcp { port } => format!("the first accepted TCP connection on port {port}"),
+        ReadyRule::Exit => "its exit (time to completion)".into(),
+        ReadyRule::Log(t) => format!("the first line of its stdout/stderr containing {t:?}"),
+    };
+    format!(
+        "ready (--ready {}): launch -> {how}; observed from outside (process on host loopback, our container on the workbench bridge or its own loopback, the peers on loopback in their own network namespace), CLOCK_MONOTONIC",
+        i.ready
+    )
+}
+
 /// The method lines every rendering shows.
 pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
     let mut v = vec![
@@ -597,7 +640,10 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
             "{} warm-up run(s) discarded, then {} measured run(s) per mode, one instance at a time",
             cfg.warmup, cfg.runs
         ),
-        "ready: launch -> the workload's ready byte on an inherited pipe (VM: relayed by the guest init through the monitor's marker port), CLOCK_MONOTONIC".into(),
+        match &cfg.image {
+            None => "ready: launch -> the workload's ready byte on an inherited pipe (VM: relayed by the guest init through the monitor's marker port), CLOCK_MONOTONIC".into(),
+            Some(i) => image_ready_line(i),
+        },
         "p50/p90/p99 by linear interpolation; 95% CI of the median by percentile bootstrap (2000 resamples); outliers flagged by Tukey fences (1.5 IQR), never dropped".into(),
         "memory: PSS/USS summed over the instance's host processes from /proc/PID/smaps_rollup (launcher/monitor included); cgroup usage where the instance has one; host MemAvailable drop while it ran".into(),
     ];
@@ -621,7 +667,10 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
     for m in &cfg.modes {
         v.extend(m.info().notes.iter().map(|n| format!("{}: {n}", m.name())));
     }
-    if cfg.workload.serves_http() {
+    if let Some(i) = &cfg.image {
+        v.push(image_line(i));
+    }
+    if cfg.workload.serves_http() && cfg.image.is_none() {
         v.push(format!(
             "first response: launch -> GET /health answered, by one probe for every mode, started at launch on its own thread; it retries every {} us on connection refused, host/network unreachable, a {} ms connect timeout or HTTP 503. Paths: process on host loopback; container {}; crun/runc on loopback inside their own network namespace; microVM and QEMU over virtio-net on the workbench bridge, probed from the ready marker on (the guest has no address before)",
             isolab_net::probe::RETRY_INTERVAL.as_micros(),

@@ -217,6 +217,7 @@ mod tests {
             }),
             surface: Some(crate::isolation::SurfaceConfig::default()),
             posture: true,
+            image: None,
         };
         assert_eq!(
             compare_args(&cfg).join(" "),

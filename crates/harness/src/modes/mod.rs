@@ -364,11 +364,12 @@ pub trait Instance: Send {
 }
 
 /// The error of a mode that cannot run a user's image yet, or `Ok` when
-/// the spec holds none.
+/// the spec holds none: `Unavailable`, so `compare` lists the mode as
+/// skipped with this reason instead of failing the run.
 pub fn refuse_image(kind: ModeKind, spec: &InstanceSpec) -> Result<(), HarnessError> {
     match &spec.image {
         None => Ok(()),
-        Some(i) => Err(HarnessError::Config(format!(
+        Some(i) => Err(HarnessError::Unavailable(format!(
             "{} cannot run an image ({}) yet; leave it out with --modes/--peers",
             kind.name(),
             i.label
