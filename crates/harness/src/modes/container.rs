@@ -216,6 +216,10 @@ impl Instance for ContainerInstance {
     }
 
     fn http_target(&self) -> Option<HttpTarget> {
+        // An image's readiness is its first answer (its own rule and path).
+        if self.image.is_some() {
+            return None;
+        }
         if let Some(h) = &self.veth {
             return h.addr().map(|ip| HttpTarget {
                 target: on_bridge(h.workbench(), ip, CONTAINER_PORT),

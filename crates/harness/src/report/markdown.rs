@@ -9,7 +9,11 @@ use crate::compare::CompareReport;
 /// Render the report as Markdown; `plots` are file names to embed.
 pub fn render_with_plots(r: &CompareReport, plots: &[String]) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "# isolab compare: `{}`\n", r.config.workload);
+    match &r.config.image {
+        Some(i) => writeln!(o, "# isolab compare: image `{}`\n", i.short_name()),
+        None => writeln!(o, "# isolab compare: `{}`\n", r.config.workload),
+    }
+    .ok();
     if let Some(l) = &r.environment.label {
         let _ = writeln!(o, "> **{l}**\n");
     }

@@ -43,10 +43,14 @@ pub(crate) fn grid(rows: &[Vec<String>]) -> String {
 /// Render the report for a terminal.
 pub fn render(r: &CompareReport) -> String {
     let mut out = String::new();
+    let what = match &r.config.image {
+        Some(i) => format!("image '{}' (--ready {})", i.short_name(), i.ready),
+        None => format!("workload '{}'", r.config.workload),
+    };
     let _ = writeln!(
         out,
-        "isolab compare: workload '{}', {} run(s) per mode",
-        r.config.workload, r.config.runs
+        "isolab compare: {what}, {} run(s) per mode",
+        r.config.runs
     );
     if let Some(l) = &r.environment.label {
         let _ = writeln!(out, "*** {l} ***");
