@@ -55,7 +55,9 @@ pub fn test_images(test: &str) -> Option<PathBuf> {
         }
         let tmp = base.join(format!(".tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/build-test-images.sh");
+        // Relative to any crate under crates/ (the CLI tests share it).
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../image/tests/build-test-images.sh");
         let started = std::time::Instant::now();
         let out = std::process::Command::new("bash")
             .arg(&script)
