@@ -181,6 +181,7 @@ mod tests {
                 rootfs: "/r".into(),
                 netns_from: None,
                 overlay_options: "lowerdir=/i,upperdir=/u,workdir=/w".into(),
+                make_mount_points: false,
             },
             hostname: "box-1".into(),
             user_namespace: userns,

@@ -407,6 +407,7 @@ fn child_plan(
                 inst.upper().display(),
                 inst.work().display()
             ),
+            make_mount_points: config.image.is_some(),
         },
         hostname,
         user_namespace: config.user_namespace,

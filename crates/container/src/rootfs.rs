@@ -73,6 +73,9 @@ pub(crate) struct RootfsPlan {
     pub netns_from: Option<std::os::fd::RawFd>,
     /// `lowerdir=<image>,upperdir=<upper>,workdir=<work>`.
     pub overlay_options: String,
+    /// A user's image may lack `/proc`, `/sys` and `/dev`: make them in
+    /// the overlay's upper layer first (ours always has them).
+    pub make_mount_points: bool,
 }
 
 fn p(s: &str) -> &Path {
@@ -99,6 +102,12 @@ pub(crate) fn mount_all(plan: &RootfsPlan, sys: &dyn Syscall) -> StepResult {
     )
     .step(ChildStep::MountOverlay)?;
     sys.chdir(&plan.rootfs).step(ChildStep::EnterRootfs)?;
+    if plan.make_mount_points {
+        for d in ["proc", "sys", "dev"] {
+            sys.mkdir(p(d), Mode::from_bits_truncate(0o755))
+                .step(ChildStep::EnterRootfs)?;
+        }
+    }
 
     let secure = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     sys.mount(Some("proc"), p("proc"), Some("proc"), secure, none)
@@ -244,7 +253,22 @@ mod tests {
             netns_from: None,
             overlay_options:
                 "lowerdir=/img,upperdir=/run/isolab/x/upper,workdir=/run/isolab/x/work".into(),
+            make_mount_points: false,
         }
+    }
+
+    #[test]
+    fn an_images_mount_points_are_made_before_anything_is_mounted_on_them() {
+        let sys = RecordingSyscall::default();
+        let plan = RootfsPlan {
+            make_mount_points: true,
+            ..plan()
+        };
+        mount_all(&plan, &sys).unwrap();
+        let mk = sys.position("mkdir proc").unwrap();
+        assert!(sys.position("chdir").unwrap() < mk);
+        assert!(mk < sys.position("mount proc proc proc").unwrap());
+        assert!(sys.position("mkdir dev").is_some() && sys.position("mkdir sys").is_some());
     }
 
     #[test]

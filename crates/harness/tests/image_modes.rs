@@ -34,10 +34,11 @@ fn ready(test: &str, container: bool) -> bool {
     )
 }
 
-/// A busybox rootfs serving `/www` (owned by uid 33), like the tests'
-/// busybox httpd image.
+/// A busybox rootfs serving `/www`, like the tests' busybox httpd image
+/// but without `/proc`, `/sys` and `/dev` (the runtimes make their mount
+/// points) and with a non-root user.
 fn rootfs(dir: &Path) {
-    for d in ["bin", "etc", "www", "tmp", "proc", "sys", "dev"] {
+    for d in ["bin", "etc", "www", "tmp"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
     std::fs::copy(
@@ -164,6 +165,42 @@ fn runc_runs_an_image() {
         && isolab_testkit::require(test, isolab_testkit::missing_command("runc", "runc"))
     {
         runs_in(ModeKind::Runc, test);
+    }
+}
+
+#[test]
+fn crun_runs_an_image() {
+    let test = "crun_runs_an_image";
+    if ready(test, true)
+        && isolab_testkit::require(test, isolab_testkit::missing_command("crun", "crun"))
+    {
+        // crun runs the image, or its own refusal is surfaced (Debian 12's
+        // crun refuses a hybrid cgroup host).
+        let dir = tempfile::tempdir().unwrap();
+        rootfs(dir.path());
+        let ctx = Context::new(Workload::Noop).expect("binaries beside the test");
+        // A log rule, not exit: a refusal also ends the runtime.
+        let img = image(
+            dir.path(),
+            &["sh", "-c", "echo isolab-ready; sleep 5"],
+            "log:isolab-ready",
+            0,
+        );
+        let mut inst = ctx.launcher(ModeKind::Crun).launch(&spec(img)).unwrap();
+        match inst.wait_ready(Duration::from_secs(30)) {
+            Err(e)
+                if e.to_string()
+                    .contains("crun ended before the image was ready: ") =>
+            {
+                eprintln!("{test}: crun refused, with its reason: {e}");
+                let _ = inst.wait_exit(Duration::from_secs(5));
+            }
+            Err(e) => panic!("{test}: {e}"),
+            Ok(_) => {
+                let _ = inst.stop();
+                runs_in(ModeKind::Crun, test);
+            }
+        }
     }
 }
 

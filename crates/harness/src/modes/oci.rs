@@ -280,7 +280,18 @@ impl Instance for OciInstance {
     fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
         if let Some((image, scan)) = &self.image {
             let pid = self.child.as_ref().map_or(0, |c| c.id());
-            return wait_image_ready(image, scan, pid, self.launched, timeout);
+            let r = wait_image_ready(image, scan, pid, self.launched, timeout);
+            if r.is_err() && super::process::has_exited(pid).unwrap_or(false) {
+                // Why the runtime or the program ended: its last line.
+                let err = drained(self.stderr.take());
+                if let Some(line) = spawn::error_line(&err) {
+                    return Err(HarnessError::NotReady(format!(
+                        "{} ended before the image was ready: {line}",
+                        self.runtime.display()
+                    )));
+                }
+            }
+            return r;
         }
         match self.ready.wait(timeout)? {
             ReadyEvent::Ready(at) => Ok(at),
