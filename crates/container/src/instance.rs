@@ -97,11 +97,8 @@ impl InstanceDir {
             }
         }
         for p in dirs {
-            // The overlay's root takes the upper dir's mode: 0755 like any
-            // root directory, so an image's non-root user can reach its
-            // files (the instance dir above it stays 0700).
-            let mode = if p.ends_with("upper") { 0o755 } else { 0o700 };
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(err(&p))?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
+                .map_err(err(&p))?;
             if user_namespace {
                 nix::unistd::chown(
                     &p,
@@ -285,9 +282,9 @@ mod tests {
         stale.sort();
         assert_eq!(stale, vec!["c999999998-0-dd", "c999999999-0-bb"]);
         assert!(me.rootfs().is_dir() && me.upper().is_dir() && me.work().is_dir());
-        for (d, want) in [(&me.dir, 0o700), (&me.upper(), 0o755), (&me.work(), 0o700)] {
+        for d in [&me.dir, &me.upper(), &me.work()] {
             let mode = std::fs::metadata(d).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, want, "{}", d.display());
+            assert_eq!(mode & 0o777, 0o700, "{}", d.display());
         }
         me.remove().unwrap();
         assert!(!run.path().join("c1-0-aa").exists());

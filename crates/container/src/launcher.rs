@@ -269,7 +269,23 @@ pub(crate) fn create_instance_dir(
     config: &ContainerConfig,
     id: &str,
 ) -> Result<InstanceDir, ContainerError> {
-    InstanceDir::create(&config.run_dir, id, config.user_namespace)
+    let dir = InstanceDir::create(&config.run_dir, id, config.user_namespace)?;
+    if let Some(image) = &config.image {
+        // The overlay's root takes the upper dir's mode (0700 for ours):
+        // give it the image's root mode, so the image's non-root user can
+        // reach `/` (the instance dir above it stays 0700).
+        use std::os::unix::fs::PermissionsExt;
+        let err =
+            |path: std::path::PathBuf| move |source| ContainerError::InstanceDir { path, source };
+        let mode = std::fs::metadata(&image.rootfs)
+            .map_err(err(image.rootfs.clone()))?
+            .permissions()
+            .mode()
+            & 0o7777;
+        std::fs::set_permissions(dir.upper(), std::fs::Permissions::from_mode(mode))
+            .map_err(err(dir.upper()))?;
+    }
+    Ok(dir)
 }
 
 /// Step 6.

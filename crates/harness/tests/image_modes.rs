@@ -38,6 +38,9 @@ fn ready(test: &str, container: bool) -> bool {
 /// but without `/proc`, `/sys` and `/dev` (the runtimes make their mount
 /// points) and with a non-root user.
 fn rootfs(dir: &Path) {
+    // An image's root is 0755 (a temp dir is 0700).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     for d in ["bin", "etc", "www", "tmp"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
