@@ -329,6 +329,7 @@ fn boot_and_probe(
             .transpose()?
             .map(|mut n| {
                 n.tap = vm.tap_name().map(str::to_owned);
+                (n.attempts, n.status) = vm.first_http().unwrap_or_default();
                 n
             }),
         _ => None,

@@ -143,6 +143,8 @@ pub struct ImageVm {
     workbench: Option<Arc<Workbench>>,
     /// When it exited, once seen (the `exit` rule).
     exited_at: Option<Instant>,
+    /// The `http` rule's first answer: attempts, HTTP status.
+    first_http: Option<(u32, u16)>,
 }
 
 impl std::fmt::Debug for ImageVm {
@@ -202,12 +204,18 @@ impl ImageVm {
             tap,
             workbench,
             exited_at: None,
+            first_http: None,
         })
     }
 
     /// The monitor's pid.
     pub fn pid(&self) -> u32 {
         self.vmm.child.id()
+    }
+
+    /// The `http` rule's first answer, once ready: (attempts, HTTP status).
+    pub fn first_http(&self) -> Option<(u32, u16)> {
+        self.first_http
     }
 
     /// The TAP's name, when networked.
@@ -290,6 +298,7 @@ impl ImageVm {
                     HarnessError::Config("--ready http needs the guest on the network".into())
                 })?;
                 let launched = self.vmm.launched;
+                let mut attempts = 0u32;
                 loop {
                     // In slices, so that a guest that died is noticed.
                     let cfg = ProbeConfig {
@@ -300,10 +309,17 @@ impl ImageVm {
                         ..ProbeConfig::default()
                     };
                     match isolab_net::probe::first_response_at(&target, launched, &cfg) {
-                        Ok(f) => return Ok(launched + f.elapsed),
+                        Ok(f) => {
+                            attempts += f.attempts;
+                            self.first_http = Some((attempts, f.status));
+                            return Ok(launched + f.elapsed);
+                        }
                         // Any status is an answer: the program is up.
-                        Err(ProbeError::Status { .. }) => return Ok(Instant::now()),
-                        Err(ProbeError::Deadline { .. }) => {}
+                        Err(ProbeError::Status { status, .. }) => {
+                            self.first_http = Some((attempts + 1, status));
+                            return Ok(Instant::now());
+                        }
+                        Err(ProbeError::Deadline { attempts: n, .. }) => attempts += n,
                         Err(source) => {
                             return Err(HarnessError::NoAnswer {
                                 what: format!("the image's program at {}", target.addr),
