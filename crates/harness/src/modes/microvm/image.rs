@@ -131,6 +131,96 @@ pub fn check_rule(rule: &ReadyRule, networked: bool) -> Result<(), HarnessError>
     }
 }
 
+/// How a wait for a rule ended, when not in error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited<T> {
+    Met(T),
+    /// The guest's monitor ended first.
+    Ended,
+}
+
+/// Polls `GET path` on `target` (in its namespace) with the one probe
+/// until any HTTP answer, in one-second slices between which `ended` is
+/// asked; returns when it came (on `launched`'s clock), the attempts and
+/// the status.
+pub fn wait_http(
+    target: &Target,
+    path: &str,
+    launched: Instant,
+    timeout: Duration,
+    ended: &mut dyn FnMut() -> Result<bool, HarnessError>,
+) -> Result<Waited<(Instant, u32, u16)>, HarnessError> {
+    let deadline = Instant::now() + timeout;
+    let mut attempts = 0u32;
+    loop {
+        let cfg = ProbeConfig {
+            path: path.to_owned(),
+            deadline: deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1)),
+            ..ProbeConfig::default()
+        };
+        match isolab_net::probe::first_response_at(target, launched, &cfg) {
+            Ok(f) => {
+                return Ok(Waited::Met((
+                    launched + f.elapsed,
+                    attempts + f.attempts,
+                    f.status,
+                )))
+            }
+            // Any status is an answer: the program is up.
+            Err(ProbeError::Status { status, .. }) => {
+                return Ok(Waited::Met((Instant::now(), attempts + 1, status)))
+            }
+            Err(ProbeError::Deadline { attempts: n, .. }) => attempts += n,
+            Err(source) => {
+                return Err(HarnessError::NoAnswer {
+                    what: format!("the image's program at {}", target.addr),
+                    source,
+                })
+            }
+        }
+        if ended()? {
+            return Ok(Waited::Ended);
+        }
+        if Instant::now() >= deadline {
+            return Err(HarnessError::Timeout(timeout));
+        }
+    }
+}
+
+/// Connects to `addr` from `wb`'s namespace until one is accepted, in
+/// one-second slices between which `ended` is asked.
+pub fn wait_tcp(
+    wb: &Workbench,
+    addr: SocketAddr,
+    timeout: Duration,
+    ended: &mut dyn FnMut() -> Result<bool, HarnessError>,
+) -> Result<Waited<Instant>, HarnessError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let slice = Instant::now() + Duration::from_secs(1);
+        let connected = wb.run_in(move || loop {
+            if TcpStream::connect_timeout(&addr, isolab_net::probe::CONNECT_TIMEOUT).is_ok() {
+                return Some(Instant::now());
+            }
+            if Instant::now() >= slice {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        })?;
+        if let Some(at) = connected {
+            return Ok(Waited::Met(at));
+        }
+        if ended()? {
+            return Ok(Waited::Ended);
+        }
+        if Instant::now() >= deadline {
+            return Err(HarnessError::Timeout(timeout));
+        }
+    }
+}
+
 /// An image's microVM: one `isolab-vmm` with the root disk and, when
 /// networked, a TAP on the workbench bridge.
 pub struct ImageVm {
@@ -298,41 +388,12 @@ impl ImageVm {
                     HarnessError::Config("--ready http needs the guest on the network".into())
                 })?;
                 let launched = self.vmm.launched;
-                let mut attempts = 0u32;
-                loop {
-                    // In slices, so that a guest that died is noticed.
-                    let cfg = ProbeConfig {
-                        path: path.clone(),
-                        deadline: deadline
-                            .saturating_duration_since(Instant::now())
-                            .min(Duration::from_secs(1)),
-                        ..ProbeConfig::default()
-                    };
-                    match isolab_net::probe::first_response_at(&target, launched, &cfg) {
-                        Ok(f) => {
-                            attempts += f.attempts;
-                            self.first_http = Some((attempts, f.status));
-                            return Ok(launched + f.elapsed);
-                        }
-                        // Any status is an answer: the program is up.
-                        Err(ProbeError::Status { status, .. }) => {
-                            self.first_http = Some((attempts + 1, status));
-                            return Ok(Instant::now());
-                        }
-                        Err(ProbeError::Deadline { attempts: n, .. }) => attempts += n,
-                        Err(source) => {
-                            return Err(HarnessError::NoAnswer {
-                                what: format!("the image's program at {}", target.addr),
-                                source,
-                            })
-                        }
+                match wait_http(&target, &path, launched, timeout, &mut || self.ended())? {
+                    Waited::Met((at, attempts, status)) => {
+                        self.first_http = Some((attempts, status));
+                        Ok(at)
                     }
-                    if self.ended()? {
-                        return Err(self.ended_early());
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(timed_out());
-                    }
+                    Waited::Ended => Err(self.ended_early()),
                 }
             }
             ReadyRule::Tcp { port } => {
@@ -343,29 +404,9 @@ impl ImageVm {
                     .target(port)
                     .map(|t| t.addr)
                     .ok_or_else(|| HarnessError::Launch("the guest has no address".into()))?;
-                loop {
-                    // One second of attempts inside the namespace at a time.
-                    let slice = Instant::now() + Duration::from_secs(1);
-                    let connected = wb.run_in(move || loop {
-                        if TcpStream::connect_timeout(&addr, isolab_net::probe::CONNECT_TIMEOUT)
-                            .is_ok()
-                        {
-                            return Some(Instant::now());
-                        }
-                        if Instant::now() >= slice {
-                            return None;
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
-                    })?;
-                    if let Some(at) = connected {
-                        return Ok(at);
-                    }
-                    if self.ended()? {
-                        return Err(self.ended_early());
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(timed_out());
-                    }
+                match wait_tcp(&wb, addr, timeout, &mut || self.ended())? {
+                    Waited::Met(at) => Ok(at),
+                    Waited::Ended => Err(self.ended_early()),
                 }
             }
         }
