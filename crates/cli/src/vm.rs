@@ -123,7 +123,8 @@ pub(crate) struct RunArgs {
     /// request/response run after the first.
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub(crate) requests: Option<u32>,
-    /// Further workload arguments (after `--`).
+    /// Further workload arguments (after `--`); with --image/--bundle, the
+    /// command that replaces the image's.
     #[arg(last = true)]
     pub(crate) args: Vec<String>,
 }
