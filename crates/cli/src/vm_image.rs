@@ -132,12 +132,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cache = isolab_guest_kernel::cache_root().context("the artifact cache")?;
     let image = load(&args, &cache)?;
     // The guest kernel and a base initramfs (any provisioned one has the init).
-    let guest = if args.host == HostChoice::Native {
+    if args.host == HostChoice::Native {
+        // Refused before provisioning (which may build a kernel).
         single::check_vm_host(args.allow_pvm)?;
-        single::provisioned_guest(Workload::Noop)?
-    } else {
-        single::provisioned_guest(Workload::Noop)?
-    };
+    }
+    let guest = single::provisioned_guest(Workload::Noop)?;
     let boot = vmimage::prepare(&cache, &guest.initramfs, &image)?;
     eprintln!(
         "bench: {} -> root disk {} ({:.1} MiB{}), command {:?} as {}:{}, --ready {}",
