@@ -24,6 +24,25 @@ pub fn run(
     Ok(emulated::run_bench(&host, args, on_line)?.status)
 }
 
+/// [`run`] with `files` carried in too (a user's image's root disk and
+/// spec initramfs).
+pub fn run_with_files(
+    workload: Workload,
+    args: &[String],
+    files: Vec<isolab_emuhost::FileMap>,
+    on_line: &mut dyn FnMut(&str),
+) -> anyhow::Result<i32> {
+    emulated::provision_guest(workload)?;
+    let host = emulated::prepare(false, vec![], VM_RUN_TIMEOUT_S)?;
+    isolab_emuhost::interrupt::install_handlers()
+        .map_err(|e| anyhow::anyhow!("cannot install the signal handlers: {e}"))?;
+    let outcome = isolab_emuhost::run_bench_inside_with(&host, args, files, &mut |l| {
+        on_line(l.rsplit('\r').next().unwrap_or(l))
+    })
+    .map_err(isolab_harness::HarnessError::from)?;
+    Ok(outcome.status)
+}
+
 /// `bench compare` inside the emulated host; its progress lines are echoed
 /// on stderr.
 pub fn compare(cfg: &CompareConfig) -> anyhow::Result<CompareReport> {

@@ -16,6 +16,7 @@ mod paths;
 mod provision;
 mod signals;
 mod vm;
+mod vm_image;
 
 use std::process::ExitCode;
 

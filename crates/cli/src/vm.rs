@@ -16,7 +16,14 @@ use isolab_microvm::memory_stats::MemorySample;
 use isolab_microvm::smoke;
 use isolab_microvm::{StopReason, VmReport};
 
-use crate::{args, container, emulated, exit, paths, signals};
+use isolab_harness::image::ReadyRule;
+
+use crate::{args, container, emulated, exit, paths, signals, vm_image};
+
+/// Guest RAM of a built-in workload when --memory is not given.
+const DEFAULT_MEMORY_MIB: u64 = 128;
+/// The request run after the first response, when --requests is not given.
+pub(crate) const DEFAULT_REQUESTS: u32 = 200;
 
 /// Run a workload in a KVM microVM with its own guest kernel.
 #[derive(Debug, clap::Args)]
@@ -28,7 +35,7 @@ pub struct VmCmd {
 #[derive(Debug, clap::Subcommand)]
 enum VmSub {
     /// Boot the guest kernel and run one workload; exits with its status.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run a few bytes of real-mode code in a VM (works even on PVM KVM).
     #[command(hide = true)]
     Smoke(SmokeArgs),
@@ -36,7 +43,7 @@ enum VmSub {
 
 /// Where to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum HostChoice {
+pub(crate) enum HostChoice {
     /// On this host's /dev/kvm.
     Native,
     /// Inside the emulated hardware-virtualisation host (QEMU TCG + nested KVM).
@@ -44,55 +51,82 @@ enum HostChoice {
 }
 
 #[derive(Debug, clap::Args)]
-struct RunArgs {
+pub(crate) struct RunArgs {
     /// Workload: noop, api, worker, cache, hog, forkloop, probe, knob.
-    #[arg(long, value_parser = args::workload)]
-    workload: Workload,
-    /// Guest RAM in whole MiB, e.g. 64M, 256M, 1G (at least 32M; a bare number is bytes).
-    #[arg(long, default_value = "128M", value_parser = args::mib)]
-    memory: u64,
+    #[arg(long, value_parser = args::workload,
+          required_unless_present_any = ["image", "bundle", "image_disk"],
+          conflicts_with_all = ["image", "bundle", "image_disk"])]
+    pub(crate) workload: Option<Workload>,
+    /// Run an OCI image instead: an image layout directory, an oci-archive
+    /// or a docker-archive tarball, optionally PATH:TAG. Its root
+    /// filesystem boots as the guest's read-only disk (virtio-blk) under a
+    /// writable overlay; `-- ARGS` replace its command.
+    #[arg(long, value_name = "REF", conflicts_with = "bundle")]
+    pub(crate) image: Option<String>,
+    /// Run an OCI runtime bundle (config.json + rootfs) instead.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) bundle: Option<PathBuf>,
+    /// With --image/--bundle: when the program counts as ready:
+    /// http:PORT/PATH, tcp:PORT, exit or log:TEXT (default: HTTP on its
+    /// lowest exposed TCP port, else its exit).
+    #[arg(long, value_name = "RULE", value_parser = |s: &str| s.parse::<ReadyRule>())]
+    pub(crate) ready: Option<ReadyRule>,
+    /// Inside the emulated host: the image's root disk, built outside.
+    #[arg(long, hide = true, requires_all = ["image_initrd", "ready"])]
+    pub(crate) image_disk: Option<PathBuf>,
+    /// Inside the emulated host: the image's spec initramfs, built outside.
+    #[arg(long, hide = true, requires = "image_disk")]
+    pub(crate) image_initrd: Option<PathBuf>,
+    /// Inside the emulated host: what the user named.
+    #[arg(long, hide = true, requires = "image_disk")]
+    pub(crate) image_label: Option<String>,
+    /// Guest RAM in whole MiB, e.g. 64M, 256M, 1G (at least 32M; a bare
+    /// number is bytes); default 128M, 256M for an image.
+    #[arg(long, value_parser = args::mib)]
+    pub(crate) memory: Option<u64>,
     /// vCPUs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..))]
-    vcpus: u8,
+    pub(crate) vcpus: u8,
     /// Guest kernel (vmlinux or bzImage); default: the provisioned guest kernel.
     #[arg(long)]
-    kernel: Option<PathBuf>,
+    pub(crate) kernel: Option<PathBuf>,
     /// Initramfs with /init and /workload; default: the provisioned one.
     #[arg(long)]
-    initrd: Option<PathBuf>,
+    pub(crate) initrd: Option<PathBuf>,
     /// Show the guest's serial console on stdout (slows the boot).
     #[arg(long, conflicts_with = "console_file")]
-    console: bool,
+    pub(crate) console: bool,
     /// Write the guest's serial console to this file.
     #[arg(long, value_name = "PATH")]
-    console_file: Option<PathBuf>,
+    pub(crate) console_file: Option<PathBuf>,
     /// Appended to the kernel command line.
     #[arg(long, value_name = "S", allow_hyphen_values = true)]
-    cmdline_extra: Option<String>,
+    pub(crate) cmdline_extra: Option<String>,
     /// Print the report as one JSON object.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Boot even on PVM KVM (needs a PVM-capable --kernel).
     #[arg(long)]
-    allow_pvm: bool,
+    pub(crate) allow_pvm: bool,
     /// Write `R` to this inherited fd when the workload is ready, then close it.
     #[arg(long, value_name = "N")]
-    ready_fd: Option<RawFd>,
+    pub(crate) ready_fd: Option<RawFd>,
     /// Where to run the VM.
     #[arg(long, value_enum, default_value = "native")]
-    host: HostChoice,
+    pub(crate) host: HostChoice,
     /// Give the guest a virtio-net device on the workbench bridge and probe
     /// the workload over HTTP (api or cache): time to first response and a
     /// short request run.
     #[arg(long)]
-    net: bool,
-    /// With --net: requests in the request/response run after the first.
-    #[arg(long, default_value_t = 200, requires = "net",
-          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
-    requests: u32,
-    /// Further workload arguments (after `--`).
+    pub(crate) net: bool,
+    /// With --net, or an image's http rule: requests in the
+    /// request/response run after the first.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub(crate) requests: Option<u32>,
+    /// Further workload arguments (after `--`); with --image/--bundle, the
+    /// command that replaces the image's.
     #[arg(last = true)]
-    args: Vec<String>,
+    pub(crate) args: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -104,7 +138,7 @@ struct SmokeArgs {
 
 pub fn run(cmd: VmCmd) -> anyhow::Result<ExitCode> {
     match cmd.command {
-        VmSub::Run(args) => run_vm(args),
+        VmSub::Run(args) => run_vm(*args),
         VmSub::Smoke(args) => run_smoke(args),
     }
 }
@@ -129,9 +163,13 @@ fn ready_fd(fd: RawFd) -> anyhow::Result<OwnedFd> {
 }
 
 /// The monitor's config for the arguments; every error here is usage.
-fn config(args: &RunArgs) -> anyhow::Result<VmConfig> {
+fn config(args: &RunArgs, workload: Workload) -> anyhow::Result<VmConfig> {
     if args.net {
-        single::check_net(args.workload, &args.args)?;
+        single::check_net(workload, &args.args)?;
+    } else if args.requests.is_some() {
+        return Err(exit::usage(
+            "--requests sets the request run of --net: add --net",
+        ));
     }
     if let Some(k) = &args.kernel {
         paths::input_file("--kernel", k)?;
@@ -147,12 +185,9 @@ fn config(args: &RunArgs) -> anyhow::Result<VmConfig> {
         (false, Some(p)) => Console::File(p.clone()),
         (false, None) => Console::Off,
     };
-    let mut config = VmConfig::new(
-        args.kernel.clone().unwrap_or_default(),
-        args.workload.name(),
-    );
+    let mut config = VmConfig::new(args.kernel.clone().unwrap_or_default(), workload.name());
     config.initrd = args.initrd.clone();
-    config.memory_mib = args.memory;
+    config.memory_mib = args.memory.unwrap_or(DEFAULT_MEMORY_MIB);
     config.vcpus = args.vcpus;
     config.workload_args = args.args.clone();
     config.console = console;
@@ -176,15 +211,23 @@ fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
             "--ready-fd cannot cross into the emulated host: drop it with --host emulated",
         ));
     }
-    let mut config = config(&args)?;
+    let Some(workload) = args.workload else {
+        return vm_image::run(args);
+    };
+    if args.ready.is_some() {
+        return Err(exit::usage(
+            "--ready is for --image or --bundle; a built-in workload signals ready itself",
+        ));
+    }
+    let mut config = config(&args, workload)?;
     if args.host == HostChoice::Emulated {
-        return run_emulated(&args, &config);
+        return run_emulated(&args, &config, workload);
     }
     let ready = args.ready_fd.map(ready_fd).transpose()?;
     // Refuse hosts that cannot boot before provisioning (which may build a kernel).
     single::check_vm_host(args.allow_pvm)?;
     if args.kernel.is_none() {
-        let guest = single::provisioned_guest(args.workload).map_err(|e| {
+        let guest = single::provisioned_guest(workload).map_err(|e| {
             anyhow::Error::new(e).context("(or pass --kernel and --initrd explicitly)")
         })?;
         config.kernel = guest.vmlinux;
@@ -199,7 +242,9 @@ fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
             vmm,
             config,
             ready_fd: ready,
-            net_requests: args.net.then_some(args.requests),
+            net_requests: args
+                .net
+                .then_some(args.requests.unwrap_or(DEFAULT_REQUESTS)),
         },
         &signals::target,
     )?;
@@ -242,7 +287,7 @@ fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// `bench vm run` again, inside the emulated hardware-virtualisation host
 /// (QEMU TCG with nested KVM), with the guest artifacts provisioned here.
-fn run_emulated(args: &RunArgs, config: &VmConfig) -> anyhow::Result<ExitCode> {
+fn run_emulated(args: &RunArgs, config: &VmConfig, workload: Workload) -> anyhow::Result<ExitCode> {
     if args.kernel.is_some() || args.initrd.is_some() {
         return Err(exit::usage(
             "--host emulated boots the provisioned guest kernel and initramfs: drop --kernel and --initrd",
@@ -271,7 +316,10 @@ fn run_emulated(args: &RunArgs, config: &VmConfig) -> anyhow::Result<ExitCode> {
     }
     if args.net {
         argv.push("--net".into());
-        argv.push(format!("--requests={}", args.requests));
+        argv.push(format!(
+            "--requests={}",
+            args.requests.unwrap_or(DEFAULT_REQUESTS)
+        ));
     }
     if let Some(extra) = &config.cmdline_extra {
         argv.push(format!("--cmdline-extra={extra}"));
@@ -280,7 +328,7 @@ fn run_emulated(args: &RunArgs, config: &VmConfig) -> anyhow::Result<ExitCode> {
         argv.push("--".into());
         argv.extend(config.workload_args.iter().cloned());
     }
-    let status = emulated::run(args.workload, &argv, false, &mut |line| println!("{line}"))?;
+    let status = emulated::run(workload, &argv, false, &mut |line| println!("{line}"))?;
     if !args.json {
         println!("({})", isolab_emuhost::EMULATED_HOST_LABEL);
     }
@@ -289,7 +337,7 @@ fn run_emulated(args: &RunArgs, config: &VmConfig) -> anyhow::Result<ExitCode> {
     ))
 }
 
-fn ms(v: Option<f64>) -> String {
+pub(crate) fn ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |x| format!("{x:.1}"))
 }
 
@@ -306,7 +354,7 @@ fn mem_line(label: &str, m: &MemorySample) -> String {
     )
 }
 
-fn print_report(r: &VmReport) {
+pub(crate) fn print_report(r: &VmReport) {
     let host = match &r.host {
         HostKind::Hardware(m) => m.clone(),
         other => format!("{other:?}").to_lowercase(),
@@ -403,7 +451,7 @@ mod tests {
         let VmSub::Run(args) = t.c else {
             panic!("not a run")
         };
-        let e = run_vm(args).unwrap_err();
+        let e = run_vm(*args).unwrap_err();
         assert_eq!(exit::code_for(&e), exit::USAGE, "{e:#}");
         format!("{e:#}")
     }
@@ -421,14 +469,24 @@ mod tests {
     #[test]
     fn the_parser_refuses_what_cannot_run() {
         for argv in [
-            &["t", "run", "--workload", "api", "--requests", "5"][..],
-            &["t", "run", "--workload", "nope"],
+            &["t", "run", "--workload", "nope"][..],
+            &["t", "run"],
+            &["t", "run", "--workload", "api", "--image", "x.tar"],
+            &["t", "run", "--image", "x.tar", "--bundle", "b"],
+            &["t", "run", "--image", "x.tar", "--ready", "udp:53"],
             &["t", "run", "--workload", "noop", "--memory", "128"],
             &["t", "run", "--workload", "noop", "--vcpus", "0"],
             &["t", "run", "--workload", "noop", "--vcpus", "300"],
         ] {
             assert!(T::try_parse_from(argv).is_err(), "{argv:?}");
         }
+    }
+
+    #[test]
+    fn requests_and_ready_belong_to_net_and_images() {
+        assert!(usage_msg(&["run", "--workload", "api", "--requests", "5"]).contains("add --net"));
+        assert!(usage_msg(&["run", "--workload", "api", "--ready", "exit"])
+            .contains("--image or --bundle"));
     }
 
     #[test]

@@ -118,11 +118,24 @@ pub fn run_bench_inside(
     args: &[String],
     on_line: &mut dyn FnMut(&str),
 ) -> Result<Outcome, EmuhostError> {
+    run_bench_inside_with(host, args, vec![], on_line)
+}
+
+/// [`run_bench_inside`] with `extra` files carried in as well (a user's
+/// image: its root disk and spec initramfs, built on this host, since the
+/// emulated host has no image tools).
+pub fn run_bench_inside_with(
+    host: &EmulatedHost,
+    args: &[String],
+    extra: Vec<FileMap>,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<Outcome, EmuhostError> {
     let cache_root = match &host.config().cache_root {
         Some(r) => r.clone(),
         None => crate::cache::cache_root()?,
     };
-    let inv = bench_invocation(args, &binary_dir()?, &cache_root)?;
+    let mut inv = bench_invocation(args, &binary_dir()?, &cache_root)?;
+    inv.files.extend(extra);
     host.run(&inv, on_line)
 }
 

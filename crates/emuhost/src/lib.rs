@@ -33,7 +33,7 @@ pub mod peers;
 pub mod provision;
 pub mod runner;
 
-pub use bench::run_bench_inside;
+pub use bench::{run_bench_inside, run_bench_inside_with};
 pub use image::FileMap;
 pub use peers::PeerRuntime;
 pub use runner::{EmulatedHost, HostConfig, Invocation, Outcome, RunError};

@@ -13,6 +13,11 @@
 //! 3. the nginx image (Debian's nginx and libraries) does the same, its
 //!    workers running as `www-data`.
 //!
+//! Then the user's path, `bench vm run --image <the httpd image> --ready
+//! http:80/` (on this host's KVM, or with `--host emulated` where that
+//! cannot boot Linux): the CLI unpacks, builds the disk and initramfs
+//! (cached), boots and probes; its JSON report must show the answer.
+//!
 //! Needs hardware virtualisation. On a host without it (PVM KVM, as on the
 //! project's machines) it prints `SKIPPED`, except in strict mode
 //! (`CI=true` / `ISOLAB_STRICT=1`): then the images, the disk and the
@@ -151,12 +156,79 @@ fn artifacts() -> Option<Artifacts> {
         if isolab_testkit::strict() {
             let a = build_artifacts()?;
             rerun_in_emulated_host(&a);
+            bench_vm_run_image("emulated");
         } else {
             isolab_testkit::skipped(TEST, why);
         }
         return None;
     }
     build_artifacts()
+}
+
+/// `bench vm run --image httpd-oci.tar --ready http:80/ --host HOST
+/// --json`: the image's httpd answers through the user's command.
+fn bench_vm_run_image(host: &str) {
+    let Some(images) = common::test_images(TEST) else {
+        return;
+    };
+    let bench = isolab_testkit::binary("bench");
+    let need = isolab_testkit::missing_binary("bench", "isolab-cli");
+    if !isolab_testkit::require(TEST, need) {
+        return;
+    }
+    let image = images.join("httpd-oci.tar");
+    let started = Instant::now();
+    let out = std::process::Command::new(&bench)
+        .args(["vm", "run", "--image"])
+        .arg(&image)
+        .args([
+            "--ready",
+            "http:80/",
+            "--requests",
+            "5",
+            "--json",
+            "--host",
+            host,
+        ])
+        .env("ISOLAB_PROGRESS", "0")
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench vm run --image failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let report: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l.trim()).ok())
+        .unwrap_or_else(|| panic!("no JSON report in:\n{stdout}\n{stderr}"));
+    let ready = report["image"]["launch_to_ready_ms"].as_f64();
+    assert!(ready.is_some_and(|ms| ms > 0.0), "{report}");
+    assert_eq!(report["image"]["ready_rule"], "http:80/", "{report}");
+    assert_eq!(report["net"]["status"], 200, "{report}");
+    assert_eq!(report["net"]["requests"], 5, "{report}");
+    assert_eq!(report["stop_reason"], "host_request", "{report}");
+    assert!(
+        report["cmdline"]
+            .as_str()
+            .is_some_and(|c| c.contains("isolab.root=/dev/vda")),
+        "{report}"
+    );
+    eprintln!(
+        "{TEST}: bench vm run --image {} --ready http:80/ --host {host}: ready {:.0} ms after launch, \
+         whole command {:.1} s{}",
+        image.display(),
+        ready.unwrap_or_default(),
+        started.elapsed().as_secs_f64(),
+        if host == "emulated" {
+            " (emulated host: timings not comparable to hardware)"
+        } else {
+            ""
+        }
+    );
 }
 
 /// Runs this test inside the emulated host with `a` copied in; panics
@@ -266,6 +338,11 @@ fn images_boot_from_virtio_blk_and_serve_http() {
     );
     wb.destroy().unwrap();
     assert!(!wcfg.run_dir.join(&wcfg.name).exists(), "namespace left");
+    // On hardware, the user's command too (inside the emulated host it
+    // runs from the outside, where the images and bench are).
+    if std::env::var_os("ISOLAB_EMULATED_HOST").is_none() {
+        bench_vm_run_image("native");
+    }
 }
 
 /// Boots the image on `disk` with a TAP in `wb`, waits for `GET /health`

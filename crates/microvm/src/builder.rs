@@ -322,6 +322,7 @@ pub struct Devices {
 pub fn attach_devices(
     vm: &VmFd,
     console: &Console,
+    ready_text: Option<&str>,
     hooks: &mut RunHooks,
 ) -> Result<Devices, BuildError> {
     let mut bus = DeviceBus::default();
@@ -373,7 +374,10 @@ pub fn attach_devices(
             h();
         }
     });
-    let marker = MarkerDevice::new(markers.clone(), Some(hook));
+    let mut marker = MarkerDevice::new(markers.clone(), Some(hook));
+    if let Some(t) = ready_text {
+        marker = marker.with_ready_text(t);
+    }
     bus.pio
         .insert(MARKER_BASE, MARKER_LEN, Arc::new(Mutex::new(marker)))
         .map_err(BuildError::DeviceBus)?;
@@ -817,7 +821,12 @@ pub fn run(
     timeline.setup.kernel = Some(Instant::now());
     let initrd = load_initrd(&mem, config.initrd.as_deref(), validated.mem_bytes, &kernel)?; // 7
     timeline.setup.initrd = Some(Instant::now());
-    let mut devices = attach_devices(&vm, &config.console, &mut hooks)?; // 8
+    let mut devices = attach_devices(
+        &vm,
+        &config.console,
+        config.ready_on_output.as_deref(),
+        &mut hooks,
+    )?; // 8
     attach_mmio_devices(&vm, &mem, &mut devices, &mut hooks)?;
     let cmdline = build_cmdline(config, &devices.mmio_slots)?;
     let cmdline_len = write_cmdline(&mem, &cmdline)?; // 9

@@ -68,7 +68,16 @@ pub struct VmConfig {
     /// forbidden syscall ends the process with status 159.
     #[serde(default)]
     pub seccomp: bool,
+    /// Count the workload ready when this text first appears in its output
+    /// (the marker port), for a program that knows nothing of the ready
+    /// marker (an image's, `--ready log:TEXT`); at most
+    /// [`MAX_READY_TEXT`] bytes.
+    #[serde(default)]
+    pub ready_on_output: Option<String>,
 }
+
+/// Longest `ready_on_output` text.
+pub const MAX_READY_TEXT: usize = 256;
 
 fn default_memory() -> u64 {
     DEFAULT_MEMORY_MIB
@@ -118,6 +127,9 @@ pub enum ConfigError {
     /// Extra command line with control characters.
     #[error("--cmdline-extra must be printable ASCII")]
     BadCmdlineExtra,
+    /// The ready text is empty or too long.
+    #[error("The ready text must be 1 to {MAX_READY_TEXT} bytes, not {len}")]
+    BadReadyText { len: usize },
     /// Guest RAM is not a whole number of the chosen huge pages.
     #[error("Guest memory {mib} MiB is not a multiple of the {} hugetlb page: pass a multiple of {} MiB", .huge_pages.name(), .huge_pages.granule() >> 20)]
     NotHugePageMultiple { mib: u64, huge_pages: HugePages },
@@ -153,6 +165,7 @@ impl VmConfig {
             allow_pvm: false,
             huge_pages: HugePages::Host,
             seccomp: false,
+            ready_on_output: None,
         }
     }
 
@@ -201,6 +214,11 @@ impl VmConfig {
         if let Some(extra) = &self.cmdline_extra {
             if !extra.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
                 return Err(ConfigError::BadCmdlineExtra);
+            }
+        }
+        if let Some(t) = &self.ready_on_output {
+            if t.is_empty() || t.len() > MAX_READY_TEXT {
+                return Err(ConfigError::BadReadyText { len: t.len() });
             }
         }
         Ok(mem_bytes)

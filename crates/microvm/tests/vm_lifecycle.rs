@@ -63,7 +63,8 @@ fn run_payload_with(
         })),
         mmio_devices: Vec::new(),
     };
-    let mut devices = builder::attach_devices(&vm, &Console::Off, &mut hooks).expect("devices");
+    let mut devices =
+        builder::attach_devices(&vm, &Console::Off, None, &mut hooks).expect("devices");
     add_devices(&mut devices);
     let mut fds = Vec::new();
     for i in 0..vcpus {

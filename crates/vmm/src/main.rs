@@ -31,7 +31,7 @@ use anyhow::Context;
 use clap::Parser;
 use isolab_microvm::builder::MmioDeviceFactory;
 use isolab_microvm::devices::bus::SharedDevice;
-use isolab_microvm::devices::virtio::{MmioTransport, NetDevice};
+use isolab_microvm::devices::virtio::{BlockDevice, MmioTransport, NetDevice};
 use isolab_microvm::vstate::memory::HugePages;
 use isolab_microvm::{BuildError, Console, RunHooks, StopReason, VmConfig};
 
@@ -74,6 +74,14 @@ struct Args {
     /// An inherited TAP fd (opened without IFF_VNET_HDR) for a virtio-net device.
     #[arg(long, value_name = "N", requires = "mac")]
     tap_fd: Option<RawFd>,
+    /// A read-only root disk (an image's erofs) for a virtio-blk device,
+    /// the guest's /dev/vda (its init mounts it with `isolab.root=`).
+    #[arg(long, value_name = "PATH")]
+    disk: Option<PathBuf>,
+    /// Count the workload ready when this text appears in its output (a
+    /// program that knows nothing of the ready marker: `--ready log:TEXT`).
+    #[arg(long, value_name = "TEXT")]
+    ready_on_output: Option<String>,
     /// The virtio-net device's MAC address, e.g. 02:49:0a:cb:00:02.
     #[arg(long, value_name = "MAC", requires = "tap_fd")]
     mac: Option<String>,
@@ -179,6 +187,17 @@ fn net_device(tap: OwnedFd, mac: [u8; 6]) -> Result<MmioDeviceFactory, Failure> 
     }))
 }
 
+/// The read-only virtio-blk device on `path`, for the monitor to place.
+fn disk_device(path: &std::path::Path) -> Result<MmioDeviceFactory, Failure> {
+    let dev = BlockDevice::open(path, true, "isolab-root")
+        .with_context(|| format!("Cannot open the root disk {path:?}"))
+        .map_err(usage)?;
+    Ok(Box::new(move |_slot, irq, mem| {
+        let shared: SharedDevice = Arc::new(Mutex::new(MmioTransport::new(dev, mem.clone(), irq)));
+        shared
+    }))
+}
+
 fn classify(err: BuildError) -> Failure {
     let code = if err.is_usage() {
         USAGE
@@ -206,6 +225,10 @@ fn run(args: Args, started: Instant) -> Result<ExitCode, Failure> {
         .map(|fd| inherited(fd, "--ready-fd").map(File::from))
         .transpose()?;
     let mut mmio_devices = Vec::new();
+    // The disk first: the guest's first virtio-blk device is /dev/vda.
+    if let Some(d) = &args.disk {
+        mmio_devices.push(disk_device(d)?);
+    }
     if let (Some(fd), Some(mac)) = (args.tap_fd, args.mac.as_deref()) {
         let mac = parse_mac(mac).ok_or_else(|| {
             usage(anyhow::anyhow!(
@@ -225,6 +248,7 @@ fn run(args: Args, started: Instant) -> Result<ExitCode, Failure> {
     config.allow_pvm = args.allow_pvm;
     config.huge_pages = args.huge_pages;
     config.seccomp = !args.no_seccomp;
+    config.ready_on_output = args.ready_on_output;
     let hooks = RunHooks {
         on_ready: Some(Box::new(move || {
             if let Some(mut f) = ready.take() {

@@ -28,6 +28,8 @@ use isolab_guest_kernel::GuestArtifacts;
 use isolab_microvm::{Console, VmConfig, VmReport};
 use isolab_net::{Tap, Workbench};
 
+pub mod image;
+
 use super::spawn::{self, drain, drained, shell_status, READY_FD};
 use super::{
     Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec, Launcher,
@@ -63,6 +65,8 @@ pub struct MicrovmLauncher {
     network: Arc<SharedWorkbench>,
     /// The emulated host, prepared on first use (or why it cannot be).
     emulated: OnceLock<Result<EmulatedHost, String>>,
+    /// A user's image's disk and spec initramfs, built on first use.
+    image_boot: std::sync::Mutex<Option<image::ImageBoot>>,
 }
 
 /// The registry's constructor.
@@ -73,6 +77,7 @@ pub(crate) fn launcher(ctx: &Context) -> Box<dyn Launcher> {
         host: ctx.vm_host,
         network: Arc::clone(&ctx.network),
         emulated: OnceLock::new(),
+        image_boot: std::sync::Mutex::new(None),
     })
 }
 
@@ -147,6 +152,9 @@ pub fn vmm_args(cfg: &VmConfig, ready_fd: Option<i32>, tap: Option<(i32, [u8; 6]
     if let Some(extra) = &cfg.cmdline_extra {
         v.push(format!("--cmdline-extra={extra}"));
     }
+    if let Some(text) = &cfg.ready_on_output {
+        v.push(format!("--ready-on-output={text}"));
+    }
     if cfg.allow_pvm {
         v.push("--allow-pvm".into());
     }
@@ -211,7 +219,31 @@ impl Vmm {
         tap: Option<(&OwnedFd, [u8; 6])>,
         join_cgroups: &[PathBuf],
     ) -> Result<Self, HarnessError> {
-        let spawned = Vmm::start(vmm, cfg, ready.write_end(), tap, join_cgroups, false);
+        let spawned = Vmm::start(vmm, cfg, None, ready.write_end(), tap, join_cgroups, false);
+        ready.close_write();
+        spawned
+    }
+
+    /// Like [`Vmm::spawn`], with `disk` as the guest's read-only root disk
+    /// (`--disk`, an image's) and, with `echo`, the console passed through.
+    pub fn spawn_with_disk(
+        vmm: &Path,
+        cfg: &VmConfig,
+        disk: &Path,
+        ready: &mut ReadyPipe,
+        tap: Option<(&OwnedFd, [u8; 6])>,
+        join_cgroups: &[PathBuf],
+        echo: bool,
+    ) -> Result<Self, HarnessError> {
+        let spawned = Vmm::start(
+            vmm,
+            cfg,
+            Some(disk),
+            ready.write_end(),
+            tap,
+            join_cgroups,
+            echo,
+        );
         ready.close_write();
         spawned
     }
@@ -226,12 +258,13 @@ impl Vmm {
         tap: Option<(&OwnedFd, [u8; 6])>,
         echo: bool,
     ) -> Result<Self, HarnessError> {
-        Vmm::start(vmm, cfg, ready, tap, &[], echo)
+        Vmm::start(vmm, cfg, None, ready, tap, &[], echo)
     }
 
     fn start(
         vmm: &Path,
         cfg: &VmConfig,
+        disk: Option<&Path>,
         ready: Option<&OwnedFd>,
         tap: Option<(&OwnedFd, [u8; 6])>,
         join_cgroups: &[PathBuf],
@@ -247,6 +280,9 @@ impl Vmm {
             (READY_FD + fds.len() as i32 - 1, mac)
         });
         let mut cmd = Command::new(vmm);
+        if let Some(d) = disk {
+            cmd.arg("--disk").arg(d);
+        }
         cmd.args(vmm_args(cfg, ready_at, tap_at))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -316,14 +352,16 @@ impl Launcher for MicrovmLauncher {
     }
 
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
-        super::refuse_image(ModeKind::Microvm, spec)?;
         let guest = self
             .guest
             .as_ref()
             .map_err(|e| HarnessError::Unavailable(e.clone()))?;
+        if let Some(img) = &spec.image {
+            return self.launch_image(guest, img, spec);
+        }
         let mut cfg = vm_config(guest, spec);
         if self.host == VmHost::Emulated {
-            return self.launch_emulated(cfg);
+            return self.launch_emulated(cfg, None);
         }
         // HTTP workloads get a virtio-net device on the workbench bridge.
         let (workbench, tap) = guest_net(&self.network, spec)?.unzip();
@@ -434,10 +472,66 @@ const EMU_VMM: &str = "/opt/isolab/bin/isolab-vmm";
 const EMU_KERNEL: &str = "/opt/isolab/guest/vmlinux";
 const EMU_INITRD: &str = "/opt/isolab/guest/initramfs.cpio";
 
+/// Where an image's root disk goes inside the emulated host.
+const EMU_DISK: &str = "/opt/isolab/guest/rootfs.erofs";
+
 impl MicrovmLauncher {
+    /// A user's image: its root disk on virtio-blk, its command from the
+    /// spec initramfs, readiness by its rule ([`image`]); on the workbench
+    /// bridge unless this is a density run.
+    fn launch_image(
+        &self,
+        guest: &GuestArtifacts,
+        img: &crate::image::ImageWorkload,
+        spec: &InstanceSpec,
+    ) -> Result<Box<dyn Instance>, HarnessError> {
+        let boot = {
+            let mut slot = self.image_boot.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.as_ref() {
+                Some(b) => b.clone(),
+                None => {
+                    let cache = isolab_guest_kernel::cache_root()
+                        .map_err(|e| HarnessError::Unavailable(e.to_string()))?;
+                    let b = image::prepare(&cache, &guest.initramfs, img)?;
+                    slot.insert(b).clone()
+                }
+            }
+        };
+        let cfg = image::image_config(
+            &guest.vmlinux,
+            &boot,
+            &img.ready,
+            spec.memory_bytes.map(|b| b >> 20),
+            spec.vcpus,
+        );
+        if self.host == VmHost::Emulated {
+            return self.launch_emulated(cfg, Some(&boot.disk.path));
+        }
+        let workbench = if spec.join_cgroups.is_empty() {
+            Some(self.network.get()?)
+        } else {
+            None
+        };
+        let vm = image::ImageVm::spawn(
+            &self.vmm,
+            cfg,
+            &boot.disk.path,
+            img.ready.clone(),
+            workbench,
+            &spec.join_cgroups,
+            false,
+        )?;
+        Ok(Box::new(vm))
+    }
+
     /// `isolab-vmm` inside the emulated host, on a thread: one boot of the
-    /// host per instance; the console lines carry the report.
-    fn launch_emulated(&self, cfg: VmConfig) -> Result<Box<dyn Instance>, HarnessError> {
+    /// host per instance; the console lines carry the report. `disk` is an
+    /// image's root disk, carried in with the guest.
+    fn launch_emulated(
+        &self,
+        cfg: VmConfig,
+        disk: Option<&Path>,
+    ) -> Result<Box<dyn Instance>, HarnessError> {
         let prepared = self.emulated.get_or_init(|| {
             let config = HostConfig {
                 timeout_s: EMULATED_TIMEOUT.as_secs(),
@@ -461,15 +555,20 @@ impl MicrovmLauncher {
             ..cfg.clone()
         };
         let mut command = vec![EMU_VMM.to_owned()];
+        let mut files = vec![
+            map(&self.vmm, EMU_VMM),
+            map(&cfg.kernel, EMU_KERNEL),
+            map(cfg.initrd.as_deref().unwrap_or(Path::new("")), EMU_INITRD),
+        ];
+        if let Some(d) = disk {
+            command.extend(["--disk".to_owned(), EMU_DISK.to_owned()]);
+            files.push(map(d, EMU_DISK));
+        }
         command.extend(vmm_args(&inner, None, None));
         let inv = Invocation {
             command,
             env: vec![],
-            files: vec![
-                map(&self.vmm, EMU_VMM),
-                map(&cfg.kernel, EMU_KERNEL),
-                map(cfg.initrd.as_deref().unwrap_or(Path::new("")), EMU_INITRD),
-            ],
+            files,
         };
         // Ctrl-C reaches this process only; pass it on to the QEMU run.
         let cancel = Arc::new(AtomicBool::new(false));

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use isolab_guest_kernel::GuestArtifacts;
 use isolab_net::{Tap, Workbench};
 
+use super::microvm::image::{self as vmimage, wait_http, wait_tcp, ImageBoot, Waited};
 use super::microvm::{
     guest_http_target, guest_net, native_refusal, net_cmdline, DEFAULT_GUEST_MIB,
 };
@@ -25,6 +26,7 @@ use super::{
     Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec, Launcher,
     ModeKind,
 };
+use crate::image::ReadyRule;
 use crate::memory::process_tree;
 use crate::net::SharedWorkbench;
 use crate::HarnessError;
@@ -36,6 +38,9 @@ use crate::HarnessError;
 pub struct QemuPeer {
     pub guest: Result<GuestArtifacts, String>,
     network: Arc<SharedWorkbench>,
+    /// A user's image's disk and spec initramfs (the same files our
+    /// microVM boots), built on first use.
+    image_boot: std::sync::Mutex<Option<ImageBoot>>,
 }
 
 /// The registry's constructor.
@@ -43,7 +48,22 @@ pub(crate) fn launcher(ctx: &Context) -> Box<dyn Launcher> {
     Box::new(QemuPeer {
         guest: ctx.guest_if_bootable(),
         network: Arc::clone(&ctx.network),
+        image_boot: std::sync::Mutex::new(None),
     })
+}
+
+/// QEMU's arguments for an image's read-only root disk: a raw drive
+/// behind a `virtio-blk-device` (virtio-mmio), the guest's `/dev/vda` as
+/// in our monitor.
+fn disk_args(disk: &Path) -> [String; 4] {
+    // QEMU's option syntax doubles a comma inside a value.
+    let file = disk.display().to_string().replace(',', ",,");
+    [
+        "-drive".into(),
+        format!("file={file},if=none,format=raw,readonly=on,id=root"),
+        "-device".into(),
+        "virtio-blk-device,drive=root".into(),
+    ]
 }
 
 /// `02:49:0a:cb:00:02`.
@@ -69,15 +89,33 @@ impl Launcher for QemuPeer {
     }
 
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
-        super::refuse_image(ModeKind::QemuMicrovm, spec)?;
         let guest = self
             .guest
             .as_ref()
             .map_err(|e| HarnessError::Launch(e.clone()))?;
-        let mib = spec
-            .memory_bytes
-            .map(|b| b >> 20)
-            .unwrap_or(DEFAULT_GUEST_MIB);
+        // A user's image: the root disk and spec initramfs our microVM
+        // boots, the same readiness rule.
+        let image = match &spec.image {
+            Some(img) => {
+                let mut slot = self.image_boot.lock().unwrap_or_else(|e| e.into_inner());
+                let boot = match slot.as_ref() {
+                    Some(b) => b.clone(),
+                    None => {
+                        let cache = isolab_guest_kernel::cache_root()
+                            .map_err(|e| HarnessError::Unavailable(e.to_string()))?;
+                        let b = vmimage::prepare(&cache, &guest.initramfs, img)?;
+                        slot.insert(b).clone()
+                    }
+                };
+                Some((boot, img.ready.clone()))
+            }
+            None => None,
+        };
+        let default_mib = match image {
+            Some(_) => vmimage::DEFAULT_IMAGE_MIB,
+            None => DEFAULT_GUEST_MIB,
+        };
+        let mib = spec.memory_bytes.map(|b| b >> 20).unwrap_or(default_mib);
         let pipe = |what: &str| {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(|e| HarnessError::io(format!("create the {what} pipe"), e))
@@ -92,14 +130,36 @@ impl Launcher for QemuPeer {
         let mut cmdline = String::from(
             "reboot=t panic=1 nomodule pci=off i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce rdinit=/init 8250.nr_uarts=1 console=ttyS0 loglevel=0",
         );
-        cmdline.push_str(&format!(" isolab.workload={}", spec.workload));
         let vcpus = spec.vcpus.unwrap_or(1).to_string();
-        for a in &spec.args {
-            cmdline.push_str(&format!(" isolab.arg={a}"));
+        if image.is_some() {
+            cmdline.push_str(&format!(
+                " isolab.workload={} {}",
+                vmimage::IMAGE_WORKLOAD,
+                isolab_image::guest_spec::root_cmdline()
+            ));
+        } else {
+            cmdline.push_str(&format!(" isolab.workload={}", spec.workload));
+            for a in &spec.args {
+                cmdline.push_str(&format!(" isolab.arg={a}"));
+            }
         }
-        // As for our microVM: HTTP workloads get virtio-net on the
-        // workbench bridge, except in density runs.
-        let (workbench, tap) = guest_net(&self.network, spec)?.unzip();
+        // As for our microVM: HTTP workloads and images get virtio-net on
+        // the workbench bridge, except in density runs.
+        let (workbench, tap) = match &image {
+            Some((_, rule)) => {
+                let net = if spec.join_cgroups.is_empty() {
+                    let wb = self.network.get()?;
+                    let tap = wb.create_tap(None, false)?;
+                    Some((wb, tap))
+                } else {
+                    None
+                };
+                vmimage::check_rule(rule, net.is_some())?;
+                net
+            }
+            None => guest_net(&self.network, spec)?,
+        }
+        .unzip();
         if let Some(t) = &tap {
             cmdline.push(' ');
             cmdline.push_str(&net_cmdline(t));
@@ -157,10 +217,16 @@ impl Launcher for QemuPeer {
                 ),
             ]);
         }
+        if let Some((boot, _)) = &image {
+            cmd.args(disk_args(&boot.disk.path));
+        }
+        let initrd = image
+            .as_ref()
+            .map_or(&guest.initramfs, |(boot, _)| &boot.initrd);
         cmd.arg("-kernel")
             .arg(&guest.bz_image)
             .arg("-initrd")
-            .arg(&guest.initramfs)
+            .arg(initrd)
             .args(["-append", &cmdline])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -178,11 +244,29 @@ impl Launcher for QemuPeer {
         drop(out_w);
         drop(status_w);
         drop(tap_fd);
-        let target = workbench
-            .as_deref()
-            .zip(tap.as_ref())
-            .map(|(wb, t)| guest_http_target(wb, t));
+        let rule = image.map(|(_, r)| r);
+        let target = match &rule {
+            Some(ReadyRule::Http { port, .. }) => {
+                workbench
+                    .as_deref()
+                    .zip(tap.as_ref())
+                    .map(|(wb, t)| HttpTarget {
+                        target: isolab_net::Target {
+                            netns: isolab_net::Netns::Path(wb.netns_path()),
+                            addr: (t.lease().addr(), *port).into(),
+                        },
+                        after_ready: true,
+                    })
+            }
+            Some(_) => None,
+            None => workbench
+                .as_deref()
+                .zip(tap.as_ref())
+                .map(|(wb, t)| guest_http_target(wb, t)),
+        };
         Ok(Box::new(QemuInstance {
+            rule,
+            output_seen: vec![],
             child,
             marker: marker_r,
             output: out_r,
@@ -199,6 +283,11 @@ impl Launcher for QemuPeer {
 }
 
 struct QemuInstance {
+    /// A user's image's readiness rule (the built-in workload writes the
+    /// ready marker instead).
+    rule: Option<ReadyRule>,
+    /// Output read while waiting for a `log:` rule, kept for the outcome.
+    output_seen: Vec<u8>,
     child: Child,
     marker: OwnedFd,
     output: OwnedFd,
@@ -222,8 +311,11 @@ impl QemuInstance {
             .wait()
             .map_err(|e| HarnessError::io("wait for qemu", e))?;
         drop(self.tap.take());
-        let mut out = String::new();
-        let _ = std::fs::File::from(self.output).read_to_string(&mut out);
+        let mut rest = Vec::new();
+        let _ = std::fs::File::from(self.output).read_to_end(&mut rest);
+        let mut bytes = std::mem::take(&mut self.output_seen);
+        bytes.extend(rest);
+        let out = String::from_utf8_lossy(&bytes).into_owned();
         let mut status = vec![];
         let _ = std::fs::File::from(self.status).read_to_end(&mut status);
         Ok(InstanceOutcome {
@@ -237,12 +329,115 @@ impl QemuInstance {
     }
 }
 
+impl QemuInstance {
+    /// True once QEMU has ended.
+    fn ended(&mut self) -> Result<bool, HarnessError> {
+        Ok(self
+            .child
+            .try_wait()
+            .map_err(|e| HarnessError::io("wait for qemu", e))?
+            .is_some())
+    }
+
+    fn ended_early(&mut self, rule: &ReadyRule) -> HarnessError {
+        let mut err = String::new();
+        if let Some(mut s) = self.child.stderr.take() {
+            let _ = s.read_to_string(&mut err);
+        }
+        let status = self.child.wait().ok().and_then(shell_status);
+        HarnessError::NotReady(format!(
+            "QEMU ended (status {status:?}) before --ready {rule} was met; command {}: {}",
+            self.argv,
+            err.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("(no error output)")
+                .trim(),
+        ))
+    }
+
+    /// An image's readiness, as our microVM's ([`vmimage::ImageVm`]).
+    fn wait_rule(&mut self, rule: &ReadyRule, timeout: Duration) -> Result<Instant, HarnessError> {
+        let end = Instant::now() + timeout;
+        let target = |port: u16| self.target_for(port);
+        match rule {
+            ReadyRule::Http { port, path } => {
+                let t = target(*port).ok_or_else(|| {
+                    HarnessError::Config("--ready http needs the guest on the network".into())
+                })?;
+                match wait_http(&t, path, self.launched, timeout, &mut || self.ended())? {
+                    Waited::Met((at, _, _)) => Ok(at),
+                    Waited::Ended => Err(self.ended_early(rule)),
+                }
+            }
+            ReadyRule::Tcp { port } => {
+                let t = target(*port).ok_or_else(|| {
+                    HarnessError::Config("--ready tcp needs the guest on the network".into())
+                })?;
+                let wb = self._workbench.clone().ok_or_else(|| {
+                    HarnessError::Config("--ready tcp needs the guest on the network".into())
+                })?;
+                match wait_tcp(&wb, t.addr, timeout, &mut || self.ended())? {
+                    Waited::Met(at) => Ok(at),
+                    Waited::Ended => Err(self.ended_early(rule)),
+                }
+            }
+            ReadyRule::Exit => loop {
+                if self.ended()? {
+                    return Ok(Instant::now());
+                }
+                if Instant::now() >= end {
+                    return Err(HarnessError::Timeout(timeout));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            },
+            ReadyRule::Log(text) => {
+                // The output port's pipe, read as it comes.
+                let want = text.as_bytes();
+                loop {
+                    if !crate::ready::readable(self.output.as_fd(), end)? {
+                        return Err(HarnessError::Timeout(timeout));
+                    }
+                    let mut buf = [0u8; 4096];
+                    match nix::unistd::read(&self.output, &mut buf) {
+                        Ok(0) => return Err(self.ended_early(rule)),
+                        Ok(n) => {
+                            let from = self.output_seen.len().saturating_sub(want.len());
+                            self.output_seen.extend_from_slice(&buf[..n]);
+                            if self.output_seen[from..]
+                                .windows(want.len())
+                                .any(|w| w == want)
+                            {
+                                return Ok(Instant::now());
+                            }
+                        }
+                        Err(e) => return Err(HarnessError::io("read the output pipe", e)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// `port` on the guest, from the workbench namespace.
+    fn target_for(&self, port: u16) -> Option<isolab_net::Target> {
+        let wb = self._workbench.as_ref()?;
+        let t = self.tap.as_ref()?;
+        Some(isolab_net::Target {
+            netns: isolab_net::Netns::Path(wb.netns_path()),
+            addr: (t.lease().addr(), port).into(),
+        })
+    }
+}
+
 impl Instance for QemuInstance {
     fn launched_at(&self) -> Instant {
         self.launched
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
+        if let Some(rule) = self.rule.clone() {
+            return self.wait_rule(&rule, timeout);
+        }
         let end = Instant::now() + timeout;
         loop {
             if !crate::ready::readable(self.marker.as_fd(), end)? {
@@ -297,5 +492,19 @@ impl Instance for QemuInstance {
         let mut me = *self;
         let ended = spawn::wait_or_terminate(&mut me.child, timeout, Duration::from_secs(1))?;
         me.finish(!ended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_disk_is_a_read_only_virtio_blk_device_with_commas_escaped() {
+        assert_eq!(
+            disk_args(Path::new("/c/a,b/rootfs.erofs")).join(" "),
+            "-drive file=/c/a,,b/rootfs.erofs,if=none,format=raw,readonly=on,id=root \
+             -device virtio-blk-device,drive=root"
+        );
     }
 }

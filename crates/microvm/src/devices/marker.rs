@@ -14,6 +14,7 @@
 //! (`Instant`) on the vCPU thread, as close to the guest's write as the host
 //! can observe it.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -69,6 +70,10 @@ pub type ReadyHook = Box<dyn FnMut() + Send>;
 pub struct MarkerDevice {
     log: Arc<Mutex<MarkerLog>>,
     on_ready: Option<ReadyHook>,
+    /// Output text that counts as the ready marker, and the last
+    /// `text.len()` output bytes to match it against (kept apart from the
+    /// capped output, so a late line still matches).
+    ready_text: Option<(Vec<u8>, VecDeque<u8>)>,
 }
 
 impl std::fmt::Debug for MarkerDevice {
@@ -83,7 +88,34 @@ impl MarkerDevice {
     /// A device that records into `log` and runs `on_ready` at the first
     /// ready marker.
     pub fn new(log: Arc<Mutex<MarkerLog>>, on_ready: Option<ReadyHook>) -> Self {
-        Self { log, on_ready }
+        Self {
+            log,
+            on_ready,
+            ready_text: None,
+        }
+    }
+
+    /// Also counts the workload ready when `text` (non-empty) first
+    /// appears in its output, as if the ready marker had been written.
+    pub fn with_ready_text(mut self, text: &str) -> Self {
+        if !text.is_empty() {
+            let t = text.as_bytes().to_vec();
+            let window = VecDeque::with_capacity(t.len());
+            self.ready_text = Some((t, window));
+        }
+        self
+    }
+
+    /// Feeds one output byte to the ready text; true when it completes it.
+    fn output_completes_ready_text(&mut self, byte: u8) -> bool {
+        let Some((text, window)) = self.ready_text.as_mut() else {
+            return false;
+        };
+        if window.len() == text.len() {
+            window.pop_front();
+        }
+        window.push_back(byte);
+        window.len() == text.len() && window.iter().eq(text.iter())
     }
 }
 
@@ -98,6 +130,7 @@ impl BusDevice for MarkerDevice {
             return DeviceEvent::None;
         };
         let mut fire_ready = false;
+        let text_ready = offset == 2 && self.output_completes_ready_text(value);
         {
             let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
             match offset {
@@ -123,6 +156,10 @@ impl BusDevice for MarkerDevice {
                 }
                 1 => log.exit_status = Some(value),
                 2 => {
+                    if text_ready && log.workload_ready.is_none() {
+                        log.workload_ready = Some(now);
+                        fire_ready = true;
+                    }
                     if log.output.len() < MAX_OUTPUT {
                         log.output.push(value);
                     } else {
@@ -217,5 +254,29 @@ mod tests {
         assert_eq!(l.unknown_events_dropped, 10);
         assert_eq!(l.output.len(), MAX_OUTPUT);
         assert_eq!(l.output_dropped, 3);
+    }
+
+    #[test]
+    fn ready_text_in_the_output_counts_as_ready_once_even_past_the_cap() {
+        let (d, log, readies) = device();
+        let mut d = d.with_ready_text("listening");
+        for b in b"start\nlisten" {
+            d.write(2, &[*b]);
+        }
+        assert_eq!(readies.load(Ordering::SeqCst), 0);
+        for b in b"ing on :80\nlistening" {
+            d.write(2, &[*b]);
+        }
+        assert_eq!(readies.load(Ordering::SeqCst), 1);
+        assert!(log.lock().unwrap().workload_ready.is_some());
+        // Past the kept output, the text still matches.
+        let (d, _, readies) = device();
+        let mut d = d.with_ready_text("up");
+        for _ in 0..MAX_OUTPUT {
+            d.write(2, b"x");
+        }
+        d.write(2, b"u");
+        d.write(2, b"p");
+        assert_eq!(readies.load(Ordering::SeqCst), 1);
     }
 }

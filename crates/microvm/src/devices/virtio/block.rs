@@ -856,6 +856,55 @@ mod tests {
                 prop_assert_eq!(std::fs::read(f.path()).unwrap(), disk_bytes());
             }
 
+            /// Writes to a writable disk, with arbitrary sectors, segment
+            /// lengths (whole sectors or not) and addresses (in RAM, at its
+            /// edge, past it): the disk never grows, a refused write leaves
+            /// it unchanged, and an accepted one changes exactly the bytes
+            /// it names, with the guest's data.
+            #[test]
+            fn writes_stay_inside_the_disk_and_the_request(
+                sector in prop_oneof![0..SECTORS + 2, Just(u64::MAX / 512), any::<u64>()],
+                segs in prop::collection::vec(
+                    (
+                        prop_oneof![4 => 0x20000u64..0x60000, 1 => MEM - 1024..MEM + 1024],
+                        prop_oneof![4 => (1u32..4).prop_map(|n| n * 512), 1 => 0u32..2048],
+                    ),
+                    1..4,
+                ),
+            ) {
+                let m = mem();
+                let (f, d) = disk(false);
+                let fill: Vec<u8> = (0..0x60000u32).map(|i| (i % 241) as u8 ^ 0x5a).collect();
+                m.write_slice(&fill, GuestAddress(0x20000)).unwrap();
+                header(&m, 0x10000, VIRTIO_BLK_T_OUT, sector);
+                let mut chain = vec![desc(0x10000, 16, false)];
+                chain.extend(segs.iter().map(|&(a, l)| desc(a, l, false)));
+                chain.push(desc(0x90000, 1, true));
+                let (status, len) = run(&m, &d, &chain, 0x90000);
+                prop_assert_eq!(len, 1, "the status byte only");
+                let on_disk = std::fs::read(f.path()).unwrap();
+                prop_assert_eq!(on_disk.len() as u64, SECTORS * SECTOR_SIZE, "the disk never grows");
+                let original = disk_bytes();
+                if status != VIRTIO_BLK_S_OK {
+                    prop_assert_eq!(status, VIRTIO_BLK_S_IOERR);
+                    prop_assert!(on_disk == original, "a refused write changed the disk");
+                } else {
+                    let total: u64 = segs.iter().map(|s| u64::from(s.1)).sum();
+                    let start = (sector * SECTOR_SIZE) as usize;
+                    let end = start + total as usize;
+                    prop_assert!(total % SECTOR_SIZE == 0 && end as u64 <= SECTORS * SECTOR_SIZE);
+                    prop_assert_eq!(&on_disk[..start], &original[..start]);
+                    prop_assert_eq!(&on_disk[end..], &original[end..]);
+                    let mut want = Vec::new();
+                    for &(a, l) in &segs {
+                        let mut b = vec![0u8; l as usize];
+                        m.read_slice(&mut b, GuestAddress(a)).unwrap();
+                        want.extend(b);
+                    }
+                    prop_assert!(on_disk[start..end] == want[..], "the guest's data, in order");
+                }
+            }
+
             /// Well-formed reads anywhere on the disk return the disk's bytes.
             #[test]
             fn valid_reads_return_the_disk(
