@@ -60,6 +60,11 @@ pub struct CompareConfig {
     /// Also run the security-posture pass per mode.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub posture: bool,
+    /// The isolation half's budget when it runs by default (`short`, or
+    /// `full` with `--isolation`); `None` with `--isolation off`, where
+    /// only the passes asked for by their own flags run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<crate::isolation::Budget>,
 }
 
 #[cfg(test)]
@@ -79,6 +84,7 @@ impl CompareConfig {
             neighbours: None,
             surface: None,
             posture: false,
+            isolation: None,
         }
     }
 }
@@ -635,6 +641,16 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
         v.push(format!(
             "load: {} sequential GET /health on one keep-alive connection, last run of each mode",
             cfg.requests
+        ));
+    }
+    if let Some(b) = cfg.isolation {
+        v.push(format!(
+            "isolation half: the {} budget ({}; `--isolation full` measures longer, `--isolation off` measures cost only)",
+            b.name(),
+            match b {
+                crate::isolation::Budget::Short => "the default run's, sized so cost and isolation fit in one run: intervals are wider",
+                crate::isolation::Budget::Full => "--isolation",
+            }
         ));
     }
     if let Some(n) = &cfg.neighbours {
