@@ -97,7 +97,7 @@ pub struct CompareArgs {
     /// Security-posture pass even with --isolation off.
     #[arg(long)]
     pub posture: bool,
-    /// Requests sent while the attack-surface pass traces [default: 50 short, 100 full].
+    /// Requests sent while the attack-surface pass traces [default: 30 short, 100 full].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub surface_requests: Option<u64>,
     /// Noisy-neighbour kinds, comma-separated: cpu, memory, fork; "all" or "none" [default: all unless --isolation off].
@@ -112,13 +112,13 @@ pub struct CompareArgs {
     /// pids.max of tenant and neighbour; the plain process's fork ceiling.
     #[arg(long, default_value_t = 128)]
     pub neighbour_pids: u64,
-    /// Requests per tenant run (sequential, and again split over the connections) [default: 100 short, 400 full].
+    /// Requests per tenant run (sequential, and again split over the connections) [default: 50 short, 400 full].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub neighbour_requests: Option<u64>,
     /// Connections of the tenant's concurrent run.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub neighbour_connections: u32,
-    /// Least time the tenant runs beside each neighbour, ms [default: 250 short, 1000 full].
+    /// Least time the tenant runs beside each neighbour, ms [default: 150 short, 1000 full].
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub neighbour_window_ms: Option<u64>,
 }
@@ -491,9 +491,9 @@ mod tests {
         assert_eq!(n.limits, Limits::default());
         assert_eq!(
             (n.sequential_requests, n.window_ms, n.window_max_ms),
-            (100, 250, 1000)
+            (50, 150, 600)
         );
-        assert_eq!(c.surface.map(|s| s.requests), Some(50));
+        assert_eq!(c.surface.map(|s| s.requests), Some(30));
         assert!(c.posture);
     }
 

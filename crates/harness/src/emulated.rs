@@ -236,6 +236,24 @@ mod tests {
              --neighbour-window-ms 1000 --attack-surface --surface-requests 100 --posture"
         );
         assert_eq!(carried_peers(&cfg), [PeerRuntime::Runc]);
+        // The default run's isolation half goes in with its budget; a
+        // cost-only run says so, so the inner run does not add it.
+        let short = CompareConfig {
+            isolation: Some(crate::isolation::Budget::Short),
+            ..cfg.clone()
+        };
+        assert!(compare_args(&short)
+            .join(" ")
+            .contains("--isolation short --neighbours memory"));
+        let cost = CompareConfig {
+            neighbours: None,
+            surface: None,
+            posture: false,
+            ..cfg.clone()
+        };
+        assert!(compare_args(&cost)
+            .join(" ")
+            .ends_with("--isolation off --neighbours none"));
         let all = CompareConfig {
             modes: crate::modes::MODES.iter().map(|m| m.kind).collect(),
             ..cfg

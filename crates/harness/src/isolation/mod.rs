@@ -45,7 +45,7 @@ impl Budget {
     /// Requests per tenant run (sequential, and again concurrent).
     pub fn neighbour_requests(self) -> usize {
         match self {
-            Budget::Short => 100,
+            Budget::Short => 50,
             Budget::Full => 400,
         }
     }
@@ -53,7 +53,7 @@ impl Budget {
     /// Least time the tenant runs beside each neighbour, ms.
     pub fn window_ms(self) -> u64 {
         match self {
-            Budget::Short => 250,
+            Budget::Short => 150,
             Budget::Full => 1000,
         }
     }
@@ -62,7 +62,7 @@ impl Budget {
     /// acted yet, ms, for a window of `window_ms`.
     pub fn window_max_ms(self, window_ms: u64) -> u64 {
         match self {
-            Budget::Short => (window_ms * 4).max(1_000),
+            Budget::Short => (window_ms * 4).max(600),
             Budget::Full => (window_ms * 10).max(10_000),
         }
     }
@@ -70,7 +70,7 @@ impl Budget {
     /// Requests sent while the attack-surface pass traces.
     pub fn surface_requests(self) -> usize {
         match self {
-            Budget::Short => 50,
+            Budget::Short => 30,
             Budget::Full => 100,
         }
     }
