@@ -251,7 +251,11 @@ fn density_with_small_budget_reports_stop_rule_and_cleans_up() {
 /// The default run shows both halves: cost and isolation (noisy
 /// neighbour, host system calls, posture), ending with the reading
 /// generated from them. Small numbers keep it short; the isolation budget
-/// is the default one apart from the request counts.
+/// is the default one apart from the request counts. Whether the limit
+/// acts within the short budget's 600 ms is not asserted here (a
+/// debug-built hog is slower than the release one);
+/// crates/harness/tests/noisy_neighbour.rs checks every fate with time to
+/// spare.
 #[test]
 fn the_default_run_shows_cost_and_isolation_and_ends_with_the_reading() {
     let test = "the_default_run_shows_cost_and_isolation_and_ends_with_the_reading";
@@ -269,7 +273,7 @@ fn the_default_run_shows_cost_and_isolation_and_ends_with_the_reading() {
             "--warmup",
             "0",
         ])
-        .args(["--requests", "20", "--modes", "process,container,microvm"])
+        .args(["--requests", "20", "--modes", "container,microvm"])
         .args(["--peers", "none", "--neighbours", "memory"])
         .args(["--neighbour-requests", "20", "--surface-requests", "10"])
         .output()
@@ -309,7 +313,7 @@ fn the_default_run_shows_cost_and_isolation_and_ends_with_the_reading() {
         .lines()
         .find(|l| l.trim_start().starts_with("container") && l.contains("memory"))
         .unwrap_or_else(|| panic!("no container memory-neighbour row in\n{out}"));
-    assert!(row.contains("OOM-killed"), "{row}");
+    assert!(row.contains(" 0/0 "), "the tenant kept answering: {row}");
     assert_no_cgroups_left();
 }
 
