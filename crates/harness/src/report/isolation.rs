@@ -513,6 +513,37 @@ mod tests {
     }
 
     #[test]
+    fn csv_carries_the_isolation_rows() {
+        let mut r = report();
+        r.surface = vec![ModeSurface {
+            mode: ModeKind::Runc,
+            peer: true,
+            status: ScenarioStatus::Measured,
+            processes: 2,
+            threads: 3,
+            not_traced: vec![],
+            requests: 10,
+            errors: 0,
+            syscalls: [("read", 30u64), ("write", 20)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        }];
+        let csv = crate::report::csv::render(&r);
+        for row in [
+            "container,interference_p99_ratio,memory/sequential,2.5000,ratio,",
+            "container,tenant_p99_alone,memory/sequential,",
+            "container,tenant_errors_with,memory/sequential,0,requests,",
+            "runc,host_syscalls_distinct,,2,syscalls,",
+            "runc,host_syscalls_per_request,,5.0000,calls,",
+            "runc,host_syscall,read,30,calls,",
+        ] {
+            assert!(csv.lines().any(|l| l.starts_with(row)), "{row} in\n{csv}");
+        }
+        assert!(!csv.contains("microvm"), "an unmeasured mode has no rows");
+    }
+
+    #[test]
     fn without_the_scenario_there_is_no_section() {
         let r = CompareReport {
             neighbours: vec![],
