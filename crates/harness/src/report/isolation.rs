@@ -513,7 +513,7 @@ mod tests {
     }
 
     #[test]
-    fn csv_carries_the_isolation_rows() {
+    fn csv_and_plots_carry_the_isolation_half() {
         let mut r = report();
         r.surface = vec![ModeSurface {
             mode: ModeKind::Runc,
@@ -541,6 +541,16 @@ mod tests {
             assert!(csv.lines().any(|l| l.starts_with(row)), "{row} in\n{csv}");
         }
         assert!(!csv.contains("microvm"), "an unmeasured mode has no rows");
+        let dir = tempfile::tempdir().unwrap();
+        let written = crate::report::plots::write_all(&r, dir.path()).unwrap();
+        for (f, names) in [
+            ("interference.svg", "memory/sequential"),
+            ("syscalls.svg", "runc"),
+        ] {
+            assert!(written.contains(&f.to_string()), "{f} in {written:?}");
+            let svg = std::fs::read_to_string(dir.path().join(f)).unwrap();
+            assert!(svg.starts_with("<svg") && svg.contains(names), "{f}");
+        }
     }
 
     #[test]
