@@ -10,7 +10,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use isolab_harness::compare::{self, CompareConfig, CompareReport, Progress};
 use isolab_harness::density::DensityConfig;
-use isolab_harness::isolation::{Limits, NeighbourConfig, NeighbourKind, SurfaceConfig};
+use isolab_harness::isolation::{Budget, Limits, NeighbourConfig, NeighbourKind, SurfaceConfig};
 use isolab_harness::modes::ModeKind;
 use isolab_harness::report::{self, Format};
 use isolab_harness::Workload;
@@ -77,21 +77,32 @@ pub struct CompareArgs {
     /// Seconds to wait for an instance to become ready.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
     pub ready_timeout: u64,
-    /// Also measure isolation: every neighbour kind (as --neighbours all), the attack surface and the posture.
-    #[arg(long)]
-    pub isolation: bool,
-    /// Attack-surface pass: host system calls serving each mode during a request run (ptrace).
+    /// The isolation half (noisy neighbours, host system calls, posture):
+    /// short (the default run's budget), full (longer runs; `--isolation`
+    /// alone) or off (cost only).
+    #[arg(
+        long,
+        value_name = "short|full|off",
+        default_value = "short",
+        num_args = 0..=1,
+        default_missing_value = "full"
+    )]
+    pub isolation: String,
+    /// Cost only, no isolation half (as --isolation off).
+    #[arg(long, conflicts_with = "isolation")]
+    pub no_isolation: bool,
+    /// Attack-surface pass (host system calls serving each mode, ptrace) even with --isolation off.
     #[arg(long)]
     pub attack_surface: bool,
-    /// Security-posture pass: what each mode's workload and host-side processes hold over the kernel.
+    /// Security-posture pass even with --isolation off.
     #[arg(long)]
     pub posture: bool,
-    /// Requests sent while the attack-surface pass traces.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub surface_requests: u64,
-    /// Noisy-neighbour scenario, comma-separated kinds: cpu, memory, fork; "all" or "none".
-    #[arg(long, value_delimiter = ',', default_value = "none")]
-    pub neighbours: Vec<String>,
+    /// Requests sent while the attack-surface pass traces [default: 30 short, 100 full].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub surface_requests: Option<u64>,
+    /// Noisy-neighbour kinds, comma-separated: cpu, memory, fork; "all" or "none" [default: all unless --isolation off].
+    #[arg(long, value_delimiter = ',')]
+    pub neighbours: Option<Vec<String>>,
     /// CPU limit of tenant and neighbour (containers; microVM vCPUs, rounded up).
     #[arg(long, default_value = "1", value_parser = args::cpus)]
     pub neighbour_cpus: f64,
@@ -101,15 +112,15 @@ pub struct CompareArgs {
     /// pids.max of tenant and neighbour; the plain process's fork ceiling.
     #[arg(long, default_value_t = 128)]
     pub neighbour_pids: u64,
-    /// Requests per tenant run (sequential, and again split over the connections).
-    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub neighbour_requests: u64,
+    /// Requests per tenant run (sequential, and again split over the connections) [default: 50 short, 400 full].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub neighbour_requests: Option<u64>,
     /// Connections of the tenant's concurrent run.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub neighbour_connections: u32,
-    /// Least time the tenant runs beside each neighbour, ms.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    pub neighbour_window_ms: u64,
+    /// Least time the tenant runs beside each neighbour, ms [default: 150 short, 1000 full].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub neighbour_window_ms: Option<u64>,
     #[command(flatten)]
     pub image: crate::image::ImageArgs,
     /// With --image/--bundle: the command that replaces the image's.
@@ -117,23 +128,46 @@ pub struct CompareArgs {
     pub args: Vec<String>,
 }
 
+/// The isolation budget the arguments ask for: `None` is `--isolation
+/// off` (then only the passes named by their own flags run, with the full
+/// budget's numbers, as before the isolation half became default).
+fn isolation_budget(args: &CompareArgs) -> anyhow::Result<Option<Budget>> {
+    if args.no_isolation {
+        return Ok(None);
+    }
+    match args.isolation.as_str() {
+        "short" => Ok(Some(Budget::Short)),
+        "full" => Ok(Some(Budget::Full)),
+        "off" => Ok(None),
+        other => Err(exit::usage(format!(
+            "--isolation {other}: choose short, full or off"
+        ))),
+    }
+}
+
 /// The noisy-neighbour configuration the arguments ask for, if any.
-fn neighbours(args: &CompareArgs) -> anyhow::Result<Option<NeighbourConfig>> {
+fn neighbours(
+    args: &CompareArgs,
+    budget: Option<Budget>,
+) -> anyhow::Result<Option<NeighbourConfig>> {
     let mut kinds: Vec<NeighbourKind> = vec![];
     let all = NeighbourKind::ALL.to_vec();
-    for k in &args.neighbours {
-        match k.trim() {
-            "none" | "" => {}
-            "all" => kinds.extend(&all),
-            k => kinds.push(k.parse().map_err(
-                |e: isolab_harness::isolation::UnknownNeighbour| {
-                    exit::usage(format!("{e}, all or none"))
-                },
-            )?),
+    match &args.neighbours {
+        None if budget.is_some() => kinds = all.clone(),
+        None => {}
+        Some(asked) => {
+            for k in asked {
+                match k.trim() {
+                    "none" | "" => {}
+                    "all" => kinds.extend(&all),
+                    k => kinds.push(k.parse().map_err(
+                        |e: isolab_harness::isolation::UnknownNeighbour| {
+                            exit::usage(format!("{e}, all or none"))
+                        },
+                    )?),
+                }
+            }
         }
-    }
-    if args.isolation && kinds.is_empty() {
-        kinds = all;
     }
     let mut seen = std::collections::HashSet::new();
     kinds.retain(|k| seen.insert(*k));
@@ -146,14 +180,19 @@ fn neighbours(args: &CompareArgs) -> anyhow::Result<Option<NeighbourConfig>> {
         pids: args.neighbour_pids,
     };
     limits.validate().map_err(|e| exit::usage(e.to_string()))?;
+    let b = budget.unwrap_or(Budget::Full);
+    let requests = args
+        .neighbour_requests
+        .map_or(b.neighbour_requests(), |n| n as usize);
+    let window_ms = args.neighbour_window_ms.unwrap_or(b.window_ms());
     Ok(Some(NeighbourConfig {
         kinds,
         limits,
-        sequential_requests: args.neighbour_requests as usize,
-        concurrent_requests: args.neighbour_requests as usize,
+        sequential_requests: requests,
+        concurrent_requests: requests,
         connections: args.neighbour_connections,
-        window_ms: args.neighbour_window_ms,
-        window_max_ms: (args.neighbour_window_ms * 10).max(10_000),
+        window_ms,
+        window_max_ms: b.window_max_ms(window_ms),
         ready_timeout: Duration::from_secs(args.ready_timeout),
     }))
 }
@@ -247,17 +286,24 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
                 "--image/--bundle run on this host only: drop --host emulated",
             ));
         }
-        if args.density || args.isolation || args.attack_surface || args.posture {
+        if args.density || args.isolation == "full" || args.attack_surface || args.posture {
             return Err(exit::usage(
                 "--image/--bundle measure startup and memory: drop --density and the isolation passes",
             ));
         }
-        if neighbours(args)?.is_some() {
+        if neighbours(args, None)?.is_some() {
             return Err(exit::usage(
                 "--image/--bundle measure startup and memory: drop --neighbours",
             ));
         }
     }
+    // The isolation passes launch the built-in workload only: an image
+    // run measures the cost half.
+    let budget = if image.is_some() {
+        None
+    } else {
+        isolation_budget(args)?
+    };
     Ok(Plan {
         config: CompareConfig {
             workload: image
@@ -275,12 +321,17 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
                 max_instances: args.max_instances.map(|n| n as usize),
                 ready_timeout,
             }),
-            neighbours: neighbours(args)?,
-            surface: (args.isolation || args.attack_surface).then_some(SurfaceConfig {
-                requests: args.surface_requests as usize,
+            neighbours: neighbours(args, budget)?,
+            surface: (budget.is_some() || args.attack_surface).then_some(SurfaceConfig {
+                requests: args
+                    .surface_requests
+                    .map_or(budget.unwrap_or(Budget::Full).surface_requests(), |n| {
+                        n as usize
+                    }),
                 ready_timeout,
             }),
-            posture: args.isolation || args.posture,
+            posture: budget.is_some() || args.posture,
+            isolation: budget,
         },
         format,
         emulated,
@@ -438,6 +489,8 @@ mod tests {
             &["--format", "yaml"],
             &["--host", "cloud"],
             &["--neighbours", "cpu,disk"],
+            &["--isolation", "long"],
+            &["--isolation", "off", "--no-isolation"],
             &["--isolation", "--neighbour-memory", "1M"],
             &["--isolation", "--neighbour-cpus", "0"],
             &["--isolation", "--neighbour-pids", "1"],
@@ -467,26 +520,79 @@ mod tests {
     }
 
     #[test]
-    fn neighbours_are_off_by_default_and_isolation_asks_for_all() {
-        assert!(plan_of(&[]).unwrap().config.neighbours.is_none());
-        let n = plan_of(&["--isolation"])
-            .unwrap()
-            .config
-            .neighbours
-            .unwrap();
+    fn isolation_is_on_by_default_with_the_short_budget() {
+        let c = plan_of(&[]).unwrap().config;
+        assert_eq!(c.isolation, Some(Budget::Short));
+        let n = c.neighbours.unwrap();
         assert_eq!(n.kinds, NeighbourKind::ALL);
         assert_eq!(n.limits, Limits::default());
-        let n = plan_of(&[
+        assert_eq!(
+            (n.sequential_requests, n.window_ms, n.window_max_ms),
+            (50, 150, 600)
+        );
+        assert_eq!(c.surface.map(|s| s.requests), Some(30));
+        assert!(c.posture);
+    }
+
+    #[test]
+    fn isolation_alone_is_the_full_budget_and_off_is_cost_only() {
+        for argv in [&["--isolation"][..], &["--isolation", "full"]] {
+            let c = plan_of(argv).unwrap().config;
+            assert_eq!(c.isolation, Some(Budget::Full), "{argv:?}");
+            let n = c.neighbours.unwrap();
+            assert_eq!(
+                (n.sequential_requests, n.window_ms, n.window_max_ms),
+                (400, 1000, 10_000)
+            );
+            assert_eq!(c.surface.map(|s| s.requests), Some(100));
+        }
+        for argv in [&["--isolation", "off"][..], &["--no-isolation"]] {
+            let c = plan_of(argv).unwrap().config;
+            assert!(
+                c.isolation.is_none()
+                    && c.neighbours.is_none()
+                    && c.surface.is_none()
+                    && !c.posture,
+                "{argv:?}"
+            );
+        }
+        // Off, a pass asked for by its own flag runs with the full numbers.
+        let c = plan_of(&[
+            "--isolation",
+            "off",
             "--neighbours",
             "fork,memory,fork",
             "--neighbour-memory",
             "512M",
         ])
         .unwrap()
-        .config
-        .neighbours
-        .unwrap();
+        .config;
+        let n = c.neighbours.unwrap();
         assert_eq!(n.kinds, [NeighbourKind::Fork, NeighbourKind::Memory]);
         assert_eq!(n.limits.memory_bytes, 512 << 20);
+        assert_eq!(n.sequential_requests, 400);
+        assert!(c.surface.is_none() && !c.posture);
+        // An explicit number wins over the budget's.
+        let c = plan_of(&[
+            "--neighbours",
+            "cpu",
+            "--neighbour-requests",
+            "30",
+            "--surface-requests",
+            "7",
+        ])
+        .unwrap()
+        .config;
+        let n = c.neighbours.unwrap();
+        assert_eq!(
+            (n.kinds.as_slice(), n.sequential_requests),
+            (&[NeighbourKind::Cpu][..], 30)
+        );
+        assert_eq!(c.surface.map(|s| s.requests), Some(7));
+        assert!(plan_of(&["--neighbours", "none"])
+            .unwrap()
+            .config
+            .neighbours
+            .is_none());
     }
 }

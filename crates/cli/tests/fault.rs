@@ -80,7 +80,7 @@ fn scenario(i: u64) -> (&'static str, Vec<&'static str>, u64) {
         ),
         _ => (
             "compare + peers",
-            "compare --workload api --modes container --peers runc,gvisor --runs 2 --warmup 0 --requests 5 --format json",
+            "compare --workload api --modes container --peers runc,gvisor --runs 2 --warmup 0 --requests 5 --isolation off --format json",
             1500,
         ),
     };

@@ -65,6 +65,11 @@ pub struct CompareConfig {
     /// method lines name it and its ready rule.
     #[serde(skip)]
     pub image: Option<std::sync::Arc<crate::image::ImageWorkload>>,
+    /// The isolation half's budget when it runs by default (`short`, or
+    /// `full` with `--isolation`); `None` with `--isolation off`, where
+    /// only the passes asked for by their own flags run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<crate::isolation::Budget>,
 }
 
 #[cfg(test)]
@@ -85,6 +90,7 @@ impl CompareConfig {
             surface: None,
             posture: false,
             image: None,
+            isolation: None,
         }
     }
 }
@@ -684,6 +690,16 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
         v.push(format!(
             "load: {} sequential GET /health on one keep-alive connection, last run of each mode",
             cfg.requests
+        ));
+    }
+    if let Some(b) = cfg.isolation {
+        v.push(format!(
+            "isolation half: the {} budget ({}; `--isolation full` measures longer, `--isolation off` measures cost only)",
+            b.name(),
+            match b {
+                crate::isolation::Budget::Short => "the default run's, sized so cost and isolation fit in one run: intervals are wider",
+                crate::isolation::Budget::Full => "--isolation",
+            }
         ));
     }
     if let Some(n) = &cfg.neighbours {

@@ -142,8 +142,16 @@ pub fn compare_args(cfg: &crate::compare::CompareConfig) -> Vec<String> {
             v.extend(["--max-instances".into(), n.to_string()]);
         }
     }
-    if let Some(n) = &cfg.neighbours {
-        v.extend(crate::isolation::cli_args(n));
+    // The isolation half is on by default: the inner run gets the same
+    // budget (or `off`), then every pass's own flags, so it runs exactly
+    // the outer configuration.
+    v.extend([
+        "--isolation".into(),
+        cfg.isolation.map_or("off", |b| b.name()).into(),
+    ]);
+    match &cfg.neighbours {
+        Some(n) => v.extend(crate::isolation::cli_args(n)),
+        None => v.extend(["--neighbours".into(), "none".into()]),
     }
     if let Some(s) = &cfg.surface {
         v.extend([
@@ -218,16 +226,35 @@ mod tests {
             surface: Some(crate::isolation::SurfaceConfig::default()),
             posture: true,
             image: None,
+            isolation: None,
         };
         assert_eq!(
             compare_args(&cfg).join(" "),
             "compare --workload cache --modes process,microvm --peers runc --runs 3 --warmup 1 \
              --requests 10 --ready-timeout 30 --format json --density --budget 1048576K \
-             --max-instances 20 --neighbours memory --neighbour-cpus 1 --neighbour-memory 262144K \
+             --max-instances 20 --isolation off --neighbours memory --neighbour-cpus 1 --neighbour-memory 262144K \
              --neighbour-pids 128 --neighbour-requests 400 --neighbour-connections 4 \
              --neighbour-window-ms 1000 --attack-surface --surface-requests 100 --posture"
         );
         assert_eq!(carried_peers(&cfg), [PeerRuntime::Runc]);
+        // The default run's isolation half goes in with its budget; a
+        // cost-only run says so, so the inner run does not add it.
+        let short = CompareConfig {
+            isolation: Some(crate::isolation::Budget::Short),
+            ..cfg.clone()
+        };
+        assert!(compare_args(&short)
+            .join(" ")
+            .contains("--isolation short --neighbours memory"));
+        let cost = CompareConfig {
+            neighbours: None,
+            surface: None,
+            posture: false,
+            ..cfg.clone()
+        };
+        assert!(compare_args(&cost)
+            .join(" ")
+            .ends_with("--isolation off --neighbours none"));
         let all = CompareConfig {
             modes: crate::modes::MODES.iter().map(|m| m.kind).collect(),
             ..cfg

@@ -107,3 +107,56 @@ fn container_neighbours_meet_their_limits_and_the_tenant_keeps_answering() {
         "stopped by the harness, not dead by itself"
     );
 }
+
+/// gVisor's neighbours: it has no ready byte, so each neighbour counts as
+/// running once its sandbox has a stub; each must be measured (not "never
+/// became ready") and the tenant must keep answering.
+#[test]
+fn gvisor_neighbours_run_beside_the_tenant() {
+    let test = "gvisor_neighbours_run_beside_the_tenant";
+    if !isolab_testkit::require(
+        test,
+        isolab_testkit::first_missing([
+            isolab_testkit::missing_container(),
+            isolab_testkit::missing_binary("workload", "isolab-workload"),
+            isolab_testkit::missing_command("runsc", "runsc"),
+        ]),
+    ) {
+        return;
+    }
+    let ctx = Context::new(Workload::Api).expect("binaries beside the test");
+    let launcher = ctx.launcher(ModeKind::Gvisor);
+    let cfg = NeighbourConfig {
+        sequential_requests: 50,
+        concurrent_requests: 50,
+        connections: 2,
+        window_ms: 250,
+        window_max_ms: 5_000,
+        ..NeighbourConfig::default()
+    };
+    let r = run_mode(
+        launcher.as_ref(),
+        &cfg,
+        &ProbeLoad,
+        &HostFacts::capture(),
+        &mut |_, _| {},
+    );
+    for n in &r.neighbours {
+        eprintln!("{}: {:?} {:?} {:?}", n.kind, n.fate, n.observation, n.error);
+    }
+    assert!(
+        matches!(r.status, ScenarioStatus::Measured),
+        "{:?}",
+        r.status
+    );
+    assert_eq!(r.neighbours.len(), 3);
+    for n in &r.neighbours {
+        assert_eq!(n.error, None, "{}", n.kind);
+        assert_eq!(n.interference.len(), 2, "{}", n.kind);
+        assert_eq!(
+            n.tenant_errors, 0,
+            "the tenant kept answering beside {}",
+            n.kind
+        );
+    }
+}

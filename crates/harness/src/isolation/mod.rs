@@ -25,7 +25,63 @@ pub use noisy::{HostFacts, Limits, ModeNeighbours, NeighbourConfig};
 pub use posture::ModePosture;
 pub use surface::{ModeSurface, SurfaceConfig};
 
+use serde::{Deserialize, Serialize};
+
 use crate::modes::{Context, ModeKind};
+
+/// How long the isolation half of `bench compare` measures: `short` is the
+/// default run's (so cost and isolation fit in one run of the default
+/// length), `full` is `--isolation`'s. A flag given explicitly
+/// (`--neighbour-requests`, `--neighbour-window-ms`, `--surface-requests`)
+/// overrides the budget's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Budget {
+    Short,
+    Full,
+}
+
+impl Budget {
+    /// Requests per tenant run (sequential, and again concurrent).
+    pub fn neighbour_requests(self) -> usize {
+        match self {
+            Budget::Short => 50,
+            Budget::Full => 400,
+        }
+    }
+
+    /// Least time the tenant runs beside each neighbour, ms.
+    pub fn window_ms(self) -> u64 {
+        match self {
+            Budget::Short => 150,
+            Budget::Full => 1000,
+        }
+    }
+
+    /// Most time the tenant runs beside a neighbour whose limit has not
+    /// acted yet, ms, for a window of `window_ms`.
+    pub fn window_max_ms(self, window_ms: u64) -> u64 {
+        match self {
+            Budget::Short => (window_ms * 4).max(600),
+            Budget::Full => (window_ms * 10).max(10_000),
+        }
+    }
+
+    /// Requests sent while the attack-surface pass traces.
+    pub fn surface_requests(self) -> usize {
+        match self {
+            Budget::Short => 30,
+            Budget::Full => 100,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Budget::Short => "short",
+            Budget::Full => "full",
+        }
+    }
+}
 
 /// Progress of the isolation scenarios (the caller draws it).
 #[derive(Debug)]

@@ -332,6 +332,51 @@ pub fn limit_acted(kind: NeighbourKind, o: &NeighbourObservation) -> bool {
     n.is_some_and(|n| n > 0)
 }
 
+/// Host processes of a gVisor sandbox once its workload runs: `runsc run`,
+/// the gofer, the sandbox (the Sentry) and at least one ptrace stub (the
+/// address space of a process inside).
+pub const GVISOR_RUNNING_PROCESSES: usize = 4;
+
+/// Waits until the neighbour runs. Every mode but gVisor signals ready when
+/// its workload starts; gVisor has no ready byte (`runsc run` has no
+/// `--preserve-fds`), and for a workload that serves nothing its ready is
+/// the end of `runsc run`, which would wait out the whole storm. A gVisor
+/// neighbour counts as running once its sandbox has a stub
+/// ([`GVISOR_RUNNING_PROCESSES`] host processes) or has already ended (a
+/// storm that met its limit at once; its fate tells).
+fn neighbour_started(
+    mode: ModeKind,
+    n: &mut dyn Instance,
+    timeout: Duration,
+) -> Result<(), HarnessError> {
+    if mode != ModeKind::Gvisor {
+        return n.wait_ready(timeout).map(|_| ());
+    }
+    let deadline = n.launched_at() + timeout;
+    loop {
+        let pids = n.host_pids();
+        let alive = pids.iter().filter(|p| running(**p)).count();
+        if alive >= GVISOR_RUNNING_PROCESSES || alive == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline || crate::interrupted() {
+            return Err(HarnessError::Launch(format!(
+                "the gVisor sandbox had {alive} host process(es) after {timeout:?}, not yet a stub"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    })
+}
+
 /// Runs the scenario for the mode of `launcher`. Never fails as a whole:
 /// a mode that cannot run or fails is reported so, with what was measured.
 pub fn run_mode(
@@ -494,7 +539,7 @@ fn one_neighbour(
             return Ok(result);
         }
     };
-    if let Err(e) = n.wait_ready(cfg.ready_timeout) {
+    if let Err(e) = neighbour_started(launcher.kind(), n.as_mut(), cfg.ready_timeout) {
         let _ = n.stop();
         result.error = Some(format!(
             "the neighbour never became ready: {}",

@@ -77,5 +77,71 @@ pub fn render(r: &CompareReport) -> String {
             row("density_ready", n, format!("{:.4}", p.ready_ms), "ms");
         }
     }
+    isolation_rows(r, &esc(&label), &mut out);
     out
+}
+
+/// The isolation half's figures, one row each: per mode, neighbour kind
+/// and load pattern the tenant's p50/p99 alone and with, the p99 ratio
+/// with its interval bounds and the errors (the `run` column names the
+/// neighbour and pattern, e.g. `cpu/sequential`); per mode the host system
+/// calls (distinct, per request, and each call's count with its name in
+/// `run`).
+fn isolation_rows(r: &CompareReport, label: &str, out: &mut String) {
+    for m in &r.neighbours {
+        let mode = m.mode.name();
+        for n in &m.neighbours {
+            for i in &n.interference {
+                let run = esc(&format!("{}/{}", n.kind, i.pattern));
+                let rows = [
+                    ("tenant_p50_alone", i.alone.p50_us, "us"),
+                    ("tenant_p99_alone", i.alone.p99_us, "us"),
+                    ("tenant_p50_with", i.with_neighbour.p50_us, "us"),
+                    ("tenant_p99_with", i.with_neighbour.p99_us, "us"),
+                    ("tenant_rps_alone", i.alone.requests_per_s, "req/s"),
+                    ("tenant_rps_with", i.with_neighbour.requests_per_s, "req/s"),
+                    ("interference_p99_ratio", i.p99_ratio.ratio, "ratio"),
+                    (
+                        "interference_p99_ratio_ci_low",
+                        i.p99_ratio.ci95[0],
+                        "ratio",
+                    ),
+                    (
+                        "interference_p99_ratio_ci_high",
+                        i.p99_ratio.ci95[1],
+                        "ratio",
+                    ),
+                ];
+                for (metric, v, unit) in rows {
+                    out.push_str(&format!("{mode},{metric},{run},{v:.4},{unit},{label}\n"));
+                }
+                out.push_str(&format!(
+                    "{mode},tenant_errors_with,{run},{},requests,{label}\n",
+                    n.tenant_errors
+                ));
+            }
+        }
+    }
+    for s in &r.surface {
+        if !matches!(s.status, crate::isolation::noisy::ScenarioStatus::Measured) {
+            continue;
+        }
+        let mode = s.mode.name();
+        out.push_str(&format!(
+            "{mode},host_syscalls_distinct,,{},syscalls,{label}\n",
+            s.distinct()
+        ));
+        if s.requests > 0 {
+            out.push_str(&format!(
+                "{mode},host_syscalls_per_request,,{:.4},calls,{label}\n",
+                s.calls() as f64 / s.requests as f64
+            ));
+        }
+        for (name, n) in &s.syscalls {
+            out.push_str(&format!(
+                "{mode},host_syscall,{},{n},calls,{label}\n",
+                esc(name)
+            ));
+        }
+    }
 }

@@ -257,6 +257,30 @@ fn posture_cells(m: &ModePosture) -> Option<Vec<String>> {
 fn posture_notes(r: &CompareReport) -> Vec<String> {
     let mut v = vec![];
     for m in &r.posture {
+        if let Some(w) = &m.workload {
+            // "?" is a fact the workload's own /proc did not expose (gVisor's
+            // has no boot id and no NoNewPrivs line): say which, never guess.
+            let mut unknown = vec![];
+            if matches!(w.kernel, isolab_isolation::posture::KernelRelation::Unknown) {
+                unknown.push("kernel (no boot id, and the same release as the host)");
+            }
+            if w.no_new_privs.is_none() {
+                unknown.push("no_new_privs (no NoNewPrivs line in its /proc/self/status)");
+            }
+            if w.seccomp.is_none() {
+                unknown.push("seccomp (no Seccomp line in its /proc/self/status)");
+            }
+            if w.cap_eff.is_none() {
+                unknown.push("capabilities (no CapEff line)");
+            }
+            if !unknown.is_empty() {
+                v.push(format!(
+                    "{}: ? = not readable inside it: {}",
+                    m.mode.name(),
+                    unknown.join("; ")
+                ));
+            }
+        }
         match &m.status {
             ScenarioStatus::Measured => {}
             ScenarioStatus::Unavailable { reason } => {
@@ -510,6 +534,75 @@ mod tests {
         assert!(t.contains("microvm: not traced: no hardware KVM"), "{t}");
         let md = markdown(&r);
         assert!(md.contains("| runc | 2 | 3 | 4 | 91 | 9.1 |"), "{md}");
+    }
+
+    #[test]
+    fn csv_and_plots_carry_the_isolation_half() {
+        let mut r = report();
+        r.surface = vec![ModeSurface {
+            mode: ModeKind::Runc,
+            peer: true,
+            status: ScenarioStatus::Measured,
+            processes: 2,
+            threads: 3,
+            not_traced: vec![],
+            requests: 10,
+            errors: 0,
+            syscalls: [("read", 30u64), ("write", 20)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+        }];
+        let csv = crate::report::csv::render(&r);
+        for row in [
+            "container,interference_p99_ratio,memory/sequential,2.5000,ratio,",
+            "container,tenant_p99_alone,memory/sequential,",
+            "container,tenant_errors_with,memory/sequential,0,requests,",
+            "runc,host_syscalls_distinct,,2,syscalls,",
+            "runc,host_syscalls_per_request,,5.0000,calls,",
+            "runc,host_syscall,read,30,calls,",
+        ] {
+            assert!(csv.lines().any(|l| l.starts_with(row)), "{row} in\n{csv}");
+        }
+        assert!(!csv.contains("microvm"), "an unmeasured mode has no rows");
+        let dir = tempfile::tempdir().unwrap();
+        let written = crate::report::plots::write_all(&r, dir.path()).unwrap();
+        for (f, names) in [
+            ("interference.svg", "memory/sequential"),
+            ("syscalls.svg", "runc"),
+        ] {
+            assert!(written.contains(&f.to_string()), "{f} in {written:?}");
+            let svg = std::fs::read_to_string(dir.path().join(f)).unwrap();
+            assert!(svg.starts_with("<svg") && svg.contains(names), "{f}");
+        }
+    }
+
+    #[test]
+    fn posture_question_marks_are_explained() {
+        use isolab_isolation::posture::{HostKernel, WorkloadPosture};
+        let probe = serde_json::json!({
+            "workload": "probe", "ok": true,
+            "kernel": {"release": "6.18.44", "sysname": "Linux"},
+            "seccomp": 0, "uid_map": "0 0 4294967295",
+            "cap_eff": {"hex": "0000000000000001", "count": 1},
+        });
+        let host = HostKernel {
+            release: "6.18.44".into(),
+            boot_id: Some("b".into()),
+        };
+        let mut r = report();
+        r.posture = vec![ModePosture {
+            mode: ModeKind::Gvisor,
+            peer: true,
+            status: ScenarioStatus::Measured,
+            workload: Some(WorkloadPosture::from_probe(&probe, &host).unwrap()),
+            host: vec![],
+        }];
+        let t = table(&r);
+        assert!(
+            t.contains("gvisor: ? = not readable inside it: kernel (no boot id, and the same release as the host); no_new_privs (no NoNewPrivs line"),
+            "{t}"
+        );
     }
 
     #[test]

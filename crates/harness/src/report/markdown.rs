@@ -64,6 +64,13 @@ pub fn render_with_plots(r: &CompareReport, plots: &[String]) -> String {
             let _ = writeln!(o, "- {l}");
         }
     }
+    let reading = super::reading::lines(r);
+    if !reading.is_empty() {
+        let _ = writeln!(o, "\n## {}\n", super::reading::TITLE);
+        for l in reading {
+            let _ = writeln!(o, "- {l}");
+        }
+    }
     o
 }
 

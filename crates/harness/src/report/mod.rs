@@ -5,6 +5,7 @@ pub mod csv;
 pub mod isolation;
 pub mod markdown;
 pub mod plots;
+pub mod reading;
 pub mod table;
 
 use crate::compare::{CompareReport, ModeReport, ModeStatus};

@@ -147,6 +147,127 @@ fn memory(r: &CompareReport, out: &mut String) -> Result<bool, HarnessError> {
     Ok(true)
 }
 
+/// The tenant's p99 ratio (with / alone) per mode: one bar per neighbour
+/// kind and load pattern, its 95% interval as a whisker, a line at 1 (no
+/// interference).
+fn interference(r: &CompareReport, out: &mut String) -> Result<bool, HarnessError> {
+    let modes: Vec<_> = r
+        .neighbours
+        .iter()
+        .filter(|m| m.neighbours.iter().any(|n| !n.interference.is_empty()))
+        .collect();
+    if modes.is_empty() {
+        return Ok(false);
+    }
+    // (kind/pattern) series in first-seen order.
+    let mut series: Vec<String> = vec![];
+    for m in &modes {
+        for n in &m.neighbours {
+            for i in &n.interference {
+                let k = format!("{}/{}", n.kind, i.pattern);
+                if !series.contains(&k) {
+                    series.push(k);
+                }
+            }
+        }
+    }
+    let ymax = modes
+        .iter()
+        .flat_map(|m| m.neighbours.iter().flat_map(|n| n.interference.iter()))
+        .map(|i| i.p99_ratio.ci95[1].max(i.p99_ratio.ratio))
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let root = SVGBackend::with_string(out, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err("interference", e))?;
+    let names: Vec<String> = modes.iter().map(|m| m.mode.name().to_string()).collect();
+    let title = match &r.environment.label {
+        Some(l) => format!("tenant p99 with / alone per neighbour (95% CI) — {l}"),
+        None => "tenant p99 with / alone per neighbour (95% CI)".into(),
+    };
+    let mut chart = columns(&root, "interference", &title, &names, ymax, "ratio")?;
+    let width = 0.8 / series.len() as f64;
+    for (si, key) in series.iter().enumerate() {
+        let colour = Palette99::pick(si).mix(0.7);
+        let mut bars = vec![];
+        let mut whiskers = vec![];
+        for (mi, m) in modes.iter().enumerate() {
+            for n in &m.neighbours {
+                for i in &n.interference {
+                    if &format!("{}/{}", n.kind, i.pattern) != key || !i.p99_ratio.ratio.is_finite()
+                    {
+                        continue;
+                    }
+                    let x0 = mi as f64 - 0.4 + si as f64 * width;
+                    bars.push(Rectangle::new(
+                        [(x0, 0.0), (x0 + width * 0.9, i.p99_ratio.ratio)],
+                        colour.filled(),
+                    ));
+                    let xc = x0 + width * 0.45;
+                    whiskers.push(PathElement::new(
+                        vec![(xc, i.p99_ratio.ci95[0]), (xc, i.p99_ratio.ci95[1])],
+                        BLACK,
+                    ));
+                }
+            }
+        }
+        chart
+            .draw_series(bars)
+            .map_err(|e| err("interference", e))?
+            .label(key.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+        chart
+            .draw_series(whiskers)
+            .map_err(|e| err("interference", e))?;
+    }
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![(-0.5, 1.0), (names.len() as f64 - 0.5, 1.0)],
+            RED,
+        )))
+        .map_err(|e| err("interference", e))?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(|e| err("interference", e))?;
+    root.present().map_err(|e| err("interference", e))?;
+    Ok(true)
+}
+
+/// Distinct host system calls serving each traced mode's request run.
+fn syscalls(r: &CompareReport, out: &mut String) -> Result<bool, HarnessError> {
+    let rows: Vec<(String, f64)> = r
+        .surface
+        .iter()
+        .filter(|m| matches!(m.status, crate::isolation::noisy::ScenarioStatus::Measured))
+        .map(|m| (m.mode.name().to_string(), m.distinct() as f64))
+        .collect();
+    if rows.is_empty() {
+        return Ok(false);
+    }
+    let ymax = rows.iter().map(|r| r.1).fold(0.0f64, f64::max) * 1.2;
+    let root = SVGBackend::with_string(out, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err("syscalls", e))?;
+    let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let title = match &r.environment.label {
+        Some(l) => format!("distinct host system calls serving a request run — {l}"),
+        None => "distinct host system calls serving a request run".into(),
+    };
+    let mut chart = columns(&root, "syscalls", &title, &names, ymax, "system calls")?;
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, (_, v))| {
+            Rectangle::new(
+                [(i as f64 - 0.3, 0.0), (i as f64 + 0.3, *v)],
+                GREEN.mix(0.5).filled(),
+            )
+        }))
+        .map_err(|e| err("syscalls", e))?;
+    root.present().map_err(|e| err("syscalls", e))?;
+    Ok(true)
+}
+
 /// Each mode's phases (p50, in order) as (label, ms): the container's launch
 /// phases, the microVM's boot phases; empty for modes without them.
 fn phase_stack(m: &crate::compare::ModeReport) -> Vec<(String, f64)> {
@@ -325,6 +446,8 @@ pub fn write_all(r: &CompareReport, dir: &Path) -> Result<Vec<String>, HarnessEr
     go("phases.svg", &|s| phases(r, s))?;
     go("density-memory.svg", &|s| density(r, s, true))?;
     go("density-startup.svg", &|s| density(r, s, false))?;
+    go("interference.svg", &|s| interference(r, s))?;
+    go("syscalls.svg", &|s| syscalls(r, s))?;
     Ok(written)
 }
 

@@ -162,5 +162,12 @@ pub fn render(r: &CompareReport) -> String {
             let _ = writeln!(out, "  {bullet}{l}");
         }
     }
+    let reading = super::reading::lines(r);
+    if !reading.is_empty() {
+        let _ = writeln!(out, "\n{}", super::reading::TITLE);
+        for l in reading {
+            let _ = writeln!(out, "  - {l}");
+        }
+    }
     out
 }

@@ -136,7 +136,15 @@ impl WorkloadPosture {
         let kernel = match (&f.boot_id, &host.boot_id) {
             (Some(w), Some(h)) if w == h => KernelRelation::Host,
             (Some(_), Some(_)) => KernelRelation::Own { release },
-            _ => KernelRelation::Unknown,
+            // Without a boot id (gVisor's /proc has none), a release other
+            // than the host's still proves another kernel; the same release
+            // proves nothing.
+            _ => match &release {
+                Some(r) if !host.release.is_empty() && *r != host.release => {
+                    KernelRelation::Own { release }
+                }
+                _ => KernelRelation::Unknown,
+            },
         };
         let uid_map = f.uid_map.as_deref().and_then(parse_id_map);
         let trues = |m: Option<BTreeMap<String, bool>>| {
@@ -185,6 +193,30 @@ mod tests {
             release: "6.18.44".into(),
             boot_id: Some("host-boot".into()),
         }
+    }
+
+    #[test]
+    fn without_a_boot_id_only_another_release_tells_the_kernel_apart() {
+        let probe = |release: &str| {
+            json!({
+                "workload": "probe", "ok": true,
+                "kernel": {"release": release, "sysname": "Linux"},
+                "uid_map": "0 0 4294967295",
+            })
+        };
+        let p = WorkloadPosture::from_probe(&probe("4.4.0"), &host()).unwrap();
+        assert_eq!(
+            p.kernel,
+            KernelRelation::Own {
+                release: Some("4.4.0".into())
+            }
+        );
+        let p = WorkloadPosture::from_probe(&probe("6.18.44"), &host()).unwrap();
+        assert_eq!(
+            p.kernel,
+            KernelRelation::Unknown,
+            "same release proves nothing"
+        );
     }
 
     #[test]
