@@ -11,6 +11,7 @@ pub(crate) mod fake;
 pub mod gvisor;
 pub mod microvm;
 pub mod oci;
+pub(crate) mod peer_net;
 pub mod process;
 pub mod qemu;
 pub(crate) mod spawn;

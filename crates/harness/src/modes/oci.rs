@@ -6,6 +6,12 @@
 //! A runtime that is missing is reported with how to install it; one that
 //! refuses to run is reported with its own error line.
 //!
+//! An HTTP workload is attached as our container is: its network
+//! namespace is made by the launcher with a veth onto the workbench bridge
+//! ([`super::peer_net`]) and given to the runtime by path; it is probed at
+//! its bridge address, its launch clock started before the namespace was
+//! made.
+//!
 //! Each launcher keeps its runtimes' state under its own `--root`
 //! ([`crate::stale::oci_root`]), watched so the peers die with the
 //! launcher and are deleted at the next start if it was killed.
@@ -17,13 +23,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::container::{container_config, not_root, CONTAINER_PORT};
+use super::container::{container_config, not_root, on_workbench, CONTAINER_PORT};
+use super::peer_net::{self, PeerNet};
 use super::spawn::{self, drain, drained, shell_status, terminate, which};
 use super::{
     Binaries, Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
     Launcher, ModeKind,
 };
 use crate::memory::process_tree;
+use crate::net::SharedWorkbench;
 use crate::ready::{ReadyEvent, ReadyPipe};
 use crate::HarnessError;
 
@@ -32,6 +40,7 @@ use crate::HarnessError;
 pub struct OciPeer {
     pub kind: ModeKind,
     pub bins: Binaries,
+    network: Arc<SharedWorkbench>,
 }
 
 /// The registry's constructors.
@@ -39,6 +48,7 @@ pub(crate) fn crun(ctx: &Context) -> Box<dyn Launcher> {
     Box::new(OciPeer {
         kind: ModeKind::Crun,
         bins: ctx.bins.clone(),
+        network: Arc::clone(&ctx.network),
     })
 }
 
@@ -46,6 +56,7 @@ pub(crate) fn runc(ctx: &Context) -> Box<dyn Launcher> {
     Box::new(OciPeer {
         kind: ModeKind::Runc,
         bins: ctx.bins.clone(),
+        network: Arc::clone(&ctx.network),
     })
 }
 
@@ -77,8 +88,27 @@ impl Launcher for OciPeer {
         let rt = self.runtime();
         let runtime =
             which(rt).ok_or_else(|| HarnessError::Launch(format!("{rt} is not installed")))?;
+        // The launch clock starts before the network namespace is made
+        // (our container's includes its veth).
+        let launched = Instant::now();
         let PeerBundle { root, id, bundle } = peer_bundle(rt, container_config(&self.bins, spec))?;
         let dir = bundle.dir.clone();
+        let net = if on_workbench(spec) {
+            let attached = self.network.get().and_then(|wb| {
+                let net = PeerNet::create(wb, &dir)?;
+                peer_net::join_in_bundle(&dir.join("config.json"), &net.path())?;
+                Ok(net)
+            });
+            match attached {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    remove_bundle(&dir);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let mut ready = ReadyPipe::new()?;
         let mut cmd = Command::new(&runtime);
         cmd.arg("--root")
@@ -91,10 +121,11 @@ impl Launcher for OciPeer {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         die_with_launcher(&mut cmd);
-        let (mut child, launched) = match spawn::spawn_with_ready(&mut cmd, &mut ready, &[], &[]) {
-            Ok(c) => c,
+        let mut child = match spawn::spawn_with_ready(&mut cmd, &mut ready, &[], &[]) {
+            Ok((c, _)) => c,
             Err(e) => {
-                let _ = bundle.remove();
+                drop(net);
+                remove_bundle(&dir);
                 return Err(e);
             }
         };
@@ -109,6 +140,7 @@ impl Launcher for OciPeer {
             ready,
             launched,
             http: spec.workload.serves_http(),
+            net,
         }))
     }
 }
@@ -178,9 +210,11 @@ pub(crate) fn runtime_cmd(runtime: &Path, root: &Path, args: &[&str]) -> Command
     c
 }
 
-/// Remove a bundle, then its parent directories while they are empty, so
-/// nothing of ours stays under /run.
+/// Remove a bundle (its network namespace name unmounted first), then its
+/// parent directories while they are empty, so nothing of ours stays under
+/// /run.
 pub(crate) fn remove_bundle(dir: &Path) {
+    peer_net::release_in(dir);
     let _ = std::fs::remove_dir_all(dir);
     let mut p = dir.parent();
     while let Some(d) = p.filter(|d| d.starts_with("/run/isolab")) {
@@ -208,6 +242,9 @@ struct OciInstance {
     ready: ReadyPipe,
     launched: Instant,
     http: bool,
+    /// Its network namespace on the workbench bridge (HTTP workloads not
+    /// on loopback); released before the bundle is removed.
+    net: Option<PeerNet>,
 }
 
 impl OciInstance {
@@ -229,6 +266,7 @@ impl OciInstance {
         let out = drained(self.stdout.take());
         let err = drained(self.stderr.take());
         self.delete();
+        drop(self.net.take());
         remove_bundle(&self.bundle_dir);
         Ok(InstanceOutcome {
             status: shell_status(st),
@@ -247,6 +285,7 @@ impl Drop for OciInstance {
             let _ = c.kill();
             let _ = c.wait();
             self.delete();
+            drop(self.net.take());
             remove_bundle(&self.bundle_dir);
         }
     }
@@ -279,6 +318,12 @@ impl Instance for OciInstance {
     }
 
     fn http_target(&self) -> Option<HttpTarget> {
+        if let Some(net) = &self.net {
+            return Some(HttpTarget {
+                target: net.target(CONTAINER_PORT),
+                after_ready: false,
+            });
+        }
         let pid = self.child.as_ref()?.id();
         self.http.then(|| HttpTarget {
             target: isolab_net::Target {
