@@ -69,9 +69,9 @@ pub struct CompareArgs {
     /// Where to run: native (this host) or emulated (QEMU-TCG host with nested KVM).
     #[arg(long, default_value = "native")]
     pub host: String,
-    /// How containers serving HTTP are reached: bridge (a veth on the
-    /// workbench bridge, as Docker attaches them) or loopback (inside the
-    /// container's own network namespace).
+    /// How containers (ours, crun, runc, gVisor) serving HTTP are reached:
+    /// bridge (a veth on the workbench bridge, as Docker attaches them) or
+    /// loopback (inside the container's own network namespace).
     #[arg(long, default_value = "bridge", value_name = "bridge|loopback")]
     pub container_net: String,
     /// Seconds to wait for an instance to become ready.

@@ -414,6 +414,7 @@ fn child_plan(
         .unwrap_or_default();
     Ok(ChildPlan {
         wait_for_go: needs_go(config, network),
+        go_before_exec: network && !config.user_namespace,
         rootfs: RootfsPlan {
             rootfs: inst.rootfs(),
             netns_from: netns_from_launcher.then(|| c.sync.as_raw_fd()),

@@ -678,13 +678,13 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
     }
     if cfg.workload.serves_http() && cfg.image.is_none() {
         v.push(format!(
-            "first response: launch -> GET /health answered, by one probe for every mode, started at launch on its own thread; it retries every {} us on connection refused, host/network unreachable, a {} ms connect timeout or HTTP 503. Paths: process on host loopback; container {}; crun/runc on loopback inside their own network namespace; microVM and QEMU over virtio-net on the workbench bridge, probed from the ready marker on (the guest has no address before)",
+            "first response: launch -> GET /health answered, by one probe for every mode, started at launch on its own thread; it retries every {} us on connection refused, host/network unreachable, a {} ms connect timeout or HTTP 503. One probe path per mode: process on host loopback; container, crun, runc and gVisor {}; microVM and QEMU over virtio-net on the workbench bridge, probed from the ready marker on (the guest has no address before)",
             isolab_net::probe::RETRY_INTERVAL.as_micros(),
             isolab_net::probe::CONNECT_TIMEOUT.as_millis(),
             if cfg.container_loopback {
-                "on loopback inside its own network namespace (--container-net loopback)"
+                "on loopback inside their own network namespace (--container-net loopback)"
             } else {
-                "over a veth on the workbench bridge, probed from the workbench namespace (Docker's attachment; made during the launch, so inside ready)"
+                "over a veth on the workbench bridge, probed from the workbench namespace (Docker's attachment: ours made while its init waits, the peers' as a network namespace the launcher makes and passes by path in the OCI config; both inside the launch clock, so inside ready)"
             }
         ));
         v.push(format!(

@@ -8,8 +8,11 @@
 //!   with the first peer) waits for the launcher's end on a pipe only the
 //!   launcher holds; at EOF — however the launcher ended — it runs
 //!   `<runtime> --root R delete --force` for every container left and
-//!   removes the root, the bundles and the cgroups of containers caught
-//!   mid-create: peers die with their launcher. The runtime process has
+//!   removes the root, the bundles (each one's network namespace name,
+//!   `<bundle>/netns`, unmounted first: `modes/peer_net.rs`) and the
+//!   cgroups of containers caught mid-create: peers die with their
+//!   launcher. The veths of those namespaces are in the launcher's
+//!   workbench namespace, which goes at the next start. The runtime process has
 //!   `PR_SET_PDEATHSIG=SIGKILL` (`modes/oci.rs`), so it never finishes a
 //!   create after its launcher is gone. At
 //!   every start, [`clean_at_start`] does the same for every root whose
@@ -132,7 +135,14 @@ for i in 1 2 3 4 5; do
   sleep 0.2
 done
 rmdir "$1" "${1%/*}" 2>/dev/null
-for rt in $4; do rm -rf "$2"/isolab-"$rt"-"$3"-*; done
+# A bundle's network namespace name (a bind mount) is unmounted first: a
+# mount point cannot be removed.
+for rt in $4; do
+  for n in "$2"/isolab-"$rt"-"$3"-*/netns; do
+    [ -e "$n" ] && umount -l "$n" 2>/dev/null
+  done
+  rm -rf "$2"/isolab-"$rt"-"$3"-*
+done
 rmdir "$2" 2>/dev/null
 exit 0
 "#;
@@ -317,6 +327,7 @@ fn remove_bundles(bundles_dir: &Path, pid: &str) {
     for b in rd.flatten() {
         let n = b.file_name().to_string_lossy().into_owned();
         if prefixes.iter().any(|p| n.starts_with(p)) {
+            crate::modes::peer_net::release_in(&b.path());
             let _ = std::fs::remove_dir_all(b.path());
         }
     }

@@ -1,7 +1,7 @@
 //! gVisor as a peer, for real, as root: `runsc` runs our OCI bundle
 //! through the registry's launcher; `noop` exits 0, `api` answers (ready =
-//! first response), `probe` sees gVisor's kernel, not the host's; and after
-//! every stop no runsc process (run, gofer, sandbox) of this test is left,
+//! first response, at its address on the workbench bridge), `probe` sees
+//! gVisor's kernel, not the host's; and after every stop no runsc process (run, gofer, sandbox) of this test is left,
 //! as `ps` shows, nor its bundle.
 //!
 //! Needs root, cgroups and namespaces, `runsc` (Debian package `runsc`)
@@ -116,6 +116,11 @@ fn gvisor_serves_api_on_its_first_response_and_stop_kills_the_sandbox() {
         .expect("the first response came");
     assert!(at > launched);
     let target = inst.http_target().expect("api serves HTTP");
+    assert!(
+        !target.target.addr.ip().is_loopback(),
+        "probed at its address on the workbench bridge, as runc and our container: {}",
+        target.target.addr
+    );
     // It keeps answering after the first response.
     isolab_harness::net::first_response(
         &target.target,

@@ -9,12 +9,15 @@
 //!   without its per-rule errno (clone3 gets EPERM, not ENOSYS, and the
 //!   workload cannot start a thread); the Sentry runs under runsc's own
 //!   host filter instead.
-//! - `--network=host` inside a network namespace this launcher creates
-//!   (unshared before `runsc` execs, loopback up) and from which the
-//!   bundle's own network namespace is dropped: the sandbox's sockets are
-//!   host sockets of the host kernel's network stack in that namespace,
-//!   not gVisor's netstack (`--network=sandbox` does not work on this host
-//!   kernel). The namespace goes when its last process does.
+//! - `--network=host` inside a network namespace this launcher creates,
+//!   from which the bundle's own network namespace is dropped: the
+//!   sandbox's sockets are host sockets of the host kernel's network stack
+//!   in that namespace, not gVisor's netstack (`--network=sandbox` does not
+//!   work on this host kernel). For an HTTP workload it is the namespace
+//!   runc and crun get ([`super::peer_net`]: a veth onto the workbench
+//!   bridge, probed at its bridge address, the launch clock started before
+//!   it was made); otherwise one unshared before `runsc` execs, loopback
+//!   up, that goes when its last process does.
 //! - No ready fd: `runsc run` has no `--preserve-fds`, so the bundle drops
 //!   `ISOLAB_READY_FD` and readiness is timed by the first HTTP response
 //!   (`api`) or by the exit (`noop`, `worker`, `probe`...): gVisor's
@@ -41,9 +44,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::container::{container_config, not_root, CONTAINER_PORT};
+use super::container::{container_config, not_root, on_workbench, CONTAINER_PORT};
 use super::image_ready::{self, OutputScan};
 use super::oci::{die_with_launcher, peer_bundle, remove_bundle, runtime_cmd, PeerBundle};
+use super::peer_net::{self, PeerNet};
 use super::spawn::{self, drain, drained, shell_status, terminate, which};
 use super::{
     Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec, Launcher,
@@ -51,6 +55,7 @@ use super::{
 };
 use crate::image::ImageWorkload;
 use crate::memory::process_tree;
+use crate::net::SharedWorkbench;
 use crate::HarnessError;
 
 /// How its figures differ from the other modes' (the report's method).
@@ -58,7 +63,7 @@ pub(crate) const NOTES: &[&str] = &[
     "runsc --platform=ptrace (the kvm platform does not run on this host), on the same OCI bundle as runc minus its network namespace and ISOLAB_READY_FD",
     "seccomp: the bundle's profile is not applied inside the sandbox (runsc 20221219's --oci-seccomp answers clone3 with EPERM instead of the profile's ENOSYS, and the workload cannot start threads); the workload's system calls go to gVisor's Sentry, which runs under runsc's own host seccomp filter (so the container profile line's seccomp does not hold for gvisor; its capabilities do)",
     "ready: runsc has no --preserve-fds, so there is no ready byte: ready is the first HTTP response (api; so first response = ready) or the exit of runsc run (workloads that end by themselves: ready includes the whole run)",
-    "network: --network=host inside a network namespace the launcher creates (loopback only): the sandbox's sockets are the host kernel's network stack in that namespace, not gVisor's netstack (--network=sandbox does not work on this host kernel)",
+    "network: --network=host inside a network namespace the launcher creates (api: a veth on the workbench bridge, as runc's and crun's; otherwise loopback only): the sandbox's sockets are the host kernel's network stack in that namespace, not gVisor's netstack (--network=sandbox does not work on this host kernel)",
     "pids: a pids limit below 64 is raised to 64 (the Sentry's threads and ptrace stubs count in it); memory: PSS/USS over runsc run, its gofer and sandbox (the Sentry) and their stubs",
 ];
 
@@ -72,12 +77,14 @@ pub const MIN_PIDS: u64 = 64;
 pub(crate) fn launcher(ctx: &Context) -> Box<dyn Launcher> {
     Box::new(Gvisor {
         bins: ctx.bins.clone(),
+        network: std::sync::Arc::clone(&ctx.network),
     })
 }
 
 #[derive(Debug)]
 pub struct Gvisor {
     bins: super::Binaries,
+    network: std::sync::Arc<SharedWorkbench>,
 }
 
 impl Launcher for Gvisor {
@@ -95,6 +102,8 @@ impl Launcher for Gvisor {
     fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
         let runsc = which(RUNSC)
             .ok_or_else(|| HarnessError::Launch("gVisor's runsc is not installed".into()))?;
+        // The launch clock starts before the network namespace is made.
+        let launched = Instant::now();
         let mut cfg = match &spec.image {
             Some(i) => super::container::image_config(&self.bins, spec, i)?,
             None => container_config(&self.bins, spec),
@@ -106,6 +115,17 @@ impl Launcher for Gvisor {
             remove_bundle(&dir);
             return Err(e);
         }
+        let net = if on_workbench(spec) {
+            match self.network.get().and_then(|wb| PeerNet::create(wb, &dir)) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    remove_bundle(&dir);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let panic_log = dir.join("panic.log");
         let mut cmd = Command::new(&runsc);
         cmd.arg("--root")
@@ -120,11 +140,14 @@ impl Launcher for Gvisor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         die_with_launcher(&mut cmd);
-        own_network_namespace(&mut cmd);
-        let launched = Instant::now();
+        match &net {
+            Some(n) => enter_network_namespace(&mut cmd, n),
+            None => own_network_namespace(&mut cmd),
+        }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
+                drop(net);
                 remove_bundle(&dir);
                 return Err(HarnessError::io("spawn runsc", e));
             }
@@ -156,6 +179,7 @@ impl Launcher for Gvisor {
             exited_at: None,
             out: None,
             netns,
+            net,
         }))
     }
 }
@@ -165,23 +189,27 @@ impl Launcher for Gvisor {
 /// `ISOLAB_READY_FD` (no fd to pass it on; the workload refuses one that
 /// is not open).
 fn adapt_bundle(config: &Path) -> Result<(), HarnessError> {
-    let bad = |what: &str| HarnessError::Launch(format!("{}: {what}", config.display()));
-    let text =
-        std::fs::read_to_string(config).map_err(|e| HarnessError::io("read the bundle", e))?;
-    let mut spec: Value = serde_json::from_str(&text).map_err(|_| bad("not JSON"))?;
-    spec["linux"]["namespaces"]
-        .as_array_mut()
-        .ok_or_else(|| bad("no namespaces"))?
-        .retain(|ns| ns["type"] != "network");
-    spec["process"]["env"]
-        .as_array_mut()
-        .ok_or_else(|| bad("no env"))?
-        .retain(|v| {
+    peer_net::edit_bundle(config, |spec: &mut Value| {
+        spec["linux"]["namespaces"]
+            .as_array_mut()?
+            .retain(|ns| ns["type"] != "network");
+        spec["process"]["env"].as_array_mut()?.retain(|v| {
             !v.as_str()
                 .is_some_and(|s| s.starts_with("ISOLAB_READY_FD="))
         });
-    let text = serde_json::to_string_pretty(&spec).map_err(|_| bad("cannot serialise"))?;
-    std::fs::write(config, text).map_err(|e| HarnessError::io("write the bundle", e))
+        Some(())
+    })
+}
+
+/// `runsc` starts inside the peer's network namespace on the bridge.
+fn enter_network_namespace(cmd: &mut Command, net: &PeerNet) {
+    let fd = net.fd().as_raw_fd();
+    // SAFETY: setns is an async-signal-safe syscall on an fd the launcher
+    // keeps open (in `net`) for the duration of the spawn.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || isolab_net::netns::enter_raw(fd));
+    }
 }
 
 /// `runsc` starts in a network namespace of its own, loopback up: with
@@ -236,6 +264,9 @@ struct GvisorInstance {
     out: Option<String>,
     /// The network namespace made for it (runsc's control socket is there).
     netns: Option<std::fs::File>,
+    /// Its namespace on the workbench bridge (HTTP workloads not on
+    /// loopback); released before the bundle is removed.
+    net: Option<PeerNet>,
 }
 
 impl GvisorInstance {
@@ -325,6 +356,7 @@ impl GvisorInstance {
             .take()
             .unwrap_or_else(|| drained(self.stdout.take()));
         let err = self.stderr_and_panic();
+        drop(self.net.take());
         remove_bundle(&self.bundle_dir);
         Ok(InstanceOutcome {
             status: shell_status(st),
@@ -357,6 +389,7 @@ impl Drop for GvisorInstance {
         if self.child.is_some() {
             let host = self.host_pids();
             self.tear_down(&host);
+            drop(self.net.take());
             remove_bundle(&self.bundle_dir);
         }
     }
@@ -439,6 +472,12 @@ impl Instance for GvisorInstance {
     }
 
     fn http_target(&self) -> Option<HttpTarget> {
+        if let Some(net) = &self.net {
+            return Some(HttpTarget {
+                target: net.target(CONTAINER_PORT),
+                after_ready: false,
+            });
+        }
         let pid = self.pid()?;
         self.http.then(|| HttpTarget {
             target: isolab_net::Target {

@@ -12,6 +12,7 @@ pub mod gvisor;
 pub(crate) mod image_ready;
 pub mod microvm;
 pub mod oci;
+pub(crate) mod peer_net;
 pub mod process;
 pub mod qemu;
 pub(crate) mod spawn;

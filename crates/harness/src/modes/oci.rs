@@ -6,6 +6,12 @@
 //! A runtime that is missing is reported with how to install it; one that
 //! refuses to run is reported with its own error line.
 //!
+//! An HTTP workload is attached as our container is: its network
+//! namespace is made by the launcher with a veth onto the workbench bridge
+//! ([`super::peer_net`]) and given to the runtime by path; it is probed at
+//! its bridge address, its launch clock started before the namespace was
+//! made.
+//!
 //! Each launcher keeps its runtimes' state under its own `--root`
 //! ([`crate::stale::oci_root`]), watched so the peers die with the
 //! launcher and are deleted at the next start if it was killed.
@@ -17,8 +23,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::container::{container_config, image_config, not_root, CONTAINER_PORT};
+use super::container::{container_config, image_config, not_root, on_workbench, CONTAINER_PORT};
 use super::image_ready::{self, OutputScan};
+use super::peer_net::{self, PeerNet};
 use super::spawn::{self, drain, drained, shell_status, terminate, which};
 use super::{
     Binaries, Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
@@ -26,6 +33,7 @@ use super::{
 };
 use crate::image::ImageWorkload;
 use crate::memory::process_tree;
+use crate::net::SharedWorkbench;
 use crate::ready::{ReadyEvent, ReadyPipe};
 use crate::HarnessError;
 
@@ -34,6 +42,7 @@ use crate::HarnessError;
 pub struct OciPeer {
     pub kind: ModeKind,
     pub bins: Binaries,
+    network: Arc<SharedWorkbench>,
 }
 
 /// The registry's constructors.
@@ -41,6 +50,7 @@ pub(crate) fn crun(ctx: &Context) -> Box<dyn Launcher> {
     Box::new(OciPeer {
         kind: ModeKind::Crun,
         bins: ctx.bins.clone(),
+        network: Arc::clone(&ctx.network),
     })
 }
 
@@ -48,6 +58,7 @@ pub(crate) fn runc(ctx: &Context) -> Box<dyn Launcher> {
     Box::new(OciPeer {
         kind: ModeKind::Runc,
         bins: ctx.bins.clone(),
+        network: Arc::clone(&ctx.network),
     })
 }
 
@@ -78,12 +89,31 @@ impl Launcher for OciPeer {
         let rt = self.runtime();
         let runtime =
             which(rt).ok_or_else(|| HarnessError::Launch(format!("{rt} is not installed")))?;
+        // The launch clock starts before the network namespace is made
+        // (our container's includes its veth).
+        let launched = Instant::now();
         let cfg = match &spec.image {
             Some(i) => image_config(&self.bins, spec, i)?,
             None => container_config(&self.bins, spec),
         };
         let PeerBundle { root, id, bundle } = peer_bundle(rt, cfg)?;
         let dir = bundle.dir.clone();
+        let net = if on_workbench(spec) {
+            let attached = self.network.get().and_then(|wb| {
+                let net = PeerNet::create(wb, &dir)?;
+                peer_net::join_in_bundle(&dir.join("config.json"), &net.path())?;
+                Ok(net)
+            });
+            match attached {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    remove_bundle(&dir);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let mut ready = ReadyPipe::new()?;
         let mut cmd = Command::new(&runtime);
         cmd.arg("--root")
@@ -96,10 +126,11 @@ impl Launcher for OciPeer {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         die_with_launcher(&mut cmd);
-        let (mut child, launched) = match spawn::spawn_with_ready(&mut cmd, &mut ready, &[], &[]) {
-            Ok(c) => c,
+        let mut child = match spawn::spawn_with_ready(&mut cmd, &mut ready, &[], &[]) {
+            Ok((c, _)) => c,
             Err(e) => {
-                let _ = bundle.remove();
+                drop(net);
+                remove_bundle(&dir);
                 return Err(e);
             }
         };
@@ -126,6 +157,7 @@ impl Launcher for OciPeer {
             launched,
             http: spec.workload.serves_http() && spec.image.is_none(),
             image,
+            net,
         }))
     }
 }
@@ -195,9 +227,11 @@ pub(crate) fn runtime_cmd(runtime: &Path, root: &Path, args: &[&str]) -> Command
     c
 }
 
-/// Remove a bundle, then its parent directories while they are empty, so
-/// nothing of ours stays under /run.
+/// Remove a bundle (its network namespace name unmounted first), then its
+/// parent directories while they are empty, so nothing of ours stays under
+/// /run.
 pub(crate) fn remove_bundle(dir: &Path) {
+    peer_net::release_in(dir);
     let _ = std::fs::remove_dir_all(dir);
     let mut p = dir.parent();
     while let Some(d) = p.filter(|d| d.starts_with("/run/isolab")) {
@@ -228,6 +262,9 @@ struct OciInstance {
     /// A user's image and its scanned output: ready by its rule (its
     /// program never writes our ready fd).
     image: Option<(Arc<ImageWorkload>, OutputScan)>,
+    /// Its network namespace on the workbench bridge (HTTP workloads not
+    /// on loopback); released before the bundle is removed.
+    net: Option<PeerNet>,
 }
 
 impl OciInstance {
@@ -249,6 +286,7 @@ impl OciInstance {
         let out = drained(self.stdout.take());
         let err = drained(self.stderr.take());
         self.delete();
+        drop(self.net.take());
         remove_bundle(&self.bundle_dir);
         Ok(InstanceOutcome {
             status: shell_status(st),
@@ -267,6 +305,7 @@ impl Drop for OciInstance {
             let _ = c.kill();
             let _ = c.wait();
             self.delete();
+            drop(self.net.take());
             remove_bundle(&self.bundle_dir);
         }
     }
@@ -314,6 +353,12 @@ impl Instance for OciInstance {
     }
 
     fn http_target(&self) -> Option<HttpTarget> {
+        if let Some(net) = &self.net {
+            return Some(HttpTarget {
+                target: net.target(CONTAINER_PORT),
+                after_ready: false,
+            });
+        }
         let pid = self.child.as_ref()?.id();
         self.http.then(|| HttpTarget {
             target: isolab_net::Target {

@@ -1,0 +1,114 @@
+//! Privileged tests of the hand-off around a network hook: the child builds
+//! its view (mounts, pivot, hardening) while the launcher runs the hook,
+//! but the workload starts only once the hook has returned; a hook that
+//! fails ends the launch and leaves no process or instance directory.
+//!
+//! Without root, namespaces, cgroups or the workload binary a test prints
+//! `SKIPPED <test>: <reason>`; with `CI=true` or `ISOLAB_STRICT=1` it fails
+//! instead. Needs the workload binary: `cargo build -p isolab-workload`.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use isolab_container::{ContainerConfig, NetworkHook};
+
+fn require(test: &str) -> Option<PathBuf> {
+    let missing = isolab_testkit::first_missing([isolab_testkit::missing_container()]);
+    isolab_testkit::require(test, missing).then(|| isolab_testkit::binary("workload"))
+}
+
+/// Takes its time, then succeeds or fails; remembers the pid and when it
+/// returned.
+#[derive(Debug)]
+struct SlowHook {
+    delay: Duration,
+    fail: bool,
+    seen: Mutex<Option<(i32, Instant)>>,
+}
+
+impl NetworkHook for SlowHook {
+    fn attach(&self, pid: i32) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        std::thread::sleep(self.delay);
+        *self.seen.lock().unwrap() = Some((pid, Instant::now()));
+        if self.fail {
+            return Err("the attachment failed".into());
+        }
+        Ok(())
+    }
+}
+
+fn config(bin: &PathBuf, test: &str) -> ContainerConfig {
+    let mut c = ContainerConfig::new(bin, "api");
+    c.run_dir = PathBuf::from(format!("/run/isolab-test/{test}"));
+    c.stop_grace_ms = 2000;
+    c
+}
+
+fn instance_dirs(c: &ContainerConfig) -> Vec<String> {
+    std::fs::read_dir(&c.run_dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_workload_starts_only_once_the_network_hook_returned() {
+    let test = "the_workload_starts_only_once_the_network_hook_returned";
+    let Some(bin) = require(test) else { return };
+    let c = config(&bin, test);
+    let hook = SlowHook {
+        delay: Duration::from_millis(300),
+        fail: false,
+        seen: Mutex::new(None),
+    };
+    let running = isolab_container::start_with(&c, Some(&hook)).expect("launches");
+    let ready = running
+        .wait_ready(Duration::from_secs(30))
+        .expect("the workload signalled ready");
+    let (_, returned) = hook.seen.lock().unwrap().expect("the hook ran");
+    assert!(
+        running.launched_at() + ready > returned,
+        "the workload was ready {ready:?} after launch, before the hook returned"
+    );
+    let p = running.phases();
+    // The phases stay contiguous: the child's work done while the hook
+    // ran is counted in `attach` (each phase rounds down to a µs).
+    let sum: u64 = p.named()[..11].iter().map(|(_, v)| v).sum();
+    assert!(sum.abs_diff(p.launch_to_exec_us) <= 11, "{sum} vs {p:?}");
+    assert!(p.attach_us >= 300_000, "{p:?}");
+    let out = running.stop().expect("stops");
+    assert_eq!(out.exit_code, 0, "the api workload ends on SIGTERM");
+    let _ = std::fs::remove_dir(&c.run_dir);
+}
+
+#[test]
+fn a_failing_hook_ends_the_launch_and_leaves_no_process() {
+    let test = "a_failing_hook_ends_the_launch_and_leaves_no_process";
+    let Some(bin) = require(test) else { return };
+    let c = config(&bin, test);
+    let hook = SlowHook {
+        delay: Duration::from_millis(200),
+        fail: true,
+        seen: Mutex::new(None),
+    };
+    let err = isolab_container::start_with(&c, Some(&hook)).expect_err("the hook failed");
+    assert!(
+        format!("{err:?}").contains("attachment failed"),
+        "the hook's error is reported: {err:?}"
+    );
+    let (pid, _) = hook.seen.lock().unwrap().expect("the hook ran");
+    let gone = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < gone {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the child (which had built its view) is gone"
+    );
+    assert_eq!(instance_dirs(&c), Vec::<String>::new(), "no instance dir");
+    let _ = std::fs::remove_dir(&c.run_dir);
+}
