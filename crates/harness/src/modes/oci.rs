@@ -98,7 +98,9 @@ impl Launcher for OciPeer {
         };
         let PeerBundle { root, id, bundle } = peer_bundle(rt, cfg)?;
         let dir = bundle.dir.clone();
-        let net = if on_workbench(spec) {
+        // A user's image is ready by its own rule, observed on loopback in
+        // the runtime's namespace; the bridge is for the built-in api.
+        let net = if on_workbench(spec) && spec.image.is_none() {
             let attached = self.network.get().and_then(|wb| {
                 let net = PeerNet::create(wb, &dir)?;
                 peer_net::join_in_bundle(&dir.join("config.json"), &net.path())?;
