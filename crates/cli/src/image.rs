@@ -46,6 +46,16 @@ impl ImageArgs {
     /// Unpack (or find) the image or read the bundle; `args` replace its
     /// command when given. `None` when neither was asked for.
     pub fn load(&self, args: &[String]) -> anyhow::Result<Option<Arc<ImageWorkload>>> {
+        self.load_in(args, None)
+    }
+
+    /// As [`ImageArgs::load`], with the image store under `cache` (the one
+    /// cache root when `None`).
+    pub fn load_in(
+        &self,
+        args: &[String],
+        cache: Option<&std::path::Path>,
+    ) -> anyhow::Result<Option<Arc<ImageWorkload>>> {
         let over = (!args.is_empty()).then_some(args);
         let (label, key, run) = match (&self.image, &self.bundle) {
             (None, None) => {
@@ -58,8 +68,11 @@ impl ImageArgs {
             }
             (Some(r), _) => {
                 let reference = ImageRef::parse(r).map_err(|e| image_error(r, &e, e.is_usage()))?;
-                let root = isolab_guest_kernel::cache_root()
-                    .map_err(|e| exit::host(format!("no cache root for images: {e}")))?;
+                let root = match cache {
+                    Some(c) => c.to_path_buf(),
+                    None => isolab_guest_kernel::cache_root()
+                        .map_err(|e| exit::host(format!("no cache root for images: {e}")))?,
+                };
                 let img = ImageStore::new(&root)
                     .unpack(&reference)
                     .map_err(|e| image_error(r, &e, e.is_usage()))?;

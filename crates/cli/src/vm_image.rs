@@ -23,7 +23,7 @@ use isolab_harness::modes::microvm::image::{self as vmimage, ImageBoot, ImageVm}
 use isolab_harness::modes::Instance;
 use isolab_harness::net::NetReport;
 use isolab_harness::{single, HarnessError, Workload};
-use isolab_image::{Bundle, ImageError, ImageRef, ImageStore, RootDisk};
+use isolab_image::RootDisk;
 use isolab_microvm::config::Console;
 use isolab_microvm::VmReport;
 use isolab_net::{ProbeConfig, Workbench, WorkbenchConfig};
@@ -35,47 +35,18 @@ use crate::{container, emulated, exit, paths, signals};
 const EMU_DISK: &str = "/opt/isolab/image/rootfs.erofs";
 const EMU_INITRD: &str = "/opt/isolab/image/spec.cpio";
 
-/// An image error as the CLI shows it: one line, exit 2 when the input
-/// was at fault.
-fn image_error(e: ImageError) -> anyhow::Error {
-    let line = format!("{:#}", anyhow::Error::new(e));
-    exit::usage(line.replace('\n', " "))
-}
-
-/// Unpacks `--image` (or reads `--bundle`) into the workload every mode runs.
+/// Unpacks `--image` (or reads `--bundle`) into the workload every mode
+/// runs, as `container run` and `compare` do ([`crate::image::ImageArgs`]).
 pub fn load(args: &RunArgs, cache: &Path) -> anyhow::Result<ImageWorkload> {
-    let cmd = (!args.args.is_empty()).then_some(&args.args[..]);
-    let (label, key, run) = match (&args.image, &args.bundle) {
-        (Some(r), _) => {
-            let reference = ImageRef::parse(r).map_err(image_error)?;
-            let img =
-                ImageStore::new(cache)
-                    .unpack(&reference)
-                    .map_err(|e| match e.is_usage() {
-                        true => image_error(e),
-                        false => anyhow::Error::new(e),
-                    })?;
-            let run = img.run_spec(cmd).map_err(image_error)?;
-            (r.clone(), Some(img.key), run)
-        }
-        (None, Some(dir)) => {
-            let run = Bundle::open(dir)
-                .and_then(|b| b.run_spec(cmd))
-                .map_err(|e| exit::usage(e.to_string()))?;
-            (dir.display().to_string(), None, run)
-        }
-        (None, None) => unreachable!("clap requires --workload, --image or --bundle"),
+    let flags = crate::image::ImageArgs {
+        image: args.image.clone(),
+        bundle: args.bundle.clone(),
+        ready: args.ready.clone(),
     };
-    let ready = args
-        .ready
-        .clone()
-        .unwrap_or_else(|| ReadyRule::default_for(&run));
-    Ok(ImageWorkload {
-        label,
-        key,
-        run,
-        ready,
-    })
+    let image = flags
+        .load_in(&args.args, Some(cache))?
+        .expect("clap requires --workload, --image or --bundle");
+    Ok(Arc::unwrap_or_clone(image))
 }
 
 /// Usage checks that need nothing from the host.
