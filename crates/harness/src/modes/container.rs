@@ -183,13 +183,7 @@ impl Instance for ContainerInstance {
                 }),
             };
             let pid = r.pid() as u32;
-            let mut exit_seen = None;
-            let mut exited = || {
-                if exit_seen.is_none() && super::process::has_exited(pid)? {
-                    exit_seen = Some(Instant::now());
-                }
-                Ok(exit_seen)
-            };
+            let mut exited = image_ready::exit_watch(pid);
             let text = match &image.ready {
                 crate::image::ReadyRule::Log(t) => t.clone(),
                 _ => String::new(),

@@ -44,11 +44,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::container::{container_config, not_root, on_workbench, CONTAINER_PORT};
+use super::container::{container_config, not_root, CONTAINER_PORT};
 use super::image_ready::{self, OutputScan};
 use super::oci::{die_with_launcher, peer_bundle, remove_bundle, runtime_cmd, PeerBundle};
 use super::peer_net::{self, PeerNet};
-use super::spawn::{self, drain, drained, shell_status, terminate, which};
+use super::spawn::{self, drained, shell_status, terminate, which};
 use super::{
     Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec, Launcher,
     ModeKind,
@@ -115,18 +115,12 @@ impl Launcher for Gvisor {
             remove_bundle(&dir);
             return Err(e);
         }
-        // A user's image is ready by its own rule, observed on loopback in
-        // the runtime's namespace; the bridge is for the built-in api.
-        let net = if on_workbench(spec) && spec.image.is_none() {
-            match self.network.get().and_then(|wb| PeerNet::create(wb, &dir)) {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    remove_bundle(&dir);
-                    return Err(e);
-                }
+        let net = match peer_net::for_spec(spec, &self.network, &dir, false) {
+            Ok(n) => n,
+            Err(e) => {
+                remove_bundle(&dir);
+                return Err(e);
             }
-        } else {
-            None
         };
         let panic_log = dir.join("panic.log");
         let mut cmd = Command::new(&runsc);
@@ -155,17 +149,7 @@ impl Launcher for Gvisor {
             }
         };
         let netns = std::fs::File::open(format!("/proc/{}/ns/net", child.id())).ok();
-        let image = spec
-            .image
-            .as_ref()
-            .map(|i| (Arc::clone(i), OutputScan::new(&i.ready)));
-        let (stdout, stderr) = match &image {
-            Some((_, scan)) => (
-                scan.drain(child.stdout.take()),
-                scan.drain(child.stderr.take()),
-            ),
-            None => (drain(child.stdout.take()), drain(child.stderr.take())),
-        };
+        let (image, stdout, stderr) = image_ready::drain_child(spec, &mut child);
         Ok(Box::new(GvisorInstance {
             runsc,
             root,
@@ -409,13 +393,7 @@ impl Instance for GvisorInstance {
             // runsc runs in a network namespace made for it, where the
             // sandbox uses the host kernel's stack: loopback there.
             let pid = self.pid().unwrap_or(0);
-            let mut exit_seen = None;
-            let mut exited = || {
-                if exit_seen.is_none() && super::process::has_exited(pid)? {
-                    exit_seen = Some(Instant::now());
-                }
-                Ok(exit_seen)
-            };
+            let mut exited = image_ready::exit_watch(pid);
             return image_ready::wait_ready(
                 &image.ready,
                 self.launched,

@@ -148,6 +148,45 @@ pub struct Observed<'a> {
     pub exited: &'a mut dyn FnMut() -> Result<Option<Instant>, HarnessError>,
 }
 
+/// A user's image run by a spawned runtime, with the scan of its output
+/// its `log:` rule reads.
+pub(crate) type ImageScan = Option<(Arc<crate::image::ImageWorkload>, OutputScan)>;
+
+/// A spawned runtime's image and scan, and its stdout and stderr drained:
+/// through the scan for an image, plainly otherwise.
+pub(crate) fn drain_child(
+    spec: &super::InstanceSpec,
+    child: &mut std::process::Child,
+) -> (ImageScan, JoinHandle<String>, JoinHandle<String>) {
+    let image = spec
+        .image
+        .as_ref()
+        .map(|i| (Arc::clone(i), OutputScan::new(&i.ready)));
+    let (stdout, stderr) = match &image {
+        Some((_, scan)) => (
+            scan.drain(child.stdout.take()),
+            scan.drain(child.stderr.take()),
+        ),
+        None => (
+            super::spawn::drain(child.stdout.take()),
+            super::spawn::drain(child.stderr.take()),
+        ),
+    };
+    (image, stdout, stderr)
+}
+
+/// [`Observed::exited`] for our child `pid`: when its exit was first seen
+/// (it is not reaped; its status is collected when the instance stops).
+pub(crate) fn exit_watch(pid: u32) -> impl FnMut() -> Result<Option<Instant>, HarnessError> {
+    let mut seen = None;
+    move || {
+        if seen.is_none() && super::process::has_exited(pid)? {
+            seen = Some(Instant::now());
+        }
+        Ok(seen)
+    }
+}
+
 /// Where a `log:` rule looks.
 pub enum Output<'a> {
     /// Pipes this process reads, scanned as lines arrive.

@@ -23,10 +23,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::container::{container_config, image_config, not_root, on_workbench, CONTAINER_PORT};
+use super::container::{container_config, image_config, not_root, CONTAINER_PORT};
 use super::image_ready::{self, OutputScan};
 use super::peer_net::{self, PeerNet};
-use super::spawn::{self, drain, drained, shell_status, terminate, which};
+use super::spawn::{self, drained, shell_status, terminate, which};
 use super::{
     Binaries, Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
     Launcher, ModeKind,
@@ -98,23 +98,12 @@ impl Launcher for OciPeer {
         };
         let PeerBundle { root, id, bundle } = peer_bundle(rt, cfg)?;
         let dir = bundle.dir.clone();
-        // A user's image is ready by its own rule, observed on loopback in
-        // the runtime's namespace; the bridge is for the built-in api.
-        let net = if on_workbench(spec) && spec.image.is_none() {
-            let attached = self.network.get().and_then(|wb| {
-                let net = PeerNet::create(wb, &dir)?;
-                peer_net::join_in_bundle(&dir.join("config.json"), &net.path())?;
-                Ok(net)
-            });
-            match attached {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    remove_bundle(&dir);
-                    return Err(e);
-                }
+        let net = match peer_net::for_spec(spec, &self.network, &dir, true) {
+            Ok(n) => n,
+            Err(e) => {
+                remove_bundle(&dir);
+                return Err(e);
             }
-        } else {
-            None
         };
         let mut ready = ReadyPipe::new()?;
         let mut cmd = Command::new(&runtime);
@@ -136,17 +125,7 @@ impl Launcher for OciPeer {
                 return Err(e);
             }
         };
-        let image = spec
-            .image
-            .as_ref()
-            .map(|i| (Arc::clone(i), OutputScan::new(&i.ready)));
-        let (stdout, stderr) = match &image {
-            Some((_, scan)) => (
-                scan.drain(child.stdout.take()),
-                scan.drain(child.stderr.take()),
-            ),
-            None => (drain(child.stdout.take()), drain(child.stderr.take())),
-        };
+        let (image, stdout, stderr) = image_ready::drain_child(spec, &mut child);
         Ok(Box::new(OciInstance {
             runtime,
             root,
@@ -429,13 +408,7 @@ pub(crate) fn wait_image_ready(
     launched: Instant,
     timeout: Duration,
 ) -> Result<Instant, HarnessError> {
-    let mut exit_seen = None;
-    let mut exited = || {
-        if exit_seen.is_none() && super::process::has_exited(pid)? {
-            exit_seen = Some(Instant::now());
-        }
-        Ok(exit_seen)
-    };
+    let mut exited = image_ready::exit_watch(pid);
     image_ready::wait_ready(
         &image.ready,
         launched,

@@ -19,11 +19,34 @@ use std::sync::Arc;
 use isolab_net::{NamedNetns, Target, VethAttachment, Workbench, WorkbenchError};
 use serde_json::Value;
 
-use crate::net::on_bridge;
+use super::container::on_workbench;
+use super::InstanceSpec;
+use crate::net::{on_bridge, SharedWorkbench};
 use crate::HarnessError;
 
 /// The file name of a peer's network namespace inside its bundle.
 pub const NETNS_NAME: &str = "netns";
+
+/// The peer's namespace on the workbench bridge when `spec` serves the
+/// built-in api there; `None` otherwise (loopback in the runtime's own
+/// namespace: density runs, `--container-net loopback`, and a user's image,
+/// whose ready rule is observed there). With `join`, the bundle's
+/// config.json names it (runc, crun); runsc is started inside it instead.
+pub(crate) fn for_spec(
+    spec: &InstanceSpec,
+    network: &SharedWorkbench,
+    bundle_dir: &Path,
+    join: bool,
+) -> Result<Option<PeerNet>, HarnessError> {
+    if !on_workbench(spec) || spec.image.is_some() {
+        return Ok(None);
+    }
+    let net = PeerNet::create(network.get()?, bundle_dir)?;
+    if join {
+        join_in_bundle(&bundle_dir.join("config.json"), &net.path())?;
+    }
+    Ok(Some(net))
+}
 
 /// A peer's network namespace, attached to the workbench bridge; dropping
 /// it deletes the veth and the namespace's name (the namespace goes with

@@ -114,16 +114,7 @@ fn launch_image(
     let root = cstr("the rootfs path", run.rootfs.as_os_str().as_bytes())?;
     let cwd = cstr("the working directory", run.cwd.as_bytes())?;
     let (uid, gid, groups) = (run.uid, run.gid, run.additional_gids.clone());
-    let procs: Vec<std::fs::File> = spec
-        .join_cgroups
-        .iter()
-        .map(|f| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(f)
-                .map_err(|e| HarnessError::io(format!("open {}", f.display()), e))
-        })
-        .collect::<Result<_, _>>()?;
+    let procs = super::spawn::open_procs(&spec.join_cgroups)?;
     let procs_fds: Vec<i32> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let mut cmd = Command::new(&program);
     cmd.arg0(&run.args[0])
@@ -284,13 +275,7 @@ impl Instance for ProcessInstance {
     fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
         if let Some((image, scan)) = &self.image {
             let pid = self.pid;
-            let mut exit_seen = None;
-            let mut exited = || {
-                if exit_seen.is_none() && has_exited(pid)? {
-                    exit_seen = Some(Instant::now());
-                }
-                Ok(exit_seen)
-            };
+            let mut exited = image_ready::exit_watch(pid);
             return image_ready::wait_ready(
                 &image.ready,
                 self.launched,

@@ -20,7 +20,7 @@ use crate::HarnessError;
 pub const READY_FD: i32 = 3;
 
 /// Open `cgroup.procs` files for [`join_before_exec`].
-fn open_procs(files: &[PathBuf]) -> Result<Vec<std::fs::File>, HarnessError> {
+pub(crate) fn open_procs(files: &[PathBuf]) -> Result<Vec<std::fs::File>, HarnessError> {
     files
         .iter()
         .map(|f| {
