@@ -279,31 +279,13 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
             "arguments after -- replace an image's command: give --image or --bundle",
         ));
     }
+    let budget = isolation_budget(args)?;
     let image = args.image.load(&args.args)?;
-    if image.is_some() {
-        if emulated {
-            return Err(exit::usage(
-                "--image/--bundle run on this host only: drop --host emulated",
-            ));
-        }
-        if args.density || args.isolation == "full" || args.attack_surface || args.posture {
-            return Err(exit::usage(
-                "--image/--bundle measure startup and memory: drop --density and the isolation passes",
-            ));
-        }
-        if neighbours(args, None)?.is_some() {
-            return Err(exit::usage(
-                "--image/--bundle measure startup and memory: drop --neighbours",
-            ));
-        }
+    if image.is_some() && emulated {
+        return Err(exit::usage(
+            "--image/--bundle run on this host only: drop --host emulated",
+        ));
     }
-    // The isolation passes launch the built-in workload only: an image
-    // run measures the cost half.
-    let budget = if image.is_some() {
-        None
-    } else {
-        isolation_budget(args)?
-    };
     Ok(Plan {
         config: CompareConfig {
             workload: image

@@ -307,28 +307,52 @@ pub fn run(
         }
     }
     fill_ratios(&mut reports);
+    if let Some(reason) = cfg
+        .image
+        .as_deref()
+        .filter(|_| cfg.neighbours.is_some() || cfg.surface.is_some())
+        .and_then(crate::isolation::requests_unavailable)
+    {
+        progress.note(&format!(
+            "noisy neighbour and host system calls: not run: {reason}"
+        ));
+    }
     let neighbours = match cfg.neighbours.as_ref().filter(|_| !interrupted()) {
-        Some(ncfg) => crate::isolation::run_modes(&ctx, &cfg.modes, ncfg, &mut |ev| match ev {
-            crate::isolation::Event::Start(what, n) => progress.start(what, n),
-            crate::isolation::Event::Step(done, msg) => progress.step(done, msg),
-            crate::isolation::Event::Finish => progress.finish(),
-        }),
+        Some(ncfg) => {
+            crate::isolation::run_modes(&ctx, &cfg.modes, ncfg, cfg.image.as_ref(), &mut |ev| {
+                match ev {
+                    crate::isolation::Event::Start(what, n) => progress.start(what, n),
+                    crate::isolation::Event::Step(done, msg) => progress.step(done, msg),
+                    crate::isolation::Event::Finish => progress.finish(),
+                }
+            })
+        }
         None => vec![],
     };
     let surface = match cfg.surface.as_ref().filter(|_| !interrupted()) {
-        Some(scfg) => crate::isolation::surface_modes(&ctx, &cfg.modes, scfg, &mut |ev| match ev {
-            crate::isolation::Event::Start(what, n) => progress.start(what, n),
-            crate::isolation::Event::Step(done, msg) => progress.step(done, msg),
-            crate::isolation::Event::Finish => progress.finish(),
-        }),
+        Some(scfg) => {
+            crate::isolation::surface_modes(&ctx, &cfg.modes, scfg, cfg.image.as_ref(), &mut |ev| {
+                match ev {
+                    crate::isolation::Event::Start(what, n) => progress.start(what, n),
+                    crate::isolation::Event::Step(done, msg) => progress.step(done, msg),
+                    crate::isolation::Event::Finish => progress.finish(),
+                }
+            })
+        }
         None => vec![],
     };
     let posture = if cfg.posture && !interrupted() {
-        crate::isolation::posture_modes(&ctx, &cfg.modes, cfg.ready_timeout, &mut |ev| match ev {
-            crate::isolation::Event::Start(what, n) => progress.start(what, n),
-            crate::isolation::Event::Step(done, msg) => progress.step(done, msg),
-            crate::isolation::Event::Finish => progress.finish(),
-        })
+        crate::isolation::posture_modes(
+            &ctx,
+            &cfg.modes,
+            cfg.ready_timeout,
+            cfg.image.as_ref(),
+            &mut |ev| match ev {
+                crate::isolation::Event::Start(what, n) => progress.start(what, n),
+                crate::isolation::Event::Step(done, msg) => progress.step(done, msg),
+                crate::isolation::Event::Finish => progress.finish(),
+            },
+        )
     } else {
         vec![]
     };
@@ -338,6 +362,15 @@ pub fn run(
             let launcher = ctx.launcher(kind);
             if let Some(reason) = launcher.unavailable() {
                 progress.note(&format!("density {}: not run: {reason}", kind.name()));
+                continue;
+            }
+            if let Some(reason) = cfg
+                .image
+                .as_deref()
+                .and_then(|i| density::image_unavailable(kind, i))
+            {
+                progress.note(&format!("density {}: not run: {reason}", kind.name()));
+                density_reports.push(DensityReport::unavailable(kind, dcfg, reason));
                 continue;
             }
             let group = ParentBudget::create(kind, dcfg.budget_bytes)?;
@@ -639,6 +672,25 @@ fn image_ready_line(i: &crate::image::ImageWorkload) -> String {
     )
 }
 
+/// How the isolation half treats a user's image.
+fn image_isolation_line(i: &crate::image::ImageWorkload) -> String {
+    let requests = match crate::isolation::requests_unavailable(i) {
+        Some(reason) => format!("noisy neighbour and host system calls not run: {reason}"),
+        None => format!(
+            "the tenant of the noisy-neighbour scenario and the traced instance of the host-system-call pass are {} (where `api` is named below), its request runs GET {} on port {} (its ready rule), reached where its readiness was probed; the neighbours stay the built-in cpu/memory/fork storms in the same mode",
+            i.short_name(),
+            match &i.ready {
+                crate::image::ReadyRule::Http { path, .. } => path.as_str(),
+                _ => "/",
+            },
+            i.ready.port().unwrap_or(0)
+        ),
+    };
+    format!(
+        "isolation half with an image: {requests}; posture: the image runs no probe of ours, so its workload side is read from the host (/proc/PID/status and id maps of its process) where that process is a host process (process, container, crun, runc), and only the kernel is known inside a guest or gVisor's Sentry; what only a probe inside sees (/proc/sys writable, devices, host paths) is ?"
+    )
+}
+
 /// The method lines every rendering shows.
 pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
     let mut v = vec![
@@ -701,6 +753,13 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
                 crate::isolation::Budget::Full => "--isolation",
             }
         ));
+    }
+    if let Some(i) = cfg
+        .image
+        .as_deref()
+        .filter(|_| cfg.neighbours.is_some() || cfg.surface.is_some() || cfg.posture)
+    {
+        v.push(image_isolation_line(i));
     }
     if let Some(n) = &cfg.neighbours {
         v.extend(crate::isolation::method_lines(n));

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::image::ImageWorkload;
 use crate::memory::{mem_available, meminfo_field};
 use crate::modes::{Instance, InstanceSpec, Isolation, Launcher, ModeKind};
 use crate::stats::{linear_fit, percentile, LinearFit};
@@ -146,6 +147,46 @@ pub struct DensityReport {
     /// memory = intercept + slope * n.
     pub memory_fit: Option<LinearFit>,
     pub startup_fit: Option<LinearFit>,
+}
+
+/// Why `N` instances of a user's image cannot run together in `mode`, if
+/// they cannot: the plain process shares the host's network namespace, so
+/// a second copy of a program listening on a fixed port fails to bind.
+/// Every other mode gives each instance its own network namespace (a
+/// container's, a guest's).
+pub fn image_unavailable(mode: ModeKind, image: &ImageWorkload) -> Option<String> {
+    let port = image
+        .ready
+        .port()
+        .or_else(|| image.run.exposed_ports.iter().map(|p| p.port).min())?;
+    (mode.isolation() == Isolation::None).then(|| {
+        format!(
+            "{} runs in the host's network namespace: copies of {} listening on its fixed port {port} cannot run together",
+            mode.name(),
+            image.short_name()
+        )
+    })
+}
+
+impl DensityReport {
+    /// The report of a mode the density run could not measure, with why.
+    pub fn unavailable(mode: ModeKind, cfg: &DensityConfig, reason: String) -> Self {
+        DensityReport {
+            mode,
+            budget_bytes: cfg.budget_bytes,
+            count: 0,
+            stop_rule: "unavailable".into(),
+            stop_detail: reason,
+            max_instances: 0,
+            cap_basis: "not run".into(),
+            startup_trend: None,
+            projected_count: None,
+            teardown_ms: 0.0,
+            points: vec![],
+            memory_fit: None,
+            startup_fit: None,
+        }
+    }
 }
 
 /// Limits of a density run.
@@ -846,5 +887,23 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("memory.limit_in_bytes"), "{e}");
         assert!(removed.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn copies_of_an_image_on_a_fixed_port_cannot_share_the_host_network() {
+        let img = crate::image::ImageWorkload::for_tests("http:80/");
+        let why = image_unavailable(ModeKind::Process, &img).unwrap();
+        assert!(why.contains("fixed port 80"), "{why}");
+        assert_eq!(image_unavailable(ModeKind::Container, &img), None);
+        assert_eq!(image_unavailable(ModeKind::Microvm, &img), None);
+        let exits = crate::image::ImageWorkload::for_tests("exit");
+        assert_eq!(image_unavailable(ModeKind::Process, &exits), None);
+        let cfg = DensityConfig {
+            budget_bytes: 1 << 30,
+            max_instances: None,
+            ready_timeout: Duration::from_secs(1),
+        };
+        let d = DensityReport::unavailable(ModeKind::Process, &cfg, why);
+        assert_eq!((d.count, d.stop_rule.as_str()), (0, "unavailable"));
     }
 }

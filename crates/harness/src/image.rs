@@ -125,6 +125,27 @@ pub struct ImageWorkload {
 }
 
 impl ImageWorkload {
+    /// A small image for unit tests: `httpd -f` from `/img`, ready by
+    /// `rule`.
+    #[cfg(test)]
+    pub(crate) fn for_tests(rule: &str) -> Self {
+        ImageWorkload {
+            label: "/images/httpd-oci.tar".into(),
+            key: Some("sha256-00".into()),
+            run: RunSpec {
+                rootfs: "/img".into(),
+                args: vec!["httpd".into(), "-f".into()],
+                env: vec!["PATH=/bin".into()],
+                cwd: "/".into(),
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![],
+                exposed_ports: vec![],
+            },
+            ready: rule.parse().expect("a valid rule"),
+        }
+    }
+
     /// A name for columns and file names: the last path component of the
     /// label.
     pub fn short_name(&self) -> &str {

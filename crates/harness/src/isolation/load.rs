@@ -28,8 +28,9 @@ pub trait TenantLoad {
     ) -> Result<LoadRun, HarnessError>;
 }
 
-/// The real load: the HTTP probe's request runs, one thread per
-/// connection, each in the tenant's network namespace.
+/// The real load: the HTTP probe's request runs (`GET /health`, the
+/// built-in api's), one thread per connection, each in the tenant's network
+/// namespace.
 #[derive(Debug, Default)]
 pub struct ProbeLoad;
 
@@ -40,45 +41,73 @@ impl TenantLoad for ProbeLoad {
         pattern: LoadPattern,
         requests: usize,
     ) -> Result<LoadRun, HarnessError> {
-        let target = &target
-            .ok_or_else(|| HarnessError::Launch("the tenant serves no HTTP".into()))?
-            .target;
-        let cfg = ProbeConfig::default();
-        let start = Instant::now();
-        let (latencies_us, errors) = match pattern {
-            LoadPattern::Sequential => one_connection(target, requests, &cfg)?,
-            LoadPattern::Concurrent { connections } => {
-                let per = requests / connections.max(1) as usize;
-                let runs: Vec<_> = std::thread::scope(|s| {
-                    let handles: Vec<_> = (0..connections.max(1))
-                        .map(|_| s.spawn(|| one_connection(target, per, &cfg)))
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| {
-                            h.join().unwrap_or_else(|_| {
-                                Err(HarnessError::Launch("a load thread panicked".into()))
-                            })
-                        })
-                        .collect()
-                });
-                let mut lat = Vec::with_capacity(requests);
-                let mut errors = 0;
-                for r in runs {
-                    let (l, e) = r?;
-                    lat.extend(l);
-                    errors += e;
-                }
-                (lat, errors)
-            }
-        };
-        Ok(LoadRun {
-            pattern,
-            latencies_us,
-            errors,
-            wall_s: start.elapsed().as_secs_f64(),
-        })
+        probe_runs(target, pattern, requests, &ProbeConfig::default())
     }
+}
+
+/// The same runs against another path: a user's image, at its
+/// `--ready http:PORT/PATH` rule's path.
+#[derive(Debug, Clone)]
+pub struct ProbeLoadAt(pub String);
+
+impl TenantLoad for ProbeLoadAt {
+    fn run(
+        &self,
+        target: Option<&HttpTarget>,
+        pattern: LoadPattern,
+        requests: usize,
+    ) -> Result<LoadRun, HarnessError> {
+        let cfg = ProbeConfig {
+            path: self.0.clone(),
+            ..ProbeConfig::default()
+        };
+        probe_runs(target, pattern, requests, &cfg)
+    }
+}
+
+fn probe_runs(
+    target: Option<&HttpTarget>,
+    pattern: LoadPattern,
+    requests: usize,
+    cfg: &ProbeConfig,
+) -> Result<LoadRun, HarnessError> {
+    let target = &target
+        .ok_or_else(|| HarnessError::Launch("the tenant serves no HTTP".into()))?
+        .target;
+    let start = Instant::now();
+    let (latencies_us, errors) = match pattern {
+        LoadPattern::Sequential => one_connection(target, requests, cfg)?,
+        LoadPattern::Concurrent { connections } => {
+            let per = requests / connections.max(1) as usize;
+            let runs: Vec<_> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..connections.max(1))
+                    .map(|_| s.spawn(|| one_connection(target, per, cfg)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(HarnessError::Launch("a load thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            });
+            let mut lat = Vec::with_capacity(requests);
+            let mut errors = 0;
+            for r in runs {
+                let (l, e) = r?;
+                lat.extend(l);
+                errors += e;
+            }
+            (lat, errors)
+        }
+    };
+    Ok(LoadRun {
+        pattern,
+        latencies_us,
+        errors,
+        wall_s: start.elapsed().as_secs_f64(),
+    })
 }
 
 /// `n` sequential requests on one connection: latencies (µs) and errors.

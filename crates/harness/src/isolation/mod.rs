@@ -27,7 +27,8 @@ pub use surface::{ModeSurface, SurfaceConfig};
 
 use serde::{Deserialize, Serialize};
 
-use crate::modes::{Context, ModeKind};
+use crate::image::{ImageWorkload, ReadyRule};
+use crate::modes::{Context, HttpTarget, Instance, ModeKind};
 
 /// How long the isolation half of `bench compare` measures: `short` is the
 /// default run's (so cost and isolation fit in one run of the default
@@ -93,24 +94,68 @@ pub enum Event<'a> {
     Finish,
 }
 
-/// The noisy-neighbour scenario for every mode in `modes`, in order;
-/// stops early on Ctrl-C with what was measured.
+/// Why the request-driven scenarios (noisy neighbour, host system calls)
+/// cannot run on `image`, if they cannot: they send HTTP requests, so they
+/// need its ready rule to name the port and path (`--ready http:PORT/PATH`).
+pub fn requests_unavailable(image: &ImageWorkload) -> Option<String> {
+    match image.ready {
+        ReadyRule::Http { .. } => None,
+        ref other => Some(format!(
+            "the request-driven scenarios need an HTTP ready rule (--ready http:PORT/PATH); {} is ready by --ready {other}",
+            image.short_name()
+        )),
+    }
+}
+
+/// Where the tenant's request runs go: a user's image at its HTTP rule's
+/// port, where its readiness was probed; else the built-in workload's HTTP
+/// service.
+pub fn tenant_target(inst: &dyn Instance, image: Option<&ImageWorkload>) -> Option<HttpTarget> {
+    let Some(image) = image else {
+        return inst.http_target();
+    };
+    let ReadyRule::Http { port, .. } = image.ready else {
+        return None;
+    };
+    let mut target = inst.image_reach()?;
+    target.addr.set_port(port);
+    Some(HttpTarget {
+        target,
+        after_ready: false,
+    })
+}
+
+/// The request load for a tenant: `GET /health` for the built-in api, the
+/// HTTP rule's path for a user's image.
+pub fn tenant_load(image: Option<&ImageWorkload>) -> Box<dyn load::TenantLoad> {
+    match image.map(|i| &i.ready) {
+        Some(ReadyRule::Http { path, .. }) => Box::new(load::ProbeLoadAt(path.clone())),
+        _ => Box::new(load::ProbeLoad),
+    }
+}
+
+/// The noisy-neighbour scenario for every mode in `modes`, in order, with
+/// `image` as the tenant when given; stops early on Ctrl-C with what was
+/// measured.
 pub fn run_modes(
     ctx: &Context,
     modes: &[ModeKind],
     cfg: &NeighbourConfig,
+    image: noisy::Image<'_>,
     progress: &mut dyn FnMut(Event),
 ) -> Vec<ModeNeighbours> {
     let host = HostFacts::capture();
+    let load = tenant_load(image.map(|i| &**i));
     let mut out = vec![];
     for &kind in modes {
         let launcher = ctx.launcher(kind);
         let title = format!("neighbours {}", kind.name());
         progress(Event::Start(&title, cfg.kinds.len()));
-        out.push(noisy::run_mode(
+        out.push(noisy::run_mode_for(
             launcher.as_ref(),
             cfg,
-            &load::ProbeLoad,
+            image,
+            load.as_ref(),
             &host,
             &mut |done, msg| progress(Event::Step(done, msg)),
         ));
@@ -122,13 +167,16 @@ pub fn run_modes(
     out
 }
 
-/// The attack-surface pass for every mode in `modes`, in order.
+/// The attack-surface pass for every mode in `modes`, in order, tracing
+/// `image` when given.
 pub fn surface_modes(
     ctx: &Context,
     modes: &[ModeKind],
     cfg: &SurfaceConfig,
+    image: noisy::Image<'_>,
     progress: &mut dyn FnMut(Event),
 ) -> Vec<ModeSurface> {
+    let load = tenant_load(image.map(|i| &**i));
     let tracer = surface::TraceProcess {
         binary: ctx
             .bins
@@ -142,10 +190,11 @@ pub fn surface_modes(
         let launcher = ctx.launcher(kind);
         let title = format!("syscalls {}", kind.name());
         progress(Event::Start(&title, 1));
-        out.push(surface::run_mode(
+        out.push(surface::run_mode_for(
             launcher.as_ref(),
             cfg,
-            &load::ProbeLoad,
+            image,
+            load.as_ref(),
             &tracer,
         ));
         progress(Event::Finish);
@@ -156,11 +205,13 @@ pub fn surface_modes(
     out
 }
 
-/// The posture pass for every mode in `modes`, in order.
+/// The posture pass for every mode in `modes`, in order, of `image` when
+/// given.
 pub fn posture_modes(
     ctx: &Context,
     modes: &[ModeKind],
     ready_timeout: std::time::Duration,
+    image: noisy::Image<'_>,
     progress: &mut dyn FnMut(Event),
 ) -> Vec<ModePosture> {
     let mut out = vec![];
@@ -168,7 +219,10 @@ pub fn posture_modes(
         let launcher = ctx.launcher(kind);
         let title = format!("posture {}", kind.name());
         progress(Event::Start(&title, 1));
-        out.push(posture::run_mode(launcher.as_ref(), ready_timeout));
+        out.push(match image {
+            None => posture::run_mode(launcher.as_ref(), ready_timeout),
+            Some(i) => posture::run_image_mode(launcher.as_ref(), ready_timeout, i),
+        });
         progress(Event::Finish);
         if crate::interrupted() {
             break;

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::load::TenantLoad;
 use super::watch::CgroupWatch;
+use crate::image::ImageWorkload;
 use crate::modes::{Instance, InstanceOutcome, InstanceSpec, Isolation, Launcher, ModeKind};
 use crate::{HarnessError, Workload};
 
@@ -216,9 +217,13 @@ pub struct ModeNeighbours {
     pub neighbours: Vec<NeighbourResult>,
 }
 
-/// The tenant's spec: `api` with the mode's limits.
-pub fn tenant_spec(isolation: Isolation, limits: &Limits) -> InstanceSpec {
-    with_limits(InstanceSpec::new(Workload::Api, &[]), isolation, limits)
+/// The tenant's spec: `api` (or a user's image) with the mode's limits.
+pub fn tenant_spec(isolation: Isolation, limits: &Limits, image: Image<'_>) -> InstanceSpec {
+    let spec = InstanceSpec {
+        image: image.cloned(),
+        ..InstanceSpec::new(Workload::Api, &[])
+    };
+    with_limits(spec, isolation, limits)
 }
 
 fn with_limits(mut spec: InstanceSpec, isolation: Isolation, l: &Limits) -> InstanceSpec {
@@ -377,11 +382,27 @@ fn running(pid: u32) -> bool {
     })
 }
 
-/// Runs the scenario for the mode of `launcher`. Never fails as a whole:
-/// a mode that cannot run or fails is reported so, with what was measured.
+/// Runs the scenario for the mode of `launcher` with the built-in `api`
+/// as the tenant. Never fails as a whole: a mode that cannot run or fails
+/// is reported so, with what was measured.
 pub fn run_mode(
     launcher: &dyn Launcher,
     cfg: &NeighbourConfig,
+    load: &dyn TenantLoad,
+    host: &HostFacts,
+    progress: &mut dyn FnMut(usize, &str),
+) -> ModeNeighbours {
+    run_mode_for(launcher, cfg, None, load, host, progress)
+}
+
+/// [`run_mode`] with a user's image as the tenant when `image` is given
+/// (served and loaded by its HTTP ready rule; the neighbours stay the
+/// built-in storms). An image without an HTTP rule, or a mode that cannot
+/// run it, is reported unavailable with the reason.
+pub fn run_mode_for(
+    launcher: &dyn Launcher,
+    cfg: &NeighbourConfig,
+    image: Image<'_>,
     load: &dyn TenantLoad,
     host: &HostFacts,
     progress: &mut dyn FnMut(usize, &str),
@@ -395,12 +416,19 @@ pub fn run_mode(
         limits: (isolation != Isolation::None).then_some(cfg.limits),
         neighbours: vec![],
     };
-    if let Some(reason) = launcher.unavailable() {
+    if let Some(reason) = launcher
+        .unavailable()
+        .or_else(|| image.and_then(|i| super::requests_unavailable(i)))
+    {
         report.status = ScenarioStatus::Unavailable { reason };
         return report;
     }
-    let mut tenant = match start_tenant(launcher, cfg, isolation, load) {
+    let tenant = match start_tenant(launcher, cfg, isolation, image, load) {
         Ok(t) => t,
+        Err(HarnessError::Unavailable(reason)) => {
+            report.status = ScenarioStatus::Unavailable { reason };
+            return report;
+        }
         Err(e) => {
             report.status = ScenarioStatus::Failed {
                 error: crate::chain(&e),
@@ -410,7 +438,11 @@ pub fn run_mode(
     };
     for (i, &kind) in cfg.kinds.iter().enumerate() {
         progress(i, &format!("{kind} neighbour"));
-        match one_neighbour(launcher, tenant.as_mut(), kind, cfg, isolation, load, host) {
+        let t = Tenant {
+            inst: tenant.as_ref(),
+            image,
+        };
+        match one_neighbour(launcher, t, kind, cfg, isolation, load, host) {
             Ok(r) => report.neighbours.push(r),
             Err(e) => {
                 report.status = ScenarioStatus::Failed {
@@ -434,24 +466,32 @@ pub fn run_mode(
     report
 }
 
+/// A user's image, when it is the tenant.
+pub type Image<'a> = Option<&'a std::sync::Arc<ImageWorkload>>;
+
+/// The running tenant and what it runs.
+struct Tenant<'a> {
+    inst: &'a dyn Instance,
+    image: Image<'a>,
+}
+
 fn start_tenant(
     launcher: &dyn Launcher,
     cfg: &NeighbourConfig,
     isolation: Isolation,
+    image: Image<'_>,
     load: &dyn TenantLoad,
 ) -> Result<Box<dyn Instance>, HarnessError> {
-    let mut t = launcher.launch(&tenant_spec(isolation, &cfg.limits))?;
+    let mut t = launcher.launch(&tenant_spec(isolation, &cfg.limits, image))?;
     let launched = t.launched_at();
     let warm = (|| {
         t.wait_ready(cfg.ready_timeout)?;
-        if let Some(h) = t.http_target() {
+        // An image's ready rule was its first HTTP answer already.
+        if let (Some(h), None) = (t.http_target(), image) {
             crate::net::first_response(&h.target, launched, launched + cfg.ready_timeout)?;
         }
-        load.run(
-            t.http_target().as_ref(),
-            LoadPattern::Sequential,
-            WARMUP_REQUESTS,
-        )
+        let target = super::tenant_target(t.as_ref(), image.map(|i| &**i));
+        load.run(target.as_ref(), LoadPattern::Sequential, WARMUP_REQUESTS)
     })();
     match warm {
         Ok(_) => Ok(t),
@@ -463,11 +503,11 @@ fn start_tenant(
 }
 
 fn runs(
-    tenant: &dyn Instance,
+    tenant: &Tenant<'_>,
     cfg: &NeighbourConfig,
     load: &dyn TenantLoad,
 ) -> Result<Vec<LoadRun>, HarnessError> {
-    let target = tenant.http_target();
+    let target = super::tenant_target(tenant.inst, tenant.image.map(|i| &**i));
     cfg.patterns()
         .into_iter()
         .map(|(p, n)| load.run(target.as_ref(), p, n))
@@ -477,7 +517,7 @@ fn runs(
 /// Rounds of the runs until `window` has passed (at least one), pooled
 /// per pattern.
 fn pooled_rounds(
-    tenant: &dyn Instance,
+    tenant: &Tenant<'_>,
     cfg: &NeighbourConfig,
     load: &dyn TenantLoad,
     window: Duration,
@@ -506,7 +546,7 @@ fn pool(rounds: &[Vec<LoadRun>]) -> Vec<LoadRun> {
 
 fn one_neighbour(
     launcher: &dyn Launcher,
-    tenant: &mut dyn Instance,
+    tenant: Tenant<'_>,
     kind: NeighbourKind,
     cfg: &NeighbourConfig,
     isolation: Isolation,
@@ -515,7 +555,7 @@ fn one_neighbour(
 ) -> Result<NeighbourResult, HarnessError> {
     // The tenant alone for the same window as beside the neighbour, so both
     // sides pool comparable numbers of rounds from this moment's host.
-    let alone = pooled_rounds(tenant, cfg, load, Duration::from_millis(cfg.window_ms))?;
+    let alone = pooled_rounds(&tenant, cfg, load, Duration::from_millis(cfg.window_ms))?;
     let spec = neighbour_spec(kind, isolation, &cfg.limits, host);
     let command = format!("{} {}", spec.workload, spec.args.join(" "));
     let mut result = NeighbourResult {
@@ -553,7 +593,7 @@ fn one_neighbour(
     let window_max = Duration::from_millis(cfg.window_max_ms.max(cfg.window_ms));
     let mut rounds = vec![];
     let with = loop {
-        match runs(tenant, cfg, load) {
+        match runs(&tenant, cfg, load) {
             Ok(r) => rounds.push(r),
             Err(e) => break Err(e),
         }
@@ -884,5 +924,86 @@ mod tests {
             (Some(1), Some(256 << 20), None)
         );
         assert_eq!(s.args, ["--step-mib", "4", "--max-mib", "512"]);
+    }
+
+    #[test]
+    fn an_image_is_the_tenant_and_the_neighbours_stay_the_built_in_storms() {
+        let img = Arc::new(crate::image::ImageWorkload::for_tests("http:80/"));
+        let l = FakeLauncher::new(ModeKind::Container, vec![FakeRun::ready(5)]);
+        let load = ScriptedLoad {
+            live: Arc::clone(&l.live),
+            calls: RefCell::default(),
+        };
+        let cfg = NeighbourConfig {
+            kinds: vec![NeighbourKind::Cpu],
+            ..small()
+        };
+        let r = run_mode_for(&l, &cfg, Some(&img), &load, &HOST, &mut |_, _| {});
+        assert!(
+            matches!(r.status, ScenarioStatus::Measured),
+            "{:?}",
+            r.status
+        );
+        let specs = l.launched.borrow();
+        assert_eq!(specs[0].image.as_deref(), Some(&*img), "the tenant");
+        assert_eq!(specs[0].memory_bytes, Some(256 << 20), "with the limits");
+        assert!(specs[1].image.is_none(), "the neighbour is ours");
+        assert_eq!(specs[1].workload, Workload::Worker);
+        assert_eq!(l.live.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn an_image_without_an_http_rule_is_not_run_and_says_why() {
+        for rule in ["tcp:6379", "exit", "log:ready"] {
+            let img = Arc::new(crate::image::ImageWorkload::for_tests(rule));
+            let l = FakeLauncher::new(ModeKind::Process, vec![FakeRun::ready(1)]);
+            let r = run_mode_for(
+                &l,
+                &small(),
+                Some(&img),
+                &super::super::load::ProbeLoad,
+                &HOST,
+                &mut |_, _| {},
+            );
+            match &r.status {
+                ScenarioStatus::Unavailable { reason } => assert!(
+                    reason.contains("need an HTTP ready rule") && reason.contains(rule),
+                    "{reason}"
+                ),
+                s => panic!("{rule}: {s:?}"),
+            }
+            assert!(l.jobs().is_empty(), "nothing launched");
+        }
+    }
+
+    #[test]
+    fn a_mode_that_cannot_run_the_image_is_unavailable_not_failed() {
+        let img = Arc::new(crate::image::ImageWorkload::for_tests("http:80/"));
+        struct Refuses;
+        impl Launcher for Refuses {
+            fn kind(&self) -> ModeKind {
+                ModeKind::Crun
+            }
+            fn unavailable(&self) -> Option<String> {
+                None
+            }
+            fn launch(&self, spec: &InstanceSpec) -> Result<Box<dyn Instance>, HarnessError> {
+                crate::modes::refuse_image(ModeKind::Crun, spec)?;
+                Err(HarnessError::Launch("not reached".into()))
+            }
+        }
+        let r = run_mode_for(
+            &Refuses,
+            &small(),
+            Some(&img),
+            &super::super::load::ProbeLoad,
+            &HOST,
+            &mut |_, _| {},
+        );
+        assert!(
+            matches!(&r.status, ScenarioStatus::Unavailable { reason } if reason.contains("cannot run an image")),
+            "{:?}",
+            r.status
+        );
     }
 }

@@ -19,7 +19,7 @@ use isolab_isolation::systrace::TracerProcess;
 use serde::{Deserialize, Serialize};
 
 use super::load::TenantLoad;
-use super::noisy::{ScenarioStatus, WARMUP_REQUESTS};
+use super::noisy::{Image, ScenarioStatus, WARMUP_REQUESTS};
 use crate::modes::{InstanceSpec, Launcher, ModeKind};
 use crate::{HarnessError, Workload};
 
@@ -153,22 +153,46 @@ impl ModeSurface {
     }
 }
 
-/// Runs the pass for the mode of `launcher`; never fails as a whole.
+/// Runs the pass for the mode of `launcher` on the built-in `api`; never
+/// fails as a whole.
 pub fn run_mode(
     launcher: &dyn Launcher,
     cfg: &SurfaceConfig,
     load: &dyn TenantLoad,
     tracer: &dyn HostTracer,
 ) -> ModeSurface {
+    run_mode_for(launcher, cfg, None, load, tracer)
+}
+
+/// [`run_mode`] on a user's image when `image` is given (loaded by its HTTP
+/// ready rule). An image without an HTTP rule, or a mode that cannot run
+/// it, is reported unavailable with the reason.
+pub fn run_mode_for(
+    launcher: &dyn Launcher,
+    cfg: &SurfaceConfig,
+    image: Image<'_>,
+    load: &dyn TenantLoad,
+    tracer: &dyn HostTracer,
+) -> ModeSurface {
     let mut r = ModeSurface::new(launcher.kind());
-    if let Some(reason) = launcher.unavailable().or_else(|| tracer.unavailable()) {
+    if let Some(reason) = launcher
+        .unavailable()
+        .or_else(|| image.and_then(|i| super::requests_unavailable(i)))
+        .or_else(|| tracer.unavailable())
+    {
         r.status = ScenarioStatus::Unavailable { reason };
         return r;
     }
-    if let Err(e) = traced_run(launcher, cfg, load, tracer, &mut r) {
-        r.status = ScenarioStatus::Failed {
-            error: crate::chain(&e),
-        };
+    match traced_run(launcher, cfg, image, load, tracer, &mut r) {
+        Ok(()) => {}
+        Err(HarnessError::Unavailable(reason)) => {
+            r.status = ScenarioStatus::Unavailable { reason };
+        }
+        Err(e) => {
+            r.status = ScenarioStatus::Failed {
+                error: crate::chain(&e),
+            };
+        }
     }
     r
 }
@@ -176,16 +200,22 @@ pub fn run_mode(
 fn traced_run(
     launcher: &dyn Launcher,
     cfg: &SurfaceConfig,
+    image: Image<'_>,
     load: &dyn TenantLoad,
     tracer: &dyn HostTracer,
     r: &mut ModeSurface,
 ) -> Result<(), HarnessError> {
-    let mut inst = launcher.launch(&InstanceSpec::measured(Workload::Api))?;
+    let spec = InstanceSpec {
+        image: image.cloned(),
+        ..InstanceSpec::measured(Workload::Api)
+    };
+    let mut inst = launcher.launch(&spec)?;
     let launched = inst.launched_at();
     let result = (|| -> Result<(), HarnessError> {
         inst.wait_ready(cfg.ready_timeout)?;
-        let target = inst.http_target();
-        if let Some(h) = &target {
+        let target = super::tenant_target(inst.as_ref(), image.map(|i| &**i));
+        // An image's ready rule was its first HTTP answer already.
+        if let (Some(h), None) = (&target, image) {
             crate::net::first_response(&h.target, launched, launched + cfg.ready_timeout)?;
         }
         load.run(target.as_ref(), LoadPattern::Sequential, WARMUP_REQUESTS)?;
@@ -291,6 +321,41 @@ mod tests {
             &Scripted(Some("isolab-trace is not built".into())),
         );
         assert!(matches!(r.status, ScenarioStatus::Unavailable { .. }));
+        assert!(l.jobs().is_empty());
+    }
+
+    #[test]
+    fn an_image_is_traced_under_its_http_rule_and_without_one_says_why() {
+        let img = std::sync::Arc::new(crate::image::ImageWorkload::for_tests("http:80/"));
+        let l = FakeLauncher::new(ModeKind::Container, vec![FakeRun::ready(1)]);
+        let load = Load(RefCell::default());
+        let r = run_mode_for(
+            &l,
+            &SurfaceConfig::default(),
+            Some(&img),
+            &load,
+            &Scripted(None),
+        );
+        assert!(
+            matches!(r.status, ScenarioStatus::Measured),
+            "{:?}",
+            r.status
+        );
+        assert_eq!(l.launched.borrow()[0].image.as_deref(), Some(&*img));
+        let img = std::sync::Arc::new(crate::image::ImageWorkload::for_tests("tcp:80"));
+        let l = FakeLauncher::new(ModeKind::Container, vec![FakeRun::ready(1)]);
+        let r = run_mode_for(
+            &l,
+            &SurfaceConfig::default(),
+            Some(&img),
+            &load,
+            &Scripted(None),
+        );
+        assert!(
+            matches!(&r.status, ScenarioStatus::Unavailable { reason } if reason.contains("--ready http:PORT/PATH")),
+            "{:?}",
+            r.status
+        );
         assert!(l.jobs().is_empty());
     }
 }

@@ -170,18 +170,7 @@ impl Instance for ContainerInstance {
     fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
         let r = self.r();
         if let Some(image) = &self.image {
-            // On the bridge: its address from the workbench namespace;
-            // else loopback inside its own namespace.
-            let reach = match &self.veth {
-                Some(h) => h.addr().map(|ip| on_bridge(h.workbench(), ip, 0)),
-                None => Some(isolab_net::Target {
-                    netns: isolab_net::Netns::Path(PathBuf::from(format!(
-                        "/proc/{}/ns/net",
-                        r.pid()
-                    ))),
-                    addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                }),
-            };
+            let reach = self.image_reach();
             let pid = r.pid() as u32;
             let mut exited = image_ready::exit_watch(pid);
             let text = match &image.ready {
@@ -206,6 +195,22 @@ impl Instance for ContainerInstance {
                 "container {} did not signal ready within {timeout:?}",
                 r.id()
             ))),
+        }
+    }
+
+    fn image_reach(&self) -> Option<isolab_net::Target> {
+        self.image.as_ref()?;
+        // On the bridge: its address from the workbench namespace; else
+        // loopback inside its own namespace.
+        match &self.veth {
+            Some(h) => h.addr().map(|ip| on_bridge(h.workbench(), ip, 0)),
+            None => Some(isolab_net::Target {
+                netns: isolab_net::Netns::Path(PathBuf::from(format!(
+                    "/proc/{}/ns/net",
+                    self.r().pid()
+                ))),
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            }),
         }
     }
 

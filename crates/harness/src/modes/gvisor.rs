@@ -390,20 +390,13 @@ impl Instance for GvisorInstance {
     /// workload that ends by itself.
     fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
         if let Some((image, scan)) = &self.image {
-            // runsc runs in a network namespace made for it, where the
-            // sandbox uses the host kernel's stack: loopback there.
             let pid = self.pid().unwrap_or(0);
             let mut exited = image_ready::exit_watch(pid);
             return image_ready::wait_ready(
                 &image.ready,
                 self.launched,
                 image_ready::Observed {
-                    reach: Some(isolab_net::Target {
-                        netns: isolab_net::Netns::Path(PathBuf::from(format!(
-                            "/proc/{pid}/ns/net"
-                        ))),
-                        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                    }),
+                    reach: self.image_reach(),
                     output: image_ready::Output::Scan(scan),
                     exited: &mut exited,
                 },
@@ -449,6 +442,17 @@ impl Instance for GvisorInstance {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    fn image_reach(&self) -> Option<isolab_net::Target> {
+        self.image.as_ref()?;
+        // runsc runs in a network namespace made for it, where the sandbox
+        // uses the host kernel's stack: loopback there.
+        let pid = self.pid().unwrap_or(0);
+        Some(isolab_net::Target {
+            netns: isolab_net::Netns::Path(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        })
     }
 
     fn http_target(&self) -> Option<HttpTarget> {

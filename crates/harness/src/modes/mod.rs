@@ -348,6 +348,13 @@ pub trait Instance: Send {
     fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError>;
     /// Where to reach its HTTP service, if the workload serves one.
     fn http_target(&self) -> Option<HttpTarget>;
+    /// Where a user's image's program is reached, at any port (the caller
+    /// sets its rule's): the same place its readiness is probed, for the
+    /// request runs of the isolation passes. `None` for the built-in
+    /// workload and where it cannot be reached from here.
+    fn image_reach(&self) -> Option<isolab_net::Target> {
+        None
+    }
     /// Host pids that belong to this instance (launcher/monitor included).
     fn host_pids(&self) -> Vec<u32>;
     /// Memory attributed to this instance now.

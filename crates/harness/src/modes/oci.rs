@@ -350,6 +350,15 @@ impl Instance for OciInstance {
         })
     }
 
+    fn image_reach(&self) -> Option<isolab_net::Target> {
+        self.image.as_ref()?;
+        let pid = self.child.as_ref()?.id();
+        Some(isolab_net::Target {
+            netns: isolab_net::Netns::Find(Arc::new(move || first_other_netns(pid))),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        })
+    }
+
     fn host_pids(&self) -> Vec<u32> {
         self.child
             .as_ref()

@@ -306,6 +306,10 @@ impl Instance for ProcessInstance {
         })
     }
 
+    fn image_reach(&self) -> Option<isolab_net::Target> {
+        self.image.as_ref().map(|_| image_ready::host_loopback())
+    }
+
     fn host_pids(&self) -> Vec<u32> {
         process_tree(Path::new("/proc"), self.pid)
     }

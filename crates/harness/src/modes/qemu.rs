@@ -475,6 +475,12 @@ impl Instance for QemuInstance {
         self.target.clone()
     }
 
+    fn image_reach(&self) -> Option<isolab_net::Target> {
+        // An image's target is its HTTP rule's port on the guest.
+        self.rule.as_ref()?;
+        self.target.as_ref().map(|t| t.target.clone())
+    }
+
     fn host_pids(&self) -> Vec<u32> {
         process_tree(Path::new("/proc"), self.child.id())
     }

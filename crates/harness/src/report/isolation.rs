@@ -91,7 +91,12 @@ fn notes(r: &CompareReport) -> Vec<String> {
     v
 }
 
-const TITLE: &str = "Noisy neighbour (tenant api, latency us; ratio = p99 with / p99 alone)";
+/// The noisy-neighbour title, naming the tenant (the built-in api or the
+/// user's image).
+fn title(r: &CompareReport) -> String {
+    let tenant = r.config.image.as_ref().map_or("api", |i| i.short_name());
+    format!("Noisy neighbour (tenant {tenant}, latency us; ratio = p99 with / p99 alone)")
+}
 
 /// The terminal sections (noisy neighbour, host system calls); empty when
 /// neither ran.
@@ -126,7 +131,7 @@ fn neighbours_table(r: &CompareReport) -> String {
     if r.neighbours.is_empty() {
         return String::new();
     }
-    let mut out = format!("\n{TITLE}\n");
+    let mut out = format!("\n{}\n", title(r));
     let mut rows = vec![HEADER.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
     for m in &r.neighbours {
         for n in &m.neighbours {
@@ -257,7 +262,14 @@ fn posture_cells(m: &ModePosture) -> Option<Vec<String>> {
 fn posture_notes(r: &CompareReport) -> Vec<String> {
     let mut v = vec![];
     for m in &r.posture {
-        if let Some(w) = &m.workload {
+        if let Some(how) = &m.workload_read {
+            // A user's image runs no probe of ours: say where its side
+            // came from and that its ? are not readable from outside.
+            v.push(format!(
+                "{}: workload side {how}; ? = not readable from outside",
+                m.mode.name()
+            ));
+        } else if let Some(w) = &m.workload {
             // "?" is a fact the workload's own /proc did not expose (gVisor's
             // has no boot id and no NoNewPrivs line): say which, never guess.
             let mut unknown = vec![];
@@ -298,7 +310,7 @@ fn neighbours_markdown(r: &CompareReport) -> String {
     if r.neighbours.is_empty() {
         return String::new();
     }
-    let mut o = format!("\n## {TITLE}\n\n| {} |\n", HEADER.join(" | "));
+    let mut o = format!("\n## {}\n\n| {} |\n", title(r), HEADER.join(" | "));
     let _ = writeln!(o, "|---|---|---|{}---|", "---:|".repeat(8));
     for m in &r.neighbours {
         for n in &m.neighbours {
@@ -597,10 +609,18 @@ mod tests {
             status: ScenarioStatus::Measured,
             workload: Some(WorkloadPosture::from_probe(&probe, &host).unwrap()),
             host: vec![],
+            workload_read: None,
         }];
         let t = table(&r);
         assert!(
             t.contains("gvisor: ? = not readable inside it: kernel (no boot id, and the same release as the host); no_new_privs (no NoNewPrivs line"),
+            "{t}"
+        );
+        // A user's image runs no probe: where its side came from is said.
+        r.posture[0].workload_read = Some("read from the host: /proc/9/status".into());
+        let t = table(&r);
+        assert!(
+            t.contains("gvisor: workload side read from the host: /proc/9/status; ? = not readable from outside"),
             "{t}"
         );
     }

@@ -171,6 +171,47 @@ impl WorkloadPosture {
         })
     }
 
+    /// The workload side of a program that runs no probe of ours (a user's
+    /// image), read from the host: `p` is its process as the host's `/proc`
+    /// shows it, so it talks to the host's kernel. What only a probe inside
+    /// can see (`/proc/sys` it could write, devices, host paths) stays
+    /// `None`.
+    pub fn from_host_process(p: &super::ProcessPosture) -> Self {
+        Self {
+            kernel: KernelRelation::Host,
+            cap_eff: p.cap_eff.clone(),
+            cap_bnd: p.cap_bnd.clone(),
+            no_new_privs: p.no_new_privs,
+            seccomp: p.seccomp,
+            seccomp_filters: p.seccomp_filters,
+            ids_are_kernel_ids: p.uid_map.as_deref().map(is_identity),
+            uid_map: p.uid_map.clone(),
+            gid_map: p.gid_map.clone(),
+            proc_sys_writable: None,
+            devices: None,
+            host_paths_visible: None,
+        }
+    }
+
+    /// Only the kernel it talks to is known (a program inside a guest or
+    /// gVisor's Sentry, whose processes the host's `/proc` does not show).
+    pub fn kernel_only(kernel: KernelRelation) -> Self {
+        Self {
+            kernel,
+            cap_eff: None,
+            cap_bnd: None,
+            no_new_privs: None,
+            seccomp: None,
+            seccomp_filters: None,
+            uid_map: None,
+            gid_map: None,
+            ids_are_kernel_ids: None,
+            proc_sys_writable: None,
+            devices: None,
+            host_paths_visible: None,
+        }
+    }
+
     /// Whether its effective capabilities and writable `/proc/sys` reach
     /// the host kernel itself (only when it talks to the host's kernel with
     /// the host's ids). `None` when a needed fact is missing.
@@ -283,6 +324,37 @@ mod tests {
         let p = WorkloadPosture::from_probe(&mapped, &host()).unwrap();
         assert_eq!(p.ids_are_kernel_ids, Some(false));
         assert_eq!(p.reaches_host_kernel(), Some(false));
+    }
+
+    #[test]
+    fn a_host_process_talks_to_the_host_kernel_and_leaves_the_inside_facts_unknown() {
+        let p = super::super::ProcessPosture {
+            pid: 7,
+            role: "workload".into(),
+            comm: Some("nginx".into()),
+            threads: Some(1),
+            uids: Some([0; 4]),
+            gids: Some([0; 4]),
+            cap_eff: CapSet::from_hex("00000000a80425fb"),
+            cap_prm: None,
+            cap_bnd: CapSet::from_hex("00000000a80425fb"),
+            cap_amb: None,
+            no_new_privs: Some(true),
+            seccomp: Some(Seccomp::Filter),
+            seccomp_filters: Some(1),
+            uid_map: parse_id_map("0 0 4294967295\n"),
+            gid_map: parse_id_map("0 0 4294967295\n"),
+            host_user_ns: Some(true),
+        };
+        let w = WorkloadPosture::from_host_process(&p);
+        assert_eq!(w.kernel, KernelRelation::Host);
+        assert_eq!(w.cap_eff.as_ref().map(|c| c.count), Some(14));
+        assert_eq!(w.ids_are_kernel_ids, Some(true));
+        assert_eq!(w.reaches_host_kernel(), Some(true));
+        assert_eq!((w.proc_sys_writable, w.devices), (None, None));
+        let g = WorkloadPosture::kernel_only(KernelRelation::Own { release: None });
+        assert_eq!(g.reaches_host_kernel(), Some(false));
+        assert_eq!(g.cap_eff, None);
     }
 
     #[test]

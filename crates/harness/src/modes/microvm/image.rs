@@ -456,6 +456,10 @@ impl Instance for ImageVm {
         }
     }
 
+    fn image_reach(&self) -> Option<Target> {
+        self.target(0)
+    }
+
     fn host_pids(&self) -> Vec<u32> {
         process_tree(Path::new("/proc"), self.vmm.child.id())
     }
