@@ -644,7 +644,7 @@ pub fn fill_ratios(modes: &mut [ModeReport]) {
 /// What ran: the user's image, its command and user.
 fn image_line(i: &crate::image::ImageWorkload) -> String {
     format!(
-        "image: {}{}; command {:?} as uid {} gid {} in {}; process mode runs it chrooted into the unpacked rootfs (host network), container over an overlay on it, crun/runc/gVisor with it as their bundle's root; modes that cannot run an image are listed as unavailable",
+        "image: {}{}; command {:?} as uid {} gid {} in {}; process mode runs it chrooted (host network), container in its own namespaces, crun/runc/gVisor as their bundle's root, each instance on a writable overlay of its own over the unpacked rootfs (which stays as unpacked); modes that cannot run an image are listed as unavailable",
         i.label,
         i.key.as_deref().map_or(String::new(), |k| format!(" ({k})")),
         i.run.args.join(" "),

@@ -24,6 +24,11 @@
 //!   alone.
 //! - Our own containers' instance dirs and cgroups are removed by
 //!   `isolab_container` at its next start (`instance::clean_stale`).
+//! - **Image layers** (a user's image's writable overlay): a peer's is its
+//!   bundle's `rootfs`, unmounted with the bundle; a process-mode
+//!   instance's is under `/run/isolab/layers/<pid>.<start time>-<n>`,
+//!   unmounted and removed at every start once its launcher is gone
+//!   (`modes/image_layer.rs`).
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -45,14 +50,14 @@ fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
 }
 
 /// This launcher's directory name: `<pid>.<start time>`.
-fn owner_name() -> String {
+pub(crate) fn owner_name() -> String {
     let pid = std::process::id();
     let start = start_time(Path::new("/proc"), pid).unwrap_or(0);
     format!("{pid}.{start}")
 }
 
 /// Whether the launcher a state directory is named after still runs.
-fn owner_alive(proc_root: &Path, name: &str) -> bool {
+pub(crate) fn owner_alive(proc_root: &Path, name: &str) -> bool {
     let Some((pid, start)) = name.split_once('.') else {
         return true; // not ours: leave it
     };
@@ -135,10 +140,11 @@ for i in 1 2 3 4 5; do
   sleep 0.2
 done
 rmdir "$1" "${1%/*}" 2>/dev/null
-# A bundle's network namespace name (a bind mount) is unmounted first: a
-# mount point cannot be removed.
+# A bundle's network namespace name (a bind mount) and an image's writable
+# layer (an overlay at rootfs) are unmounted first: a mount point cannot be
+# removed.
 for rt in $4; do
-  for n in "$2"/isolab-"$rt"-"$3"-*/netns; do
+  for n in "$2"/isolab-"$rt"-"$3"-*/netns "$2"/isolab-"$rt"-"$3"-*/rootfs; do
     [ -e "$n" ] && umount -l "$n" 2>/dev/null
   done
   rm -rf "$2"/isolab-"$rt"-"$3"-*
@@ -185,6 +191,9 @@ pub struct Cleaned {
     pub roots: Vec<String>,
     /// Whether a stale workbench namespace was removed.
     pub netns: bool,
+    /// Process-mode image layers of launchers that are gone, unmounted and
+    /// removed.
+    pub layers: usize,
 }
 
 /// Deletes the peers of launchers that are gone (see the module docs).
@@ -328,6 +337,7 @@ fn remove_bundles(bundles_dir: &Path, pid: &str) {
         let n = b.file_name().to_string_lossy().into_owned();
         if prefixes.iter().any(|p| n.starts_with(p)) {
             crate::modes::peer_net::release_in(&b.path());
+            crate::modes::image_layer::release_in(&b.path());
             let _ = std::fs::remove_dir_all(b.path());
         }
     }
@@ -347,6 +357,10 @@ pub fn clean_at_start() -> Cleaned {
         out = clean_stale_peers(
             Path::new(OCI_STATE_DIR),
             Path::new(BUNDLES_DIR),
+            Path::new("/proc"),
+        );
+        out.layers = crate::modes::image_layer::clean_stale(
+            Path::new(crate::modes::image_layer::LAYERS_DIR),
             Path::new("/proc"),
         );
         out.netns = isolab_net::workbench::remove_stale_all(&Default::default()).unwrap_or(0) > 0;

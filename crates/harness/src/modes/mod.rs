@@ -9,6 +9,7 @@ pub mod container;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod gvisor;
+pub(crate) mod image_layer;
 pub(crate) mod image_ready;
 pub mod microvm;
 pub mod oci;

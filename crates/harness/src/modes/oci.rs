@@ -162,8 +162,25 @@ pub(crate) fn peer_bundle(
         .map_err(|e| HarnessError::io(format!("create the {rt} state root"), e))?;
     let id = format!("{}{}", crate::stale::bundle_prefix(rt), next_id());
     let dir = PathBuf::from(crate::stale::BUNDLES_DIR).join(&id);
-    let bundle = isolab_container::oci::write_bundle(&dir, &cfg, &id)
-        .map_err(|e| HarnessError::Launch(crate::chain(&e)))?;
+    let mut cfg = cfg;
+    // A user's image: the bundle's root is a writable layer of its own
+    // over the cached rootfs, which stays as unpacked.
+    if let Some(img) = cfg.image.as_mut() {
+        match super::image_layer::mount_in(&img.rootfs, &dir) {
+            Ok(merged) => img.rootfs = merged,
+            Err(e) => {
+                remove_bundle(&dir);
+                return Err(e);
+            }
+        }
+    }
+    let bundle = match isolab_container::oci::write_bundle(&dir, &cfg, &id) {
+        Ok(b) => b,
+        Err(e) => {
+            remove_bundle(&dir);
+            return Err(HarnessError::Launch(crate::chain(&e)));
+        }
+    };
     Ok(PeerBundle { root, id, bundle })
 }
 
@@ -213,6 +230,7 @@ pub(crate) fn runtime_cmd(runtime: &Path, root: &Path, args: &[&str]) -> Command
 /// /run.
 pub(crate) fn remove_bundle(dir: &Path) {
     peer_net::release_in(dir);
+    super::image_layer::release_in(dir);
     let _ = std::fs::remove_dir_all(dir);
     let mut p = dir.parent();
     while let Some(d) = p.filter(|d| d.starts_with("/run/isolab")) {

@@ -93,6 +93,7 @@ impl Launcher for ProcessLauncher {
             launched,
             port: spec.workload.serves_http().then_some(port),
             image: None,
+            layer: None,
         }))
     }
 }
@@ -100,8 +101,9 @@ impl Launcher for ProcessLauncher {
 /// An image's program, chrooted into its unpacked rootfs with its
 /// environment, working directory and user; no namespaces, no cgroup (the
 /// baseline). It shares the host's network namespace, so it is reached on
-/// host loopback at the port it listens on. Its writes land in the
-/// unpacked rootfs itself (there is no overlay in this mode).
+/// host loopback at the port it listens on. Its root is a writable layer
+/// of its own over the unpacked rootfs ([`super::image_layer`]), so its
+/// writes (a pid file, logs) never reach the cache.
 fn launch_image(
     image: &Arc<ImageWorkload>,
     spec: &InstanceSpec,
@@ -111,7 +113,8 @@ fn launch_image(
     let cstr = |what: &str, s: &[u8]| {
         CString::new(s).map_err(|_| HarnessError::Config(format!("{what} contains a NUL byte")))
     };
-    let root = cstr("the rootfs path", run.rootfs.as_os_str().as_bytes())?;
+    let layer = super::image_layer::ImageLayer::over(&run.rootfs)?;
+    let root = cstr("the rootfs path", layer.root().as_os_str().as_bytes())?;
     let cwd = cstr("the working directory", run.cwd.as_bytes())?;
     let (uid, gid, groups) = (run.uid, run.gid, run.additional_gids.clone());
     let procs = super::spawn::open_procs(&spec.join_cgroups)?;
@@ -168,6 +171,7 @@ fn launch_image(
         launched,
         port: None,
         image: Some((Arc::clone(image), scan)),
+        layer: Some(layer),
     }))
 }
 
@@ -208,6 +212,9 @@ struct ProcessInstance {
     port: Option<u16>,
     /// An image's program and its scanned output.
     image: Option<(Arc<ImageWorkload>, OutputScan)>,
+    /// An image's writable layer, unmounted when the instance is dropped
+    /// (after its program was reaped).
+    layer: Option<super::image_layer::ImageLayer>,
 }
 
 /// Status, peak RSS (KiB) and CPU time (µs) of a reaped child.
@@ -253,6 +260,8 @@ fn wait4(pid: u32, block: bool) -> Result<Option<Reaped>, HarnessError> {
 
 impl ProcessInstance {
     fn finish(mut self, reaped: Reaped, timed_out: bool) -> InstanceOutcome {
+        // Reaped: nothing is left in an image's layer; unmount it now.
+        drop(self.layer.take());
         let out = drained(self.stdout.take());
         let err = drained(self.stderr.take());
         InstanceOutcome {
