@@ -234,20 +234,48 @@ pub fn posture_modes(
 /// "How it was measured" line of the posture pass.
 pub const POSTURE_METHOD: &str = "posture: workload side from `workload probe` run in each mode (capabilities, no_new_privs, seccomp, user-namespace mapping, writable /proc/sys, device nodes, host paths; same kernel as the host by boot id); host side from /proc/PID/status of an `api` instance's host processes (effective capabilities that count over the host kernel: those in the initial user namespace)";
 
+/// The tenant's name and the path its requests get, for the method lines:
+/// `api` and `/health`, or a user's image and its HTTP rule's path.
+fn tenant_words(image: Option<&ImageWorkload>) -> (String, String) {
+    match image {
+        None => ("api".into(), "/health".into()),
+        Some(i) => (
+            i.short_name().to_owned(),
+            match &i.ready {
+                ReadyRule::Http { path, .. } => path.clone(),
+                _ => "/".into(),
+            },
+        ),
+    }
+}
+
 /// "How it was measured" line of the attack-surface pass.
 pub fn surface_method(cfg: &SurfaceConfig) -> String {
+    surface_method_for(cfg, None)
+}
+
+/// [`surface_method`] naming the traced instance (a user's image, when
+/// given).
+pub fn surface_method_for(cfg: &SurfaceConfig, image: Option<&ImageWorkload>) -> String {
+    let (tenant, path) = tenant_words(image);
     format!(
-        "host system calls: every host process and thread of an `api` instance per mode (workload, container init, runtime, monitor threads) seized by the isolab-trace process (ptrace seize, following clones/forks) during {} sequential GET /health after a 20-request warm-up; calls counted at syscall entry by name; its own pass, so no timing comes from it",
+        "host system calls: every host process and thread of an `{tenant}` instance per mode (workload, container init, runtime, monitor threads) seized by the isolab-trace process (ptrace seize, following clones/forks) during {} sequential GET {path} after a 20-request warm-up; calls counted at syscall entry by name; its own pass, so no timing comes from it",
         cfg.requests
     )
 }
 
 /// "How it was measured" lines of the noisy-neighbour scenario.
 pub fn method_lines(cfg: &NeighbourConfig) -> Vec<String> {
+    method_lines_for(cfg, None)
+}
+
+/// [`method_lines`] naming the tenant (a user's image, when given).
+pub fn method_lines_for(cfg: &NeighbourConfig, image: Option<&ImageWorkload>) -> Vec<String> {
     let l = &cfg.limits;
+    let (tenant, path) = tenant_words(image);
     vec![
         format!(
-            "noisy neighbour: a tenant `api` instance per mode; {} sequential GET /health on one connection and {} over {} concurrent connections, repeated and pooled for {} ms alone, then beside a neighbour instance of the same mode ({}) until the neighbour ran as long and the limit matching its kind acted (at most {} ms); the alone rounds are repeated before every neighbour",
+            "noisy neighbour: a tenant `{tenant}` instance per mode; {} sequential GET {path} on one connection and {} over {} concurrent connections, repeated and pooled for {} ms alone, then beside a neighbour instance of the same mode ({}) until the neighbour ran as long and the limit matching its kind acted (at most {} ms); the alone rounds are repeated before every neighbour",
             cfg.sequential_requests,
             cfg.concurrent_requests,
             cfg.connections,

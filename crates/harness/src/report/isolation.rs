@@ -266,7 +266,7 @@ fn posture_notes(r: &CompareReport) -> Vec<String> {
             // A user's image runs no probe of ours: say where its side
             // came from and that its ? are not readable from outside.
             v.push(format!(
-                "{}: workload side {how}; ? = not readable from outside",
+                "{}: workload side: {how}; ? = not readable from outside",
                 m.mode.name()
             ));
         } else if let Some(w) = &m.workload {
@@ -620,7 +620,7 @@ mod tests {
         r.posture[0].workload_read = Some("read from the host: /proc/9/status".into());
         let t = table(&r);
         assert!(
-            t.contains("gvisor: workload side read from the host: /proc/9/status; ? = not readable from outside"),
+            t.contains("gvisor: workload side: read from the host: /proc/9/status; ? = not readable from outside"),
             "{t}"
         );
     }
