@@ -62,8 +62,13 @@ pub struct CompareConfig {
     pub posture: bool,
     /// A user's image or bundle measured instead of the built-in workload
     /// (`workload` then says whether it serves or ends by itself); the
-    /// method lines name it and its ready rule.
-    #[serde(skip)]
+    /// method lines name it and its ready rule. In JSON its
+    /// [`crate::image::ImageSummary`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::image::summary"
+    )]
     pub image: Option<std::sync::Arc<crate::image::ImageWorkload>>,
     /// The isolation half's budget when it runs by default (`short`, or
     /// `full` with `--isolation`); `None` with `--isolation off`, where
@@ -677,7 +682,7 @@ fn image_isolation_line(i: &crate::image::ImageWorkload) -> String {
     let requests = match crate::isolation::requests_unavailable(i) {
         Some(reason) => format!("noisy neighbour and host system calls not run: {reason}"),
         None => format!(
-            "the tenant of the noisy-neighbour scenario and the traced instance of the host-system-call pass are {} (where `api` is named below), its request runs GET {} on port {} (its ready rule), reached where its readiness was probed; the neighbours stay the built-in cpu/memory/fork storms in the same mode",
+            "the tenant of the noisy-neighbour scenario and the traced instance of the host-system-call pass are {}, its request runs GET {} on port {} (its ready rule), reached where its readiness was probed, with the limits below; the neighbours stay the built-in cpu/memory/fork storms in the same mode",
             i.short_name(),
             match &i.ready {
                 crate::image::ReadyRule::Http { path, .. } => path.as_str(),
@@ -687,7 +692,7 @@ fn image_isolation_line(i: &crate::image::ImageWorkload) -> String {
         ),
     };
     format!(
-        "isolation half with an image: {requests}; posture: the image runs no probe of ours, so its workload side is read from the host (/proc/PID/status and id maps of its process) where that process is a host process (process, container, crun, runc), and only the kernel is known inside a guest or gVisor's Sentry; what only a probe inside sees (/proc/sys writable, devices, host paths) is ?"
+        "isolation half with an image: {requests}; posture: the image runs no probe of ours, so its workload side is read from the host (/proc/PID/status and id maps of its process: CapEff, CapBnd, NoNewPrivs, Seccomp, Seccomp_filters, uid_map; the host's kernel by construction) where that process is a host process (process, container, crun, runc), and only the kernel is known inside a guest or gVisor's Sentry; what only a probe inside sees (/proc/sys writable, devices, host paths) is ?; host side from /proc/PID/status of the image instance's host processes"
     )
 }
 
@@ -762,12 +767,15 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
         v.push(image_isolation_line(i));
     }
     if let Some(n) = &cfg.neighbours {
-        v.extend(crate::isolation::method_lines(n));
+        v.extend(crate::isolation::method_lines_for(n, cfg.image.as_deref()));
     }
     if let Some(s) = &cfg.surface {
-        v.push(crate::isolation::surface_method(s));
+        v.push(crate::isolation::surface_method_for(
+            s,
+            cfg.image.as_deref(),
+        ));
     }
-    if cfg.posture {
+    if cfg.posture && cfg.image.is_none() {
         v.push(crate::isolation::POSTURE_METHOD.into());
     }
     v

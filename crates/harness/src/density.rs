@@ -171,14 +171,16 @@ pub fn image_unavailable(mode: ModeKind, image: &ImageWorkload) -> Option<String
 impl DensityReport {
     /// The report of a mode the density run could not measure, with why.
     pub fn unavailable(mode: ModeKind, cfg: &DensityConfig, reason: String) -> Self {
+        // The cap that would have applied, for the same fields as a run.
+        let (max_instances, cap_basis) = instance_cap(cfg, Path::new("/proc"));
         DensityReport {
             mode,
             budget_bytes: cfg.budget_bytes,
             count: 0,
             stop_rule: "unavailable".into(),
             stop_detail: reason,
-            max_instances: 0,
-            cap_basis: "not run".into(),
+            max_instances,
+            cap_basis,
             startup_trend: None,
             projected_count: None,
             teardown_ms: 0.0,

@@ -12,6 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use isolab_image::{Protocol, RunSpec};
+use serde::{Deserialize, Serialize};
 
 /// When an image's program counts as ready (`--ready`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +155,90 @@ impl ImageWorkload {
     }
 }
 
+/// What a report says about a user's image (the `image` object of
+/// compare's JSON config): what was named, its cache key, the command as
+/// it ran and as whom, and its ready rule. Its environment and the local
+/// path of its unpacked rootfs stay out of reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSummary {
+    pub label: String,
+    /// `sha256-<hex>` of its manifest; `None` for a bundle.
+    pub key: Option<String>,
+    pub command: Vec<String>,
+    pub uid: u32,
+    pub gid: u32,
+    pub cwd: String,
+    /// `--ready` as given or defaulted (`http:80/`, `tcp:6379`, `exit`,
+    /// `log:TEXT`).
+    pub ready: String,
+}
+
+impl From<&ImageWorkload> for ImageSummary {
+    fn from(i: &ImageWorkload) -> Self {
+        ImageSummary {
+            label: i.label.clone(),
+            key: i.key.clone(),
+            command: i.run.args.clone(),
+            uid: i.run.uid,
+            gid: i.run.gid,
+            cwd: i.run.cwd.clone(),
+            ready: i.ready.to_string(),
+        }
+    }
+}
+
+impl ImageSummary {
+    /// The image as a report read back from JSON knows it: no rootfs, no
+    /// environment (it is for showing, not for running).
+    pub fn into_workload(self) -> Result<ImageWorkload, BadReadyRule> {
+        Ok(ImageWorkload {
+            ready: self.ready.parse()?,
+            label: self.label,
+            key: self.key,
+            run: RunSpec {
+                rootfs: Default::default(),
+                args: self.command,
+                env: vec![],
+                cwd: self.cwd,
+                uid: self.uid,
+                gid: self.gid,
+                additional_gids: vec![],
+                exposed_ports: vec![],
+            },
+        })
+    }
+}
+
+/// Serde for `Option<Arc<ImageWorkload>>` fields as an [`ImageSummary`]
+/// (`#[serde(with = "crate::image::summary")]`).
+pub mod summary {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{ImageSummary, ImageWorkload};
+
+    pub fn serialize<S: Serializer>(
+        v: &Option<Arc<ImageWorkload>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        v.as_deref().map(ImageSummary::from).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Arc<ImageWorkload>>, D::Error> {
+        Option::<ImageSummary>::deserialize(d)?
+            .map(|s| {
+                s.into_workload()
+                    .map(Arc::new)
+                    .map_err(serde::de::Error::custom)
+            })
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +296,29 @@ mod tests {
             additional_gids: vec![],
             exposed_ports: ports.iter().filter_map(|p| ExposedPort::parse(p)).collect(),
         }
+    }
+
+    #[test]
+    fn a_report_names_the_image_its_command_and_rule_but_not_its_env() {
+        let i = std::sync::Arc::new(ImageWorkload::for_tests("http:8080/health"));
+        #[derive(Serialize, Deserialize)]
+        struct Doc {
+            #[serde(with = "summary")]
+            image: Option<std::sync::Arc<ImageWorkload>>,
+        }
+        let text = serde_json::to_string(&Doc {
+            image: Some(std::sync::Arc::clone(&i)),
+        })
+        .unwrap();
+        assert_eq!(
+            text,
+            r#"{"image":{"label":"/images/httpd-oci.tar","key":"sha256-00","command":["httpd","-f"],"uid":0,"gid":0,"cwd":"/","ready":"http:8080/health"}}"#
+        );
+        let back: Doc = serde_json::from_str(&text).unwrap();
+        let back = back.image.unwrap();
+        assert_eq!((back.short_name(), &back.ready), (i.short_name(), &i.ready));
+        assert!(back.run.env.is_empty());
+        assert!(serde_json::from_str::<Doc>(r#"{"image":{"label":"x","key":null,"command":[],"uid":0,"gid":0,"cwd":"/","ready":"udp:1"}}"#).is_err());
     }
 
     #[test]
