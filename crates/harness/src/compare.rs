@@ -649,7 +649,7 @@ pub fn fill_ratios(modes: &mut [ModeReport]) {
 /// What ran: the user's image, its command and user.
 fn image_line(i: &crate::image::ImageWorkload) -> String {
     format!(
-        "image: {}{}; command {:?} as uid {} gid {} in {}; process mode runs it chrooted (host network), container in its own namespaces, crun/runc/gVisor as their bundle's root, each instance on a writable overlay of its own over the unpacked rootfs (which stays as unpacked); modes that cannot run an image are listed as unavailable",
+        "image: {}{}; command {:?} as uid {} gid {} in {}; process mode runs it chrooted (host network), container in its own namespaces, crun/runc/gVisor as their bundle's root, each instance on a writable overlay of its own over the unpacked rootfs (which stays as unpacked; mounted inside the launch clock for the container and the peers, as part of making their root, and before it for the plain process, which a deployment would run in place); modes that cannot run an image are listed as unavailable",
         i.label,
         i.key.as_deref().map_or(String::new(), |k| format!(" ({k})")),
         i.run.args.join(" "),
