@@ -5,7 +5,6 @@
 //! [`isolab_isolation::posture`].
 
 use std::path::Path;
-
 use std::sync::Arc;
 
 use isolab_isolation::posture::{HostKernel, KernelRelation, ProcessPosture, WorkloadPosture};
@@ -127,7 +126,7 @@ fn image_sides(
                 Some(WorkloadPosture::kernel_only(KernelRelation::Own { release: None })),
                 format!("the image's program runs on gVisor's Sentry, whose processes the host cannot read: only the kernel is known ({INSIDE_ONLY})"),
             ),
-            _ => match image_process(Path::new("/proc"), &pids, &image.run.args[0]) {
+            _ => match image_process(Path::new("/proc"), &pids, image.run.args.first().map_or("", String::as_str)) {
                 Some(p) => (
                     Some(WorkloadPosture::from_host_process(&p)),
                     format!(
