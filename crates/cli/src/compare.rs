@@ -577,4 +577,58 @@ mod tests {
             .neighbours
             .is_none());
     }
+
+    /// A runtime bundle (the cheapest user's workload to make in a unit
+    /// test): `httpd -f` as root from `rootfs`.
+    fn bundle() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("rootfs/bin")).unwrap();
+        std::fs::write(d.path().join("rootfs/bin/httpd"), "").unwrap();
+        std::fs::write(
+            d.path().join("config.json"),
+            r#"{"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+                "process": {"args": ["/bin/httpd", "-f"], "cwd": "/", "user": {"uid": 0, "gid": 0}}}"#,
+        )
+        .unwrap();
+        d
+    }
+
+    #[test]
+    fn an_image_gets_both_halves_and_density_but_not_the_emulated_host() {
+        let d = bundle();
+        let b = d.path().to_str().unwrap();
+        let c = plan_of(&["--bundle", b, "--ready", "http:80/"])
+            .unwrap()
+            .config;
+        assert_eq!(
+            c.image.as_ref().map(|i| i.ready.to_string()).as_deref(),
+            Some("http:80/")
+        );
+        assert_eq!(c.isolation, Some(Budget::Short), "the default budget");
+        assert!(c.neighbours.is_some() && c.surface.is_some() && c.posture);
+        let c = plan_of(&[
+            "--bundle",
+            b,
+            "--ready",
+            "tcp:80",
+            "--isolation",
+            "full",
+            "--density",
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(c.isolation, Some(Budget::Full));
+        assert!(c.density.is_some() && c.neighbours.is_some());
+        let c = plan_of(&["--bundle", b, "--isolation", "off", "--neighbours", "cpu"])
+            .unwrap()
+            .config;
+        assert_eq!(
+            c.neighbours.map(|n| n.kinds),
+            Some(vec![NeighbourKind::Cpu])
+        );
+        let e = plan_of(&["--bundle", b, "--host", "emulated"])
+            .err()
+            .unwrap();
+        assert_eq!(exit::code_for(&e), exit::USAGE, "{e:#}");
+    }
 }
