@@ -304,25 +304,37 @@ fn in_netns<T: Send>(
     deadline: Instant,
     f: impl FnOnce() -> Result<T, ProbeError> + Send,
 ) -> Result<T, ProbeError> {
-    let path = match netns {
+    let (fd, path) = match netns {
         Netns::Current => return run_on_thread(f),
-        Netns::Path(p) => p.clone(),
+        Netns::Path(p) => {
+            let fd = netns::open(p).map_err(|source| ProbeError::Netns {
+                path: p.clone(),
+                source,
+            })?;
+            (fd, p.clone())
+        }
+        // A path found may name a process that is gone by the time it is
+        // opened (runc's intermediate `runc init` has the new namespace
+        // for an instant): look again until the deadline.
         Netns::Find(find) => loop {
-            if let Some(p) = find() {
-                break p;
-            }
-            if Instant::now() >= deadline {
-                return Err(ProbeError::NoNamespace(
-                    deadline.saturating_duration_since(Instant::now()),
-                ));
+            let found = find();
+            let last = Instant::now() >= deadline;
+            match found {
+                Some(p) => match netns::open(&p) {
+                    Ok(fd) => break (fd, p),
+                    Err(source) if last => return Err(ProbeError::Netns { path: p, source }),
+                    Err(_) => {}
+                },
+                None if last => {
+                    return Err(ProbeError::NoNamespace(
+                        deadline.saturating_duration_since(Instant::now()),
+                    ))
+                }
+                None => {}
             }
             std::thread::sleep(RETRY_INTERVAL);
         },
     };
-    let fd = netns::open(&path).map_err(|source| ProbeError::Netns {
-        path: path.clone(),
-        source,
-    })?;
     netns::run_in(std::os::fd::AsFd::as_fd(&fd), f)
         .map_err(|source| ProbeError::Netns { path, source })?
 }
@@ -394,6 +406,27 @@ mod tests {
             first_response_at(&t, Instant::now(), &cfg),
             Err(ProbeError::NoNamespace(_))
         ));
+    }
+
+    #[test]
+    fn a_found_namespace_whose_process_is_gone_is_looked_for_again() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        let t = Target {
+            netns: Netns::Find(Arc::new(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                Some(PathBuf::from("/proc/4294967295/ns/net"))
+            })),
+            addr: "127.0.0.1:1".parse().unwrap(),
+        };
+        let cfg = ProbeConfig {
+            deadline: Duration::from_millis(5),
+            ..ProbeConfig::default()
+        };
+        let e = first_response_at(&t, Instant::now(), &cfg).unwrap_err();
+        assert!(matches!(e, ProbeError::Netns { .. }), "{e}");
+        assert!(calls.load(Ordering::SeqCst) >= 2, "looked for again");
     }
 
     #[test]

@@ -292,6 +292,11 @@ pub fn wait_ready(
                     Err(isolab_net::ProbeError::Status { .. }) => return Ok(Instant::now()),
                     Err(isolab_net::ProbeError::Deadline { .. })
                     | Err(isolab_net::ProbeError::NoNamespace(_)) => {}
+                    // A namespace looked for under a runtime whose
+                    // processes come and go while it starts: again, while
+                    // the program runs (the exit check below bounds it).
+                    Err(isolab_net::ProbeError::Netns { .. })
+                        if matches!(t.netns, Netns::Find(_)) => {}
                     Err(source) => {
                         return Err(HarnessError::NoAnswer {
                             what: format!("the image's program at {}", t.addr),
