@@ -274,18 +274,22 @@ fn plan(args: &CompareArgs) -> anyhow::Result<Plan> {
         paths::output_dir("--out", out)?;
     }
     let ready_timeout = Duration::from_secs(args.ready_timeout);
-    if !args.args.is_empty() && args.image.image.is_none() && args.image.bundle.is_none() {
+    if !args.args.is_empty()
+        && args.image.image.is_none()
+        && args.image.bundle.is_none()
+        && args.image.image_key.is_none()
+    {
         return Err(exit::usage(
             "arguments after -- replace an image's command: give --image or --bundle",
         ));
     }
-    let budget = isolation_budget(args)?;
-    let image = args.image.load(&args.args)?;
-    if image.is_some() && emulated {
+    if emulated && args.image.bundle.is_some() {
         return Err(exit::usage(
-            "--image/--bundle run on this host only: drop --host emulated",
+            "--bundle runs on this host only: drop --host emulated, or pass the image as --image REF",
         ));
     }
+    let budget = isolation_budget(args)?;
+    let image = args.image.load(&args.args)?;
     Ok(Plan {
         config: CompareConfig {
             workload: image
@@ -365,7 +369,7 @@ impl Progress for Bars {
 pub fn run(args: CompareArgs) -> anyhow::Result<ExitCode> {
     let plan = plan(&args)?;
     let report = if plan.emulated {
-        emulated::compare(&plan.config)?
+        emulated::compare(&plan.config, &args.args)?
     } else {
         isolab_harness::install_interrupt_handler();
         compare::run(&plan.config, &mut Bars::default())?
@@ -594,7 +598,7 @@ mod tests {
     }
 
     #[test]
-    fn an_image_gets_both_halves_and_density_but_not_the_emulated_host() {
+    fn an_image_gets_both_halves_and_density_and_a_bundle_not_the_emulated_host() {
         let d = bundle();
         let b = d.path().to_str().unwrap();
         let c = plan_of(&["--bundle", b, "--ready", "http:80/"])
@@ -630,5 +634,6 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(exit::code_for(&e), exit::USAGE, "{e:#}");
+        assert!(format!("{e}").contains("--image REF"), "{e}");
     }
 }

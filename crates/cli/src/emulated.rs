@@ -1,11 +1,19 @@
 //! `--host emulated`, the one place the CLI runs `bench` inside the
 //! emulated hardware-virtualisation host (QEMU TCG + nested KVM): for
 //! `bench vm run` (its output streamed) and `bench compare` (its JSON
-//! report parsed and labelled by `isolab_harness::emulated`).
+//! report parsed and labelled by `isolab_harness::emulated`). A user's
+//! image goes in as its unpacked cache entry ([`image_carry`]).
 
-use isolab_emuhost::EMULATED_HOST_LABEL;
+use std::path::Path;
+
+use isolab_emuhost::bench::GUEST_CACHE;
+use isolab_emuhost::{FileMap, EMULATED_HOST_LABEL};
 use isolab_harness::compare::{CompareConfig, CompareReport};
+use isolab_harness::modes::ModeKind;
 use isolab_harness::{emulated, Workload};
+use isolab_image::ImageStore;
+
+use crate::exit;
 
 /// Seconds before the emulated host of one `bench vm run` is stopped.
 const VM_RUN_TIMEOUT_S: u64 = 600;
@@ -43,11 +51,150 @@ pub fn run_with_files(
     Ok(outcome.status)
 }
 
-/// `bench compare` inside the emulated host; its progress lines are echoed
-/// on stderr.
-pub fn compare(cfg: &CompareConfig) -> anyhow::Result<CompareReport> {
+/// The most bytes of a user's image carried into the emulated host: the
+/// payload is unpacked into its RAM (2048 MiB), which must still hold the
+/// inner guests (256 MiB each for an image) and containers.
+pub const IMAGE_CARRY_MAX_BYTES: u64 = 384 << 20;
+
+/// What a user's image takes into the emulated host: the inner `bench
+/// compare` arguments that name it and the files of its cache entry.
+#[derive(Debug, Default)]
+pub struct ImageCarry {
+    pub args: Vec<String>,
+    pub files: Vec<FileMap>,
+    pub bytes: u64,
+}
+
+/// Modes that boot an image from its erofs disk and need no rootfs.
+fn boots_disk(m: ModeKind) -> bool {
+    matches!(m, ModeKind::Microvm | ModeKind::QemuMicrovm)
+}
+
+/// The unpacked cache entry of `cfg`'s image under `cache`, mapped to the
+/// same key in the emulated host's cache: `config.json`, `meta.json`, the
+/// erofs root disk (built here, where mkfs.erofs is) for the microVM and
+/// QEMU, and the rootfs for every other mode (else only its `/etc/passwd`
+/// and `/etc/group`, which name the image's user). `over` replaces the
+/// image's command. Bounded by [`IMAGE_CARRY_MAX_BYTES`].
+pub fn image_carry(
+    cfg: &CompareConfig,
+    cache: &Path,
+    over: &[String],
+) -> anyhow::Result<ImageCarry> {
+    let Some(image) = &cfg.image else {
+        return Ok(ImageCarry::default());
+    };
+    let key = image.key.as_deref().ok_or_else(|| {
+        exit::usage("--bundle runs on this host only: drop --host emulated, or pass the image as --image REF")
+    })?;
+    let img = ImageStore::new(cache).lookup(key).ok_or_else(|| {
+        anyhow::anyhow!(
+            "image {} ({key}) is not in the image cache any more: run again to unpack it",
+            image.label
+        )
+    })?;
+    let inside = format!("{GUEST_CACHE}/images/{key}");
+    let mut c = ImageCarry::default();
+    let carry = |c: &mut ImageCarry, host: std::path::PathBuf, name: &str| {
+        c.files.push(FileMap {
+            host,
+            guest: format!("{inside}/{name}"),
+        });
+    };
+    carry(&mut c, img.dir.join("config.json"), "config.json");
+    carry(&mut c, img.dir.join("meta.json"), "meta.json");
+    if cfg.modes.iter().any(|m| boots_disk(*m)) {
+        let disk = img.root_disk().map_err(|e| {
+            let msg = format!("{}: {}", image.label, isolab_harness::chain(&e));
+            if e.is_host() {
+                exit::host(msg)
+            } else {
+                anyhow::anyhow!(msg)
+            }
+        })?;
+        c.bytes += disk.bytes;
+        carry(&mut c, disk.path, "rootfs.erofs");
+    }
+    if cfg.modes.iter().any(|m| !boots_disk(*m)) {
+        c.bytes += img.meta.rootfs_bytes;
+        carry(&mut c, img.rootfs.clone(), "rootfs");
+    } else {
+        for f in ["etc/passwd", "etc/group"] {
+            let p = img.rootfs.join(f);
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                carry(&mut c, p, &format!("rootfs/{f}"));
+            }
+        }
+    }
+    check_carry_size(&image.label, c.bytes, IMAGE_CARRY_MAX_BYTES)?;
+    c.args = vec![
+        format!("--image-key={key}"),
+        format!("--image-label={}", image.label),
+        format!("--ready={}", image.ready),
+    ];
+    if !over.is_empty() {
+        c.args.push("--".into());
+        c.args.extend(over.iter().cloned());
+    }
+    Ok(c)
+}
+
+/// One usage line when an image is too large for the emulated host.
+fn check_carry_size(label: &str, bytes: u64, limit: u64) -> anyhow::Result<()> {
+    if bytes <= limit {
+        return Ok(());
+    }
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    Err(exit::usage(format!(
+        "{label}: {:.1} MiB of image to carry into the emulated host, over its {:.0} MiB limit (it is held in the emulated host's RAM): run it on this host (drop --host emulated) or use a smaller image",
+        mib(bytes),
+        mib(limit)
+    )))
+}
+
+/// `bench compare` inside the emulated host, with its image (if any)
+/// carried in ([`image_carry`]; `over` replaces its command); its progress
+/// lines are echoed on stderr.
+pub fn compare(cfg: &CompareConfig, over: &[String]) -> anyhow::Result<CompareReport> {
+    let carry = match &cfg.image {
+        Some(_) => {
+            let cache = isolab_guest_kernel::cache_root()
+                .map_err(|e| exit::host(format!("no cache root for images: {e}")))?;
+            image_carry(cfg, &cache, over)?
+        }
+        None => ImageCarry::default(),
+    };
     eprintln!("bench: {EMULATED_HOST_LABEL}");
-    Ok(emulated::compare(cfg, &mut |l| {
-        eprintln!("  [emulated] {l}")
-    })?)
+    if let Some(i) = &cfg.image {
+        eprintln!(
+            "bench: {} carried in: {:.1} MiB in {} path(s)",
+            i.label,
+            carry.bytes as f64 / (1 << 20) as f64,
+            carry.files.len()
+        );
+    }
+    Ok(emulated::compare_with(
+        cfg,
+        &carry.args,
+        carry.files,
+        &mut |l| eprintln!("  [emulated] {l}"),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_over_the_limit_is_one_usage_line() {
+        assert!(check_carry_size("x.tar", 10, 10).is_ok());
+        let e = check_carry_size("big.tar", 500 << 20, IMAGE_CARRY_MAX_BYTES).unwrap_err();
+        assert_eq!(exit::code_for(&e), exit::USAGE);
+        let msg = format!("{e:#}");
+        assert!(msg.starts_with("big.tar: 500.0 MiB"), "{msg}");
+        assert!(
+            msg.contains("384 MiB limit") && !msg.contains('\n'),
+            "{msg}"
+        );
+    }
 }

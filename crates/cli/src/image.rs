@@ -35,6 +35,14 @@ pub struct ImageArgs {
     #[arg(long, value_name = "RULE", allow_hyphen_values = true,
           value_parser = ready_rule)]
     pub ready: Option<ReadyRule>,
+    /// Inside the emulated host: an image already in the cache, by key
+    /// (`sha256-<hex>`), carried in unpacked by `--host emulated`.
+    #[arg(long, value_name = "KEY", hide = true,
+          conflicts_with_all = ["image", "bundle"])]
+    pub image_key: Option<String>,
+    /// With `--image-key`: the name the image goes by (the outer REF).
+    #[arg(long, value_name = "NAME", hide = true, requires = "image_key")]
+    pub image_label: Option<String>,
 }
 
 fn ready_rule(s: &str) -> Result<ReadyRule, String> {
@@ -58,6 +66,25 @@ impl ImageArgs {
     ) -> anyhow::Result<Option<Arc<ImageWorkload>>> {
         let over = (!args.is_empty()).then_some(args);
         let (label, key, run) = match (&self.image, &self.bundle) {
+            (None, None) if self.image_key.is_some() => {
+                let key = self.image_key.clone().unwrap_or_default();
+                let root = match cache {
+                    Some(c) => c.to_path_buf(),
+                    None => isolab_guest_kernel::cache_root()
+                        .map_err(|e| exit::host(format!("no cache root for images: {e}")))?,
+                };
+                let img = ImageStore::new(&root).lookup(&key).ok_or_else(|| {
+                    exit::usage(format!(
+                        "--image-key {key}: no such image in {}: give --image REF",
+                        root.join("images").display()
+                    ))
+                })?;
+                let label = self.image_label.clone().unwrap_or_else(|| key.clone());
+                let run = img
+                    .run_spec(over)
+                    .map_err(|e| image_error(&label, &e, e.is_usage()))?;
+                (label, Some(key), run)
+            }
             (None, None) => {
                 if self.ready.is_some() {
                     return Err(exit::usage(
@@ -251,6 +278,26 @@ mod tests {
         let e = a.load(&[]).unwrap_err();
         assert_eq!(exit::code_for(&e), exit::USAGE);
         assert!(ImageArgs::default().load(&[]).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_image_key_not_complete_in_the_cache_is_one_usage_line() {
+        let d = tempfile::tempdir().unwrap();
+        // An entry without meta.json is incomplete: not found.
+        let dir = d.path().join("images/sha256-ab");
+        std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        for key in ["sha256-ab", "sha256-cd"] {
+            let a = ImageArgs {
+                image_key: Some(key.into()),
+                image_label: Some("busybox.tar".into()),
+                ..Default::default()
+            };
+            let e = a.load_in(&[], Some(d.path())).unwrap_err();
+            assert_eq!(exit::code_for(&e), exit::USAGE, "{e:#}");
+            assert!(format!("{e:#}").contains(key), "{e:#}");
+            assert!(!format!("{e:#}").contains('\n'));
+        }
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub fn load(args: &RunArgs, cache: &Path) -> anyhow::Result<ImageWorkload> {
         image: args.image.clone(),
         bundle: args.bundle.clone(),
         ready: args.ready.clone(),
+        ..Default::default()
     };
     let image = flags
         .load_in(&args.args, Some(cache))?

@@ -131,6 +131,10 @@ const TABLE: &[&str] = &[
     "container run --image @/missing --ready log:",
     "compare --image @/missing",
     "compare --bundle @/victimdir",
+    "compare --image @/missing --host emulated",
+    "compare --bundle @/victimdir --host emulated",
+    "compare --image-key sha256-00 --host emulated",
+    "compare --image-label x --host emulated",
     "compare --ready tcp:99999",
     "compare -- echo hi",
     // vm run

@@ -352,17 +352,38 @@ fn check_guest_path(guest: &str) -> Result<String, ImageError> {
     Ok(rel.to_string())
 }
 
-/// Adds a host file or directory tree at `guest` (permissions kept,
-/// symlinks followed).
-pub fn add_host_path(mut a: Archive, host: &Path, guest: &str) -> Result<Archive, ImageError> {
+/// Adds a host file or directory tree at `guest` (permissions kept). The
+/// named path itself is followed if it is a symlink; inside a tree,
+/// symlinks stay symlinks (an image's rootfs, whose absolute links name
+/// its own files, not this host's) and device nodes, FIFOs and sockets are
+/// left out (what runs inside mounts its own `/dev`). Every entry is owned
+/// by root inside.
+pub fn add_host_path(a: Archive, host: &Path, guest: &str) -> Result<Archive, ImageError> {
+    add_entry(a, host, guest, true)
+}
+
+fn add_entry(
+    mut a: Archive,
+    host: &Path,
+    guest: &str,
+    follow: bool,
+) -> Result<Archive, ImageError> {
     let rel = check_guest_path(guest)?;
     let read_err = |source| ImageError::ReadHost {
         path: host.to_path_buf(),
         source,
     };
-    let meta = std::fs::metadata(host).map_err(read_err)?;
+    let meta = if follow {
+        std::fs::metadata(host)
+    } else {
+        std::fs::symlink_metadata(host)
+    }
+    .map_err(read_err)?;
     let perm = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
-    if meta.is_dir() {
+    if meta.is_symlink() {
+        let target = std::fs::read_link(host).map_err(read_err)?;
+        Ok(a.symlink(&rel, &target.to_string_lossy()))
+    } else if meta.is_dir() {
         a = a.dir(&rel, perm);
         let mut entries: Vec<_> = std::fs::read_dir(host)
             .map_err(read_err)?
@@ -372,13 +393,15 @@ pub fn add_host_path(mut a: Archive, host: &Path, guest: &str) -> Result<Archive
         entries.sort();
         for name in entries {
             let name = name.to_string_lossy().into_owned();
-            a = add_host_path(a, &host.join(&name), &format!("/{rel}/{name}"))?;
+            a = add_entry(a, &host.join(&name), &format!("/{rel}/{name}"), false)?;
         }
         Ok(a)
-    } else {
+    } else if meta.is_file() || follow {
         // Read now so a vanished file is reported with its host path.
         std::fs::File::open(host).map_err(read_err)?;
         Ok(a.file(&rel, host.to_path_buf(), perm))
+    } else {
+        Ok(a)
     }
 }
 
@@ -505,6 +528,28 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["base-b.cpio", "base-c.cpio", "other.cpio"]);
+    }
+
+    #[test]
+    fn trees_keep_their_symlinks_and_a_named_link_is_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("rootfs");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::write(root.join("bin/busybox"), "bb").unwrap();
+        std::os::unix::fs::symlink("/bin/busybox", root.join("bin/sh")).unwrap();
+        std::os::unix::fs::symlink("rootfs/bin/busybox", d.path().join("named")).unwrap();
+        let a = add_host_path(Archive::new(), &root, "/img/rootfs").unwrap();
+        let a = add_host_path(a, &d.path().join("named"), "/img/named").unwrap();
+        let mut buf = vec![];
+        a.write_to(&mut buf).unwrap();
+        let listed = list(&buf[..]).unwrap();
+        let find = |p: &str| listed.iter().find(|e| e.path == p).unwrap();
+        assert!(
+            find("img/rootfs/bin/sh").is_symlink(),
+            "an absolute link in a tree stays a link"
+        );
+        assert!(find("img/rootfs/bin/busybox").is_file());
+        assert!(find("img/named").is_file(), "the named path is followed");
     }
 
     #[test]

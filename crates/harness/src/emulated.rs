@@ -52,15 +52,32 @@ pub fn compare(
     cfg: &crate::compare::CompareConfig,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<CompareReport, HarnessError> {
+    compare_with(cfg, &[], vec![], on_line)
+}
+
+/// [`compare`] with `image_args` after the configuration's own (a user's
+/// image named as the inner cache holds it) and `files` carried in (that
+/// cache entry).
+pub fn compare_with(
+    cfg: &crate::compare::CompareConfig,
+    image_args: &[String],
+    files: Vec<isolab_emuhost::FileMap>,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<CompareReport, HarnessError> {
     crate::single::provisioned_guest(cfg.workload)?;
     let host = prepare(
         cfg.modes.contains(&ModeKind::QemuMicrovm),
         carried_peers(cfg),
         3000,
     )?;
+    let mut args = compare_args(cfg);
+    args.extend(image_args.iter().cloned());
+    isolab_emuhost::interrupt::install_handlers()
+        .map_err(|e| HarnessError::io("install the signal handlers for the emulated host", e))?;
     let mut lines = vec![];
     let mut in_report = false;
-    let outcome = run_bench(&host, &compare_args(cfg), &mut |l| {
+    let outcome = isolab_emuhost::run_bench_inside_with(&host, &args, files, &mut |l| {
+        let l = l.rsplit('\r').next().unwrap_or(l);
         if l.trim_end() == "{" {
             in_report = true;
         }
