@@ -7,7 +7,9 @@
 //! isolation) naming the image and its ready rule, leaving the unpacked
 //! image in the cache as it was; with a rule that is not HTTP it says why
 //! the request-driven scenarios did not run, and `--density` runs where N
-//! copies can coexist. Timings are never asserted.
+//! copies can coexist. The microVM and QEMU's microvm boot the busybox
+//! httpd image (in the emulated host on a PVM host, strict mode). Timings
+//! are never asserted.
 //!
 //! Needs root, cgroups and namespaces, podman/skopeo/umoci/busybox-static
 //! (for the images), runc and runsc; without them each test prints
@@ -302,4 +304,68 @@ fn compare_without_an_http_rule_says_why_and_density_runs_where_copies_coexist()
         .unwrap()
         .contains("fixed port 80 cannot run together"));
     assert_eq!(of("container")["count"], 2, "{}", of("container"));
+}
+
+/// `bench compare --image <busybox httpd> --ready http:80/` in our
+/// microVM, QEMU's microvm (the image's erofs disk and spec initramfs on
+/// both) and our container: on this host's KVM where it boots Linux, else
+/// (strict mode, PVM host) with `--host emulated`, the image's cache entry
+/// carried into ONE emulated-host boot. Every row has ready times and the
+/// report names the image and, from the emulated host, says so.
+#[test]
+fn compare_runs_an_image_in_the_microvm_and_qemu() {
+    let test = "compare_runs_an_image_in_the_microvm_and_qemu";
+    let need = isolab_testkit::first_missing([
+        isolab_testkit::missing_kvm(),
+        isolab_testkit::missing_command("qemu-system-x86_64", "qemu-system-x86"),
+    ]);
+    if !isolab_testkit::require(test, need) {
+        return;
+    }
+    let host = match isolab_microvm::host::detect(Path::new("/")).refusal() {
+        None => "native",
+        Some(_) if isolab_testkit::strict() => "emulated",
+        Some(why) => return isolab_testkit::skipped(test, why),
+    };
+    let Some(dir) = images(test) else { return };
+    let out = bench()
+        .args(["compare", "--image"])
+        .arg(dir.join("httpd-oci.tar"))
+        .args(["--ready", "http:80/", "--modes", "microvm,container"])
+        .args(["--peers", "qemu-microvm", "--runs", "2", "--warmup", "0"])
+        .args(["--isolation", "off", "--format", "json", "--host", host])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    assert!(doc["config"]["image"]["label"]
+        .as_str()
+        .unwrap()
+        .ends_with("httpd-oci.tar"));
+    assert_eq!(doc["config"]["image"]["ready"], "http:80/");
+    if host == "emulated" {
+        assert_eq!(
+            doc["environment"]["label"],
+            "emulated host: timings not comparable to hardware"
+        );
+    }
+    for mode in ["microvm", "qemu-microvm", "container"] {
+        let m = doc["modes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mode"] == mode)
+            .unwrap_or_else(|| panic!("no {mode} row: {stdout}"));
+        assert_eq!(m["status"]["state"], "measured", "{mode}: {m}\n{stderr}");
+        let ready: Vec<f64> = m["raw_ready_ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_f64())
+            .collect();
+        assert_eq!(ready.len(), 2, "{mode}: {m}");
+        eprintln!("{test}: {mode} ready {ready:?} ms (--host {host})");
+    }
 }
