@@ -185,6 +185,112 @@ pub fn compare(cfg: &CompareConfig, over: &[String]) -> anyhow::Result<CompareRe
 mod tests {
     use super::*;
 
+    /// A cache entry under `cache` with its erofs disk already built (so
+    /// no mkfs.erofs runs) and the config for `modes` naming it.
+    fn entry(cache: &Path, modes: &[ModeKind]) -> CompareConfig {
+        let key = "sha256-ab";
+        let dir = cache.join("images").join(key);
+        std::fs::create_dir_all(dir.join("rootfs/etc")).unwrap();
+        std::fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
+        std::fs::write(dir.join("rootfs/etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        std::fs::write(dir.join("rootfs/bin/httpd"), "x").unwrap();
+        std::fs::write(dir.join("rootfs.erofs"), vec![0u8; 4096]).unwrap();
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec(&isolab_image::ImageConfig::default()).unwrap(),
+        )
+        .unwrap();
+        let meta = isolab_image::UnpackMeta {
+            digest: "sha256:ab".into(),
+            config_digest: "sha256:cd".into(),
+            format: isolab_image::Format::Oci,
+            source: "httpd-oci.tar".into(),
+            names: vec![],
+            layers: 1,
+            layer_bytes: 1,
+            rootfs_bytes: 1,
+            entries: 4,
+            whiteouts: 0,
+            verify_ms: 0.0,
+            apply_ms: 0.0,
+        };
+        std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap()).unwrap();
+        let image = isolab_harness::image::ImageWorkload {
+            label: "httpd-oci.tar".into(),
+            key: Some(key.into()),
+            run: isolab_image::RunSpec {
+                rootfs: dir.join("rootfs"),
+                args: vec!["/bin/httpd".into()],
+                env: vec![],
+                cwd: "/".into(),
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![],
+                exposed_ports: vec![],
+            },
+            ready: "http:80/".parse().unwrap(),
+        };
+        CompareConfig {
+            workload: Workload::Api,
+            runs: 1,
+            warmup: 0,
+            requests: 0,
+            ready_timeout: std::time::Duration::from_secs(1),
+            container_loopback: false,
+            modes: modes.to_vec(),
+            density: None,
+            neighbours: None,
+            surface: None,
+            posture: false,
+            image: Some(std::sync::Arc::new(image)),
+            isolation: None,
+        }
+    }
+
+    #[test]
+    fn the_vms_get_the_disk_and_the_user_files_other_modes_the_rootfs() {
+        let d = tempfile::tempdir().unwrap();
+        let guests =
+            |c: &ImageCarry| -> Vec<String> { c.files.iter().map(|f| f.guest.clone()).collect() };
+        let inside = "/var/cache/isolab/images/sha256-ab";
+        let vms = entry(d.path(), &[ModeKind::Microvm, ModeKind::QemuMicrovm]);
+        let c = image_carry(&vms, d.path(), &[]).unwrap();
+        assert_eq!(
+            guests(&c),
+            [
+                format!("{inside}/config.json"),
+                format!("{inside}/meta.json"),
+                format!("{inside}/rootfs.erofs"),
+                format!("{inside}/rootfs/etc/passwd"),
+            ]
+        );
+        assert_eq!(c.bytes, 4096, "the disk only");
+        assert_eq!(
+            c.args,
+            [
+                "--image-key=sha256-ab",
+                "--image-label=httpd-oci.tar",
+                "--ready=http:80/"
+            ]
+        );
+        let both = entry(d.path(), &[ModeKind::Container, ModeKind::Microvm]);
+        let over = ["sh".to_string(), "-c".to_string(), "exit 4".to_string()];
+        let c = image_carry(&both, d.path(), &over).unwrap();
+        assert_eq!(
+            guests(&c)[2..],
+            [format!("{inside}/rootfs.erofs"), format!("{inside}/rootfs")]
+        );
+        assert_eq!(c.bytes, 4096 + 1, "the disk and the rootfs's bytes");
+        assert_eq!(c.args[3..], ["--", "sh", "-c", "exit 4"]);
+        let container = entry(d.path(), &[ModeKind::Container]);
+        let c = image_carry(&container, d.path(), &[]).unwrap();
+        assert_eq!(guests(&c)[2..], [format!("{inside}/rootfs")], "no disk");
+        // An entry gone from the cache is named.
+        std::fs::remove_file(d.path().join("images/sha256-ab/meta.json")).unwrap();
+        let e = image_carry(&container, d.path(), &[]).unwrap_err();
+        assert!(format!("{e}").contains("not in the image cache"), "{e}");
+    }
+
     #[test]
     fn an_image_over_the_limit_is_one_usage_line() {
         assert!(check_carry_size("x.tar", 10, 10).is_ok());
