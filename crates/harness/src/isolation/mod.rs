@@ -191,12 +191,18 @@ pub fn surface_method(cfg: &SurfaceConfig) -> String {
 /// "How it was measured" lines of the noisy-neighbour scenario.
 pub fn method_lines(cfg: &NeighbourConfig) -> Vec<String> {
     let l = &cfg.limits;
+    let concurrent = if cfg.concurrent_requests > 0 && cfg.connections > 0 {
+        format!(
+            " and {} over {} concurrent connections",
+            cfg.concurrent_requests, cfg.connections
+        )
+    } else {
+        String::new()
+    };
     vec![
         format!(
-            "noisy neighbour: a tenant `api` instance per mode; {} sequential GET /health on one connection and {} over {} concurrent connections, repeated and pooled for {} ms alone, then beside a neighbour instance of the same mode ({}) until the neighbour ran as long and the limit matching its kind acted (at most {} ms); the alone rounds are repeated before every neighbour",
+            "noisy neighbour: a tenant `api` instance per mode; {} sequential GET /health on one connection{concurrent}, repeated and pooled for {} ms alone, then beside a neighbour instance of the same mode ({}) until the neighbour ran as long and the limit matching its kind acted (at most {} ms); the alone rounds are repeated before every neighbour",
             cfg.sequential_requests,
-            cfg.concurrent_requests,
-            cfg.connections,
             cfg.window_ms,
             cfg.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
             cfg.window_max_ms.max(cfg.window_ms),
