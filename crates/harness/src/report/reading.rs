@@ -400,6 +400,7 @@ mod tests {
                 ),
             ],
             posture: vec![],
+            reading: vec![],
         }
     }
 
@@ -460,5 +461,19 @@ mod tests {
         let md = crate::report::markdown::render(&r);
         assert!(md.contains(&format!("## {TITLE}")), "{md}");
         assert!(md.trim_end().ends_with("(/dev/kvm here is PVM (kvm_pvm))."));
+    }
+
+    #[test]
+    fn the_json_carries_the_same_reading() {
+        let r = report();
+        let json: serde_json::Value = serde_json::from_str(&crate::report::json(&r)).expect("JSON");
+        let want = lines(&r);
+        assert!(!want.is_empty());
+        assert_eq!(json["schema"], "isolab.compare.v2");
+        assert_eq!(json["reading"], serde_json::json!(want));
+        let md = crate::report::markdown::render(&r);
+        for l in &want {
+            assert!(md.contains(&format!("- {l}\n")), "{l}");
+        }
     }
 }
