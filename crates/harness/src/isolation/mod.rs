@@ -53,7 +53,7 @@ impl Budget {
     /// Least time the tenant runs beside each neighbour, ms.
     pub fn window_ms(self) -> u64 {
         match self {
-            Budget::Short => 150,
+            Budget::Short => 100,
             Budget::Full => 1000,
         }
     }
