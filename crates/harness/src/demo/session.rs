@@ -522,6 +522,49 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_demo_explains_a_microvm_it_cannot_load_and_launches_nothing_there() {
+        let d = tree();
+        let v = FakeLauncher::new(ModeKind::Microvm, vec![FakeRun::ready(1)]);
+        let mut p = FakeLauncher::new(ModeKind::Process, vec![]);
+        p.unavailable = Some("no workload binary".into());
+        let setup = DemoSetup {
+            vm_host: crate::modes::VmHost::Emulated,
+            ..DemoSetup::default()
+        };
+        for name in ["noisy-neighbour", "attack-surface"] {
+            let rep = run_demo_at(
+                Demo::find(name).unwrap(),
+                &[&p, &v],
+                &setup,
+                &d.path().join("proc"),
+                &d.path().join("sys"),
+            )
+            .unwrap();
+            assert!(v.jobs().is_empty() && p.jobs().is_empty(), "{name}");
+            let reasons: Vec<&str> = rep
+                .columns
+                .iter()
+                .map(|c| match &c.run {
+                    ModeRun::Unavailable { reason } => reason.as_str(),
+                    other => panic!("{name}: {other:?}"),
+                })
+                .collect();
+            assert_eq!(reasons, ["no workload binary", passes::EMULATED_VM_REASON]);
+            assert!(rep.rows.iter().all(|r| r.cells == [facts::NOT_RUN; 2]));
+            assert!(!rep.method.is_empty(), "{name}: the method is stated");
+            assert!(
+                rep.conclusion.is_empty(),
+                "{name}: no numbers, no sentences"
+            );
+            let md = crate::demo::render_markdown(std::slice::from_ref(&rep));
+            assert!(md.contains(&format!(
+                "> microvm: not run here: {}",
+                passes::EMULATED_VM_REASON
+            )));
+        }
+    }
+
+    #[test]
     fn the_cpu_demo_also_probes_where_it_ran() {
         let d = tree();
         let c = FakeLauncher::new(
