@@ -118,7 +118,7 @@ pub struct CompareArgs {
     /// Connections of the tenant's concurrent run.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub neighbour_connections: u32,
-    /// Least time the tenant runs beside each neighbour, ms [default: 150 short, 1000 full].
+    /// Least time the tenant runs beside each neighbour, ms [default: 100 short, 1000 full].
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub neighbour_window_ms: Option<u64>,
     #[command(flatten)]
@@ -514,7 +514,7 @@ mod tests {
         assert_eq!(n.limits, Limits::default());
         assert_eq!(
             (n.sequential_requests, n.window_ms, n.window_max_ms),
-            (50, 150, 600)
+            (50, 100, 600)
         );
         assert_eq!(c.surface.map(|s| s.requests), Some(30));
         assert!(c.posture);

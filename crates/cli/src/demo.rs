@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use isolab_harness::demo::{render_markdown, render_table, run_demo, Demo, DemoReport, DEMOS};
+use isolab_harness::demo::{
+    render_markdown, render_table, run_demo_with, Demo, DemoReport, DemoSetup, DEMOS,
+};
 use isolab_harness::modes::{Launcher, ModeKind, VmHost};
 use isolab_harness::Workload;
 
@@ -132,6 +134,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Host::Native => VmHost::Native,
         Host::Emulated => VmHost::Emulated,
     };
+    let setup = DemoSetup {
+        tracer: ctx
+            .bins
+            .workload
+            .with_file_name(isolab_harness::isolation::surface::TRACE_BIN),
+        vm_host: ctx.vm_host,
+        ..DemoSetup::default()
+    };
     let launchers: Vec<Box<dyn Launcher>> = modes.iter().map(|m| ctx.launcher(*m)).collect();
     let launchers: Vec<&dyn Launcher> = launchers.iter().map(AsRef::as_ref).collect();
 
@@ -142,8 +152,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut text = String::new();
     for demo in demos {
         eprintln!("bench demo: running {} ({})", demo.name, args.modes);
-        let report =
-            run_demo(demo, &launchers).with_context(|| format!("demo {} failed", demo.name))?;
+        let report = run_demo_with(demo, &launchers, &setup)
+            .with_context(|| format!("demo {} failed", demo.name))?;
         if args.format == Format::Table {
             let t = render_table(&report);
             if args.out.is_none() {

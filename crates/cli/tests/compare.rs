@@ -101,7 +101,7 @@ fn json_validates_against_schema_and_out_writes_report_and_plots() {
         serde_json::from_str(&stdout).expect("stdout is one JSON document");
     let schema: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema/compare.v1.json"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema/compare.v2.json"),
         )
         .unwrap(),
     )
@@ -113,7 +113,7 @@ fn json_validates_against_schema_and_out_writes_report_and_plots() {
         .collect();
     assert!(
         errors.is_empty(),
-        "report does not match docs/schema/compare.v1.json: {errors:?}"
+        "report does not match docs/schema/compare.v2.json: {errors:?}"
     );
 
     let modes = doc["modes"].as_array().unwrap();
@@ -167,6 +167,13 @@ fn json_validates_against_schema_and_out_writes_report_and_plots() {
         md.contains("## Startup (ms)") && md.contains("| container |"),
         "{md}"
     );
+    // The generated reading: in the JSON, the same sentences as the report.
+    let reading = doc["reading"].as_array().expect("a reading array");
+    assert!(!reading.is_empty(), "process and container were measured");
+    for l in reading {
+        let l = l.as_str().unwrap();
+        assert!(md.contains(&format!("- {l}\n")), "{l} not in report.md");
+    }
     assert!(md.contains("## Environment") && md.contains("## Method"));
     for f in ["startup.svg", "memory.svg"] {
         let svg =

@@ -43,6 +43,8 @@ fn list_names_every_demo() {
         "forkbomb",
         "knobs",
         "capabilities",
+        "noisy-neighbour",
+        "attack-surface",
     ] {
         assert!(
             text.lines().any(|l| l.trim_start().starts_with(name)),
@@ -55,6 +57,10 @@ fn list_names_every_demo() {
 fn bad_input_is_one_line_and_exit_2() {
     for (args, needle) in [
         (&["demo", "nope"][..], "unknown demo 'nope'"),
+        (
+            &["demo", "noisy-neighbour", "--modes", "process,docker"][..],
+            "unknown mode 'docker'",
+        ),
         (
             &["demo", "kernel", "--modes", "process,docker"][..],
             "unknown mode 'docker'",
@@ -101,11 +107,12 @@ fn markdown_handout_is_written_with_every_section() {
         md.contains(&format!("| kernel release | {release} |")),
         "{md}"
     );
-    for n in 1..=9 {
+    let demos = 11;
+    for n in 1..=demos {
         assert!(md.contains(&format!("\n## {n}. ")), "section {n} missing");
     }
-    assert_eq!(md.matches("### Knowledge check").count(), 9);
-    assert_eq!(md.matches("*Answer:*").count(), 27);
+    assert_eq!(md.matches("### Knowledge check").count(), demos);
+    assert_eq!(md.matches("*Answer:*").count(), 3 * demos);
 }
 
 #[test]
@@ -149,4 +156,47 @@ fn capabilities_shows_the_default_container_beside_a_privileged_one() {
     assert_eq!(bnd[2], bnd[0], "privileged keeps the host's set: {text}");
     assert_eq!(row("seccomp")[1..], ["2 (filter)", "0 (off)"], "{text}");
     assert!(!text.contains("[NOT OBSERVED]"), "{text}");
+}
+
+#[test]
+fn attack_surface_table_counts_host_system_calls_per_mode() {
+    let test = "attack_surface_table_counts_host_system_calls_per_mode";
+    if !workload_built(test)
+        || !isolab_testkit::require(
+            test,
+            isolab_testkit::first_missing([
+                isolab_testkit::missing_container(),
+                isolab_testkit::missing_binary("isolab-trace", "isolab-isolation"),
+            ]),
+        )
+    {
+        return;
+    }
+    let text =
+        bench_ok(&["demo", "attack-surface", "--modes", "process,container"].map(AsRef::as_ref));
+    let row = |label: &str| {
+        text.lines()
+            .find(|l| l.contains('|') && l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} row:\n{text}"))
+            .split('|')
+            .skip(1)
+            .map(|c| c.trim().to_owned())
+            .collect::<Vec<_>>()
+    };
+    for label in ["distinct host system calls", "host system calls in all"] {
+        let cells = row(label);
+        assert_eq!(cells.len(), 2, "{text}");
+        for c in &cells {
+            assert!(
+                c.parse::<u64>().is_ok_and(|n| n > 0),
+                "{label}: {c}\n{text}"
+            );
+        }
+    }
+    assert!(row("host kernel functions (ftrace)")[0].starts_with("not measured"));
+    assert!(
+        text.contains("Conclusion (generated from the numbers above):"),
+        "{text}"
+    );
+    assert!(text.contains("container made: "), "{text}");
 }

@@ -256,7 +256,7 @@ fn compare_without_an_http_rule_says_why_and_density_runs_where_copies_coexist()
     let doc: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
     let schema: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema/compare.v1.json"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema/compare.v2.json"),
         )
         .unwrap(),
     )

@@ -18,8 +18,9 @@ use crate::modes::{Context, InstanceMemory, InstanceSpec, Launcher, ModeKind};
 use crate::stats::{summarize, Summary};
 use crate::{interrupted, HarnessError, Workload};
 
-/// Version of the JSON document (docs/schema/compare.v1.json).
-pub const SCHEMA: &str = "isolab.compare.v1";
+/// Version of the JSON document (docs/schema/compare.v2.json; v2 added
+/// the isolation half and the generated reading to v1).
+pub const SCHEMA: &str = "isolab.compare.v2";
 
 /// The workloads `compare` measures: the ones that signal ready and end
 /// by themselves or serve HTTP until stopped.
@@ -257,6 +258,11 @@ pub struct CompareReport {
     /// The security-posture pass per mode (empty when not asked for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub posture: Vec<ModePosture>,
+    /// The reading generated from the numbers above
+    /// ([`crate::report::reading::lines`]), the same sentences the table
+    /// and Markdown end with; filled when the run ends.
+    #[serde(default)]
+    pub reading: Vec<String>,
 }
 
 /// How a long run reports progress (the CLI draws bars; tests ignore it).
@@ -388,7 +394,7 @@ pub fn run(
             density_reports.push(d?);
         }
     }
-    Ok(CompareReport {
+    let mut report = CompareReport {
         schema: SCHEMA.into(),
         created_unix: now_unix(),
         method: method_lines(cfg),
@@ -399,7 +405,10 @@ pub fn run(
         neighbours,
         surface,
         posture,
-    })
+        reading: vec![],
+    };
+    report.reading = crate::report::reading::lines(&report);
+    Ok(report)
 }
 
 /// One measured run.
@@ -1005,6 +1014,7 @@ mod tests {
             neighbours: vec![],
             surface: vec![],
             posture: vec![],
+            reading: vec![],
         };
         let json: serde_json::Value = serde_json::from_str(&crate::report::json(&doc)).unwrap();
         assert_eq!(

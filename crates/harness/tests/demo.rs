@@ -15,10 +15,14 @@
 use std::sync::OnceLock;
 
 use isolab_harness::demo::{
-    render_markdown, render_table, run_demo, Demo, DemoReport, ModeRun, DEMOS,
+    render_markdown, render_table, run_demo_with, Demo, DemoReport, DemoSetup, ModeRun, PassRun,
+    DEMOS,
 };
+use isolab_harness::isolation::noisy::ModeNeighbours;
+use isolab_harness::isolation::ModeSurface;
 use isolab_harness::modes::{Context, InstanceOutcome, Launcher, ModeKind, VmHost};
 use isolab_harness::Workload;
+use isolab_isolation::neighbour::{NeighbourFate, NeighbourKind};
 use serde_json::Value;
 
 /// Where the microVM column runs: `ISOLAB_DEMO_VM_HOST=native|emulated`;
@@ -49,9 +53,18 @@ fn reports() -> &'static Result<Vec<DemoReport>, String> {
                 .map(|m| ctx.launcher(m))
                 .collect();
         let launchers: Vec<&dyn Launcher> = launchers.iter().map(AsRef::as_ref).collect();
+        let mut setup = DemoSetup {
+            vm_host: ctx.vm_host,
+            ..DemoSetup::default()
+        };
+        // A debug-built hog needs seconds to reach its limit on a busy host.
+        setup.neighbours.window_max_ms = 20_000;
         DEMOS
             .iter()
-            .map(|d| run_demo(d, &launchers).map_err(|e| format!("demo {} failed: {e:#?}", d.name)))
+            .map(|d| {
+                run_demo_with(d, &launchers, &setup)
+                    .map_err(|e| format!("demo {} failed: {e:#?}", d.name))
+            })
             .collect()
     })
 }
@@ -366,6 +379,7 @@ fn microvm_column_runs_or_says_why_in_one_line() {
                     .contains(isolab_emuhost::EMULATED_HOST_LABEL));
             }
         }
+        ModeRun::Measured(_) => panic!("the kernel demo runs a job, not a pass"),
     }
 }
 
@@ -400,4 +414,188 @@ fn handout_has_every_demo_table_and_questions() {
         std::fs::write(&out, &md).unwrap();
         println!("handout written to {out}");
     }
+}
+
+/// The pass result of a pass demo's column, or `None` where it did not run.
+fn pass_of(r: &DemoReport, m: ModeKind) -> Option<&PassRun> {
+    match &r.column(m)?.run {
+        ModeRun::Measured(p) => Some(p.as_ref()),
+        _ => None,
+    }
+}
+
+fn neighbours(r: &DemoReport, m: ModeKind) -> &ModeNeighbours {
+    match pass_of(r, m) {
+        Some(PassRun::Neighbours(n)) => n,
+        other => panic!("no neighbours in {m:?}: {other:?}"),
+    }
+}
+
+fn surface(r: &DemoReport, m: ModeKind) -> &ModeSurface {
+    match pass_of(r, m) {
+        Some(PassRun::Surface(s)) => s,
+        other => panic!("no host system calls in {m:?}: {other:?}"),
+    }
+}
+
+/// The cells of the rendered table's row `label` (terminal table).
+fn table_row(table: &str, label: &str) -> Vec<String> {
+    table
+        .lines()
+        .find(|l| l.trim_start().starts_with(label) && l.contains('|'))
+        .unwrap_or_else(|| panic!("no {label} row:\n{table}"))
+        .split('|')
+        .skip(1)
+        .map(|c| c.trim().to_owned())
+        .collect()
+}
+
+/// The pass demos' microVM column: natively here it says why not; in the
+/// emulated host it says why a tenant there cannot be loaded.
+fn microvm_pass_column_says_why(r: &DemoReport) {
+    match &r.column(ModeKind::Microvm).unwrap().run {
+        ModeRun::Unavailable { reason } => {
+            assert!(!reason.is_empty() && !reason.contains('\n'), "{reason:?}")
+        }
+        ModeRun::Measured(_) => {}
+        ModeRun::Ran(_) => panic!("a pass demo runs passes, not jobs"),
+    }
+}
+
+#[test]
+fn noisy_neighbour_shows_the_tenant_beside_each_storm_and_the_storms_fate() {
+    let Some(r) = report(
+        "noisy_neighbour_shows_the_tenant_beside_each_storm_and_the_storms_fate",
+        "noisy-neighbour",
+    ) else {
+        return;
+    };
+    let c = neighbours(r, ModeKind::Container);
+    let fate = |m: &ModeNeighbours, k: NeighbourKind| {
+        m.neighbours.iter().find(|n| n.kind == k).unwrap().fate
+    };
+    assert!(
+        matches!(
+            fate(c, NeighbourKind::Memory),
+            NeighbourFate::OomKilled { .. }
+        ),
+        "{:?}",
+        c.neighbours
+    );
+    assert!(
+        matches!(
+            fate(c, NeighbourKind::Fork),
+            NeighbourFate::ForksRefused { .. }
+        ),
+        "{:?}",
+        c.neighbours
+    );
+    for n in &c.neighbours {
+        assert_eq!(
+            n.tenant_errors, 0,
+            "the tenant kept answering beside {}",
+            n.kind
+        );
+        assert_eq!(n.interference.len(), 1, "sequential only");
+    }
+    let p = neighbours(r, ModeKind::Process);
+    assert_eq!(p.limits, None, "the plain process gets no limits");
+    assert!(!matches!(
+        fate(p, NeighbourKind::Memory),
+        NeighbourFate::OomKilled { .. }
+    ));
+    // What a student sees: the tenant's p99 alone and with each storm, and
+    // the storm's fate per mode.
+    let table = render_table(r);
+    for k in ["cpu", "memory", "fork"] {
+        for row in [
+            "tenant p99 alone",
+            "tenant p99 with it",
+            "p99 ratio (95% CI)",
+        ] {
+            let cells = table_row(&table, &format!("{k}: {row}"));
+            // Measured in the process and container columns; the microVM's
+            // is "—" with its reason under the table.
+            assert!(
+                cells[..2].iter().all(|c| c != "—" && c != "n/a"),
+                "{k}: {row}: {cells:?}"
+            );
+        }
+    }
+    assert!(
+        table_row(&table, "memory: neighbour's fate")[1].starts_with("OOM-killed in its cgroup"),
+        "{table}"
+    );
+    assert!(
+        table_row(&table, "fork: neighbour's fate")[1].starts_with("forks refused at pids.max"),
+        "{table}"
+    );
+    assert!(table.contains("How it was measured:"), "{table}");
+    assert!(
+        table.contains("Conclusion (generated from the numbers above):"),
+        "{table}"
+    );
+    assert!(r
+        .conclusion
+        .iter()
+        .any(|l| l.starts_with("tenant p99 under a memory neighbour")));
+    microvm_pass_column_says_why(r);
+}
+
+#[test]
+fn attack_surface_counts_the_host_system_calls_of_each_mode() {
+    let Some(r) = report(
+        "attack_surface_counts_the_host_system_calls_of_each_mode",
+        "attack-surface",
+    ) else {
+        return;
+    };
+    let requests = DemoSetup::default().surface.requests;
+    for m in [ModeKind::Process, ModeKind::Container] {
+        let s = surface(r, m);
+        assert_eq!((s.requests, s.errors), (requests, 0), "{m:?}");
+        assert!(s.threads >= 1 && s.distinct() > 0, "{m:?}: {s:?}");
+        // Serving HTTP: something reads the request and writes the answer.
+        assert!(
+            ["read", "recvfrom", "recvmsg"]
+                .iter()
+                .any(|c| s.syscalls.contains_key(*c)),
+            "{m:?}: {:?}",
+            s.syscalls
+        );
+        assert!(
+            ["write", "sendto", "sendmsg", "writev"]
+                .iter()
+                .any(|c| s.syscalls.contains_key(*c)),
+            "{m:?}: {:?}",
+            s.syscalls
+        );
+    }
+    let table = render_table(r);
+    let distinct = table_row(&table, "distinct host system calls");
+    for (i, m) in [ModeKind::Process, ModeKind::Container].iter().enumerate() {
+        assert_eq!(
+            distinct[i],
+            surface(r, *m).distinct().to_string(),
+            "{table}"
+        );
+    }
+    let hap = table_row(&table, "host kernel functions (ftrace)");
+    assert!(hap[0].starts_with("not measured"), "{table}");
+    if std::env::var(isolab_isolation::hap::EMULATED_HOST_ENV).as_deref() != Ok("1") {
+        assert!(
+            r.method
+                .iter()
+                .any(|l| l.contains("not measured on this host")),
+            "{:?}",
+            r.method
+        );
+    }
+    assert!(table.contains("process made: "), "{table}");
+    assert!(r.findings.iter().all(|f| f.holds), "{:?}", r.findings);
+    assert!(r
+        .conclusion
+        .iter()
+        .any(|l| l.starts_with("distinct host system calls")));
+    microvm_pass_column_says_why(r);
 }

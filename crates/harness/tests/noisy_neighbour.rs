@@ -101,10 +101,17 @@ fn container_neighbours_meet_their_limits_and_the_tenant_keeps_answering() {
         .iter()
         .find(|n| n.kind.name() == "cpu")
         .unwrap();
-    assert_eq!(
-        cpu.observation.exit,
-        Some(isolab_isolation::neighbour::NeighbourExit::Signal(15)),
-        "stopped by the harness, not dead by itself"
+    // It spins for minutes unless stopped: it ended on the harness's
+    // SIGTERM, by the signal or (the worker ends on SIGTERM with its result
+    // line) with status 0.
+    use isolab_isolation::neighbour::NeighbourExit;
+    assert!(
+        matches!(
+            cpu.observation.exit,
+            Some(NeighbourExit::Signal(15) | NeighbourExit::Code(0))
+        ),
+        "stopped by the harness, not dead by itself: {:?}",
+        cpu.observation.exit
     );
 }
 

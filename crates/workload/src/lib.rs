@@ -42,6 +42,9 @@ pub enum WorkloadError {
     /// The HTTP server could not start.
     #[error(transparent)]
     Http(#[from] http::HttpError),
+    /// The termination signals could not be arranged for (worker).
+    #[error(transparent)]
+    Signals(#[from] signals::SignalError),
 }
 
 /// Runs the selected workload to its end and returns its result object.

@@ -2,17 +2,24 @@
 //!
 //! One operation is one SHA-256 of a 64-byte block; each output feeds the
 //! next input, so no two operations can be skipped or run in parallel.
-//! Ready is signalled just before the work starts.
+//! Ready is signalled just before the work starts. SIGTERM or SIGINT ends
+//! the work early (checked between batches) with the result line as usual,
+//! `stopped` naming the signal: a worker that is PID 1 of a PID namespace
+//! (runc's container) would otherwise ignore SIGTERM, whose default action
+//! the kernel does not apply to an init, and be stopped only by SIGKILL.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::args::WorkerLimit;
-use crate::{ready, result};
+use crate::{ready, result, signals};
 
-/// Operations between two clock reads in duration mode.
+/// Operations between two clock reads in duration mode, and between two
+/// looks at the stop flag.
 const BATCH: u64 = 1024;
 
 /// One operation: the next block from the previous one.
@@ -24,7 +31,7 @@ fn step(block: &mut [u8; 64]) {
 
 /// One chain of operations under `limit`, from `start`; its count and
 /// final block.
-fn chain(limit: WorkerLimit, start: Instant) -> (u64, [u8; 64]) {
+fn chain(limit: WorkerLimit, start: Instant, stop: &AtomicBool) -> (u64, [u8; 64]) {
     let mut block = [0u8; 64];
     let mut ops = 0u64;
     match limit {
@@ -32,11 +39,14 @@ fn chain(limit: WorkerLimit, start: Instant) -> (u64, [u8; 64]) {
             while ops < n {
                 step(&mut block);
                 ops += 1;
+                if ops % BATCH == 0 && stop.load(Ordering::Relaxed) {
+                    break;
+                }
             }
         }
         WorkerLimit::DurationMs(ms) => {
             let budget = std::time::Duration::from_millis(ms);
-            while start.elapsed() < budget {
+            while start.elapsed() < budget && !stop.load(Ordering::Relaxed) {
                 for _ in 0..BATCH {
                     step(&mut block);
                 }
@@ -54,13 +64,29 @@ pub fn run(
     limit: WorkerLimit,
     threads: u32,
 ) -> Result<serde_json::Map<String, Value>, crate::WorkloadError> {
+    // Before any thread exists, so every one inherits the mask.
+    signals::block_term()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::new(std::sync::Mutex::new(None));
+    {
+        let (stop, stopped) = (Arc::clone(&stop), Arc::clone(&stopped));
+        signals::on_term(move |sig| {
+            if let Ok(mut s) = stopped.lock() {
+                *s = Some(sig);
+            }
+            stop.store(true, Ordering::Relaxed);
+        })?;
+    }
     ready::signal()?;
     let start = Instant::now();
     let (ops, block) = std::thread::scope(|s| {
         let others: Vec<_> = (1..threads.max(1))
-            .map(|_| s.spawn(move || chain(limit, start).0))
+            .map(|_| {
+                let stop = &*stop;
+                s.spawn(move || chain(limit, start, stop).0)
+            })
             .collect();
-        let (mut ops, block) = chain(limit, start);
+        let (mut ops, block) = chain(limit, start, &stop);
         for t in others {
             ops += t.join().unwrap_or(0);
         }
@@ -77,6 +103,11 @@ pub fn run(
     );
     // The digest proves the work was done (and keeps it from being elided).
     out.insert("digest".into(), hex(&block[..8]).into());
+    let sig = stopped.lock().ok().and_then(|s| *s);
+    out.insert(
+        "stopped".into(),
+        sig.map_or(Value::Null, |s| Value::from(s.as_str())),
+    );
     Ok(out)
 }
 

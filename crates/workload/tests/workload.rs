@@ -273,6 +273,19 @@ fn worker_counts_operations() {
 }
 
 #[test]
+fn worker_ends_early_on_sigterm_with_its_result() {
+    // As PID 1 of runc's container SIGTERM has no default action: the
+    // worker must end on it by itself or be stopped only by SIGKILL.
+    let w = spawn(&["worker", "--duration-ms", "600000", "--threads", "2"]);
+    assert_eq!(w.ready_byte(), Some(b'R'));
+    w.signal(Signal::SIGTERM);
+    let (code, v, _) = w.finish();
+    assert_eq!(code, 0);
+    assert_eq!(v["stopped"], "SIGTERM", "{v}");
+    assert!(v["ops"].as_u64().is_some(), "{v}");
+}
+
+#[test]
 fn hog_grows_in_steps_up_to_its_cap() {
     let w = spawn(&["hog", "--step-mib", "4", "--max-mib", "12"]);
     assert_eq!(w.ready_byte(), Some(b'R'));

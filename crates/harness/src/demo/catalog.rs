@@ -6,6 +6,7 @@
 //! process included, and a limit below it where the mode has one (cgroup,
 //! guest RAM), so the limit is what the demo shows and the cap is the net.
 
+use super::passes::Pass;
 use crate::modes::{InstanceSpec, Isolation};
 use crate::Workload;
 
@@ -266,9 +267,71 @@ pub const DEMOS: &[Demo] = &[
               "The capabilities act on the guest kernel; the host kernel is reached only through the VMM's devices."),
         ],
     },
+    Demo {
+        name: "noisy-neighbour",
+        aliases: &["noisy", "neighbour", "neighbor", "noisy-neighbor"],
+        title: "Does a noisy neighbour slow me down?",
+        summary: "a tenant api alone, then beside a cpu, memory and fork storm of the same mode: its p99 and what stopped the storm",
+        misconception: A_LIMITS,
+        explanation: "The tenant answers the same short request run alone and then while a \
+            neighbour of the same mode spins on every CPU, allocates memory until something \
+            stops it, or forks as fast as it can. Both get the same limits. The plain process has \
+            none: its storms stop only at the harness's safety caps, and until then they compete \
+            for the host's CPUs, memory and PIDs like any other program. In the container the \
+            neighbour's cgroup throttles its CPU time (cpu.max), OOM-kills it inside its own \
+            memory limit and refuses its forks at pids.max, so the storm is contained; the \
+            tenant still shares the host's scheduler, caches and kernel, which is what its p99 \
+            ratio shows. A microVM's neighbour storms inside its own guest kernel, on vCPU \
+            threads the host schedules. The ratio is p99 with the neighbour over p99 alone, with \
+            a bootstrap interval: an interval that includes 1 means no measurable slowdown.",
+        questions: [
+            q("What stopped the container's memory neighbour, and where?",
+              "The host kernel's OOM killer, scoped to the neighbour's memory cgroup: its oom_kill counter rose and the neighbour died with SIGKILL; the tenant's cgroup was untouched."),
+            q("Why does the plain process's neighbour need a safety cap from the harness?",
+              "A plain process has no limit at all: without the cap a memory or fork storm would take the host's memory or PID space from every other program."),
+            q("The container's neighbour was contained, yet the tenant's p99 may still rise beside it. Why?",
+              "Limits bound how much the neighbour takes, not what it shares: both run on the same host kernel, scheduler, caches and memory bandwidth."),
+        ],
+    },
+    Demo {
+        name: "attack-surface",
+        aliases: &["surface", "syscalls"],
+        title: "How much of the host kernel does it reach?",
+        summary: "host system calls that serve a short request run, per mode, counted by a ptrace tracer",
+        misconception: A_SAFE,
+        explanation: "Every host process and thread of the instance is traced (ptrace, following \
+            forks and threads) while it answers a short request run, and each system call it \
+            makes into the host kernel is counted by name. The plain process and the container \
+            call the same host kernel directly: namespaces and cgroups change what the calls see and \
+            may use, not which kernel serves them, so a bug behind any of those calls is \
+            reachable from inside the container (a seccomp filter narrows the list; it does not \
+            add a second kernel). A microVM's guest makes its calls into its own kernel; the host \
+            sees only the monitor's calls (KVM_RUN, the virtio device's reads and writes). The \
+            Horizontal Attack Profile method counts the host kernel functions run on the \
+            instance's behalf with ftrace; that needs writing the kernel's tracing settings, so \
+            it is measured only in a kernel of our own.",
+        questions: [
+            q("Which kernel runs the container's system calls, and what does that mean for a kernel bug?",
+              "The host's: every call in the container's column enters the host kernel, so a bug in any of them is reachable from inside the container."),
+            q("What narrows the set of host calls a container can make, short of a VM?",
+              "A seccomp filter (the container's default profile has one): it refuses calls outside its list, but the calls it allows still reach the host kernel."),
+            q("Where do a microVM guest's system calls go?",
+              "Into the guest's own kernel; the host kernel sees only the monitor's calls: KVM_RUN on its vCPU threads and the device emulation's reads and writes."),
+        ],
+    },
 ];
 
 impl Demo {
+    /// The isolation pass the demo runs in each column instead of one job
+    /// (the noisy-neighbour and attack-surface demos).
+    pub fn pass(&self) -> Option<Pass> {
+        match self.name {
+            "noisy-neighbour" => Some(Pass::Neighbours),
+            "attack-surface" => Some(Pass::Surface),
+            _ => None,
+        }
+    }
+
     /// Looks a demo up by name or alias.
     pub fn find(name: &str) -> Option<&'static Demo> {
         let name = name.trim();

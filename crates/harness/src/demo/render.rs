@@ -4,6 +4,7 @@
 
 use std::fmt::Write;
 
+use super::passes;
 use super::session::DemoReport;
 use super::session::ModeRun;
 
@@ -11,6 +12,8 @@ use super::session::ModeRun;
 const MAX_CELL: usize = 40;
 /// Text width of wrapped paragraphs in the terminal.
 const WRAP: usize = 78;
+/// Heading of a pass demo's generated sentences.
+pub const CONCLUSION: &str = "Conclusion (generated from the numbers above)";
 
 fn shorten(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
@@ -54,6 +57,7 @@ fn column_notes(r: &DemoReport) -> Vec<String> {
                     v.push(format!("{}: {l}", c.label()));
                 }
             }
+            ModeRun::Measured(run) => v.extend(passes::notes(c, run)),
         }
     }
     v
@@ -116,11 +120,23 @@ pub fn render_table(r: &DemoReport) -> String {
     for n in column_notes(r) {
         out.push_str(&wrap(&n, WRAP, "  "));
     }
+    if !r.method.is_empty() {
+        let _ = writeln!(out, "\n  How it was measured:");
+        for m in &r.method {
+            out.push_str(&wrap(&format!("- {m}"), WRAP - 4, "    "));
+        }
+    }
     if !r.findings.is_empty() {
         let _ = writeln!(out, "\n  What the runs showed:");
         for f in &r.findings {
             let mark = if f.holds { "[yes]" } else { "[NOT OBSERVED]" };
             out.push_str(&wrap(&format!("{mark} {}", f.text), WRAP - 4, "    "));
+        }
+    }
+    if !r.conclusion.is_empty() {
+        let _ = writeln!(out, "\n  {CONCLUSION}:");
+        for c in &r.conclusion {
+            out.push_str(&wrap(&format!("- {c}"), WRAP - 4, "    "));
         }
     }
     out.push('\n');
@@ -164,11 +180,25 @@ fn markdown_section(out: &mut String, n: usize, r: &DemoReport) {
     for note in column_notes(r) {
         let _ = writeln!(out, "> {note}\n");
     }
+    if !r.method.is_empty() {
+        let _ = writeln!(out, "**How it was measured**\n");
+        for m in &r.method {
+            let _ = writeln!(out, "- {m}");
+        }
+        out.push('\n');
+    }
     if !r.findings.is_empty() {
         let _ = writeln!(out, "**What the runs showed**\n");
         for f in &r.findings {
             let mark = if f.holds { "✔" } else { "✘ not observed:" };
             let _ = writeln!(out, "- {mark} {}", f.text);
+        }
+        out.push('\n');
+    }
+    if !r.conclusion.is_empty() {
+        let _ = writeln!(out, "**{CONCLUSION}**\n");
+        for c in &r.conclusion {
+            let _ = writeln!(out, "- {c}");
         }
         out.push('\n');
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::catalog::Demo;
 use super::facts::{self, Column, Finding, HostTruth, Row};
 use super::guard::{Change, HostGuard, HostSetting};
+use super::passes::{self, DemoSetup, Pass, PassRun};
 use crate::modes::{InstanceOutcome, InstanceSpec, Isolation, Launcher, ModeKind};
 use crate::{HarnessError, Workload};
 
@@ -44,6 +45,8 @@ pub enum DemoError {
         status: Option<i32>,
         stderr: String,
     },
+    #[error("The {mode} column failed: {error}")]
+    Pass { mode: &'static str, error: String },
     #[error("Interrupted; the runs already started were stopped and cleaned up")]
     Interrupted,
     #[error("HOST CHANGED during demo {demo}: {changes} — this is a bug in the isolation under test; report it")]
@@ -55,6 +58,9 @@ pub enum DemoError {
 pub enum ModeRun {
     /// It ran; this is what its mode observed.
     Ran(Box<InstanceOutcome>),
+    /// An isolation pass ran (the noisy-neighbour and attack-surface
+    /// demos); this is its result.
+    Measured(Box<PassRun>),
     /// It could not run here; one line saying why and what to do.
     Unavailable { reason: String },
 }
@@ -75,7 +81,7 @@ impl ModeRun {
     pub fn outcome(&self) -> Option<&InstanceOutcome> {
         match self {
             ModeRun::Ran(r) => Some(r.as_ref()),
-            ModeRun::Unavailable { .. } => None,
+            ModeRun::Measured(_) | ModeRun::Unavailable { .. } => None,
         }
     }
 }
@@ -101,6 +107,10 @@ pub struct DemoReport {
     pub host: HostTruth,
     pub rows: Vec<Row>,
     pub findings: Vec<Finding>,
+    /// How it was measured (the pass demos: compare's method text).
+    pub method: Vec<String>,
+    /// Sentences generated from the numbers (the pass demos).
+    pub conclusion: Vec<String>,
     /// The host settings read before the demo and verified unchanged after.
     pub host_settings: Vec<HostSetting>,
 }
@@ -112,21 +122,41 @@ impl DemoReport {
     }
 }
 
-/// Runs `demo` with each launcher (one column each, in the order given).
+/// Runs `demo` with each launcher (one column each, in the order given),
+/// the pass demos with [`DemoSetup::default`].
 pub fn run_demo(demo: &'static Demo, launchers: &[&dyn Launcher]) -> Result<DemoReport, DemoError> {
-    run_demo_at(demo, launchers, Path::new("/proc"), Path::new("/sys"))
+    run_demo_with(demo, launchers, &DemoSetup::default())
 }
 
-/// [`run_demo`] with the host's `/proc` and `/sys` roots given.
+/// [`run_demo`] with the pass demos' setup given.
+pub fn run_demo_with(
+    demo: &'static Demo,
+    launchers: &[&dyn Launcher],
+    setup: &DemoSetup,
+) -> Result<DemoReport, DemoError> {
+    run_demo_at(
+        demo,
+        launchers,
+        setup,
+        Path::new("/proc"),
+        Path::new("/sys"),
+    )
+}
+
+/// [`run_demo_with`] with the host's `/proc` and `/sys` roots given.
 pub fn run_demo_at(
     demo: &'static Demo,
     launchers: &[&dyn Launcher],
+    setup: &DemoSetup,
     proc_root: &Path,
     sys_root: &Path,
 ) -> Result<DemoReport, DemoError> {
     let guard = HostGuard::snapshot_at(proc_root);
     let host = HostTruth::read(proc_root, sys_root);
-    let columns = run_columns(demo, launchers);
+    let columns = match demo.pass() {
+        Some(pass) => pass_columns(pass, launchers, setup),
+        None => run_columns(demo, launchers),
+    };
     // The host check comes first: a moved setting outranks any other error.
     let changes = guard.verify();
     if !changes.is_empty() {
@@ -136,6 +166,19 @@ pub fn run_demo_at(
         });
     }
     let columns = columns?;
+    if let Some(pass) = demo.pass() {
+        return Ok(DemoReport {
+            demo,
+            name: demo.name,
+            rows: passes::rows(pass, &columns),
+            findings: passes::findings(pass, &columns),
+            method: passes::method(pass, setup),
+            conclusion: passes::conclusion(pass, &columns),
+            host,
+            host_settings: guard.settings.clone(),
+            columns,
+        });
+    }
     let cols: Vec<Column<'_>> = columns
         .iter()
         .map(|c| Column {
@@ -152,10 +195,33 @@ pub fn run_demo_at(
         name: demo.name,
         rows,
         findings,
+        method: vec![],
+        conclusion: vec![],
         host,
         host_settings: guard.settings.clone(),
         columns,
     })
+}
+
+/// One column per launcher, each the pass's run in that mode.
+fn pass_columns(
+    pass: Pass,
+    launchers: &[&dyn Launcher],
+    setup: &DemoSetup,
+) -> Result<Vec<ColumnReport>, DemoError> {
+    let mut out = Vec::new();
+    for l in launchers {
+        if crate::interrupted() {
+            return Err(DemoError::Interrupted);
+        }
+        out.push(ColumnReport {
+            mode: l.kind(),
+            spec: passes::column_spec(pass, l.kind().isolation(), setup),
+            run: passes::run(pass, *l, setup)?,
+            probe: None,
+        });
+    }
+    Ok(out)
 }
 
 fn run_columns(demo: &Demo, launchers: &[&dyn Launcher]) -> Result<Vec<ColumnReport>, DemoError> {
@@ -328,6 +394,7 @@ mod tests {
         run_demo_at(
             Demo::find(name).unwrap(),
             launchers,
+            &DemoSetup::default(),
             &d.path().join("proc"),
             &d.path().join("sys"),
         )
@@ -452,6 +519,49 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_pass_demo_explains_a_microvm_it_cannot_load_and_launches_nothing_there() {
+        let d = tree();
+        let v = FakeLauncher::new(ModeKind::Microvm, vec![FakeRun::ready(1)]);
+        let mut p = FakeLauncher::new(ModeKind::Process, vec![]);
+        p.unavailable = Some("no workload binary".into());
+        let setup = DemoSetup {
+            vm_host: crate::modes::VmHost::Emulated,
+            ..DemoSetup::default()
+        };
+        for name in ["noisy-neighbour", "attack-surface"] {
+            let rep = run_demo_at(
+                Demo::find(name).unwrap(),
+                &[&p, &v],
+                &setup,
+                &d.path().join("proc"),
+                &d.path().join("sys"),
+            )
+            .unwrap();
+            assert!(v.jobs().is_empty() && p.jobs().is_empty(), "{name}");
+            let reasons: Vec<&str> = rep
+                .columns
+                .iter()
+                .map(|c| match &c.run {
+                    ModeRun::Unavailable { reason } => reason.as_str(),
+                    other => panic!("{name}: {other:?}"),
+                })
+                .collect();
+            assert_eq!(reasons, ["no workload binary", passes::EMULATED_VM_REASON]);
+            assert!(rep.rows.iter().all(|r| r.cells == [facts::NOT_RUN; 2]));
+            assert!(!rep.method.is_empty(), "{name}: the method is stated");
+            assert!(
+                rep.conclusion.is_empty(),
+                "{name}: no numbers, no sentences"
+            );
+            let md = crate::demo::render_markdown(std::slice::from_ref(&rep));
+            assert!(md.contains(&format!(
+                "> microvm: not run here: {}",
+                passes::EMULATED_VM_REASON
+            )));
+        }
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl Budget {
     /// Least time the tenant runs beside each neighbour, ms.
     pub fn window_ms(self) -> u64 {
         match self {
-            Budget::Short => 150,
+            Budget::Short => 100,
             Budget::Full => 1000,
         }
     }
@@ -273,12 +273,18 @@ pub fn method_lines(cfg: &NeighbourConfig) -> Vec<String> {
 pub fn method_lines_for(cfg: &NeighbourConfig, image: Option<&ImageWorkload>) -> Vec<String> {
     let l = &cfg.limits;
     let (tenant, path) = tenant_words(image);
+    let concurrent = if cfg.concurrent_requests > 0 && cfg.connections > 0 {
+        format!(
+            " and {} over {} concurrent connections",
+            cfg.concurrent_requests, cfg.connections
+        )
+    } else {
+        String::new()
+    };
     vec![
         format!(
-            "noisy neighbour: a tenant `{tenant}` instance per mode; {} sequential GET {path} on one connection and {} over {} concurrent connections, repeated and pooled for {} ms alone, then beside a neighbour instance of the same mode ({}) until the neighbour ran as long and the limit matching its kind acted (at most {} ms); the alone rounds are repeated before every neighbour",
+            "noisy neighbour: a tenant `{tenant}` instance per mode; {} sequential GET {path} on one connection{concurrent}, repeated and pooled for {} ms alone, then beside a neighbour instance of the same mode ({}) until the neighbour ran as long and the limit matching its kind acted (at most {} ms); the alone rounds are repeated before every neighbour",
             cfg.sequential_requests,
-            cfg.concurrent_requests,
-            cfg.connections,
             cfg.window_ms,
             cfg.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
             cfg.window_max_ms.max(cfg.window_ms),

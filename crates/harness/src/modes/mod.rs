@@ -3,7 +3,7 @@
 //! runc, QEMU's microvm, gVisor). Every one is a [`Launcher`] that yields an
 //! [`Instance`]; compare, density, the demos and `bench ... run` all go
 //! through this one abstraction, so a new peer is one file here plus its
-//! line in [`MODES`] (and its name in docs/schema/compare.v1.json).
+//! line in [`MODES`] (and its name in docs/schema/compare.v2.json).
 
 pub mod container;
 #[cfg(test)]

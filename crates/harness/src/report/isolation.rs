@@ -439,6 +439,7 @@ mod tests {
             density: vec![],
             surface: vec![],
             posture: vec![],
+            reading: vec![],
             neighbours: vec![
                 ModeNeighbours {
                     mode: ModeKind::Container,

@@ -43,8 +43,18 @@ pub fn render(report: &CompareReport, format: Format) -> String {
     }
 }
 
-/// Pretty JSON of the whole document.
+/// Pretty JSON of the whole document, its `reading` generated from its
+/// numbers (as the table's and Markdown's) where the run left it empty.
 pub fn json(report: &CompareReport) -> String {
+    let filled;
+    let report = if report.reading.is_empty() {
+        let mut r = report.clone();
+        r.reading = reading::lines(report);
+        filled = r;
+        &filled
+    } else {
+        report
+    };
     serde_json::to_string_pretty(report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
@@ -326,6 +336,7 @@ mod tests {
             neighbours: vec![],
             surface: vec![],
             posture: vec![],
+            reading: vec![],
         };
         let csv = csv::render(&doc);
         for row in [

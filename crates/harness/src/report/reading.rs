@@ -11,7 +11,8 @@ use isolab_isolation::posture::KernelRelation;
 use isolab_isolation::reading::{reading, Axis, Better, Figure};
 
 use crate::compare::{CompareReport, ModeStatus};
-use crate::isolation::noisy::ScenarioStatus;
+use crate::isolation::noisy::{ModeNeighbours, ScenarioStatus};
+use crate::isolation::ModeSurface;
 
 /// A reason cut to its first clause, for a sentence (the notes carry it
 /// whole).
@@ -96,13 +97,13 @@ fn cost_axes(r: &CompareReport, skip: &[String]) -> Vec<Axis> {
 }
 
 /// One interference axis per neighbour kind and load pattern: the p99
-/// ratio with its interval.
-fn neighbour_axes(r: &CompareReport, skip: &[String]) -> Vec<Axis> {
+/// ratio with its interval (also the noisy-neighbour demo's conclusion).
+pub(crate) fn neighbour_axes(neighbours: &[ModeNeighbours], skip: &[String]) -> Vec<Axis> {
     let mut v = vec![];
     let kinds: Vec<NeighbourKind> = NeighbourKind::ALL
         .into_iter()
         .filter(|k| {
-            r.neighbours
+            neighbours
                 .iter()
                 .any(|m| m.neighbours.iter().any(|n| n.kind == *k))
         })
@@ -111,7 +112,7 @@ fn neighbour_axes(r: &CompareReport, skip: &[String]) -> Vec<Axis> {
         for sequential in [true, false] {
             let mut figures = vec![];
             let mut pattern_name = None;
-            for m in &r.neighbours {
+            for m in neighbours {
                 let name = m.mode.name().to_owned();
                 if skip.contains(&name) {
                     continue;
@@ -167,10 +168,10 @@ fn neighbour_axes(r: &CompareReport, skip: &[String]) -> Vec<Axis> {
     v
 }
 
-/// Host system calls: distinct, and per request.
-fn surface_axes(r: &CompareReport, skip: &[String]) -> Vec<Axis> {
-    let ms: Vec<_> = r
-        .surface
+/// Host system calls: distinct, and per request (also the attack-surface
+/// demo's conclusion).
+pub(crate) fn surface_axes(surface: &[ModeSurface], skip: &[String]) -> Vec<Axis> {
+    let ms: Vec<_> = surface
         .iter()
         .filter(|m| matches!(m.status, ScenarioStatus::Measured) && m.requests > 0)
         .filter(|m| !skip.contains(&m.mode.name().to_owned()))
@@ -283,8 +284,8 @@ pub fn lines(r: &CompareReport) -> Vec<String> {
     let gone = absent(r);
     let skip: Vec<String> = gone.iter().map(|(m, _)| m.clone()).collect();
     let mut v = reading(&cost_axes(r, &skip));
-    v.extend(reading(&neighbour_axes(r, &skip)));
-    v.extend(reading(&surface_axes(r, &skip)));
+    v.extend(reading(&neighbour_axes(&r.neighbours, &skip)));
+    v.extend(reading(&surface_axes(&r.surface, &skip)));
     v.extend(reading(&posture_axes(r, &skip)));
     v.extend(kernel_sentence(r, &skip));
     if !v.is_empty() && !gone.is_empty() {
@@ -399,6 +400,7 @@ mod tests {
                 ),
             ],
             posture: vec![],
+            reading: vec![],
         }
     }
 
@@ -459,5 +461,19 @@ mod tests {
         let md = crate::report::markdown::render(&r);
         assert!(md.contains(&format!("## {TITLE}")), "{md}");
         assert!(md.trim_end().ends_with("(/dev/kvm here is PVM (kvm_pvm))."));
+    }
+
+    #[test]
+    fn the_json_carries_the_same_reading() {
+        let r = report();
+        let json: serde_json::Value = serde_json::from_str(&crate::report::json(&r)).expect("JSON");
+        let want = lines(&r);
+        assert!(!want.is_empty());
+        assert_eq!(json["schema"], "isolab.compare.v2");
+        assert_eq!(json["reading"], serde_json::json!(want));
+        let md = crate::report::markdown::render(&r);
+        for l in &want {
+            assert!(md.contains(&format!("- {l}\n")), "{l}");
+        }
     }
 }
