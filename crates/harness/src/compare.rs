@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::density::{self, DensityConfig, DensityReport, ParentBudget};
 use crate::env::Environment;
-use crate::isolation::{ModeNeighbours, ModePosture, ModeSurface, NeighbourConfig, SurfaceConfig};
+use crate::isolation::{
+    ModeKernelFunctions, ModeNeighbours, ModePosture, ModeSurface, NeighbourConfig, SurfaceConfig,
+};
 use crate::memory::mem_available;
 use crate::modes::{Context, InstanceMemory, InstanceSpec, Launcher, ModeKind};
 use crate::stats::{summarize, Summary};
@@ -249,6 +251,11 @@ pub struct CompareReport {
     /// The attack-surface pass per mode (empty when not asked for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub surface: Vec<ModeSurface>,
+    /// The kernel-function pass (HAP) per mode, with the attack-surface
+    /// pass (empty when not asked for); measured only where the host
+    /// kernel is ours (the emulated host), elsewhere each says why not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_functions: Vec<ModeKernelFunctions>,
     /// The security-posture pass per mode (empty when not asked for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub posture: Vec<ModePosture>,
@@ -323,6 +330,16 @@ pub fn run(
         }),
         None => vec![],
     };
+    // Its own pass after the system-call pass: the function tracer and
+    // ptrace never run on the same instance.
+    let kernel_functions = match cfg.surface.as_ref().filter(|_| !interrupted()) {
+        Some(scfg) => crate::isolation::kernel_modes(&ctx, &cfg.modes, scfg, &mut |ev| match ev {
+            crate::isolation::Event::Start(what, n) => progress.start(what, n),
+            crate::isolation::Event::Step(done, msg) => progress.step(done, msg),
+            crate::isolation::Event::Finish => progress.finish(),
+        }),
+        None => vec![],
+    };
     let posture = if cfg.posture && !interrupted() {
         crate::isolation::posture_modes(&ctx, &cfg.modes, cfg.ready_timeout, &mut |ev| match ev {
             crate::isolation::Event::Start(what, n) => progress.start(what, n),
@@ -360,6 +377,7 @@ pub fn run(
         density: density_reports,
         neighbours,
         surface,
+        kernel_functions,
         posture,
     })
 }
@@ -707,6 +725,7 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
     }
     if let Some(s) = &cfg.surface {
         v.push(crate::isolation::surface_method(s));
+        v.push(crate::isolation::hap::method(s));
     }
     if cfg.posture {
         v.push(crate::isolation::POSTURE_METHOD.into());
@@ -937,6 +956,7 @@ mod tests {
             density: vec![],
             neighbours: vec![],
             surface: vec![],
+            kernel_functions: vec![],
             posture: vec![],
         };
         let json: serde_json::Value = serde_json::from_str(&crate::report::json(&doc)).unwrap();

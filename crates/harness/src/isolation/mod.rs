@@ -12,13 +12,17 @@
 //!   probe`, host side from the instance's host processes).
 //! - [`surface`]: the attack-surface pass (host system calls serving an
 //!   instance during a request run, by the `isolab-trace` process).
+//! - [`hap`]: the kernel-function pass (distinct host kernel functions
+//!   serving an instance, by ftrace; only where the kernel is ours).
 
+pub mod hap;
 pub mod load;
 pub mod noisy;
 pub mod posture;
 pub mod surface;
 pub mod watch;
 
+pub use hap::ModeKernelFunctions;
 pub use isolab_isolation::neighbour::NeighbourKind;
 pub use isolab_isolation::neighbour::UnknownNeighbour;
 pub use noisy::{HostFacts, Limits, ModeNeighbours, NeighbourConfig};
@@ -143,6 +147,34 @@ pub fn surface_modes(
         let title = format!("syscalls {}", kind.name());
         progress(Event::Start(&title, 1));
         out.push(surface::run_mode(
+            launcher.as_ref(),
+            cfg,
+            &load::ProbeLoad,
+            &tracer,
+        ));
+        progress(Event::Finish);
+        if crate::interrupted() {
+            break;
+        }
+    }
+    out
+}
+
+/// The kernel-function pass (HAP) for every mode in `modes`, in order;
+/// where the kernel is not ours every mode says why and nothing launches.
+pub fn kernel_modes(
+    ctx: &Context,
+    modes: &[ModeKind],
+    cfg: &SurfaceConfig,
+    progress: &mut dyn FnMut(Event),
+) -> Vec<ModeKernelFunctions> {
+    let tracer = hap::Ftrace::detect();
+    let mut out = vec![];
+    for &kind in modes {
+        let launcher = ctx.launcher(kind);
+        let title = format!("kernel functions {}", kind.name());
+        progress(Event::Start(&title, 1));
+        out.push(hap::run_mode(
             launcher.as_ref(),
             cfg,
             &load::ProbeLoad,

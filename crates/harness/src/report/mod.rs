@@ -325,6 +325,7 @@ mod tests {
             density: vec![density()],
             neighbours: vec![],
             surface: vec![],
+            kernel_functions: vec![],
             posture: vec![],
         };
         let csv = csv::render(&doc);
