@@ -805,6 +805,17 @@ mod tests {
         assert!(!csv.contains("process,host_kernel_functions_distinct"));
         let json = crate::report::json(&r);
         assert!(json.contains("\"kernel_functions\""), "{json}");
+        let dir = tempfile::tempdir().unwrap();
+        let written = crate::report::plots::write_all(&r, dir.path()).unwrap();
+        assert!(
+            written.contains(&"kernel-functions.svg".to_string()),
+            "{written:?}"
+        );
+        let svg = std::fs::read_to_string(dir.path().join("kernel-functions.svg")).unwrap();
+        assert!(
+            svg.contains("microvm") && !svg.contains(">process<"),
+            "measured modes only"
+        );
     }
 
     #[test]
