@@ -178,22 +178,25 @@ pub fn markdown(r: &CompareReport) -> String {
         }
     }
     if !r.kernel_functions.is_empty() {
-        let _ = writeln!(o, "\n## {}\n", kernel_title(r));
+        let _ = writeln!(o, "\n## {}", kernel_title(r));
         let rows: Vec<Vec<String>> = r.kernel_functions.iter().filter_map(kernel_cells).collect();
         if !rows.is_empty() {
             let _ = writeln!(
                 o,
-                "| {} |\n|---|{}---|",
+                "\n| {} |\n|---|{}---|",
                 KERNEL_HEADER.join(" | "),
                 "---:|".repeat(KERNEL_HEADER.len() - 2)
             );
             for c in rows {
                 let _ = writeln!(o, "| {} |", c.join(" | "));
             }
-            o.push('\n');
         }
-        for l in kernel_notes(r) {
-            let _ = writeln!(o, "- {l}");
+        let notes = kernel_notes(r);
+        if !notes.is_empty() {
+            o.push('\n');
+            for l in notes {
+                let _ = writeln!(o, "- {l}");
+            }
         }
     }
     if !r.posture.is_empty() {
