@@ -583,7 +583,16 @@ fn one_neighbour(
     let outcome = n.stop();
     let watched = watch.map(CgroupWatch::finish);
     with?;
-    let outcome = outcome?;
+    // A neighbour whose end cannot be read (a monitor killed before its
+    // report) is this neighbour's error, with what its cgroup showed; the
+    // tenant's figures stand and the next kind still runs.
+    let outcome = outcome.unwrap_or_else(|e| {
+        result.error = Some(format!(
+            "the neighbour's end could not be read: {}",
+            crate::chain(&e)
+        ));
+        InstanceOutcome::default()
+    });
     result.rounds_with = rounds.len();
     let with = pool(&rounds);
     result.tenant_errors = with.iter().map(|r| r.errors).sum();
@@ -860,6 +869,35 @@ mod tests {
         );
         assert_eq!(n.fate, NeighbourFate::GuestOom);
         assert_eq!(l.launched.borrow()[1].cpus, Some(1.0));
+    }
+
+    #[test]
+    fn a_neighbour_whose_end_cannot_be_read_is_its_own_error_and_the_next_kind_runs() {
+        let mut lost = FakeRun::ready(1);
+        lost.stop_error = Some("The monitor exited (status 137) without a report".into());
+        let l = FakeLauncher::new(
+            ModeKind::Microvm,
+            vec![FakeRun::ready(1), lost, FakeRun::ready(1)],
+        );
+        let cfg = NeighbourConfig {
+            kinds: vec![NeighbourKind::Memory, NeighbourKind::Cpu],
+            ..small()
+        };
+        let (r, _) = scenario(&l, &cfg);
+        assert!(
+            matches!(r.status, ScenarioStatus::Measured),
+            "{:?}",
+            r.status
+        );
+        let mem = &r.neighbours[0];
+        assert!(mem
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("end could not be read") && e.contains("status 137")));
+        assert_eq!(mem.interference.len(), 2, "the tenant's figures stand");
+        assert_eq!(mem.fate, NeighbourFate::Unchecked);
+        assert!(r.neighbours[1].error.is_none());
+        assert_eq!(l.live.load(Ordering::SeqCst), 0);
     }
 
     #[test]
