@@ -91,7 +91,7 @@ pub struct CompareArgs {
     /// Cost only, no isolation half (as --isolation off).
     #[arg(long, conflicts_with = "isolation")]
     pub no_isolation: bool,
-    /// Attack-surface pass (host system calls serving each mode, ptrace) even with --isolation off.
+    /// Attack-surface passes (host system calls serving each mode, ptrace; host kernel functions, ftrace, only with --host emulated) even with --isolation off.
     #[arg(long)]
     pub attack_surface: bool,
     /// Security-posture pass even with --isolation off.

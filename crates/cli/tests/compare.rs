@@ -296,6 +296,9 @@ fn the_default_run_shows_cost_and_isolation_and_ends_with_the_reading() {
         "Memory per instance",
         "Noisy neighbour",
         "Host system calls serving the instance",
+        // The ftrace pass never touches this host's tracefs: it says why.
+        "Host kernel functions serving the instance",
+        "every mode: not measured here: the host kernel is not ours",
         "Security posture",
         "isolation half: the short budget",
         "Reading (generated from the numbers above)",

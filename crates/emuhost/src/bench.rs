@@ -1,5 +1,6 @@
 //! Running `bench <args>` inside the emulated host: the running `bench`
 //! and its sibling static binaries (`workload`, `isolab-init`, `isolab-vmm`,
+//! `isolab-trace`,
 //! found next to the executable as docs/contracts.md says) plus the built guest kernels
 //! from the artifact cache are copied in, and `ISOLAB_CACHE` inside points
 //! at that copy. This is what `bench vm run --host emulated` and
@@ -16,8 +17,9 @@ pub const GUEST_BIN_DIR: &str = "/opt/isolab/bin";
 /// The artifact cache inside.
 pub const GUEST_CACHE: &str = "/var/cache/isolab";
 /// The static binaries `bench` needs beside it: the workload, the guest
-/// init, and the monitor it launches for every microVM.
-pub const SIBLINGS: &[&str] = &["workload", "isolab-init", "isolab-vmm"];
+/// init, the monitor it launches for every microVM, and the system-call
+/// tracer of the attack-surface pass.
+pub const SIBLINGS: &[&str] = &["workload", "isolab-init", "isolab-vmm", "isolab-trace"];
 
 /// Errors while assembling the inner `bench` run.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,7 @@ fn package_of(name: &str) -> &'static str {
         "bench" => "isolab-cli",
         "workload" => "isolab-workload",
         "isolab-vmm" => "isolab-vmm",
+        "isolab-trace" => "isolab-isolation",
         _ => "isolab-guest-init",
     }
 }
@@ -149,7 +152,13 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let e = bench_invocation(&[], bin.path(), cache.path()).unwrap_err();
         assert!(e.to_string().contains("cargo build -p isolab-cli"), "{e}");
-        for n in ["bench", "workload", "isolab-init", "isolab-vmm"] {
+        for n in [
+            "bench",
+            "workload",
+            "isolab-init",
+            "isolab-vmm",
+            "isolab-trace",
+        ] {
             std::fs::write(bin.path().join(n), "x").unwrap();
         }
         std::fs::create_dir_all(cache.path().join("kernel/abc")).unwrap();
@@ -165,6 +174,7 @@ mod tests {
                 "/opt/isolab/bin/workload",
                 "/opt/isolab/bin/isolab-init",
                 "/opt/isolab/bin/isolab-vmm",
+                "/opt/isolab/bin/isolab-trace",
                 "/var/cache/isolab/kernel/abc"
             ]
         );

@@ -152,6 +152,15 @@ fn container_on_cgroup_v2_and_qemu_microvm_reference_run_inside() {
     );
 }
 
+/// One boot for the networked microVM and both halves of compare on it:
+/// `bench vm run --net`, then `bench compare` with the isolation half
+/// (short budget, a memory neighbour in a 128 MiB guest with a window long
+/// enough for its guest's OOM killer under TCG: a 256 MiB guest's hog was
+/// not yet killed after 12 s; the system-call and the ftrace kernel
+/// function passes, posture), whose JSON must show the microVM measured on
+/// every axis: its host kernel functions counted (the kernel is ours here),
+/// its neighbour's fate read (the guest kernel's OOM killer), the tenant
+/// answering throughout.
 #[test]
 fn microvm_on_the_workbench_answers_http_and_compare_measures_it() {
     let test = "microvm_on_the_workbench_answers_http_and_compare_measures_it";
@@ -165,9 +174,14 @@ fn microvm_on_the_workbench_answers_http_and_compare_measures_it() {
         /opt/isolab/bin/bench vm run --workload api --net --requests 5 --json; \
         echo vm-status=$?; \
         /opt/isolab/bin/bench compare --workload api --modes microvm --peers none \
-          --runs 1 --warmup 0 --requests 5 --isolation off --format json > /tmp/compare.json; \
+          --runs 1 --warmup 0 --requests 5 --isolation short --neighbours memory \
+          --neighbour-requests 10 --neighbour-connections 2 --neighbour-memory 128M \
+          --neighbour-window-ms 8000 \
+          --surface-requests 10 --format json > /tmp/compare.json; \
         echo compare-status=$?; \
-        tr -d '\\n' < /tmp/compare.json; echo";
+        tr -d '\\n' < /tmp/compare.json; echo; \
+        ls /sys/fs/cgroup/isolab 2>/dev/null | sed 's/^/cgroup-left=/'; \
+        ls /sys/kernel/tracing/instances 2>/dev/null | sed 's/^/instance-left=/'";
     let out = Script::run(&host, vec![], script);
     let lines = &out.lines;
     assert!(
@@ -198,4 +212,54 @@ fn microvm_on_the_workbench_answers_http_and_compare_measures_it() {
         "{m}"
     );
     assert_eq!(m["load"]["errors"], 0, "{m}");
+
+    // The host kernel functions serving the monitor's threads: counted,
+    // since this kernel is ours.
+    let k = &doc["kernel_functions"][0];
+    assert_eq!(k["mode"], "microvm", "{doc}");
+    assert_eq!(k["status"]["state"], "measured", "{k}");
+    assert!(k["distinct"].as_u64().unwrap_or(0) > 100, "{k}");
+    assert!(
+        k["threads"].as_u64().unwrap_or(0) >= 2,
+        "vCPU and more: {k}"
+    );
+    assert_eq!(
+        (k["requests"].as_u64(), k["errors"].as_u64()),
+        (Some(10), Some(0)),
+        "{k}"
+    );
+    println!("microVM host kernel functions: {k}");
+    let s = &doc["surface"][0];
+    assert_eq!(s["status"]["state"], "measured", "{s}");
+    assert!(
+        s["syscalls"]["ioctl"].as_u64().unwrap_or(0) > 0,
+        "KVM_RUN: {s}"
+    );
+
+    // The memory neighbour: a second microVM (1 vCPU, 128 MiB), its monitor
+    // in a cgroup, killed inside by its guest kernel; the tenant answered.
+    let nm = &doc["neighbours"][0];
+    assert_eq!(nm["mode"], "microvm", "{doc}");
+    assert_eq!(nm["status"]["state"], "measured", "{nm}");
+    let n = &nm["neighbours"][0];
+    println!("microVM memory neighbour: {n}");
+    assert_eq!(n["kind"], "memory", "{n}");
+    assert!(n["error"].is_null(), "{n}");
+    assert_eq!(n["fate"]["fate"], "guest_oom", "{n}");
+    assert_eq!(n["observation"]["guest_oom"], true, "{n}");
+    assert!(
+        n["observation"]["throttled_periods"].is_u64(),
+        "the monitor's cgroup was read: {n}"
+    );
+    assert_eq!(n["tenant_errors"], 0, "the tenant kept answering: {n}");
+    assert_eq!(n["tenant_errors_alone"], 0, "{n}");
+    assert!(
+        n["interference"].as_array().is_some_and(|i| !i.is_empty()),
+        "tenant p99 alone and with: {n}"
+    );
+    let left: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("cgroup-left=vm-") || l.starts_with("instance-left="))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::density::{self, DensityConfig, DensityReport, ParentBudget};
 use crate::env::Environment;
-use crate::isolation::{ModeNeighbours, ModePosture, ModeSurface, NeighbourConfig, SurfaceConfig};
+use crate::isolation::{
+    ModeKernelFunctions, ModeNeighbours, ModePosture, ModeSurface, NeighbourConfig, SurfaceConfig,
+};
 use crate::memory::mem_available;
 use crate::modes::{Context, InstanceMemory, InstanceSpec, Launcher, ModeKind};
 use crate::stats::{summarize, Summary};
@@ -255,6 +257,11 @@ pub struct CompareReport {
     /// The attack-surface pass per mode (empty when not asked for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub surface: Vec<ModeSurface>,
+    /// The kernel-function pass (HAP) per mode, with the attack-surface
+    /// pass (empty when not asked for); measured only where the host
+    /// kernel is ours (the emulated host), elsewhere each says why not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_functions: Vec<ModeKernelFunctions>,
     /// The security-posture pass per mode (empty when not asked for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub posture: Vec<ModePosture>,
@@ -352,6 +359,20 @@ pub fn run(
         }
         None => vec![],
     };
+    // Its own pass after the system-call pass: the function tracer and
+    // ptrace never run on the same instance.
+    let kernel_functions = match cfg.surface.as_ref().filter(|_| !interrupted()) {
+        Some(scfg) => {
+            crate::isolation::kernel_modes(&ctx, &cfg.modes, scfg, cfg.image.as_ref(), &mut |ev| {
+                match ev {
+                    crate::isolation::Event::Start(what, n) => progress.start(what, n),
+                    crate::isolation::Event::Step(done, msg) => progress.step(done, msg),
+                    crate::isolation::Event::Finish => progress.finish(),
+                }
+            })
+        }
+        None => vec![],
+    };
     let posture = if cfg.posture && !interrupted() {
         crate::isolation::posture_modes(
             &ctx,
@@ -404,6 +425,7 @@ pub fn run(
         density: density_reports,
         neighbours,
         surface,
+        kernel_functions,
         posture,
         reading: vec![],
     };
@@ -783,6 +805,7 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
             s,
             cfg.image.as_deref(),
         ));
+        v.push(crate::isolation::hap::method_for(s, cfg.image.as_deref()));
     }
     if cfg.posture && cfg.image.is_none() {
         v.push(crate::isolation::POSTURE_METHOD.into());
@@ -1013,6 +1036,7 @@ mod tests {
             density: vec![],
             neighbours: vec![],
             surface: vec![],
+            kernel_functions: vec![],
             posture: vec![],
             reading: vec![],
         };

@@ -12,13 +12,17 @@
 //!   probe`, host side from the instance's host processes).
 //! - [`surface`]: the attack-surface pass (host system calls serving an
 //!   instance during a request run, by the `isolab-trace` process).
+//! - [`hap`]: the kernel-function pass (distinct host kernel functions
+//!   serving an instance, by ftrace; only where the kernel is ours).
 
+pub mod hap;
 pub mod load;
 pub mod noisy;
 pub mod posture;
 pub mod surface;
 pub mod watch;
 
+pub use hap::ModeKernelFunctions;
 pub use isolab_isolation::neighbour::NeighbourKind;
 pub use isolab_isolation::neighbour::UnknownNeighbour;
 pub use noisy::{HostFacts, Limits, ModeNeighbours, NeighbourConfig};
@@ -205,6 +209,38 @@ pub fn surface_modes(
     out
 }
 
+/// The kernel-function pass (HAP) for every mode in `modes`, in order, of
+/// `image` when given; where the kernel is not ours every mode says why and
+/// nothing launches.
+pub fn kernel_modes(
+    ctx: &Context,
+    modes: &[ModeKind],
+    cfg: &SurfaceConfig,
+    image: noisy::Image<'_>,
+    progress: &mut dyn FnMut(Event),
+) -> Vec<ModeKernelFunctions> {
+    let tracer = hap::Ftrace::detect();
+    let load = tenant_load(image.map(|i| &**i));
+    let mut out = vec![];
+    for &kind in modes {
+        let launcher = ctx.launcher(kind);
+        let title = format!("kernel functions {}", kind.name());
+        progress(Event::Start(&title, 1));
+        out.push(hap::run_mode_for(
+            launcher.as_ref(),
+            cfg,
+            image,
+            load.as_ref(),
+            &tracer,
+        ));
+        progress(Event::Finish);
+        if crate::interrupted() {
+            break;
+        }
+    }
+    out
+}
+
 /// The posture pass for every mode in `modes`, in order, of `image` when
 /// given.
 pub fn posture_modes(
@@ -236,7 +272,7 @@ pub const POSTURE_METHOD: &str = "posture: workload side from `workload probe` r
 
 /// The tenant's name and the path its requests get, for the method lines:
 /// `api` and `/health`, or a user's image and its HTTP rule's path.
-fn tenant_words(image: Option<&ImageWorkload>) -> (String, String) {
+pub(crate) fn tenant_words(image: Option<&ImageWorkload>) -> (String, String) {
     match image {
         None => ("api".into(), "/health".into()),
         Some(i) => (

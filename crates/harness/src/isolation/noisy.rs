@@ -237,6 +237,10 @@ fn with_limits(mut spec: InstanceSpec, isolation: Isolation, l: &Limits) -> Inst
         Isolation::Vm => {
             spec.vcpus = Some(l.cpus.ceil().clamp(1.0, 255.0) as u8);
             spec.memory_bytes = Some(l.memory_bytes);
+            // The monitor in a cgroup of its own with the container's CPU
+            // and pids limits (no memory limit: guest RAM is the VM's).
+            spec.cpus = Some(l.cpus);
+            spec.pids = Some(l.pids);
         }
     }
     spec
@@ -316,6 +320,10 @@ pub fn observe(
     if outcome.fact("errno").and_then(|v| v.as_str()) == Some("EAGAIN") {
         max(&mut o.forks_refused, Some(1));
     }
+    // A VM's guest kernel OOM killer, read from its console.
+    if outcome.guest_oom.is_some() {
+        o.guest_oom = outcome.guest_oom;
+    }
     o.capped_by_harness = outcome.fact("capped").and_then(|v| v.as_bool()) == Some(true);
     o.exit = outcome.status.map(|s| {
         if s > 128 {
@@ -371,6 +379,13 @@ fn neighbour_started(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// Whether every host process of `n` has ended (none listed counts as
+/// running: a fake or a mode that lists none).
+fn ended(n: &dyn Instance) -> bool {
+    let pids = n.host_pids();
+    !pids.is_empty() && pids.iter().all(|p| !running(*p))
 }
 
 /// Whether `pid` exists and is not a zombie.
@@ -598,7 +613,9 @@ fn one_neighbour(
             Err(e) => break Err(e),
         }
         let waited = started.elapsed();
-        let met = watch.as_ref().is_none_or(|w| limit_acted(kind, &w.now()));
+        // Acted, or nothing more can act: the neighbour has ended (a VM's
+        // guest OOM ends its workload and the VM, seen only at its end).
+        let met = watch.as_ref().is_none_or(|w| limit_acted(kind, &w.now())) || ended(n.as_ref());
         if (waited >= window && met) || waited >= window_max || crate::interrupted() {
             break Ok(());
         }
@@ -606,7 +623,16 @@ fn one_neighbour(
     let outcome = n.stop();
     let watched = watch.map(CgroupWatch::finish);
     with?;
-    let outcome = outcome?;
+    // A neighbour whose end cannot be read (a monitor killed before its
+    // report) is this neighbour's error, with what its cgroup showed; the
+    // tenant's figures stand and the next kind still runs.
+    let outcome = outcome.unwrap_or_else(|e| {
+        result.error = Some(format!(
+            "the neighbour's end could not be read: {}",
+            crate::chain(&e)
+        ));
+        InstanceOutcome::default()
+    });
     result.rounds_with = rounds.len();
     let with = pool(&rounds);
     result.tenant_errors = with.iter().map(|r| r.errors).sum();
@@ -865,6 +891,56 @@ mod tests {
     }
 
     #[test]
+    fn a_microvm_memory_neighbour_killed_by_its_guest_kernel_reads_guest_oom() {
+        let mut r = ended(137, Some(Stats::default()), None);
+        r.outcome.guest_oom = Some(true);
+        let l = FakeLauncher::new(ModeKind::Microvm, vec![FakeRun::ready(1), r]);
+        let cfg = NeighbourConfig {
+            kinds: vec![NeighbourKind::Memory],
+            ..small()
+        };
+        let (m, _) = scenario(&l, &cfg);
+        let n = &m.neighbours[0];
+        assert_eq!(n.observation.guest_oom, Some(true));
+        assert_eq!(
+            n.observation.oom_kills,
+            Some(0),
+            "the monitor's cgroup saw none"
+        );
+        assert_eq!(n.fate, NeighbourFate::GuestOom);
+        assert_eq!(l.launched.borrow()[1].cpus, Some(1.0));
+    }
+
+    #[test]
+    fn a_neighbour_whose_end_cannot_be_read_is_its_own_error_and_the_next_kind_runs() {
+        let mut lost = FakeRun::ready(1);
+        lost.stop_error = Some("The monitor exited (status 137) without a report".into());
+        let l = FakeLauncher::new(
+            ModeKind::Microvm,
+            vec![FakeRun::ready(1), lost, FakeRun::ready(1)],
+        );
+        let cfg = NeighbourConfig {
+            kinds: vec![NeighbourKind::Memory, NeighbourKind::Cpu],
+            ..small()
+        };
+        let (r, _) = scenario(&l, &cfg);
+        assert!(
+            matches!(r.status, ScenarioStatus::Measured),
+            "{:?}",
+            r.status
+        );
+        let mem = &r.neighbours[0];
+        assert!(mem
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("end could not be read") && e.contains("status 137")));
+        assert_eq!(mem.interference.len(), 2, "the tenant's figures stand");
+        assert_eq!(mem.fate, NeighbourFate::Unchecked);
+        assert!(r.neighbours[1].error.is_none());
+        assert_eq!(l.live.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
     fn bad_limits_are_one_line_usage_errors() {
         let bad = [
             Limits {
@@ -912,7 +988,7 @@ mod tests {
     }
 
     #[test]
-    fn the_microvm_gets_vcpus_and_guest_ram() {
+    fn the_microvm_gets_vcpus_guest_ram_and_a_monitor_cgroup() {
         let s = neighbour_spec(
             NeighbourKind::Memory,
             Isolation::Vm,
@@ -920,8 +996,9 @@ mod tests {
             &HOST,
         );
         assert_eq!(
-            (s.vcpus, s.memory_bytes, s.pids),
-            (Some(1), Some(256 << 20), None)
+            (s.vcpus, s.memory_bytes, s.cpus, s.pids),
+            (Some(1), Some(256 << 20), Some(1.0), Some(128)),
+            "vCPUs and guest RAM; the monitor's cgroup gets the CPU and pids limits"
         );
         assert_eq!(s.args, ["--step-mib", "4", "--max-mib", "512"]);
     }

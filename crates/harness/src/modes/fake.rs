@@ -23,6 +23,8 @@ pub(crate) struct FakeRun {
     pub ready_after: Option<Duration>,
     pub memory: InstanceMemory,
     pub outcome: InstanceOutcome,
+    /// Stopping it fails with this message (its end cannot be read).
+    pub stop_error: Option<String>,
 }
 
 impl FakeRun {
@@ -150,7 +152,12 @@ impl Instance for FakeInstance {
     }
 
     fn stop(self: Box<Self>) -> Result<InstanceOutcome, HarnessError> {
-        Ok(self.end())
+        let error = self.run.stop_error.clone();
+        let outcome = self.end();
+        match error {
+            Some(e) => Err(HarnessError::Launch(e)),
+            None => Ok(outcome),
+        }
     }
 
     fn wait_exit(self: Box<Self>, _timeout: Duration) -> Result<InstanceOutcome, HarnessError> {

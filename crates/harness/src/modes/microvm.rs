@@ -32,8 +32,8 @@ pub mod image;
 
 use super::spawn::{self, drain, drained, shell_status, READY_FD};
 use super::{
-    Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec, Launcher,
-    ModeKind, VmHost,
+    vm_limits, Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
+    Launcher, ModeKind, VmHost,
 };
 use crate::memory::process_tree;
 use crate::net::SharedWorkbench;
@@ -304,6 +304,12 @@ impl Vmm {
     /// Waits for the monitor and reads its report (and its stderr); an
     /// error says why there is none, in the monitor's own words.
     pub fn finish(&mut self) -> Result<(VmReport, String), HarnessError> {
+        self.finish_with_console().map(|(r, err, _)| (r, err))
+    }
+
+    /// [`Vmm::finish`], also returning its stdout (the guest console, when
+    /// it is on, before the report line).
+    pub fn finish_with_console(&mut self) -> Result<(VmReport, String, String), HarnessError> {
         let st = self
             .child
             .wait()
@@ -311,7 +317,7 @@ impl Vmm {
         let out = drained(self.stdout.take());
         let err = drained(self.stderr.take());
         match read_report(&out) {
-            Some(r) => Ok((r, err)),
+            Some(r) => Ok((r, err, out)),
             None => Err(HarnessError::Monitor {
                 status: shell_status(st),
                 message: spawn::error_line(&err).unwrap_or_else(|| "(no error output)".into()),
@@ -368,6 +374,20 @@ impl Launcher for MicrovmLauncher {
         if let Some(t) = &tap {
             cfg.cmdline_extra = Some(net_cmdline(t));
         }
+        // Limits beyond vCPUs and RAM: the monitor in a cgroup of its own,
+        // the guest's console on (quiet) to read its OOM killer.
+        let monitor_cg = vm_limits::MonitorCgroup::create(ModeKind::Microvm, spec)?;
+        let join = match &monitor_cg {
+            Some(cg) => {
+                cfg.console = Console::Stdout;
+                cfg.cmdline_extra = Some(match cfg.cmdline_extra.take() {
+                    Some(e) => format!("{e} {}", vm_limits::QUIET),
+                    None => vm_limits::QUIET.to_owned(),
+                });
+                cg.procs_files()
+            }
+            None => spec.join_cgroups.clone(),
+        };
         let tap_fd = tap
             .as_ref()
             .map(|t| t.try_clone_fd().map(|fd| (fd, t.lease().mac())))
@@ -379,7 +399,7 @@ impl Launcher for MicrovmLauncher {
             &cfg,
             &mut ready,
             tap_fd.as_ref().map(|(fd, mac)| (fd, *mac)),
-            &spec.join_cgroups,
+            &join,
         )?;
         drop(tap_fd);
         let target = workbench
@@ -393,6 +413,7 @@ impl Launcher for MicrovmLauncher {
             target,
             tap,
             _workbench: workbench,
+            monitor_cg,
         }))
     }
 }
@@ -405,15 +426,24 @@ struct VmInstance {
     /// Dropped after the monitor ended, before the workbench it is on.
     tap: Option<Tap>,
     _workbench: Option<Arc<Workbench>>,
+    /// The monitor's own cgroup, where the spec set limits.
+    monitor_cg: Option<vm_limits::MonitorCgroup>,
 }
 
 impl VmInstance {
     fn finish(mut self, timed_out: bool) -> Result<InstanceOutcome, HarnessError> {
-        let finished = self.vmm.finish();
+        let finished = self.vmm.finish_with_console();
         drop(self.tap.take());
-        let (report, err) = finished?;
+        let limited = self.monitor_cg.is_some();
+        let cgroup = self
+            .monitor_cg
+            .take()
+            .and_then(vm_limits::MonitorCgroup::finish);
+        let (report, err, console) = finished?;
         Ok(InstanceOutcome {
             timed_out,
+            cgroup,
+            guest_oom: limited.then(|| vm_limits::guest_oom(&console)),
             ..outcome_of(report, &err, None)
         })
     }

@@ -17,6 +17,7 @@ pub(crate) mod peer_net;
 pub mod process;
 pub mod qemu;
 pub(crate) mod spawn;
+pub mod vm_limits;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -196,9 +197,10 @@ pub struct InstanceSpec {
     /// The instance's memory: its cgroup limit (containers) or guest RAM
     /// (VMs), bytes; `None` for the mode's default.
     pub memory_bytes: Option<u64>,
-    /// Containers: CPU bandwidth in CPUs.
+    /// Containers: CPU bandwidth in CPUs. VMs: the same limit on the
+    /// monitor's own cgroup ([`vm_limits`]).
     pub cpus: Option<f64>,
-    /// Containers: pids.max.
+    /// Containers: pids.max. VMs: the monitor cgroup's.
     pub pids: Option<u64>,
     /// VMs: vCPUs.
     pub vcpus: Option<u8>,
@@ -309,6 +311,9 @@ pub struct InstanceOutcome {
     pub label: Option<String>,
     /// It did not end by itself within `wait_exit`'s timeout and was killed.
     pub timed_out: bool,
+    /// VMs with limits ([`vm_limits`]): whether the guest kernel's OOM
+    /// killer acted, read from the guest's console; `None` where not read.
+    pub guest_oom: Option<bool>,
 }
 
 impl InstanceOutcome {

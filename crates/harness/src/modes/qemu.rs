@@ -8,7 +8,6 @@
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -23,8 +22,8 @@ use super::microvm::{
 };
 use super::spawn::{self, shell_status, terminate, which};
 use super::{
-    Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec, Launcher,
-    ModeKind,
+    vm_limits, Context, HttpTarget, Instance, InstanceMemory, InstanceOutcome, InstanceSpec,
+    Launcher, ModeKind,
 };
 use crate::image::ReadyRule;
 use crate::memory::process_tree;
@@ -123,6 +122,10 @@ impl Launcher for QemuPeer {
         let (marker_r, marker_w) = pipe("marker")?;
         let (out_r, out_w) = pipe("output")?;
         let (status_r, status_w) = pipe("status")?;
+        // Limits beyond vCPUs and RAM: QEMU in a cgroup of its own, the
+        // guest's console on a pipe (errors only) to read its OOM killer.
+        let monitor_cg = vm_limits::MonitorCgroup::create(ModeKind::QemuMicrovm, spec)?;
+        let console = monitor_cg.as_ref().map(|_| pipe("console")).transpose()?;
         // Our monitor's command line, except `reboot=t`: QEMU's microvm has
         // no i8042, so the guest ends through a triple fault and -no-reboot.
         // `8250.nr_uarts=1 console=ttyS0 loglevel=0` keeps /dev/console
@@ -164,6 +167,10 @@ impl Launcher for QemuPeer {
             cmdline.push(' ');
             cmdline.push_str(&net_cmdline(t));
         }
+        if console.is_some() {
+            // After `loglevel=0`, so it wins: the OOM killer's line is an error.
+            cmdline.push_str(" loglevel=4");
+        }
         let tap_fd = tap
             .as_ref()
             .map(Tap::try_clone_fd)
@@ -176,6 +183,10 @@ impl Launcher for QemuPeer {
         );
         let mut fds = vec![mw, ow, sw];
         fds.extend(tap_fd.as_ref().map(|f| f.as_raw_fd()));
+        let console_at = console.as_ref().map(|(_, w)| {
+            fds.push(w.as_raw_fd());
+            spawn::READY_FD + fds.len() as i32 - 1
+        });
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
             // acpi=off: the guest kernel has no ACPI; without it QEMU
@@ -196,10 +207,18 @@ impl Launcher for QemuPeer {
             "-nographic",
             "-no-reboot",
         ])
-        // A COM1 whose output is discarded, as in our monitor: without a
+        // A COM1 whose output is discarded, as in our monitor (without a
         // UART behind ttyS0 the guest's console writes fail and a workload
-        // that logs to stderr dies.
-        .args(["-serial", "null"])
+        // that logs to stderr dies); read, for a limited VM.
+        .args(match console_at {
+            Some(fd) => vec![
+                "-chardev".to_owned(),
+                format!("file,id=con,path=/proc/self/fd/{fd}"),
+                "-serial".to_owned(),
+                "chardev:con".to_owned(),
+            ],
+            None => vec!["-serial".to_owned(), "null".to_owned()],
+        })
         .args(["-chardev", "file,id=marker,path=/proc/self/fd/3"])
         .args(["-device", "isa-debugcon,iobase=0x3f0,chardev=marker"])
         .args(["-chardev", "file,id=out,path=/proc/self/fd/4"])
@@ -231,19 +250,20 @@ impl Launcher for QemuPeer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: only fcntl/dup2 (async-signal-safe) run between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || spawn::place_fds(&fds));
-        }
         let argv = format!("{cmd:?}");
-        let launched = Instant::now();
-        let child = cmd
-            .spawn()
-            .map_err(|e| HarnessError::io("spawn qemu-system-x86_64", e))?;
+        let join = match &monitor_cg {
+            Some(cg) => cg.procs_files(),
+            None => spec.join_cgroups.clone(),
+        };
+        let (child, launched) = spawn::spawn_with_fds(&mut cmd, &fds, &join)?;
         drop(marker_w);
         drop(out_w);
         drop(status_w);
         drop(tap_fd);
+        let console = console.map(|(r, w)| {
+            drop(w);
+            spawn::drain(Some(std::fs::File::from(r)))
+        });
         let rule = image.map(|(_, r)| r);
         let target = match &rule {
             Some(ReadyRule::Http { port, .. }) => {
@@ -278,6 +298,8 @@ impl Launcher for QemuPeer {
             target,
             tap,
             _workbench: workbench,
+            monitor_cg,
+            console,
         }))
     }
 }
@@ -302,6 +324,10 @@ struct QemuInstance {
     /// Dropped after QEMU ended, before the workbench it is on.
     tap: Option<Tap>,
     _workbench: Option<Arc<Workbench>>,
+    /// QEMU's own cgroup, where the spec set limits.
+    monitor_cg: Option<vm_limits::MonitorCgroup>,
+    /// The guest console's reader, where the spec set limits.
+    console: Option<std::thread::JoinHandle<String>>,
 }
 
 impl QemuInstance {
@@ -318,12 +344,18 @@ impl QemuInstance {
         let out = String::from_utf8_lossy(&bytes).into_owned();
         let mut status = vec![];
         let _ = std::fs::File::from(self.status).read_to_end(&mut status);
+        let console = self.console.take().map(|h| spawn::drained(Some(h)));
         Ok(InstanceOutcome {
             // The workload's status byte from the marker ABI; QEMU's own
             // status only when the guest never reported one.
             status: status.last().map(|b| i32::from(*b)).or(shell_status(st)),
             result: isolab_workload::result::parse(&out),
             timed_out,
+            cgroup: self
+                .monitor_cg
+                .take()
+                .and_then(vm_limits::MonitorCgroup::finish),
+            guest_oom: console.as_deref().map(vm_limits::guest_oom),
             ..InstanceOutcome::default()
         })
     }

@@ -86,7 +86,8 @@ pub fn render(r: &CompareReport) -> String {
 /// with its interval bounds and the errors (the `run` column names the
 /// neighbour and pattern, e.g. `cpu/sequential`); per mode the host system
 /// calls (distinct, per request, and each call's count with its name in
-/// `run`).
+/// `run`); per mode measured by ftrace the host kernel functions
+/// (distinct, entries, entries lost).
 fn isolation_rows(r: &CompareReport, label: &str, out: &mut String) {
     for m in &r.neighbours {
         let mode = m.mode.name();
@@ -143,5 +144,23 @@ fn isolation_rows(r: &CompareReport, label: &str, out: &mut String) {
                 esc(name)
             ));
         }
+    }
+    for k in &r.kernel_functions {
+        if !matches!(k.status, crate::isolation::noisy::ScenarioStatus::Measured) {
+            continue;
+        }
+        let mode = k.mode.name();
+        out.push_str(&format!(
+            "{mode},host_kernel_functions_distinct,,{},functions,{label}\n",
+            k.distinct
+        ));
+        out.push_str(&format!(
+            "{mode},host_kernel_function_entries,,{},entries,{label}\n",
+            k.entries
+        ));
+        out.push_str(&format!(
+            "{mode},host_kernel_function_lost,,{},entries,{label}\n",
+            k.lost_events
+        ));
     }
 }

@@ -10,7 +10,7 @@ use isolab_isolation::neighbour::{NeighbourExit, NeighbourFate};
 
 use crate::compare::CompareReport;
 use crate::isolation::noisy::{ModeNeighbours, NeighbourResult, ScenarioStatus};
-use crate::isolation::{ModePosture, ModeSurface};
+use crate::isolation::{ModeKernelFunctions, ModePosture, ModeSurface};
 
 /// The neighbour's fate in a few words.
 pub fn fate_text(n: &NeighbourResult) -> String {
@@ -113,6 +113,17 @@ pub fn table(r: &CompareReport) -> String {
             let _ = writeln!(out, "  - {l}");
         }
     }
+    if !r.kernel_functions.is_empty() {
+        let _ = writeln!(out, "\n{}", kernel_title(r));
+        let mut rows = vec![KERNEL_HEADER.iter().map(|s| s.to_string()).collect()];
+        rows.extend(r.kernel_functions.iter().filter_map(kernel_cells));
+        if rows.len() > 1 {
+            out.push_str(&super::table::grid(&rows));
+        }
+        for l in kernel_notes(r) {
+            let _ = writeln!(out, "  - {l}");
+        }
+    }
     if !r.posture.is_empty() {
         let _ = writeln!(out, "\n{POSTURE_TITLE}");
         let mut rows = vec![POSTURE_HEADER.iter().map(|s| s.to_string()).collect()];
@@ -164,6 +175,28 @@ pub fn markdown(r: &CompareReport) -> String {
             let _ = writeln!(o, "| {} |", surface_cells(m).join(" | "));
         }
         let notes = surface_notes(r);
+        if !notes.is_empty() {
+            o.push('\n');
+            for l in notes {
+                let _ = writeln!(o, "- {l}");
+            }
+        }
+    }
+    if !r.kernel_functions.is_empty() {
+        let _ = writeln!(o, "\n## {}", kernel_title(r));
+        let rows: Vec<Vec<String>> = r.kernel_functions.iter().filter_map(kernel_cells).collect();
+        if !rows.is_empty() {
+            let _ = writeln!(
+                o,
+                "\n| {} |\n|---|{}---|",
+                KERNEL_HEADER.join(" | "),
+                "---:|".repeat(KERNEL_HEADER.len() - 2)
+            );
+            for c in rows {
+                let _ = writeln!(o, "| {} |", c.join(" | "));
+            }
+        }
+        let notes = kernel_notes(r);
         if !notes.is_empty() {
             o.push('\n');
             for l in notes {
@@ -371,6 +404,108 @@ fn surface_cells(m: &ModeSurface) -> Vec<String> {
     ]
 }
 
+const KERNEL_HEADER: [&str; 7] = [
+    "mode",
+    "threads",
+    "distinct kernel functions",
+    "entries",
+    "entries/request",
+    "lost",
+    "most functions in",
+];
+
+/// Where the kernel functions were counted: a measured row exists only
+/// where the kernel is ours, the emulated host's.
+fn kernel_title(r: &CompareReport) -> String {
+    let n = r.config.surface.as_ref().map_or(0, |s| s.requests);
+    let any = r
+        .kernel_functions
+        .iter()
+        .any(|m| matches!(m.status, ScenarioStatus::Measured));
+    let where_ = if any {
+        "emulated host's kernel"
+    } else {
+        "not measured here"
+    };
+    format!("Host kernel functions serving the instance ({n} requests; ftrace HAP pass, not timed; {where_})")
+}
+
+fn kernel_cells(m: &ModeKernelFunctions) -> Option<Vec<String>> {
+    if !matches!(m.status, ScenarioStatus::Measured) {
+        return None;
+    }
+    let top: Vec<String> = m
+        .prefixes
+        .iter()
+        .take(4)
+        .map(|(p, n)| format!("{p}_* {n}"))
+        .collect();
+    Some(vec![
+        m.mode.name().into(),
+        m.threads.to_string(),
+        if m.lost_events > 0 {
+            format!(">= {}", m.distinct)
+        } else {
+            m.distinct.to_string()
+        },
+        m.entries.to_string(),
+        if m.requests > 0 {
+            format!("{:.0}", m.entries as f64 / m.requests as f64)
+        } else {
+            "-".into()
+        },
+        m.lost_events.to_string(),
+        top.join(", "),
+    ])
+}
+
+/// Why modes were not measured: one line when every mode shares the
+/// reason (this host's kernel is not ours), else one per mode.
+fn kernel_notes(r: &CompareReport) -> Vec<String> {
+    let here = |reason: &str| {
+        format!(
+            "not measured here: {}",
+            reason.strip_prefix("not measured: ").unwrap_or(reason)
+        )
+    };
+    let reasons: Vec<&str> = r
+        .kernel_functions
+        .iter()
+        .filter_map(|m| match &m.status {
+            ScenarioStatus::Unavailable { reason } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    if reasons.len() == r.kernel_functions.len()
+        && reasons.windows(2).all(|w| w[0] == w[1])
+        && !reasons.is_empty()
+    {
+        return vec![format!("every mode: {}", here(reasons[0]))];
+    }
+    let mut v = vec![];
+    for m in &r.kernel_functions {
+        let name = m.mode.name();
+        match &m.status {
+            ScenarioStatus::Measured => {}
+            ScenarioStatus::Unavailable { reason } => v.push(format!("{name}: {}", here(reason))),
+            ScenarioStatus::Failed { error } => v.push(format!("{name}: failed: {error}")),
+        }
+        if m.lost_events > 0 {
+            v.push(format!(
+                "{name}: the ring buffer dropped {} entries: the count is a lower bound",
+                m.lost_events
+            ));
+        }
+        if m.errors > 0 {
+            v.push(format!(
+                "{name}: {} request(s) failed while traced",
+                m.errors
+            ));
+        }
+    }
+    v
+}
+
 fn surface_notes(r: &CompareReport) -> Vec<String> {
     let mut v = vec![];
     for m in &r.surface {
@@ -438,6 +573,7 @@ mod tests {
             modes: vec![],
             density: vec![],
             surface: vec![],
+            kernel_functions: vec![],
             posture: vec![],
             reading: vec![],
             neighbours: vec![
@@ -623,6 +759,86 @@ mod tests {
         assert!(
             t.contains("gvisor: workload side: read from the host: /proc/9/status; ? = not readable from outside"),
             "{t}"
+        );
+    }
+
+    #[test]
+    fn kernel_functions_show_where_measured_and_say_why_not_elsewhere() {
+        use crate::isolation::ModeKernelFunctions;
+        let measured = ModeKernelFunctions {
+            mode: ModeKind::Microvm,
+            peer: false,
+            status: ScenarioStatus::Measured,
+            threads: 3,
+            distinct: 1234,
+            entries: 50_000,
+            lost_events: 0,
+            requests: 30,
+            errors: 0,
+            prefixes: vec![("kvm".into(), 120), ("tcp".into(), 80)],
+        };
+        let why = isolab_isolation::hap::NotMeasured::HostKernel.to_string();
+        let not = |mode| ModeKernelFunctions {
+            mode,
+            status: ScenarioStatus::Unavailable {
+                reason: why.clone(),
+            },
+            distinct: 0,
+            prefixes: vec![],
+            ..measured.clone()
+        };
+        let mut r = CompareReport {
+            kernel_functions: vec![not(ModeKind::Process), not(ModeKind::Container)],
+            ..report()
+        };
+        r.config.surface = Some(crate::isolation::SurfaceConfig {
+            requests: 30,
+            ..Default::default()
+        });
+        let t = table(&r);
+        assert!(
+            t.contains("ftrace HAP pass, not timed; not measured here)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("every mode: not measured here: the host kernel is not ours"),
+            "{t}"
+        );
+        assert!(
+            !t.contains("distinct kernel functions"),
+            "no empty grid: {t}"
+        );
+        r.kernel_functions = vec![not(ModeKind::Process), measured];
+        let t = table(&r);
+        assert!(t.contains("emulated host's kernel)"), "{t}");
+        assert!(t.contains("1234") && t.contains("kvm_* 120"), "{t}");
+        assert!(
+            t.contains("process: not measured here: the host kernel is not ours"),
+            "{t}"
+        );
+        let md = markdown(&r);
+        assert!(
+            md.contains("| microvm | 3 | 1234 | 50000 | 1667 | 0 | kvm_* 120, tcp_* 80 |"),
+            "{md}"
+        );
+        let csv = crate::report::csv::render(&r);
+        assert!(
+            csv.contains("microvm,host_kernel_functions_distinct,,1234,functions,"),
+            "{csv}"
+        );
+        assert!(!csv.contains("process,host_kernel_functions_distinct"));
+        let json = crate::report::json(&r);
+        assert!(json.contains("\"kernel_functions\""), "{json}");
+        let dir = tempfile::tempdir().unwrap();
+        let written = crate::report::plots::write_all(&r, dir.path()).unwrap();
+        assert!(
+            written.contains(&"kernel-functions.svg".to_string()),
+            "{written:?}"
+        );
+        let svg = std::fs::read_to_string(dir.path().join("kernel-functions.svg")).unwrap();
+        assert!(
+            svg.contains("microvm") && !svg.contains(">process<"),
+            "measured modes only"
         );
     }
 

@@ -335,6 +335,7 @@ mod tests {
             density: vec![density()],
             neighbours: vec![],
             surface: vec![],
+            kernel_functions: vec![],
             posture: vec![],
             reading: vec![],
         };

@@ -268,6 +268,40 @@ fn syscalls(r: &CompareReport, out: &mut String) -> Result<bool, HarnessError> {
     Ok(true)
 }
 
+/// Distinct host kernel functions (ftrace, HAP) serving each measured
+/// mode's request run; none where the kernel was not ours.
+fn kernel_functions(r: &CompareReport, out: &mut String) -> Result<bool, HarnessError> {
+    let rows: Vec<(String, f64)> = r
+        .kernel_functions
+        .iter()
+        .filter(|m| matches!(m.status, crate::isolation::noisy::ScenarioStatus::Measured))
+        .map(|m| (m.mode.name().to_string(), m.distinct as f64))
+        .collect();
+    if rows.is_empty() {
+        return Ok(false);
+    }
+    let ymax = rows.iter().map(|r| r.1).fold(0.0f64, f64::max) * 1.2;
+    let root = SVGBackend::with_string(out, (W, H)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err("kernel functions", e))?;
+    let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let what = "distinct host kernel functions serving a request run (ftrace)";
+    let title = match &r.environment.label {
+        Some(l) => format!("{what} — {l}"),
+        None => what.into(),
+    };
+    let mut chart = columns(&root, "kernel functions", &title, &names, ymax, "functions")?;
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, (_, v))| {
+            Rectangle::new(
+                [(i as f64 - 0.3, 0.0), (i as f64 + 0.3, *v)],
+                BLUE.mix(0.5).filled(),
+            )
+        }))
+        .map_err(|e| err("kernel functions", e))?;
+    root.present().map_err(|e| err("kernel functions", e))?;
+    Ok(true)
+}
+
 /// Each mode's phases (p50, in order) as (label, ms): the container's launch
 /// phases, the microVM's boot phases; empty for modes without them.
 fn phase_stack(m: &crate::compare::ModeReport) -> Vec<(String, f64)> {
@@ -448,6 +482,7 @@ pub fn write_all(r: &CompareReport, dir: &Path) -> Result<Vec<String>, HarnessEr
     go("density-startup.svg", &|s| density(r, s, false))?;
     go("interference.svg", &|s| interference(r, s))?;
     go("syscalls.svg", &|s| syscalls(r, s))?;
+    go("kernel-functions.svg", &|s| kernel_functions(r, s))?;
     Ok(written)
 }
 

@@ -12,7 +12,7 @@ use isolab_isolation::reading::{reading, Axis, Better, Figure};
 
 use crate::compare::{CompareReport, ModeStatus};
 use crate::isolation::noisy::{ModeNeighbours, ScenarioStatus};
-use crate::isolation::ModeSurface;
+use crate::isolation::{ModeKernelFunctions, ModeSurface};
 
 /// A reason cut to its first clause, for a sentence (the notes carry it
 /// whole).
@@ -168,6 +168,27 @@ pub(crate) fn neighbour_axes(neighbours: &[ModeNeighbours], skip: &[String]) -> 
     v
 }
 
+/// Host kernel functions (HAP), where they were measured (the emulated
+/// host): distinct functions over the request run.
+pub(crate) fn kernel_axes(kernel: &[ModeKernelFunctions], skip: &[String]) -> Vec<Axis> {
+    let ms: Vec<_> = kernel
+        .iter()
+        .filter(|m| matches!(m.status, ScenarioStatus::Measured) && m.distinct > 0)
+        .filter(|m| !skip.contains(&m.mode.name().to_owned()))
+        .collect();
+    if ms.is_empty() {
+        return vec![];
+    }
+    vec![axis(
+        "distinct host kernel functions serving a request run (ftrace)",
+        "",
+        Better::Lower,
+        ms.iter()
+            .map(|m| (m.mode.name().to_owned(), measured(m.distinct as f64, None)))
+            .collect(),
+    )]
+}
+
 /// Host system calls: distinct, and per request (also the attack-surface
 /// demo's conclusion).
 pub(crate) fn surface_axes(surface: &[ModeSurface], skip: &[String]) -> Vec<Axis> {
@@ -286,6 +307,7 @@ pub fn lines(r: &CompareReport) -> Vec<String> {
     let mut v = reading(&cost_axes(r, &skip));
     v.extend(reading(&neighbour_axes(&r.neighbours, &skip)));
     v.extend(reading(&surface_axes(&r.surface, &skip)));
+    v.extend(reading(&kernel_axes(&r.kernel_functions, &skip)));
     v.extend(reading(&posture_axes(r, &skip)));
     v.extend(kernel_sentence(r, &skip));
     if !v.is_empty() && !gone.is_empty() {
@@ -399,6 +421,7 @@ mod tests {
                     &[("read", 10), ("write", 10), ("futex", 30)],
                 ),
             ],
+            kernel_functions: vec![],
             posture: vec![],
             reading: vec![],
         }
@@ -427,6 +450,44 @@ mod tests {
             "not measured on this host: microvm (/dev/kvm here is PVM (kvm_pvm))."
         );
         assert!(!l[..l.len() - 1].iter().any(|x| x.contains("microvm")));
+    }
+
+    #[test]
+    fn kernel_functions_are_read_where_measured_only() {
+        use crate::isolation::noisy::ScenarioStatus;
+        use crate::isolation::ModeKernelFunctions;
+        let k = |mode, distinct, status| ModeKernelFunctions {
+            mode,
+            peer: false,
+            status,
+            threads: 2,
+            distinct,
+            entries: 100,
+            lost_events: 0,
+            requests: 10,
+            errors: 0,
+            prefixes: vec![],
+        };
+        let mut r = report();
+        r.kernel_functions = vec![
+            k(ModeKind::Process, 1500, ScenarioStatus::Measured),
+            k(ModeKind::Container, 3000, ScenarioStatus::Measured),
+        ];
+        let l = lines(&r);
+        assert!(
+            l.iter().any(|x| x.contains(
+                "distinct host kernel functions serving a request run (ftrace): process led (1500), 2x better than container (3000)"
+            )),
+            "{l:#?}"
+        );
+        r.kernel_functions = vec![k(
+            ModeKind::Process,
+            0,
+            ScenarioStatus::Unavailable {
+                reason: "not measured: the host kernel is not ours".into(),
+            },
+        )];
+        assert!(!lines(&r).iter().any(|x| x.contains("kernel functions")));
     }
 
     #[test]
