@@ -12,6 +12,7 @@
 //!
 //! Host-changing calls go through the [`Syscall`] seam.
 
+mod bpf;
 pub mod caps;
 mod child;
 pub mod config;
