@@ -3,14 +3,12 @@
 //!
 //! 1. [`prepare`]: close inherited descriptors, default signal
 //!    dispositions (all stay blocked for init's signalfd), name `isolab-init`;
-//! 2. [`wait_for_go`]: the launcher's `GO` (it has written id maps, attached
-//!    the network, on v2 moved us into the cgroup); EOF means the launcher
-//!    gave up or died, and the child exits. Skipped when the launcher has
-//!    nothing to do first (v1, no user namespace, no network hook);
-//!    a launcher that dies later is seen by init through the lifeline.
-//!    When its only work is a network hook, the child waits after step 8
-//!    instead ([`ChildPlan::go_before_exec`]): it builds its view while
-//!    the veth is made, and the workload starts on an attached network;
+//! 2. [`wait_for_go`]: the launcher's `GO` (it has written id maps and, in
+//!    a user namespace, run the network hook); EOF means the launcher gave
+//!    up or died, and the child exits. Skipped without a user namespace:
+//!    the network namespace (with the hook's veth attached on a launcher
+//!    thread) is received and joined in step 4, before `/sys` is mounted;
+//!    a launcher that dies later is seen by init through the lifeline;
 //! 3. [`join_cgroup`]: v1: join by writing `0` to each `tasks` (avoids the
 //!    kernel's global threadgroup lock); in a user namespace become its root;
 //!    unshare the cgroup namespace, so its root is the instance cgroup;
@@ -41,15 +39,8 @@ use crate::{init, pivot};
 pub(crate) fn main(plan: &ChildPlan, sys: &dyn Syscall) -> isize {
     let mut stamps = ChildStamps::default();
     let result = prepare(plan)
-        .and_then(|()| match plan.go_before_exec {
-            false => wait_for_go(plan, &mut stamps),
-            true => Ok(()),
-        })
-        .and_then(|()| build_view(plan, sys, &mut stamps))
-        .and_then(|()| match plan.go_before_exec {
-            true => wait_for_go(plan, &mut stamps),
-            false => Ok(()),
-        });
+        .and_then(|()| wait_for_go(plan, &mut stamps))
+        .and_then(|()| build_view(plan, sys, &mut stamps));
     match result {
         Ok(()) => init::run(plan, &stamps),
         Err((step, errno)) => {
@@ -187,7 +178,6 @@ mod tests {
     fn plan(userns: bool) -> ChildPlan {
         ChildPlan {
             wait_for_go: true,
-            go_before_exec: false,
             rootfs: RootfsPlan {
                 rootfs: "/r".into(),
                 netns_from: None,

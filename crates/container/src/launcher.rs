@@ -111,10 +111,20 @@ pub fn start(config: &ContainerConfig) -> Result<Running, ContainerError> {
     start_with(config, None)
 }
 
-/// [`start`] with a network hook run while the container waits.
+/// [`start`] with a network hook (see [`NetworkHook`] for when it runs).
 pub fn start_with(
     config: &ContainerConfig,
     network: Option<&dyn NetworkHook>,
+) -> Result<Running, ContainerError> {
+    // The network namespace is made (and the hook run) on a scoped thread
+    // that borrows the hook; it is joined before the launch returns.
+    std::thread::scope(|scope| launch(scope, config, network))
+}
+
+fn launch<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    config: &ContainerConfig,
+    network: Option<&'scope dyn NetworkHook>,
 ) -> Result<Running, ContainerError> {
     // The launch clock covers every step: preparation is per-launch work
     // too (stale cleanup, the image lease), so it is not hidden.
@@ -124,10 +134,10 @@ pub fn start_with(
         ..Marks::default()
     };
     validate(config)?;
+    let netns = prepare_network(scope, config, network)?;
     let hierarchy = prepare_host(config)?;
     let image = prepare_image(config)?;
     let (security, hardening) = prepare_security(config)?;
-    let netns = prepare_network(config, network.is_some())?;
     marks.prepared = phases::now_ns();
     let id = instance::new_id();
     let mut live = Live {
@@ -142,19 +152,21 @@ pub fn start_with(
     live.cgroup = Some(create_cgroup(&hierarchy, &id, config, &security)?);
     marks.cgroup = phases::now_ns();
     let ch = open_channels(live.cgroup.as_deref())?;
-    let plan = child_plan(
-        config,
-        &live,
-        &id,
-        hardening,
-        &ch,
-        network.is_some(),
-        netns.is_some(),
-    )?;
+    let plan = child_plan(config, &live, &id, hardening, &ch, netns.is_some())?;
     let (pid, monitor, shared, parent) = clone_child(&plan, ch, config.quiet_stderr)?;
     live.pid = Some(pid);
     marks.cloned = phases::now_ns();
-    attach(config, pid, network, &parent.sync, plan.wait_for_go, netns)?;
+    // A user namespace's hook runs here, by pid; otherwise it ran on the
+    // network thread.
+    let late_hook = network.filter(|_| netns.is_none());
+    attach(
+        config,
+        pid,
+        late_hook,
+        &parent.sync,
+        plan.wait_for_go,
+        netns,
+    )?;
     marks.go_sent = phases::now_ns();
     match await_exec(&parent.sync, &mut marks) {
         Ok(()) => {}
@@ -245,24 +257,37 @@ pub(crate) fn prepare_security(
     Ok((profile, hardening))
 }
 
-/// Step 4b: start making the network namespace on a thread of its own
-/// (joined in [`attach`]), unless it must come from the clone (a user
-/// namespace owns it, or a network hook attaches to it by pid).
-fn prepare_network(
+/// Step 4b: start making the network namespace on a thread of its own,
+/// and attach the network hook to it there (joined in [`attach`]),
+/// concurrently with steps 5-8 and the child's first mounts; unless it must
+/// come from the clone (a user namespace owns it).
+fn prepare_network<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
     config: &ContainerConfig,
-    network_hook: bool,
-) -> Result<Option<NetnsThread>, ContainerError> {
-    if config.user_namespace || network_hook {
+    hook: Option<&'scope dyn NetworkHook>,
+) -> Result<Option<NetnsThread<'scope>>, ContainerError> {
+    if config.user_namespace {
         return Ok(None);
     }
-    namespaces::spawn_netns().map(Some).map_err(|e| {
-        ContainerError::NetNamespace(nix::Error::from_raw(
-            e.raw_os_error().unwrap_or(libc::EAGAIN),
-        ))
-    })
+    std::thread::Builder::new()
+        .name("isolab-netns".into())
+        .spawn_scoped(scope, move || {
+            let fd = namespaces::new_netns().map_err(ContainerError::NetNamespace)?;
+            if let Some(hook) = hook {
+                hook.attach(fd.as_fd())
+                    .map_err(|source| ContainerError::NetworkHook { source })?;
+            }
+            Ok(fd)
+        })
+        .map(Some)
+        .map_err(|e| {
+            ContainerError::NetNamespace(nix::Error::from_raw(
+                e.raw_os_error().unwrap_or(libc::EAGAIN),
+            ))
+        })
 }
 
-type NetnsThread = JoinHandle<nix::Result<OwnedFd>>;
+type NetnsThread<'scope> = std::thread::ScopedJoinHandle<'scope, Result<OwnedFd, ContainerError>>;
 
 /// Step 5.
 pub(crate) fn create_instance_dir(
@@ -390,7 +415,6 @@ fn child_plan(
     id: &str,
     hardening: HardeningPlan,
     ch: &Channels,
-    network: bool,
     netns_from_launcher: bool,
 ) -> Result<ChildPlan, ContainerError> {
     let inst = live
@@ -413,8 +437,7 @@ fn child_plan(
         .map(|c| c.self_join_files())
         .unwrap_or_default();
     Ok(ChildPlan {
-        wait_for_go: needs_go(config, network),
-        go_before_exec: network && !config.user_namespace,
+        wait_for_go: needs_go(config),
         rootfs: RootfsPlan {
             rootfs: inst.rootfs(),
             netns_from: netns_from_launcher.then(|| c.sync.as_raw_fd()),
@@ -460,10 +483,12 @@ fn child_plan(
 }
 
 /// Whether [`attach`] has work to do before the child may go on: id maps
-/// or a network hook. (The cgroup needs none: v1's child joins itself, v2's
-/// is cloned into it.)
-fn needs_go(config: &ContainerConfig, network: bool) -> bool {
-    config.user_namespace || network
+/// (and then a network hook). The cgroup needs none (v1's child joins
+/// itself, v2's is cloned into it) and neither does a network hook without
+/// a user namespace: it ran on the network thread, and the child waits for
+/// the namespace it attached to.
+fn needs_go(config: &ContainerConfig) -> bool {
+    config.user_namespace
 }
 
 /// What [`clone_child`] leaves the launcher: init's pid, the reader thread
@@ -517,20 +542,23 @@ fn clone_child(
 fn attach(
     config: &ContainerConfig,
     pid: Pid,
-    network: Option<&dyn NetworkHook>,
+    late_hook: Option<&dyn NetworkHook>,
     sync: &OwnedFd,
     send_go: bool,
-    netns: Option<NetnsThread>,
+    netns: Option<NetnsThread<'_>>,
 ) -> Result<(), ContainerError> {
     if config.user_namespace {
         write_id_maps(pid)?;
     }
-    if let Some(hook) = network {
-        hook.attach(pid.as_raw())
-            .map_err(|source| ContainerError::NetworkHook {
-                pid: pid.as_raw(),
-                source,
-            })?;
+    if let Some(hook) = late_hook {
+        let ns = nix::fcntl::open(
+            format!("/proc/{pid}/ns/net").as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(ContainerError::NetNamespace)?;
+        hook.attach(ns.as_fd())
+            .map_err(|source| ContainerError::NetworkHook { source })?;
     }
     if send_go {
         process::write_msg(sync.as_raw_fd(), &[sync::GO]).map_err(ContainerError::Sync)?;
@@ -538,8 +566,7 @@ fn attach(
     if let Some(thread) = netns {
         let fd = thread
             .join()
-            .map_err(|_| ContainerError::NetNamespace(nix::Error::EIO))?
-            .map_err(ContainerError::NetNamespace)?;
+            .map_err(|_| ContainerError::NetNamespace(nix::Error::EIO))??;
         send_fd(sync, sync::NETNS, &fd).map_err(ContainerError::Sync)?;
     }
     Ok(())
@@ -970,11 +997,10 @@ mod tests {
     #[test]
     fn the_child_waits_only_when_the_launcher_has_work_first() {
         let c = ContainerConfig::new("/w", "noop");
-        assert!(!needs_go(&c, false), "no userns, no network");
-        assert!(needs_go(&c, true), "a network hook");
+        assert!(!needs_go(&c), "no userns: the network thread has the hook");
         let mut u = c.clone();
         u.user_namespace = true;
-        assert!(needs_go(&u, false), "id maps");
+        assert!(needs_go(&u), "id maps");
     }
 
     #[test]
