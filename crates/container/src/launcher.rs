@@ -19,8 +19,8 @@
 //!    lifeline pipes;
 //! 8. [`clone_child`]: block signals, clone init into new namespaces (v2:
 //!    `clone3` with `CLONE_INTO_CGROUP`, born in its cgroup; v1: init joins
-//!    itself), restore the mask; start the thread that reads
-//!    ready/stdout/stderr;
+//!    itself), restore the mask; hand ready/stdout/stderr to the process's
+//!    one reader thread ([`crate::reader`]);
 //! 9. [`attach`]: (user namespace) write the id maps; run the network hook;
 //!    send `GO`
 //!    (only when there was something to do: otherwise the child did not
@@ -35,15 +35,12 @@
 //! the instance directory (so a cgroup that could not be removed stays
 //! findable by the next start's stale cleanup).
 
-use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use isolab_cgroups::{CgroupManager, Hierarchy, Stats};
 use nix::fcntl::OFlag;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -58,15 +55,10 @@ use crate::namespaces;
 use crate::phases::{self, LaunchPhases, Marks, STAMPS_MSG_LEN};
 use crate::plan::{ChildFds, ChildPlan, HardeningPlan};
 use crate::process::{self, ExecIdentity, ExecPlan};
+use crate::reader::{self, Monitor, Shared};
 use crate::rootfs::RootfsPlan;
 use crate::security::{ProfileSummary, SecurityProfile};
 use crate::sync::{self, ExitStatus, MSG_LEN};
-
-/// Most of the workload's stdout kept (its result line is short).
-const STDOUT_CAP: usize = 4 << 20;
-/// Most of the workload's stderr kept (it is also copied to the launcher's
-/// stderr unless `quiet_stderr`).
-const STDERR_CAP: usize = 64 << 10;
 
 /// What a finished container reports.
 #[derive(Debug, Clone, Serialize)]
@@ -153,7 +145,7 @@ fn launch<'scope>(
     marks.cgroup = phases::now_ns();
     let ch = open_channels(live.cgroup.as_deref())?;
     let plan = child_plan(config, &live, &id, hardening, &ch, netns.is_some())?;
-    let (pid, monitor, shared, parent) = clone_child(&plan, ch, config.quiet_stderr)?;
+    let (pid, shared, parent) = clone_child(&plan, ch, config.quiet_stderr)?;
     live.pid = Some(pid);
     marks.cloned = phases::now_ns();
     // A user namespace's hook runs here, by pid; otherwise it ran on the
@@ -189,7 +181,6 @@ fn launch<'scope>(
         status_r: parent.status_r,
         _lifeline: parent.lifeline_w,
         shared,
-        monitor: Some(monitor),
     })
 }
 
@@ -491,9 +482,9 @@ fn needs_go(config: &ContainerConfig) -> bool {
     config.user_namespace
 }
 
-/// What [`clone_child`] leaves the launcher: init's pid, the reader thread
-/// and its state, and the launcher's ends still in use.
-type Cloned = (Pid, JoinHandle<()>, Arc<Shared>, Remaining);
+/// What [`clone_child`] leaves the launcher: init's pid, what the reader
+/// ([`crate::reader`]) sees of it, and the launcher's ends still in use.
+type Cloned = (Pid, Arc<Shared>, Remaining);
 
 /// The launcher's ends after the reader thread took its pipes.
 struct Remaining {
@@ -515,20 +506,19 @@ fn clone_child(
     let pid = cloned.map_err(ContainerError::Clone)?;
     let p = ch.parent;
     let shared = Arc::new((Mutex::new(Monitor::default()), Condvar::new()));
-    let monitor = {
-        let shared = Arc::clone(&shared);
-        let (ready, out, err) = (p.ready_r, p.stdout_r, p.stderr_r);
-        std::thread::Builder::new()
-            .name(format!("isolab-mon-{pid}"))
-            .spawn(move || monitor(ready, out, err, quiet_stderr, &shared))
-            .map_err(|e| ContainerError::Channel {
-                what: "monitor",
-                source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)),
-            })?
-    };
+    reader::watch(
+        p.ready_r,
+        p.stdout_r,
+        p.stderr_r,
+        quiet_stderr,
+        Arc::clone(&shared),
+    )
+    .map_err(|source| ContainerError::Channel {
+        what: "monitor",
+        source,
+    })?;
     Ok((
         pid,
-        monitor,
         shared,
         Remaining {
             sync: p.sync,
@@ -632,95 +622,6 @@ fn write_id_maps(pid: Pid) -> Result<(), ContainerError> {
     Ok(())
 }
 
-type Shared = (Mutex<Monitor>, Condvar);
-
-#[derive(Debug, Default)]
-struct Monitor {
-    ready_at: Option<Instant>,
-    /// The same moment on the phases' clock.
-    ready_ns: Option<u64>,
-    /// The ready pipe was closed (with or without the ready byte).
-    ready_closed: bool,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    done: bool,
-}
-
-/// Timestamps the ready byte as it arrives, collects stdout and stderr
-/// (copying stderr to the launcher's unless `quiet`), until the workload
-/// (and everything else in the container) has closed all three.
-fn monitor(ready: OwnedFd, stdout: OwnedFd, stderr: OwnedFd, quiet: bool, shared: &Shared) {
-    let (lock, cvar) = shared;
-    let mut files = [
-        Some(std::fs::File::from(ready)),
-        Some(std::fs::File::from(stdout)),
-        Some(std::fs::File::from(stderr)),
-    ];
-    let mut buf = [0u8; 8192];
-    while files.iter().any(Option::is_some) {
-        let idx: Vec<usize> = (0..3).filter(|i| files[*i].is_some()).collect();
-        let mut fds: Vec<PollFd> = idx
-            .iter()
-            .filter_map(|i| files[*i].as_ref())
-            .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
-            .collect();
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::Error::EINTR) => continue,
-            Err(_) => break,
-        }
-        let ready_fds: Vec<usize> = idx
-            .iter()
-            .zip(&fds)
-            .filter(|(_, f)| f.revents().is_some_and(|r| !r.is_empty()))
-            .map(|(i, _)| *i)
-            .collect();
-        drop(fds);
-        for i in ready_fds {
-            let (now, now_ns) = (Instant::now(), phases::now_ns());
-            let n = match files[i].as_mut().map(|f| f.read(&mut buf)) {
-                Some(Ok(n)) => n,
-                _ => 0,
-            };
-            let mut m = lock.lock().unwrap_or_else(|e| e.into_inner());
-            if n == 0 {
-                files[i] = None;
-                if i == 0 {
-                    m.ready_closed = true;
-                    cvar.notify_all();
-                }
-                continue;
-            }
-            let data = &buf[..n];
-            match i {
-                0 => {
-                    if m.ready_at.is_none() && data.contains(&b'R') {
-                        m.ready_at = Some(now);
-                        m.ready_ns = Some(now_ns);
-                    }
-                    cvar.notify_all();
-                }
-                1 => {
-                    let room = STDOUT_CAP.saturating_sub(m.stdout.len());
-                    m.stdout.extend_from_slice(&data[..n.min(room)]);
-                }
-                _ => {
-                    let room = STDERR_CAP.saturating_sub(m.stderr.len());
-                    m.stderr.extend_from_slice(&data[..n.min(room)]);
-                    drop(m);
-                    if !quiet {
-                        let _ = std::io::stderr().write_all(data);
-                    }
-                }
-            }
-        }
-    }
-    let mut m = lock.lock().unwrap_or_else(|e| e.into_inner());
-    m.ready_closed = true;
-    m.done = true;
-    cvar.notify_all();
-}
-
 /// Host resources of one instance; dropping it tears everything down.
 #[derive(Debug)]
 struct Live {
@@ -803,7 +704,6 @@ pub struct Running {
     /// Held for the container's life; init ends the container on its EOF.
     _lifeline: OwnedFd,
     shared: Arc<Shared>,
-    monitor: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -942,8 +842,15 @@ impl Running {
             WaitStatus::Signaled(_, s, _) => ExitStatus::Signaled(s as i32),
             _ => ExitStatus::Signaled(libc::SIGKILL),
         });
-        if let Some(h) = self.monitor.take() {
-            let _ = h.join();
+        {
+            // Init is reaped, so everything in its PID namespace is gone
+            // and the pipes are closed: wait for the reader to drain them.
+            let (lock, cvar) = &*self.shared;
+            let m = lock.lock().unwrap_or_else(|e| e.into_inner());
+            drop(
+                cvar.wait_while(m, |m| !m.done)
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
         }
         let stats = self.stats()?;
         self.live.teardown()?;

@@ -27,6 +27,7 @@ pub mod phases;
 pub mod pivot;
 mod plan;
 mod process;
+mod reader;
 pub mod rootfs;
 pub mod seccomp;
 pub mod security;
