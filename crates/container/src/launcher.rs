@@ -36,7 +36,7 @@
 //! findable by the next start's stale cleanup).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use isolab_cgroups::{CgroupManager, Hierarchy, Stats};
@@ -198,7 +198,16 @@ pub(crate) fn validate(config: &ContainerConfig) -> Result<(), ContainerError> {
 /// at the first start of this process in a run dir, then at most once a
 /// second ([`STALE_SCAN_INTERVAL`]).
 fn prepare_host(config: &ContainerConfig) -> Result<Hierarchy, ContainerError> {
-    let hierarchy = Hierarchy::detect_host().map_err(ContainerError::Cgroups)?;
+    // The host's cgroup layout does not change under a running process:
+    // detected (mountinfo parsed) once, not at every launch.
+    static HOST: OnceLock<Hierarchy> = OnceLock::new();
+    let hierarchy = match HOST.get() {
+        Some(h) => h.clone(),
+        None => {
+            let h = Hierarchy::detect_host().map_err(ContainerError::Cgroups)?;
+            HOST.get_or_init(|| h).clone()
+        }
+    };
     if stale_scan_due(&config.run_dir, Instant::now()) {
         instance::clean_stale(&config.run_dir, &hierarchy);
     }
