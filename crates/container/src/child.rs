@@ -7,14 +7,17 @@
 //!    a user namespace, run the network hook); EOF means the launcher gave
 //!    up or died, and the child exits. Skipped without a user namespace:
 //!    the network namespace (with the hook's veth attached on a launcher
-//!    thread) is received and joined in step 4, before `/sys` is mounted;
+//!    thread) is received and joined in step 6, after the pivot;
 //!    a launcher that dies later is seen by init through the lifeline;
 //! 3. [`join_cgroup`]: v1: join by writing `0` to each `tasks` (avoids the
 //!    kernel's global threadgroup lock); in a user namespace become its root;
 //!    unshare the cgroup namespace, so its root is the instance cgroup;
-//! 4. [`mount_rootfs`]: overlay, `/proc`, `/sys`, `/dev` ([`crate::rootfs`]);
+//! 4. [`mount_rootfs`]: overlay, `/proc`, `/dev` ([`crate::rootfs`]);
 //! 5. [`pivot`]: pivot_root into it ([`crate::pivot`]);
-//! 6. [`protect_paths`]: masked and read-only paths;
+//! 6. join the launcher's network namespace, `/sys`
+//!    ([`crate::rootfs::mount_sys`]: as late as it can be, so the
+//!    launcher's thread has the most time to make it and attach the veth);
+//!    [`protect_paths`]: masked and read-only paths;
 //! 7. [`set_identity`]: hostname, `lo` up;
 //! 8. [`harden`]: capabilities, no_new_privs, seccomp
 //!    ([`crate::security`]);
@@ -89,6 +92,7 @@ pub(crate) fn build_view(
     stamps.mark(Stamp::Rootfs);
     pivot(sys)?;
     stamps.mark(Stamp::Pivoted);
+    rootfs::mount_sys(&plan.rootfs, sys)?;
     protect_paths(sys)?;
     set_identity(plan, sys)?;
     stamps.mark(Stamp::Paths);

@@ -24,7 +24,7 @@
 //! 9. [`attach`]: (user namespace) write the id maps; run the network hook;
 //!    send `GO`
 //!    (only when there was something to do: otherwise the child did not
-//!    wait); send the network namespace (the child joins it before `/sys`);
+//!    wait); send the network namespace (the child joins it after its pivot, before `/sys`);
 //! 10. [`await_exec`]: read the child's phase stamps, then EOF on the sync
 //!     socket (the workload exec'd) or a failure message.
 //!
