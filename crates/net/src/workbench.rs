@@ -657,7 +657,8 @@ fn setup_inside(
 }
 
 fn loopback_up(nl: &mut Netlink) -> Result<(), NetlinkError> {
-    if let Some(lo) = nl.link("lo")? {
+    // Our container's namespace comes with `lo` up already; a peer's may not.
+    if let Some(lo) = nl.link("lo")?.filter(|lo| !lo.up) {
         nl.set_up(lo.index, None)?;
     }
     Ok(())
