@@ -12,7 +12,7 @@
 //! no_new_privs (off by default, as in Docker).
 //!
 //! With `--net` the library creates the workbench network for this
-//! invocation, attaches the container through a veth while its init waits,
+//! invocation, attaches the container through a veth before its workload starts,
 //! probes `GET /health` from inside the workbench namespace, stops the
 //! workload and removes everything (docs/contracts.md, "Workbench network").
 

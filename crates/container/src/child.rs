@@ -3,20 +3,21 @@
 //!
 //! 1. [`prepare`]: close inherited descriptors, default signal
 //!    dispositions (all stay blocked for init's signalfd), name `isolab-init`;
-//! 2. [`wait_for_go`]: the launcher's `GO` (it has written id maps, attached
-//!    the network, on v2 moved us into the cgroup); EOF means the launcher
-//!    gave up or died, and the child exits. Skipped when the launcher has
-//!    nothing to do first (v1, no user namespace, no network hook);
-//!    a launcher that dies later is seen by init through the lifeline.
-//!    When its only work is a network hook, the child waits after step 8
-//!    instead ([`ChildPlan::go_before_exec`]): it builds its view while
-//!    the veth is made, and the workload starts on an attached network;
+//! 2. [`wait_for_go`]: the launcher's `GO` (it has written id maps and, in
+//!    a user namespace, run the network hook); EOF means the launcher gave
+//!    up or died, and the child exits. Skipped without a user namespace:
+//!    the network namespace (with the hook's veth attached on a launcher
+//!    thread) is received and joined in step 6, after the pivot;
+//!    a launcher that dies later is seen by init through the lifeline;
 //! 3. [`join_cgroup`]: v1: join by writing `0` to each `tasks` (avoids the
 //!    kernel's global threadgroup lock); in a user namespace become its root;
 //!    unshare the cgroup namespace, so its root is the instance cgroup;
-//! 4. [`mount_rootfs`]: overlay, `/proc`, `/sys`, `/dev` ([`crate::rootfs`]);
+//! 4. [`mount_rootfs`]: overlay, `/proc`, `/dev` ([`crate::rootfs`]);
 //! 5. [`pivot`]: pivot_root into it ([`crate::pivot`]);
-//! 6. [`protect_paths`]: masked and read-only paths;
+//! 6. join the launcher's network namespace, `/sys`
+//!    ([`crate::rootfs::mount_sys`]: as late as it can be, so the
+//!    launcher's thread has the most time to make it and attach the veth);
+//!    [`protect_paths`]: masked and read-only paths;
 //! 7. [`set_identity`]: hostname, `lo` up;
 //! 8. [`harden`]: capabilities, no_new_privs, seccomp
 //!    ([`crate::security`]);
@@ -41,15 +42,8 @@ use crate::{init, pivot};
 pub(crate) fn main(plan: &ChildPlan, sys: &dyn Syscall) -> isize {
     let mut stamps = ChildStamps::default();
     let result = prepare(plan)
-        .and_then(|()| match plan.go_before_exec {
-            false => wait_for_go(plan, &mut stamps),
-            true => Ok(()),
-        })
-        .and_then(|()| build_view(plan, sys, &mut stamps))
-        .and_then(|()| match plan.go_before_exec {
-            true => wait_for_go(plan, &mut stamps),
-            false => Ok(()),
-        });
+        .and_then(|()| wait_for_go(plan, &mut stamps))
+        .and_then(|()| build_view(plan, sys, &mut stamps));
     match result {
         Ok(()) => init::run(plan, &stamps),
         Err((step, errno)) => {
@@ -98,6 +92,7 @@ pub(crate) fn build_view(
     stamps.mark(Stamp::Rootfs);
     pivot(sys)?;
     stamps.mark(Stamp::Pivoted);
+    rootfs::mount_sys(&plan.rootfs, sys)?;
     protect_paths(sys)?;
     set_identity(plan, sys)?;
     stamps.mark(Stamp::Paths);
@@ -187,7 +182,6 @@ mod tests {
     fn plan(userns: bool) -> ChildPlan {
         ChildPlan {
             wait_for_go: true,
-            go_before_exec: false,
             rootfs: RootfsPlan {
                 rootfs: "/r".into(),
                 netns_from: None,
@@ -251,7 +245,8 @@ mod tests {
         let calls = sys.calls();
         assert!(calls[0].starts_with("drop_capabilities"));
         assert_eq!(calls[1], "no_new_privs");
-        assert!(calls[2].starts_with("seccomp") && calls[3].starts_with("seccomp"));
+        assert!(calls[2].starts_with("seccomp"));
+        assert_eq!(calls.len(), 3, "one filter: {calls:?}");
     }
 
     #[test]

@@ -224,12 +224,19 @@ fn valid_hostname(h: &str) -> bool {
         && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// Attaches networking to a container while its init waits: called by the
-/// launcher with the init's host pid after the namespaces exist and before
-/// the workload starts (e.g. to move a veth end into `/proc/<pid>/ns/net`).
+/// Attaches the container's network (e.g. a veth from a bridge) to its
+/// network namespace, given as a descriptor, before the workload starts.
+/// Without a user namespace the launcher makes the namespace on a thread
+/// of its own and runs the hook there, while the container is cloned and
+/// mounts its root; the container joins the namespace only once the hook
+/// has returned. With a user namespace (which must own the network
+/// namespace) the hook runs after the clone, with the id maps written.
 /// Devices inside the namespace disappear with it, so there is no detach.
 pub trait NetworkHook: Debug + Send + Sync {
-    fn attach(&self, pid: i32) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+    fn attach(
+        &self,
+        netns: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
 }
 
 #[cfg(test)]

@@ -178,9 +178,8 @@ pub enum ContainerError {
         #[source]
         source: isolab_cgroups::CgroupError,
     },
-    #[error("The network hook failed for pid {pid}")]
+    #[error("The network hook failed to attach the container's network namespace")]
     NetworkHook {
-        pid: i32,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },

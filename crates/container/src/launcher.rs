@@ -19,12 +19,12 @@
 //!    lifeline pipes;
 //! 8. [`clone_child`]: block signals, clone init into new namespaces (v2:
 //!    `clone3` with `CLONE_INTO_CGROUP`, born in its cgroup; v1: init joins
-//!    itself), restore the mask; start the thread that reads
-//!    ready/stdout/stderr;
+//!    itself), restore the mask; hand ready/stdout/stderr to the process's
+//!    one reader thread ([`crate::reader`]);
 //! 9. [`attach`]: (user namespace) write the id maps; run the network hook;
 //!    send `GO`
 //!    (only when there was something to do: otherwise the child did not
-//!    wait); send the network namespace (the child joins it before `/sys`);
+//!    wait); send the network namespace (the child joins it after its pivot, before `/sys`);
 //! 10. [`await_exec`]: read the child's phase stamps, then EOF on the sync
 //!     socket (the workload exec'd) or a failure message.
 //!
@@ -35,15 +35,12 @@
 //! the instance directory (so a cgroup that could not be removed stays
 //! findable by the next start's stale cleanup).
 
-use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use isolab_cgroups::{CgroupManager, Hierarchy, Stats};
 use nix::fcntl::OFlag;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -58,15 +55,10 @@ use crate::namespaces;
 use crate::phases::{self, LaunchPhases, Marks, STAMPS_MSG_LEN};
 use crate::plan::{ChildFds, ChildPlan, HardeningPlan};
 use crate::process::{self, ExecIdentity, ExecPlan};
+use crate::reader::{self, Monitor, Shared};
 use crate::rootfs::RootfsPlan;
 use crate::security::{ProfileSummary, SecurityProfile};
 use crate::sync::{self, ExitStatus, MSG_LEN};
-
-/// Most of the workload's stdout kept (its result line is short).
-const STDOUT_CAP: usize = 4 << 20;
-/// Most of the workload's stderr kept (it is also copied to the launcher's
-/// stderr unless `quiet_stderr`).
-const STDERR_CAP: usize = 64 << 10;
 
 /// What a finished container reports.
 #[derive(Debug, Clone, Serialize)]
@@ -111,10 +103,20 @@ pub fn start(config: &ContainerConfig) -> Result<Running, ContainerError> {
     start_with(config, None)
 }
 
-/// [`start`] with a network hook run while the container waits.
+/// [`start`] with a network hook (see [`NetworkHook`] for when it runs).
 pub fn start_with(
     config: &ContainerConfig,
     network: Option<&dyn NetworkHook>,
+) -> Result<Running, ContainerError> {
+    // The network namespace is made (and the hook run) on a scoped thread
+    // that borrows the hook; it is joined before the launch returns.
+    std::thread::scope(|scope| launch(scope, config, network))
+}
+
+fn launch<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    config: &ContainerConfig,
+    network: Option<&'scope dyn NetworkHook>,
 ) -> Result<Running, ContainerError> {
     // The launch clock covers every step: preparation is per-launch work
     // too (stale cleanup, the image lease), so it is not hidden.
@@ -124,10 +126,10 @@ pub fn start_with(
         ..Marks::default()
     };
     validate(config)?;
+    let netns = prepare_network(scope, config, network)?;
     let hierarchy = prepare_host(config)?;
     let image = prepare_image(config)?;
     let (security, hardening) = prepare_security(config)?;
-    let netns = prepare_network(config, network.is_some())?;
     marks.prepared = phases::now_ns();
     let id = instance::new_id();
     let mut live = Live {
@@ -142,19 +144,21 @@ pub fn start_with(
     live.cgroup = Some(create_cgroup(&hierarchy, &id, config, &security)?);
     marks.cgroup = phases::now_ns();
     let ch = open_channels(live.cgroup.as_deref())?;
-    let plan = child_plan(
-        config,
-        &live,
-        &id,
-        hardening,
-        &ch,
-        network.is_some(),
-        netns.is_some(),
-    )?;
-    let (pid, monitor, shared, parent) = clone_child(&plan, ch, config.quiet_stderr)?;
+    let plan = child_plan(config, &live, &id, hardening, &ch, netns.is_some())?;
+    let (pid, shared, parent) = clone_child(&plan, ch, config.quiet_stderr)?;
     live.pid = Some(pid);
     marks.cloned = phases::now_ns();
-    attach(config, pid, network, &parent.sync, plan.wait_for_go, netns)?;
+    // A user namespace's hook runs here, by pid; otherwise it ran on the
+    // network thread.
+    let late_hook = network.filter(|_| netns.is_none());
+    attach(
+        config,
+        pid,
+        late_hook,
+        &parent.sync,
+        plan.wait_for_go,
+        netns,
+    )?;
     marks.go_sent = phases::now_ns();
     match await_exec(&parent.sync, &mut marks) {
         Ok(()) => {}
@@ -177,7 +181,6 @@ pub fn start_with(
         status_r: parent.status_r,
         _lifeline: parent.lifeline_w,
         shared,
-        monitor: Some(monitor),
     })
 }
 
@@ -195,7 +198,16 @@ pub(crate) fn validate(config: &ContainerConfig) -> Result<(), ContainerError> {
 /// at the first start of this process in a run dir, then at most once a
 /// second ([`STALE_SCAN_INTERVAL`]).
 fn prepare_host(config: &ContainerConfig) -> Result<Hierarchy, ContainerError> {
-    let hierarchy = Hierarchy::detect_host().map_err(ContainerError::Cgroups)?;
+    // The host's cgroup layout does not change under a running process:
+    // detected (mountinfo parsed) once, not at every launch.
+    static HOST: OnceLock<Hierarchy> = OnceLock::new();
+    let hierarchy = match HOST.get() {
+        Some(h) => h.clone(),
+        None => {
+            let h = Hierarchy::detect_host().map_err(ContainerError::Cgroups)?;
+            HOST.get_or_init(|| h).clone()
+        }
+    };
     if stale_scan_due(&config.run_dir, Instant::now()) {
         instance::clean_stale(&config.run_dir, &hierarchy);
     }
@@ -245,24 +257,37 @@ pub(crate) fn prepare_security(
     Ok((profile, hardening))
 }
 
-/// Step 4b: start making the network namespace on a thread of its own
-/// (joined in [`attach`]), unless it must come from the clone (a user
-/// namespace owns it, or a network hook attaches to it by pid).
-fn prepare_network(
+/// Step 4b: start making the network namespace on a thread of its own,
+/// and attach the network hook to it there (joined in [`attach`]),
+/// concurrently with steps 5-8 and the child's first mounts; unless it must
+/// come from the clone (a user namespace owns it).
+fn prepare_network<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
     config: &ContainerConfig,
-    network_hook: bool,
-) -> Result<Option<NetnsThread>, ContainerError> {
-    if config.user_namespace || network_hook {
+    hook: Option<&'scope dyn NetworkHook>,
+) -> Result<Option<NetnsThread<'scope>>, ContainerError> {
+    if config.user_namespace {
         return Ok(None);
     }
-    namespaces::spawn_netns().map(Some).map_err(|e| {
-        ContainerError::NetNamespace(nix::Error::from_raw(
-            e.raw_os_error().unwrap_or(libc::EAGAIN),
-        ))
-    })
+    std::thread::Builder::new()
+        .name("isolab-netns".into())
+        .spawn_scoped(scope, move || {
+            let fd = namespaces::new_netns().map_err(ContainerError::NetNamespace)?;
+            if let Some(hook) = hook {
+                hook.attach(fd.as_fd())
+                    .map_err(|source| ContainerError::NetworkHook { source })?;
+            }
+            Ok(fd)
+        })
+        .map(Some)
+        .map_err(|e| {
+            ContainerError::NetNamespace(nix::Error::from_raw(
+                e.raw_os_error().unwrap_or(libc::EAGAIN),
+            ))
+        })
 }
 
-type NetnsThread = JoinHandle<nix::Result<OwnedFd>>;
+type NetnsThread<'scope> = std::thread::ScopedJoinHandle<'scope, Result<OwnedFd, ContainerError>>;
 
 /// Step 5.
 pub(crate) fn create_instance_dir(
@@ -390,7 +415,6 @@ fn child_plan(
     id: &str,
     hardening: HardeningPlan,
     ch: &Channels,
-    network: bool,
     netns_from_launcher: bool,
 ) -> Result<ChildPlan, ContainerError> {
     let inst = live
@@ -413,8 +437,7 @@ fn child_plan(
         .map(|c| c.self_join_files())
         .unwrap_or_default();
     Ok(ChildPlan {
-        wait_for_go: needs_go(config, network),
-        go_before_exec: network && !config.user_namespace,
+        wait_for_go: needs_go(config),
         rootfs: RootfsPlan {
             rootfs: inst.rootfs(),
             netns_from: netns_from_launcher.then(|| c.sync.as_raw_fd()),
@@ -460,15 +483,17 @@ fn child_plan(
 }
 
 /// Whether [`attach`] has work to do before the child may go on: id maps
-/// or a network hook. (The cgroup needs none: v1's child joins itself, v2's
-/// is cloned into it.)
-fn needs_go(config: &ContainerConfig, network: bool) -> bool {
-    config.user_namespace || network
+/// (and then a network hook). The cgroup needs none (v1's child joins
+/// itself, v2's is cloned into it) and neither does a network hook without
+/// a user namespace: it ran on the network thread, and the child waits for
+/// the namespace it attached to.
+fn needs_go(config: &ContainerConfig) -> bool {
+    config.user_namespace
 }
 
-/// What [`clone_child`] leaves the launcher: init's pid, the reader thread
-/// and its state, and the launcher's ends still in use.
-type Cloned = (Pid, JoinHandle<()>, Arc<Shared>, Remaining);
+/// What [`clone_child`] leaves the launcher: init's pid, what the reader
+/// ([`crate::reader`]) sees of it, and the launcher's ends still in use.
+type Cloned = (Pid, Arc<Shared>, Remaining);
 
 /// The launcher's ends after the reader thread took its pipes.
 struct Remaining {
@@ -490,20 +515,19 @@ fn clone_child(
     let pid = cloned.map_err(ContainerError::Clone)?;
     let p = ch.parent;
     let shared = Arc::new((Mutex::new(Monitor::default()), Condvar::new()));
-    let monitor = {
-        let shared = Arc::clone(&shared);
-        let (ready, out, err) = (p.ready_r, p.stdout_r, p.stderr_r);
-        std::thread::Builder::new()
-            .name(format!("isolab-mon-{pid}"))
-            .spawn(move || monitor(ready, out, err, quiet_stderr, &shared))
-            .map_err(|e| ContainerError::Channel {
-                what: "monitor",
-                source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)),
-            })?
-    };
+    reader::watch(
+        p.ready_r,
+        p.stdout_r,
+        p.stderr_r,
+        quiet_stderr,
+        Arc::clone(&shared),
+    )
+    .map_err(|source| ContainerError::Channel {
+        what: "monitor",
+        source,
+    })?;
     Ok((
         pid,
-        monitor,
         shared,
         Remaining {
             sync: p.sync,
@@ -517,20 +541,23 @@ fn clone_child(
 fn attach(
     config: &ContainerConfig,
     pid: Pid,
-    network: Option<&dyn NetworkHook>,
+    late_hook: Option<&dyn NetworkHook>,
     sync: &OwnedFd,
     send_go: bool,
-    netns: Option<NetnsThread>,
+    netns: Option<NetnsThread<'_>>,
 ) -> Result<(), ContainerError> {
     if config.user_namespace {
         write_id_maps(pid)?;
     }
-    if let Some(hook) = network {
-        hook.attach(pid.as_raw())
-            .map_err(|source| ContainerError::NetworkHook {
-                pid: pid.as_raw(),
-                source,
-            })?;
+    if let Some(hook) = late_hook {
+        let ns = nix::fcntl::open(
+            format!("/proc/{pid}/ns/net").as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(ContainerError::NetNamespace)?;
+        hook.attach(ns.as_fd())
+            .map_err(|source| ContainerError::NetworkHook { source })?;
     }
     if send_go {
         process::write_msg(sync.as_raw_fd(), &[sync::GO]).map_err(ContainerError::Sync)?;
@@ -538,8 +565,7 @@ fn attach(
     if let Some(thread) = netns {
         let fd = thread
             .join()
-            .map_err(|_| ContainerError::NetNamespace(nix::Error::EIO))?
-            .map_err(ContainerError::NetNamespace)?;
+            .map_err(|_| ContainerError::NetNamespace(nix::Error::EIO))??;
         send_fd(sync, sync::NETNS, &fd).map_err(ContainerError::Sync)?;
     }
     Ok(())
@@ -603,95 +629,6 @@ fn write_id_maps(pid: Pid) -> Result<(), ContainerError> {
         })?;
     }
     Ok(())
-}
-
-type Shared = (Mutex<Monitor>, Condvar);
-
-#[derive(Debug, Default)]
-struct Monitor {
-    ready_at: Option<Instant>,
-    /// The same moment on the phases' clock.
-    ready_ns: Option<u64>,
-    /// The ready pipe was closed (with or without the ready byte).
-    ready_closed: bool,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    done: bool,
-}
-
-/// Timestamps the ready byte as it arrives, collects stdout and stderr
-/// (copying stderr to the launcher's unless `quiet`), until the workload
-/// (and everything else in the container) has closed all three.
-fn monitor(ready: OwnedFd, stdout: OwnedFd, stderr: OwnedFd, quiet: bool, shared: &Shared) {
-    let (lock, cvar) = shared;
-    let mut files = [
-        Some(std::fs::File::from(ready)),
-        Some(std::fs::File::from(stdout)),
-        Some(std::fs::File::from(stderr)),
-    ];
-    let mut buf = [0u8; 8192];
-    while files.iter().any(Option::is_some) {
-        let idx: Vec<usize> = (0..3).filter(|i| files[*i].is_some()).collect();
-        let mut fds: Vec<PollFd> = idx
-            .iter()
-            .filter_map(|i| files[*i].as_ref())
-            .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
-            .collect();
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::Error::EINTR) => continue,
-            Err(_) => break,
-        }
-        let ready_fds: Vec<usize> = idx
-            .iter()
-            .zip(&fds)
-            .filter(|(_, f)| f.revents().is_some_and(|r| !r.is_empty()))
-            .map(|(i, _)| *i)
-            .collect();
-        drop(fds);
-        for i in ready_fds {
-            let (now, now_ns) = (Instant::now(), phases::now_ns());
-            let n = match files[i].as_mut().map(|f| f.read(&mut buf)) {
-                Some(Ok(n)) => n,
-                _ => 0,
-            };
-            let mut m = lock.lock().unwrap_or_else(|e| e.into_inner());
-            if n == 0 {
-                files[i] = None;
-                if i == 0 {
-                    m.ready_closed = true;
-                    cvar.notify_all();
-                }
-                continue;
-            }
-            let data = &buf[..n];
-            match i {
-                0 => {
-                    if m.ready_at.is_none() && data.contains(&b'R') {
-                        m.ready_at = Some(now);
-                        m.ready_ns = Some(now_ns);
-                    }
-                    cvar.notify_all();
-                }
-                1 => {
-                    let room = STDOUT_CAP.saturating_sub(m.stdout.len());
-                    m.stdout.extend_from_slice(&data[..n.min(room)]);
-                }
-                _ => {
-                    let room = STDERR_CAP.saturating_sub(m.stderr.len());
-                    m.stderr.extend_from_slice(&data[..n.min(room)]);
-                    drop(m);
-                    if !quiet {
-                        let _ = std::io::stderr().write_all(data);
-                    }
-                }
-            }
-        }
-    }
-    let mut m = lock.lock().unwrap_or_else(|e| e.into_inner());
-    m.ready_closed = true;
-    m.done = true;
-    cvar.notify_all();
 }
 
 /// Host resources of one instance; dropping it tears everything down.
@@ -776,7 +713,6 @@ pub struct Running {
     /// Held for the container's life; init ends the container on its EOF.
     _lifeline: OwnedFd,
     shared: Arc<Shared>,
-    monitor: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -915,8 +851,15 @@ impl Running {
             WaitStatus::Signaled(_, s, _) => ExitStatus::Signaled(s as i32),
             _ => ExitStatus::Signaled(libc::SIGKILL),
         });
-        if let Some(h) = self.monitor.take() {
-            let _ = h.join();
+        {
+            // Init is reaped, so everything in its PID namespace is gone
+            // and the pipes are closed: wait for the reader to drain them.
+            let (lock, cvar) = &*self.shared;
+            let m = lock.lock().unwrap_or_else(|e| e.into_inner());
+            drop(
+                cvar.wait_while(m, |m| !m.done)
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
         }
         let stats = self.stats()?;
         self.live.teardown()?;
@@ -970,11 +913,10 @@ mod tests {
     #[test]
     fn the_child_waits_only_when_the_launcher_has_work_first() {
         let c = ContainerConfig::new("/w", "noop");
-        assert!(!needs_go(&c, false), "no userns, no network");
-        assert!(needs_go(&c, true), "a network hook");
+        assert!(!needs_go(&c), "no userns: the network thread has the hook");
         let mut u = c.clone();
         u.user_namespace = true;
-        assert!(needs_go(&u, false), "id maps");
+        assert!(needs_go(&u), "id maps");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!
 //! Host-changing calls go through the [`Syscall`] seam.
 
+mod bpf;
 pub mod caps;
 mod child;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod phases;
 pub mod pivot;
 mod plan;
 mod process;
+mod reader;
 pub mod rootfs;
 pub mod seccomp;
 pub mod security;

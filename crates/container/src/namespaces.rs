@@ -2,11 +2,10 @@
 //!
 //! pid, mount, uts and ipc (plus user, when asked) are created by a single
 //! clone with all flags, crun's fast path: no intermediate process. The
-//! network namespace is made concurrently by a launcher thread and joined
-//! by the child before it mounts `/sys` ([`spawn_netns`]), unless the
-//! container has a user namespace (its network namespace must belong to
-//! it) or a network hook (which attaches to the child's namespace by pid):
-//! then it is in the clone too. The cgroup namespace is unshared by the
+//! network namespace is made concurrently by a launcher thread, which also
+//! runs the network hook on it, and joined by the child before it mounts
+//! `/sys` ([`new_netns`]), unless the container has a user namespace (its
+//! network namespace must belong to it): then it is in the clone too. The cgroup namespace is unshared by the
 //! child after it joined its cgroup, so the namespace's root is the
 //! instance cgroup.
 
@@ -23,7 +22,7 @@ use crate::syscall::LinuxSyscall;
 const STACK_SIZE: usize = 256 * 1024;
 
 /// The clone's flags; without `CLONE_NEWNET` when the launcher makes the
-/// network namespace concurrently ([`spawn_netns`]).
+/// network namespace concurrently ([`new_netns`]).
 pub(crate) fn clone_flags(user_namespace: bool, netns_in_clone: bool) -> CloneFlags {
     let mut f = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
@@ -38,24 +37,21 @@ pub(crate) fn clone_flags(user_namespace: bool, netns_in_clone: bool) -> CloneFl
     f
 }
 
-/// A new network namespace with `lo` up, made by a short-lived thread of
-/// the launcher while the launch goes on (creating one costs 1-3 ms of
-/// kernel time here, the largest single piece of a launch): the thread
-/// unshares it, brings `lo` up, opens `/proc/thread-self/ns/net` and ends;
-/// the descriptor is then the namespace's only reference until the child
-/// joins it. Each launch gets its own, made during that launch (no pool).
-pub(crate) fn spawn_netns() -> std::io::Result<std::thread::JoinHandle<nix::Result<OwnedFd>>> {
-    std::thread::Builder::new()
-        .name("isolab-netns".into())
-        .spawn(|| {
-            nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
-            crate::syscall::Syscall::loopback_up(&LinuxSyscall)?;
-            nix::fcntl::open(
-                "/proc/thread-self/ns/net",
-                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            )
-        })
+/// A new network namespace with `lo` up, made on the calling thread (a
+/// launcher thread of its own, concurrently with the launch: creating one
+/// costs 1-3 ms of kernel time here, the largest single piece of a
+/// launch): unshare it, bring `lo` up, open `/proc/thread-self/ns/net`.
+/// The thread stays in it (and ends); the descriptor is then the
+/// namespace's only reference until the child joins it. Each launch gets
+/// its own, made during that launch (no pool).
+pub(crate) fn new_netns() -> nix::Result<OwnedFd> {
+    nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+    crate::syscall::Syscall::loopback_up(&LinuxSyscall)?;
+    nix::fcntl::open(
+        "/proc/thread-self/ns/net",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
 }
 
 /// Clones the container's init. The caller has blocked all signals in this

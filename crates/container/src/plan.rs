@@ -50,15 +50,9 @@ pub(crate) struct HardeningPlan {
 #[derive(Debug)]
 pub(crate) struct ChildPlan {
     /// Whether the launcher has work to do on the child before it may go
-    /// on (id maps, a move into a v2 cgroup, a network hook) and sends `GO`.
-    /// Without any, the child runs straight through: one hand-off less.
+    /// on (id maps, then a network hook) and sends `GO`. Without, the
+    /// child runs straight through: one hand-off less.
     pub wait_for_go: bool,
-    /// Wait for `GO` only once the view is built and hardened, right
-    /// before init starts the workload: when the launcher's only work is a
-    /// network hook (no id maps to wait for), the child mounts, pivots and
-    /// hardens while the veth is made, and the workload still starts on
-    /// an attached network.
-    pub go_before_exec: bool,
     pub rootfs: RootfsPlan,
     pub hostname: String,
     pub user_namespace: bool,

@@ -4,11 +4,13 @@
 //!
 //! 1. mark all mounts slave, so nothing propagates back to the host;
 //! 2. overlay: the shared read-only image as lower, the instance's upper/work;
-//! 3. `cd` into it; fresh `/proc`; `/sys` read-only; tmpfs `/dev` with bind
+//! 3. `cd` into it; fresh `/proc`; tmpfs `/dev` with bind
 //!    mounts of the host's null, zero, full, random, urandom, tty; a private
 //!    devpts with `/dev/ptmx`; `/dev/shm`; the `/dev/fd` family of symlinks;
 //! 4. (pivot_root, see [`crate::pivot`]);
-//! 5. runc's masked paths and read-only paths.
+//! 5. join the network namespace the launcher made, then `/sys` read-only
+//!    ([`mount_sys`]);
+//! 6. runc's masked paths and read-only paths.
 //!
 //! Mount targets below the new root are relative to it (the child has
 //! `cd`'d into it), so nothing here allocates.
@@ -68,7 +70,7 @@ pub(crate) struct RootfsPlan {
     /// Mount point of the overlay (`/run/isolab/<id>/rootfs`).
     pub rootfs: std::path::PathBuf,
     /// The sync socket, when the launcher sends the network namespace it
-    /// made concurrently: joined before `/sys` is mounted (sysfs shows the
+    /// made concurrently: joined after the pivot, before `/sys` is mounted (sysfs shows the
     /// devices of the mounter's network namespace).
     pub netns_from: Option<std::os::fd::RawFd>,
     /// `lowerdir=<image>,upperdir=<upper>,workdir=<work>`.
@@ -112,18 +114,41 @@ pub(crate) fn mount_all(plan: &RootfsPlan, sys: &dyn Syscall) -> StepResult {
     let secure = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     sys.mount(Some("proc"), p("proc"), Some("proc"), secure, none)
         .step(ChildStep::MountProc)?;
-    if let Some(sock) = plan.netns_from {
-        sys.join_netns_from(sock).step(ChildStep::JoinNetns)?;
+    if plan.netns_from.is_none() {
+        // The network namespace came with the clone. (In a user namespace
+        // sysfs may only be mounted while the host's /sys is visible in
+        // the mount namespace, i.e. before the pivot.)
+        mount_sysfs(sys, p("sys"))?;
     }
+    mount_dev(sys)
+}
+
+fn mount_sysfs(sys: &dyn Syscall, at: &Path) -> StepResult {
+    let secure = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     sys.mount(
         Some("sysfs"),
-        p("sys"),
+        at,
         Some("sysfs"),
         secure | MsFlags::MS_RDONLY,
-        none,
+        None::<&str>,
     )
-    .step(ChildStep::MountSys)?;
-    mount_dev(sys)
+    .step(ChildStep::MountSys)
+}
+
+/// After the pivot, when the launcher makes the network namespace (no user
+/// namespace): join it (it arrives once the launcher's thread has made it
+/// and its network hook has attached the veth, so everything before this
+/// step overlaps with that work), then mount `/sys` read-only (sysfs shows
+/// the network devices of the mounter's namespace, so after the join).
+pub(crate) fn mount_sys(plan: &RootfsPlan, sys: &dyn Syscall) -> StepResult {
+    match plan.netns_from {
+        Some(sock) => {
+            sys.join_netns_from(sock).step(ChildStep::JoinNetns)?;
+            mount_sysfs(sys, p("/sys"))
+        }
+        // Mounted before the pivot ([`mount_all`]).
+        None => Ok(()),
+    }
 }
 
 fn mount_dev(sys: &dyn Syscall) -> StepResult {
@@ -286,6 +311,7 @@ mod tests {
             .ends_with("lowerdir=/img,upperdir=/run/isolab/x/upper,workdir=/run/isolab/x/work"));
         assert_eq!(calls[2], "chdir /run/isolab/x/rootfs");
         let proc_ = sys.position("mount proc proc proc").unwrap();
+        // The namespace came with the clone: /sys before the pivot.
         let sys_ = sys.position("mount sysfs sys sysfs").unwrap();
         assert!(calls[sys_].contains("MS_RDONLY"));
         assert!(proc_ > 2 && sys_ > 2);
@@ -306,10 +332,15 @@ mod tests {
         let mut plan = plan();
         plan.netns_from = Some(5);
         mount_all(&plan, &sys).unwrap();
-        let proc_ = sys.position("mount proc").unwrap();
+        assert!(sys.position("join_netns").is_none(), "not before the pivot");
+        assert!(
+            sys.position("mount sysfs").is_none(),
+            "not before the pivot"
+        );
+        mount_sys(&plan, &sys).unwrap();
         let join = sys.position("join_netns 5").unwrap();
-        let sys_ = sys.position("mount sysfs").unwrap();
-        assert!(proc_ < join && join < sys_);
+        let sys_ = sys.position("mount sysfs /sys").unwrap();
+        assert!(join < sys_);
     }
 
     #[test]

@@ -59,8 +59,11 @@ struct Hook<'a> {
 }
 
 impl NetworkHook for Hook<'_> {
-    fn attach(&self, pid: i32) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        *self.veth.lock().unwrap() = Some(self.wb.attach_veth_pid(pid, "eth0")?);
+    fn attach(
+        &self,
+        netns: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        *self.veth.lock().unwrap() = Some(self.wb.attach_veth(netns, "eth0")?);
         Ok(())
     }
 }

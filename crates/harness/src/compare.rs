@@ -772,7 +772,7 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
             if cfg.container_loopback {
                 "on loopback inside their own network namespace (--container-net loopback)"
             } else {
-                "over a veth on the workbench bridge, probed from the workbench namespace (Docker's attachment: ours made while its init waits, the peers' as a network namespace the launcher makes and passes by path in the OCI config; both inside the launch clock, so inside ready)"
+                "over a veth on the workbench bridge, probed from the workbench namespace (Docker's attachment: ours made on a network namespace the launcher makes while the container is cloned, the peers' as a network namespace the launcher makes and passes by path in the OCI config; both inside the launch clock, so inside ready)"
             }
         ));
         v.push(format!(

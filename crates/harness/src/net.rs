@@ -72,8 +72,11 @@ impl<W> NetworkHook for VethHook<W>
 where
     W: std::ops::Deref<Target = Workbench> + std::fmt::Debug + Send + Sync,
 {
-    fn attach(&self, pid: i32) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let veth = self.workbench.attach_veth_pid(pid, "eth0")?;
+    fn attach(
+        &self,
+        netns: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let veth = self.workbench.attach_veth(netns, "eth0")?;
         *self.attached.lock().unwrap_or_else(|e| e.into_inner()) = Some(veth);
         Ok(())
     }

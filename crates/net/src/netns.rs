@@ -243,6 +243,22 @@ pub fn run_in<T: Send>(ns: BorrowedFd<'_>, f: impl FnOnce() -> T + Send) -> Resu
     .and_then(|r| r)
 }
 
+/// Whether the calling thread is in the network namespace `ns` (same
+/// namespace inode; false when either cannot be read).
+pub fn is_current(ns: BorrowedFd<'_>) -> bool {
+    let here = match std::fs::metadata("/proc/thread-self/ns/net") {
+        Ok(m) => m,
+        Err(_) => return false,
+    };
+    match nix::sys::stat::fstat(ns) {
+        Ok(st) => {
+            use std::os::unix::fs::MetadataExt;
+            st.st_ino == here.ino() && st.st_dev == here.dev()
+        }
+        Err(_) => false,
+    }
+}
+
 /// Moves the calling thread into the namespace `fd`. Async-signal-safe (one
 /// syscall), for `CommandExt::pre_exec` in a child: run a plain process in
 /// the workbench namespace.

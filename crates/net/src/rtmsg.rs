@@ -24,8 +24,17 @@ pub fn bridge(name: &str) -> LinkMessage {
 }
 
 /// `RTM_NEWLINK` for a veth pair: `name` in the socket's namespace, `peer`
-/// with MAC `peer_mac` created directly in the namespace `peer_ns`.
-pub fn veth(name: &str, peer: &str, peer_mac: [u8; 6], peer_ns: RawFd) -> LinkMessage {
+/// with MAC `peer_mac` created directly in the namespace `peer_ns`; `name`
+/// up and enslaved to `master` if given (the kernel applies them once the
+/// pair is tied; the peer is configured before that, and a veth end whose
+/// peer is not yet tied refuses to go up with `ENOTCONN`).
+pub fn veth(
+    name: &str,
+    peer: &str,
+    peer_mac: [u8; 6],
+    peer_ns: RawFd,
+    master: Option<u32>,
+) -> LinkMessage {
     let mut peer_msg = LinkMessage::default();
     peer_msg.attributes = vec![
         LinkAttribute::IfName(peer.to_owned()),
@@ -33,6 +42,8 @@ pub fn veth(name: &str, peer: &str, peer_mac: [u8; 6], peer_ns: RawFd) -> LinkMe
         LinkAttribute::NetNsFd(peer_ns),
     ];
     let mut msg = LinkMessage::default();
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
     msg.attributes = vec![
         LinkAttribute::IfName(name.to_owned()),
         LinkAttribute::LinkInfo(vec![
@@ -40,6 +51,9 @@ pub fn veth(name: &str, peer: &str, peer_mac: [u8; 6], peer_ns: RawFd) -> LinkMe
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
         ]),
     ];
+    if let Some(master) = master {
+        msg.attributes.push(LinkAttribute::Controller(master));
+    }
     msg
 }
 
@@ -120,9 +134,13 @@ mod tests {
     #[test]
     fn veth_peer_carries_name_mac_and_namespace() {
         let mac = [0x02, 0x49, 10, 203, 0, 2];
-        let RouteNetlinkMessage::NewLink(msg) =
-            round_trip(RouteNetlinkMessage::NewLink(veth("iv0", "eth0", mac, 7)))
-        else {
+        let RouteNetlinkMessage::NewLink(msg) = round_trip(RouteNetlinkMessage::NewLink(veth(
+            "iv0",
+            "eth0",
+            mac,
+            7,
+            Some(3),
+        ))) else {
             panic!("not a NewLink");
         };
         assert!(msg
@@ -151,6 +169,10 @@ mod tests {
             .attributes
             .contains(&LinkAttribute::Address(mac.to_vec())));
         assert!(peer.attributes.contains(&LinkAttribute::NetNsFd(7)));
+        // The host end born up on the bridge (the peer cannot be).
+        assert!(!peer.header.flags.contains(LinkFlags::Up));
+        assert!(msg.header.flags.contains(LinkFlags::Up));
+        assert!(msg.attributes.contains(&LinkAttribute::Controller(3)));
     }
 
     #[test]

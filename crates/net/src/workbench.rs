@@ -337,9 +337,16 @@ impl Workbench {
         };
         let host_index = {
             let mut nl = self.netlink();
-            nl.add_veth(&host, peer_name, lease.mac(), target)
-                .map_err(veth_err)?;
-            let index = match nl.link(&host) {
+            // The host end born up, on the bridge.
+            nl.add_veth(
+                &host,
+                peer_name,
+                lease.mac(),
+                target,
+                Some(self.bridge_index),
+            )
+            .map_err(veth_err)?;
+            match nl.link(&host) {
                 Ok(Some(link)) => link.index,
                 Ok(None) => {
                     return Err(veth_err(NetlinkError::Refused {
@@ -349,12 +356,7 @@ impl Workbench {
                     }))
                 }
                 Err(e) => return Err(veth_err(e)),
-            };
-            if let Err(e) = nl.set_up(index, Some(self.bridge_index)) {
-                let _ = nl.delete_link(index);
-                return Err(veth_err(e));
             }
-            index
         };
         let attachment = VethAttachment {
             host,
@@ -655,7 +657,8 @@ fn setup_inside(
 }
 
 fn loopback_up(nl: &mut Netlink) -> Result<(), NetlinkError> {
-    if let Some(lo) = nl.link("lo")? {
+    // Our container's namespace comes with `lo` up already; a peer's may not.
+    if let Some(lo) = nl.link("lo")?.filter(|lo| !lo.up) {
         nl.set_up(lo.index, None)?;
     }
     Ok(())

@@ -2,7 +2,9 @@
 //! launched in-process by `isolab-container` (no runtime binary exec'd per
 //! launch, like crun's library path). An HTTP workload is attached as Docker
 //! attaches a container: a veth from its network namespace to the workbench
-//! bridge, made while its init waits (inside the launch clock), and probed
+//! bridge, made on the network namespace the launcher makes while the
+//! container is cloned (inside the launch clock; the child joins it once
+//! the veth is there), and probed
 //! at its bridge address from the workbench namespace; or, with
 //! [`InstanceSpec::loopback_http`] (and in density runs), on loopback inside
 //! its own namespace.
