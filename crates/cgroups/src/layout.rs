@@ -105,6 +105,29 @@ impl Hierarchy {
     }
 }
 
+/// Every cgroup mount point in `mountinfo` text (v1 controllers, named v1
+/// hierarchies such as `name=systemd`, and cgroup2), in order. An OCI
+/// runtime creates its `cgroupsPath` in all of them, not only in the
+/// controllers the workbench manages.
+pub fn cgroup_mount_points(mountinfo: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = vec![];
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if !matches!(right.split_whitespace().next(), Some("cgroup" | "cgroup2")) {
+            continue;
+        }
+        if let Some(mp) = left.split_whitespace().nth(4) {
+            let mp = PathBuf::from(unescape_octal(mp));
+            if !v.contains(&mp) {
+                v.push(mp);
+            }
+        }
+    }
+    v
+}
+
 /// Mount point of each v1 controller, by controller name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct V1Mounts {
@@ -266,5 +289,22 @@ mod tests {
             Ok(layout) => assert_eq!(layout, Layout::Legacy),
             Err(e) => assert!(matches!(e, CgroupError::NotCgroupFs { .. }), "{e}"),
         }
+    }
+
+    #[test]
+    fn every_cgroup_mount_is_listed_named_and_unified_included() {
+        let text = "30 25 0:26 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+31 25 0:27 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd\n\
+35 25 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+40 25 0:35 / /proc rw - proc proc rw\n";
+        assert_eq!(
+            cgroup_mount_points(text),
+            [
+                "/sys/fs/cgroup/unified",
+                "/sys/fs/cgroup/systemd",
+                "/sys/fs/cgroup/memory"
+            ]
+            .map(PathBuf::from)
+        );
     }
 }

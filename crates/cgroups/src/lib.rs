@@ -29,6 +29,22 @@ pub use units::{parse_cpus, parse_size, CpuSet};
 /// Name of the workbench's parent cgroup in every hierarchy.
 pub const PARENT: &str = "isolab";
 
+/// Removes the workbench's parent cgroup from every cgroup hierarchy mounted
+/// here where it is empty. Our own instances remove their parent as they go
+/// (in the controllers they use); an OCI runtime creates `/isolab/<id>` in
+/// every hierarchy (named ones such as `name=systemd` and a hybrid host's
+/// cgroup2 too) and deletes only its leaf. A parent still holding an
+/// instance is busy and stays; rmdir of an empty cgroup of our own is not
+/// a host setting.
+pub fn remove_unused_parents() {
+    let Ok(text) = std::fs::read_to_string(layout::DEFAULT_MOUNTINFO) else {
+        return;
+    };
+    for mp in layout::cgroup_mount_points(&text) {
+        fs::rmdir_parent_if_unused(&mp.join(PARENT));
+    }
+}
+
 /// CFS period used for CPU quotas, in microseconds (the kernel default, 100 ms).
 pub const CPU_PERIOD_US: u64 = 100_000;
 

@@ -364,6 +364,8 @@ pub fn clean_at_start() -> Cleaned {
             Path::new("/proc"),
         );
         out.netns = isolab_net::workbench::remove_stale_all(&Default::default()).unwrap_or(0) > 0;
+        // A killed peer's runtime left `/isolab` in hierarchies we do not manage.
+        isolab_cgroups::remove_unused_parents();
     });
     out
 }

@@ -91,6 +91,16 @@ fn a_runc_instance_answers_at_its_bridge_address_and_leaves_nothing() {
         !mounts.lines().any(|m| m.contains(&mine)),
         "no namespace mount of ours is left"
     );
+    // runc made `/isolab/<id>` in every cgroup hierarchy (named ones and
+    // the hybrid host's cgroup2 too): no empty parent of ours is left.
+    for mp in isolab_cgroups::layout::cgroup_mount_points(&mounts) {
+        assert!(
+            !mp.join(isolab_cgroups::PARENT).exists(),
+            "no {} left in {}",
+            isolab_cgroups::PARENT,
+            mp.display()
+        );
+    }
     // The run's workbench is still up (the context holds it): its veth
     // end went with the stop.
     let wb = isolab_net::netns::open(ns).expect("the workbench namespace");

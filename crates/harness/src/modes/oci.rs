@@ -232,6 +232,8 @@ pub(crate) fn remove_bundle(dir: &Path) {
     peer_net::release_in(dir);
     super::image_layer::release_in(dir);
     let _ = std::fs::remove_dir_all(dir);
+    // The runtime left `/isolab` in the hierarchies we do not manage.
+    isolab_cgroups::remove_unused_parents();
     let mut p = dir.parent();
     while let Some(d) = p.filter(|d| d.starts_with("/run/isolab")) {
         if std::fs::remove_dir(d).is_err() {
