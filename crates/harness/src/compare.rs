@@ -703,7 +703,7 @@ fn image_ready_line(i: &crate::image::ImageWorkload) -> String {
         ReadyRule::Log(t) => format!("the first line of its stdout/stderr containing {t:?}"),
     };
     format!(
-        "ready (--ready {}): launch -> {how}; observed from outside (process on host loopback, our container on the workbench bridge or its own loopback, the peers on loopback in their own network namespace), CLOCK_MONOTONIC",
+        "ready (--ready {}): launch -> {how}; observed from outside (process on host loopback, our container on the workbench bridge or its own loopback, the peers at their bridge address too; with --container-net loopback, loopback in their own network namespace), CLOCK_MONOTONIC",
         i.ready
     )
 }

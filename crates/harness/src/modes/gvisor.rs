@@ -63,7 +63,7 @@ pub(crate) const NOTES: &[&str] = &[
     "runsc --platform=ptrace (the kvm platform does not run on this host), on the same OCI bundle as runc minus its network namespace and ISOLAB_READY_FD",
     "seccomp: the bundle's profile is not applied inside the sandbox (runsc 20221219's --oci-seccomp answers clone3 with EPERM instead of the profile's ENOSYS, and the workload cannot start threads); the workload's system calls go to gVisor's Sentry, which runs under runsc's own host seccomp filter (so the container profile line's seccomp does not hold for gvisor; its capabilities do)",
     "ready: runsc has no --preserve-fds, so there is no ready byte: ready is the first HTTP response (api; so first response = ready) or the exit of runsc run (workloads that end by themselves: ready includes the whole run)",
-    "network: --network=host inside a network namespace the launcher creates (api: a veth on the workbench bridge, as runc's and crun's; otherwise loopback only): the sandbox's sockets are the host kernel's network stack in that namespace, not gVisor's netstack (--network=sandbox does not work on this host kernel)",
+    "network: --network=host inside a network namespace the launcher creates (api and an image served over HTTP: a veth on the workbench bridge, as runc's and crun's; otherwise loopback only): the sandbox's sockets are the host kernel's network stack in that namespace, not gVisor's netstack (--network=sandbox does not work on this host kernel)",
     "pids: a pids limit below 64 is raised to 64 (the Sentry's threads and ptrace stubs count in it); memory: PSS/USS over runsc run, its gofer and sandbox (the Sentry) and their stubs",
 ];
 
@@ -446,8 +446,12 @@ impl Instance for GvisorInstance {
 
     fn image_reach(&self) -> Option<isolab_net::Target> {
         self.image.as_ref()?;
-        // runsc runs in a network namespace made for it, where the sandbox
-        // uses the host kernel's stack: loopback there.
+        // On the bridge, as the built-in api; else runsc runs in a network
+        // namespace made for it, where the sandbox uses the host kernel's
+        // stack: loopback there.
+        if let Some(net) = &self.net {
+            return Some(net.target(0));
+        }
         let pid = self.pid().unwrap_or(0);
         Some(isolab_net::Target {
             netns: isolab_net::Netns::Path(PathBuf::from(format!("/proc/{pid}/ns/net"))),
@@ -456,6 +460,10 @@ impl Instance for GvisorInstance {
     }
 
     fn http_target(&self) -> Option<HttpTarget> {
+        // An image's readiness is its first answer (its own rule and path).
+        if self.image.is_some() {
+            return None;
+        }
         if let Some(net) = &self.net {
             return Some(HttpTarget {
                 target: net.target(CONTAINER_PORT),

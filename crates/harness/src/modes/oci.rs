@@ -320,7 +320,8 @@ impl Instance for OciInstance {
     fn wait_ready(&mut self, timeout: Duration) -> Result<Instant, HarnessError> {
         if let Some((image, scan)) = &self.image {
             let pid = self.child.as_ref().map_or(0, |c| c.id());
-            let r = wait_image_ready(image, scan, pid, self.launched, timeout);
+            let reach = self.image_reach();
+            let r = wait_image_ready(image, scan, pid, reach, self.launched, timeout);
             if r.is_err() && super::process::has_exited(pid).unwrap_or(false) {
                 // Why the runtime or the program ended: its last line.
                 let err = drained(self.stderr.take());
@@ -354,6 +355,10 @@ impl Instance for OciInstance {
     }
 
     fn http_target(&self) -> Option<HttpTarget> {
+        // An image's readiness is its first answer (its own rule and path).
+        if self.image.is_some() {
+            return None;
+        }
         if let Some(net) = &self.net {
             return Some(HttpTarget {
                 target: net.target(CONTAINER_PORT),
@@ -372,6 +377,12 @@ impl Instance for OciInstance {
 
     fn image_reach(&self) -> Option<isolab_net::Target> {
         self.image.as_ref()?;
+        // On the bridge, as the built-in api: its address from the
+        // workbench namespace; else loopback in the container's own
+        // namespace, found under the runtime once it made it.
+        if let Some(net) = &self.net {
+            return Some(net.target(0));
+        }
         let pid = self.child.as_ref()?.id();
         Some(isolab_net::Target {
             netns: isolab_net::Netns::Find(Arc::new(move || first_other_netns(pid))),
@@ -428,12 +439,12 @@ impl Instance for OciInstance {
 }
 
 /// Readiness of an image run by a runtime whose process is `pid` (runc,
-/// crun, runsc): reached on loopback in the container's own network
-/// namespace, found under `pid` once the runtime made it.
+/// crun): reached at `reach` (its instance's [`Instance::image_reach`]).
 pub(crate) fn wait_image_ready(
     image: &ImageWorkload,
     scan: &OutputScan,
     pid: u32,
+    reach: Option<isolab_net::Target>,
     launched: Instant,
     timeout: Duration,
 ) -> Result<Instant, HarnessError> {
@@ -442,10 +453,7 @@ pub(crate) fn wait_image_ready(
         &image.ready,
         launched,
         image_ready::Observed {
-            reach: Some(isolab_net::Target {
-                netns: isolab_net::Netns::Find(Arc::new(move || first_other_netns(pid))),
-                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            }),
+            reach,
             output: image_ready::Output::Scan(scan),
             exited: &mut exited,
         },

@@ -27,18 +27,19 @@ use crate::HarnessError;
 /// The file name of a peer's network namespace inside its bundle.
 pub const NETNS_NAME: &str = "netns";
 
-/// The peer's namespace on the workbench bridge when `spec` serves the
-/// built-in api there; `None` otherwise (loopback in the runtime's own
-/// namespace: density runs, `--container-net loopback`, and a user's image,
-/// whose ready rule is observed there). With `join`, the bundle's
-/// config.json names it (runc, crun); runsc is started inside it instead.
+/// The peer's namespace on the workbench bridge when `spec` serves HTTP
+/// there (the built-in api, or a user's image with a network ready rule,
+/// reached at its bridge address like our container's); `None` otherwise
+/// (loopback in the runtime's own namespace: density runs and
+/// `--container-net loopback`). With `join`, the bundle's config.json names
+/// it (runc, crun); runsc is started inside it instead.
 pub(crate) fn for_spec(
     spec: &InstanceSpec,
     network: &SharedWorkbench,
     bundle_dir: &Path,
     join: bool,
 ) -> Result<Option<PeerNet>, HarnessError> {
-    if !on_workbench(spec) || spec.image.is_some() {
+    if !on_workbench(spec) {
         return Ok(None);
     }
     let net = PeerNet::create(network.get()?, bundle_dir)?;
