@@ -1,4 +1,5 @@
-//! Ending the servers on SIGTERM/SIGINT without a signal handler.
+//! Ending the workloads on SIGTERM/SIGINT: the servers without a signal
+//! handler (below), the worker with a flag-only handler ([`flag_on_term`]).
 //!
 //! The two signals are blocked in the calling thread *before* any other
 //! thread exists, so every thread (including tiny_http's) inherits the mask
@@ -17,6 +18,9 @@ pub enum SignalError {
     /// The waiter thread could not be spawned.
     #[error("Could not start the signal thread")]
     Spawn(#[source] std::io::Error),
+    /// `sigaction` refused the handler.
+    #[error("Could not install the SIGTERM/SIGINT handler")]
+    Handler(#[source] nix::Error),
 }
 
 fn term_set() -> SigSet {
@@ -48,4 +52,40 @@ where
         })
         .map(|_| ())
         .map_err(SignalError::Spawn)
+}
+
+/// The signal [`flag_on_term`]'s handler saw (0: none yet).
+static TERM_SEEN: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn note_term(sig: nix::libc::c_int) {
+    // Async-signal-safe: one atomic store.
+    TERM_SEEN.store(sig, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Installs a handler that only records SIGTERM/SIGINT, for a workload that
+/// checks [`term_seen`] between batches of work: no waiter thread, so the
+/// process keeps exactly the threads it was asked for (a container's
+/// `pids.current` counts every one). A handler also makes SIGTERM end a
+/// PID 1, whose default action the kernel does not apply.
+pub fn flag_on_term() -> Result<(), SignalError> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler};
+    let action = SigAction::new(
+        SigHandler::Handler(note_term),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler performs one atomic store, which is
+        // async-signal-safe, and touches nothing else.
+        unsafe { sigaction(sig, &action) }.map_err(SignalError::Handler)?;
+    }
+    Ok(())
+}
+
+/// The termination signal the [`flag_on_term`] handler saw, if any.
+pub fn term_seen() -> Option<Signal> {
+    match TERM_SEEN.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        n => Signal::try_from(n).ok(),
+    }
 }

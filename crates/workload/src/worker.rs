@@ -8,8 +8,6 @@
 //! (runc's container) would otherwise ignore SIGTERM, whose default action
 //! the kernel does not apply to an init, and be stopped only by SIGKILL.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -31,7 +29,8 @@ fn step(block: &mut [u8; 64]) {
 
 /// One chain of operations under `limit`, from `start`; its count and
 /// final block.
-fn chain(limit: WorkerLimit, start: Instant, stop: &AtomicBool) -> (u64, [u8; 64]) {
+fn chain(limit: WorkerLimit, start: Instant) -> (u64, [u8; 64]) {
+    let stop = || signals::term_seen().is_some();
     let mut block = [0u8; 64];
     let mut ops = 0u64;
     match limit {
@@ -39,14 +38,14 @@ fn chain(limit: WorkerLimit, start: Instant, stop: &AtomicBool) -> (u64, [u8; 64
             while ops < n {
                 step(&mut block);
                 ops += 1;
-                if ops % BATCH == 0 && stop.load(Ordering::Relaxed) {
+                if ops % BATCH == 0 && stop() {
                     break;
                 }
             }
         }
         WorkerLimit::DurationMs(ms) => {
             let budget = std::time::Duration::from_millis(ms);
-            while start.elapsed() < budget && !stop.load(Ordering::Relaxed) {
+            while start.elapsed() < budget && !stop() {
                 for _ in 0..BATCH {
                     step(&mut block);
                 }
@@ -64,29 +63,16 @@ pub fn run(
     limit: WorkerLimit,
     threads: u32,
 ) -> Result<serde_json::Map<String, Value>, crate::WorkloadError> {
-    // Before any thread exists, so every one inherits the mask.
-    signals::block_term()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = Arc::new(std::sync::Mutex::new(None));
-    {
-        let (stop, stopped) = (Arc::clone(&stop), Arc::clone(&stopped));
-        signals::on_term(move |sig| {
-            if let Ok(mut s) = stopped.lock() {
-                *s = Some(sig);
-            }
-            stop.store(true, Ordering::Relaxed);
-        })?;
-    }
+    // A handler, not a waiter thread: the worker keeps exactly `threads`
+    // threads (a container's pids.current counts each).
+    signals::flag_on_term()?;
     ready::signal()?;
     let start = Instant::now();
     let (ops, block) = std::thread::scope(|s| {
         let others: Vec<_> = (1..threads.max(1))
-            .map(|_| {
-                let stop = &*stop;
-                s.spawn(move || chain(limit, start, stop).0)
-            })
+            .map(|_| s.spawn(move || chain(limit, start).0))
             .collect();
-        let (mut ops, block) = chain(limit, start, &stop);
+        let (mut ops, block) = chain(limit, start);
         for t in others {
             ops += t.join().unwrap_or(0);
         }
@@ -103,7 +89,7 @@ pub fn run(
     );
     // The digest proves the work was done (and keeps it from being elided).
     out.insert("digest".into(), hex(&block[..8]).into());
-    let sig = stopped.lock().ok().and_then(|s| *s);
+    let sig = signals::term_seen();
     out.insert(
         "stopped".into(),
         sig.map_or(Value::Null, |s| Value::from(s.as_str())),
