@@ -27,10 +27,10 @@ use isolab_isolation::interference::{LoadPattern, LoadRun};
 use serde::{Deserialize, Serialize};
 
 use super::load::TenantLoad;
-use super::noisy::{Image, ScenarioStatus, WARMUP_REQUESTS};
+use super::noisy::{Image, ScenarioStatus};
 use super::surface::SurfaceConfig;
-use crate::modes::{InstanceSpec, Launcher, ModeKind};
-use crate::{HarnessError, Workload};
+use crate::modes::{Launcher, ModeKind};
+use crate::HarnessError;
 
 /// Prefixes listed per mode (the most distinct functions first).
 pub const TOP_PREFIXES: usize = 8;
@@ -225,23 +225,10 @@ fn traced_run(
     tracer: &dyn FunctionTracer,
     r: &mut ModeKernelFunctions,
 ) -> Result<(), HarnessError> {
-    let spec = InstanceSpec {
-        image: image.cloned(),
-        ..InstanceSpec::measured(Workload::Api)
-    };
-    let mut inst = launcher.launch(&spec)?;
-    let launched = inst.launched_at();
-    let result = (|| -> Result<(), HarnessError> {
-        inst.wait_ready(cfg.ready_timeout)?;
-        let target = super::tenant_target(inst.as_ref(), image.map(|i| &**i));
-        // An image's ready rule was its first HTTP answer already.
-        if let (Some(h), None) = (&target, image) {
-            crate::net::first_response(&h.target, launched, launched + cfg.ready_timeout)?;
-        }
-        load.run(target.as_ref(), LoadPattern::Sequential, WARMUP_REQUESTS)?;
+    super::traced_tenant_run(launcher, cfg.ready_timeout, image, load, |inst, target| {
         let tids = threads_of(Path::new("/proc"), &inst.host_pids());
         let (found, run) = tracer.trace(&tids, &mut || {
-            load.run(target.as_ref(), LoadPattern::Sequential, cfg.requests)
+            load.run(target, LoadPattern::Sequential, cfg.requests)
         })?;
         r.threads = found.threads.len();
         r.distinct = found.distinct;
@@ -251,10 +238,7 @@ fn traced_run(
         r.requests = run.latencies_us.len();
         r.errors = run.errors;
         Ok(())
-    })();
-    let stopped = inst.stop();
-    result?;
-    stopped.map(|_| ())
+    })
 }
 
 /// "How it was measured" line of the pass.
@@ -277,6 +261,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
+    use crate::isolation::noisy::WARMUP_REQUESTS;
     use crate::modes::fake::{FakeLauncher, FakeRun};
     use crate::modes::HttpTarget;
 

@@ -113,6 +113,42 @@ pub fn requests_unavailable(image: &ImageWorkload) -> Option<String> {
 
 /// Where the tenant's request runs go: a user's image at its HTTP rule's
 /// port, where its readiness was probed; else the built-in workload's HTTP
+/// The run both tracing passes (host system calls, host kernel functions)
+/// make: launch the tenant (`image`, else the api), wait until it answers,
+/// warm it up, then `traced(instance, target)` around the measured request
+/// run, and stop it whatever happened.
+pub(crate) fn traced_tenant_run<T>(
+    launcher: &dyn crate::modes::Launcher,
+    ready_timeout: std::time::Duration,
+    image: noisy::Image<'_>,
+    load: &dyn load::TenantLoad,
+    traced: impl FnOnce(&dyn Instance, Option<&HttpTarget>) -> Result<T, crate::HarnessError>,
+) -> Result<T, crate::HarnessError> {
+    let spec = crate::modes::InstanceSpec {
+        image: image.cloned(),
+        ..crate::modes::InstanceSpec::measured(crate::Workload::Api)
+    };
+    let mut inst = launcher.launch(&spec)?;
+    let launched = inst.launched_at();
+    let result = (|| {
+        inst.wait_ready(ready_timeout)?;
+        let target = tenant_target(inst.as_ref(), image.map(|i| &**i));
+        // An image's ready rule was its first HTTP answer already.
+        if let (Some(h), None) = (&target, image) {
+            crate::net::first_response(&h.target, launched, launched + ready_timeout)?;
+        }
+        load.run(
+            target.as_ref(),
+            isolab_isolation::interference::LoadPattern::Sequential,
+            noisy::WARMUP_REQUESTS,
+        )?;
+        traced(inst.as_ref(), target.as_ref())
+    })();
+    let stopped = inst.stop();
+    let value = result?;
+    stopped.map(|_| value)
+}
+
 /// service.
 pub fn tenant_target(inst: &dyn Instance, image: Option<&ImageWorkload>) -> Option<HttpTarget> {
     let Some(image) = image else {
@@ -189,18 +225,26 @@ pub fn surface_modes(
             .map(|d| d.join(surface::TRACE_BIN))
             .unwrap_or_default(),
     };
+    one_step_per_mode(ctx, modes, "syscalls", progress, |l| {
+        surface::run_mode_for(l, cfg, image, load.as_ref(), &tracer)
+    })
+}
+
+/// `pass` on every mode in `modes`, in order, each one progress step
+/// titled `what <mode>`; stops after the mode an interrupt arrived in.
+fn one_step_per_mode<T>(
+    ctx: &Context,
+    modes: &[ModeKind],
+    what: &str,
+    progress: &mut dyn FnMut(Event),
+    mut pass: impl FnMut(&dyn crate::modes::Launcher) -> T,
+) -> Vec<T> {
     let mut out = vec![];
     for &kind in modes {
         let launcher = ctx.launcher(kind);
-        let title = format!("syscalls {}", kind.name());
+        let title = format!("{what} {}", kind.name());
         progress(Event::Start(&title, 1));
-        out.push(surface::run_mode_for(
-            launcher.as_ref(),
-            cfg,
-            image,
-            load.as_ref(),
-            &tracer,
-        ));
+        out.push(pass(launcher.as_ref()));
         progress(Event::Finish);
         if crate::interrupted() {
             break;
@@ -221,24 +265,9 @@ pub fn kernel_modes(
 ) -> Vec<ModeKernelFunctions> {
     let tracer = hap::Ftrace::detect();
     let load = tenant_load(image.map(|i| &**i));
-    let mut out = vec![];
-    for &kind in modes {
-        let launcher = ctx.launcher(kind);
-        let title = format!("kernel functions {}", kind.name());
-        progress(Event::Start(&title, 1));
-        out.push(hap::run_mode_for(
-            launcher.as_ref(),
-            cfg,
-            image,
-            load.as_ref(),
-            &tracer,
-        ));
-        progress(Event::Finish);
-        if crate::interrupted() {
-            break;
-        }
-    }
-    out
+    one_step_per_mode(ctx, modes, "kernel functions", progress, |l| {
+        hap::run_mode_for(l, cfg, image, load.as_ref(), &tracer)
+    })
 }
 
 /// The posture pass for every mode in `modes`, in order, of `image` when
@@ -250,21 +279,10 @@ pub fn posture_modes(
     image: noisy::Image<'_>,
     progress: &mut dyn FnMut(Event),
 ) -> Vec<ModePosture> {
-    let mut out = vec![];
-    for &kind in modes {
-        let launcher = ctx.launcher(kind);
-        let title = format!("posture {}", kind.name());
-        progress(Event::Start(&title, 1));
-        out.push(match image {
-            None => posture::run_mode(launcher.as_ref(), ready_timeout),
-            Some(i) => posture::run_image_mode(launcher.as_ref(), ready_timeout, i),
-        });
-        progress(Event::Finish);
-        if crate::interrupted() {
-            break;
-        }
-    }
-    out
+    one_step_per_mode(ctx, modes, "posture", progress, |l| match image {
+        None => posture::run_mode(l, ready_timeout),
+        Some(i) => posture::run_image_mode(l, ready_timeout, i),
+    })
 }
 
 /// "How it was measured" line of the posture pass.

@@ -19,9 +19,9 @@ use isolab_isolation::systrace::TracerProcess;
 use serde::{Deserialize, Serialize};
 
 use super::load::TenantLoad;
-use super::noisy::{Image, ScenarioStatus, WARMUP_REQUESTS};
-use crate::modes::{InstanceSpec, Launcher, ModeKind};
-use crate::{HarnessError, Workload};
+use super::noisy::{Image, ScenarioStatus};
+use crate::modes::{Launcher, ModeKind};
+use crate::HarnessError;
 
 /// The tracer's binary name, next to `bench`.
 pub const TRACE_BIN: &str = "isolab-trace";
@@ -205,23 +205,9 @@ fn traced_run(
     tracer: &dyn HostTracer,
     r: &mut ModeSurface,
 ) -> Result<(), HarnessError> {
-    let spec = InstanceSpec {
-        image: image.cloned(),
-        ..InstanceSpec::measured(Workload::Api)
-    };
-    let mut inst = launcher.launch(&spec)?;
-    let launched = inst.launched_at();
-    let result = (|| -> Result<(), HarnessError> {
-        inst.wait_ready(cfg.ready_timeout)?;
-        let target = super::tenant_target(inst.as_ref(), image.map(|i| &**i));
-        // An image's ready rule was its first HTTP answer already.
-        if let (Some(h), None) = (&target, image) {
-            crate::net::first_response(&h.target, launched, launched + cfg.ready_timeout)?;
-        }
-        load.run(target.as_ref(), LoadPattern::Sequential, WARMUP_REQUESTS)?;
-        let pids = inst.host_pids();
-        let (traced, run) = tracer.trace(&pids, &mut || {
-            load.run(target.as_ref(), LoadPattern::Sequential, cfg.requests)
+    super::traced_tenant_run(launcher, cfg.ready_timeout, image, load, |inst, target| {
+        let (traced, run) = tracer.trace(&inst.host_pids(), &mut || {
+            load.run(target, LoadPattern::Sequential, cfg.requests)
         })?;
         r.processes = traced.processes;
         r.threads = traced.threads;
@@ -230,10 +216,7 @@ fn traced_run(
         r.requests = run.latencies_us.len();
         r.errors = run.errors;
         Ok(())
-    })();
-    let stopped = inst.stop();
-    result?;
-    stopped.map(|_| ())
+    })
 }
 
 #[cfg(test)]
@@ -241,6 +224,7 @@ mod tests {
     use std::cell::RefCell;
 
     use super::*;
+    use crate::isolation::noisy::WARMUP_REQUESTS;
     use crate::modes::fake::{FakeLauncher, FakeRun};
     use crate::modes::HttpTarget;
     use std::sync::atomic::Ordering;
