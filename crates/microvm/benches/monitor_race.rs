@@ -17,8 +17,11 @@
 //!   default: the `bench` built beside this benchmark (`--release`);
 //! - `ISOLAB_BASELINE`: an older `bench`, e.g. built from main (optional);
 //! - `ISOLAB_VMM`: `isolab-vmm`, our dedicated monitor binary (confined
-//!   by default); default: the one built beside this benchmark, if it is
-//!   (`cargo build --release -p isolab-vmm`);
+//!   by default); default: the `monitor` profile's build
+//!   (`cargo build --profile monitor -p isolab-vmm`, what `./bench` runs),
+//!   else the release one beside this benchmark, if it is built;
+//! - `ISOLAB_VMM_ALSO`: `label=path,...`, more `isolab-vmm` builds raced
+//!   beside it (A/B of build settings);
 //! - `FIRECRACKER`: a static `firecracker` binary (optional; built by hand
 //!   from a fetched snapshot, never by the project).
 //!
@@ -99,10 +102,25 @@ fn outside() {
     if let Some(b) = env_path("ISOLAB_BASELINE") {
         contenders.push(("baseline", Kind::Isolab, b));
     }
-    let vmm = env_path("ISOLAB_VMM").unwrap_or_else(|| release.join("isolab-vmm"));
+    // The `monitor` profile's build (what `./bench` runs) when there is one.
+    let tuned = release.parent().map(|t| t.join("monitor/isolab-vmm"));
+    let vmm = env_path("ISOLAB_VMM")
+        .or(tuned.filter(|p| p.is_file()))
+        .unwrap_or_else(|| release.join("isolab-vmm"));
     if vmm.is_file() {
         // Ours come first: the first contender's report gives the command line.
         contenders.insert(0, ("vmm", Kind::Vmm, vmm));
+    }
+    // `ISOLAB_VMM_ALSO=label=path,...`: more builds of `isolab-vmm` (A/B
+    // of build settings), raced like the others.
+    let also = std::env::var("ISOLAB_VMM_ALSO").unwrap_or_default();
+    let also: Vec<(String, PathBuf)> = also
+        .split(',')
+        .filter_map(|s| s.split_once('='))
+        .map(|(l, p)| (l.to_string(), PathBuf::from(p)))
+        .collect();
+    for (label, path) in &also {
+        contenders.push((label.as_str(), Kind::Vmm, path.clone()));
     }
     if let Some(f) = env_path("FIRECRACKER") {
         contenders.push(("firecracker", Kind::Firecracker, f));
@@ -452,7 +470,17 @@ fn spawn_measured(mut cmd: Command, sample: bool) -> Result<Sample, String> {
             let _ = child.kill();
             return Err("a run took over 120 s".into());
         }
-        if sample {
+        if !sample {
+            // Blocking: a polling parent would take the emulated host's one
+            // CPU from the monitor it times.
+            // SAFETY: as above, without WNOHANG.
+            let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+            if r == pid {
+                break;
+            }
+            return Err(std::io::Error::last_os_error().to_string());
+        }
+        {
             if let Some((outside, guest)) = smaps(pid) {
                 s.outside_kib = Some(s.outside_kib.unwrap_or(0).max(outside));
                 s.guest_kib = Some(s.guest_kib.unwrap_or(0).max(guest));
@@ -466,8 +494,6 @@ fn spawn_measured(mut cmd: Command, sample: bool) -> Result<Sample, String> {
                 }
             }
             std::thread::sleep(Duration::from_millis(10));
-        } else {
-            std::thread::sleep(Duration::from_micros(200));
         }
     }
     s.wall_ms = t0.elapsed().as_secs_f64() * 1e3;
