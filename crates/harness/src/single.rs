@@ -260,6 +260,7 @@ pub fn vm(mut run: VmRunConfig, on_start: &dyn Fn(i32)) -> Result<VmRun, Harness
 /// How a stop reason reads in a sentence.
 pub fn stop_name(r: StopReason) -> &'static str {
     match r {
+        StopReason::WorkloadExited => "workload exited",
         StopReason::GuestReset => "guest reset",
         StopReason::GuestPowerOff => "guest power-off",
         StopReason::TripleFault => "triple fault",

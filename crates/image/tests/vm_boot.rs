@@ -299,7 +299,7 @@ fn images_boot_from_virtio_blk_and_serve_http() {
         r.exit_status, r.phases.kernel_boot_ms, r.phases.init_ms, r.workload_output
     );
     assert_eq!(r.exit_status, Some(7), "{r:?}");
-    assert_eq!(r.stop_reason, StopReason::GuestReset);
+    assert_eq!(r.stop_reason, StopReason::WorkloadExited);
     assert!(
         r.phases.init_ms.is_some(),
         "workload-started marker: {:?}",

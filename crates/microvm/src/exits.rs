@@ -42,6 +42,10 @@ pub const SYSTEM_EVENT_CRASH: u32 = 3;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
+    /// The guest init reported the workload's end (marker 0x03, status
+    /// on 0x3f1): the VM stops there, without waiting for the guest's
+    /// reboot.
+    WorkloadExited,
     /// The guest asked for a reset (i8042 0xFE, or a reset system event):
     /// with `reboot=k` this is how a Linux guest powers off.
     GuestReset,
@@ -149,6 +153,7 @@ pub fn handle_exit(exit: Exit<'_>, bus: &DeviceBus, vcpu: u8) -> Result<Action, 
     Ok(match event {
         DeviceEvent::None => Action::Continue,
         DeviceEvent::Reset => Action::Stop(StopReason::GuestReset),
+        DeviceEvent::WorkloadExited => Action::Stop(StopReason::WorkloadExited),
     })
 }
 

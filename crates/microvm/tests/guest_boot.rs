@@ -46,7 +46,7 @@ fn noop_boots_and_exits_zero_with_every_phase() {
         let r = boot(&k, &i, "noop", vcpus, mib);
         let label = format!("{vcpus} vCPU / {mib} MiB");
         assert_eq!(r.exit_status, Some(0), "{label}: {r:?}");
-        assert_eq!(r.stop_reason, StopReason::GuestReset, "{label}");
+        assert_eq!(r.stop_reason, StopReason::WorkloadExited, "{label}");
         let p = &r.phases;
         for (name, v) in [
             ("vmm setup", p.vmm_setup_ms),
@@ -121,7 +121,7 @@ fn noop_boots_confined() {
         let r = isolab_microvm::run(&c, Instant::now(), RunHooks::default());
         // This thread is confined now: only write(2) and exit_group(2).
         let ok = matches!(&r, Ok(r) if r.exit_status == Some(0)
-            && r.stop_reason == StopReason::GuestReset
+            && r.stop_reason == StopReason::WorkloadExited
             && r.memory_at_ready.is_some());
         println!("confined boot: {}", if ok { "ok" } else { "FAILED" });
         if let Err(e) = &r {

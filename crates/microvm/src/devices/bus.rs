@@ -12,6 +12,10 @@ pub enum DeviceEvent {
     None,
     /// The guest asked for a CPU reset (i8042 0xFE): end the VM cleanly.
     Reset,
+    /// The guest init reported the workload's end (its status is already
+    /// in): nothing the guest does afterwards is measured or needed, so
+    /// the VM ends now instead of after the guest's own reboot.
+    WorkloadExited,
 }
 
 /// A device mapped on a bus.

@@ -130,6 +130,7 @@ impl BusDevice for MarkerDevice {
             return DeviceEvent::None;
         };
         let mut fire_ready = false;
+        let mut exited = false;
         let text_ready = offset == 2 && self.output_completes_ready_text(value);
         {
             let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
@@ -142,7 +143,10 @@ impl BusDevice for MarkerDevice {
                             fire_ready = log.workload_ready.is_none();
                             &mut log.workload_ready
                         }
-                        EVENT_WORKLOAD_EXITED => &mut log.workload_exited,
+                        EVENT_WORKLOAD_EXITED => {
+                            exited = true;
+                            &mut log.workload_exited
+                        }
                         other => {
                             if log.unknown_events.len() < MAX_UNKNOWN_EVENTS {
                                 log.unknown_events.push(other);
@@ -175,7 +179,11 @@ impl BusDevice for MarkerDevice {
                 hook();
             }
         }
-        DeviceEvent::None
+        if exited {
+            DeviceEvent::WorkloadExited
+        } else {
+            DeviceEvent::None
+        }
     }
 }
 
@@ -206,8 +214,12 @@ mod tests {
         for b in b"{\"ok\":true}\n" {
             d.write(2, &[*b]);
         }
-        d.write(1, &[7]);
-        d.write(0, &[EVENT_WORKLOAD_EXITED]);
+        assert_eq!(d.write(1, &[7]), DeviceEvent::None);
+        assert_eq!(
+            d.write(0, &[EVENT_WORKLOAD_EXITED]),
+            DeviceEvent::WorkloadExited,
+            "the workload's end ends the VM"
+        );
         let l = log.lock().unwrap();
         let t = [
             l.init_reached,
