@@ -233,9 +233,10 @@ fn run_vm(args: RunArgs) -> anyhow::Result<ExitCode> {
         config.kernel = guest.vmlinux;
         config.initrd.get_or_insert(guest.initramfs);
     }
-    let vmm = isolab_guest_kernel::binary_dir()
-        .context("cannot locate the bench executable's directory")?
-        .join("isolab-vmm");
+    let vmm = isolab_guest_kernel::monitor_binary(
+        &isolab_guest_kernel::binary_dir()
+            .context("cannot locate the bench executable's directory")?,
+    );
     signals::forward_to_child()?;
     let run = single::vm(
         VmRunConfig {

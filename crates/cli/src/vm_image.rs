@@ -214,9 +214,10 @@ fn run_native(
     cfg.allow_pvm = args.allow_pvm;
     cfg.validate_shape()
         .map_err(|e| exit::usage(format!("{:#}", anyhow::Error::new(e))))?;
-    let vmm = isolab_guest_kernel::binary_dir()
-        .context("cannot locate the bench executable's directory")?
-        .join("isolab-vmm");
+    let vmm = isolab_guest_kernel::monitor_binary(
+        &isolab_guest_kernel::binary_dir()
+            .context("cannot locate the bench executable's directory")?,
+    );
     signals::forward_to_child()?;
     isolab_harness::stale::clean_at_start();
     let wb = Arc::new(Workbench::create(WorkbenchConfig::per_process())?);

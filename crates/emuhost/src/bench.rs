@@ -56,7 +56,12 @@ fn package_of(name: &str) -> &'static str {
 pub fn binaries(bin_dir: &Path) -> Result<Vec<FileMap>, BenchError> {
     let mut maps = Vec::new();
     for name in std::iter::once("bench").chain(SIBLINGS.iter().copied()) {
-        let host = bin_dir.join(name);
+        // The monitor: the `monitor` profile's build beside a release one.
+        let host = if name == isolab_guest_kernel::MONITOR_BIN {
+            isolab_guest_kernel::monitor_binary(bin_dir)
+        } else {
+            bin_dir.join(name)
+        };
         if !host.is_file() {
             return Err(BenchError::MissingBinary {
                 name: name.to_string(),

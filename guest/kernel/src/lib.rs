@@ -21,5 +21,6 @@ pub use cache::{
 };
 pub use fragments::{config_hash, default_fragments, parse_config, verify, Dropped, Fragment};
 pub use provision::{
-    binary_dir, provision, ProvisionError, ProvisionOptions, Provisioned, INIT_BIN, WORKLOAD_BIN,
+    binary_dir, monitor_binary, provision, ProvisionError, ProvisionOptions, Provisioned, INIT_BIN,
+    MONITOR_BIN, WORKLOAD_BIN,
 };

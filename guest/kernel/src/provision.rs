@@ -132,6 +132,36 @@ pub fn binary_dir() -> Option<PathBuf> {
     Some(dir.to_path_buf())
 }
 
+/// The monitor binary's file name.
+pub const MONITOR_BIN: &str = "isolab-vmm";
+/// The cargo profile the monitor is built with for release runs (see the
+/// workspace Cargo.toml).
+pub const MONITOR_PROFILE: &str = "monitor";
+
+/// The monitor for the binaries in `dir`. Beside a release build, the one
+/// built with the `monitor` profile (`target/<triple>/monitor/`, which
+/// `./bench` builds) when it is there and at least as new as the release
+/// profile's own `isolab-vmm` (so a rebuilt release is never paired with
+/// an older monitor); otherwise, and for every other profile, the one in
+/// `dir`.
+pub fn monitor_binary(dir: &Path) -> PathBuf {
+    let plain = dir.join(MONITOR_BIN);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        if let Some(tuned) = dir
+            .parent()
+            .map(|t| t.join(MONITOR_PROFILE).join(MONITOR_BIN))
+        {
+            let mtime = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
+            match (mtime(&tuned), mtime(&plain)) {
+                (Some(t), Some(p)) if t >= p => return tuned,
+                (Some(_), None) => return tuned,
+                _ => {}
+            }
+        }
+    }
+    plain
+}
+
 /// Builds or finds the kernel and the initramfs.
 pub fn provision(opts: &ProvisionOptions) -> Result<Provisioned, ProvisionError> {
     for (what, path, package) in [
@@ -248,6 +278,36 @@ fn prune(dir: &Path, keep: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_monitor_profile_build_is_preferred_beside_release_only_when_current() {
+        let t = tempfile::tempdir().unwrap();
+        let release = t.path().join("release");
+        let tuned_dir = t.path().join(MONITOR_PROFILE);
+        std::fs::create_dir_all(&release).unwrap();
+        std::fs::create_dir_all(&tuned_dir).unwrap();
+        let plain = release.join(MONITOR_BIN);
+        let tuned = tuned_dir.join(MONITOR_BIN);
+        assert_eq!(
+            monitor_binary(&release),
+            plain,
+            "nothing built: the plain path"
+        );
+        std::fs::write(&plain, "release").unwrap();
+        assert_eq!(monitor_binary(&release), plain);
+        std::fs::write(&tuned, "monitor").unwrap();
+        assert_eq!(monitor_binary(&release), tuned, "the newer tuned build");
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&plain)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(monitor_binary(&release), plain, "a rebuilt release wins");
+        let debug = t.path().join("debug");
+        assert_eq!(monitor_binary(&debug), debug.join(MONITOR_BIN));
+    }
 
     fn opts(tmp: &Path, name: Workload) -> ProvisionOptions {
         let bin = tmp.join("bin");

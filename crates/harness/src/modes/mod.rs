@@ -415,7 +415,7 @@ impl Binaries {
         Binaries {
             workload: dir.join(isolab_guest_kernel::WORKLOAD_BIN),
             init: dir.join(isolab_guest_kernel::INIT_BIN),
-            vmm: dir.join("isolab-vmm"),
+            vmm: isolab_guest_kernel::monitor_binary(dir),
         }
     }
 
