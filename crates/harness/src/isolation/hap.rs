@@ -257,32 +257,12 @@ pub fn method_for(cfg: &SurfaceConfig, image: Option<&crate::image::ImageWorkloa
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
     use std::sync::atomic::Ordering;
 
     use super::*;
+    use crate::isolation::load::fake::RecordingLoad;
     use crate::isolation::noisy::WARMUP_REQUESTS;
     use crate::modes::fake::{FakeLauncher, FakeRun};
-    use crate::modes::HttpTarget;
-
-    struct Load(RefCell<Vec<usize>>);
-
-    impl TenantLoad for Load {
-        fn run(
-            &self,
-            _: Option<&HttpTarget>,
-            pattern: LoadPattern,
-            requests: usize,
-        ) -> Result<LoadRun, HarnessError> {
-            self.0.borrow_mut().push(requests);
-            Ok(LoadRun {
-                pattern,
-                latencies_us: vec![100.0; requests],
-                errors: 0,
-                wall_s: 1.0,
-            })
-        }
-    }
 
     struct Scripted(Option<String>);
 
@@ -321,7 +301,7 @@ mod tests {
     #[test]
     fn functions_are_counted_in_their_own_pass_after_a_warm_up_and_the_instance_is_stopped() {
         let l = FakeLauncher::new(ModeKind::Microvm, vec![FakeRun::ready(1)]);
-        let load = Load(RefCell::default());
+        let load = RecordingLoad::default();
         let cfg = SurfaceConfig {
             requests: 7,
             ..SurfaceConfig::default()
@@ -346,7 +326,7 @@ mod tests {
         let r = run_mode(
             &l,
             &SurfaceConfig::default(),
-            &Load(RefCell::default()),
+            &RecordingLoad::default(),
             &Scripted(Some(why.clone())),
         );
         assert!(matches!(&r.status, ScenarioStatus::Unavailable { reason } if *reason == why));

@@ -134,3 +134,32 @@ fn one_connection(
         }),
     }
 }
+
+/// Test double of [`TenantLoad`] for the passes' unit tests.
+#[cfg(test)]
+pub(crate) mod fake {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    /// Records the size of every run and answers each request in 100 us.
+    #[derive(Debug, Default)]
+    pub(crate) struct RecordingLoad(pub(crate) RefCell<Vec<usize>>);
+
+    impl TenantLoad for RecordingLoad {
+        fn run(
+            &self,
+            _: Option<&HttpTarget>,
+            pattern: LoadPattern,
+            requests: usize,
+        ) -> Result<LoadRun, HarnessError> {
+            self.0.borrow_mut().push(requests);
+            Ok(LoadRun {
+                pattern,
+                latencies_us: vec![100.0; requests],
+                errors: 0,
+                wall_s: 1.0,
+            })
+        }
+    }
+}

@@ -33,27 +33,10 @@ pub struct ModePosture {
 
 /// Runs the pass for the mode of `launcher`; never fails as a whole.
 pub fn run_mode(launcher: &dyn Launcher, ready_timeout: std::time::Duration) -> ModePosture {
-    let mode = launcher.kind();
-    let mut r = ModePosture {
-        mode,
-        peer: mode.is_peer(),
-        status: ScenarioStatus::Measured,
-        workload: None,
-        host: vec![],
-        workload_read: None,
-    };
-    if let Some(reason) = launcher.unavailable() {
-        r.status = ScenarioStatus::Unavailable { reason };
-        return r;
-    }
-    let res = workload_side(launcher, ready_timeout, &mut r)
-        .and_then(|()| host_side(launcher, ready_timeout, &mut r));
-    if let Err(e) = res {
-        r.status = ScenarioStatus::Failed {
-            error: crate::chain(&e),
-        };
-    }
-    r
+    one_mode(launcher, |r| {
+        workload_side(launcher, ready_timeout, r)
+            .and_then(|()| host_side(launcher, ready_timeout, r))
+    })
 }
 
 /// The pass for a user's image, which runs no probe of ours: one instance
@@ -68,6 +51,16 @@ pub fn run_image_mode(
     ready_timeout: std::time::Duration,
     image: &Arc<ImageWorkload>,
 ) -> ModePosture {
+    one_mode(launcher, |r| image_sides(launcher, ready_timeout, image, r))
+}
+
+/// The posture of `launcher`'s mode as `sides` fills it in: unavailable
+/// when the launcher or `sides` says so, failed (with the error chain) on
+/// any other error.
+fn one_mode(
+    launcher: &dyn Launcher,
+    sides: impl FnOnce(&mut ModePosture) -> Result<(), HarnessError>,
+) -> ModePosture {
     let mode = launcher.kind();
     let mut r = ModePosture {
         mode,
@@ -81,7 +74,7 @@ pub fn run_image_mode(
         r.status = ScenarioStatus::Unavailable { reason };
         return r;
     }
-    match image_sides(launcher, ready_timeout, image, &mut r) {
+    match sides(&mut r) {
         Ok(()) => {}
         Err(HarnessError::Unavailable(reason)) => {
             r.status = ScenarioStatus::Unavailable { reason };

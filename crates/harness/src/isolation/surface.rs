@@ -221,32 +221,12 @@ fn traced_run(
 
 #[cfg(test)]
 mod tests {
-    use std::cell::RefCell;
 
     use super::*;
+    use crate::isolation::load::fake::RecordingLoad;
     use crate::isolation::noisy::WARMUP_REQUESTS;
     use crate::modes::fake::{FakeLauncher, FakeRun};
-    use crate::modes::HttpTarget;
     use std::sync::atomic::Ordering;
-
-    struct Load(RefCell<Vec<usize>>);
-
-    impl TenantLoad for Load {
-        fn run(
-            &self,
-            _: Option<&HttpTarget>,
-            pattern: LoadPattern,
-            requests: usize,
-        ) -> Result<LoadRun, HarnessError> {
-            self.0.borrow_mut().push(requests);
-            Ok(LoadRun {
-                pattern,
-                latencies_us: vec![100.0; requests],
-                errors: 0,
-                wall_s: 1.0,
-            })
-        }
-    }
 
     struct Scripted(Option<String>);
 
@@ -275,7 +255,7 @@ mod tests {
     #[test]
     fn the_traced_run_is_its_own_pass_after_a_warm_up_and_the_instance_is_stopped() {
         let l = FakeLauncher::new(ModeKind::Container, vec![FakeRun::ready(1)]);
-        let load = Load(RefCell::default());
+        let load = RecordingLoad::default();
         let cfg = SurfaceConfig {
             requests: 7,
             ..SurfaceConfig::default()
@@ -301,7 +281,7 @@ mod tests {
         let r = run_mode(
             &l,
             &SurfaceConfig::default(),
-            &Load(RefCell::default()),
+            &RecordingLoad::default(),
             &Scripted(Some("isolab-trace is not built".into())),
         );
         assert!(matches!(r.status, ScenarioStatus::Unavailable { .. }));
@@ -312,7 +292,7 @@ mod tests {
     fn an_image_is_traced_under_its_http_rule_and_without_one_says_why() {
         let img = std::sync::Arc::new(crate::image::ImageWorkload::for_tests("http:80/"));
         let l = FakeLauncher::new(ModeKind::Container, vec![FakeRun::ready(1)]);
-        let load = Load(RefCell::default());
+        let load = RecordingLoad::default();
         let r = run_mode_for(
             &l,
             &SurfaceConfig::default(),
