@@ -174,9 +174,13 @@ fn drop_capabilities(kind: ThreadKind) -> Result<(), SeccompError> {
     };
     // The bounding set first: dropping from it needs CAP_SETPCAP, which
     // clearing the effective set would take away.
+    // One prctl per capability: dropping one already gone succeeds; only
+    // one this kernel does not know fails, and that one it cannot hold.
     for cap in caps::all() {
-        if caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false) {
-            caps::drop(None, caps::CapSet::Bounding, cap).map_err(err)?;
+        if let Err(e) = caps::drop(None, caps::CapSet::Bounding, cap) {
+            if caps::has_cap(None, caps::CapSet::Bounding, cap).unwrap_or(false) {
+                return Err(err(e));
+            }
         }
     }
     for set in [
