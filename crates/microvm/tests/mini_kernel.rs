@@ -101,7 +101,7 @@ fn full_boot_sequence_reports_markers_status_and_memory() {
         let r = isolab_microvm::run(&cfg, Instant::now(), hooks)
             .unwrap_or_else(|e| panic!("{vcpus} vCPU: {e:#?}"));
         assert_eq!(r.boot_protocol, "pvh");
-        assert_eq!(r.stop_reason, StopReason::GuestReset);
+        assert_eq!(r.stop_reason, StopReason::WorkloadExited);
         assert_eq!(r.exit_status, Some(7));
         assert_eq!(r.workload_output, "hi");
         assert_eq!(readies.load(std::sync::atomic::Ordering::SeqCst), 1);
