@@ -7,7 +7,7 @@
 //!    a user namespace, run the network hook); EOF means the launcher gave
 //!    up or died, and the child exits. Skipped without a user namespace:
 //!    the network namespace (with the hook's veth attached on a launcher
-//!    thread) is received and joined in step 6, after the pivot;
+//!    thread) is received and joined in step 8, after the pivot;
 //!    a launcher that dies later is seen by init through the lifeline;
 //! 3. [`join_cgroup`]: v1: join by writing `0` to each `tasks` (avoids the
 //!    kernel's global threadgroup lock); in a user namespace become its root;

@@ -275,7 +275,7 @@ pub(crate) fn prepare_security(
 /// Step 4b: start making the network namespace on a thread of its own,
 /// attach the network hook to it there, and send it to the child over the
 /// sync socket (`sync`, the launcher's end; the child receives it after
-/// its pivot), concurrently with steps 5-8 and the child's first mounts;
+/// its pivot), concurrently with steps 5-10 and the child's first mounts;
 /// unless it must come from the clone (a user namespace owns it). The
 /// thread hands the namespace to the child directly, so the launcher's
 /// thread never waits for it; it is joined after [`await_exec`], and
