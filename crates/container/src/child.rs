@@ -7,22 +7,25 @@
 //!    a user namespace, run the network hook); EOF means the launcher gave
 //!    up or died, and the child exits. Skipped without a user namespace:
 //!    the network namespace (with the hook's veth attached on a launcher
-//!    thread) is received and joined in step 6, after the pivot;
+//!    thread) is received and joined in step 8, after the pivot;
 //!    a launcher that dies later is seen by init through the lifeline;
 //! 3. [`join_cgroup`]: v1: join by writing `0` to each `tasks` (avoids the
 //!    kernel's global threadgroup lock); in a user namespace become its root;
 //!    unshare the cgroup namespace, so its root is the instance cgroup;
 //! 4. [`mount_rootfs`]: overlay, `/proc`, `/dev` ([`crate::rootfs`]);
 //! 5. [`pivot`]: pivot_root into it ([`crate::pivot`]);
-//! 6. join the launcher's network namespace, `/sys`
+//! 6. [`protect_proc`]: masked and read-only paths of `/proc`;
+//! 7. [`set_hostname`];
+//! 8. join the launcher's network namespace, `/sys`
 //!    ([`crate::rootfs::mount_sys`]: as late as it can be, so the
-//!    launcher's thread has the most time to make it and attach the veth);
-//!    [`protect_paths`]: masked and read-only paths;
-//! 7. [`set_identity`]: hostname, `lo` up;
-//! 8. [`harden`]: capabilities, no_new_privs, seccomp
-//!    ([`crate::security`]);
-//! 9. become init ([`crate::init`]): send the stamps, fork and exec the
-//!    workload.
+//!    launcher's thread has the most time to make it and attach the veth;
+//!    steps 6 and 7 need no network namespace, so they run before it),
+//!    then the masked paths of `/sys` ([`crate::rootfs::mask_sys`]);
+//! 9. [`loopback_up`]: `lo` up;
+//! 10. [`harden`]: capabilities, no_new_privs, seccomp
+//!     ([`crate::security`]);
+//! 11. become init ([`crate::init`]): send the stamps, fork and exec the
+//!     workload.
 //!
 //! A failure is sent to the launcher as (step, errno) and the child exits.
 //! Each step stamps the clock when it is done ([`crate::phases`]).
@@ -80,7 +83,7 @@ fn wait_for_go(plan: &ChildPlan, stamps: &mut ChildStamps) -> StepResult {
     }
 }
 
-/// Steps 3–8: the container's view of the system, then its confinement.
+/// Steps 3–10: the container's view of the system, then its confinement.
 pub(crate) fn build_view(
     plan: &ChildPlan,
     sys: &dyn Syscall,
@@ -92,9 +95,13 @@ pub(crate) fn build_view(
     stamps.mark(Stamp::Rootfs);
     pivot(sys)?;
     stamps.mark(Stamp::Pivoted);
+    // What needs no network namespace first: the launcher's thread may
+    // still be making it and attaching the veth.
+    protect_proc(sys)?;
+    set_hostname(plan, sys)?;
     rootfs::mount_sys(&plan.rootfs, sys)?;
-    protect_paths(sys)?;
-    set_identity(plan, sys)?;
+    rootfs::mask_sys(sys)?;
+    loopback_up(sys)?;
     stamps.mark(Stamp::Paths);
     harden(&plan.hardening, sys)?;
     stamps.mark(Stamp::Hardened);
@@ -126,17 +133,21 @@ fn pivot(sys: &dyn Syscall) -> StepResult {
 }
 
 /// Step 6.
-fn protect_paths(sys: &dyn Syscall) -> StepResult {
-    rootfs::mask_and_protect(sys)
+fn protect_proc(sys: &dyn Syscall) -> StepResult {
+    rootfs::protect_proc(sys)
 }
 
 /// Step 7.
-fn set_identity(plan: &ChildPlan, sys: &dyn Syscall) -> StepResult {
-    sys.sethostname(&plan.hostname).step(ChildStep::Hostname)?;
+fn set_hostname(plan: &ChildPlan, sys: &dyn Syscall) -> StepResult {
+    sys.sethostname(&plan.hostname).step(ChildStep::Hostname)
+}
+
+/// Step 9 (in the container's network namespace).
+fn loopback_up(sys: &dyn Syscall) -> StepResult {
     sys.loopback_up().step(ChildStep::Loopback)
 }
 
-/// Step 8, in runc's order: without no_new_privs, installing a filter needs
+/// Step 10, in runc's order: without no_new_privs, installing a filter needs
 /// `CAP_SYS_ADMIN`, so the filter goes on first and the capabilities are
 /// dropped under it (the profile allows `capset` and `prctl`); with
 /// no_new_privs the capabilities go first and the filter last, as close
@@ -228,6 +239,27 @@ mod tests {
             "loopback_up",
             "seccomp",
             "drop_capabilities 00000000a80425fb",
+        ];
+        let pos: Vec<usize> = order.iter().map(|c| sys.position(c).expect(c)).collect();
+        assert!(pos.windows(2).all(|w| w[0] < w[1]), "{:?}", sys.calls());
+        // A network namespace from the launcher is joined after what needs
+        // none (/proc's paths, the hostname) and before /sys and lo.
+        let sys = RecordingSyscall {
+            dirs: vec!["/sys/firmware"],
+            ..Default::default()
+        };
+        let mut from_launcher = plan(false);
+        from_launcher.rootfs.netns_from = Some(5);
+        build(&from_launcher, &sys).0.unwrap();
+        let order = [
+            "pivot_root",
+            "mount /dev/null /proc/kcore",
+            "sethostname box-1",
+            "join_netns 5",
+            "mount sysfs /sys",
+            "mount tmpfs /sys/firmware",
+            "loopback_up",
+            "seccomp",
         ];
         let pos: Vec<usize> = order.iter().map(|c| sys.position(c).expect(c)).collect();
         assert!(pos.windows(2).all(|w| w[0] < w[1]), "{:?}", sys.calls());

@@ -9,14 +9,15 @@
 //! 3. [`prepare_image`]: the workload must be an ELF executable; build (once)
 //!    and lease the shared image;
 //! 4. [`prepare_security`]: resolve the security profile and compile its
-//!    seccomp filter (once per process); [`prepare_network`]: a thread
-//!    starts making the network namespace, concurrently with steps 5-8;
+//!    seccomp filter (once per process); [`prepare_network`]: the sync
+//!    socket, then a thread that makes the network namespace, attaches the
+//!    network hook and sends the namespace to the child itself,
+//!    concurrently with steps 5-10;
 //! 5. [`create_instance_dir`]: `<run_dir>/<id>` (0700) with the owner
 //!    file and the overlay's upper and work dirs;
 //! 6. [`create_cgroup`]: the instance cgroup with every limit and the
 //!    device rules written before anything joins it;
-//! 7. [`open_channels`]: sync socketpair, ready, stdout, stderr, status and
-//!    lifeline pipes;
+//! 7. [`open_channels`]: ready, stdout, stderr, status and lifeline pipes;
 //! 8. [`clone_child`]: block signals, clone init into new namespaces (v2:
 //!    `clone3` with `CLONE_INTO_CGROUP`, born in its cgroup; v1: init joins
 //!    itself), restore the mask; hand ready/stdout/stderr to the process's
@@ -24,9 +25,11 @@
 //! 9. [`attach`]: (user namespace) write the id maps; run the network hook;
 //!    send `GO`
 //!    (only when there was something to do: otherwise the child did not
-//!    wait); send the network namespace (the child joins it after its pivot, before `/sys`);
+//!    wait; it joins the namespace the network thread sends after its
+//!    pivot, before `/sys`);
 //! 10. [`await_exec`]: read the child's phase stamps, then EOF on the sync
-//!     socket (the workload exec'd) or a failure message.
+//!     socket (the workload exec'd) or a failure message; join the network
+//!     thread (its error, if any, is the launch's).
 //!
 //! The launch clock ([`Running::launched_at`], [`LaunchPhases`]) starts
 //! before step 1. Every step fails with its own [`ContainerError`] variant. Teardown (after
@@ -126,7 +129,10 @@ fn launch<'scope>(
         ..Marks::default()
     };
     validate(config)?;
-    let netns = prepare_network(scope, config, network)?;
+    // The sync socket first: the network thread sends the namespace it
+    // makes straight to the child over it.
+    let sync_pair = sync_socketpair()?;
+    let netns = prepare_network(scope, config, network, &sync_pair.0)?;
     let hierarchy = prepare_host(config)?;
     let image = prepare_image(config)?;
     let (security, hardening) = prepare_security(config)?;
@@ -143,7 +149,7 @@ fn launch<'scope>(
     marks.instance_dir = phases::now_ns();
     live.cgroup = Some(create_cgroup(&hierarchy, &id, config, &security)?);
     marks.cgroup = phases::now_ns();
-    let ch = open_channels(live.cgroup.as_deref())?;
+    let ch = open_channels(sync_pair, live.cgroup.as_deref())?;
     let plan = child_plan(config, &live, &id, hardening, &ch, netns.is_some())?;
     let (pid, shared, parent) = clone_child(&plan, ch, config.quiet_stderr)?;
     live.pid = Some(pid);
@@ -151,16 +157,25 @@ fn launch<'scope>(
     // A user namespace's hook runs here, by pid; otherwise it ran on the
     // network thread.
     let late_hook = network.filter(|_| netns.is_none());
-    attach(
-        config,
-        pid,
-        late_hook,
-        &parent.sync,
-        plan.wait_for_go,
-        netns,
-    )?;
+    attach(config, pid, late_hook, &parent.sync, plan.wait_for_go)?;
     marks.go_sent = phases::now_ns();
-    match await_exec(&parent.sync, &mut marks) {
+    let exec = await_exec(&parent.sync, &mut marks);
+    // The network thread is done once the child has the namespace (or
+    // failed); its error explains a child that could not join one.
+    if let Some(thread) = netns {
+        let joined = thread
+            .join()
+            .map_err(|_| ContainerError::NetNamespace(nix::Error::EIO))
+            .and_then(|r| r);
+        match joined {
+            Ok(sent) => marks.go_sent = marks.go_sent.max(sent),
+            // A failed send is the child's failure seen from this side:
+            // the child's own report says more.
+            Err(ContainerError::Sync(_)) if exec.is_err() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match exec {
         Ok(()) => {}
         Err(ContainerError::ChildDied { .. }) => {
             let status = live.reap_now();
@@ -258,26 +273,51 @@ pub(crate) fn prepare_security(
 }
 
 /// Step 4b: start making the network namespace on a thread of its own,
-/// and attach the network hook to it there (joined in [`attach`]),
-/// concurrently with steps 5-8 and the child's first mounts; unless it must
-/// come from the clone (a user namespace owns it).
+/// attach the network hook to it there, and send it to the child over the
+/// sync socket (`sync`, the launcher's end; the child receives it after
+/// its pivot), concurrently with steps 5-10 and the child's first mounts;
+/// unless it must come from the clone (a user namespace owns it). The
+/// thread hands the namespace to the child directly, so the launcher's
+/// thread never waits for it; it is joined after [`await_exec`], and
+/// returns when it sent the namespace (the end of the attach phase). On a
+/// failure it shuts the socket's sending side, so the child stops waiting
+/// (its join fails) and the thread's error is the one reported.
 fn prepare_network<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
     config: &ContainerConfig,
     hook: Option<&'scope dyn NetworkHook>,
+    sync: &OwnedFd,
 ) -> Result<Option<NetnsThread<'scope>>, ContainerError> {
     if config.user_namespace {
         return Ok(None);
     }
+    let sync = sync.try_clone().map_err(|e| ContainerError::Channel {
+        what: "sync",
+        source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EMFILE)),
+    })?;
     std::thread::Builder::new()
         .name("isolab-netns".into())
         .spawn_scoped(scope, move || {
-            let fd = namespaces::new_netns().map_err(ContainerError::NetNamespace)?;
-            if let Some(hook) = hook {
-                hook.attach(fd.as_fd())
-                    .map_err(|source| ContainerError::NetworkHook { source })?;
+            let made = namespaces::new_netns()
+                .map_err(ContainerError::NetNamespace)
+                .and_then(|fd| match hook {
+                    Some(hook) => hook
+                        .attach(fd.as_fd())
+                        .map(|()| fd)
+                        .map_err(|source| ContainerError::NetworkHook { source }),
+                    None => Ok(fd),
+                })
+                .and_then(|fd| send_fd(&sync, sync::NETNS, &fd).map_err(ContainerError::Sync));
+            match made {
+                Ok(()) => Ok(phases::now_ns()),
+                Err(e) => {
+                    let _ = nix::sys::socket::shutdown(
+                        sync.as_raw_fd(),
+                        nix::sys::socket::Shutdown::Write,
+                    );
+                    Err(e)
+                }
             }
-            Ok(fd)
         })
         .map(Some)
         .map_err(|e| {
@@ -287,7 +327,8 @@ fn prepare_network<'scope>(
         })
 }
 
-type NetnsThread<'scope> = std::thread::ScopedJoinHandle<'scope, Result<OwnedFd, ContainerError>>;
+/// The network thread: when it sent the namespace to the child.
+type NetnsThread<'scope> = std::thread::ScopedJoinHandle<'scope, Result<u64, ContainerError>>;
 
 /// Step 5.
 pub(crate) fn create_instance_dir(
@@ -356,16 +397,26 @@ struct ChildEnds {
     lifeline_r: OwnedFd,
 }
 
-/// Step 7.
-fn open_channels(cgroup: Option<&dyn CgroupManager>) -> Result<Channels, ContainerError> {
-    let chan = |what| move |source| ContainerError::Channel { what, source };
-    let (sync_parent, sync_child) = socketpair(
+/// The sync socket (launcher's end, child's end), made before step 4b.
+fn sync_socketpair() -> Result<(OwnedFd, OwnedFd), ContainerError> {
+    socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
         None,
         SockFlag::SOCK_CLOEXEC,
     )
-    .map_err(chan("sync"))?;
+    .map_err(|source| ContainerError::Channel {
+        what: "sync",
+        source,
+    })
+}
+
+/// Step 7: every channel but the sync socket (made first).
+fn open_channels(
+    (sync_parent, sync_child): (OwnedFd, OwnedFd),
+    cgroup: Option<&dyn CgroupManager>,
+) -> Result<Channels, ContainerError> {
+    let chan = |what| move |source| ContainerError::Channel { what, source };
     let pipe = |what| nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(chan(what));
     let (ready_r, ready_w) = pipe("ready")?;
     let (stdout_r, stdout_w) = pipe("stdout")?;
@@ -544,7 +595,6 @@ fn attach(
     late_hook: Option<&dyn NetworkHook>,
     sync: &OwnedFd,
     send_go: bool,
-    netns: Option<NetnsThread<'_>>,
 ) -> Result<(), ContainerError> {
     if config.user_namespace {
         write_id_maps(pid)?;
@@ -561,12 +611,6 @@ fn attach(
     }
     if send_go {
         process::write_msg(sync.as_raw_fd(), &[sync::GO]).map_err(ContainerError::Sync)?;
-    }
-    if let Some(thread) = netns {
-        let fd = thread
-            .join()
-            .map_err(|_| ContainerError::NetNamespace(nix::Error::EIO))??;
-        send_fd(sync, sync::NETNS, &fd).map_err(ContainerError::Sync)?;
     }
     Ok(())
 }

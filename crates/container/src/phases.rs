@@ -79,7 +79,9 @@ pub struct LaunchPhases {
     pub cgroup_us: u64,
     /// -> channels opened and `clone` with all namespaces returned.
     pub clone_us: u64,
-    /// -> id maps, v2 cgroup move, network hook done; `GO` sent.
+    /// -> (user namespace) id maps and network hook done, `GO` sent;
+    /// otherwise the network thread's namespace, veth attached, sent to
+    /// the child (the child's work meanwhile is counted here).
     pub attach_us: u64,
     /// -> the child joined its cgroup and unshared the cgroup namespace.
     pub cgroup_join_us: u64,

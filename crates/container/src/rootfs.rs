@@ -8,9 +8,9 @@
 //!    mounts of the host's null, zero, full, random, urandom, tty; a private
 //!    devpts with `/dev/ptmx`; `/dev/shm`; the `/dev/fd` family of symlinks;
 //! 4. (pivot_root, see [`crate::pivot`]);
-//! 5. join the network namespace the launcher made, then `/sys` read-only
-//!    ([`mount_sys`]);
-//! 6. runc's masked paths and read-only paths.
+//! 5. runc's masked paths and read-only paths of `/proc` ([`protect_proc`]);
+//! 6. join the network namespace the launcher made, then `/sys` read-only
+//!    ([`mount_sys`]), then its masked paths ([`mask_sys`]).
 //!
 //! Mount targets below the new root are relative to it (the child has
 //! `cd`'d into it), so nothing here allocates.
@@ -214,9 +214,22 @@ fn mount_dev(sys: &dyn Syscall) -> StepResult {
     Ok(())
 }
 
-/// Step 5, after pivot_root: hide and freeze the host-revealing paths.
-pub(crate) fn mask_and_protect(sys: &dyn Syscall) -> StepResult {
-    for path in MASKED_PATHS {
+/// Step 6, after pivot_root: hide and freeze the host-revealing paths of
+/// `/proc` (needs no network namespace, so it runs while the launcher's
+/// thread may still be attaching the veth).
+pub(crate) fn protect_proc(sys: &dyn Syscall) -> StepResult {
+    mask(sys, "/proc/")?;
+    readonly(sys)
+}
+
+/// Step 6, once `/sys` is mounted: hide its host-revealing paths.
+pub(crate) fn mask_sys(sys: &dyn Syscall) -> StepResult {
+    mask(sys, "/sys/")
+}
+
+/// The [`MASKED_PATHS`] under `prefix`.
+fn mask(sys: &dyn Syscall, prefix: &str) -> StepResult {
+    for path in MASKED_PATHS.iter().filter(|m| m.starts_with(prefix)) {
         match sys.is_dir(p(path)) {
             Err(nix::Error::ENOENT) => continue,
             Err(e) => return Err((ChildStep::MaskPaths, e)),
@@ -234,6 +247,10 @@ pub(crate) fn mask_and_protect(sys: &dyn Syscall) -> StepResult {
                 .step(ChildStep::MaskPaths)?,
         }
     }
+    Ok(())
+}
+
+fn readonly(sys: &dyn Syscall) -> StepResult {
     for path in READONLY_PATHS {
         match sys.is_dir(p(path)) {
             Err(nix::Error::ENOENT) => continue,
@@ -369,8 +386,14 @@ mod tests {
             absent: vec!["/proc/asound", "/proc/timer_stats"],
             ..Default::default()
         };
-        mask_and_protect(&sys).unwrap();
+        protect_proc(&sys).unwrap();
+        assert!(
+            !sys.calls().iter().any(|c| c.contains("/sys/")),
+            "/sys is masked only once mounted"
+        );
+        mask_sys(&sys).unwrap();
         let calls = sys.calls();
+        assert!(calls.contains(&"mount tmpfs /sys/firmware tmpfs MS_RDONLY -".to_string()));
         assert!(calls.contains(&"mount tmpfs /proc/acpi tmpfs MS_RDONLY -".to_string()));
         assert!(calls.contains(&"mount /dev/null /proc/kcore - MS_BIND -".to_string()));
         assert!(calls.contains(&"mount /dev/null /proc/keys - MS_BIND -".to_string()));

@@ -141,14 +141,8 @@ impl Netlink {
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<u32, NetlinkError> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        packet.finalize();
-        let mut bytes = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut bytes);
+        let mut bytes = Vec::new();
+        let seq = self.append(&mut bytes, msg, flags);
         self.socket
             .send(&bytes, 0)
             .map_err(|source| NetlinkError::Send {
@@ -156,7 +150,22 @@ impl Netlink {
                 target: target.to_owned(),
                 source,
             })?;
-        Ok(self.seq)
+        Ok(seq)
+    }
+
+    /// Serialises `msg` with the next sequence number onto `bytes` (4-byte
+    /// aligned, so several can share one datagram) and returns the number.
+    fn append(&mut self, bytes: &mut Vec<u8>, msg: RouteNetlinkMessage, flags: u16) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        packet.finalize();
+        let start = bytes.len();
+        bytes.resize(start + ((packet.buffer_len() + 3) & !3), 0);
+        packet.serialize(&mut bytes[start..]);
+        self.seq
     }
 
     /// Receives datagrams and hands each message of sequence `seq` to
@@ -230,6 +239,56 @@ impl Netlink {
             }),
             _ => None,
         })
+    }
+
+    /// Sends `requests` (each acknowledged) in one datagram, then reads
+    /// their acks: the kernel handles the messages of a datagram in order
+    /// and answers each, so this is one `sendmsg` instead of one round
+    /// trip per request. A refused request does not stop the ones after
+    /// it; the first refusal (in request order) is returned.
+    fn request_batch(
+        &mut self,
+        target: &str,
+        requests: Vec<(&'static str, RouteNetlinkMessage, u16)>,
+    ) -> Result<(), NetlinkError> {
+        let Some(first_op) = requests.first().map(|r| r.0) else {
+            return Ok(());
+        };
+        let mut bytes = Vec::new();
+        let sent: Vec<(u32, &'static str)> = requests
+            .into_iter()
+            .map(|(op, msg, flags)| {
+                let seq = self.append(&mut bytes, msg, NLM_F_REQUEST | NLM_F_ACK | flags);
+                (seq, op)
+            })
+            .collect();
+        self.socket
+            .send(&bytes, 0)
+            .map_err(|source| NetlinkError::Send {
+                op: first_op,
+                target: target.to_owned(),
+                source,
+            })?;
+        // Every ack is a datagram of its own, in request order; all are
+        // read, so none is left for a later request.
+        let mut first_refusal = None;
+        for (seq, op) in sent {
+            let answer = self.receive(op, target, seq, |msg| match msg.payload {
+                NetlinkPayload::Error(err) => Some(Ok(err.code.map(|_| err.to_io()))),
+                _ => None,
+            })?;
+            if let (Some(source), None) = (answer, &first_refusal) {
+                first_refusal = Some(NetlinkError::Refused {
+                    op,
+                    target: target.to_owned(),
+                    source,
+                });
+            }
+        }
+        match first_refusal {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Sends a dump request and collects every answer.
@@ -369,6 +428,49 @@ impl Netlink {
             &format!("ifindex {index}"),
             RouteNetlinkMessage::DelLink(rtmsg::delete(index)),
             0,
+        )
+    }
+
+    /// Deletes the interface called `name` (for a veth, both ends).
+    pub fn delete_link_named(&mut self, name: &str) -> Result<(), NetlinkError> {
+        self.request(
+            "delete link",
+            name,
+            RouteNetlinkMessage::DelLink(rtmsg::delete_named(name)),
+            0,
+        )
+    }
+
+    /// Gives interface `index` the address `addr/prefix`, sets it up and
+    /// adds the IPv4 default route via `gateway` through it: the three
+    /// requests in one datagram ([`Netlink::request_batch`]), in that
+    /// order (the route needs the address's subnet to reach the gateway).
+    pub fn configure_interface(
+        &mut self,
+        index: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+        gateway: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
+        self.request_batch(
+            &format!("ifindex {index} ({addr}/{prefix} via {gateway})"),
+            vec![
+                (
+                    "add address",
+                    RouteNetlinkMessage::NewAddress(rtmsg::address(index, addr, prefix)),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                ),
+                (
+                    "set link up",
+                    RouteNetlinkMessage::SetLink(rtmsg::set_up(index, None)),
+                    0,
+                ),
+                (
+                    "add default route",
+                    RouteNetlinkMessage::NewRoute(rtmsg::default_route(gateway)),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                ),
+            ],
         )
     }
 

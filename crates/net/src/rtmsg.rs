@@ -23,11 +23,19 @@ pub fn bridge(name: &str) -> LinkMessage {
     msg
 }
 
+/// TX and RX queues of each veth end ([`veth`]).
+pub const VETH_QUEUES: u32 = 1;
+
 /// `RTM_NEWLINK` for a veth pair: `name` in the socket's namespace, `peer`
 /// with MAC `peer_mac` created directly in the namespace `peer_ns`; `name`
 /// up and enslaved to `master` if given (the kernel applies them once the
 /// pair is tied; the peer is configured before that, and a veth end whose
 /// peer is not yet tied refuses to go up with `ENOTCONN`).
+///
+/// Both ends get one TX and one RX queue ([`VETH_QUEUES`]) instead of the
+/// kernel's default of one per possible CPU: every queue is a sysfs
+/// object made and removed with the device, and a veth's queues only
+/// matter for XDP, which the workbench does not use.
 pub fn veth(
     name: &str,
     peer: &str,
@@ -40,12 +48,16 @@ pub fn veth(
         LinkAttribute::IfName(peer.to_owned()),
         LinkAttribute::Address(peer_mac.to_vec()),
         LinkAttribute::NetNsFd(peer_ns),
+        LinkAttribute::NumTxQueues(VETH_QUEUES),
+        LinkAttribute::NumRxQueues(VETH_QUEUES),
     ];
     let mut msg = LinkMessage::default();
     msg.header.flags = LinkFlags::Up;
     msg.header.change_mask = LinkFlags::Up;
     msg.attributes = vec![
         LinkAttribute::IfName(name.to_owned()),
+        LinkAttribute::NumTxQueues(VETH_QUEUES),
+        LinkAttribute::NumRxQueues(VETH_QUEUES),
         LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
@@ -73,6 +85,14 @@ pub fn set_up(index: u32, master: Option<u32>) -> LinkMessage {
 pub fn delete(index: u32) -> LinkMessage {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
+    msg
+}
+
+/// `RTM_DELLINK` of the interface called `name` (index 0: the kernel looks
+/// the name up), for a caller that never learnt the index.
+pub fn delete_named(name: &str) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.attributes = vec![LinkAttribute::IfName(name.to_owned())];
     msg
 }
 
@@ -173,6 +193,22 @@ mod tests {
         assert!(!peer.header.flags.contains(LinkFlags::Up));
         assert!(msg.header.flags.contains(LinkFlags::Up));
         assert!(msg.attributes.contains(&LinkAttribute::Controller(3)));
+        // One queue each way on both ends.
+        for attrs in [&msg.attributes, &peer.attributes] {
+            assert!(attrs.contains(&LinkAttribute::NumTxQueues(1)));
+            assert!(attrs.contains(&LinkAttribute::NumRxQueues(1)));
+        }
+    }
+
+    #[test]
+    fn delete_by_name_leaves_the_index_to_the_kernel() {
+        let RouteNetlinkMessage::DelLink(msg) =
+            round_trip(RouteNetlinkMessage::DelLink(delete_named("iv3")))
+        else {
+            panic!("not a DelLink");
+        };
+        assert_eq!(msg.header.index, 0);
+        assert_eq!(msg.attributes, vec![LinkAttribute::IfName("iv3".into())]);
     }
 
     #[test]

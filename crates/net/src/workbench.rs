@@ -335,10 +335,10 @@ impl Workbench {
             peer: peer_name.to_owned(),
             source,
         };
-        let host_index = {
-            let mut nl = self.netlink();
-            // The host end born up, on the bridge.
-            nl.add_veth(
+        // The host end born up, on the bridge. Its index is never looked
+        // up: the pair is deleted by the host end's name.
+        self.netlink()
+            .add_veth(
                 &host,
                 peer_name,
                 lease.mac(),
@@ -346,21 +346,8 @@ impl Workbench {
                 Some(self.bridge_index),
             )
             .map_err(veth_err)?;
-            match nl.link(&host) {
-                Ok(Some(link)) => link.index,
-                Ok(None) => {
-                    return Err(veth_err(NetlinkError::Refused {
-                        op: "find new veth",
-                        target: host.clone(),
-                        source: io::Error::from_raw_os_error(libc::ENODEV),
-                    }))
-                }
-                Err(e) => return Err(veth_err(e)),
-            }
-        };
         let attachment = VethAttachment {
             host,
-            host_index,
             peer: peer_name.to_owned(),
             lease,
             nl: Arc::clone(&self.nl),
@@ -430,7 +417,6 @@ impl Drop for Workbench {
 #[derive(Debug)]
 pub struct VethAttachment {
     host: String,
-    host_index: u32,
     peer: String,
     lease: Lease,
     nl: Arc<Mutex<Netlink>>,
@@ -461,7 +447,7 @@ impl VethAttachment {
 impl Drop for VethAttachment {
     fn drop(&mut self) {
         let mut nl = self.nl.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(err) = nl.delete_link(self.host_index) {
+        if let Err(err) = nl.delete_link_named(&self.host) {
             // ENODEV: the instance's namespace died and took the pair along.
             if err.errno() != Some(libc::ENODEV) {
                 eprintln!("warning: could not delete veth {}: {err}", self.host);
@@ -682,12 +668,8 @@ fn configure_peer(target: BorrowedFd<'_>, peer: &str, lease: &Lease) -> Result<(
                 source: io::Error::from_raw_os_error(libc::ENODEV),
             })
         })?;
-    nl.add_address(index, lease.addr(), lease.prefix())
-        .map_err(err("add address"))?;
-    nl.set_up(index, None).map_err(err("set up"))?;
-    nl.add_default_route(lease.gateway())
-        .map_err(err("default route"))?;
-    Ok(())
+    nl.configure_interface(index, lease.addr(), lease.prefix(), lease.gateway())
+        .map_err(err("address, up, default route"))
 }
 
 #[cfg(test)]

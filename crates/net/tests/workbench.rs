@@ -510,3 +510,34 @@ fn a_subnet_already_used_where_the_workbench_is_made_is_refused() {
     scratch.remove().unwrap();
     assert_no_leftovers(&scratch_cfg);
 }
+
+#[test]
+fn a_refused_request_of_a_batch_is_named_and_the_socket_stays_usable() {
+    let test = "a_refused_request_of_a_batch_is_named_and_the_socket_stays_usable";
+    if require(test, false).is_none() {
+        return;
+    }
+    let ns = tempfile::tempdir().unwrap();
+    let named = NamedNetns::create(ns.path(), "isolabt9").expect("namespace");
+    let mut nl = Netlink::open_in(named.as_fd()).unwrap();
+    let gw = std::net::Ipv4Addr::new(10, 203, 109, 1);
+    // No interface 4242: the address is refused first, then the rest.
+    let err = nl
+        .configure_interface(4242, std::net::Ipv4Addr::new(10, 203, 109, 2), 24, gw)
+        .expect_err("no such interface");
+    assert_eq!(err.errno(), Some(libc::ENODEV), "{err}");
+    assert!(err.to_string().contains("add address"), "{err}");
+    // Every ack was read: the next request gets its own answer.
+    let lo = nl.link("lo").unwrap().expect("lo");
+    nl.configure_interface(lo.index, std::net::Ipv4Addr::new(127, 0, 0, 9), 8, gw)
+        .expect_err("the gateway is not on lo's subnet");
+    let addrs = nl.addresses().unwrap();
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a.addr == std::net::Ipv4Addr::new(127, 0, 0, 9)),
+        "the address of the second batch went on: {addrs:?}"
+    );
+    drop(nl);
+    named.remove().unwrap();
+}
