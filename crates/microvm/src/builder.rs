@@ -266,11 +266,11 @@ pub fn open_kvm(config: &VmConfig) -> Result<KvmContext, BuildError> {
     Ok(kvm)
 }
 
-/// Step 4: the VM with its in-kernel irqchip (no PIT), perf-counter MSRs
+/// Step 4: the VM with its in-kernel irqchip and PIT, perf-counter MSRs
 /// hidden.
 pub fn create_vm(kvm: &KvmContext) -> Result<VmFd, BuildError> {
     let vm = vm::create_vm(kvm).map_err(BuildError::CreateVm)?;
-    vm::setup_irqchip(&vm).map_err(BuildError::CreateVm)?;
+    vm::setup_irqchip_and_pit(&vm).map_err(BuildError::CreateVm)?;
     vm::hide_pmu_msrs(&vm).map_err(BuildError::CreateVm)?;
     Ok(vm)
 }

@@ -53,7 +53,7 @@ fn run_payload_with(
     add_devices: impl FnOnce(&mut builder::Devices),
     on_start: impl FnOnce(mpsc::Receiver<()>, libc::pthread_t) + Send + 'static,
 ) -> (Result<builder::RunOutcome, builder::BuildError>, bool) {
-    let vm = builder::create_vm(kvm).expect("VM with its irqchip");
+    let vm = builder::create_vm(kvm).expect("VM with irqchip and PIT");
     let mem = builder::setup_memory(&vm, 1 << 20, Default::default()).expect("guest memory");
     mem.write_slice(code, GuestAddress(0x1000)).unwrap();
     let (tx, rx) = mpsc::channel();

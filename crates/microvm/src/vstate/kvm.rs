@@ -8,10 +8,11 @@ use kvm_ioctls::{Cap, Kvm};
 pub const KVM_API_VERSION: i32 = 12;
 
 /// Capabilities the boot path relies on.
-const REQUIRED_CAPS: [(Cap, &str); 4] = [
+const REQUIRED_CAPS: [(Cap, &str); 5] = [
     (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
     (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
     (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+    (Cap::Pit2, "KVM_CAP_PIT2"),
     (Cap::Irqfd, "KVM_CAP_IRQFD"),
 ];
 

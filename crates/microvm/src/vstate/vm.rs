@@ -1,6 +1,6 @@
 //! The VM file descriptor: VM-wide state set up before any vCPU exists.
 
-use kvm_bindings::kvm_userspace_memory_region;
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -21,6 +21,9 @@ pub enum VmError {
     /// KVM_CREATE_IRQCHIP.
     #[error("KVM_CREATE_IRQCHIP failed")]
     CreateIrqchip(#[source] kvm_ioctls::Error),
+    /// KVM_CREATE_PIT2.
+    #[error("KVM_CREATE_PIT2 failed")]
+    CreatePit(#[source] kvm_ioctls::Error),
     /// KVM_SET_USER_MEMORY_REGION.
     #[error("KVM_SET_USER_MEMORY_REGION for slot {slot} at {guest_addr:#x} ({size} bytes) failed")]
     SetMemoryRegion {
@@ -51,15 +54,17 @@ pub fn create_vm(kvm: &KvmContext) -> Result<VmFd, VmError> {
 }
 
 /// VM-wide x86 setup, in the order KVM requires (all before vCPUs):
-/// TSS address and the in-kernel IOAPIC/PIC/LAPIC. No i8254 PIT, as QEMU's
-/// `microvm` with `pit=off`: a KVM guest keeps time with kvmclock and the
-/// LAPIC's TSC-deadline timer, and Linux skips its IRQ0 check under KVM
-/// (`no_timer_check`); the PIT would cost a kernel thread per VM, created
-/// and stopped on every boot's critical path.
-pub fn setup_irqchip(vm: &VmFd) -> Result<(), VmError> {
+/// TSS address, in-kernel IOAPIC/PIC/LAPIC, PIT with a dummy speaker port so
+/// that port 0x61 does not exit to userspace.
+pub fn setup_irqchip_and_pit(vm: &VmFd) -> Result<(), VmError> {
     vm.set_tss_address(KVM_TSS_ADDR)
         .map_err(VmError::SetTssAddr)?;
-    vm.create_irq_chip().map_err(VmError::CreateIrqchip)
+    vm.create_irq_chip().map_err(VmError::CreateIrqchip)?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(VmError::CreatePit)
 }
 
 /// The perf-counter MSRs the guest must not reach, `(first, count)`: AMD's
