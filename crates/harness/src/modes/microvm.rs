@@ -186,6 +186,22 @@ pub fn read_report(stdout: &str) -> Option<VmReport> {
         .find_map(|l| serde_json::from_str(l.trim()).ok())
 }
 
+/// Why the last report-looking line of `stdout` (a JSON object with a
+/// `stop_reason`) is not a report this build can read: a monitor from
+/// another build of the workspace, most likely.
+fn unreadable_report(stdout: &str) -> Option<String> {
+    let line = stdout
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('{') && l.contains("\"stop_reason\""))?;
+    serde_json::from_str::<VmReport>(line).err().map(|e| {
+        format!(
+            "it printed a report this bench cannot read ({e}): isolab-vmm from another build? rebuild the workspace"
+        )
+    })
+}
+
 /// What a finished monitor observed, as an instance outcome.
 pub fn outcome_of(report: VmReport, stderr: &str, label: Option<String>) -> InstanceOutcome {
     InstanceOutcome {
@@ -320,7 +336,9 @@ impl Vmm {
             Some(r) => Ok((r, err, out)),
             None => Err(HarnessError::Monitor {
                 status: shell_status(st),
-                message: spawn::error_line(&err).unwrap_or_else(|| "(no error output)".into()),
+                message: unreadable_report(&out)
+                    .or_else(|| spawn::error_line(&err))
+                    .unwrap_or_else(|| "(no error output)".into()),
             }),
         }
     }
@@ -721,6 +739,22 @@ mod tests {
         assert_eq!(o.fact("pid"), Some(&serde_json::Value::from(1)));
         assert_eq!(o.peak_rss_kib, Some(23000));
         assert_eq!(o.vm.unwrap().phases.kernel_boot_ms, Some(30.0));
+    }
+
+    #[test]
+    fn a_report_from_another_build_is_named_as_such() {
+        let newer = REPORT.replace("host_request", "stopped_by_magic");
+        let why = unreadable_report(&format!("console line\n{newer}\n")).expect("report-like");
+        assert!(
+            why.contains("cannot read") && why.contains("rebuild"),
+            "{why}"
+        );
+        assert_eq!(unreadable_report(REPORT), None, "a readable report");
+        assert_eq!(
+            unreadable_report("[ 0.1] console\n"),
+            None,
+            "no report at all"
+        );
     }
 
     const REPORT: &str = r#"{"host":{"kind":"unknown"},"vcpus":1,"memory_mib":128,"kernel_format":"elf","boot_protocol":"pvh","cmdline":"","stop_reason":"host_request","exit_status":null,"phases":{},"memory_at_ready":null,"memory_at_end":{"vmm_overhead_kib":1,"guest_touched_kib":2,"total_rss_kib":3,"vmm_overhead_pss_kib":1},"workload_output":"","unknown_markers":[]}"#;
