@@ -335,42 +335,38 @@ pub fn run(
             "noisy neighbour and host system calls: not run: {reason}"
         ));
     }
+    // The three passes report to the one progress display.
+    let mut on_event = |ev: crate::isolation::Event<'_>| match ev {
+        crate::isolation::Event::Start(what, n) => progress.start(what, n),
+        crate::isolation::Event::Step(done, msg) => progress.step(done, msg),
+        crate::isolation::Event::Finish => progress.finish(),
+    };
     let neighbours = match cfg.neighbours.as_ref().filter(|_| !interrupted()) {
         Some(ncfg) => {
-            crate::isolation::run_modes(&ctx, &cfg.modes, ncfg, cfg.image.as_ref(), &mut |ev| {
-                match ev {
-                    crate::isolation::Event::Start(what, n) => progress.start(what, n),
-                    crate::isolation::Event::Step(done, msg) => progress.step(done, msg),
-                    crate::isolation::Event::Finish => progress.finish(),
-                }
-            })
+            crate::isolation::run_modes(&ctx, &cfg.modes, ncfg, cfg.image.as_ref(), &mut on_event)
         }
         None => vec![],
     };
     let surface = match cfg.surface.as_ref().filter(|_| !interrupted()) {
-        Some(scfg) => {
-            crate::isolation::surface_modes(&ctx, &cfg.modes, scfg, cfg.image.as_ref(), &mut |ev| {
-                match ev {
-                    crate::isolation::Event::Start(what, n) => progress.start(what, n),
-                    crate::isolation::Event::Step(done, msg) => progress.step(done, msg),
-                    crate::isolation::Event::Finish => progress.finish(),
-                }
-            })
-        }
+        Some(scfg) => crate::isolation::surface_modes(
+            &ctx,
+            &cfg.modes,
+            scfg,
+            cfg.image.as_ref(),
+            &mut on_event,
+        ),
         None => vec![],
     };
     // Its own pass after the system-call pass: the function tracer and
     // ptrace never run on the same instance.
     let kernel_functions = match cfg.surface.as_ref().filter(|_| !interrupted()) {
-        Some(scfg) => {
-            crate::isolation::kernel_modes(&ctx, &cfg.modes, scfg, cfg.image.as_ref(), &mut |ev| {
-                match ev {
-                    crate::isolation::Event::Start(what, n) => progress.start(what, n),
-                    crate::isolation::Event::Step(done, msg) => progress.step(done, msg),
-                    crate::isolation::Event::Finish => progress.finish(),
-                }
-            })
-        }
+        Some(scfg) => crate::isolation::kernel_modes(
+            &ctx,
+            &cfg.modes,
+            scfg,
+            cfg.image.as_ref(),
+            &mut on_event,
+        ),
         None => vec![],
     };
     let posture = if cfg.posture && !interrupted() {

@@ -221,7 +221,6 @@ fn traced_run(
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
     use crate::isolation::load::fake::RecordingLoad;
     use crate::isolation::noisy::WARMUP_REQUESTS;
