@@ -219,7 +219,7 @@ impl Netlink {
         }
     }
 
-    /// Sends a request that the kernel acknowledges.
+    /// Sends a request that the kernel acknowledges: a batch of one.
     fn request(
         &mut self,
         op: &'static str,
@@ -227,18 +227,7 @@ impl Netlink {
         msg: RouteNetlinkMessage,
         flags: u16,
     ) -> Result<(), NetlinkError> {
-        let seq = self.send(op, target, msg, NLM_F_REQUEST | NLM_F_ACK | flags)?;
-        self.receive(op, target, seq, |msg| match msg.payload {
-            NetlinkPayload::Error(err) => Some(match err.code {
-                None => Ok(()),
-                Some(_) => Err(NetlinkError::Refused {
-                    op,
-                    target: target.to_owned(),
-                    source: err.to_io(),
-                }),
-            }),
-            _ => None,
-        })
+        self.request_batch(target, vec![(op, msg, flags)])
     }
 
     /// Sends `requests` (each acknowledged) in one datagram, then reads
