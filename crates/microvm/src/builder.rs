@@ -599,6 +599,8 @@ pub fn run_vcpus(
         EventFd::new(libc::EFD_NONBLOCK).map_err(|e| BuildError::DeviceIrq(VmError::EventFd(e)))?;
 
     let mut handles: Vec<JoinHandle<Result<StopReason, VcpuError>>> = Vec::new();
+    // Set by each vCPU thread as it leaves its run loop, before `done`.
+    let mut leaving: Vec<Arc<AtomicBool>> = Vec::new();
     let mut spawn_error = None;
     for (i, mut fd) in vcpus.into_iter().enumerate() {
         let index = i as u8;
@@ -606,6 +608,8 @@ pub fn run_vcpus(
         let stop = stop.clone();
         let first_run = first_run.clone();
         let gate = gate.clone();
+        let left = Arc::new(AtomicBool::new(false));
+        let left_here = left.clone();
         let done = match done_evt.try_clone() {
             Ok(d) => d,
             Err(e) => {
@@ -631,11 +635,15 @@ pub fn run_vcpus(
                         vcpu::run_loop(&mut fd, index, &bus, &stop, fr)
                     }
                 };
+                left_here.store(true, Ordering::SeqCst);
                 let _ = done.write(1);
                 r
             });
         match spawned {
-            Ok(h) => handles.push(h),
+            Ok(h) => {
+                handles.push(h);
+                leaving.push(left);
+            }
             Err(source) => {
                 spawn_error = Some(BuildError::SpawnVcpu { index, source });
                 break;
@@ -698,9 +706,12 @@ pub fn run_vcpus(
     }
 
     // Stop the others: set the flag, then kick until each thread is out.
+    // A thread that left its loop (the one that stopped the VM) is only
+    // returning: it is joined without a kick or a sleep, which cost a
+    // millisecond or more of every stop.
     stop.store(true, Ordering::SeqCst);
-    for h in &handles {
-        while !h.is_finished() {
+    for (h, left) in handles.iter().zip(&leaving) {
+        while !left.load(Ordering::SeqCst) && !h.is_finished() {
             let _ = h.kill(vcpu::kick_signal());
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
