@@ -128,8 +128,16 @@ pub fn phases(t: &Timeline, m: &MarkerLog) -> Phases {
 /// How long this process has existed, from `/proc/self/stat` field 22
 /// (start time in clock ticks since boot) against CLOCK_BOOTTIME.
 pub fn process_age_ms() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    parse_age_ms(&stat, boottime_secs()?, clock_ticks()?)
+    use std::io::Read;
+    // One read into a stack buffer (the line is ~300 bytes): this runs at
+    // every monitor start, where each system call counts.
+    let mut buf = [0u8; 1024];
+    let n = std::fs::File::open("/proc/self/stat")
+        .ok()?
+        .read(&mut buf)
+        .ok()?;
+    let stat = std::str::from_utf8(&buf[..n]).ok()?;
+    parse_age_ms(stat, boottime_secs()?, clock_ticks()?)
 }
 
 /// Pure part of [`process_age_ms`].

@@ -19,11 +19,19 @@
 //! It is measured for memory (VMM overhead), so it stays lean: the monitor
 //! library, argument parsing and JSON, nothing of the harness.
 
+// The monitor's own `main` (below) instead of std's runtime start-up:
+// std would read /proc/self/maps for the main thread's stack guard and set
+// up alternate signal stacks for stack-overflow messages, a few ms of every
+// start in the emulated host; with `panic = "abort"` the monitor has no use
+// for them (a stack overflow is then a plain SIGSEGV).
+#![cfg_attr(not(test), no_main)]
+// Under `cargo test` std's own `main` runs the tests instead.
+#![cfg_attr(test, allow(dead_code))]
+
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -178,28 +186,49 @@ fn usage(e: impl Into<anyhow::Error>) -> Failure {
     Failure(USAGE, e.into())
 }
 
-fn main() -> ExitCode {
+/// The process entry (`#![no_main]`): what std's start-up would do that
+/// the monitor needs (SIGPIPE ignored, so a closed stdout is an error, not
+/// a death), then [`monitor_main`], then stdout flushed.
+#[cfg(not(test))]
+#[no_mangle]
+pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    // SAFETY: setting a signal's disposition to SIG_IGN before any other
+    // thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let code = monitor_main();
+    let _ = std::io::stdout().flush();
+    libc::c_int::from(code)
+}
+
+/// Parses the arguments (glibc hands them to std before `main`) and runs
+/// the VM; the exit status.
+fn monitor_main() -> u8 {
     let started = Instant::now();
     let args = match parse_args(std::env::args_os().skip(1)) {
         Ok(Command::Run(a)) => *a,
+        // A reader that stopped early (`| head`) is not an error.
         Ok(Command::Help) => {
-            print!("{HELP}");
-            return ExitCode::SUCCESS;
+            let _ = write!(std::io::stdout(), "{HELP}");
+            return 0;
         }
         Ok(Command::Version) => {
-            println!("isolab-vmm {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
+            let _ = writeln!(
+                std::io::stdout(),
+                "isolab-vmm {}",
+                env!("CARGO_PKG_VERSION")
+            );
+            return 0;
         }
         Err(e) => {
             eprintln!("error: {e}\n\nFor more information, try '--help'.");
-            return ExitCode::from(USAGE);
+            return USAGE;
         }
     };
     match run(args, started) {
         Ok(code) => code,
         Err(Failure(code, err)) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(code)
+            code
         }
     }
 }
@@ -282,7 +311,7 @@ fn classify(err: BuildError) -> Failure {
     Failure(code, err.into())
 }
 
-fn run(args: Args, started: Instant) -> Result<ExitCode, Failure> {
+fn run(args: Args, started: Instant) -> Result<u8, Failure> {
     // Before any thread exists: every thread the monitor starts (the
     // virtio-net worker starts with its device, before the run) inherits
     // this mask, so SIGTERM/SIGINT reach the run's signalfd and stop the VM
@@ -339,11 +368,11 @@ fn run(args: Args, started: Instant) -> Result<ExitCode, Failure> {
     // A vanished reader must not turn a finished run into a failure.
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
     Ok(match (report.exit_status, report.stop_reason) {
-        (Some(status), _) => ExitCode::from(status),
+        (Some(status), _) => status,
         // Stopped by SIGTERM/SIGINT before the workload reported: as a
         // shell reports a SIGTERM'd child.
-        (None, StopReason::HostRequest) => ExitCode::from(128 + libc::SIGTERM as u8),
-        (None, _) => ExitCode::FAILURE,
+        (None, StopReason::HostRequest) => 128 + libc::SIGTERM as u8,
+        (None, _) => 1,
     })
 }
 
