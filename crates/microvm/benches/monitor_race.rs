@@ -10,7 +10,9 @@
 //! process's smaps every 10 ms for its peak RSS outside guest RAM (the
 //! 128 MiB guest mapping is recognised by its size, Firecracker's method)
 //! and KVM's counters of 2 MiB mappings and fixed page faults. It prints
-//! medians and each contender's ratio to the first.
+//! medians, each contender's ratio to the first, and the first's wall
+//! ratio to each other contender with a 95 % interval (a paired bootstrap
+//! of the rounds: the spread one race leaves on the ratio).
 //!
 //! Contenders (environment, host paths):
 //! - `ISOLAB_MONITOR`: our monitor, a `bench` binary (`bench vm run`);
@@ -313,6 +315,39 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     Some(v[v.len() / 2])
 }
 
+/// 95 % interval of median(a) / median(b) over 2,000 resamples of the
+/// rounds with replacement, the same rounds for both (they ran
+/// interleaved, so a round's load is shared); `None` under 5 rounds.
+fn ratio_interval(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
+    let n = a.len().min(b.len());
+    if n < 5 {
+        return None;
+    }
+    // xorshift64, fixed seed: the interval is reproducible for a race.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut ratios: Vec<f64> = (0..2000)
+        .filter_map(|_| {
+            let idx: Vec<usize> = (0..n).map(|_| (next() % n as u64) as usize).collect();
+            let ma = median(idx.iter().map(|&i| a[i]).collect())?;
+            let mb = median(idx.iter().map(|&i| b[i]).collect())?;
+            (mb > 0.0).then(|| ma / mb)
+        })
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        ratios
+            .get(((ratios.len() - 1) as f64 * q).round() as usize)
+            .copied()
+    };
+    Some((at(0.025)?, at(0.975)?))
+}
+
 fn report(thp: &str, contenders: &[Contender], results: &[Vec<Sample>], rounds: usize) {
     println!(
         "THP {thp}: {rounds} interleaved rounds (wall), sampled rounds after (memory); medians"
@@ -360,6 +395,23 @@ fn report(thp: &str, contenders: &[Contender], results: &[Vec<Sample>], rounds: 
             .map(|x| format!("{:.1}", x.wall_ms))
             .collect();
         println!("  raw wall ms {}: [{}]", c.label, raw.join(", "));
+    }
+    // The spread one race leaves on the ratio the issue asks about.
+    let first: Vec<f64> = results[0][..rounds].iter().map(|x| x.wall_ms).collect();
+    for (c, s) in contenders.iter().zip(results).skip(1) {
+        let other: Vec<f64> = s[..rounds].iter().map(|x| x.wall_ms).collect();
+        if let (Some(a), Some(b), Some((lo, hi))) = (
+            median(first.clone()),
+            median(other.clone()),
+            ratio_interval(&first, &other),
+        ) {
+            println!(
+                "  wall {} / {}: {:.3} (95% CI {lo:.3}-{hi:.3}, paired bootstrap of the rounds)",
+                contenders[0].label,
+                c.label,
+                a / b
+            );
+        }
     }
     for (c, s) in contenders.iter().zip(results) {
         if c.kind == Kind::Firecracker {
