@@ -98,7 +98,10 @@ pub fn bundle_prefix(runtime: &str) -> String {
 /// The watchdog's script: `$1` the launcher's state dir, `$2` the bundles
 /// dir, `$3` the launcher pid, `$4` the [`RUNTIMES`] (space-separated). It ignores the terminal's signals (the
 /// launcher handles Ctrl-C itself), waits for EOF on stdin, then deletes
-/// every container under the launcher's roots, again and again while a
+/// every container under the launcher's roots, kills and removes what no
+/// runtime lists (the cgroups named after the launcher: a container caught
+/// mid-create, gVisor's sandbox among them, whose command line names the
+/// root), then deletes again and again while a
 /// runtime process still works under a root (a `runc run` caught mid-
 /// create finishes creating after the launcher died; removing its root
 /// then would orphan the container), for at most about 20 s; the root
@@ -119,13 +122,11 @@ for rt in $4; do
   [ -d "$r" ] || continue
   command -v "$rt" >/dev/null 2>&1 || continue
   sweep
-  n=0
-  while busy && [ $n -lt 200 ]; do sleep 0.1; sweep; n=$((n+1)); done
-  sweep
-  busy || [ -n "$("$rt" --root "$r" list --quiet 2>/dev/null)" ] || rm -rf "$r"
 done
-# Cgroups of a container caught mid-create (runtime gone, no state):
-# named after this launcher; kill what is left in them, then remove.
+# Cgroups of a container caught mid-create (no state the runtime can
+# list, e.g. gVisor's sandbox, whose command line names the root and would
+# keep it busy): named after this launcher; kill what is left in them,
+# then remove. Before the roots, so nothing stays busy for that reason.
 for i in 1 2 3 4 5; do
   left=
   for d in /sys/fs/cgroup/isolab/isolab-*-"$3"-* /sys/fs/cgroup/*/isolab/isolab-*-"$3"-*; do
@@ -138,6 +139,15 @@ for i in 1 2 3 4 5; do
   done
   [ -z "$left" ] && break
   sleep 0.2
+done
+for rt in $4; do
+  r="$1/$rt"
+  [ -d "$r" ] || continue
+  command -v "$rt" >/dev/null 2>&1 || continue
+  n=0
+  while busy && [ $n -lt 200 ]; do sleep 0.1; sweep; n=$((n+1)); done
+  sweep
+  busy || [ -n "$("$rt" --root "$r" list --quiet 2>/dev/null)" ] || rm -rf "$r"
 done
 rmdir "$1" "${1%/*}" 2>/dev/null
 # A bundle's network namespace name (a bind mount) and an image's writable
@@ -207,7 +217,12 @@ pub fn clean_stale_peers(state_dir: &Path, bundles_dir: &Path, proc_root: &Path)
         if owner_alive(proc_root, &name) {
             continue;
         }
+        // The runtimes delete what they know; then what they do not know
+        // (caught mid-create, e.g. gVisor's sandbox, whose command line
+        // names the root and would keep it busy) is killed with its
+        // cgroups; only then are the roots checked, empty and idle.
         let mut all_gone = true;
+        let mut roots = vec![];
         for rt in RUNTIMES {
             let root = e.path().join(rt);
             if !root.is_dir() {
@@ -217,22 +232,7 @@ pub fn clean_stale_peers(state_dir: &Path, bundles_dir: &Path, proc_root: &Path)
                 all_gone = false;
                 continue;
             };
-            let list = |root: &Path| -> Option<Vec<String>> {
-                let o = Command::new(&bin)
-                    .arg("--root")
-                    .arg(root)
-                    .args(["list", "--quiet"])
-                    .stderr(Stdio::null())
-                    .output()
-                    .ok()?;
-                o.status.success().then(|| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .split_whitespace()
-                        .map(str::to_owned)
-                        .collect()
-                })
-            };
-            for id in list(&root).unwrap_or_default() {
+            for id in runtime_list(&bin, &root).unwrap_or_default() {
                 let deleted = Command::new(&bin)
                     .arg("--root")
                     .arg(&root)
@@ -245,7 +245,18 @@ pub fn clean_stale_peers(state_dir: &Path, bundles_dir: &Path, proc_root: &Path)
                     out.peers.push(format!("{rt}:{id}"));
                 }
             }
-            if list(&root).is_some_and(|l| l.is_empty()) && !runtime_busy(proc_root, &root) {
+            roots.push((root, bin));
+        }
+        let pid = name.split_once('.').map(|(pid, _)| pid.to_owned());
+        if let Some(pid) = &pid {
+            remove_peer_cgroups(Path::new("/sys/fs/cgroup"), pid);
+        }
+        for (root, bin) in roots {
+            // A root the runtime cannot even list any more (state written
+            // half by a runtime killed mid-create) holds nothing it could
+            // delete: idle, it goes too, as the watchdog does.
+            let empty = runtime_list(&bin, &root).is_none_or(|l| l.is_empty());
+            if empty && !runtime_busy(proc_root, &root) {
                 let _ = std::fs::remove_dir_all(&root);
             } else {
                 all_gone = false;
@@ -254,13 +265,29 @@ pub fn clean_stale_peers(state_dir: &Path, bundles_dir: &Path, proc_root: &Path)
         if all_gone && std::fs::remove_dir_all(e.path()).is_ok() {
             out.roots.push(name.clone());
         }
-        if let Some((pid, _)) = name.split_once('.') {
+        if let Some(pid) = &pid {
             remove_bundles(bundles_dir, pid);
-            remove_peer_cgroups(Path::new("/sys/fs/cgroup"), pid);
         }
     }
     let _ = std::fs::remove_dir(state_dir);
     out
+}
+
+/// The containers `<bin> --root <root> list` knows; `None` when it fails.
+fn runtime_list(bin: &Path, root: &Path) -> Option<Vec<String>> {
+    let o = Command::new(bin)
+        .arg("--root")
+        .arg(root)
+        .args(["list", "--quiet"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    o.status.success().then(|| {
+        String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    })
 }
 
 /// Whether a process still names `root` on its command line (a runtime
