@@ -104,8 +104,9 @@ pub fn bundle_prefix(runtime: &str) -> String {
 /// root), then deletes again and again while a
 /// runtime process still works under a root (a `runc run` caught mid-
 /// create finishes creating after the launcher died; removing its root
-/// then would orphan the container), for at most about 20 s; the root
-/// goes only once it is empty and idle.
+/// then would orphan the container), for at most about 20 s, kills what
+/// is left in those cgroups once more, and removes every root that is idle
+/// (what it still lists, no runtime can delete: a state file left empty).
 const WATCHDOG: &str = r#"trap '' INT TERM HUP QUIT
 cat >/dev/null
 # A runtime still working under root $r (a `run` the launcher started
@@ -126,20 +127,24 @@ done
 # Cgroups of a container caught mid-create (no state the runtime can
 # list, e.g. gVisor's sandbox, whose command line names the root and would
 # keep it busy): named after this launcher; kill what is left in them,
-# then remove. Before the roots, so nothing stays busy for that reason.
-for i in 1 2 3 4 5; do
-  left=
-  for d in /sys/fs/cgroup/isolab/isolab-*-"$3"-* /sys/fs/cgroup/*/isolab/isolab-*-"$3"-*; do
-    [ -d "$d" ] || continue
-    ours=
-    for rt in $4; do case "${d##*/}" in isolab-"$rt"-"$3"-*) ours=1;; esac; done
-    [ -n "$ours" ] || continue
-    for p in $(cat "$d/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
-    rmdir "$d" 2>/dev/null || left=1
+# then remove. Before the roots, so nothing stays busy for that reason,
+# and again after the last sweep.
+kill_cgroups() {
+  for i in 1 2 3 4 5; do
+    left=
+    for d in /sys/fs/cgroup/isolab/isolab-*-"$3"-* /sys/fs/cgroup/*/isolab/isolab-*-"$3"-*; do
+      [ -d "$d" ] || continue
+      ours=
+      for rt in $4; do case "${d##*/}" in isolab-"$rt"-"$3"-*) ours=1;; esac; done
+      [ -n "$ours" ] || continue
+      for p in $(cat "$d/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+      rmdir "$d" 2>/dev/null || left=1
+    done
+    [ -z "$left" ] && break
+    sleep 0.2
   done
-  [ -z "$left" ] && break
-  sleep 0.2
-done
+}
+kill_cgroups
 for rt in $4; do
   r="$1/$rt"
   [ -d "$r" ] || continue
@@ -147,7 +152,14 @@ for rt in $4; do
   n=0
   while busy && [ $n -lt 200 ]; do sleep 0.1; sweep; n=$((n+1)); done
   sweep
-  busy || [ -n "$("$rt" --root "$r" list --quiet 2>/dev/null)" ] || rm -rf "$r"
+done
+kill_cgroups
+# What a root still lists now cannot be deleted (a state file left empty
+# by a runtime killed mid-create) and no longer runs: an idle root goes.
+for rt in $4; do
+  r="$1/$rt"
+  [ -d "$r" ] || continue
+  busy || rm -rf "$r"
 done
 rmdir "$1" "${1%/*}" 2>/dev/null
 # A bundle's network namespace name (a bind mount) and an image's writable
@@ -245,21 +257,21 @@ pub fn clean_stale_peers(state_dir: &Path, bundles_dir: &Path, proc_root: &Path)
                     out.peers.push(format!("{rt}:{id}"));
                 }
             }
-            roots.push((root, bin));
+            roots.push(root);
         }
         let pid = name.split_once('.').map(|(pid, _)| pid.to_owned());
         if let Some(pid) = &pid {
             remove_peer_cgroups(Path::new("/sys/fs/cgroup"), pid);
         }
-        for (root, bin) in roots {
-            // A root the runtime cannot even list any more (state written
-            // half by a runtime killed mid-create) holds nothing it could
-            // delete: idle, it goes too, as the watchdog does.
-            let empty = runtime_list(&bin, &root).is_none_or(|l| l.is_empty());
-            if empty && !runtime_busy(proc_root, &root) {
-                let _ = std::fs::remove_dir_all(&root);
-            } else {
+        // What is still listed now could not be deleted (a state file left
+        // empty by a runtime killed mid-create: `list` shows its name,
+        // `delete` cannot read it), and nothing of it runs any more: the
+        // cgroups are gone. An idle root goes, whatever it still lists.
+        for root in roots {
+            if runtime_busy(proc_root, &root) {
                 all_gone = false;
+            } else {
+                let _ = std::fs::remove_dir_all(&root);
             }
         }
         if all_gone && std::fs::remove_dir_all(e.path()).is_ok() {
@@ -445,5 +457,28 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left, [format!("isolab-runc-{}-0", std::process::id())]);
+    }
+
+    #[test]
+    fn a_dead_launchers_root_goes_even_with_a_state_no_runtime_can_read() {
+        // What a runsc killed mid-create left (seen in CI): an empty state
+        // file that `list` names and `delete --force` cannot read.
+        let test = "a_dead_launchers_root_goes_even_with_a_state_no_runtime_can_read";
+        if !isolab_testkit::require(test, isolab_testkit::missing_command("runsc", "runsc")) {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("oci");
+        let dead = state.join("4194305.9");
+        let root = dead.join("runsc");
+        std::fs::create_dir_all(&root).unwrap();
+        let id = "isolab-runsc-4194305-3";
+        std::fs::write(root.join(format!("{id}_sandbox:{id}.state")), b"").unwrap();
+        let runsc = crate::modes::spawn::which("runsc").unwrap();
+        assert_eq!(runtime_list(&runsc, &root), Some(vec![id.to_string()]));
+        let c = clean_stale_peers(&state, &d.path().join("bundles"), Path::new("/proc"));
+        assert!(c.peers.is_empty(), "nothing could be deleted");
+        assert_eq!(c.roots, ["4194305.9"]);
+        assert!(!dead.exists());
     }
 }
