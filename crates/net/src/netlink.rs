@@ -22,6 +22,10 @@ use crate::netns::{self, NetnsError};
 use crate::rtmsg;
 
 /// Receive buffer: large enough for one dump datagram of a small namespace.
+/// Reserved, never zeroed: a socket opened during a container launch (the
+/// peer's configuration, after the clone made this process's heap
+/// copy-on-write) then touches only the page or two a reply fills instead
+/// of faulting all sixteen.
 const RECV_BUF: usize = 64 * 1024;
 
 /// Errors of netlink requests.
@@ -121,7 +125,8 @@ impl Netlink {
         Ok(Netlink {
             socket,
             seq: 0,
-            buf: vec![0; RECV_BUF],
+            // Capacity only: `recv` writes into its spare part.
+            buf: Vec::with_capacity(RECV_BUF),
         })
     }
 
@@ -178,7 +183,8 @@ impl Netlink {
         mut each: impl FnMut(NetlinkMessage<RouteNetlinkMessage>) -> Option<Result<T, NetlinkError>>,
     ) -> Result<T, NetlinkError> {
         loop {
-            let size = match self.socket.recv(&mut &mut self.buf[..], 0) {
+            self.buf.clear();
+            let size = match self.socket.recv(&mut self.buf, 0) {
                 Ok(size) => size,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(source) => {
