@@ -1,7 +1,7 @@
 //! The launch sequence inside the cloned child, one function per step, in
 //! the order of `docs/design.md` ("Container launch sequence", child side):
 //!
-//! 1. [`prepare`]: close inherited descriptors, default signal
+//! 1. [`prepare`]: close inherited descriptors, not dumpable, default signal
 //!    dispositions (all stay blocked for init's signalfd), name `isolab-init`;
 //! 2. [`wait_for_go`]: the launcher's `GO` (it has written id maps and, in
 //!    a user namespace, run the network hook); EOF means the launcher gave
@@ -61,6 +61,13 @@ fn prepare(plan: &ChildPlan) -> StepResult {
     // A clone made by another launcher thread at the same moment must not
     // hold on to our pipes (the launcher waits for their EOF).
     let _ = process::close_all_except(plan.fds.all());
+    // Not dumpable: nothing in the container without CAP_SYS_PTRACE may
+    // ptrace init or open its /proc/1/{mem,environ,maps,exe}. Init may
+    // share the launcher's memory (`crate::namespaces`), so this also
+    // keeps the container's processes out of the launcher's; the flag
+    // belongs to that memory, so the launcher is not dumpable afterwards
+    // either. The workload's execve gives it a flag of its own.
+    let _ = nix::sys::prctl::set_dumpable(false);
     process::default_signals();
     // Shows up as the container's PID 1 in `ps` instead of the launcher's name.
     let _ = nix::sys::prctl::set_name(c"isolab-init");
@@ -206,6 +213,7 @@ mod tests {
                 "/cg/pids/isolab/x/tasks".into(),
             ],
             cgroup_dir: None,
+            shares_memory: false,
             hardening: hardening(false, false),
             exec: ExecPlan::new("/workload", &["/workload".into(), "noop".into()], &[]).unwrap(),
             identity: None,

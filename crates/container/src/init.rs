@@ -62,18 +62,17 @@ pub(crate) fn run(plan: &ChildPlan, stamps: &ChildStamps) -> ! {
         }
     };
     // Init keeps only the status pipe: closing the sync socket lets the
-    // launcher see EOF once the workload has exec'd.
-    for fd in [
-        plan.fds.sync,
-        plan.fds.ready_w,
-        plan.fds.stdout_w,
-        plan.fds.stderr_w,
-    ] {
+    // launcher see EOF once the workload has exec'd. `plan` lives in the
+    // launcher's memory, which init may share (see `crate::namespaces`),
+    // and the launcher drops it after that EOF: what init needs later is
+    // copied first.
+    let fds = plan.fds;
+    for fd in [fds.sync, fds.ready_w, fds.stdout_w, fds.stderr_w] {
         process::close(fd);
     }
-    match reap_until(workload, &signals, plan.fds.lifeline) {
+    match reap_until(workload, &signals, fds.lifeline) {
         Some(status) => {
-            let _ = process::write_msg(plan.fds.status_w, &sync::status(status));
+            let _ = process::write_msg(fds.status_w, &sync::status(status));
             process::exit_now(0)
         }
         // The launcher is gone: end the container with it (init's exit

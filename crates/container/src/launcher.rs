@@ -134,6 +134,15 @@ fn launch<'scope>(
     let sync_pair = sync_socketpair()?;
     let netns = prepare_network(scope, config, network, &sync_pair.0)?;
     let hierarchy = prepare_host(config)?;
+    // On cgroup v1 without a user namespace init shares this process's
+    // memory; its keeper thread starts now, so its start overlaps the
+    // instance directory and the cgroup (`namespaces::Keeper`).
+    let keeper = match (&hierarchy, config.user_namespace) {
+        (Hierarchy::V1(_), false) => {
+            Some(namespaces::Keeper::spawn().map_err(ContainerError::Clone)?)
+        }
+        _ => None,
+    };
     let image = prepare_image(config)?;
     let (security, hardening) = prepare_security(config)?;
     marks.prepared = phases::now_ns();
@@ -143,6 +152,7 @@ fn launch<'scope>(
         instance: None,
         cgroup: None,
         pid: None,
+        shares_memory: false,
         image,
     };
     live.instance = Some(create_instance_dir(config, &id)?);
@@ -150,16 +160,72 @@ fn launch<'scope>(
     live.cgroup = Some(create_cgroup(&hierarchy, &id, config, &security)?);
     marks.cgroup = phases::now_ns();
     let ch = open_channels(sync_pair, live.cgroup.as_deref())?;
-    let plan = child_plan(config, &live, &id, hardening, &ch, netns.is_some())?;
-    let (pid, shared, parent) = clone_child(&plan, ch, config.quiet_stderr)?;
+    let shares_memory = keeper.is_some() && ch.cgroup_dir.is_none();
+    let plan = child_plan(
+        config,
+        &live,
+        &id,
+        hardening,
+        &ch,
+        netns.is_some(),
+        shares_memory,
+    )?;
+    let (pid, shared, parent) = clone_child(&plan, keeper, ch, config.quiet_stderr)?;
     live.pid = Some(pid);
+    live.shares_memory = plan.shares_memory;
     marks.cloned = phases::now_ns();
+    // From here init may be reading `plan` in this very memory (it shares
+    // it): every way out ends init before `plan` is dropped.
+    let attached = after_clone(
+        config,
+        network,
+        netns,
+        pid,
+        &parent.sync,
+        plan.wait_for_go,
+        &mut marks,
+    );
+    if let Err(e) = attached {
+        let status = live.reap_now();
+        return Err(match e {
+            ContainerError::ChildDied { .. } => ContainerError::ChildDied { status },
+            e => e,
+        });
+    }
+    drop(parent.sync);
+    drop(plan);
+
+    Ok(Running {
+        live,
+        workload: config.workload.clone(),
+        cgroup_version: hierarchy.version(),
+        security: security.summary(),
+        t0,
+        marks,
+        grace: Duration::from_millis(config.stop_grace_ms),
+        status_r: parent.status_r,
+        _lifeline: parent.lifeline_w,
+        shared,
+    })
+}
+
+/// Steps 9 and 10: attach (GO), the network thread's namespace, the
+/// child's stamps and exec.
+fn after_clone<'scope>(
+    config: &ContainerConfig,
+    network: Option<&'scope dyn NetworkHook>,
+    netns: Option<NetnsThread<'scope>>,
+    pid: Pid,
+    sync: &OwnedFd,
+    wait_for_go: bool,
+    marks: &mut Marks,
+) -> Result<(), ContainerError> {
     // A user namespace's hook runs here, by pid; otherwise it ran on the
     // network thread.
     let late_hook = network.filter(|_| netns.is_none());
-    attach(config, pid, late_hook, &parent.sync, plan.wait_for_go)?;
+    attach(config, pid, late_hook, sync, wait_for_go)?;
     marks.go_sent = phases::now_ns();
-    let exec = await_exec(&parent.sync, &mut marks);
+    let exec = await_exec(sync, marks);
     // The network thread is done once the child has the namespace (or
     // failed); its error explains a child that could not join one.
     if let Some(thread) = netns {
@@ -175,28 +241,7 @@ fn launch<'scope>(
             Err(e) => return Err(e),
         }
     }
-    match exec {
-        Ok(()) => {}
-        Err(ContainerError::ChildDied { .. }) => {
-            let status = live.reap_now();
-            return Err(ContainerError::ChildDied { status });
-        }
-        Err(e) => return Err(e),
-    }
-    drop(parent.sync);
-
-    Ok(Running {
-        live,
-        workload: config.workload.clone(),
-        cgroup_version: hierarchy.version(),
-        security: security.summary(),
-        t0,
-        marks,
-        grace: Duration::from_millis(config.stop_grace_ms),
-        status_r: parent.status_r,
-        _lifeline: parent.lifeline_w,
-        shared,
-    })
+    exec
 }
 
 /// Step 1.
@@ -467,6 +512,7 @@ fn child_plan(
     hardening: HardeningPlan,
     ch: &Channels,
     netns_from_launcher: bool,
+    shares_memory: bool,
 ) -> Result<ChildPlan, ContainerError> {
     let inst = live
         .instance
@@ -504,6 +550,7 @@ fn child_plan(
         user_namespace: config.user_namespace,
         cgroup_tasks,
         cgroup_dir: ch.cgroup_dir.as_ref().map(|d| d.as_raw_fd()),
+        shares_memory,
         hardening,
         exec: ExecPlan::new(
             config
@@ -556,27 +603,33 @@ struct Remaining {
 /// Step 8.
 fn clone_child(
     plan: &ChildPlan,
+    keeper: Option<namespaces::Keeper>,
     ch: Channels,
     quiet_stderr: bool,
 ) -> Result<Cloned, ContainerError> {
     let old_mask = process::block_all().map_err(ContainerError::Clone)?;
-    let cloned = namespaces::clone_init(plan);
+    let cloned = namespaces::clone_init(plan, keeper);
     let _ = process::set_mask(&old_mask);
     drop(ch.child);
     let pid = cloned.map_err(ContainerError::Clone)?;
     let p = ch.parent;
     let shared = Arc::new((Mutex::new(Monitor::default()), Condvar::new()));
-    reader::watch(
+    let watched = reader::watch(
         p.ready_r,
         p.stdout_r,
         p.stderr_r,
         quiet_stderr,
         Arc::clone(&shared),
-    )
-    .map_err(|source| ContainerError::Channel {
-        what: "monitor",
-        source,
-    })?;
+    );
+    if let Err(source) = watched {
+        // Init may be reading `plan` in this memory: end it first.
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = wait_blocking(pid);
+        return Err(ContainerError::Channel {
+            what: "monitor",
+            source,
+        });
+    }
     Ok((
         pid,
         shared,
@@ -683,6 +736,9 @@ struct Live {
     cgroup: Option<Box<dyn CgroupManager>>,
     /// Init's host pid while it has not been reaped.
     pid: Option<Pid>,
+    /// Whether init shares this process's memory (its keeper thread owns
+    /// its stack).
+    shares_memory: bool,
     /// Keeps the image from being pruned while the container lives.
     image: Option<ImageLease>,
 }
@@ -770,6 +826,14 @@ impl Running {
     }
 
     /// When the launch began (the clock of all durations).
+    /// Whether init shares this process's memory (cgroup v1 without a user
+    /// namespace: `CLONE_VM`, see `docs/design.md`): its PSS and USS are
+    /// then this process's, and its own pages are its stack, counted in the
+    /// container's cgroup.
+    pub fn init_shares_launcher_memory(&self) -> bool {
+        self.live.shares_memory
+    }
+
     pub fn launched_at(&self) -> Instant {
         self.t0
     }

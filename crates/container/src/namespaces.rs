@@ -8,8 +8,19 @@
 //! network namespace must belong to it): then it is in the clone too. The cgroup namespace is unshared by the
 //! child after it joined its cgroup, so the namespace's root is the
 //! instance cgroup.
+//!
+//! Where init is cloned with `clone(2)` and has no user namespace (cgroup
+//! v1), it shares the launcher's memory (`CLONE_VM`) on a stack of its own
+//! ([`ChildStack`]), made by a keeper thread that waits in the clone like a
+//! `vfork` parent for as long as init lives ([`Keeper`]): no page
+//! tables are copied and the launcher's threads take no copy-on-write
+//! faults afterwards. On this host, where every new address space is
+//! expensive, that copy and its faults were the largest piece of the
+//! clone (`docs/design.md`, "Init shares the launcher's memory").
 
 use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{mpsc, Arc};
 
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
@@ -58,21 +69,261 @@ pub(crate) fn new_netns() -> nix::Result<OwnedFd> {
 /// thread (the child inherits the mask and waits for signals with sigwait).
 /// With `plan.cgroup_dir` (cgroup v2) the child is born in its cgroup:
 /// `clone3` with `CLONE_INTO_CGROUP` (Linux 5.7+), as crun does, so nobody
-/// has to move it there (a move takes the kernel's global threadgroup lock).
-pub(crate) fn clone_init(plan: &ChildPlan) -> nix::Result<Pid> {
+/// has to move it there (a move takes the kernel's global threadgroup lock);
+/// that child is a copy-on-write copy of the launcher (`clone3` with a
+/// stack of its own needs an assembly trampoline, not written yet). With a
+/// `keeper` (`plan.shares_memory`) init shares the launcher's memory
+/// ([`Keeper`]): `plan` must then stay alive until init closed the sync
+/// socket (the workload exec'd) or was reaped.
+pub(crate) fn clone_init(plan: &ChildPlan, keeper: Option<Keeper>) -> nix::Result<Pid> {
     let flags = clone_flags(plan.user_namespace, plan.rootfs.netns_from.is_none());
-    if let Some(dir) = plan.cgroup_dir {
-        return clone3_into_cgroup(plan, flags, dir);
+    match (plan.cgroup_dir, keeper) {
+        (Some(dir), _) => clone3_into_cgroup(plan, flags, dir),
+        (None, Some(keeper)) if plan.shares_memory => keeper.clone_init(plan, flags),
+        (None, _) => clone_copy(plan, flags),
     }
-    let mut stack = vec![0u8; STACK_SIZE];
+}
+
+/// A copy-on-write clone (with a user namespace: see `docs/design.md`).
+fn clone_copy(plan: &ChildPlan, flags: CloneFlags) -> nix::Result<Pid> {
+    let mut stack = ChildStack::map()?;
     let cb = Box::new(|| child::main(plan, &LinuxSyscall));
     // SAFETY: the child gets a copy-on-write copy of this address space
     // (no CLONE_VM), runs `child::main` on its own copy of `stack`, and only
     // makes async-signal-safe, non-allocating calls until execve or _exit
     // (all strings and paths were prepared in `plan` before this call), so
     // locks held by other launcher threads at the time of the clone are
-    // never taken in the child.
-    unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) }
+    // never taken in the child. The parent's `stack` is unmapped on return;
+    // the child keeps its copy.
+    unsafe { nix::sched::clone(cb, stack.as_mut_slice(), flags, Some(libc::SIGCHLD)) }
+}
+
+/// The thread that makes an init sharing the launcher's memory, like a
+/// `vfork` parent (`CLONE_VM | CLONE_VFORK`): started early in the launch
+/// (its start overlaps the instance directory and the cgroup), it maps
+/// init's stack and waits for its one job; then it stays blocked in that
+/// clone until init ends, unmaps init's stack and ends too. Blocked, it
+/// never touches the thread-local storage init runs on (glibc's `errno`,
+/// the stack guard), which goes only with the keeper; and the kernel
+/// leaves a child in `vfork` out of the OOM killer's choice, which would
+/// otherwise see the launcher's memory as init's and kill every process
+/// sharing it, the launcher included. The kernel writes init's pid where
+/// the launcher waits before init runs (`CLONE_PARENT_SETTID`), and init's
+/// first act is to wake it. A keeper dropped without a job just ends.
+pub(crate) struct Keeper {
+    jobs: mpsc::SyncSender<KeeperJob>,
+    started: Arc<Started>,
+}
+
+impl Keeper {
+    pub(crate) fn spawn() -> nix::Result<Keeper> {
+        let (jobs, job) = mpsc::sync_channel::<KeeperJob>(1);
+        let started = Arc::new(Started(AtomicI32::new(0)));
+        let word = Arc::clone(&started);
+        std::thread::Builder::new()
+            .name("isolab-keeper".into())
+            .stack_size(KEEPER_STACK)
+            .spawn(move || {
+                let stack = ChildStack::map();
+                let Ok(job) = job.recv() else {
+                    return;
+                };
+                match stack {
+                    Ok(mut stack) => {
+                        if job.clone_init(stack.top(), &word) < 0 {
+                            word.fail(nix::Error::last());
+                        }
+                        // Init has ended (it never execs): its stack goes.
+                        drop(stack);
+                    }
+                    Err(e) => word.fail(e),
+                }
+            })
+            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EAGAIN)))?;
+        Ok(Keeper { jobs, started })
+    }
+
+    /// Hands the clone to the keeper and waits until init runs.
+    fn clone_init(self, plan: &ChildPlan, flags: CloneFlags) -> nix::Result<Pid> {
+        let job = KeeperJob {
+            plan,
+            started: self.started.0.as_ptr(),
+            flags: flags.bits()
+                | libc::CLONE_VM
+                | libc::CLONE_VFORK
+                | libc::CLONE_PARENT_SETTID
+                | libc::SIGCHLD,
+        };
+        self.jobs.send(job).map_err(|_| nix::Error::EAGAIN)?;
+        self.started.wait()
+    }
+}
+
+/// Stack of a keeper thread: it only makes the clone and waits in it.
+const KEEPER_STACK: usize = 64 * 1024;
+
+/// Init's pid (the kernel's `CLONE_PARENT_SETTID` store), or `-errno` if
+/// the clone failed; `0` until then. A futex word.
+struct Started(AtomicI32);
+
+impl Started {
+    fn wake(&self) {
+        Self::wake_word(self.0.as_ptr());
+    }
+
+    fn wake_word(word: *mut i32) {
+        // SAFETY: FUTEX_WAKE on a live, aligned i32 (a `Started` held by
+        // the keeper thread); no memory is written.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word,
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            )
+        };
+    }
+
+    fn fail(&self, e: nix::Error) {
+        self.0.store(-(e as i32), Ordering::Release);
+        self.wake();
+    }
+
+    /// Waits until init runs (or the clone failed).
+    fn wait(&self) -> nix::Result<Pid> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match self.0.load(Ordering::Acquire) {
+                0 => {}
+                v if v > 0 => return Ok(Pid::from_raw(v)),
+                v => return Err(nix::Error::from_raw(-v)),
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(nix::Error::ETIMEDOUT);
+            }
+            let ts = libc::timespec {
+                tv_sec: left.as_secs() as libc::time_t,
+                tv_nsec: left.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: FUTEX_WAIT on a live, aligned i32 while it is still 0,
+            // with a relative timeout; spurious returns are re-checked.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.0.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    0,
+                    &ts as *const libc::timespec,
+                )
+            };
+        }
+    }
+}
+
+/// What a keeper thread needs: the plan (alive while init reads it, see
+/// [`clone_init`]) and the word where the kernel stores init's pid.
+struct KeeperJob {
+    plan: *const ChildPlan,
+    started: *mut i32,
+    flags: libc::c_int,
+}
+
+// SAFETY: `plan` is only read (by init) and outlives init's use of it;
+// `started` points into an `Arc<Started>` the keeper thread also holds.
+unsafe impl Send for KeeperJob {}
+
+impl KeeperJob {
+    /// Blocks (CLONE_VFORK) until init has ended; returns its pid or -1.
+    fn clone_init(&self, top: *mut u8, started: &Started) -> libc::c_int {
+        extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
+            // SAFETY: `arg` is the keeper's job, whose thread is blocked in
+            // the clone below while init runs; `started` is alive as long
+            // as that thread.
+            let job = unsafe { &*(arg as *const KeeperJob) };
+            Started::wake_word(job.started);
+            // SAFETY: see `clone_init`.
+            let plan = unsafe { &*job.plan };
+            child::main(plan, &LinuxSyscall) as libc::c_int
+        }
+        debug_assert!(std::ptr::eq(self.started, started.0.as_ptr()));
+        let _ = crate::process::block_all();
+        // SAFETY: the child runs `entry` on its own stack (`top`, 16-byte
+        // aligned, of a mapping this thread unmaps only after the clone
+        // returned, i.e. after init ended), in this address space, while
+        // this thread waits (CLONE_VFORK). Init makes only async-signal-safe,
+        // non-allocating calls on a plan prepared before (and alive during)
+        // the clone, and writes nothing but its own stack and this thread's
+        // `errno`. The kernel stores the child's pid in `started` before
+        // the child runs.
+        unsafe {
+            libc::clone(
+                entry,
+                top.cast(),
+                self.flags,
+                self as *const KeeperJob as *mut libc::c_void,
+                self.started,
+            )
+        }
+    }
+}
+
+/// Init's stack: fresh anonymous pages, mapped for each launch (never
+/// written by the launcher, so init's first touch of a page is a plain
+/// zero-fill, not a copy of a page of the launcher's heap). Unmapped on
+/// drop: by the keeper thread once init ended when init shares the
+/// launcher's memory, else right after the clone (the child has a copy).
+#[derive(Debug)]
+pub(crate) struct ChildStack {
+    base: std::ptr::NonNull<u8>,
+}
+
+// SAFETY: a handle to a private mapping; only `Drop` (unmap) uses it.
+unsafe impl Send for ChildStack {}
+// SAFETY: as above; `&ChildStack` gives no access to the memory.
+unsafe impl Sync for ChildStack {}
+
+impl ChildStack {
+    fn map() -> nix::Result<Self> {
+        // SAFETY: a new private anonymous mapping at an address the kernel
+        // picks; nothing else refers to it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                STACK_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(nix::Error::last());
+        }
+        std::ptr::NonNull::new(p.cast())
+            .map(|base| ChildStack { base })
+            .ok_or(nix::Error::ENOMEM)
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `base` is a live mapping of STACK_SIZE readable and
+        // writable bytes, owned by `self` and borrowed mutably here.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), STACK_SIZE) }
+    }
+
+    /// The initial stack pointer (the stack grows down from the end).
+    fn top(&mut self) -> *mut u8 {
+        // SAFETY: one past the end of the mapping (STACK_SIZE, a multiple of
+        // 16, from a page-aligned base).
+        unsafe { self.base.as_ptr().add(STACK_SIZE) }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), STACK_SIZE) };
+    }
 }
 
 /// `struct clone_args` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`).
@@ -137,5 +388,26 @@ mod tests {
         assert!(!f.contains(CloneFlags::CLONE_NEWCGROUP));
         assert!(clone_flags(true, true).contains(CloneFlags::CLONE_NEWUSER));
         assert!(!clone_flags(false, false).contains(CloneFlags::CLONE_NEWNET));
+    }
+
+    fn threads() -> usize {
+        std::fs::read_dir("/proc/self/task").unwrap().count()
+    }
+
+    #[test]
+    fn a_keeper_without_a_job_ends_its_thread() {
+        // A launch that fails before its clone drops its keeper.
+        let before = threads();
+        let keepers: Vec<Keeper> = (0..3).map(|_| Keeper::spawn().unwrap()).collect();
+        drop(keepers);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while threads() > before && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            threads() <= before,
+            "keeper threads left: {}",
+            threads() - before
+        );
     }
 }

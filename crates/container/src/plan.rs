@@ -61,6 +61,9 @@ pub(crate) struct ChildPlan {
     pub cgroup_tasks: Vec<PathBuf>,
     /// cgroup v2: the instance cgroup's directory, for `CLONE_INTO_CGROUP`.
     pub cgroup_dir: Option<RawFd>,
+    /// Init shares the launcher's memory (`CLONE_VM`, see
+    /// [`crate::namespaces`]): cgroup v1 without a user namespace.
+    pub shares_memory: bool,
     pub hardening: HardeningPlan,
     pub exec: ExecPlan,
     /// A user's image: the working directory and user its program runs

@@ -125,6 +125,9 @@ fn a_memory_hog_is_oom_killed_and_counted() {
     };
     let mut c = config(&bin, "hog", "hog", &["--max-mib", "256"]);
     c.limits.memory_bytes = Some(32 << 20);
+    // The OOM killer must pick the workload. Init shares this process's
+    // memory (cgroup v1), so picking init would kill this test process
+    // too: getting past `run` at all is part of the check.
     let o = run(&c);
     assert_eq!(o.status, ExitStatus::Signaled(9), "{o:?}");
     assert_eq!(o.exit_code, 137);
@@ -425,6 +428,19 @@ fn a_container_outlives_the_thread_that_started_it() {
         .join()
         .unwrap();
     // The starting thread is gone; the container must still be there.
+    // Init shares this process's memory (cgroup v1) and runs on the
+    // thread-local storage of the thread that cloned it: new threads that
+    // reuse the ended thread's stack and fail system calls (writing their
+    // errno) must not disturb it.
+    for _ in 0..8 {
+        std::thread::spawn(|| {
+            let mut buf = [0u8; 256 * 1024];
+            std::hint::black_box(&mut buf);
+            let _ = std::fs::metadata("/nonexistent/isolab");
+        })
+        .join()
+        .unwrap();
+    }
     std::thread::sleep(Duration::from_millis(200));
     assert!(running.wait_ready(Duration::from_secs(10)).is_some());
     assert_eq!(
@@ -433,5 +449,11 @@ fn a_container_outlives_the_thread_that_started_it() {
         "init and workload alive"
     );
     let o = running.stop().unwrap();
+    // Init forwarded the SIGTERM and reported the workload's end; an init
+    // that crashed would be the container's end (SIGSEGV) instead.
+    assert!(
+        matches!(o.status, ExitStatus::Signaled(15) | ExitStatus::Exited(_)),
+        "{o:?}"
+    );
     assert_clean(&c, &o.id);
 }

@@ -244,7 +244,17 @@ impl Instance for ContainerInstance {
     }
 
     fn memory(&self) -> InstanceMemory {
-        let m = tree_memory(Path::new("/proc"), &self.host_pids());
+        // An init that shares the launcher's memory would count the
+        // launcher's pages as the container's: its own are its stack,
+        // which the cgroup's figure holds.
+        let r = self.r();
+        let init = r.pid() as u32;
+        let pids: Vec<u32> = self
+            .host_pids()
+            .into_iter()
+            .filter(|p| !(r.init_shares_launcher_memory() && *p == init))
+            .collect();
+        let m = tree_memory(Path::new("/proc"), &pids);
         InstanceMemory {
             pss: m.pss,
             uss: m.uss,
