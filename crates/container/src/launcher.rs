@@ -134,14 +134,12 @@ fn launch<'scope>(
     let sync_pair = sync_socketpair()?;
     let netns = prepare_network(scope, config, network, &sync_pair.0)?;
     let hierarchy = prepare_host(config)?;
-    // On cgroup v1 without a user namespace init shares this process's
-    // memory; its keeper thread starts now, so its start overlaps the
-    // instance directory and the cgroup (`namespaces::Keeper`).
-    let keeper = match (&hierarchy, config.user_namespace) {
-        (Hierarchy::V1(_), false) => {
-            Some(namespaces::Keeper::spawn().map_err(ContainerError::Clone)?)
-        }
-        _ => None,
+    // Without a user namespace init shares this process's memory; its
+    // keeper thread starts now, so its start overlaps the instance
+    // directory and the cgroup (`namespaces::Keeper`).
+    let keeper = match config.user_namespace {
+        false => Some(namespaces::Keeper::spawn().map_err(ContainerError::Clone)?),
+        true => None,
     };
     let image = prepare_image(config)?;
     let (security, hardening) = prepare_security(config)?;
@@ -160,7 +158,7 @@ fn launch<'scope>(
     live.cgroup = Some(create_cgroup(&hierarchy, &id, config, &security)?);
     marks.cgroup = phases::now_ns();
     let ch = open_channels(sync_pair, live.cgroup.as_deref())?;
-    let shares_memory = keeper.is_some() && ch.cgroup_dir.is_none();
+    let shares_memory = keeper.is_some();
     let plan = child_plan(
         config,
         &live,
@@ -826,8 +824,8 @@ impl Running {
     }
 
     /// When the launch began (the clock of all durations).
-    /// Whether init shares this process's memory (cgroup v1 without a user
-    /// namespace: `CLONE_VM`, see `docs/design.md`): its PSS and USS are
+    /// Whether init shares this process's memory (no user namespace:
+    /// `CLONE_VM`, see `docs/design.md`): its PSS and USS are
     /// then this process's, and its own pages are its stack, counted in the
     /// container's cgroup.
     pub fn init_shares_launcher_memory(&self) -> bool {

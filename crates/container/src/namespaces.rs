@@ -9,8 +9,8 @@
 //! child after it joined its cgroup, so the namespace's root is the
 //! instance cgroup.
 //!
-//! Where init is cloned with `clone(2)` and has no user namespace (cgroup
-//! v1), it shares the launcher's memory (`CLONE_VM`) on a stack of its own
+//! Where init has no user namespace, it shares the launcher's memory
+//! (`CLONE_VM`) on a stack of its own
 //! ([`ChildStack`]), made by a keeper thread that waits in the clone like a
 //! `vfork` parent for as long as init lives ([`Keeper`]): no page
 //! tables are copied and the launcher's threads take no copy-on-write
@@ -69,18 +69,17 @@ pub(crate) fn new_netns() -> nix::Result<OwnedFd> {
 /// thread (the child inherits the mask and waits for signals with sigwait).
 /// With `plan.cgroup_dir` (cgroup v2) the child is born in its cgroup:
 /// `clone3` with `CLONE_INTO_CGROUP` (Linux 5.7+), as crun does, so nobody
-/// has to move it there (a move takes the kernel's global threadgroup lock);
-/// that child is a copy-on-write copy of the launcher (`clone3` with a
-/// stack of its own needs an assembly trampoline, not written yet). With a
-/// `keeper` (`plan.shares_memory`) init shares the launcher's memory
-/// ([`Keeper`]): `plan` must then stay alive until init closed the sync
-/// socket (the workload exec'd) or was reaped.
+/// has to move it there (a move takes the kernel's global threadgroup
+/// lock). With a `keeper` (`plan.shares_memory`: no user namespace) init
+/// shares the launcher's memory ([`Keeper`]): `plan` must then stay alive
+/// until init closed the sync socket (the workload exec'd) or was reaped.
+/// Otherwise init is a copy-on-write copy of the launcher.
 pub(crate) fn clone_init(plan: &ChildPlan, keeper: Option<Keeper>) -> nix::Result<Pid> {
     let flags = clone_flags(plan.user_namespace, plan.rootfs.netns_from.is_none());
-    match (plan.cgroup_dir, keeper) {
-        (Some(dir), _) => clone3_into_cgroup(plan, flags, dir),
-        (None, Some(keeper)) if plan.shares_memory => keeper.clone_init(plan, flags),
-        (None, _) => clone_copy(plan, flags),
+    match (keeper, plan.cgroup_dir) {
+        (Some(keeper), dir) if plan.shares_memory => keeper.clone_init(plan, flags, dir),
+        (_, Some(dir)) => clone3_into_cgroup(plan, flags, dir),
+        (_, None) => clone_copy(plan, flags),
     }
 }
 
@@ -144,15 +143,17 @@ impl Keeper {
     }
 
     /// Hands the clone to the keeper and waits until init runs.
-    fn clone_init(self, plan: &ChildPlan, flags: CloneFlags) -> nix::Result<Pid> {
+    fn clone_init(
+        self,
+        plan: &ChildPlan,
+        flags: CloneFlags,
+        cgroup_dir: Option<RawFd>,
+    ) -> nix::Result<Pid> {
         let job = KeeperJob {
             plan,
             started: self.started.0.as_ptr(),
-            flags: flags.bits()
-                | libc::CLONE_VM
-                | libc::CLONE_VFORK
-                | libc::CLONE_PARENT_SETTID
-                | libc::SIGCHLD,
+            flags: flags.bits() | libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID,
+            cgroup_dir,
         };
         self.jobs.send(job).map_err(|_| nix::Error::EAGAIN)?;
         self.started.wait()
@@ -226,7 +227,10 @@ impl Started {
 struct KeeperJob {
     plan: *const ChildPlan,
     started: *mut i32,
+    /// Clone flags without the exit signal (always `SIGCHLD`).
     flags: libc::c_int,
+    /// cgroup v2: born in this cgroup (`clone3`, `CLONE_INTO_CGROUP`).
+    cgroup_dir: Option<RawFd>,
 }
 
 // SAFETY: `plan` is only read (by init) and outlives init's use of it;
@@ -248,6 +252,9 @@ impl KeeperJob {
         }
         debug_assert!(std::ptr::eq(self.started, started.0.as_ptr()));
         let _ = crate::process::block_all();
+        if let Some(dir) = self.cgroup_dir {
+            return self.clone3_into(dir, top, entry);
+        }
         // SAFETY: the child runs `entry` on its own stack (`top`, 16-byte
         // aligned, of a mapping this thread unmaps only after the clone
         // returned, i.e. after init ended), in this address space, while
@@ -260,12 +267,96 @@ impl KeeperJob {
             libc::clone(
                 entry,
                 top.cast(),
-                self.flags,
+                self.flags | libc::SIGCHLD,
                 self as *const KeeperJob as *mut libc::c_void,
                 self.started,
             )
         }
     }
+
+    /// [`Self::clone_init`] with `clone3` into the cgroup `dir` (v2). glibc
+    /// has no wrapper for a `clone3` child on a stack of its own: the
+    /// child returns from the system call on the new stack, so the call,
+    /// and the child's call of `entry` and its `exit`, are one piece of
+    /// assembly that the child never leaves.
+    fn clone3_into(
+        &self,
+        dir: RawFd,
+        top: *mut u8,
+        entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    ) -> libc::c_int {
+        let args = CloneArgs {
+            flags: self.flags as u32 as u64 | CLONE_INTO_CGROUP,
+            parent_tid: self.started as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: top as u64 - STACK_SIZE as u64,
+            stack_size: STACK_SIZE as u64,
+            cgroup: dir as u64,
+            ..CloneArgs::default()
+        };
+        clone3_with_stack(&args, entry, self as *const KeeperJob as *mut libc::c_void)
+    }
+}
+
+/// `clone3(args)` whose child runs `entry(arg)` on the stack `args` gives
+/// it and exits with its result; returns the child's pid (here, in the
+/// parent, once a `CLONE_VFORK` child has ended) or -1 with `errno` set.
+#[cfg(target_arch = "x86_64")]
+fn clone3_with_stack(
+    args: &CloneArgs,
+    entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> libc::c_int {
+    let rc: i64;
+    // SAFETY: the system call reads `args` (its size given). The parent
+    // only gets `rax` back (`rcx`, `r11` clobbered by `syscall`). The
+    // child starts after the `syscall` with the same registers but its
+    // stack pointer at the top of `args.stack` (16-byte aligned, so the
+    // `call` gives `entry` the ABI's alignment), calls `entry(arg)` and
+    // ends with `exit(2)` on its result: it never reaches code that
+    // assumes the parent's stack. Callers uphold `entry`'s own contract
+    // (see `KeeperJob::clone_init`).
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r12",
+            "call r13",
+            "mov edi, eax",
+            "mov eax, {exit}",
+            "syscall",
+            "ud2",
+            "2:",
+            exit = const libc::SYS_exit,
+            inlateout("rax") libc::SYS_clone3 => rc,
+            in("rdi") args as *const CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") entry,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if rc < 0 {
+        // SAFETY: errno is this thread's; set as a glibc wrapper would.
+        unsafe { *libc::__errno_location() = -rc as libc::c_int };
+        return -1;
+    }
+    rc as libc::c_int
+}
+
+/// Without the trampoline, a keeper on cgroup v2 cannot clone.
+#[cfg(not(target_arch = "x86_64"))]
+fn clone3_with_stack(
+    _args: &CloneArgs,
+    _entry: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    _arg: *mut libc::c_void,
+) -> libc::c_int {
+    // SAFETY: errno is this thread's.
+    unsafe { *libc::__errno_location() = libc::ENOSYS };
+    -1
 }
 
 /// Init's stack: fresh anonymous pages, mapped for each launch (never

@@ -62,7 +62,7 @@ pub(crate) struct ChildPlan {
     /// cgroup v2: the instance cgroup's directory, for `CLONE_INTO_CGROUP`.
     pub cgroup_dir: Option<RawFd>,
     /// Init shares the launcher's memory (`CLONE_VM`, see
-    /// [`crate::namespaces`]): cgroup v1 without a user namespace.
+    /// [`crate::namespaces`]): without a user namespace.
     pub shares_memory: bool,
     pub hardening: HardeningPlan,
     pub exec: ExecPlan,

@@ -130,6 +130,8 @@ fn container_on_cgroup_v2_and_qemu_microvm_reference_run_inside() {
     let script = "\
         /opt/isolab/bin/bench container run --workload noop --memory 64M --pids 32 --json; \
         echo container-status=$?; \
+        /opt/isolab/bin/bench container run --workload hog --memory 16M --json \
+          | grep -q '\"oom_killed\":true' && echo hog-oom-killed; \
         timeout 240 qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m 128 \
           -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
           -kernel /guest/bzImage -initrd /guest/initramfs.cpio \
@@ -141,6 +143,12 @@ fn container_on_cgroup_v2_and_qemu_microvm_reference_run_inside() {
     let container = out.json("cgroup_version");
     assert_eq!(container["cgroup_version"], "v2", "{container}");
     assert_eq!(container["exit_code"], 0, "{container}");
+    // Init shares the launcher's memory: the OOM killer must end the
+    // workload, and the launcher must live to report it.
+    assert!(
+        out.has("hog-oom-killed"),
+        "hog not reported OOM-killed: {lines:?}"
+    );
     assert!(out.has("qemu-status=0"), "QEMU microvm failed: {lines:?}");
     assert!(
         out.has("isolab-init: ready"),
