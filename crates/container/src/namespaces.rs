@@ -127,6 +127,9 @@ impl Keeper {
                 let Ok(job) = job.recv() else {
                     return;
                 };
+                if !word.claim() {
+                    return;
+                }
                 match stack {
                     Ok(mut stack) => {
                         if job.clone_init(stack.top(), &word) < 0 {
@@ -164,8 +167,15 @@ impl Keeper {
 const KEEPER_STACK: usize = 64 * 1024;
 
 /// Init's pid (the kernel's `CLONE_PARENT_SETTID` store), or `-errno` if
-/// the clone failed; `0` until then. A futex word.
+/// the clone failed; `0` until the keeper takes the job ([`CLAIMED`], then
+/// the pid), or [`CANCELLED`] by a launcher that gave up waiting first, so
+/// that a late keeper never clones with a plan that is gone. A futex word.
 struct Started(AtomicI32);
+
+/// The keeper is cloning (the kernel is about to store the pid).
+const CLAIMED: i32 = i32::MIN;
+/// The launcher gave up before the keeper took the job.
+const CANCELLED: i32 = i32::MIN + 1;
 
 impl Started {
     fn wake(&self) {
@@ -185,37 +195,61 @@ impl Started {
         };
     }
 
+    /// The keeper takes the job, unless the launcher gave up.
+    fn claim(&self) -> bool {
+        self.0
+            .compare_exchange(0, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
     fn fail(&self, e: nix::Error) {
         self.0.store(-(e as i32), Ordering::Release);
         self.wake();
     }
 
-    /// Waits until init runs (or the clone failed).
+    /// Waits until init runs (or the clone failed). Gives up after 10 s
+    /// only if the keeper has not taken the job by then; once it has, the
+    /// clone is under way and is waited for.
     fn wait(&self) -> nix::Result<Pid> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match self.0.load(Ordering::Acquire) {
-                0 => {}
+            let seen = self.0.load(Ordering::Acquire);
+            let mut timeout = None;
+            match seen {
+                0 => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        if self
+                            .0
+                            .compare_exchange(0, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                        {
+                            return Err(nix::Error::ETIMEDOUT);
+                        }
+                        continue;
+                    }
+                    timeout = Some(libc::timespec {
+                        tv_sec: left.as_secs() as libc::time_t,
+                        tv_nsec: left.subsec_nanos() as libc::c_long,
+                    });
+                }
+                CLAIMED => {}
                 v if v > 0 => return Ok(Pid::from_raw(v)),
                 v => return Err(nix::Error::from_raw(-v)),
             }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(nix::Error::ETIMEDOUT);
-            }
-            let ts = libc::timespec {
-                tv_sec: left.as_secs() as libc::time_t,
-                tv_nsec: left.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: FUTEX_WAIT on a live, aligned i32 while it is still 0,
-            // with a relative timeout; spurious returns are re-checked.
+            let ts = timeout
+                .as_ref()
+                .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: FUTEX_WAIT on a live, aligned i32 while it still holds
+            // `seen`, with a relative timeout or none; spurious returns are
+            // re-checked.
             unsafe {
                 libc::syscall(
                     libc::SYS_futex,
                     self.0.as_ptr(),
                     libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                    0,
-                    &ts as *const libc::timespec,
+                    seen,
+                    ts,
                 )
             };
         }
@@ -483,6 +517,34 @@ mod tests {
 
     fn threads() -> usize {
         std::fs::read_dir("/proc/self/task").unwrap().count()
+    }
+
+    #[test]
+    fn the_launcher_learns_init_s_pid_or_the_clone_s_error() {
+        let started = Arc::new(Started(AtomicI32::new(0)));
+        let s = Arc::clone(&started);
+        let keeper = std::thread::spawn(move || {
+            assert!(s.claim());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            // What the kernel and init do: store the pid, then wake.
+            s.0.store(4242, Ordering::Release);
+            s.wake();
+        });
+        assert_eq!(started.wait(), Ok(Pid::from_raw(4242)));
+        keeper.join().unwrap();
+        let failed = Started(AtomicI32::new(0));
+        assert!(failed.claim());
+        failed.fail(nix::Error::EPERM);
+        assert_eq!(failed.wait(), Err(nix::Error::EPERM));
+    }
+
+    #[test]
+    fn a_keeper_never_takes_a_job_its_launcher_gave_up_on() {
+        let cancelled = Started(AtomicI32::new(CANCELLED));
+        assert!(!cancelled.claim());
+        let claimed = Started(AtomicI32::new(0));
+        assert!(claimed.claim());
+        assert!(!claimed.claim());
     }
 
     #[test]
