@@ -735,7 +735,7 @@ pub fn method_lines(cfg: &CompareConfig) -> Vec<String> {
             Some(i) => image_ready_line(i),
         },
         "p50/p90/p99 by linear interpolation; 95% CI of the median by percentile bootstrap (2000 resamples); outliers flagged by Tukey fences (1.5 IQR), never dropped".into(),
-        "memory: PSS/USS summed over the instance's host processes from /proc/PID/smaps_rollup (launcher/monitor included); cgroup usage where the instance has one; host MemAvailable drop while it ran".into(),
+        "memory: PSS/USS summed over the instance's host processes from /proc/PID/smaps_rollup (launcher/monitor included; our container's init shares the launcher's memory, so it is left out, and its own pages, its stack, are in the cgroup's figure); cgroup usage where the instance has one; host MemAvailable drop while it ran".into(),
     ];
     let containers: Vec<&str> = cfg
         .modes
