@@ -133,9 +133,15 @@ impl InstanceDir {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        // The run dir itself goes when its last instance does (busy otherwise).
+        // The run dir itself goes when its last instance does (busy otherwise),
+        // and so does the default's parent, `/run/isolab`, once nothing of
+        // ours (a workbench's lock, an OCI peer's root) is left in it.
         if let Some(run_dir) = self.dir.parent() {
-            let _ = std::fs::remove_dir(run_dir);
+            if std::fs::remove_dir(run_dir).is_ok() {
+                if let Some(ours) = run_dir.parent().filter(|p| p.ends_with("isolab")) {
+                    let _ = std::fs::remove_dir(ours);
+                }
+            }
         }
         Ok(())
     }
