@@ -132,7 +132,7 @@ impl Keeper {
                 }
                 match stack {
                     Ok(mut stack) => {
-                        if job.clone_init(stack.top(), &word) < 0 {
+                        if job.clone_init(stack.top()) < 0 {
                             word.fail(nix::Error::last());
                         }
                         // Init has ended (it never execs): its stack goes.
@@ -273,7 +273,7 @@ unsafe impl Send for KeeperJob {}
 
 impl KeeperJob {
     /// Blocks (CLONE_VFORK) until init has ended; returns its pid or -1.
-    fn clone_init(&self, top: *mut u8, started: &Started) -> libc::c_int {
+    fn clone_init(&self, top: *mut u8) -> libc::c_int {
         extern "C" fn entry(arg: *mut libc::c_void) -> libc::c_int {
             // SAFETY: `arg` is the keeper's job, whose thread is blocked in
             // the clone below while init runs; `started` is alive as long
@@ -284,7 +284,6 @@ impl KeeperJob {
             let plan = unsafe { &*job.plan };
             child::main(plan, &LinuxSyscall) as libc::c_int
         }
-        debug_assert!(std::ptr::eq(self.started, started.0.as_ptr()));
         let _ = crate::process::block_all();
         if let Some(dir) = self.cgroup_dir {
             return self.clone3_into(dir, top, entry);
@@ -403,10 +402,9 @@ pub(crate) struct ChildStack {
     base: std::ptr::NonNull<u8>,
 }
 
-// SAFETY: a handle to a private mapping; only `Drop` (unmap) uses it.
+// SAFETY: a handle to a private mapping, moved to the keeper thread,
+// which alone uses it from then on.
 unsafe impl Send for ChildStack {}
-// SAFETY: as above; `&ChildStack` gives no access to the memory.
-unsafe impl Sync for ChildStack {}
 
 impl ChildStack {
     fn map() -> nix::Result<Self> {
