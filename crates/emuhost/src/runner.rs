@@ -9,7 +9,9 @@
 //!    command's output to the caller; the emulated host's own kernel
 //!    messages go to COM2, a log file under the cache
 //!    (`emuhost/log/<nonce>.log`), shown only when the run fails;
-//! 4. stop at the exit marker, the deadline, or an interruption; QEMU is
+//! 4. send the console a harmless byte every second ([`kick_serial`]: a
+//!    workaround for a lost wake-up in QEMU 7.2's TCG);
+//! 5. stop at the exit marker, the deadline, or an interruption; QEMU is
 //!    killed and reaped on every path ([`QemuChild`]'s `Drop`).
 
 use std::collections::VecDeque;
@@ -440,6 +442,8 @@ impl EmulatedHost {
                 }
             }
         });
+        let (stop_kicks, kicks) = mpsc::channel::<()>();
+        let kicker = kick_serial(qemu.child.stdin.take(), kicks);
         let stderr = qemu.child.stderr.take();
         let err_reader = thread::spawn(move || {
             let mut text = String::new();
@@ -501,6 +505,8 @@ impl EmulatedHost {
                 Ok(None)
             }
         };
+        drop(stop_kicks);
+        let _ = kicker.join();
         drop(rx);
         let _ = reader.join();
         let stderr_text = err_reader.join().unwrap_or_default();
@@ -596,6 +602,39 @@ fn nonce() -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How often the emulated host's console receives [`XON`].
+const KICK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The byte sent: START (Ctrl-Q), which the console's line discipline
+/// (`IXON`, the serial default) consumes without echoing it, and which
+/// nothing in the emulated host reads.
+const XON: u8 = 0x11;
+
+/// Sends [`XON`] to the emulated host's console (QEMU's stdin, COM1) every
+/// [`KICK_INTERVAL`] until `stop` is dropped or QEMU's stdin closes.
+///
+/// A workaround for a lost wake-up in QEMU 7.2's TCG (Debian 12), seen
+/// about once in fifteen compare runs with nested microVMs: the emulated
+/// host's vCPU halted with interrupts enabled and its local APIC timer's
+/// vector pending in the IRR, and nothing woke it; QEMU sat idle until the
+/// run's deadline. An NMI did not wake it for good; any interrupt routed
+/// through the I/O APIC did (QEMU re-evaluates the APIC's pending vectors
+/// then), and the emulated host went on where it stopped. The serial
+/// line's receive interrupt is such an interrupt.
+fn kick_serial(
+    stdin: Option<std::process::ChildStdin>,
+    stop: mpsc::Receiver<()>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let Some(mut w) = stdin else { return };
+        while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(KICK_INTERVAL) {
+            if w.write_all(&[XON]).is_err() {
+                return;
+            }
+        }
+    })
+}
+
 /// The QEMU process; killed and reaped when dropped.
 #[derive(Debug)]
 struct QemuChild {
@@ -609,7 +648,8 @@ impl QemuChild {
         let parent = std::process::id() as libc::pid_t;
         let mut cmd = Command::new(qemu);
         cmd.args(args)
-            .stdin(Stdio::null())
+            // A pipe, for [`kick_serial`].
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // SAFETY: the closure runs in the forked child before exec and calls
