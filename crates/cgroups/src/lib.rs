@@ -140,31 +140,6 @@ pub fn create_with_devices(
     }
 }
 
-/// The names of the instance cgroups under the workbench parent, in every
-/// hierarchy an instance uses (v1: a launcher killed while making its
-/// cgroup may have made it in some controllers only), sorted, once each.
-pub fn instance_names(hierarchy: &Hierarchy) -> Vec<String> {
-    let parents: Vec<PathBuf> = match hierarchy {
-        Hierarchy::V1(mounts) => mounts
-            .controllers
-            .values()
-            .map(|m| m.join(PARENT))
-            .collect(),
-        Hierarchy::V2 { root } => vec![root.join(PARENT)],
-    };
-    let mut names: Vec<String> = parents
-        .iter()
-        .filter_map(|p| std::fs::read_dir(p).ok())
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
 /// Opens an existing instance cgroup without changing it (to clean up an
 /// instance whose launcher died). Returns `None` if no directory exists.
 pub fn open_existing(hierarchy: &Hierarchy, name: &str) -> Option<Box<dyn CgroupManager>> {

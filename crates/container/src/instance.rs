@@ -210,23 +210,8 @@ pub fn stale_instances(run_dir: &Path, proc_root: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Of the instance cgroups `names`, those with no directory under
-/// `run_dir` whose launcher (the pid in the id) is gone: a launcher makes
-/// its cgroup while it makes its instance directory, so one killed in
-/// between leaves only the cgroup. A live pid keeps its cgroup (it may be
-/// another run dir's instance, or this one's about to get its directory).
-pub fn orphan_cgroups(run_dir: &Path, proc_root: &Path, names: &[String]) -> Vec<String> {
-    names
-        .iter()
-        .filter(|id| is_instance_id(id) && !run_dir.join(id).exists())
-        .filter(|id| id_pid(id).is_some_and(|p| !proc_root.join(p.to_string()).exists()))
-        .cloned()
-        .collect()
-}
-
 /// Removes stale instances: kills what is left in their cgroups, removes
-/// the cgroups and the directories; then removes orphan cgroups
-/// ([`orphan_cgroups`]). Returns the ids removed.
+/// the cgroups and the directories. Returns the ids removed.
 pub fn clean_stale(run_dir: &Path, hierarchy: &Hierarchy) -> Vec<String> {
     let mut removed = Vec::new();
     for id in stale_instances(run_dir, Path::new("/proc")) {
@@ -241,14 +226,6 @@ pub fn clean_stale(run_dir: &Path, hierarchy: &Hierarchy) -> Vec<String> {
         };
         if inst.remove().is_ok() {
             removed.push(id);
-        }
-    }
-    let names = isolab_cgroups::instance_names(hierarchy);
-    for id in orphan_cgroups(run_dir, Path::new("/proc"), &names) {
-        if let Some(cg) = isolab_cgroups::open_existing(hierarchy, &id) {
-            if cg.remove().is_ok() {
-                removed.push(id);
-            }
         }
     }
     removed
@@ -317,29 +294,5 @@ mod tests {
         }
         me.remove().unwrap();
         assert!(!run.path().join("c1-0-aa").exists());
-    }
-
-    #[test]
-    fn a_cgroup_without_a_directory_is_an_orphan_only_once_its_launcher_is_gone() {
-        let run = tempfile::tempdir().unwrap();
-        std::fs::create_dir(run.path().join("c999999999-0-aa")).unwrap();
-        let names: Vec<String> = [
-            // Has its directory: the instance scan's business.
-            "c999999999-0-aa",
-            // Launcher gone, no directory: an orphan.
-            "c999999998-0-bb",
-            // Launcher alive (pid 1): may be about to make its directory.
-            "c1-0-cc",
-            // Not ours.
-            "vm-microvm-999999997-0",
-            "docker",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(
-            orphan_cgroups(run.path(), Path::new("/proc"), &names),
-            vec!["c999999998-0-bb"]
-        );
     }
 }

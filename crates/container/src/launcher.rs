@@ -153,32 +153,9 @@ fn launch<'scope>(
         shares_memory: false,
         image,
     };
-    // The cgroup (its memory controller's mkdir is the dearest step before
-    // the clone) is made on a thread of its own while this one makes the
-    // instance directory. Both go into `live` before either error is
-    // returned, so a failure of one removes the other. A launcher killed
-    // before its instance directory exists leaves an empty cgroup named by
-    // its pid, which the next stale scan removes (`instance::clean_stale`).
-    let (dir, instance_done, cgroup) = std::thread::scope(|s| {
-        let cgroup = std::thread::Builder::new()
-            .name("isolab-cgroup".into())
-            .stack_size(CGROUP_THREAD_STACK)
-            .spawn_scoped(s, || create_cgroup(&hierarchy, &id, config, &security));
-        let dir = create_instance_dir(config, &id);
-        let instance_done = phases::now_ns();
-        let cgroup = match cgroup {
-            Ok(handle) => handle
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            // No thread to be had: make it here.
-            Err(_) => create_cgroup(&hierarchy, &id, config, &security),
-        };
-        (dir, instance_done, cgroup)
-    });
-    marks.instance_dir = instance_done;
-    let dir = dir.map(|d| live.instance = Some(d));
-    let cgroup = cgroup.map(|c| live.cgroup = Some(c));
-    dir.and(cgroup)?;
+    live.instance = Some(create_instance_dir(config, &id)?);
+    marks.instance_dir = phases::now_ns();
+    live.cgroup = Some(create_cgroup(&hierarchy, &id, config, &security)?);
     marks.cgroup = phases::now_ns();
     let ch = open_channels(sync_pair, live.cgroup.as_deref())?;
     let shares_memory = keeper.is_some();
@@ -419,9 +396,6 @@ pub(crate) fn create_instance_dir(
     }
     Ok(dir)
 }
-
-/// Stack of the thread that makes the cgroup (a few paths and writes).
-const CGROUP_THREAD_STACK: usize = 128 * 1024;
 
 /// Step 6.
 pub(crate) fn create_cgroup(

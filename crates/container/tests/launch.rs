@@ -388,33 +388,6 @@ fn a_sigkilled_launcher_leaves_a_stale_instance_the_next_run_removes() {
     assert_clean(&c, &id);
 }
 
-/// A launcher makes its cgroup while it makes its instance directory; one
-/// killed in between leaves a cgroup with no directory, which the next
-/// run removes by the dead pid in its name.
-#[test]
-fn an_orphan_cgroup_of_a_dead_launcher_is_removed_by_the_next_run() {
-    let test = "an_orphan_cgroup_of_a_dead_launcher_is_removed_by_the_next_run";
-    let Some(bin) = require(test) else {
-        return;
-    };
-    let c = config(&bin, "orphan", "noop", &[]);
-    // A pid that was ours and has ended.
-    let mut gone = std::process::Command::new("true").spawn().unwrap();
-    let pid = gone.id();
-    gone.wait().unwrap();
-    let id = format!("c{pid}-0-0abc");
-    let hierarchy = isolab_cgroups::Hierarchy::detect_host().unwrap();
-    let orphan =
-        isolab_cgroups::create(&hierarchy, &id, &isolab_cgroups::Limits::default()).unwrap();
-    let dirs = orphan.paths();
-    assert!(dirs.iter().all(|d| d.is_dir()), "{dirs:?}");
-    run(&c);
-    for d in &dirs {
-        assert!(!d.exists(), "orphan cgroup {} left behind", d.display());
-    }
-    assert_clean(&c, &id);
-}
-
 #[test]
 fn a_user_namespace_maps_container_root_to_an_unprivileged_host_uid() {
     let test = "a_user_namespace_maps_container_root_to_an_unprivileged_host_uid";

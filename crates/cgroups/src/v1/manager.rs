@@ -121,11 +121,6 @@ impl V1Cgroup {
         for dir in &self.dirs {
             let parent = dir.parent().unwrap_or(dir);
             let is_cpuset = Some(dir) == self.cpuset.as_ref();
-            // The parent is usually there (another instance made it): one
-            // mkdir, not two. A cpuset parent must inherit its CPUs first.
-            if !is_cpuset && mkdir_in_existing_parent(dir)? {
-                continue;
-            }
             // A concurrent launcher may remove an unused parent between our
             // two mkdirs; retry a few times.
             let mut tries = 0;
@@ -164,20 +159,6 @@ impl V1Cgroup {
             cpuset::apply(dir, set)?;
         }
         Ok(())
-    }
-}
-
-/// Creates `dir` if its parent exists: true when `dir` is there now,
-/// false when the parent is missing.
-fn mkdir_in_existing_parent(dir: &Path) -> Result<bool, CgroupError> {
-    match mkdir(dir) {
-        Ok(_) => Ok(true),
-        Err(CgroupError::Create { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(e),
     }
 }
 
