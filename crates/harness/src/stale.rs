@@ -172,6 +172,8 @@ for rt in $4; do
   rm -rf "$2"/isolab-"$rt"-"$3"-*
 done
 rmdir "$2" 2>/dev/null
+# `/run/isolab` itself, once nothing of ours is left in it.
+case "${2%/*}" in */isolab) rmdir "${2%/*}" 2>/dev/null;; esac
 exit 0
 "#;
 
@@ -412,6 +414,31 @@ pub fn clean_at_start() -> Cleaned {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_watchdog_leaves_no_empty_directory_of_ours() {
+        let run = tempfile::tempdir().unwrap();
+        let isolab = run.path().join("isolab");
+        let root = isolab.join("oci").join("1.2");
+        let bundles = isolab.join("bundles");
+        std::fs::create_dir_all(root.join("runc")).unwrap();
+        std::fs::create_dir_all(bundles.join("isolab-runc-1-0")).unwrap();
+        // Its launcher's end closed at once: it cleans up straight away.
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("isolab-peer-watchdog")
+            .arg(&root)
+            .arg(&bundles)
+            .arg("1")
+            .arg("runc")
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(!isolab.exists(), "{} left", isolab.display());
+        assert!(run.path().is_dir());
+    }
 
     #[test]
     fn a_launcher_is_alive_only_with_its_pid_and_start_time() {
