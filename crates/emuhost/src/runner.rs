@@ -614,7 +614,7 @@ const XON: u8 = 0x11;
 /// [`KICK_INTERVAL`] until `stop` is dropped or QEMU's stdin closes.
 ///
 /// A workaround for a lost wake-up in QEMU 7.2's TCG (Debian 12), seen
-/// about once in fifteen compare runs with nested microVMs: the emulated
+/// twice in 34 compare runs with nested microVMs here: the emulated
 /// host's vCPU halted with interrupts enabled and its local APIC timer's
 /// vector pending in the IRR, and nothing woke it; QEMU sat idle until the
 /// run's deadline. An NMI did not wake it for good; any interrupt routed
