@@ -182,17 +182,42 @@ pub fn status_byte(status: WaitStatus) -> Option<u8> {
 pub fn supervise<P: Ports, W: Write>(
     w: Workload,
     ports: &mut P,
+    console: Option<&mut W>,
+    on_ready: impl FnMut(),
+    reap_all: bool,
+) -> Result<u8, InitError> {
+    relay(w, ports, console, on_ready, reap_all, || {})
+}
+
+/// The loop behind [`supervise`]; `after_poll` runs right after each poll
+/// (a test seam: it lets a test end the workload at the worst moment).
+fn relay<P: Ports, W: Write>(
+    w: Workload,
+    ports: &mut P,
     mut console: Option<&mut W>,
     mut on_ready: impl FnMut(),
     reap_all: bool,
+    mut after_poll: impl FnMut(),
 ) -> Result<u8, InitError> {
     let mut stdout = Some(w.stdout);
     let mut ready = w.ready;
     let mut status = None;
     let mut buf = [0u8; 4096];
     loop {
+        // Reap before polling: once the workload's end is known here, every
+        // byte it wrote is already in the pipes, so a quiet poll afterwards
+        // proves they are drained. (Reaping after the poll lost a workload
+        // that wrote and exited between the two: its ready byte and output
+        // never reached the ports.)
+        if status.is_none() {
+            // With both pipes closed there is nothing to poll: wait in the
+            // kernel rather than spin (a busy init would steal guest CPU).
+            let block = stdout.is_none() && ready.is_none();
+            status = reap(w.pid, reap_all, block)?;
+        }
+        let ended = status;
         // Once the workload is gone, only drain what is already buffered.
-        let timeout = if status.is_some() {
+        let timeout = if ended.is_some() {
             PollTimeout::ZERO
         } else {
             PollTimeout::from(POLL_MS)
@@ -231,6 +256,7 @@ pub fn supervise<P: Ports, W: Write>(
             };
             (r, s)
         };
+        after_poll();
         let mut idle = true;
         // Ready first: a workload that signals and exits at once must show
         // ready before exited.
@@ -280,13 +306,7 @@ pub fn supervise<P: Ports, W: Write>(
                 }
             }
         }
-        if status.is_none() {
-            // With both pipes closed there is nothing to poll: wait in the
-            // kernel rather than spin (a busy init would steal guest CPU).
-            let block = stdout.is_none() && ready.is_none();
-            status = reap(w.pid, reap_all, block)?;
-        }
-        if let Some(s) = status {
+        if let Some(s) = ended {
             if idle || (stdout.is_none() && ready.is_none()) {
                 ports.outb(PORT_STATUS, s);
                 ports.outb(PORT_EVENT, MARK_EXITED);
@@ -364,6 +384,49 @@ mod tests {
         let n = ports.0.len();
         assert_eq!(ports.0[n - 2], (PORT_STATUS, 7));
         assert_eq!(ports.0[n - 1], (PORT_EVENT, MARK_EXITED));
+    }
+
+    #[test]
+    fn a_workload_that_writes_and_exits_right_after_a_quiet_poll_is_still_relayed() {
+        // The workload waits for a gate file, so the first poll is quiet;
+        // right after it, the test opens the gate and waits (without
+        // reaping) until the workload wrote and exited. That is the moment
+        // that once lost the ready byte and the output.
+        let dir = tempfile::tempdir().unwrap();
+        let gate = dir.path().join("gate");
+        let script = format!(
+            "while [ ! -e {} ]; do /bin/sleep 0.01; done; printf R >&$ISOLAB_READY_FD; echo late; exit 5",
+            gate.display()
+        );
+        let mut ports = Recorder::default();
+        let w = start("/bin/sh", &["-c".to_string(), script], &mut ports).unwrap();
+        let pid = w.pid;
+        let mut opened = false;
+        let mut console = Vec::new();
+        let mut readies = 0;
+        let status = relay(
+            w,
+            &mut ports,
+            Some(&mut console),
+            || readies += 1,
+            false,
+            || {
+                if !opened {
+                    opened = true;
+                    std::fs::write(&gate, b"").unwrap();
+                    nix::sys::wait::waitid(
+                        nix::sys::wait::Id::Pid(pid),
+                        WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+                    )
+                    .unwrap();
+                }
+            },
+        )
+        .unwrap();
+        assert_eq!(status, 5);
+        assert_eq!(readies, 1, "the ready byte was relayed");
+        assert_eq!(events(&ports), [MARK_STARTED, MARK_READY, MARK_EXITED]);
+        assert_eq!(console, b"late\n", "the output was relayed");
     }
 
     #[test]
