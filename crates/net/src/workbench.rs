@@ -509,21 +509,42 @@ pub fn is_workbench_name(name: &str) -> bool {
 }
 
 /// [`remove_stale`] for every workbench namespace under `defaults.run_dir`
-/// ([`is_workbench_name`]), with `defaults`' lock directory. Returns how
-/// many were removed.
+/// ([`is_workbench_name`]), with `defaults`' lock directory; then every
+/// workbench lock file nobody holds (a run killed before it made its
+/// namespace, or before it gave the lock back, leaves one). Returns how
+/// many namespaces and lock files were removed.
 pub fn remove_stale_all(defaults: &WorkbenchConfig) -> Result<usize, WorkbenchError> {
-    let Ok(entries) = fs::read_dir(&defaults.run_dir) else {
-        return Ok(0);
+    let with_name = |name: String| WorkbenchConfig {
+        name,
+        ..defaults.clone()
     };
     let mut removed = 0;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if is_workbench_name(&name) {
-            let cfg = WorkbenchConfig {
-                name,
-                ..defaults.clone()
+    if let Ok(entries) = fs::read_dir(&defaults.run_dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if is_workbench_name(&name) {
+                removed += usize::from(remove_stale(&with_name(name))?);
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir(&defaults.lock_dir) {
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let Some(name) = file
+                .strip_prefix("net-")
+                .and_then(|f| f.strip_suffix(".lock"))
+                .filter(|n| is_workbench_name(n))
+            else {
+                continue;
             };
-            removed += usize::from(remove_stale(&cfg)?);
+            match take_lock(&with_name(name.to_owned())) {
+                Ok(lock) => {
+                    release_lock(lock);
+                    removed += 1;
+                }
+                Err(WorkbenchError::InUse { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(removed)
@@ -559,29 +580,46 @@ fn take_lock(config: &WorkbenchConfig) -> Result<(Flock<File>, PathBuf), Workben
         source,
     };
     // Another workbench may remove the (then empty) directory between our
-    // mkdir and open; try again a few times.
+    // mkdir and open, or unlink the file between our open and our lock
+    // (it gave the lock back); try again a few times.
     let mut attempt = 0;
-    let file = loop {
+    loop {
         fs::create_dir_all(&config.lock_dir).map_err(lock_err)?;
-        match OpenOptions::new()
+        let file = match OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
         {
-            Ok(file) => break file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 5 => attempt += 1,
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 5 => {
+                attempt += 1;
+                continue;
+            }
             Err(e) => return Err(lock_err(e)),
+        };
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            // A lock on a file no longer named `path` guards nothing.
+            Ok(lock) if !still_named(&lock, &path) && attempt < 5 => attempt += 1,
+            Ok(lock) => return Ok((lock, path)),
+            Err((_, nix::Error::EWOULDBLOCK)) => {
+                return Err(WorkbenchError::InUse {
+                    name: config.name.clone(),
+                    bridge: config.bridge.clone(),
+                    lock: path,
+                })
+            }
+            Err((_, errno)) => return Err(lock_err(io::Error::from(errno))),
         }
-    };
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok((lock, path)),
-        Err((_, nix::Error::EWOULDBLOCK)) => Err(WorkbenchError::InUse {
-            name: config.name.clone(),
-            bridge: config.bridge.clone(),
-            lock: path,
-        }),
-        Err((_, errno)) => Err(lock_err(io::Error::from(errno))),
+    }
+}
+
+/// Whether `path` still names the file `lock` holds.
+fn still_named(lock: &Flock<File>, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (lock.metadata(), fs::metadata(path)) {
+        (Ok(held), Ok(named)) => (held.dev(), held.ino()) == (named.dev(), named.ino()),
+        _ => false,
     }
 }
 
@@ -688,8 +726,10 @@ mod tests {
 
     #[test]
     fn a_stale_name_is_removed_only_when_nobody_holds_the_lock() {
-        if !nix::unistd::geteuid().is_root() {
-            return; // umount2 on the name needs root; covered where root.
+        // umount2 on the name needs root.
+        let test = "a_stale_name_is_removed_only_when_nobody_holds_the_lock";
+        if !isolab_testkit::require(test, isolab_testkit::missing_root()) {
+            return;
         }
         let d = tempfile::tempdir().unwrap();
         let c = WorkbenchConfig {
@@ -711,6 +751,54 @@ mod tests {
         assert!(remove_stale(&c).unwrap());
         assert!(!ns.exists());
         assert!(!lock_path(&c).exists(), "the lock file is given back");
+    }
+
+    #[test]
+    fn the_sweep_removes_lock_files_nobody_holds_and_only_those() {
+        let d = tempfile::tempdir().unwrap();
+        let defaults = WorkbenchConfig {
+            run_dir: d.path().join("netns"),
+            lock_dir: d.path().join("locks"),
+            ..WorkbenchConfig::default()
+        };
+        let named = |name: &str| WorkbenchConfig {
+            name: name.into(),
+            ..defaults.clone()
+        };
+        // What a run killed before it made its namespace leaves: a lock
+        // file nobody holds.
+        fs::create_dir_all(&defaults.lock_dir).unwrap();
+        let dead = lock_path(&named("isolab4242"));
+        fs::write(&dead, "").unwrap();
+        let other = defaults.lock_dir.join("net-notours.lock");
+        fs::write(&other, "").unwrap();
+        let live = take_lock(&named("isolab7n1")).unwrap();
+        assert_eq!(remove_stale_all(&defaults).unwrap(), 1);
+        assert!(!dead.exists(), "the dead run's lock file is removed");
+        assert!(other.exists(), "a file that is not a workbench's stays");
+        assert!(lock_path(&named("isolab7n1")).exists(), "a held lock stays");
+        release_lock(live);
+    }
+
+    #[test]
+    fn a_lock_given_back_between_open_and_flock_is_not_taken() {
+        let d = tempfile::tempdir().unwrap();
+        let c = WorkbenchConfig {
+            lock_dir: d.path().join("locks"),
+            ..WorkbenchConfig::default()
+        };
+        let first = take_lock(&c).unwrap();
+        // Another opener got the old file before it was given back.
+        let old = File::open(lock_path(&c)).unwrap();
+        release_lock(first);
+        let stale = Flock::lock(old, FlockArg::LockExclusiveNonblock).unwrap();
+        assert!(
+            !still_named(&stale, &lock_path(&c)),
+            "that lock guards nothing"
+        );
+        let (held, path) = take_lock(&c).unwrap();
+        assert!(still_named(&held, &path), "take_lock holds the named file");
+        release_lock((held, path));
     }
 
     #[test]
