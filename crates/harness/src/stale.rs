@@ -213,7 +213,7 @@ pub struct Cleaned {
     pub peers: Vec<String>,
     /// Launcher state dirs removed.
     pub roots: Vec<String>,
-    /// Whether a stale workbench namespace was removed.
+    /// Whether a stale workbench namespace or lock file was removed.
     pub netns: bool,
     /// Process-mode image layers of launchers that are gone, unmounted and
     /// removed.

@@ -537,13 +537,9 @@ pub fn remove_stale_all(defaults: &WorkbenchConfig) -> Result<usize, WorkbenchEr
             else {
                 continue;
             };
-            match take_lock(&with_name(name.to_owned())) {
-                Ok(lock) => {
-                    release_lock(lock);
-                    removed += 1;
-                }
-                Err(WorkbenchError::InUse { .. }) => {}
-                Err(e) => return Err(e),
+            if let Some(lock) = take_unheld(&with_name(name.to_owned()))? {
+                release_lock(lock);
+                removed += 1;
             }
         }
     }
@@ -559,14 +555,22 @@ pub fn remove_stale(config: &WorkbenchConfig) -> Result<bool, WorkbenchError> {
     if fs::symlink_metadata(&ns_path).is_err() {
         return Ok(false);
     }
-    let lock = match take_lock(config) {
-        Ok(lock) => lock,
-        Err(WorkbenchError::InUse { .. }) => return Ok(false),
-        Err(e) => return Err(e),
+    let Some(lock) = take_unheld(config)? else {
+        return Ok(false);
     };
     let removed = netns::remove_name(&ns_path).map_err(WorkbenchError::Stale);
     release_lock(lock);
     removed
+}
+
+/// The lock when nobody holds it (what a dead run left); `None` while a
+/// live workbench does.
+fn take_unheld(config: &WorkbenchConfig) -> Result<Option<(Flock<File>, PathBuf)>, WorkbenchError> {
+    match take_lock(config) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(WorkbenchError::InUse { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn lock_path(config: &WorkbenchConfig) -> PathBuf {
@@ -781,7 +785,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lock_given_back_between_open_and_flock_is_not_taken() {
+    fn a_lock_on_a_file_given_back_is_seen_to_guard_nothing() {
         let d = tempfile::tempdir().unwrap();
         let c = WorkbenchConfig {
             lock_dir: d.path().join("locks"),
